@@ -1,0 +1,1 @@
+"""The only layer that knows Typer, Rich, stdout and exit codes."""

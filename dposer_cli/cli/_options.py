@@ -1,0 +1,45 @@
+"""Shared options, declared once as `Annotated` aliases and reused by every command."""
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from dposer_cli.core.parts import Part
+
+PartOpt = Annotated[Part, typer.Option("--part", "-p", help="Which prior: body, hand, face, face-shape or wholebody.")]
+DeviceOpt = Annotated[
+    str, typer.Option("--device", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N.")
+]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed; same seed + device gives the same files.")]
+OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output folder (created if missing).")]
+JsonOpt = Annotated[
+    bool, typer.Option("--json", help="Print a machine-readable JSON summary on stdout (logs stay on stderr).")
+]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or info logs on stderr.")]
+CheckpointOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--checkpoint",
+        help="Prior checkpoint (.pt of ours or an official last.ckpt). Default: downloaded official "
+        "weights in models_cache/official, else the bundled demo prior.",
+    ),
+]
+NormalizerOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--normalizer",
+        help="Official axis_normalize2.pt (or its folder, or the official data/ root) for official checkpoints.",
+    ),
+]
+BodyModelOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--body-model",
+        help="Folder (smplx layout: smplx/, mano/, flame/) or model file. Default: $DPOSER_BODY_MODELS, "
+        "models_cache/body_models, else the built-in mannequin.",
+    ),
+]
+RendererOpt = Annotated[
+    str, typer.Option("--renderer", help="auto (pyrender if an OpenGL backend works, else soft), pyrender or soft.")
+]

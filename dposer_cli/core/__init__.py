@@ -1,0 +1,1 @@
+"""Leaf layer: parts table, configs, errors, paths, devices and shared types."""

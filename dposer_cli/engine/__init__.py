@@ -1,0 +1,1 @@
+"""The DPoser-X method: SDEs, score networks, normalisers, samplers, losses, the prior. torch + core only."""

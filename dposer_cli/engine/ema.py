@@ -1,0 +1,39 @@
+"""Exponential moving average of trainable weights with the official warm-up (spec §10.2)."""
+
+import torch
+from torch import Tensor, nn
+
+
+class EMA:
+    """shadow ← shadow − (1 − d)(shadow − θ), d = min(rate, (1+n)/(10+n))."""
+
+    def __init__(self, model: nn.Module, rate: float = 0.9999) -> None:
+        self.rate = rate
+        self.num_updates = 0
+        self.shadow = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.num_updates += 1
+        decay = min(self.rate, (1 + self.num_updates) / (10 + self.num_updates))
+        params = dict(model.named_parameters())
+        names = list(self.shadow)
+        torch._foreach_lerp_([self.shadow[n] for n in names], [params[n].detach() for n in names], 1 - decay)
+
+    def state_dict(self) -> dict[str, Tensor | int | float]:
+        return {"rate": self.rate, "num_updates": self.num_updates, **{f"shadow.{k}": v for k, v in self.shadow.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rate = float(state["rate"])
+        self.num_updates = int(state["num_updates"])
+        for k in self.shadow:
+            self.shadow[k].copy_(state[f"shadow.{k}"])
+
+    def weights(self, model: nn.Module) -> dict[str, Tensor]:
+        """Full state dict of `model` with trainable weights replaced by the EMA copies."""
+        sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        canonical = {id(p): n for n, p in model.named_parameters() if p.requires_grad}
+        for name, p in model.named_parameters(remove_duplicate=False):  # aliased modules appear twice
+            if id(p) in canonical:
+                sd[name] = self.shadow[canonical[id(p)]].clone()
+        return sd

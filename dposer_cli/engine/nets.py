@@ -1,0 +1,152 @@
+"""Score networks with the exact official module names and registration order (spec §2).
+
+State-dict keys match `moonbow721/DPoser-X` (prefix `model.` stripped), so the released EMA weights
+load with `strict=True`, and `parameters()` order matches the `model_ema['shadow_params']` list.
+"""
+
+import math
+
+import torch
+from jaxtyping import Float
+from torch import Tensor, nn
+
+from dposer_cli.core.config import NetConfig
+from dposer_cli.core.parts import WHOLEBODY_SPLIT
+
+
+def timestep_embedding(label: Float[Tensor, "B"], dim: int) -> Float[Tensor, "B E"]:
+    """Sinusoidal embedding: [sin(label·f), cos(label·f)], f_k = exp(-k·ln(1e4)/(half-1)) (spec §2.2)."""
+    half = dim // 2
+    freqs = torch.exp(torch.arange(half, device=label.device, dtype=torch.float32) * -(math.log(10000) / (half - 1)))
+    args = label.float()[:, None] * freqs[None]
+    emb = torch.cat([torch.sin(args), torch.cos(args)], dim=1)
+    if dim % 2 == 1:
+        emb = nn.functional.pad(emb, (0, 1))
+    return emb
+
+
+def sigma_table(sigma_min: float, sigma_max: float, n: int) -> Tensor:
+    """Descending geometric table sigmas[i] = σmax·(σmin/σmax)^(i/(n-1)) (spec §2.2)."""
+    return torch.exp(torch.linspace(math.log(sigma_max), math.log(sigma_min), n))
+
+
+class TimeFC(nn.Module):
+    """The official TimeFC MLP: input/time projections, GroupNorm(32), 2 residual blocks, ε-output / σ_table."""
+
+    def __init__(self, in_dim: int, out_dim: int, hidden: int = 1024, embed: int = 512, n_blocks: int = 2,
+                 dropout: float = 0.1, sigma_min: float = 0.01, sigma_max: float = 50.0, num_scales: int = 1000) -> None:
+        super().__init__()
+        self.in_dim, self.out_dim, self.hidden, self.embed, self.n_blocks = in_dim, out_dim, hidden, embed, n_blocks
+        # registration order == official parameter order (EMA shadow list is positional)
+        self.register_buffer("sigmas", sigma_table(sigma_min, sigma_max, num_scales))
+        self.pre_dense = nn.Linear(in_dim, hidden)
+        self.pre_dense_t = nn.Linear(embed, hidden)
+        self.pre_gnorm = nn.GroupNorm(32, num_channels=hidden)
+        self.shared_time_embed = nn.Sequential(nn.Linear(embed, embed), nn.SiLU())
+        for b in range(1, n_blocks + 1):
+            setattr(self, f"b{b}_dense1", nn.Linear(hidden, hidden))
+            setattr(self, f"b{b}_dense1_t", nn.Linear(embed, hidden))
+            setattr(self, f"b{b}_gnorm1", nn.GroupNorm(32, num_channels=hidden))
+            setattr(self, f"b{b}_dense2", nn.Linear(hidden, hidden))
+            setattr(self, f"b{b}_dense2_t", nn.Linear(embed, hidden))
+            setattr(self, f"b{b}_gnorm2", nn.GroupNorm(32, num_channels=hidden))
+        self.post_dense = nn.Linear(hidden, out_dim)
+        self.act = nn.SiLU()
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Float[Tensor, "B Din"], label: Float[Tensor, "B"]) -> Float[Tensor, "B Dout"]:
+        """ε̂ for normalised input `x` at `label = 999·t`."""
+        temb = self.shared_time_embed(timestep_embedding(label, self.embed))
+        h = self.dropout(self.act(self.pre_gnorm(self.pre_dense(x) + self.pre_dense_t(temb))))
+        for b in range(1, self.n_blocks + 1):
+            blk = lambda name: getattr(self, f"b{b}_{name}")  # noqa: E731
+            h1 = self.dropout(self.act(blk("gnorm1")(blk("dense1")(h) + blk("dense1_t")(temb))))
+            h2 = self.dropout(self.act(blk("gnorm2")(blk("dense2")(h1) + blk("dense2_t")(temb))))
+            h = h + h2
+        out = self.post_dense(h)
+        # scale_by_sigma: divide by the descending VE table at floor(label) (spec §2.2, reproduced bit-for-bit)
+        idx = label.long().clamp(0, self.sigmas.shape[0] - 1)
+        return out / self.sigmas[idx][:, None]
+
+
+class CombineWholebody(nn.Module):
+    """Frozen per-part networks applied to [body 63 | lhand 45 | rhand 45 | face 103]; one shared hand net."""
+
+    def __init__(self, cfg: NetConfig) -> None:
+        super().__init__()
+        (hb, hh, hf), (eb, eh, ef) = cfg.part_hidden, cfg.part_embed
+        kw = dict(n_blocks=cfg.n_blocks, dropout=cfg.dropout, sigma_min=cfg.sigma_min, sigma_max=cfg.sigma_max,
+                  num_scales=cfg.num_scales)
+        self.body_model = TimeFC(63, 63, hb, eb, **kw)
+        self.hand_model = TimeFC(45, 45, hh, eh, **kw)
+        self.face_model = TimeFC(103, 103, hf, ef, **kw)
+
+    def split(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        return torch.split(x, WHOLEBODY_SPLIT, dim=-1)  # type: ignore[return-value]
+
+    def forward(self, x: Float[Tensor, "B 256"], label: Float[Tensor, "B"]) -> Float[Tensor, "B 256"]:
+        xb, xl, xr, xf = self.split(x)
+        return torch.cat([self.body_model(xb, label), self.hand_model(xl, label), self.hand_model(xr, label),
+                          self.face_model(xf, label)], dim=-1)
+
+
+class FinetuneWholebody(nn.Module):
+    """Released whole-body `mixed` model: frozen part nets + zero-initialised MaskFC residual (spec §2.4)."""
+
+    def __init__(self, cfg: NetConfig) -> None:
+        super().__init__()
+        self.base_model = CombineWholebody(cfg)
+        for p in self.base_model.parameters():
+            p.requires_grad_(False)
+        feat = cfg.part_hidden[0] + 2 * cfg.part_hidden[1] + cfg.part_hidden[2]
+        self.mask_fc = TimeFC(feat, 256, cfg.hidden_dim, cfg.embed_dim, cfg.n_blocks, cfg.dropout,
+                              cfg.sigma_min, cfg.sigma_max, cfg.num_scales)
+        self.output_linear = nn.Linear(256, 256)
+        nn.init.zeros_(self.output_linear.weight)
+        nn.init.zeros_(self.output_linear.bias)
+        self.zero_linear = self.output_linear  # the official code registers the same module twice
+
+    def forward(self, x: Float[Tensor, "B 256"], label: Float[Tensor, "B"],
+                mask: Float[Tensor, "B 4"] | None = None) -> Float[Tensor, "B 256"]:
+        if mask is not None:  # masked parts become 0 = the data mean in normalised space
+            sizes = torch.tensor(WHOLEBODY_SPLIT, device=x.device)
+            x = x * torch.repeat_interleave(mask.to(x.dtype), sizes, dim=-1)
+        base = self.base_model(x, label)
+        xb, xl, xr, xf = self.base_model.split(x)
+        bm = self.base_model
+        feats = torch.cat([bm.body_model.pre_dense(xb), bm.hand_model.pre_dense(xl), bm.hand_model.pre_dense(xr),
+                           bm.face_model.pre_dense(xf)], dim=-1)
+        return base + self.output_linear(self.mask_fc(feats, label))
+
+
+def build_net(cfg: NetConfig) -> nn.Module:
+    """Instantiate the network described by `cfg` (see NETS)."""
+    return NETS[cfg.kind](cfg)
+
+
+def _timefc(cfg: NetConfig) -> TimeFC:
+    return TimeFC(cfg.dim, cfg.dim, cfg.hidden_dim, cfg.embed_dim, cfg.n_blocks, cfg.dropout,
+                  cfg.sigma_min, cfg.sigma_max, cfg.num_scales)
+
+
+NETS = {"timefc": _timefc, "wholebody": FinetuneWholebody}
+
+
+def infer_net_config(state: dict[str, Tensor]) -> NetConfig:
+    """Read network widths from weights (never assume them); raises KeyError on unknown layouts."""
+    def blocks(prefix: str) -> int:
+        return sum(1 for k in state if k.startswith(prefix + "b") and k.endswith("_dense1.weight"))
+
+    if "base_model.body_model.pre_dense.weight" in state:
+        parts = ("body_model", "hand_model", "face_model")
+        return NetConfig(
+            kind="wholebody", dim=256,
+            hidden_dim=state["mask_fc.pre_dense.weight"].shape[0],
+            embed_dim=state["mask_fc.pre_dense_t.weight"].shape[1],
+            n_blocks=blocks("mask_fc."),
+            part_hidden=tuple(state[f"base_model.{p}.pre_dense.weight"].shape[0] for p in parts),  # type: ignore[arg-type]
+            part_embed=tuple(state[f"base_model.{p}.pre_dense_t.weight"].shape[1] for p in parts),  # type: ignore[arg-type]
+        )
+    w = state["pre_dense.weight"]
+    return NetConfig(kind="timefc", dim=w.shape[1], hidden_dim=w.shape[0],
+                     embed_dim=state["pre_dense_t.weight"].shape[1], n_blocks=blocks(""))

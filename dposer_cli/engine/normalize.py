@@ -1,0 +1,109 @@
+"""Z-score normalisation per part, with left-hand mirroring for whole-body vectors (spec §1.1, §1.3)."""
+
+from pathlib import Path
+
+import torch
+from jaxtyping import Float
+from torch import Tensor, nn
+
+from dposer_cli.core.errors import AssetMismatchError, InputError, MissingAssetError
+from dposer_cli.core.parts import PARTS, Part
+
+
+def mirror_mask(part: Part) -> Tensor:
+    """+1/−1 per dim: −1 on the y and z components of mirrored (left-hand) segments."""
+    signs = []
+    for seg in PARTS[part].segments:
+        s = torch.ones(seg.dim)
+        if seg.mirror:
+            s[1::3] = -1.0
+            s[2::3] = -1.0
+        signs.append(s)
+    return torch.cat(signs)
+
+
+class Normalizer(nn.Module):
+    """x_n = (m ⊙ x − mean) / std, where m mirrors left hands into right-hand convention."""
+
+    def __init__(self, mean: Tensor, std: Tensor, signs: Tensor) -> None:
+        super().__init__()
+        self.register_buffer("mean", mean.float().clone())
+        self.register_buffer("std", std.float().clone())
+        self.register_buffer("signs", signs.float().clone())
+
+    @classmethod
+    def for_part(cls, part: Part, mean: Tensor, std: Tensor) -> "Normalizer":
+        return cls(mean, std, mirror_mask(part))
+
+    def normalize(self, x: Float[Tensor, "*batch D"]) -> Float[Tensor, "*batch D"]:
+        return (x * self.signs - self.mean) / self.std
+
+    def denormalize(self, x: Float[Tensor, "*batch D"]) -> Float[Tensor, "*batch D"]:
+        return (x * self.std + self.mean) * self.signs
+
+    def state(self) -> dict[str, Tensor]:
+        return {"mean": self.mean.detach().cpu(), "std": self.std.detach().cpu()}
+
+
+def statistics(data: Float[Tensor, "N D"], part: Part) -> dict[str, Tensor]:
+    """Mean/std of training data in mirrored space (what a checkpoint stores)."""
+    x = data.float() * mirror_mask(part)
+    return {"mean": x.mean(0), "std": x.std(0).clamp_min(1e-6)}
+
+
+def _load_stats(file: Path, dim: int) -> tuple[Tensor, Tensor]:
+    try:
+        d = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is a mismatch
+        raise AssetMismatchError(f"{file} is not a readable normaliser file ({type(exc).__name__})") from None
+    if not isinstance(d, dict) or "mean_poses" not in d or "std_poses" not in d:
+        raise AssetMismatchError(f"{file}: expected keys mean_poses/std_poses (an official axis_normalize2.pt)")
+    mean, std = torch.as_tensor(d["mean_poses"]).float().flatten(), torch.as_tensor(d["std_poses"]).float().flatten()
+    if mean.numel() != dim or std.numel() != dim:
+        raise AssetMismatchError(f"{file}: statistics have {mean.numel()} dims, expected {dim}")
+    return mean, std
+
+
+def _segment_file(root: Path, relpath: str) -> list[Path]:
+    """Candidate locations of one segment's axis_normalize2.pt under a user-given root."""
+    rel = Path(relpath)
+    return [root / rel / "axis_normalize2.pt", root / rel.relative_to("data") / "axis_normalize2.pt",
+            root / rel.name / "axis_normalize2.pt"]
+
+
+def load_official_normalizer(part: Part, explicit: Path | None, cache_root: Path) -> Normalizer:
+    """Statistics the official checkpoints were trained with: --normalizer, else the downloaded copy.
+
+    `explicit` may be an `axis_normalize2.pt` file (single-segment parts), its folder, or the official
+    repository root / its `data/` folder holding all segments.
+    """
+    spec = PARTS[part]
+    means, stds, searched = [], [], []
+    for seg in spec.segments:
+        cands: list[Path] = []
+        if explicit is not None:
+            explicit = Path(explicit)
+            if explicit.is_file() and len(spec.segments) == 1:
+                cands.append(explicit)
+            elif explicit.is_file():
+                raise InputError(f"--normalizer {explicit}: --part {part.value} needs {len(spec.segments)} "
+                                 "normaliser files; give the official repository root (holding data/) instead")
+            else:
+                if len(spec.segments) == 1:
+                    cands.append(explicit / "axis_normalize2.pt")
+                cands += _segment_file(explicit, seg.normalizer)
+        else:
+            cands.append(cache_root / seg.normalizer / "axis_normalize2.pt")
+        found = next((c for c in cands if c.is_file()), None)
+        if found is None:
+            searched += [str(c) for c in cands]
+            continue
+        m, s = _load_stats(found, seg.dim)
+        means.append(m)
+        stds.append(s)
+    if searched:
+        raise MissingAssetError(
+            f"normaliser statistics for the official {part.value} checkpoint not found (looked in: {', '.join(searched)})",
+            hint=f"run `dposer download {part.value}` or pass --normalizer DIR (the official repo root holding data/)",
+        )
+    return Normalizer.for_part(part, torch.cat(means), torch.cat(stds))

@@ -1,0 +1,163 @@
+"""`DPoserPrior`: network + SDE + normaliser behind one object (the public Python API).
+
+    prior = DPoserPrior.load("body")              # official weights if downloaded, else the demo prior
+    poses = prior.sample(10, sampler="dpm2m")      # (10, 63) axis-angle
+    loss = prior.loss(poses, t=0.1)               # (10,) per-sample prior loss, differentiable in `poses`
+"""
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from jaxtyping import Float
+from torch import Tensor, nn
+
+from dposer_cli.core.config import PriorConfig
+from dposer_cli.core.device import resolve_device
+from dposer_cli.core.errors import InputError, MissingAssetError
+from dposer_cli.core.parts import PARTS, Part
+from dposer_cli.core.paths import demo_checkpoint, models_dir, official_checkpoint, official_dir
+from dposer_cli.engine import samplers as smp
+from dposer_cli.engine.checkpoint import Checkpoint, read_checkpoint
+from dposer_cli.engine.loss import T_RANGES, dposer_loss, time_schedule
+from dposer_cli.engine.nets import build_net
+from dposer_cli.engine.normalize import Normalizer, load_official_normalizer
+from dposer_cli.engine.sde import append_dims, build_sde
+
+log = logging.getLogger(__name__)
+
+
+class DPoserPrior(nn.Module):
+    """A diffusion pose prior for one part, working in raw axis-angle / coefficient space."""
+
+    def __init__(self, config: PriorConfig, net: nn.Module, normalizer: Normalizer, source: str = "") -> None:
+        super().__init__()
+        self.part = Part(config.part)
+        self.config = config
+        self.net = net.eval()
+        self.normalizer = normalizer
+        self.sde = build_sde(config.sde)
+        self.source = source  # human-readable origin ("official: PATH", "demo: PATH", "checkpoint: PATH")
+        self.nfe = 0  # network evaluations since construction (reset freely)
+
+    # ---- construction -------------------------------------------------------------------------
+    @classmethod
+    def from_checkpoint(cls, path: Path, part: Part | str | None = None, *, normalizer: Path | None = None,
+                        device: str | torch.device = "cpu", use_ema: bool = True) -> "DPoserPrior":
+        """Load ours or an official checkpoint. Official ones need normaliser statistics (spec §1.3).
+
+        Raises:
+            InputError: file missing. AssetMismatchError: wrong part / corrupt / unsafe.
+            MissingAssetError: official checkpoint and no normaliser found.
+        """
+        ckpt = read_checkpoint(Path(path), part)
+        return cls.from_loaded(ckpt, normalizer=normalizer, device=device, use_ema=use_ema)
+
+    @classmethod
+    def from_loaded(cls, ckpt: Checkpoint, *, normalizer: Path | None = None, device: str | torch.device = "cpu",
+                    use_ema: bool = True, source: str | None = None) -> "DPoserPrior":
+        net = build_net(ckpt.config.net)
+        net.load_state_dict(ckpt.model, strict=True)
+        if use_ema and ckpt.ema:
+            params = dict(net.named_parameters())
+            with torch.no_grad():
+                for name, value in ckpt.ema.items():
+                    params[name].copy_(value)
+        if ckpt.normalizer is not None and normalizer is None:
+            norm = Normalizer.for_part(ckpt.part, ckpt.normalizer["mean"], ckpt.normalizer["std"])
+        else:
+            cache = official_dir(models_dir())
+            norm = load_official_normalizer(ckpt.part, normalizer, cache)
+        prior = cls(ckpt.config, net, norm, source or f"{ckpt.format}: {ckpt.path}")
+        return prior.to(resolve_device(device))
+
+    @classmethod
+    def load(cls, part: Part | str, checkpoint: Path | None = None, *, normalizer: Path | None = None,
+             device: str | torch.device = "cpu") -> "DPoserPrior":
+        """Resolve `--checkpoint` > downloaded official weights > the bundled demo prior."""
+        part = Part(part)
+        if checkpoint is not None:
+            return cls.from_checkpoint(checkpoint, part, normalizer=normalizer, device=device)
+        official = official_checkpoint(part)
+        if official.is_file():
+            prior = cls.from_checkpoint(official, part, normalizer=normalizer, device=device)
+            prior.source = f"official: {official}"
+            return prior
+        demo = demo_checkpoint(part)
+        if demo.is_file():
+            prior = cls.from_checkpoint(demo, part, device=device)
+            prior.source = f"demo: {demo}"
+            return prior
+        raise MissingAssetError(
+            f"no {part.value} prior found (looked for {official} and the bundled demo prior {demo})",
+            hint=f"run `dposer download {part.value}` or pass --checkpoint",
+        )
+
+    # ---- network in normalised space -----------------------------------------------------------
+    @property
+    def dim(self) -> int:
+        return PARTS[self.part].dim
+
+    @property
+    def device(self) -> torch.device:
+        return self.normalizer.mean.device
+
+    def eps(self, x: Float[Tensor, "*batch D"], t: Float[Tensor, "*batch"]) -> Float[Tensor, "*batch D"]:
+        """Predicted noise ε̂(x_t, t) for normalised x_t; leading dims are flattened for the network."""
+        lead = x.shape[:-1]
+        flat = x.reshape(-1, x.shape[-1])
+        tt = t.reshape(-1).expand(flat.shape[0]) if t.numel() == 1 else t.reshape(-1)
+        self.nfe += 1
+        return self.net(flat, self.sde.label(tt)).reshape(*lead, -1)
+
+    def denoise(self, x_t: Float[Tensor, "*batch D"], t: Float[Tensor, "*batch"]) -> Float[Tensor, "*batch D"]:
+        """Tweedie one-step estimate x̂0 = (x_t − σ ε̂)/α in normalised space."""
+        alpha, std = self.sde.marginal(t)
+        return (x_t - append_dims(std, x_t.ndim) * self.eps(x_t, t)) / append_dims(alpha, x_t.ndim)
+
+    def normalize(self, pose: Tensor) -> Tensor:
+        return self.normalizer.normalize(pose)
+
+    def denormalize(self, x: Tensor) -> Tensor:
+        return self.normalizer.denormalize(x)
+
+    # ---- sampling -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(self, n: int, *, sampler: str = "dpm2m", steps: int | None = None, t_end: float = 1e-3,
+               generator: torch.Generator | None = None, progress: Callable[[int, int], None] | None = None,
+               shape: tuple[int, ...] = ()) -> Float[Tensor, "n D"]:
+        """Draw `n` raw poses (axis-angle / coefficients); `shape` adds inner dims, e.g. (T,) for motions."""
+        if sampler not in smp.SAMPLERS:
+            from dposer_cli.core.errors import suggest
+
+            raise InputError(f"unknown sampler {sampler!r}{suggest(sampler, list(smp.SAMPLERS))}",
+                             hint="samplers: " + ", ".join(smp.SAMPLERS))
+        steps = steps or smp.DEFAULT_STEPS[sampler]
+        x = self.sde.prior_sampling((n, *shape, self.dim), generator, self.device)
+        x0 = smp.SAMPLERS[sampler](self.eps, x, sde=self.sde, steps=steps, t_end=t_end, generator=generator,
+                                   callback=progress)
+        return self.denormalize(x0)
+
+    # ---- the prior as a loss --------------------------------------------------------------------
+    def loss(self, pose: Float[Tensor, "*batch D"], t: float | Tensor = 0.1, *, weighting: str = "snr",
+             generator: torch.Generator | None = None, normalized: bool = False,
+             noise: Tensor | None = None) -> Float[Tensor, "*batch"]:
+        """Per-sample DPoser loss (spec §6.1) of raw poses (or normalised ones with `normalized=True`).
+
+        Differentiable w.r.t. `pose` only (stop-gradient target, one network evaluation).
+        """
+        x0 = pose if normalized else self.normalize(pose)
+        return dposer_loss(self.eps, x0, t, sde=self.sde, weighting=weighting, generator=generator, noise=noise)
+
+    @staticmethod
+    def time_at(step: int, total: int, task: str | tuple[float, float] = "completion") -> float:
+        """Annealed diffusion time for optimisation step `step` of `total` (spec §6.2)."""
+        t_min, t_max = T_RANGES[task] if isinstance(task, str) else task
+        return time_schedule(step, total, t_min, t_max)
+
+
+def load_prior(part: Part | str, checkpoint: Path | None = None, *, normalizer: Path | None = None,
+               device: str | torch.device = "cpu") -> DPoserPrior:
+    """Convenience alias of `DPoserPrior.load`."""
+    return DPoserPrior.load(part, checkpoint, normalizer=normalizer, device=device)

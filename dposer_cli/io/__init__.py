@@ -1,0 +1,1 @@
+"""File formats: pose/motion npz, keypoint JSON, media, reports. numpy/json + core only."""
