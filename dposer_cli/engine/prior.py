@@ -63,7 +63,8 @@ class DPoserPrior(nn.Module):
             params = dict(net.named_parameters())
             with torch.no_grad():
                 for name, value in ckpt.ema.items():
-                    params[name].copy_(value)
+                    if name in params:  # buffers and aliased modules are in `model` already
+                        params[name].copy_(value)
         if ckpt.normalizer is not None and normalizer is None:
             norm = Normalizer.for_part(ckpt.part, ckpt.normalizer["mean"], ckpt.normalizer["std"])
         else:
