@@ -60,17 +60,25 @@ def main(argv: list[str] | None = None) -> None:
         app(args=args, prog_name="dposer", standalone_mode=False)
     except DposerError as exc:
         _fail(console, _command_name(args), exc.message, exc.hint, int(exc.exit_code), as_json)
+    except Exception as exc:
+        if isinstance(exc.__cause__, KeyboardInterrupt):  # Click turns Ctrl-C into Abort
+            _fail(console, _command_name(args), "interrupted", None, int(ExitCode.INTERRUPTED), as_json)
+        if not (hasattr(exc, "show") and hasattr(exc, "exit_code")):  # Typer/Click usage errors (exit 2)
+            _internal(console, args, exc, as_json)
+        exc.show()
+        sys.exit(int(exc.exit_code))
     except KeyboardInterrupt:
         _fail(console, _command_name(args), "interrupted", None, int(ExitCode.INTERRUPTED), as_json)
-    except SystemExit:
-        raise
-    except Exception as exc:  # noqa: BLE001 - the last-resort map
-        if os.environ.get("DPOSER_DEBUG"):
-            raise
-        msg = f"internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-        _fail(console, _command_name(args), msg + "; set DPOSER_DEBUG=1 for the traceback", None,
-              int(ExitCode.INTERNAL), as_json)
     sys.exit(0)
+
+
+def _internal(console, args: list[str], exc: BaseException, as_json: bool) -> None:  # type: ignore[no-untyped-def]
+    """Last resort: one line, exit 70; DPOSER_DEBUG=1 re-raises for the traceback."""
+    if os.environ.get("DPOSER_DEBUG"):
+        raise exc
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    msg = f"internal error: {type(exc).__name__}: {first}; set DPOSER_DEBUG=1 for the traceback"
+    _fail(console, _command_name(args), msg, None, int(ExitCode.INTERNAL), as_json)
 
 
 def _fail(console, command: str, message: str, hint: str | None, code: int, as_json: bool) -> None:  # type: ignore[no-untyped-def]

@@ -60,3 +60,9 @@ def suggest(name: str, choices: "list[str] | tuple[str, ...]") -> str:
 
     close = difflib.get_close_matches(name, list(choices), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+class Interrupted(DposerError):
+    """The user interrupted a long run (state was saved first where possible)."""
+
+    exit_code = ExitCode.INTERRUPTED

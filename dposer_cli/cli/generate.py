@@ -1,0 +1,43 @@
+"""`dposer generate`."""
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from dposer_cli.cli._options import (BodyModelOpt, CheckpointOpt, DeviceOpt, JsonOpt, NormalizerOpt, OutOpt,
+                                     PartOpt, QuietOpt, RendererOpt, SeedOpt)
+from dposer_cli.core.parts import Part
+
+
+def command(
+    part: PartOpt = Part.body,
+    n: Annotated[int, typer.Option("-n", "--num", help="Number of poses to sample.")] = 10,
+    out: OutOpt = Path("dposer_out"),
+    sampler: Annotated[str, typer.Option(help="dpm2m (DPM-Solver++ 2M, 25 steps), ddim (50) or em "
+                                              "(official Euler–Maruyama, 1000).")] = "dpm2m",
+    steps: Annotated[int | None, typer.Option(help="Sampler steps (= network evaluations). Default per sampler.")] = None,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
+    checkpoint: CheckpointOpt = None,
+    normalizer: NormalizerOpt = None,
+    no_render: Annotated[bool, typer.Option("--no-render", help="Skip the grid.png contact sheet.")] = False,
+    renderer: RendererOpt = "auto",
+    body_model: BodyModelOpt = None,
+    poses_json: Annotated[bool, typer.Option("--poses-json", help="Also write poses.json.")] = False,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Sample plausible poses from the prior, save them as DIR/poses.npz and render DIR/grid.png.
+
+    Example: dposer generate --part hand -n 50 --out hands/
+    """
+    from dposer_cli.cli._console import emit, progress
+    from dposer_cli.services import generate as svc
+
+    req = svc.GenerateRequest(part=part, n=n, out=out, sampler=sampler, steps=steps, seed=seed, device=device,
+                              checkpoint=checkpoint, normalizer=normalizer, render=not no_render, renderer=renderer,
+                              body_model=body_model, poses_json=poses_json)
+    with progress("sampling", enabled=not (quiet or json_out)) as cb:
+        result = svc.run(req, progress=cb)
+    emit(result, as_json=json_out, quiet=quiet)

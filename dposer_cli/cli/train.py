@@ -1,0 +1,56 @@
+"""`dposer train`."""
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from dposer_cli.cli._options import DeviceOpt, JsonOpt, NormalizerOpt, PartOpt, QuietOpt, SeedOpt
+from dposer_cli.core.parts import Part
+
+
+def command(
+    part: PartOpt = Part.body,
+    data: Annotated[list[Path], typer.Option("--data", help="Pose npz files or folders (ours, official toy, "
+                                                            "AMASS); repeat for several.")] = ...,  # type: ignore[assignment]
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder: last.pt, best.pt, prior.pt, log.jsonl. "
+                                                          "Re-running resumes from last.pt.")] = Path("dposer_train"),
+    steps: Annotated[int, typer.Option(help="Optimisation steps.")] = 20000,
+    batch_size: Annotated[int, typer.Option(help="Effective batch size (split over torchrun processes).")] = 1280,
+    lr: Annotated[float, typer.Option(help="RAdam learning rate (cosine schedule with warm-up).")] = 2e-4,
+    warmup: Annotated[int, typer.Option(help="Warm-up steps.")] = 500,
+    ema_rate: Annotated[float, typer.Option(help="EMA decay of the weights used for inference.")] = 0.9999,
+    hidden_dim: Annotated[int | None, typer.Option(help="TimeFC width (official 1024; default: demo width).")] = None,
+    embed_dim: Annotated[int | None, typer.Option(help="Time-embedding width (official 512).")] = None,
+    ckpt_every: Annotated[int, typer.Option(help="Write last.pt every N steps.")] = 1000,
+    val_every: Annotated[int, typer.Option(help="Validate (EMA weights) every N steps.")] = 1000,
+    fps: Annotated[float | None, typer.Option(help="Subsample AMASS sequences to this frame rate.")] = None,
+    eval_samples: Annotated[int, typer.Option(help="Samples for the final held-out FID (0: skip).")] = 500,
+    half: Annotated[bool, typer.Option("--half", help="Store prior.pt in float16.")] = False,
+    body_prior: Annotated[Path | None, typer.Option(help="Whole-body: frozen body prior checkpoint.")] = None,
+    hand_prior: Annotated[Path | None, typer.Option(help="Whole-body: frozen hand prior checkpoint.")] = None,
+    face_prior: Annotated[Path | None, typer.Option(help="Whole-body: frozen face prior checkpoint.")] = None,
+    normalizer: NormalizerOpt = None,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Train a DPoser prior (denoising score matching, subVP SDE, EMA); multi-GPU with torchrun.
+
+    Example: dposer train --part hand --data ../shared/data/poses/hand_reference_train.npz --out runs/hand --steps 5000
+    Multi-GPU: torchrun --nproc-per-node 4 -m dposer_cli train --part body --data DIR --out runs/body
+    """
+    from dposer_cli.cli._console import emit, progress
+    from dposer_cli.core.config import TrainConfig
+    from dposer_cli.services import train as svc
+
+    tc = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup=warmup, ema_rate=ema_rate, seed=seed,
+                     ckpt_every=ckpt_every, val_every=val_every)
+    priors = {k: v for k, v in (("body", body_prior), ("hand", hand_prior), ("face", face_prior)) if v is not None}
+    req = svc.TrainRequest(part=part, data=list(data), out=out, train=tc, hidden_dim=hidden_dim, embed_dim=embed_dim,
+                           part_priors=priors or None, normalizer=normalizer, device=device, fps=fps,
+                           eval_samples=eval_samples, half=half)
+    with progress("training", enabled=not (quiet or json_out)) as cb:
+        result = svc.run(req, progress=cb)
+    emit(result, as_json=json_out, quiet=quiet)

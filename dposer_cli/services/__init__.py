@@ -1,0 +1,1 @@
+"""One module per command: composes engine, bodies, io, render and metrics. No Typer/Rich here."""
