@@ -13,6 +13,8 @@ from dposer_cli.core.errors import DposerError, ExitCode
 # A command is listed here only once it works end to end.
 COMMANDS: dict[str, str] = {
     "generate": "dposer_cli.cli.generate",
+    "train": "dposer_cli.cli.train",
+    "download": "dposer_cli.cli.download",
 }
 
 
