@@ -89,6 +89,9 @@ def atomic_write(path: Path, mode: str = "wb") -> Iterator[IO]:
     except OSError as exc:
         raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; outputs get the usual permissions
         with os.fdopen(fd, mode) as fh:
             yield fh
             fh.flush()

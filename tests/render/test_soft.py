@@ -1,0 +1,84 @@
+"""The numpy z-buffer renderer against geometry we can compute by hand."""
+
+import numpy as np
+
+from dposer_cli.render import scene
+from dposer_cli.render.soft import rasterize_soft, zbuffer
+
+INTR = scene.Intrinsics(100.0, 100.0, 31.5, 31.5, 64, 64)
+
+
+def _tri(z: float, scale: float = 1.0) -> np.ndarray:
+    """A triangle around the optical axis at depth z whose normal (right-hand rule) faces the camera."""
+    return np.array([[-0.2, 0.2, z], [0.2, 0.2, z], [0.0, -0.2, z]]) * [scale, scale, 1]
+
+
+def _draw(verts, faces):
+    n = np.tile([0.0, 0.0, -1.0], (len(verts), 1))
+    return rasterize_soft(verts, faces, n, np.full((len(verts), 3), 0.6), INTR)
+
+
+def test_nearest_triangle_wins_regardless_of_order():
+    verts = np.concatenate([_tri(2.0, 2.0), _tri(1.0)])
+    for faces in ([[0, 1, 2], [3, 4, 5]], [[3, 4, 5], [0, 1, 2]]):
+        uv = scene.project(verts, INTR)
+        buf = zbuffer(uv[np.array(faces)], verts[:, 2][np.array(faces)], 64, 64)
+        near = faces.index([3, 4, 5])
+        assert buf[31, 31] == near  # centre: both cover it, the near one is drawn
+
+
+def test_intersecting_triangles_split_where_they_cross():
+    # two quads (as triangle pairs) tilted in opposite directions cross at x = 0
+    a = np.array([[-1, -1, 1.5], [1, -1, 2.5], [1, 1, 2.5], [-1, 1, 1.5]], float)  # near on the left
+    b = np.array([[-1, -1, 2.5], [1, -1, 1.5], [1, 1, 1.5], [-1, 1, 2.5]], float)  # near on the right
+    verts = np.concatenate([a, b]) * [0.3, 0.3, 1]
+    faces = np.array([[0, 2, 1], [0, 3, 2], [4, 6, 5], [4, 7, 6]])
+    uv = scene.project(verts, INTR)
+    buf = zbuffer(uv[faces], verts[:, 2][faces], 64, 64)
+    assert set(buf[31, 21:30].tolist()) <= {0, 1}  # left half: quad a
+    assert set(buf[31, 34:43].tolist()) <= {2, 3}  # right half: quad b
+
+
+def test_back_faces_are_culled():
+    verts = _tri(2.0)
+    _, front = _draw(verts, np.array([[0, 1, 2]]))
+    _, back = _draw(verts, np.array([[0, 2, 1]]))
+    assert front.sum() > 50 and back.sum() == 0
+
+
+def test_geometry_behind_the_camera_is_not_drawn():
+    _, mask = _draw(_tri(-2.0), np.array([[0, 1, 2]]))
+    assert mask.sum() == 0
+
+
+def test_sphere_silhouette_matches_the_analytic_disc(sphere):
+    v, f = sphere  # radius 0.5, subdivision 3 (its polygon slightly undershoots the true sphere)
+    d, focal, size = 3.0, 400.0, 256
+    intr = scene.Intrinsics(focal, focal, (size - 1) / 2, (size - 1) / 2, size, size)
+    verts = v + [0, 0, d]
+    _, mask = rasterize_soft(verts, f, scene.vertex_normals(verts, f), np.full((len(v), 3), 0.6), intr)
+    radius = focal * 0.5 / np.sqrt(d**2 - 0.5**2)  # tangent cone of a sphere
+    assert abs(mask.sum() / (np.pi * radius**2) - 1) < 0.03
+    ys, xs = np.nonzero(mask)
+    assert abs(xs.mean() - (size - 1) / 2) < 0.5 and abs(ys.mean() - (size - 1) / 2) < 0.5
+
+
+def test_pixel_colour_follows_the_shading_model(sphere):
+    v, f = sphere
+    verts = v + [0, 0, 3.0]
+    intr = scene.Intrinsics(400.0, 400.0, 63.0, 63.0, 127, 127)
+    color = np.array([0.8, 0.5, 0.3])
+    img, _ = rasterize_soft(verts, f, scene.vertex_normals(verts, f), np.tile(color, (len(v), 1)), intr)
+    expected = scene.shade(np.array([[0.0, 0.0, -1.0]]), color[None])[0]  # the centre faces the camera
+    np.testing.assert_allclose(img[63, 63].astype(int), expected.astype(int), atol=3)
+
+
+def test_chunked_passes_give_the_same_picture(sphere, monkeypatch):
+    from dposer_cli.render import soft
+
+    v, f = sphere
+    verts = v + [0, 0, 3.0]
+    uv = scene.project(verts, INTR)
+    whole = zbuffer(uv[f], verts[:, 2][f], 64, 64)
+    monkeypatch.setattr(soft, "CHUNK", 97)
+    np.testing.assert_array_equal(zbuffer(uv[f], verts[:, 2][f], 64, 64), whole)
