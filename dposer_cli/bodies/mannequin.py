@@ -1,0 +1,703 @@
+"""The built-in body: mannequin-x's skinned "wooden" mannequin as a differentiable, batched torch model.
+
+mannequin-x (Apache-2.0, import name `mannequin`) is NumPy-only and takes one body shape per call. This
+module reads its bundled assets (`wooden.npz`, `smplx_calibration.npz`) and reproduces
+`mannequin.Mannequin("wooden")` — `joint_transforms` and `vertices` — in torch:
+
+* **skeleton**: rest joints are linear in the ten SMPL-X betas (`joint_rest + joint_dirs @ betas`); the
+  SMPL-X body rotations drive joints 1–21, the hand rotations (plus SMPL-X's mean hand, as
+  `flat_hand_mean=False`) drive the 30 finger joints; the two palm joints (`left_hand`, `right_hand`)
+  sit on the wrists and never turn.
+* **mesh identity** (what `Mannequin._prepare_shape` computes per shape, in NumPy): the wooden mesh is
+  re-fitted to the shaped skeleton — per-bone similarity transforms, head box fit, rigid torso, forefoot
+  tilt and floor contact, mirrored ball joints. Here it is a batched function of `betas`, so meshes are
+  differentiable in the shape as well (mannequin-x allows a single shape per batch).
+* **skinning**: linear blend with mannequin-x's four strongest influences per vertex.
+
+Conventions (as SMPL-X): `global_orient` turns the body about the pelvis, `transl` is added last, zero
+hand parameters give the SMPL-X mean hand. `jaw_pose` and `expression` are accepted and ignored (the
+mannequin has no face). Joint list: the 54 mannequin joints (0–21 in SMPL-X body order), then
+landmark vertices named as smplx's extra joints (nose, eyes, ears, toes, heels, finger tips); see
+`LANDMARKS` for how each vertex is chosen. `MannequinHand` is one hand of the same mannequin, posed by
+`hand_pose` with `global_orient` as the wrist rotation and expressed with the wrist at the origin.
+"""
+
+import logging
+from collections.abc import Sequence
+from importlib import resources
+
+import numpy as np
+import torch
+from jaxtyping import Float
+from torch import Tensor, nn
+
+from dposer_cli.bodies.base import (
+    OPENPOSE25_NAMES,
+    BodyOutput,
+    build_joint_sets,
+    expand_param,
+    gather_params,
+    hand21_names,
+    lookup_joint_set,
+)
+from dposer_cli.bodies.kinematics import (
+    SkinMatrix,
+    batch_rodrigues,
+    forward_kinematics,
+    lbs,
+    lbs_apply,
+    lbs_matrix,
+    make_transforms,
+)
+from dposer_cli.core.errors import AssetMismatchError, UnavailableError
+from dposer_cli.core.parts import BODY_JOINTS, HAND_JOINTS
+
+log = logging.getLogger(__name__)
+
+NUM_BETAS = 10
+_INFLUENCES = 4  # mannequin-x keeps the four strongest skin weights per vertex
+_FOREFOOT_ANGLE = 0.1  # rad, mannequin-x `_reshape_forefeet`
+_FOREFOOT_LENGTH = 1.2
+_REFLECT = (-1.0, 1.0, 1.0)  # mirror about the x = 0 plane (left ↔ right)
+_FINGERS = ("thumb", "index", "middle", "ring", "pinky")  # smplx order of finger-tip joints
+_SMPLX_NAMES = {  # mannequin-x joint names → body-models SMPL-X names (mannequin-x `SMPLX_JOINT_NAMES`)
+    "Torso": "Spine1", "Spine": "Spine2", "Chest": "Spine3", "L_Toe": "L_Foot", "R_Toe": "R_Foot",
+    "L_Thorax": "L_Collar", "R_Thorax": "R_Collar",
+}  # fmt: skip
+
+# Landmark vertices of the neutral rest mesh standing in for SMPL-X's vertex joints (OpenPose BODY_25
+# nose/eyes/ears/feet and finger tips). Each is the mesh vertex nearest to a target point, searched only
+# among vertices skinned mostly to the named joint; targets are offsets (metres, SMPL-X frame: x = body
+# left, y = up, z = forward) from the joint's mirror-symmetric rest position, placed where SMPL-X's
+# vertices sit on a face and a foot. The wooden head is featureless: nose and eyes are points on the
+# front of the egg at nose and eye height, ears are the sides of the head at ear height.
+LANDMARKS: dict[str, tuple[str, tuple[float, float, float]]] = {
+    # name: (joint whose region is searched and whose rest position the offset starts from, offset)
+    "nose": ("Head", (0.0, 0.03, 0.13)),
+    "right_eye": ("Head", (-0.032, 0.065, 0.10)),
+    "left_eye": ("Head", (0.032, 0.065, 0.10)),
+    "right_ear": ("Head", (-0.1, 0.035, -0.01)),
+    "left_ear": ("Head", (0.1, 0.035, -0.01)),
+    # big toe: front medial corner of the sole; small toe: lateral, a little behind; heel: back of the sole
+    "left_big_toe": ("L_Toe", (-0.025, -0.01, 0.08)),
+    "left_small_toe": ("L_Toe", (0.035, -0.01, 0.05)),
+    "left_heel": ("L_Ankle", (0.0, -0.06, -0.06)),
+    "right_big_toe": ("R_Toe", (0.025, -0.01, 0.08)),
+    "right_small_toe": ("R_Toe", (-0.035, -0.01, 0.05)),
+    "right_heel": ("R_Ankle", (0.0, -0.06, -0.06)),
+}  # fmt: skip
+# finger tips: the vertex of the distal segment furthest along the bone (joint 2 → joint 3)
+
+
+def _asset(name: str) -> dict[str, np.ndarray]:
+    try:
+        resource = resources.files("mannequin") / "assets" / name
+        with resource.open("rb") as fh, np.load(fh, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except ModuleNotFoundError:
+        raise UnavailableError(
+            "the built-in body needs the mannequin-x package, which is not installed",
+            hint="pip install mannequin-x",
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise AssetMismatchError(f"cannot read mannequin-x asset {name}: {exc}") from None
+
+
+def _snake(name: str) -> str:
+    """mannequin-x joint name → smplx-style name ("L_Index1" → "left_index1")."""
+    name = _SMPLX_NAMES.get(name, name)
+    for short, long in (("L_", "left_"), ("R_", "right_")):
+        if name.startswith(short):
+            name = long + name[2:]
+    return name.lower()
+
+
+class WoodenRig(nn.Module):
+    """Constants of the wooden mannequin and its shape pipeline (`Mannequin._prepare_shape` in torch).
+
+    Shape-dependent quantities are computed for a batch of betas and for a named vertex subset only, so
+    joints-only calls never touch the 24k-vertex mesh.
+    """
+
+    def __init__(self, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        wood, cal = _asset("wooden.npz"), _asset("smplx_calibration.npz")
+        try:
+            self._build(wood, cal)
+        except KeyError as exc:
+            raise AssetMismatchError(
+                f"mannequin-x asset lacks key {exc}; this mannequin-x version is not supported",
+                hint="pip install 'mannequin-x>=0.3,<0.4'",
+            ) from None
+        self.to(dtype)
+        with torch.no_grad():  # neutral identity, cached: most calls use betas = 0
+            ctx = self.context(torch.zeros(1, NUM_BETAS, dtype=torch.float64).to(dtype))
+            self.register_buffer("neutral_points", self.points(ctx, "full")[0], persistent=False)
+            self.register_buffer("neutral_joints", ctx["rest"][0], persistent=False)
+
+    # ---------------------------------------------------------------- assets → buffers
+    def _build(self, wood: dict[str, np.ndarray], cal: dict[str, np.ndarray]) -> None:
+        self.asset_names: tuple[str, ...] = tuple(str(n) for n in wood["joint_names"])
+        self.parents: tuple[int, ...] = tuple(int(p) for p in wood["parents"])
+        names = self.asset_names
+        nj = len(names)
+        self.index = {n: i for i, n in enumerate(names)}
+
+        # skin binding exactly as mannequin-x `_bind_skin` (float32 sort and normalisation)
+        weights32 = wood["skin_weights"].astype(np.float32)
+        joint_idx = wood["skin_joint_indices"].astype(np.int64)
+        strongest = np.argsort(weights32, axis=1)[:, -min(_INFLUENCES, weights32.shape[1]) :]
+        joint_idx = np.take_along_axis(joint_idx, strongest, axis=1)
+        w = np.take_along_axis(weights32, strongest, axis=1)
+        w /= w.sum(axis=1, keepdims=True)
+        rigid_owner = wood["skin_rigid_joint_indices"].astype(np.int64)
+        rigid = rigid_owner >= 0
+        joint_idx[rigid] = rigid_owner[rigid, None]
+        w[rigid] = 0.0
+        w[rigid, 0] = 1.0
+        nv = joint_idx.shape[0]
+        dense = np.zeros((nv, nj))
+        np.add.at(
+            dense,
+            (np.repeat(np.arange(nv), joint_idx.shape[1]), joint_idx.ravel()),
+            w.astype(np.float64).ravel(),
+        )
+        self.skin_idx, self.skin_w = joint_idx, w.astype(np.float64)  # numpy copies for set-up work
+
+        def region(joints: Sequence[str]) -> np.ndarray:
+            ids = [self.index[j] for j in joints]
+            return np.where(np.isin(joint_idx, ids), self.skin_w, 0.0).sum(axis=1)
+
+        head_infl, foot_l, foot_r = (
+            region(["Head"]),
+            region(["L_Ankle", "L_Toe"]),
+            region(["R_Ankle", "R_Toe"]),
+        )
+
+        # ball-joint parts joint_L* / joint_R* are mirrored vertex for vertex (`_symmetrize_skin_joints`)
+        partner = np.arange(nv)
+        sym = np.zeros(nv, dtype=bool)
+        parts = {
+            str(n): (int(s), int(c))
+            for n, s, c in zip(
+                wood["skin_part_names"],
+                wood["skin_part_vertex_starts"],
+                wood["skin_part_vertex_counts"],
+                strict=True,
+            )
+        }
+        for name, (start, count) in parts.items():
+            if name.startswith("joint_L"):
+                rstart, rcount = parts[name.replace("joint_L", "joint_R")]
+                assert rcount == count
+                partner[start : start + count] = np.arange(rstart, rstart + count)
+                partner[rstart : rstart + count] = np.arange(start, start + count)
+                sym[start : start + count] = sym[rstart : rstart + count] = True
+        mirror = np.array(
+            [
+                self.index.get(
+                    ("R_" + n[2:]) if n.startswith("L_") else ("L_" + n[2:]) if n.startswith("R_") else n, j
+                )
+                for j, n in enumerate(names)
+            ]
+        )
+
+        # per-joint bone fits of `skin_shape_transforms`: align one vector (single child, or a leaf's own
+        # bone) or a similarity fit to all children; the head keeps the identity (mannequin-x override)
+        neutral_offsets = wood["local_offsets"].astype(np.float32).astype(np.float64)
+        children: list[list[int]] = [[] for _ in range(nj)]
+        for j, p in enumerate(self.parents):
+            if p >= 0:
+                children[p].append(j)
+        align_joint, align_vec, fit_joint, fit_child, fit_group = [], [], [], [], []
+        for j, ch in enumerate(children):
+            if j == self.index["Head"]:
+                continue
+            if len(ch) > 1:
+                fit_joint.append(j)
+                fit_child += ch
+                fit_group += [len(fit_joint) - 1] * len(ch)
+                continue
+            vec = ch[0] if ch else (j if self.parents[j] >= 0 else None)
+            if vec is not None and np.linalg.norm(neutral_offsets[vec]) > 0.0:  # zero bones keep the identity
+                align_joint.append(j)
+                align_vec.append(vec)
+        src = neutral_offsets[align_vec]
+        src_axis = src / np.linalg.norm(src, axis=1, keepdims=True)
+        basis = np.eye(3)[np.argmin(np.abs(src_axis), axis=1)]
+        flip_axis = np.cross(src_axis, basis)
+        flip_axis /= np.linalg.norm(flip_axis, axis=1, keepdims=True)
+        flip = 2.0 * flip_axis[:, :, None] * flip_axis[:, None, :] - np.eye(3)  # antiparallel-bone fallback
+        fit_src = neutral_offsets[fit_child]
+        fit_den = np.zeros(len(fit_joint))
+        np.add.at(fit_den, fit_group, (fit_src**2).sum(axis=1))
+
+        source_joints = wood["skin_source_joint_positions"].astype(np.float32).astype(np.float64)
+        pelvis, chest = self.index["Pelvis"], self.index["Chest"]
+        self._ids = {
+            "head": self.index["Head"],
+            "pelvis": pelvis,
+            "chest": chest,
+            "l_ankle": self.index["L_Ankle"],
+            "r_ankle": self.index["R_Ankle"],
+        }
+        rigid_axis = source_joints[chest] - source_joints[pelvis]
+
+        def buf(name: str, value: np.ndarray, dtype: torch.dtype | None = None) -> None:
+            self.register_buffer(
+                name, torch.as_tensor(np.ascontiguousarray(value), dtype=dtype), persistent=False
+            )
+
+        f64 = torch.float64
+        buf("joint_rest", cal["joint_rest"], f64)
+        buf("joint_dirs", cal["joint_dirs"], f64)
+        buf("sole_rest", cal["sole_y_rest"], f64)
+        buf("sole_dirs", cal["sole_y_dirs"], f64)
+        buf("head_min_rest", cal["head_min_rest"], f64)
+        buf("head_max_rest", cal["head_max_rest"], f64)
+        buf("head_min_dirs", cal["head_min_dirs"], f64)
+        buf("head_max_dirs", cal["head_max_dirs"], f64)
+        buf("hand_mean", cal["hand_mean"].reshape(2, 45), f64)  # left, right (SMPL-X hands_mean)
+        buf("parent_idx", np.maximum(np.array(self.parents), 0), torch.long)
+        buf("mirror", mirror, torch.long)
+        buf("reflect", np.array(_REFLECT), f64)
+        buf("source_joints", source_joints, f64)
+        buf("align_joint", np.array(align_joint), torch.long)
+        buf("align_vec", np.array(align_vec), torch.long)
+        buf("align_src", src, f64)
+        buf("align_flip", flip, f64)
+        buf("fit_joint", np.array(fit_joint), torch.long)
+        buf("fit_child", np.array(fit_child), torch.long)
+        buf("fit_group", np.array(fit_group), torch.long)
+        buf("fit_src", fit_src, f64)
+        buf("fit_den", fit_den, f64)
+        buf("rigid_axis", rigid_axis, f64)
+        buf("rest_vertices", wood["vertices"].astype(np.float32).astype(np.float64), f64)
+        self.faces_np = wood["faces"].astype(np.int64)
+
+        # per-vertex arrays, sliced per named subset (see `add_subset`)
+        self._vert = {
+            "w": dense,
+            "x0": self.rest_vertices.numpy(),
+            "head": head_infl,
+            "rigid": rigid,
+            "fwl": foot_l,
+            "fwr": foot_r,
+        }
+        self._partner, self._sym = partner, sym
+        self._subsets: dict[str, int] = {}
+        self.add_subset("full", np.arange(nv))
+        stats = np.flatnonzero((head_infl > 0.5) | (foot_l > 0.5) | (foot_r > 0.5))
+        self.add_subset("stats", stats)
+        # masks over the subset's own vertex list (which also holds mirror partners)
+        self.register_buffer("stats_is_head", self.sub_stats_head > 0.5, persistent=False)
+        self.register_buffer("stats_is_fl", self.sub_stats_fwl > 0.5, persistent=False)
+        self.register_buffer("stats_is_fr", self.sub_stats_fwr > 0.5, persistent=False)
+
+    def add_subset(self, name: str, vertex_ids: np.ndarray) -> None:
+        """Register buffers to shape only `vertex_ids` (plus their mirror partners)."""
+        vertex_ids = np.asarray(vertex_ids, dtype=np.int64)
+        need = np.unique(np.concatenate([vertex_ids, self._partner[vertex_ids]]))
+        for key, arr in self._vert.items():
+            sub = arr[need]
+            t = torch.as_tensor(np.ascontiguousarray(sub))
+            if t.is_floating_point():
+                t = t.to(self.rest_vertices.dtype)
+            self.register_buffer(f"sub_{name}_{key}", t, persistent=False)
+        self.register_buffer(
+            f"sub_{name}_pos", torch.as_tensor(np.searchsorted(need, vertex_ids)), persistent=False
+        )
+        self.register_buffer(
+            f"sub_{name}_ppos",
+            torch.as_tensor(np.searchsorted(need, self._partner[vertex_ids])),
+            persistent=False,
+        )
+        self.register_buffer(f"sub_{name}_sym", torch.as_tensor(self._sym[vertex_ids]), persistent=False)
+        self._subsets[name] = len(vertex_ids)
+
+    def _sub(self, name: str, key: str) -> Tensor:
+        return getattr(self, f"sub_{name}_{key}")
+
+    # ---------------------------------------------------------------- shape pipeline
+    def rest_joints(self, betas: Float[Tensor, "*b 10"]) -> Float[Tensor, "*b J 3"]:
+        """Calibrated SMPL-X rest joints (exactly linear in the first ten betas)."""
+        return self.joint_rest + torch.einsum("jcs,...s->...jc", self.joint_dirs, betas)
+
+    def _align_rotation(self, tgt: Tensor) -> tuple[Tensor, Tensor]:
+        """Rotation taking each `align_src` axis onto `tgt`, and the length ratio (`_align_and_scale`)."""
+        src_len = self.align_src.norm(dim=-1)
+        src_axis = self.align_src / src_len[:, None]
+        tgt_len = tgt.norm(dim=-1)
+        tgt_axis = tgt / tgt_len[..., None]
+        rot = _rotation_between(src_axis, tgt_axis, self.align_flip)
+        return rot, tgt_len / src_len
+
+    def _skin_transforms(self, display_offsets: Tensor) -> Tensor:
+        """Per-joint bind transforms fitted to the shaped skeleton (`skin_shape_transforms`)."""
+        batch = display_offsets.shape[:-2]
+        eye = torch.eye(3, dtype=display_offsets.dtype, device=display_offsets.device)
+        out = eye.expand(*batch, len(self.parents), 3, 3).clone()
+        tgt = display_offsets[..., self.align_vec, :]
+        rot, ratio = self._align_rotation(tgt)
+        src_axis = self.align_src / self.align_src.norm(dim=-1, keepdim=True)
+        scale = eye + (ratio - 1.0)[..., None, None] * (src_axis[:, :, None] * src_axis[:, None, :])
+        out[..., self.align_joint, :, :] = rot @ scale
+        # similarity fit to several children (pelvis, chest, palms): Procrustes with reflection guard
+        fit_t = display_offsets[..., self.fit_child, :]
+        outer = fit_t[..., :, None] * self.fit_src[:, None, :]
+        cov = torch.zeros(*batch, len(self.fit_joint), 3, 3, dtype=outer.dtype, device=outer.device)
+        cov = cov.index_add(-3, self.fit_group, outer)
+        u, _, vh = torch.linalg.svd(cov)
+        sign = torch.sign(torch.linalg.det(u @ vh))
+        rot = u @ torch.diag_embed(torch.stack([torch.ones_like(sign), torch.ones_like(sign), sign], -1)) @ vh
+        rotated = (rot[..., self.fit_group, :, :] @ self.fit_src[:, :, None])[..., 0]
+        num = torch.zeros(*batch, len(self.fit_joint), dtype=outer.dtype, device=outer.device)
+        num = num.index_add(-1, self.fit_group, (fit_t * rotated).sum(-1))
+        out[..., self.fit_joint, :, :] = rot * (num / self.fit_den)[..., None, None]
+        return out
+
+    def context(self, betas: Float[Tensor, "B 10"]) -> dict[str, Tensor]:
+        """Everything shape-dependent that per-vertex shaping needs, for a batch of betas."""
+        rest = self.rest_joints(betas)
+        display = 0.5 * (rest + self.reflect * rest[..., self.mirror, :])  # `symmetric_joints`
+        display_offsets = display - display[..., self.parent_idx, :]
+        display_offsets = torch.cat([display[..., :1, :], display_offsets[..., 1:, :]], dim=-2)
+        ctx = {"rest": rest, "display": display, "betas": betas}
+        ctx["map"] = make_transforms(self._skin_transforms(display_offsets), display)
+        ctx["head_min"] = self.head_min_rest + betas @ self.head_min_dirs.T
+        ctx["head_max"] = self.head_max_rest + betas @ self.head_max_dirs.T
+        ctx["floor"] = (self.sole_rest + betas @ self.sole_dirs.T).amin(-1)
+        ids = self._ids
+        # rigid torso: similarity taking the source pelvis→chest axis onto the shaped one
+        tgt = display[..., ids["chest"], :] - display[..., ids["pelvis"], :]
+        src_len = self.rigid_axis.norm()
+        tgt_len = tgt.norm(dim=-1)
+        rot = _rotation_between(self.rigid_axis / src_len, tgt / tgt_len[..., None], None)
+        ctx["rigid"] = rot * (tgt_len / src_len)[..., None, None]
+        # region statistics: head bounding box after mapping, and the floor shift of each foot
+        v1 = self._mapped(ctx, "stats")
+        ctx["head_src_min"] = v1[..., self.stats_is_head, :].amin(-2)
+        ctx["head_src_max"] = v1[..., self.stats_is_head, :].amax(-2)
+        v3 = self._rigid(ctx, "stats", self._head_fit(ctx, "stats", v1))
+        fwl, fwr = self._sub("stats", "fwl"), self._sub("stats", "fwr")
+        dl, dr = self._forefoot(ctx, v3, fwl, "l_ankle"), self._forefoot(ctx, v3, fwr, "r_ankle")
+        y = v3[..., 1] + dl[..., 1]
+        ctx["shift_l"] = ((ctx["floor"][..., None] - y[..., self.stats_is_fl]) / fwl[self.stats_is_fl]).amax(
+            -1
+        )
+        y = y + fwl * ctx["shift_l"][..., None] + dr[..., 1]
+        ctx["shift_r"] = ((ctx["floor"][..., None] - y[..., self.stats_is_fr]) / fwr[self.stats_is_fr]).amax(
+            -1
+        )
+        return ctx
+
+    def _mapped(self, ctx: dict[str, Tensor], name: str) -> Tensor:
+        # `_map_skin_to_skeleton` is itself a blend: Σ w (T_j (x − s_j) + d_j)
+        return lbs(self._sub(name, "x0"), ctx["map"], self.source_joints, self._sub(name, "w"))
+
+    def _head_fit(self, ctx: dict[str, Tensor], name: str, v: Tensor) -> Tensor:
+        lo, hi = ctx["head_src_min"][..., None, :], ctx["head_src_max"][..., None, :]
+        tlo, thi = ctx["head_min"][..., None, :], ctx["head_max"][..., None, :]
+        fitted = tlo + (v - lo) * ((thi - tlo) / (hi - lo))
+        return v + self._sub(name, "head")[:, None] * (fitted - v)
+
+    def _rigid(self, ctx: dict[str, Tensor], name: str, v: Tensor) -> Tensor:
+        pelvis = self._ids["pelvis"]
+        rel = self._sub(name, "x0") - self.source_joints[pelvis]
+        moved = rel @ ctx["rigid"].transpose(-1, -2) + ctx["display"][..., pelvis, None, :]
+        return torch.where(self._sub(name, "rigid")[:, None], moved, v)
+
+    def _forefoot(self, ctx: dict[str, Tensor], v: Tensor, weight: Tensor, ankle: str) -> Tensor:
+        """Displacement of `_reshape_forefeet`'s tilt about the ankle (before the floor shift)."""
+        rel = v - ctx["rest"][..., self._ids[ankle], None, :]
+        c, s = np.cos(_FOREFOOT_ANGLE), np.sin(_FOREFOOT_ANGLE)
+        dy = c * rel[..., 1] - s * _FOREFOOT_LENGTH * rel[..., 2] - rel[..., 1]
+        dz = s * rel[..., 1] + c * _FOREFOOT_LENGTH * rel[..., 2] - rel[..., 2]
+        return torch.stack([torch.zeros_like(dy), dy, dz], dim=-1) * weight[:, None]
+
+    def points(self, ctx: dict[str, Tensor], name: str) -> Tensor:
+        """Shaped bind-pose positions of subset `name`'s vertices, (B, n, 3)."""
+        v = self._rigid(ctx, name, self._head_fit(ctx, name, self._mapped(ctx, name)))
+        fwl, fwr = self._sub(name, "fwl"), self._sub(name, "fwr")
+        v = v + self._forefoot(ctx, v, fwl, "l_ankle") + self._forefoot(ctx, v, fwr, "r_ankle")
+        lift = fwl * ctx["shift_l"][..., None] + fwr * ctx["shift_r"][..., None]
+        v = torch.cat([v[..., :1], v[..., 1:2] + lift[..., None], v[..., 2:]], dim=-1)
+        own, other = v[..., self._sub(name, "pos"), :], v[..., self._sub(name, "ppos"), :]
+        return torch.where(self._sub(name, "sym")[:, None], 0.5 * (own + self.reflect * other), own)
+
+    def shaped(self, betas: Tensor | None, names: Sequence[str]) -> tuple[Tensor, list[Tensor], bool]:
+        """Rest joints (*b, J, 3), shaped subset points [(*b, n, 3)] and whether this is the neutral shape.
+
+        `betas=None` uses the cached neutral shape. Rows that do not need gradients are de-duplicated
+        first, so a batch sharing one body shape costs one shape evaluation.
+        """
+        if betas is None:
+            return self.neutral_joints, [self.neutral_points[self._full_ids(n)] for n in names], True
+        lead = betas.shape[:-1]
+        flat = betas.reshape(-1, NUM_BETAS)
+        rest = self.rest_joints(betas)
+        if not flat.requires_grad:
+            uniq, inverse = torch.unique(flat, dim=0, return_inverse=True)
+            if uniq.shape[0] == 1 and not bool(uniq.any()):
+                return self.shaped(None, names)
+            ctx = self.context(uniq)
+            return rest, [self.points(ctx, n)[inverse].reshape(*lead, -1, 3) for n in names], False
+        ctx = self.context(flat)
+        return rest, [self.points(ctx, n).reshape(*lead, -1, 3) for n in names], False
+
+    def _full_ids(self, name: str) -> Tensor | slice:
+        return getattr(self, f"ids_{name}") if name != "full" else slice(None)
+
+    def add_named_subset(self, name: str, vertex_ids: np.ndarray) -> None:
+        """A subset plus its vertex ids (for slicing the cached neutral mesh)."""
+        self.add_subset(name, vertex_ids)
+        self.register_buffer(
+            f"ids_{name}", torch.as_tensor(np.asarray(vertex_ids, dtype=np.int64)), persistent=False
+        )
+
+
+def _rotation_between(src: Tensor, tgt: Tensor, flip: Tensor | None) -> Tensor:
+    """R with R·src = tgt for unit vectors (Rodrigues form of mannequin-x `_align_and_scale`)."""
+    cross = torch.linalg.cross(src.expand_as(tgt), tgt, dim=-1)
+    cos = (src * tgt).sum(-1)
+    ok = cos > -0.999999
+    x, y, z = cross.unbind(-1)
+    zero = torch.zeros_like(x)
+    k = torch.stack([zero, -z, y, z, zero, -x, -y, x, zero], dim=-1).unflatten(-1, (3, 3))
+    denom = torch.where(ok, 1.0 + cos, torch.ones_like(cos))  # safe: the other branch is used there
+    eye = torch.eye(3, dtype=src.dtype, device=src.device)
+    rot = eye + k + (k @ k) / denom[..., None, None]
+    if flip is not None:
+        rot = torch.where(ok[..., None, None], rot, flip)
+    return rot
+
+
+def _landmark_vertices(rig: WoodenRig, points: np.ndarray, joints: np.ndarray) -> dict[str, int]:
+    """Pick the landmark vertices of `LANDMARKS` and the finger tips on the neutral rest mesh.
+
+    `joints` are the mirror-symmetric rest joints the mesh is built around (left/right picks mirror).
+    """
+    out: dict[str, int] = {}
+    dominant = rig.skin_idx[np.arange(len(points)), np.argmax(rig.skin_w, axis=1)]
+    for name, (owner, offset) in LANDMARKS.items():
+        cand = np.flatnonzero(dominant == rig.index[owner])
+        target = joints[rig.index[owner]] + np.array(offset)
+        out[name] = int(cand[np.argmin(np.linalg.norm(points[cand] - target, axis=1))])
+    for side, prefix in (("L", "left_"), ("R", "right_")):
+        for finger in _FINGERS:
+            j2, j3 = rig.index[f"{side}_{finger.capitalize()}2"], rig.index[f"{side}_{finger.capitalize()}3"]
+            cand = np.flatnonzero(dominant == j3)
+            direction = joints[j3] - joints[j2]
+            out[prefix + finger] = int(cand[np.argmax((points[cand] - joints[j3]) @ direction)])
+    return out
+
+
+class MannequinBody(nn.Module):
+    """The built-in whole body (kind "mannequin"): SMPL-X body and hand rotations → wooden mannequin."""
+
+    kind = "mannequin"
+    num_betas = NUM_BETAS
+    num_expression = 0
+
+    def __init__(self, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        rig = WoodenRig(dtype)
+        self.rig = rig
+        with torch.no_grad():
+            zero = torch.zeros(1, NUM_BETAS, dtype=rig.joint_rest.dtype)
+            joints_np = rig.context(zero)["display"][0].double().numpy()
+        points_np = rig.neutral_points.double().numpy()
+        self.landmarks = _landmark_vertices(rig, points_np, joints_np)
+        rig.add_named_subset("landmarks", np.array(list(self.landmarks.values())))
+        rig.to(dtype)
+        self.skeleton_names = tuple(_snake(n) for n in rig.asset_names)
+        if self.skeleton_names[:22] != ("pelvis", *BODY_JOINTS):
+            raise AssetMismatchError(
+                f"mannequin-x joint order changed ({self.skeleton_names[:22]}); "
+                "this mannequin-x version is not supported"
+            )
+        self.joint_names = self.skeleton_names + tuple(self.landmarks)
+        self.register_buffer("parents", torch.tensor(rig.parents), persistent=False)
+        self.register_buffer("faces", torch.as_tensor(rig.faces_np), persistent=False)
+        self._sets = build_joint_sets(self.joint_names, _BODY_SETS)
+        first_l, first_r = self.skeleton_names.index("left_index1"), self.skeleton_names.index("right_index1")
+        if self.skeleton_names[first_l : first_l + 15] != tuple(f"left_{j}" for j in HAND_JOINTS):
+            raise AssetMismatchError(
+                "mannequin-x finger order changed; this mannequin-x version is not supported"
+            )
+        self._left, self._right = slice(first_l, first_l + 15), slice(first_r, first_r + 15)
+        self._matrix: SkinMatrix | None = None
+        self._matrix_key: tuple | None = None
+
+    def _neutral_matrix(self) -> SkinMatrix:
+        key = (self.rig.neutral_points.dtype, self.rig.neutral_points.device)
+        if self._matrix_key != key:  # rebuilt after .to(): sparse tensors are not module buffers
+            self._matrix = lbs_matrix(self.rig.neutral_points, self.rig.sub_full_w)
+            self._matrix_key = key
+        return self._matrix
+
+    @property
+    def joint_sets(self) -> tuple[str, ...]:
+        return tuple(self._sets)
+
+    def joint_set(self, name: str) -> Tensor:
+        """Indices into the output joints of a named set ("body22", "openpose25", "lhand21", "rhand21")."""
+        return lookup_joint_set(self._sets, name, self.kind).to(self.parents.device)
+
+    def forward(self, *, return_vertices: bool = True, **params: Tensor) -> BodyOutput:
+        """Pose the mannequin; missing parameters are zeros (betas 0 = the SMPL-X neutral shape)."""
+        dtype, device = self.rig.joint_rest.dtype, self.rig.joint_rest.device
+        batch, p = gather_params(
+            params,
+            _BODY_DIMS,
+            model="the mannequin body",
+            dtype=dtype,
+            device=device,
+            coeffs={"betas": NUM_BETAS, "expression": None},
+        )
+        aa = torch.zeros(*batch, len(self.skeleton_names), 3, dtype=dtype, device=device)
+        aa[..., 0, :] = expand_param(p.get("global_orient"), batch, 3, dtype, device).reshape(*batch, 3)
+        aa[..., 1:22, :] = expand_param(p.get("body_pose"), batch, 63, dtype, device).reshape(*batch, 21, 3)
+        for key, sl, row in (("left_hand_pose", self._left, 0), ("right_hand_pose", self._right, 1)):
+            hand = (
+                expand_param(p.get(key), batch, 45, dtype, device).reshape(*batch, 45)
+                + self.rig.hand_mean[row]
+            )
+            aa[..., sl, :] = hand.reshape(*batch, 15, 3)
+        rest, (land, *full), neutral = self.rig.shaped(
+            p.get("betas"), ["landmarks", "full"] if return_vertices else ["landmarks"]
+        )
+        transforms, joints = forward_kinematics(batch_rodrigues(aa), rest, self.parents)
+        w_land = self.rig.sub_landmarks_w[self.rig.sub_landmarks_pos]
+        landmarks = lbs(land, transforms, rest, w_land)
+        joints = torch.cat([joints, landmarks], dim=-2)
+        transl = p.get("transl")
+        shift = 0.0 if transl is None else transl[..., None, :]
+        vertices = None
+        if return_vertices:
+            if neutral and device.type in ("cpu", "cuda"):  # shared rest mesh: cached sparse skinning matrix
+                vertices = lbs_apply(self._neutral_matrix(), transforms, rest) + shift
+            else:
+                vertices = lbs(full[0], transforms, rest, self.rig.sub_full_w) + shift
+            vertices = vertices.expand(*batch, *vertices.shape[-2:])
+        joints = (joints + shift).expand(*batch, *joints.shape[-2:])
+        return BodyOutput(joints=joints, vertices=vertices)
+
+
+class MannequinHand(nn.Module):
+    """One hand of the mannequin (kind "mannequin-hand"), wrist at the origin.
+
+    `global_orient` is the wrist's rotation, `hand_pose` the 15 finger joints in SMPL-X/MANO order (zero =
+    the SMPL-X mean hand of that side), `betas` SMPL-X body shape (it sets finger lengths), `transl` is
+    added last. Joints: wrist, 15 finger joints (MANO order), then the five finger tips (thumb, index,
+    middle, ring, pinky) — the same 21-joint layout as `MANOBody`. The mesh is the mannequin's hand up to
+    the wrist cut (vertices skinned only to the wrist, palm and fingers).
+    """
+
+    kind = "mannequin-hand"
+    num_betas = NUM_BETAS
+    num_expression = 0
+
+    def __init__(self, side: str = "right", dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        if side not in ("right", "left"):
+            raise ValueError(f"side must be 'right' or 'left', got {side!r}")
+        self.side = side
+        body = MannequinBody(dtype)
+        rig = body.rig
+        self.rig = rig
+        s = "R" if side == "right" else "L"
+        wrist, palm = rig.index[f"{s}_Wrist"], rig.index[f"{s}_Hand"]
+        fingers = [rig.index[f"{s}_{j.capitalize()}"] for j in HAND_JOINTS]
+        chain = [wrist, *fingers]
+        pos = {j: i for i, j in enumerate(chain)}
+        pos[palm] = 0  # the palm joint sits on the wrist and never turns: fold it into the wrist
+        parents = [-1] + [pos[rig.parents[j]] for j in fingers]
+        owned = np.isin(rig.skin_idx, [*chain, palm]) | (rig.skin_w == 0.0)
+        region = np.flatnonzero(owned.all(axis=1))
+        remap = -np.ones(len(rig.skin_idx), dtype=np.int64)
+        remap[region] = np.arange(len(region))
+        faces = remap[rig.faces_np]
+        faces = faces[(faces >= 0).all(axis=1)]
+        prefix = f"{side}_"
+        tips = [np.searchsorted(region, body.landmarks[prefix + f]) for f in _FINGERS]
+        rig.add_named_subset(f"hand_{side}", region)
+        rig.to(dtype)
+        # skin columns: wrist (+ palm), then the fingers
+        col = torch.tensor([wrist, *fingers])
+        w_full = rig._sub(f"hand_{side}", "w")[rig._sub(f"hand_{side}", "pos")]
+        w = w_full[:, col].clone()
+        w[:, 0] += w_full[:, palm]
+        self.register_buffer("weights", w, persistent=False)
+        self.register_buffer("chain", col, persistent=False)
+        self.register_buffer("tips", torch.as_tensor(np.array(tips)), persistent=False)
+        self.register_buffer("parents", torch.tensor(parents), persistent=False)
+        self.register_buffer("faces", torch.as_tensor(faces), persistent=False)
+        self.register_buffer("mean", rig.hand_mean[1 if side == "right" else 0].clone(), persistent=False)
+        self.joint_names = ("wrist", *HAND_JOINTS, *_FINGERS)
+        self._sets = build_joint_sets(self.joint_names, _HAND_SETS)
+        self._region = f"hand_{side}"
+
+    @property
+    def joint_sets(self) -> tuple[str, ...]:
+        return tuple(self._sets)
+
+    def joint_set(self, name: str) -> Tensor:
+        """Indices into the output joints of a named set ("hand21", "mano16")."""
+        return lookup_joint_set(self._sets, name, self.kind).to(self.parents.device)
+
+    def forward(self, *, return_vertices: bool = True, **params: Tensor) -> BodyOutput:
+        """Pose the hand; missing parameters are zeros (zero `hand_pose` = the mean hand)."""
+        dtype, device = self.rig.joint_rest.dtype, self.rig.joint_rest.device
+        batch, p = gather_params(
+            params,
+            _HAND_DIMS,
+            model="the mannequin hand",
+            dtype=dtype,
+            device=device,
+            coeffs={"betas": NUM_BETAS},
+        )
+        aa = torch.cat(
+            [
+                expand_param(p.get("global_orient"), batch, 3, dtype, device).reshape(*batch, 1, 3),
+                (
+                    expand_param(p.get("hand_pose"), batch, 45, dtype, device).reshape(*batch, 45) + self.mean
+                ).reshape(*batch, 15, 3),
+            ],
+            dim=-2,
+        )
+        rest_all, (pts,), _ = self.rig.shaped(p.get("betas"), [self._region])
+        origin = rest_all[..., self.chain[:1], :]
+        rest = rest_all[..., self.chain, :] - origin
+        transforms, joints = forward_kinematics(batch_rodrigues(aa), rest, self.parents)
+        pts = pts - origin
+        tip_pts = pts[..., self.tips, :]
+        tips = lbs(tip_pts, transforms, rest, self.weights[self.tips])
+        transl = p.get("transl")
+        shift = 0.0 if transl is None else transl[..., None, :]
+        joints = (torch.cat([joints, tips], dim=-2) + shift).expand(*batch, 21, 3)
+        vertices = None
+        if return_vertices:
+            vertices = lbs(pts, transforms, rest, self.weights) + shift
+            vertices = vertices.expand(*batch, *vertices.shape[-2:])
+        return BodyOutput(joints=joints, vertices=vertices)
+
+
+_BODY_DIMS = {
+    "global_orient": 3,
+    "body_pose": 63,
+    "left_hand_pose": 45,
+    "right_hand_pose": 45,
+    "jaw_pose": 3,
+    "leye_pose": 3,
+    "reye_pose": 3,
+    "transl": 3,
+}
+_HAND_DIMS = {"global_orient": 3, "hand_pose": 45, "transl": 3}
+_BODY_SETS = {
+    "body22": ("pelvis", *BODY_JOINTS),
+    "openpose25": OPENPOSE25_NAMES,
+    "lhand21": hand21_names("left_"),
+    "rhand21": hand21_names("right_"),
+}
+_HAND_SETS = {"hand21": hand21_names(""), "mano16": ("wrist", *HAND_JOINTS)}

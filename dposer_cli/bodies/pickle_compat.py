@@ -1,0 +1,168 @@
+"""Read official SMPL-family pickles without chumpy, and without running code from the file.
+
+The released `.pkl` models (MANO, FLAME, some SMPL-X) were written with Python 2 and hold chumpy arrays
+and scipy sparse matrices. PyPI chumpy does not build on Python ≥ 3.11, so a restricted unpickler maps
+every `chumpy.*` class to an inert stub (its state keeps the array under `x`) and every scipy sparse
+matrix to a stub that is densified with NumPy. Anything outside a short allow-list (NumPy arrays and
+plain containers) is refused, so a malicious file cannot execute code (spec/platform.md).
+"""
+
+import importlib
+import io
+import pickle
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dposer_cli.core.errors import AssetMismatchError
+
+# (module, name) pairs a model pickle may reference; Python 2 and NumPy 1 spellings are renamed first
+_ALLOWED = {
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+    ("numpy._core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "scalar"),
+    ("numpy._core.numeric", "_frombuffer"),
+    ("copyreg", "_reconstructor"), ("_codecs", "encode"),
+    ("builtins", "object"), ("builtins", "set"), ("builtins", "frozenset"), ("builtins", "slice"),
+    ("builtins", "complex"), ("builtins", "bytearray"), ("builtins", "dict"), ("builtins", "list"),
+    ("builtins", "tuple"), ("collections", "OrderedDict"),
+}  # fmt: skip
+_RENAMED_MODULES = {
+    "copy_reg": "copyreg",
+    "__builtin__": "builtins",
+    "numpy.core.multiarray": "numpy._core.multiarray",
+    "numpy.core.numeric": "numpy._core.numeric",
+}
+
+
+class ChumpyStub:
+    """Inert stand-in for any chumpy object; `state` is what the pickle stored (a dict with `x`)."""
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+
+class SparseStub:
+    """Inert stand-in for a scipy sparse matrix; `fmt` is "csc", "csr" or "coo"."""
+
+    fmt = ""
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+
+_SPARSE = {fmt: type(f"{fmt}_stub", (SparseStub,), {"fmt": fmt}) for fmt in ("csc", "csr", "coo")}
+
+
+class _Unpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if module == "chumpy" or module.startswith("chumpy."):
+            return ChumpyStub
+        if module.startswith("scipy.sparse"):
+            fmt = name[:3]
+            if fmt in _SPARSE and name.endswith(("_matrix", "_array")):
+                return _SPARSE[fmt]
+        mod = _RENAMED_MODULES.get(module, module)
+        if (mod, name) in _ALLOWED:
+            return getattr(importlib.import_module(mod), name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} (not a plain model array)")
+
+
+def _dense(stub: SparseStub) -> np.ndarray:
+    state = stub.state
+    shape = tuple(state.get("_shape") or state.get("shape"))
+    data = np.asarray(state["data"])
+    out = np.zeros(shape, dtype=data.dtype)
+    if stub.fmt in ("csc", "csr"):
+        indptr = np.asarray(state["indptr"])
+        major = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
+        minor = np.asarray(state["indices"])
+        rows, cols = (minor, major) if stub.fmt == "csc" else (major, minor)
+    else:
+        rows, cols = state["coords"] if "coords" in state else (state["row"], state["col"])
+    np.add.at(out, (np.asarray(rows), np.asarray(cols)), data)  # add: COO may hold duplicates
+    return out
+
+
+def _resolve(obj: Any, where: str) -> Any:
+    """Replace stubs by NumPy arrays, recursively through dicts, lists and tuples."""
+    if isinstance(obj, ChumpyStub):
+        state = obj.state
+        if not (isinstance(state, dict) and "x" in state):
+            raise ValueError(f"{where} is a chumpy expression, not a stored array")
+        return np.asarray(_resolve(state["x"], where))
+    if isinstance(obj, SparseStub):
+        return _dense(obj)
+    if isinstance(obj, dict):
+        return {k: _resolve(v, f"{where}[{k!r}]" if where else str(k)) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(_resolve(v, where) for v in obj)
+    return obj
+
+
+def load_stream(fh: io.BufferedIOBase, *, where: str = "") -> Any:
+    """Unpickle from an open binary stream with the restricted unpickler and resolve the stubs."""
+    return _resolve(_Unpickler(fh, encoding="latin1").load(), where)
+
+
+def load_pickle(path: Path) -> Any:
+    """Load an official model pickle (chumpy / scipy-sparse content allowed) as plain NumPy data.
+
+    Raises:
+        AssetMismatchError: the file is not a readable model pickle or references other code.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            return load_stream(fh)
+    except OSError as exc:
+        raise AssetMismatchError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except (
+        pickle.UnpicklingError,
+        ValueError,
+        EOFError,
+        KeyError,
+        TypeError,
+        AttributeError,
+        ImportError,
+    ) as exc:
+        raise AssetMismatchError(f"{path} is not a readable model pickle: {exc}") from None
+
+
+def load_npy_object(path: Path) -> Any:
+    """Load a `.npy` file; object arrays (e.g. FLAME's pickled dict) go through the restricted unpickler."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            read_header = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
+            _, _, dtype = read_header(fh)
+            if dtype.hasobject:
+                arr = load_stream(fh)
+            else:
+                fh.seek(0)
+                arr = np.lib.format.read_array(fh, allow_pickle=False)
+    except OSError as exc:
+        raise AssetMismatchError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except (
+        pickle.UnpicklingError,
+        ValueError,
+        EOFError,
+        KeyError,
+        TypeError,
+        AttributeError,
+        ImportError,
+    ) as exc:
+        raise AssetMismatchError(f"{path} is not a readable .npy file: {exc}") from None
+    return arr[()] if isinstance(arr, np.ndarray) and arr.dtype == object and arr.ndim == 0 else arr
+
+
+def dumps_plain(obj: Any) -> bytes:
+    """Pickle resolved (plain NumPy) data, e.g. to hand a converted file to smplx."""
+    buf = io.BytesIO()
+    pickle.dump(obj, buf, protocol=4)
+    return buf.getvalue()

@@ -1,0 +1,345 @@
+"""SMPL-X, MANO and FLAME through the optional `smplx` package, as stateless batched models.
+
+Each adapter validates the model file (keys, joint count, vertex count) and raises one-line
+`AssetMismatchError`s naming the file and key; it then builds the smplx module once with `batch_size=1`
+and passes every parameter explicitly on each call (flattened leading dims), so the module's own
+parameters are never used. `.pkl` files are read with `pickle_compat` (no chumpy needed) and handed to
+smplx as a converted temporary `.npz`. smplx prints warnings to stdout; they are sent to stderr so
+`--json` output stays clean.
+"""
+
+import contextlib
+import logging
+import math
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any, ClassVar, NoReturn
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from dposer_cli.bodies import pickle_compat
+from dposer_cli.bodies.base import (
+    BODY22_NAMES,
+    OPENPOSE25_NAMES,
+    BodyOutput,
+    build_joint_sets,
+    expand_param,
+    gather_params,
+    hand21_names,
+    lookup_joint_set,
+)
+from dposer_cli.core.errors import AssetMismatchError, UnavailableError
+from dposer_cli.core.parts import HAND_JOINTS
+
+log = logging.getLogger(__name__)
+
+# Every smplx constructor setting dposer relies on, in ONE place. smplx's own defaults differ (PCA hands
+# with 6 components, no face contour, 10 expressions) and the official DPoser-X code mixes them; these
+# match the whole-body / hand / face tasks (spec §7.7, §7.8, §7.10):
+# * SMPL-X: full 45-d axis-angle hands (use_pca=False) and flat_hand_mean=False, i.e. zero hand
+#   parameters = the SMPL-X mean hand (as mannequin-x); 10 betas; 100 expressions (v1.1 files; v1.0
+#   files have 10); face contour on → 144 joints (55 skeleton + 21 vertex joints + 51 + 17 landmarks).
+# * MANO: axis-angle hands, flat_hand_mean=False, 10 betas; the left model gets shapedirs[:, 0] *= -1
+#   (smplx issue #48: MANO_LEFT.pkl ships the right hand's x shape directions).
+# * FLAME: 100 shape and 100 expression coefficients, face contour on → 73 joints.
+SMPLX_DEFAULTS: dict[str, dict[str, Any]] = {
+    "smplx": {"gender": "neutral", "num_betas": 10, "num_expression_coeffs": 100, "use_pca": False,
+              "flat_hand_mean": False, "use_face_contour": True, "batch_size": 1, "dtype": torch.float32},
+    "mano": {"use_pca": False, "flat_hand_mean": False, "num_betas": 10, "batch_size": 1, "dtype": torch.float32},
+    "flame": {"gender": "neutral", "num_betas": 100, "num_expression_coeffs": 100, "use_face_contour": True,
+              "batch_size": 1, "dtype": torch.float32},
+}  # fmt: skip
+MANO_LEFT_SHAPEDIRS_FIX = True
+MANO_TIP_VERTICES = (744, 320, 443, 554, 671)  # thumb, index, middle, ring, pinky (spec §7.7)
+
+_REQUIRED = {
+    "smplx": ("v_template", "f", "J_regressor", "kintree_table", "weights", "posedirs", "shapedirs",
+              "hands_componentsl", "hands_componentsr", "hands_meanl", "hands_meanr", "lmk_faces_idx",
+              "lmk_bary_coords", "dynamic_lmk_faces_idx", "dynamic_lmk_bary_coords"),
+    "mano": ("v_template", "f", "J_regressor", "kintree_table", "weights", "posedirs", "shapedirs",
+             "hands_components", "hands_mean"),
+    "flame": ("v_template", "f", "J_regressor", "kintree_table", "weights", "posedirs", "shapedirs"),
+}  # fmt: skip
+_JOINTS = {"smplx": 55, "mano": 16, "flame": 5}
+# smplx indexes fixed vertex ids at forward time: SMPL-X's vertex joints reach id 9929, MANO tips 744
+_MIN_VERTICES = {"smplx": 9930, "mano": max(MANO_TIP_VERTICES) + 1, "flame": 1}
+_NAMES = {"smplx": "SMPL-X", "mano": "MANO", "flame": "FLAME"}
+FLAME_EXTRAS = ("flame_static_embedding.pkl", "flame_dynamic_embedding.npy")
+
+
+def _smplx() -> Any:
+    try:
+        import smplx
+    except ImportError:
+        raise UnavailableError(
+            "a real body-model file was found but the smplx package is not installed",
+            hint="pip install dposer[smplx]",
+        ) from None
+    return smplx
+
+
+def read_model_arrays(path: Path, model: str, *, everything: bool = True) -> dict[str, Any]:
+    """Read and validate an SMPL-X / MANO / FLAME model file into plain NumPy arrays.
+
+    With `everything=False` an `.npz` is only validated (its large arrays are left on disk) and the
+    returned dict holds just the arrays that were checked.
+
+    Raises:
+        AssetMismatchError: unreadable file, a missing key, or shapes of another model.
+    """
+    path = Path(path)
+    if path.suffix == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                _validate(path, model, set(npz.files), lambda k: npz[k])
+                keys = _REQUIRED[model] if everything else ("J_regressor", "v_template")
+                return {k: npz[k] for k in keys}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+            raise AssetMismatchError(f"{path} is not a readable .npz model file: {exc}") from None
+    data = pickle_compat.load_pickle(path)
+    if not isinstance(data, dict):
+        raise AssetMismatchError(f"{path} holds a {type(data).__name__}, not a {_NAMES[model]} model dict")
+    _validate(path, model, set(data), data.__getitem__)
+    return data
+
+
+def _validate(path: Path, model: str, keys: set[str], get: Any) -> None:
+    # the joint count first: it is the clearest sign of a file of another model
+    if "J_regressor" not in keys:
+        _missing_key(path, model, "J_regressor")
+    joints = np.shape(get("J_regressor"))[0]
+    if joints != _JOINTS[model]:
+        raise AssetMismatchError(
+            f"{path}: J_regressor has {joints} joints; a {_NAMES[model]} model has "
+            f"{_JOINTS[model]} (is this the right model file?)"
+        )
+    for key in _REQUIRED[model]:
+        if key not in keys:
+            _missing_key(path, model, key)
+    verts = np.shape(get("v_template"))
+    if len(verts) != 2 or verts[1] != 3 or verts[0] < _MIN_VERTICES[model]:
+        raise AssetMismatchError(
+            f"{path}: v_template has shape {verts}; expected (V ≥ {_MIN_VERTICES[model]}, 3) "
+            f"for {_NAMES[model]}"
+        )
+
+
+def _missing_key(path: Path, model: str, key: str) -> NoReturn:
+    raise AssetMismatchError(f"{path} lacks key {key!r}; it is not a complete {_NAMES[model]} model file")
+
+
+def _build(factory: Any, **kwargs: Any) -> nn.Module:
+    """Call a smplx constructor with stdout sent to stderr and its failures wrapped."""
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            module = factory(**kwargs)
+    except (AssertionError, KeyError, ValueError, AttributeError, IndexError, RuntimeError, TypeError) as exc:
+        raise AssetMismatchError(
+            f"smplx could not build a model from {kwargs.get('model_path')}: {exc}"
+        ) from None
+    for p in module.parameters():  # smplx's per-module pose parameters are never used: freeze them
+        p.requires_grad_(False)
+    return module
+
+
+class _SmplxAdapter(nn.Module):
+    """Shared call path: validate, broadcast, flatten, call smplx, reshape back."""
+
+    kind = ""
+    _dims: ClassVar[dict[str, int]] = {}
+    _coeffs: ClassVar[dict[str, str]] = {}  # parameter -> attribute holding its size
+
+    def __init__(self, model: nn.Module, path: Path) -> None:
+        super().__init__()
+        self.model = model
+        self.path = Path(path)
+        self.num_betas = int(model.num_betas)
+        self.num_expression = int(getattr(model, "num_expression_coeffs", 0) or 0)
+
+    @property
+    def faces(self) -> Tensor:
+        return self.model.faces_tensor
+
+    @property
+    def parents(self) -> Tensor:
+        return self.model.parents
+
+    def joint_set(self, name: str) -> Tensor:
+        """Indices into the output joints of a named set (see `joint_sets`)."""
+        return lookup_joint_set(self._sets, name, self.kind).to(self.model.v_template.device)
+
+    @property
+    def joint_sets(self) -> tuple[str, ...]:
+        return tuple(self._sets)
+
+    def _call(self, params: dict[str, Tensor]) -> tuple[tuple[int, ...], Any]:
+        dtype, device = self.model.v_template.dtype, self.model.v_template.device
+        coeffs = {k: getattr(self, attr) for k, attr in self._coeffs.items()}
+        batch, p = gather_params(
+            params, self._dims, model=_NAMES[self.kind], dtype=dtype, device=device, coeffs=coeffs
+        )
+        n = math.prod(batch)
+        sizes = {**self._dims, **coeffs}
+        flat = {k: expand_param(p.get(k), batch, d, dtype, device).reshape(n, d) for k, d in sizes.items()}
+        return batch, self.model(**flat, return_verts=True)
+
+
+class SMPLXBody(_SmplxAdapter):
+    """SMPL-X (kind "smplx") from a `.npz` or `.pkl` file; 144 joints (smplx's JOINT_NAMES)."""
+
+    kind = "smplx"
+    _dims: ClassVar[dict[str, int]] = {
+        "global_orient": 3,
+        "body_pose": 63,
+        "left_hand_pose": 45,
+        "right_hand_pose": 45,
+        "jaw_pose": 3,
+        "leye_pose": 3,
+        "reye_pose": 3,
+        "transl": 3,
+    }
+    _coeffs: ClassVar[dict[str, str]] = {"betas": "num_betas", "expression": "num_expression"}
+
+    def __init__(self, path: Path) -> None:
+        smplx = _smplx()
+        path = Path(path)
+        data = read_model_arrays(path, "smplx", everything=path.suffix != ".npz")
+        with tempfile.TemporaryDirectory(prefix="dposer-smplx-") as tmp:
+            src = path
+            if path.suffix != ".npz":  # converted once per load: smplx's own pkl reader needs chumpy
+                src = Path(tmp) / "SMPLX_NEUTRAL.npz"
+                np.savez(src, **{k: np.asarray(data[k]) for k in _REQUIRED["smplx"]})
+            model = _build(smplx.SMPLX, model_path=str(src), ext="npz", **SMPLX_DEFAULTS["smplx"])
+        super().__init__(model, path)
+        from smplx.joint_names import JOINT_NAMES
+
+        self.joint_names = tuple(JOINT_NAMES[:144])
+        self._sets = build_joint_sets(
+            self.joint_names,
+            {
+                "body22": BODY22_NAMES,
+                "openpose25": OPENPOSE25_NAMES,
+                "lhand21": hand21_names("left_"),
+                "rhand21": hand21_names("right_"),
+                "face68": (
+                    *JOINT_NAMES[127:144],
+                    *JOINT_NAMES[76:127],
+                ),  # contour first (OpenPose face, §7.8)
+            },
+        )
+
+    def forward(self, *, return_vertices: bool = True, **params: Tensor) -> BodyOutput:
+        """Pose SMPL-X; missing parameters are zeros."""
+        batch, out = self._call(params)
+        return BodyOutput(
+            joints=out.joints.reshape(*batch, -1, 3),
+            vertices=out.vertices.reshape(*batch, -1, 3) if return_vertices else None,
+        )
+
+
+class MANOBody(_SmplxAdapter):
+    """MANO (kind "mano"): 16 joints + 5 finger-tip vertices (thumb, index, middle, ring, pinky)."""
+
+    kind = "mano"
+    _dims: ClassVar[dict[str, int]] = {"global_orient": 3, "hand_pose": 45, "transl": 3}
+    _coeffs: ClassVar[dict[str, str]] = {"betas": "num_betas"}
+
+    def __init__(self, path: Path, side: str = "right") -> None:
+        smplx = _smplx()
+        path = Path(path)
+        data = read_model_arrays(path, "mano")
+        from smplx.utils import Struct
+
+        model = _build(
+            smplx.MANO,
+            model_path=str(path),
+            data_struct=Struct(**data),
+            is_rhand=side == "right",
+            **SMPLX_DEFAULTS["mano"],
+        )
+        if side == "left" and MANO_LEFT_SHAPEDIRS_FIX:
+            with torch.no_grad():
+                model.shapedirs[:, 0, :] *= -1
+        super().__init__(model, path)
+        self.side = side
+        self.register_buffer("tip_ids", torch.tensor(MANO_TIP_VERTICES), persistent=False)
+        self.joint_names = ("wrist", *HAND_JOINTS, "thumb", "index", "middle", "ring", "pinky")
+        self._sets = build_joint_sets(
+            self.joint_names, {"hand21": hand21_names(""), "mano16": self.joint_names[:16]}
+        )
+
+    def forward(self, *, return_vertices: bool = True, **params: Tensor) -> BodyOutput:
+        """Pose MANO; missing parameters are zeros (zero hand_pose = the mean hand)."""
+        batch, out = self._call(params)
+        joints = torch.cat([out.joints, out.vertices[:, self.tip_ids]], dim=1)
+        return BodyOutput(
+            joints=joints.reshape(*batch, -1, 3),
+            vertices=out.vertices.reshape(*batch, -1, 3) if return_vertices else None,
+        )
+
+
+class FLAMEBody(_SmplxAdapter):
+    """FLAME (kind "flame"): 5 joints + 51 landmarks + 17 contour landmarks = 73 joints (spec §7.10)."""
+
+    kind = "flame"
+    _dims: ClassVar[dict[str, int]] = {
+        "global_orient": 3,
+        "neck_pose": 3,
+        "jaw_pose": 3,
+        "leye_pose": 3,
+        "reye_pose": 3,
+        "transl": 3,
+    }
+    _coeffs: ClassVar[dict[str, str]] = {"betas": "num_betas", "expression": "num_expression"}
+
+    def __init__(self, path: Path) -> None:
+        smplx = _smplx()
+        path = Path(path)
+        folder = path.parent
+        for extra in FLAME_EXTRAS:
+            if not (folder / extra).is_file():
+                raise AssetMismatchError(
+                    f"{folder} has {path.name} but no {extra} (FLAME landmark embedding); "
+                    "put it beside the model"
+                )
+        data = read_model_arrays(path, "flame")
+        static = pickle_compat.load_pickle(folder / FLAME_EXTRAS[0])
+        dynamic = pickle_compat.load_npy_object(folder / FLAME_EXTRAS[1])
+        for name, emb in ((FLAME_EXTRAS[0], static), (FLAME_EXTRAS[1], dynamic)):
+            for key in ("lmk_face_idx", "lmk_b_coords"):
+                if not isinstance(emb, dict) or key not in emb:
+                    raise AssetMismatchError(
+                        f"{folder / name} lacks key {key!r}; it is not a FLAME landmark embedding"
+                    )
+        # smplx reads FLAME and both embeddings from one folder: give it a converted, code-free copy
+        with tempfile.TemporaryDirectory(prefix="dposer-flame-") as tmp:
+            np.savez(Path(tmp) / "FLAME_NEUTRAL.npz", **{k: np.asarray(data[k]) for k in _REQUIRED["flame"]})
+            (Path(tmp) / FLAME_EXTRAS[0]).write_bytes(
+                pickle_compat.dumps_plain(
+                    {k: np.asarray(static[k]) for k in ("lmk_face_idx", "lmk_b_coords")}
+                )
+            )
+            dyn = np.empty((), dtype=object)
+            dyn[()] = {k: np.asarray(dynamic[k]) for k in ("lmk_face_idx", "lmk_b_coords")}
+            np.save(Path(tmp) / FLAME_EXTRAS[1], dyn, allow_pickle=True)
+            model = _build(smplx.FLAME, model_path=tmp, ext="npz", **SMPLX_DEFAULTS["flame"])
+        super().__init__(model, path)
+        from smplx.joint_names import JOINT_NAMES
+
+        self.joint_names = ("root", "neck", "jaw", "left_eye", "right_eye", *JOINT_NAMES[76:144])
+        self._sets = build_joint_sets(
+            self.joint_names,
+            {"flame73": self.joint_names, "face68": self.joint_names[56:] + self.joint_names[5:56]},
+        )
+
+    def forward(self, *, return_vertices: bool = True, **params: Tensor) -> BodyOutput:
+        """Pose FLAME; missing parameters are zeros."""
+        batch, out = self._call(params)
+        return BodyOutput(
+            joints=out.joints.reshape(*batch, -1, 3),
+            vertices=out.vertices.reshape(*batch, -1, 3) if return_vertices else None,
+        )

@@ -1,0 +1,251 @@
+"""The torch mannequin equals mannequin-x's own NumPy results (joints and vertices), and is differentiable."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from dposer_cli.bodies.mannequin import MannequinHand
+from dposer_cli.core.errors import InputError
+from dposer_cli.core.paths import shared_data_dir
+
+mannequin = pytest.importorskip("mannequin")
+
+TOL = 1e-5  # metres
+
+
+def _mx_pose(body, hands=None, orient=None, transl=None, dtype=np.float64):
+    b = len(body)
+    pose = {
+        "body_pose": np.asarray(body, dtype).reshape(b, 21, 3),
+        "head_pose": np.zeros((b, 3, 3), dtype),
+        "hand_pose": np.zeros((b, 30, 3), dtype)
+        if hands is None
+        else np.asarray(hands, dtype).reshape(b, 30, 3),
+    }
+    if orient is not None:
+        pose["pelvis_rotation"] = np.asarray(orient, dtype)  # SMPL-X global_orient turns about the pelvis
+    if transl is not None:
+        pose["global_translation"] = np.asarray(transl, dtype)
+    return pose
+
+
+def _vertex_subset(mx, ids):
+    """A copy of a mannequin-x model that skins only `ids` with its own NumPy code."""
+    sub = copy.copy(mx)
+    sub._skin_joint_indices = mx._skin_joint_indices[ids]
+    sub._skin_weights = mx._skin_weights[ids]
+    sub._identity = dict(mx._identity, skin_vertices=mx._identity["skin_vertices"][ids])
+    return sub
+
+
+@pytest.fixture(scope="module")
+def reference_poses():
+    path = shared_data_dir() / "poses" / "body_reference_train.npz"
+    if not path.is_file():
+        pytest.skip(f"{path} not present")
+    return np.load(path)["poses"].astype(np.float64)
+
+
+def test_joints_equal_mannequin_x_on_8000_real_poses(reference_poses, mannequin64):
+    mx = mannequin.Mannequin("wooden")
+    worst = 0.0
+    for chunk in np.array_split(reference_poses, 4):
+        ref = mx.joint_transforms(_mx_pose(chunk))[..., :3, 3]
+        with torch.no_grad():
+            got = mannequin64(body_pose=torch.from_numpy(chunk), return_vertices=False).joints[:, :54].numpy()
+        worst = max(worst, np.abs(got - ref).max())
+    assert worst < TOL
+
+
+def test_vertices_equal_mannequin_x_on_8000_real_poses(reference_poses, mannequin32):
+    # all poses on every 97th vertex (mannequin-x's NumPy skinning of the whole mesh takes ~20 ms a pose)
+    mx = mannequin.Mannequin("wooden")
+    ids = np.arange(0, mx.num_vertices, 97)
+    mx_sub = _vertex_subset(mx, ids)
+    worst = 0.0
+    for chunk in np.array_split(reference_poses, 8):
+        ref = mx_sub.vertices(_mx_pose(chunk))
+        with torch.no_grad():
+            got = mannequin32(body_pose=torch.from_numpy(chunk).float()).vertices[:, ids].double().numpy()
+        worst = max(worst, np.abs(got - ref).max())
+    assert worst < TOL
+
+
+def test_whole_mesh_with_orientation_hands_translation_and_shapes(reference_poses, mannequin64):
+    rng = np.random.default_rng(0)
+    for trial in range(3):
+        betas = np.zeros(10) if trial == 0 else rng.normal(size=10) * 1.5
+        mx = mannequin.Mannequin("wooden", shape=betas)
+        body = reference_poses[rng.choice(len(reference_poses), 6)]
+        hands = rng.normal(size=(6, 90)) * 0.4
+        orient, transl = rng.normal(size=(6, 3)), rng.normal(size=(6, 3))
+        pose = _mx_pose(body, hands, orient, transl)
+        pose["shape"] = np.broadcast_to(betas.astype(np.float32), (6, 10))
+        with torch.no_grad():
+            out = mannequin64(
+                body_pose=torch.from_numpy(body),
+                global_orient=torch.from_numpy(orient),
+                transl=torch.from_numpy(transl),
+                left_hand_pose=torch.from_numpy(hands[:, :45]),
+                right_hand_pose=torch.from_numpy(hands[:, 45:]),
+                betas=torch.from_numpy(betas),
+            )
+        assert np.abs(out.joints[:, :54].numpy() - mx.joint_transforms(pose)[..., :3, 3]).max() < TOL
+        assert np.abs(out.vertices.numpy() - mx.vertices(pose)).max() < TOL
+
+
+def test_per_sample_shapes_match_one_mannequin_x_model_each(mannequin64):
+    rng = np.random.default_rng(1)
+    betas = rng.normal(size=(3, 10))
+    body = rng.normal(size=(3, 63)) * 0.3
+    with torch.no_grad():
+        out = mannequin64(body_pose=torch.from_numpy(body), betas=torch.from_numpy(betas))
+    for i in range(3):
+        mx = mannequin.Mannequin("wooden", shape=betas[i])
+        ref = mx.vertices(_mx_pose(body[i : i + 1]) | {"shape": betas[i : i + 1].astype(np.float32)})
+        assert np.abs(out.vertices[i].numpy() - ref[0]).max() < TOL
+
+
+def test_gradients_are_finite_at_the_zero_pose_and_match_with_and_without_dedup(mannequin64):
+    params = {
+        k: torch.zeros(2, d, dtype=torch.float64, requires_grad=True)
+        for k, d in [("global_orient", 3), ("body_pose", 63), ("left_hand_pose", 45), ("betas", 10)]
+    }
+    out = mannequin64(**params)
+    (out.vertices.square().sum() + out.joints.square().sum()).backward()
+    for k, p in params.items():
+        assert torch.isfinite(p.grad).all(), k
+    assert params["body_pose"].grad.abs().sum() > 0 and params["betas"].grad.abs().sum() > 0
+    # the grad-free path (de-duplicated, cached neutral mesh) gives the same numbers
+    with torch.no_grad():
+        again = mannequin64(**{k: v.detach() for k, v in params.items()})
+    assert torch.allclose(again.vertices, out.vertices.detach(), atol=1e-10)
+
+
+def test_shapes_leading_dims_and_joints_only(mannequin32):
+    out = mannequin32(body_pose=torch.zeros(2, 3, 63), transl=torch.ones(3))
+    assert out.joints.shape == (2, 3, len(mannequin32.joint_names), 3)
+    assert out.vertices.shape[:2] == (2, 3) and mannequin32.faces.max() < out.vertices.shape[-2]
+    assert torch.allclose(out.joints[0, 0], mannequin32().joints + 1.0, atol=1e-6)
+    fast = mannequin32(body_pose=torch.zeros(2, 3, 63), transl=torch.ones(3), return_vertices=False)
+    assert fast.vertices is None and torch.allclose(fast.joints, out.joints)
+    # landmark joints are exactly their mesh vertices
+    ids = list(mannequin32.landmarks.values())
+    assert torch.allclose(out.joints[..., 54:, :], out.vertices[..., ids, :], atol=1e-6)
+
+
+def test_joint_sets_follow_openpose_and_smplx_order(mannequin32):
+    names = mannequin32.joint_names
+    op = mannequin32.joint_set("openpose25").tolist()
+    assert [names[i] for i in op[:9]] == [
+        "nose",
+        "neck",
+        "right_shoulder",
+        "right_elbow",
+        "right_wrist",
+        "left_shoulder",
+        "left_elbow",
+        "left_wrist",
+        "pelvis",
+    ]
+    assert mannequin32.joint_set("body22").tolist() == list(range(22))
+    rh = [names[i] for i in mannequin32.joint_set("rhand21").tolist()]
+    assert rh[:5] == ["right_wrist", "right_thumb1", "right_thumb2", "right_thumb3", "right_thumb"]
+    assert len(mannequin32.parents) == 54 and mannequin32.parents[0] == -1
+    with pytest.raises(InputError, match="openpose25"):
+        mannequin32.joint_set("openpose_25")
+
+
+def test_landmarks_sit_where_a_person_has_them(mannequin32):
+    j = dict(zip(mannequin32.joint_names, mannequin32().joints, strict=True))
+    assert j["nose"][2] > j["head"][2] + 0.08 and j["nose"][1] > j["neck"][1]  # in front of the face
+    assert j["left_eye"][0] > 0 > j["right_eye"][0] and j["left_eye"][1] > j["nose"][1]
+    assert j["left_ear"][0] > j["left_eye"][0] and j["left_ear"][2] < j["left_eye"][2]
+    for side in ("left", "right"):
+        assert j[f"{side}_heel"][2] < j[f"{side}_ankle"][2] < j[f"{side}_big_toe"][2]
+        assert j[f"{side}_big_toe"][1] < j[f"{side}_ankle"][1]
+        assert abs(j[f"{side}_small_toe"][0]) > abs(j[f"{side}_big_toe"][0])  # small toe is lateral
+        tip, third = j[f"{side}_middle"], j[f"{side}_middle3"]
+        assert abs(tip[0]) > abs(third[0])  # T-pose: tips are further out than the last finger joint
+
+
+def test_parameter_errors_are_one_line():
+    from dposer_cli.bodies.base import gather_params
+
+    with pytest.raises(InputError, match="did you mean 'body_pose'") as err:
+        gather_params(
+            {"body_poses": torch.zeros(63)},
+            {"body_pose": 63},
+            model="m",
+            dtype=torch.float32,
+            device=torch.device("cpu"),
+        )
+    assert "\n" not in str(err.value)
+    with pytest.raises(InputError, match="expected 63"):
+        gather_params(
+            {"body_pose": torch.zeros(66)},
+            {"body_pose": 63},
+            model="m",
+            dtype=torch.float32,
+            device=torch.device("cpu"),
+        )
+    with pytest.raises(InputError, match="11 coefficients"):
+        gather_params(
+            {"betas": torch.zeros(11)},
+            {},
+            model="m",
+            dtype=torch.float32,
+            device=torch.device("cpu"),
+            coeffs={"betas": 10},
+        )
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_hand_equals_mannequin_x_hand_relative_to_the_wrist(side):
+    hand = MannequinHand(side, dtype=torch.float64)
+    rng = np.random.default_rng(3)
+    orient, pose = rng.normal(size=(4, 3)), rng.normal(size=(4, 45)) * 0.5
+    with torch.no_grad():
+        out = hand(global_orient=torch.from_numpy(orient), hand_pose=torch.from_numpy(pose))
+    # mannequin-x: the same rotation on the wrist joint of an otherwise rest body
+    body = np.zeros((4, 21, 3))
+    body[:, 20 if side == "right" else 19] = orient
+    hands = np.zeros((4, 30, 3))
+    hands[:, slice(15, 30) if side == "right" else slice(0, 15)] = pose.reshape(4, 15, 3)
+    mx = mannequin.Mannequin("wooden")
+    p = _mx_pose(body.reshape(4, 63), hands.reshape(4, 90))
+    joints = mx.joint_transforms(p)[..., :3, 3]
+    wrist = 21 if side == "right" else 20
+    first = 39 if side == "right" else 24
+    ref = joints[:, [wrist, *range(first, first + 15)]] - joints[:, wrist : wrist + 1]
+    assert np.abs(out.joints[:, :16].numpy() - ref).max() < TOL
+    assert np.abs(out.joints[:, 0].numpy()).max() < 1e-12  # wrist at the origin
+    verts = mx.vertices(p) - joints[:, wrist : wrist + 1]
+    region = hand.rig.ids_hand_right if side == "right" else hand.rig.ids_hand_left
+    assert np.abs(out.vertices.numpy() - verts[:, region.numpy()]).max() < TOL
+    assert hand.joint_set("hand21").tolist() == [
+        0,
+        13,
+        14,
+        15,
+        16,
+        1,
+        2,
+        3,
+        17,
+        4,
+        5,
+        6,
+        18,
+        10,
+        11,
+        12,
+        19,
+        7,
+        8,
+        9,
+        20,
+    ]
+    assert hand.faces.max() < out.vertices.shape[1] and len(hand.parents) == 16
