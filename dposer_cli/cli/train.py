@@ -27,6 +27,8 @@ def command(
     fps: Annotated[float | None, typer.Option(help="Subsample AMASS sequences to this frame rate.")] = None,
     eval_samples: Annotated[int, typer.Option(help="Samples for the final held-out FID (0: skip).")] = 500,
     half: Annotated[bool, typer.Option("--half", help="Store prior.pt in float16.")] = False,
+    stop_after: Annotated[int | None, typer.Option(help="Stop after N steps in this invocation (checkpointed); "
+                                                        "re-run to continue. For time-limited jobs.")] = None,
     body_prior: Annotated[Path | None, typer.Option(help="Whole-body: frozen body prior checkpoint.")] = None,
     hand_prior: Annotated[Path | None, typer.Option(help="Whole-body: frozen hand prior checkpoint.")] = None,
     face_prior: Annotated[Path | None, typer.Option(help="Whole-body: frozen face prior checkpoint.")] = None,
@@ -50,7 +52,7 @@ def command(
     priors = {k: v for k, v in (("body", body_prior), ("hand", hand_prior), ("face", face_prior)) if v is not None}
     req = svc.TrainRequest(part=part, data=list(data), out=out, train=tc, hidden_dim=hidden_dim, embed_dim=embed_dim,
                            part_priors=priors or None, normalizer=normalizer, device=device, fps=fps,
-                           eval_samples=eval_samples, half=half)
+                           eval_samples=eval_samples, half=half, stop_after=stop_after)
     with progress("training", enabled=not (quiet or json_out)) as cb:
         result = svc.run(req, progress=cb)
     emit(result, as_json=json_out, quiet=quiet)

@@ -53,6 +53,7 @@ class TrainRequest:
     fps: float | None = None  # AMASS frame subsampling
     eval_samples: int = 500  # held-out FID/APD at the end (0 = off)
     half: bool = False  # store the exported prior.pt in float16
+    stop_after: int | None = None  # stop after this many steps in this invocation (checkpointed; re-run resumes)
 
 
 @dataclass
@@ -228,6 +229,7 @@ def run(req: TrainRequest, progress: Callable[[int, int], None] | None = None) -
     avail = data.avail.to(device)
     sizes = torch.tensor(WHOLEBODY_SPLIT, device=device)
 
+    torch.manual_seed(tc.seed)  # weight init and dropout draw from the global RNG: make them seeded too
     cfg, net = _build_model(req, device)
     sde = build_sde(cfg.sde)
     params = [p for p in net.parameters() if p.requires_grad]
@@ -261,9 +263,10 @@ def run(req: TrainRequest, progress: Callable[[int, int], None] | None = None) -
 
         model = DDP(net, device_ids=[device.index] if device.type == "cuda" else None)
 
-    def eps_fn(x: Tensor, t: Tensor, mask: Tensor | None = None) -> Tensor:
+    def eps_fn(x: Tensor, t: Tensor, mask: Tensor | None = None, module: nn.Module | None = None) -> Tensor:
+        m = module or model
         label = sde.label(t)
-        return model(x, label, mask) if cfg.net.kind == "wholebody" else model(x, label)
+        return m(x, label, mask) if cfg.net.kind == "wholebody" else m(x, label)
 
     per_rank_batch = max(1, tc.batch_size // world)
     logf = Path(req.out) / "log.jsonl"
@@ -285,15 +288,18 @@ def run(req: TrainRequest, progress: Callable[[int, int], None] | None = None) -
         swap = {k: v.detach().clone() for k, v in net.state_dict().items()}
         net.load_state_dict(ema.weights(net))
         with torch.no_grad():
-            vals = [dsm_loss(lambda x, t: eps_fn(x, t), vx, sde=sde, generator=vg).mean() for _ in range(4)]
+            # the bare module, not the DDP wrapper: only rank 0 validates (no collectives allowed here)
+            vals = [dsm_loss(lambda x, t: eps_fn(x, t, module=net), vx, sde=sde, generator=vg).mean()
+                    for _ in range(4)]
         net.load_state_dict(swap)
         net.train()
         return float(torch.stack(vals).mean())
 
     net.train()
     loss_sum, loss_count = torch.zeros((), device=device), 0  # summed on device: no per-step host sync
+    stop_at = tc.steps if req.stop_after is None else min(tc.steps, step + req.stop_after)
     try:
-        while step < tc.steps:
+        while step < stop_at:
             epoch, within = divmod(step, steps_per_epoch)
             shard = shard_indices(train_n, epoch, rank, world, tc.seed)
             idx = train_idx[shard[within * per_rank_batch:(within + 1) * per_rank_batch]].to(device)
@@ -357,6 +363,13 @@ def run(req: TrainRequest, progress: Callable[[int, int], None] | None = None) -
 
     result = Result(command="train", seconds=time.perf_counter() - t0)
     if rank != 0:
+        return result
+    if step < tc.steps:  # stopped early on request: checkpoint and report progress
+        save(last, full=True)
+        result.status = "partial"
+        result.outputs = {"last": last, "log": logf}
+        result.info = {"part": req.part.value, "steps": step, "total_steps": tc.steps}
+        result.lines = [f"stopped at step {step} of {tc.steps}; re-run the same command to continue"]
         return result
     export = Path(req.out) / "prior.pt"
     save_checkpoint(export, part=req.part, config=cfg, model=ema.weights(net), ema=None,
