@@ -298,6 +298,7 @@ def run(req: TrainRequest, progress: Callable[[int, int], None] | None = None) -
     net.train()
     loss_sum, loss_count = torch.zeros((), device=device), 0  # summed on device: no per-step host sync
     stop_at = tc.steps if req.stop_after is None else min(tc.steps, step + req.stop_after)
+    restore = _trap_signals()  # Ctrl-C / SIGTERM (schedulers) → checkpoint, then exit 130
     try:
         while step < stop_at:
             epoch, within = divmod(step, steps_per_epoch)
@@ -354,6 +355,7 @@ def run(req: TrainRequest, progress: Callable[[int, int], None] | None = None) -
                               hint="re-run the same command to resume") from None
         raise
     finally:
+        restore()
         if world > 1:
             import torch.distributed as dist
 
@@ -384,6 +386,24 @@ def run(req: TrainRequest, progress: Callable[[int, int], None] | None = None) -
     result.lines = [f"trained {req.part.value} prior for {step} steps (effective batch {per_rank_batch * world}, "
                     f"{world} process(es))"]
     return result
+
+
+def _trap_signals() -> Callable[[], None]:
+    """Turn SIGINT and SIGTERM into KeyboardInterrupt while training (even if the parent ignored them).
+
+    Returns a function restoring the previous handlers. No-op outside the main thread.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    return lambda: [signal.signal(sig, h) for sig, h in previous.items()] and None
 
 
 def _fingerprint(x: Tensor) -> str:
