@@ -15,6 +15,10 @@ COMMANDS: dict[str, str] = {
     "generate": "dposer_cli.cli.generate",
     "train": "dposer_cli.cli.train",
     "download": "dposer_cli.cli.download",
+    "complete": "dposer_cli.cli.complete",
+    "denoise-motion": "dposer_cli.cli.denoise_motion",
+    "ik": "dposer_cli.cli.ik",
+    "fit-image": "dposer_cli.cli.fit_image",
 }
 
 

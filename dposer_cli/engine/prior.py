@@ -108,7 +108,12 @@ class DPoserPrior(nn.Module):
         """Predicted noise ε̂(x_t, t) for normalised x_t; leading dims are flattened for the network."""
         lead = x.shape[:-1]
         flat = x.reshape(-1, x.shape[-1])
-        tt = t.reshape(-1).expand(flat.shape[0]) if t.numel() == 1 else t.reshape(-1)
+        if t.numel() == 1:
+            tt = t.reshape(-1).expand(flat.shape[0])
+        elif t.numel() == flat.shape[0]:
+            tt = t.reshape(-1)
+        else:  # per-sample times (B,) for (B, T, D) inputs: broadcast over the inner dims
+            tt = t.reshape(t.shape[0], *([1] * (len(lead) - 1))).expand(lead).reshape(-1)
         self.nfe += 1
         return self.net(flat, self.sde.label(tt)).reshape(*lead, -1)
 

@@ -102,3 +102,12 @@ def test_our_format_round_trip_and_weights_only(tmp_path):
     torch.testing.assert_close(prior.net(x, torch.full((3,), 10.0)), net.eval()(x, torch.full((3,), 10.0)))
     with pytest.raises(AssetMismatchError):
         read_checkpoint(p, Part.body)
+
+
+def test_sample_motion_shaped_batches(tmp_path):
+    from tests._fixtures.priors import write_tiny_prior
+
+    prior = DPoserPrior.from_checkpoint(write_tiny_prior(tmp_path / "p.pt", Part.body), "body")
+    for sampler in ("em", "ddim", "dpm2m"):
+        x = prior.sample(2, sampler=sampler, steps=3, shape=(5,), generator=torch.Generator().manual_seed(0))
+        assert x.shape == (2, 5, 63) and torch.isfinite(x).all()

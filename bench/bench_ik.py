@@ -1,0 +1,70 @@
+"""Hand IK speed and accuracy: solves/s at batch 1 and 500 on the official 300-step budget (spec §11: 300
+network evaluations per hand solve) and a smaller one, with the MPJPE at each (sparse and fingertip targets
+from real hand poses, DPoser prior vs no prior / L2), plus the prior's share of a step.
+
+    python -m bench.bench_ik --out bench/results/ik.json [--budgets 300 100] [--quick]
+"""
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench._common import environment, parser, write
+from dposer_cli.bodies import load_body
+from dposer_cli.core.parts import Part
+from dposer_cli.core.paths import shared_data_dir
+from dposer_cli.services import ik
+
+
+def main() -> None:
+    p = parser(__doc__)
+    p.add_argument("--budgets", type=int, nargs="+", default=[300, 100])
+    p.add_argument("--types", nargs="+", default=["sparse", "fingertip"])
+    p.add_argument("--checkpoint", type=Path, default=None)
+    p.add_argument("--body-model", type=Path, default=None)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    batches = [1, 100] if args.quick else [1, 500]
+    body = load_body("hand", args.body_model)
+    priors = ik.load_priors(Part.hand, args.checkpoint)
+    prior = priors[Part.hand]
+    data = np.load(shared_data_dir() / "poses" / "hand_reference_train.npz")["poses"]
+    rng = np.random.default_rng(0)
+    report: dict = {"benchmark": "ik", "env": environment(), "checkpoint": prior.source, "body_model": body.kind,
+                    "note": "errors are on poses from hand_reference_train.npz (the prior's own training data)",
+                    "runs": []}
+    for batch in batches:
+        poses = torch.as_tensor(data[rng.choice(len(data), batch, replace=False)])
+        base = ik.problem_from_params(Part.hand, body, {"hand_pose": poses})
+        for ik_type in args.types:
+            for steps in args.budgets:
+                for kind in ("dposer", "none", "l2"):
+                    if batch == 1 and kind != "dposer":
+                        continue  # speed at batch 1 is the prior's; baselines only for the error table
+                    g = torch.Generator().manual_seed(0)
+                    problem = ik.apply_type(base, ik_type, generator=g)
+                    schedule = ik.make_schedule(Part.hand, ik_type, steps=steps)
+                    prior.nfe = 0
+                    t0 = time.perf_counter()
+                    res = ik.solve(problem, body, ik.prior_term(kind, Part.hand, priors, g), schedule, generator=g)
+                    sec = time.perf_counter() - t0
+                    m = ik.evaluate(problem, body, res)
+                    report["runs"].append({
+                        "batch": batch, "type": ik_type, "steps": steps, "prior": kind, "nfe": prior.nfe,
+                        "seconds": sec, "solves_per_s": batch / sec, "ms_per_step": 1000 * sec / steps,
+                        **{k: v for k, v in m.items() if k != "target_error_mm"},
+                    })
+    # the prior's share of one step at the largest batch: one network evaluation vs the whole step
+    x = torch.zeros(batches[-1], 45)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for _ in range(20):
+            prior.loss(x, 0.1, weighting="none")
+    report["prior_ms_per_eval_at_max_batch"] = 1000 * (time.perf_counter() - t0) / 20
+    write(report, args.out)
+
+
+if __name__ == "__main__":
+    main()

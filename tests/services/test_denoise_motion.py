@@ -1,0 +1,175 @@
+"""`denoise-motion` service on the official Gestures example (cut to a few dozen frames for speed).
+
+The prior is the closed-form Gaussian fitted to body_reference_train.npz (see test_complete), so the tests
+need no trained weights; the bundled demo prior is tested too when present.
+"""
+
+import numpy as np
+import pytest
+import torch
+
+from dposer_cli.bodies.base import load_body
+from dposer_cli.bodies.kinematics import batch_rodrigues
+from dposer_cli.core.errors import InputError
+from dposer_cli.core.parts import Part
+from dposer_cli.core.paths import demo_checkpoint, shared_data_dir
+from dposer_cli.engine.prior import DPoserPrior
+from dposer_cli.services import denoise_motion as svc
+from tests.services.test_complete import gaussian_prior
+
+FRAMES = 48
+
+
+@pytest.fixture(scope="module")
+def prior():
+    path = shared_data_dir() / "poses" / "body_reference_train.npz"
+    if not path.is_file():
+        pytest.skip("../shared/data not present")
+    return gaussian_prior(np.load(path)["poses"])
+
+
+@pytest.fixture(scope="module")
+def gestures():
+    path = shared_data_dir() / "official" / "examples" / "Gestures_3_poses_batch005.npz"
+    if not path.is_file():
+        pytest.skip("../shared/data not present")
+    data = np.load(path)
+    return data["pose_body"][:FRAMES].astype(np.float32), data["root_orient"][:FRAMES].astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def body():
+    return load_body("body")
+
+
+def _gt_joints(body, pose, orient=None, transl=None) -> np.ndarray:
+    b22 = body.joint_set("body22")
+    with torch.no_grad():
+        out = body(body_pose=torch.as_tensor(pose), global_orient=None if orient is None else torch.as_tensor(orient),
+                   transl=None if transl is None else torch.as_tensor(transl))
+    return out.joints[:, b22].numpy()
+
+
+def test_denoising_40mm_noise_lowers_mpjpe_well_below_the_input(tmp_path, prior, gestures, body):
+    pose, orient = gestures
+    np.savez(tmp_path / "seq.npz", pose_body=pose, root_orient=orient)
+    res = svc.run(svc.DenoiseRequest(input=tmp_path / "seq.npz", out=tmp_path / "o", noise_std=0.04, temporal="joints",
+                                     render=False, device="cpu"), prior=prior)
+    m = res.metrics
+    assert m["mpjpe_mm"] < 0.4 * m["mpjpe_input_mm"]
+    assert res.info["schedule"] == "motion-0.04" and res.info["nfe"] == 180 == res.info["steps"]
+    # independent recomputation from the written file
+    out = np.load(res.outputs["denoised"])
+    gt = _gt_joints(body, pose)  # spec §7.4: the protocol works in the body frame
+    np.testing.assert_allclose(np.linalg.norm(out["joints"] - gt, axis=-1).mean() * 1000, m["mpjpe_mm"], rtol=1e-4)
+    np.testing.assert_allclose(_gt_joints(body, out["body_pose"]), out["joints"], atol=1e-5)
+    noise = out["observed_joints"] - gt
+    assert noise.std() == pytest.approx(0.04, rel=0.1)  # the observations carry the requested noise
+    np.testing.assert_array_equal(out["global_orient"], orient)  # passed through unchanged
+    assert out["body_pose"].shape == (FRAMES, 63) and float(out["fps"]) == 30.0
+
+
+@pytest.mark.skipif(not demo_checkpoint(Part.body).is_file(), reason="bundled demo prior not trained yet")
+def test_demo_prior_denoising(tmp_path, gestures):
+    np.savez(tmp_path / "seq.npz", pose_body=gestures[0])
+    res = svc.run(svc.DenoiseRequest(input=tmp_path / "seq.npz", out=tmp_path / "o", noise_std=0.04,
+                                     temporal="joints", render=False, device="cpu"),
+                  prior=DPoserPrior.load(Part.body, demo_checkpoint(Part.body)))
+    assert res.metrics["mpjpe_mm"] < 0.5 * res.metrics["mpjpe_input_mm"]
+
+
+def test_vertex_temporal_term_and_same_seed_same_result(tmp_path, prior, gestures):
+    np.savez(tmp_path / "seq.npz", pose_body=gestures[0][:8])
+    req = svc.DenoiseRequest(input=tmp_path / "seq.npz", out=tmp_path / "a", noise_std=0.02, render=False,
+                             device="cpu", seed=3)
+    a = svc.run(req, prior=prior)
+    assert a.info["temporal_term"] == "vertices" and a.info["schedule"] == "motion-0.02"
+    assert a.metrics["mpjpe_mm"] < 0.6 * a.metrics["mpjpe_input_mm"]
+    b = svc.run(svc.DenoiseRequest(**{**req.__dict__, "out": tmp_path / "b"}), prior=prior)
+    np.testing.assert_array_equal(np.load(a.outputs["denoised"])["body_pose"], np.load(b.outputs["denoised"])["body_pose"])
+
+
+def test_occluded_legs_are_recovered_from_the_visible_joints(tmp_path, prior, gestures, body):
+    pose = gestures[0]
+    np.savez(tmp_path / "seq.npz", pose_body=pose)
+    res = svc.run(svc.DenoiseRequest(input=tmp_path / "seq.npz", out=tmp_path / "o", noise_std=0.0, occluded=("legs",),
+                                     temporal="joints", render=False, device="cpu"), prior=prior)
+    m = res.metrics
+    assert res.info["schedule"] == "motion-partial-legs" and len(res.info["occluded_joints"]) == 8
+    assert m["mpjpe_visible_mm"] < 10.0 and m["mpjpe_input_mm"] == 0.0
+    # the prior moves the hidden legs from their start (zero pose + 0.01 noise, spec §7.5) towards the truth
+    straight = pose.copy()
+    straight[:, [d for j in (0, 1, 3, 4, 6, 7, 9, 10) for d in range(3 * j, 3 * j + 3)]] = 0.0
+    hidden22 = [j + 1 for j in (0, 1, 3, 4, 6, 7, 9, 10)]
+    gt = _gt_joints(body, pose)
+    start = np.linalg.norm(_gt_joints(body, straight)[:, hidden22] - gt[:, hidden22], axis=-1).mean() * 1000
+    assert m["mpjpe_occluded_mm"] < start  # (a Gaussian prior knows little about legs given arms)
+
+
+def test_joint_observations_in_a_world_frame(tmp_path, prior, gestures, body):
+    """Given joints (rotated, translated, noisy): orientation and translation are fitted too."""
+    pose = gestures[0][:16]
+    rng = np.random.default_rng(0)
+    orient = np.tile(np.array([1.1, 0.4, -0.6], np.float32), (16, 1))
+    transl = np.tile(np.array([0.5, 1.0, 2.0], np.float32), (16, 1))
+    gt = _gt_joints(body, pose, orient, transl)
+    noisy = (gt + rng.normal(0, 0.03, gt.shape)).astype(np.float32)
+    np.savez(tmp_path / "joints.npz", joints=noisy)
+    res = svc.run(svc.DenoiseRequest(input=tmp_path / "joints.npz", out=tmp_path / "o", noise_std=0.03,
+                                     temporal="joints", render=False, device="cpu"), prior=prior)
+    out = np.load(res.outputs["denoised"])
+    assert res.info["input_kind"] == "joints" and res.info["noise_added_m"] == 0.0
+    assert "mpjpe_mm" not in res.metrics  # no poses in the file → no ground truth
+    err_in = np.linalg.norm(noisy - gt, axis=-1).mean()
+    err_out = np.linalg.norm(out["joints"] - gt, axis=-1).mean()
+    assert err_out < 0.6 * err_in
+    assert set(out.files) >= {"body_pose", "global_orient", "transl", "joints"}
+    # with the poses next to the joints, the ground truth is known
+    np.savez(tmp_path / "both.npz", joints=noisy, pose_body=pose, root_orient=orient, trans=transl)
+    res = svc.run(svc.DenoiseRequest(input=tmp_path / "both.npz", out=tmp_path / "o2", temporal="joints",
+                                     render=False, device="cpu"), prior=prior)
+    assert res.metrics["mpjpe_input_mm"] == pytest.approx(err_in * 1000, rel=1e-4)
+    assert res.metrics["mpjpe_mm"] < 0.6 * res.metrics["mpjpe_input_mm"]
+
+
+@pytest.mark.parametrize("std,name", [(0.0, "motion-0.02"), (0.02, "motion-0.02"), (0.03, "motion-0.04"),
+                                      (0.05, "motion-0.04"), (0.07, "motion-0.1"), (0.5, "motion-0.1")])
+def test_schedule_is_the_nearest_official_one_on_a_log_scale(std, name):
+    assert svc.pick_schedule(std).name == name
+
+
+def test_gaussian_smoothing_keeps_edges_and_constants():
+    x = torch.randn(20, 4, generator=torch.Generator().manual_seed(0))
+    y = svc.gaussian_smooth(x, window=5, sigma=3.0, keep=2)
+    torch.testing.assert_close(y[:2], x[:2])
+    torch.testing.assert_close(y[-2:], x[-2:])
+    assert (y[2:-2] - y[1:-3]).abs().mean() < (x[2:-2] - x[1:-3]).abs().mean()
+    c = torch.ones(10, 3)
+    torch.testing.assert_close(svc.gaussian_smooth(c), c)
+
+
+def test_matrix_to_axis_angle_inverts_rodrigues():
+    aa = torch.randn(500, 3, generator=torch.Generator().manual_seed(1))
+    aa = aa / aa.norm(dim=-1, keepdim=True) * torch.rand(500, 1, generator=torch.Generator().manual_seed(2)) * 3.0
+    back = svc._matrix_to_axis_angle(batch_rodrigues(aa))
+    torch.testing.assert_close(batch_rodrigues(back), batch_rodrigues(aa), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("kw,pattern", [
+    ({"occluded": ("legs",), "visible": ("arms",)}, "not both"),
+    ({"noise_std": -0.1}, "non-negative"),
+    ({"occluded": ("leg",)}, "did you mean"),
+    ({"temporal": "mesh"}, "unknown temporal term"),
+])
+def test_bad_requests_are_input_errors(tmp_path, prior, gestures, kw, pattern):
+    np.savez(tmp_path / "seq.npz", pose_body=gestures[0][:4])
+    with pytest.raises(InputError, match=pattern):
+        svc.run(svc.DenoiseRequest(input=tmp_path / "seq.npz", out=tmp_path / "o", render=False, device="cpu", **kw),
+                prior=prior)
+
+
+def test_joints_of_unknown_layout_are_rejected(tmp_path, prior):
+    np.savez(tmp_path / "j.npz", joints=np.zeros((5, 17, 3), np.float32))
+    with pytest.raises(InputError, match="17 joints per frame"):
+        svc.run(svc.DenoiseRequest(input=tmp_path / "j.npz", out=tmp_path / "o", render=False, device="cpu"),
+                prior=prior)
