@@ -22,6 +22,7 @@ def command(
     ema_rate: Annotated[float, typer.Option(help="EMA decay of the weights used for inference.")] = 0.9999,
     hidden_dim: Annotated[int | None, typer.Option(help="TimeFC width (official 1024; default: demo width).")] = None,
     embed_dim: Annotated[int | None, typer.Option(help="Time-embedding width (official 512).")] = None,
+    dropout: Annotated[float, typer.Option(help="Dropout in the score network (official 0.1).")] = 0.1,
     ckpt_every: Annotated[int, typer.Option(help="Write last.pt every N steps.")] = 1000,
     val_every: Annotated[int, typer.Option(help="Validate (EMA weights) every N steps.")] = 1000,
     fps: Annotated[float | None, typer.Option(help="Subsample AMASS sequences to this frame rate.")] = None,
@@ -50,7 +51,7 @@ def command(
     tc = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup=warmup, ema_rate=ema_rate, seed=seed,
                      ckpt_every=ckpt_every, val_every=val_every)
     priors = {k: v for k, v in (("body", body_prior), ("hand", hand_prior), ("face", face_prior)) if v is not None}
-    req = svc.TrainRequest(part=part, data=list(data), out=out, train=tc, hidden_dim=hidden_dim, embed_dim=embed_dim,
+    req = svc.TrainRequest(part=part, data=list(data), out=out, train=tc, hidden_dim=hidden_dim, embed_dim=embed_dim, dropout=dropout,
                            part_priors=priors or None, normalizer=normalizer, device=device, fps=fps,
                            eval_samples=eval_samples, half=half, stop_after=stop_after)
     with progress("training", enabled=not (quiet or json_out)) as cb:

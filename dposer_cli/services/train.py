@@ -47,6 +47,7 @@ class TrainRequest:
     train: TrainConfig = field(default_factory=TrainConfig)
     hidden_dim: int | None = None  # default: the part's demo width
     embed_dim: int | None = None
+    dropout: float = 0.1  # official value; 0 fits small data sets better (the demo priors use 0)
     part_priors: dict[str, Path] | None = None  # wholebody: frozen body/hand/face priors (checkpoints)
     normalizer: Path | None = None  # official statistics instead of computing them from the data
     device: str = "auto"
@@ -149,7 +150,7 @@ def _build_model(req: TrainRequest, device: torch.device) -> tuple[PriorConfig, 
     embed = req.embed_dim or spec.demo_embed
     if req.part is not Part.wholebody:
         cfg = PriorConfig(part=req.part.value, sde=SDEConfig(), net=NetConfig(dim=spec.dim, hidden_dim=hidden,
-                                                                                embed_dim=embed))
+                                                                                embed_dim=embed, dropout=req.dropout))
         return cfg, build_net(cfg.net).to(device)
     # whole-body Finetune: frozen part priors + trainable MaskFC residual (spec §2.4, §10.3)
     priors = {}
@@ -161,7 +162,7 @@ def _build_model(req: TrainRequest, device: torch.device) -> tuple[PriorConfig, 
             path = demo_checkpoint(Part(name))
         priors[name] = read_checkpoint(Path(path), Part(name))
     cfg = PriorConfig(part="wholebody", net=NetConfig(
-        kind="wholebody", dim=256, hidden_dim=hidden, embed_dim=embed,
+        kind="wholebody", dim=256, hidden_dim=hidden, embed_dim=embed, dropout=req.dropout,
         part_hidden=tuple(priors[n].config.net.hidden_dim for n in ("body", "hand", "face")),  # type: ignore[arg-type]
         part_embed=tuple(priors[n].config.net.embed_dim for n in ("body", "hand", "face")),  # type: ignore[arg-type]
     ))
