@@ -13,6 +13,8 @@ log = logging.getLogger(__name__)
 
 # which body model pictures each part (load_body kind)
 _BODY_KIND = {Part.body: "body", Part.wholebody: "body", Part.hand: "hand", Part.face: "face", Part.face_shape: "face"}
+# camera per part: hands lie along -x with the palm turned away from the default front camera
+_VIEW = {Part.hand: "back"}
 
 
 def part_params(part: Part, poses: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -48,5 +50,5 @@ def render_sheet(part: Part, poses: torch.Tensor, path: Path, *, body_model: Pat
     except MissingAssetError as exc:
         log.warning("no picture for --part %s: %s", part.value, exc.message)
         return None
-    image = contact_sheet(items, cell=cell, renderer=renderer)
+    image = contact_sheet(items, cell=cell, renderer=renderer, view=_VIEW.get(part, "front"))
     return save_image(path, np.asarray(image))
