@@ -120,15 +120,25 @@ def init_translation(
     image_size: Float[Tensor, "*batch 2"],
     *,
     conf_threshold: float = 0.0,
+    depth: Float[Tensor, "*batch"] | None = None,
+    fallback_edges: Tensor | None = None,
 ) -> Float[Tensor, "*batch 3"]:
     """Translation that puts the model's joints (posed, oriented, untranslated) over the keypoints.
 
-    Depth from `depth_from_edges`; where no edge is usable, from the keypoint box through `cam_crop2full`
-    with crop scale 0.9 (spec §7.6 "fixed"). Then x, y so that the confidence-weighted centroid of the
-    joints projects onto that of the keypoints (the official code leaves x = y = 0, which starts the
-    camera stage far off for people away from the image centre).
+    Depth: `depth` where given and positive, else from `depth_from_edges` on `edges`, else on
+    `fallback_edges` (e.g. every limb: more foreshortened, so less exact); where no edge is usable, from
+    the keypoint box through `cam_crop2full` with crop scale 0.9 (spec §7.6 "fixed"). Then x, y so
+    that the confidence-weighted centroid of the joints projects onto that of the keypoints (the
+    official code leaves x = y = 0, which starts the camera stage far off for people away from the
+    image centre).
     """
-    depth, ok = depth_from_edges(joints, keypoints, edges, focal, conf_threshold=conf_threshold)
+    edge_depth, ok = depth_from_edges(joints, keypoints, edges, focal, conf_threshold=conf_threshold)
+    if fallback_edges is not None:
+        more, more_ok = depth_from_edges(joints, keypoints, fallback_edges, focal, conf_threshold=conf_threshold)
+        edge_depth, ok = torch.where(ok, edge_depth, more), ok | more_ok
+    if depth is not None:
+        edge_depth, ok = torch.where(depth > 0, depth, edge_depth), ok | (depth > 0)
+    depth = edge_depth
     box_center, box_scale, box_ok = bbox_from_keypoints(keypoints, conf_threshold=conf_threshold)
     crop = torch.tensor([0.9, 0.0, 0.0], dtype=joints.dtype, device=joints.device).expand(*focal.shape, 3)
     full = cam_crop2full(crop, box_center, box_scale.clamp(min=1e-3), image_size, focal)
@@ -221,14 +231,16 @@ def matrix_to_axis_angle(rot: Float[Tensor, "*batch 3 3"]) -> Float[Tensor, "*ba
 
 def planar_orientations(
     points: Float[Tensor, "*batch N 3"], keypoints: Float[Tensor, "*batch N 3"], *, conf_threshold: float = 0.0
-) -> tuple[Float[Tensor, "*batch 2 3"], Bool[Tensor, "*batch"]]:
+) -> tuple[Float[Tensor, "*batch 2 3"], Float[Tensor, "*batch"], Bool[Tensor, "*batch"]]:
     """The two rotations that make a nearly planar point set look like its 2D keypoints (weak perspective).
 
     For an orientation init where no "upright" default exists (hands: wrist and finger bases are almost a
     plane). Under weak perspective a plane's image fixes its rotation up to one mirror ambiguity (tilted
     towards or away from the camera), so both candidates are returned, (…, 2, 3) axis-angle, for the
     caller to try. `points` are model coordinates relative to the root at zero orientation; rotation
-    about the root. Valid where at least three confident keypoints span an area.
+    about the root. Also returns the image scale (pixels per metre, = f/Z: the depth without any
+    foreshortening error) and where the solution is valid (at least three confident keypoints that span
+    an area).
     """
     dtype = points.dtype
     w = torch.where(keypoints[..., 2] > conf_threshold, keypoints[..., 2], torch.zeros_like(keypoints[..., 2]))
@@ -269,4 +281,4 @@ def planar_orientations(
         out.append(matrix_to_axis_angle(rot_plane @ basis.transpose(-1, -2)))
     spread = torch.linalg.svdvals(qtq)  # both plane directions must be seen
     valid = ((w > 0).sum(-1) >= 3) & (spread[..., -1] > 1e-12) & (det > 1e-12 * (p + qq) ** 2)
-    return torch.stack(out, dim=-2), valid
+    return torch.stack(out, dim=-2), 1 / u.sqrt().clamp(min=1e-12), valid

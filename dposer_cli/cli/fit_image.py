@@ -1,0 +1,68 @@
+"""`dposer fit-image`."""
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from dposer_cli.cli._options import (
+    BodyModelOpt,
+    CheckpointOpt,
+    DeviceOpt,
+    JsonOpt,
+    NormalizerOpt,
+    OutOpt,
+    PartOpt,
+    QuietOpt,
+    RendererOpt,
+    SeedOpt,
+)
+from dposer_cli.core.parts import Part
+
+
+def command(
+    images: Annotated[list[Path], typer.Argument(help="Images, or folders of video frames (sorted by name).",
+                                                 show_default=False)],
+    keypoints: Annotated[list[Path] | None, typer.Option(
+        "--keypoints", "-k", help="Keypoint JSON per image (repeat), or a keypoint folder per frame folder. "
+        "Default: <stem>.json beside the image, or in predictions/ next to images/.")] = None,
+    part: PartOpt = Part.body,
+    out: OutOpt = Path("dposer_fits"),
+    keypoint_format: Annotated[str, typer.Option(
+        "--keypoint-format", help="auto, vitpose, coco-wholebody, openpose, mmpose-hand or coco17.")] = "auto",
+    person: Annotated[str, typer.Option(help="Which detected person to fit: all, or an index (0, 1, ...).")] = "all",
+    init: Annotated[list[Path] | None, typer.Option(
+        "--init", help="Starting parameters .npz per image (rows = persons; e.g. a regressor's output or an "
+        "earlier fit).")] = None,
+    focal: Annotated[float | None, typer.Option(help="Focal length in pixels. Default: the image diagonal.")] = None,
+    steps: Annotated[int, typer.Option(help="Adam iterations per stage (2 camera + 5 pose stages; the "
+                                            "translation stage gets half).")] = 100,
+    prior: Annotated[str, typer.Option(help="Pose prior: dposer (diffusion prior), l2 (‖θ‖²) or none.")] = "dposer",
+    temporal: Annotated[bool, typer.Option("--temporal", help="Frame folders: a last joint pass with a "
+                                                              "joint-acceleration term against jitter.")] = False,
+    no_overlay: Annotated[bool, typer.Option("--no-overlay", help="Skip the <stem>_overlay.png pictures.")] = False,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
+    checkpoint: CheckpointOpt = None,
+    normalizer: NormalizerOpt = None,
+    body_model: BodyModelOpt = None,
+    renderer: RendererOpt = "auto",
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Fit body, hand or whole-body parameters to 2D keypoints; write DIR/<stem>.npz and DIR/<stem>_overlay.png.
+
+    Example: dposer fit-image photo.jpg --keypoints photo.json --out fits/
+    """
+    from dposer_cli.cli._console import emit, progress
+    from dposer_cli.services import fit_image as svc
+
+    req = svc.FitImageRequest(
+        images=tuple(images), out=out, part=part, keypoints=tuple(keypoints or ()), keypoint_format=keypoint_format,
+        person=person, init=tuple(init or ()), focal=focal, steps=steps, prior=prior, body_model=body_model,
+        checkpoint=checkpoint, normalizer=normalizer, renderer=renderer, device=device, seed=seed,
+        temporal=temporal, overlay=not no_overlay,
+    )
+    with progress("fitting", enabled=not (quiet or json_out)) as cb:
+        result = svc.run(req, progress=cb)
+    emit(result, as_json=json_out, quiet=quiet)
