@@ -23,6 +23,15 @@ def command(
     hidden_dim: Annotated[int | None, typer.Option(help="TimeFC width (official 1024; default: demo width).")] = None,
     embed_dim: Annotated[int | None, typer.Option(help="Time-embedding width (official 512).")] = None,
     dropout: Annotated[float, typer.Option(help="Dropout in the score network (official 0.1).")] = 0.1,
+    t_weighting: Annotated[str, typer.Option(help="uniform (official DSM loss) or adaptive (each diffusion-time bin "
+                                                 "weighted by 1/its running loss; same optimum, faster on small "
+                                                 "data).")] = "uniform",
+    sigma_scaling: Annotated[bool, typer.Option("--sigma-scaling/--no-sigma-scaling", help="Official output "
+                                                "parameterisation ε̂ = out/σ_table(t); --no-sigma-scaling predicts ε "
+                                                "directly (trains much faster on small data).")] = True,
+    gaussian_skip: Annotated[bool, typer.Option("--gaussian-skip", help="Add the exact ε of unit-Gaussian "
+                                                "(normalised) data as a skip connection; the net learns the rest. "
+                                                "Not in the official models.")] = False,
     ckpt_every: Annotated[int, typer.Option(help="Write last.pt every N steps.")] = 1000,
     val_every: Annotated[int, typer.Option(help="Validate (EMA weights) every N steps.")] = 1000,
     fps: Annotated[float | None, typer.Option(help="Subsample AMASS sequences to this frame rate.")] = None,
@@ -49,9 +58,10 @@ def command(
     from dposer_cli.services import train as svc
 
     tc = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup=warmup, ema_rate=ema_rate, seed=seed,
-                     ckpt_every=ckpt_every, val_every=val_every)
+                     ckpt_every=ckpt_every, val_every=val_every, t_weighting=t_weighting)
     priors = {k: v for k, v in (("body", body_prior), ("hand", hand_prior), ("face", face_prior)) if v is not None}
-    req = svc.TrainRequest(part=part, data=list(data), out=out, train=tc, hidden_dim=hidden_dim, embed_dim=embed_dim, dropout=dropout,
+    req = svc.TrainRequest(part=part, data=list(data), out=out, train=tc, hidden_dim=hidden_dim, embed_dim=embed_dim, dropout=dropout, scale_by_sigma=sigma_scaling,
+                           gaussian_skip=gaussian_skip,
                            part_priors=priors or None, normalizer=normalizer, device=device, fps=fps,
                            eval_samples=eval_samples, half=half, stop_after=stop_after)
     with progress("training", enabled=not (quiet or json_out)) as cb:

@@ -65,6 +65,8 @@ class NetConfig(_Config):
     sigma_min: float = 0.01
     sigma_max: float = 50.0
     num_scales: int = 1000
+    scale_by_sigma: bool = True  # official: ε̂ = out / sigmas[floor(999t)]; False: ε̂ = out (easier to train)
+    gaussian_skip: bool = False  # ε̂ += σ/(α²+σ²)·x_t (exact for N(0, I) data; subVP β 0.1–20); not official
     # whole-body Finetune only: widths of the frozen part networks (body, hand, face)
     part_hidden: tuple[int, int, int] = (1024, 1024, 1024)
     part_embed: tuple[int, int, int] = (512, 512, 512)
@@ -97,3 +99,4 @@ class TrainConfig(_Config):
     val_every: int = 1000
     val_fraction: float = 0.05
     mask_prob: float = 0.2  # whole-body random part masking (spec §10.3)
+    t_weighting: str = "uniform"  # "uniform" (official) | "adaptive": loss per time bin / its running mean

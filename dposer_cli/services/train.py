@@ -47,7 +47,9 @@ class TrainRequest:
     train: TrainConfig = field(default_factory=TrainConfig)
     hidden_dim: int | None = None  # default: the part's demo width
     embed_dim: int | None = None
-    dropout: float = 0.1  # official value; 0 fits small data sets better (the demo priors use 0)
+    dropout: float = 0.1  # official value
+    scale_by_sigma: bool = True  # official output parameterisation (see NetConfig)
+    gaussian_skip: bool = False  # residual on the unit-Gaussian ε (see NetConfig); not official
     part_priors: dict[str, Path] | None = None  # wholebody: frozen body/hand/face priors (checkpoints)
     normalizer: Path | None = None  # official statistics instead of computing them from the data
     device: str = "auto"
@@ -150,7 +152,9 @@ def _build_model(req: TrainRequest, device: torch.device) -> tuple[PriorConfig, 
     embed = req.embed_dim or spec.demo_embed
     if req.part is not Part.wholebody:
         cfg = PriorConfig(part=req.part.value, sde=SDEConfig(), net=NetConfig(dim=spec.dim, hidden_dim=hidden,
-                                                                                embed_dim=embed, dropout=req.dropout))
+                                                                                embed_dim=embed, dropout=req.dropout,
+                                                                                scale_by_sigma=req.scale_by_sigma,
+                                                                                gaussian_skip=req.gaussian_skip))
         return cfg, build_net(cfg.net).to(device)
     # whole-body Finetune: frozen part priors + trainable MaskFC residual (spec §2.4, §10.3)
     priors = {}
@@ -163,9 +167,13 @@ def _build_model(req: TrainRequest, device: torch.device) -> tuple[PriorConfig, 
         priors[name] = read_checkpoint(Path(path), Part(name))
     cfg = PriorConfig(part="wholebody", net=NetConfig(
         kind="wholebody", dim=256, hidden_dim=hidden, embed_dim=embed, dropout=req.dropout,
+        scale_by_sigma=priors["body"].config.net.scale_by_sigma,  # the frozen part nets fix the parameterisation
+        gaussian_skip=priors["body"].config.net.gaussian_skip,
         part_hidden=tuple(priors[n].config.net.hidden_dim for n in ("body", "hand", "face")),  # type: ignore[arg-type]
         part_embed=tuple(priors[n].config.net.embed_dim for n in ("body", "hand", "face")),  # type: ignore[arg-type]
     ))
+    if len({(priors[n].config.net.scale_by_sigma, priors[n].config.net.gaussian_skip) for n in priors}) > 1:
+        raise AssetMismatchError("the body, hand and face priors mix output parameterisations (scale_by_sigma)")
     net = build_net(cfg.net)
     for name, attr in (("body", "body_model"), ("hand", "hand_model"), ("face", "face_model")):
         c = priors[name]
@@ -238,6 +246,9 @@ def run(req: TrainRequest, progress: Callable[[int, int], None] | None = None) -
     ema = EMA(net, tc.ema_rate)
     gen = torch.Generator(device=device).manual_seed(tc.seed + 7919 * rank)
     step, best = 0, float("inf")
+    t_bins = torch.ones(50, device=device)  # running mean DSM loss per time bin (t_weighting="adaptive")
+    if tc.t_weighting not in ("uniform", "adaptive"):
+        raise InputError(f"--t-weighting must be uniform or adaptive (got {tc.t_weighting!r})")
 
     last = Path(req.out) / "last.pt"
     if last.is_file():  # resume
@@ -251,6 +262,8 @@ def run(req: TrainRequest, progress: Callable[[int, int], None] | None = None) -
             ema.load_state_dict(ema_state)
         opt.load_state_dict(ck.extra["optimizer"])
         step = int(ck.extra["step"])
+        if "t_bins" in ck.extra:
+            t_bins.copy_(ck.extra["t_bins"])
         best = float(ck.extra.get("best_val", best))
         rng = ck.extra.get("rng", {}).get(str(rank))
         if rng is not None:
@@ -278,7 +291,7 @@ def run(req: TrainRequest, progress: Callable[[int, int], None] | None = None) -
         rngs = {str(rank): {"gen": gen.get_state(), "torch": torch.get_rng_state()}}
         extra = dict(step=step, best_val=best, train=tc.to_dict(), data_sha=_fingerprint(data.x))
         if full:
-            extra.update(optimizer=opt.state_dict(), ema_state=ema.state_dict(), rng=rngs)
+            extra.update(optimizer=opt.state_dict(), ema_state=ema.state_dict(), rng=rngs, t_bins=t_bins.cpu())
         save_checkpoint(path, part=req.part, config=cfg, model=net.state_dict(), ema=ema.weights(net),
                         normalizer=normalizer.state(), **extra)
 
@@ -324,7 +337,19 @@ def run(req: TrainRequest, progress: Callable[[int, int], None] | None = None) -
             err = (eps_fn(xt, t, mask_in) - z) ** 2
             if loss_mask is not None:
                 err = err * loss_mask
-            loss = err.mean()
+            if tc.t_weighting == "adaptive":
+                # each time bin contributes its loss relative to its running mean: same optimum (the score at
+                # every t), but the small high-t losses are no longer drowned by the irreducible low-t ones
+                per = err.mean(-1)
+                bins = (t * t_bins.numel()).long().clamp_max(t_bins.numel() - 1)
+                with torch.no_grad():
+                    sums = torch.zeros_like(t_bins).index_add_(0, bins, per.detach())
+                    counts = torch.zeros_like(t_bins).index_add_(0, bins, torch.ones_like(per))
+                    seen = counts > 0
+                    t_bins[seen] = 0.99 * t_bins[seen] + 0.01 * (sums[seen] / counts[seen])
+                loss = (per / t_bins[bins].clamp_min(1e-5)).mean()
+            else:
+                loss = err.mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
