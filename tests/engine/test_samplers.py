@@ -99,3 +99,18 @@ def test_dsm_loss_zero_noise_error_for_exact_score():
 def test_time_schedule_endpoints():
     assert time_schedule(0, 200, 0.05, 0.15) == pytest.approx(0.1495)
     assert time_schedule(199, 200, 0.05, 0.15) == pytest.approx(0.05)
+
+
+def test_gaussian_skip_net_with_zero_residual_is_the_exact_unit_gaussian_score():
+    """TimeFC(gaussian_skip) with a zeroed output layer gives ε of N(0, I) data exactly."""
+    from dposer_cli.engine.nets import TimeFC
+
+    sde = build_sde(SDEConfig())
+    net = TimeFC(3, 3, 32, 16, scale_by_sigma=False, gaussian_skip=True).eval()
+    torch.nn.init.zeros_(net.post_dense.weight)
+    torch.nn.init.zeros_(net.post_dense.bias)
+    x = torch.randn(7, 3)
+    t = torch.rand(7) * 0.98 + 0.01
+    with torch.no_grad():
+        got = net(x, sde.label(t))
+    torch.testing.assert_close(got, gaussian_eps(sde, mu=0.0, s=1.0)(x, t), atol=1e-5, rtol=1e-4)
