@@ -391,6 +391,16 @@ def read_pose_tree(paths: "list[Path]", part: Part, *, fps: float | None = None)
     Raises:
         InputError: a path does not exist, a folder holds no .npz, nothing was read, or any file is invalid.
     """
+    arrays = [read_poses(f, part, fps=fps).poses for f in pose_files(paths)]
+    return np.concatenate(arrays, axis=0)
+
+
+def pose_files(paths: "list[Path]") -> list[Path]:
+    """Expand files and folders (recursively, every *.npz, sorted) into a list of files.
+
+    Raises:
+        InputError: a path does not exist, a folder holds no .npz, or nothing was given.
+    """
     files: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
@@ -404,8 +414,7 @@ def read_pose_tree(paths: "list[Path]", part: Part, *, fps: float | None = None)
             raise InputError(f"poses file not found: {p}")
     if not files:
         raise InputError("no pose files given")
-    arrays = [read_poses(f, part, fps=fps).poses for f in files]
-    return np.concatenate(arrays, axis=0)
+    return files
 
 
 def _output_keys(part: Part, keys_like: PoseFile | None) -> list[tuple[str, slice]]:

@@ -31,7 +31,7 @@ from dposer_cli.engine.loss import dsm_loss
 from dposer_cli.engine.nets import build_net
 from dposer_cli.engine.normalize import Normalizer, load_official_normalizer, mirror_mask, statistics
 from dposer_cli.engine.sde import build_sde
-from dposer_cli.io.poses import read_poses
+from dposer_cli.io.poses import pose_files, read_poses
 
 log = logging.getLogger(__name__)
 
@@ -67,18 +67,7 @@ class _Data:
 
 def _read_data(req: TrainRequest) -> _Data:
     """Read every file; for whole-body, part-only files fill their slots (mixed training)."""
-    files: list[Path] = []
-    for p in req.data:
-        p = Path(p)
-        if p.is_dir():
-            found = sorted(q for q in p.rglob("*.npz"))
-            if not found:
-                raise InputError(f"training data folder {p} contains no .npz files")
-            files += found
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise InputError(f"training data not found: {p}")
+    files = pose_files(req.data)
     spec = PARTS[req.part]
     xs, avails = [], []
     for f in files:
