@@ -19,6 +19,7 @@ COMMANDS: dict[str, str] = {
     "denoise-motion": "dposer_cli.cli.denoise_motion",
     "ik": "dposer_cli.cli.ik",
     "fit-image": "dposer_cli.cli.fit_image",
+    "benchmark": "dposer_cli.cli.benchmark",
 }
 
 

@@ -1,0 +1,244 @@
+"""Readers for the evaluation datasets in their published on-disk layouts (spec §8.3).
+
+Every reader checks the whole layout before anything runs: a missing file is one `InputError` naming
+the path that was expected.
+
+    EHF/                           01_img.jpg  01_align.ply  vitpose_keypoints/predictions/01_img.json  (… 100)
+    FreiHAND_pub_v2_eval/          evaluation/rgb/00000000.jpg …  evaluation_K.json  evaluation_xyz.json
+                                   evaluation_verts.json  [evaluation_mano.json  evaluation_scale.json]
+    AMASS-style trees              any folders of *.npz (AMASS `poses`, `pose_body`, our keys, toy files)
+    HumanEva clips                 AMASS HumanEva sequences cut into non-overlapping 60-frame fragments
+"""
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from jaxtyping import Float
+
+from dposer_cli.core.errors import InputError
+from dposer_cli.core.parts import Part
+from dposer_cli.io.motion import read_motion
+from dposer_cli.io.poses import pose_files, read_poses
+
+EHF_KEYPOINTS = Path("vitpose_keypoints") / "predictions"
+FREIHAND_SPLIT = "evaluation"
+HUMANEVA_SEQ_LEN = 60
+
+
+def _require_dir(root: Path, what: str) -> Path:
+    root = Path(root)
+    if not root.exists():
+        raise InputError(f"{what} folder not found: {root}")
+    if not root.is_dir():
+        raise InputError(f"{root}: is a file; --data-dir must be the {what} folder")
+    return root
+
+
+def _require_file(path: Path, what: str) -> Path:
+    if not path.is_file():
+        raise InputError(f"{what}: missing file {path}")
+    return path
+
+
+# ------------------------------------------------------------------------------------------------------- EHF
+@dataclass(frozen=True)
+class EHFItem:
+    """One EHF frame: the photo, the registered SMPL-X mesh and the ViTPose keypoints."""
+
+    name: str  # "01" … "100"
+    image: Path
+    mesh: Path
+    keypoints: Path
+
+
+def read_ehf(root: Path, keypoints_dir: Path = EHF_KEYPOINTS) -> list[EHFItem]:
+    """The EHF frames in numeric order (`NN_img.jpg` with `NN_align.ply` and `<keypoints_dir>/NN_img.json`).
+
+    Raises:
+        InputError: the folder is missing, holds no `NN_img.jpg`, or a frame lacks its mesh or keypoints.
+    """
+    root = _require_dir(root, "EHF")
+    images = [p for p in root.glob("*_img.jpg") if re.fullmatch(r"\d+_img\.jpg", p.name)]
+    if not images:
+        raise InputError(f"EHF: missing file {root / '01_img.jpg'} (no NN_img.jpg frames in {root})")
+    items = []
+    for img in sorted(images, key=lambda p: int(p.name.split("_")[0])):
+        name = img.name.split("_")[0]
+        mesh = _require_file(root / f"{name}_align.ply", "EHF")
+        kp = _require_file(root / keypoints_dir / f"{name}_img.json", "EHF")
+        items.append(EHFItem(name, img, mesh, kp))
+    return items
+
+
+_PLY_TYPES = {"char": "i1", "int8": "i1", "uchar": "u1", "uint8": "u1", "short": "i2", "int16": "i2",
+              "ushort": "u2", "uint16": "u2", "int": "i4", "int32": "i4", "uint": "u4", "uint32": "u4",
+              "float": "f4", "float32": "f4", "double": "f8", "float64": "f8"}  # fmt: skip
+
+
+def read_ply_vertices(path: Path) -> Float[np.ndarray, "V 3"]:
+    """Vertex positions (x, y, z) of a PLY mesh, ASCII or binary (little/big endian).
+
+    Raises:
+        InputError: missing file, not a PLY, no vertex element or no x/y/z properties.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"mesh file not found: {path}")
+    raw = path.read_bytes()
+    end = raw.find(b"end_header")
+    if not raw.startswith(b"ply") or end < 0:
+        raise InputError(f"{path}: not a PLY file (no 'ply' magic / 'end_header')")
+    body_start = raw.index(b"\n", end) + 1
+    header = raw[:end].decode("ascii", errors="replace").splitlines()
+    fmt, elements = "", []  # [(name, count, [(prop, dtype) | (prop, None) for lists])]
+    for line in header:
+        words = line.split()
+        if not words:
+            continue
+        if words[0] == "format":
+            fmt = words[1]
+        elif words[0] == "element":
+            elements.append((words[1], int(words[2]), []))
+        elif words[0] == "property" and elements:
+            if words[1] == "list":
+                elements[-1][2].append((words[-1], None))
+            else:
+                elements[-1][2].append((words[-1], _PLY_TYPES.get(words[1])))
+    if not elements or elements[0][0] != "vertex":
+        raise InputError(f"{path}: the first PLY element is not 'vertex'")
+    _, count, props = elements[0]
+    names = [p for p, _ in props]
+    if not {"x", "y", "z"} <= set(names) or any(t is None for _, t in props):
+        raise InputError(f"{path}: PLY vertices need scalar x, y, z properties (found {', '.join(names)})")
+    cols = [names.index(c) for c in ("x", "y", "z")]
+    try:
+        if fmt == "ascii":
+            lines = raw[body_start:].decode("ascii").split("\n", count)[:count]
+            table = np.loadtxt(lines, dtype=np.float64, usecols=cols, ndmin=2)
+        else:
+            order = "<" if fmt == "binary_little_endian" else ">"
+            dtype = np.dtype([(p, order + t) for p, t in props])  # type: ignore[operator]
+            rec = np.frombuffer(raw, dtype=dtype, count=count, offset=body_start)
+            table = np.stack([rec["x"], rec["y"], rec["z"]], -1).astype(np.float64)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: cannot read the PLY vertices ({' '.join(str(exc).split())})") from None
+    if table.shape != (count, 3):
+        raise InputError(f"{path}: PLY declares {count} vertices but {table.shape[0]} were read")
+    return table
+
+
+# -------------------------------------------------------------------------------------------------- FreiHAND
+@dataclass
+class FreiHANDSet:
+    """The FreiHAND evaluation split: images with intrinsics and ground-truth joints / vertices (metres)."""
+
+    images: list[Path]
+    K: Float[np.ndarray, "N 3 3"]
+    xyz: Float[np.ndarray, "N 21 3"]  # OpenPose hand order (wrist, thumb 1–4, index 1–4, …)
+    verts: Float[np.ndarray, "N 778 3"]
+    mano: Float[np.ndarray, "N 61"] | None  # pose 48, shape 10, translation 3 (not needed for the metrics)
+
+
+def _read_json(path: Path) -> object:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path}: malformed JSON at line {exc.lineno}, column {exc.colno}") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
+
+
+def _json_array(path: Path, shape: tuple[int, ...], n: int) -> np.ndarray:
+    try:
+        arr = np.asarray(_read_json(path), dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InputError(f"{path}: expected a list of numeric arrays of shape {shape}") from None
+    if arr.ndim == len(shape) + 2 and arr.shape[1] == 1:  # evaluation_mano.json: [[61 values]] per image
+        arr = arr[:, 0]
+    if arr.shape != (n, *shape):
+        raise InputError(f"{path}: holds an array of shape {arr.shape}; expected ({n}, "
+                         f"{', '.join(map(str, shape))}) for the {n} images in the rgb folder")
+    if not np.isfinite(arr).all():
+        raise InputError(f"{path}: contains NaN or infinite values")
+    return arr
+
+
+def read_freihand(root: Path, split: str = FREIHAND_SPLIT) -> FreiHANDSet:
+    """FreiHAND_pub_v2(_eval) layout: `<split>/rgb/*.jpg` and `<split>_{K,xyz,verts[,mano]}.json` beside it.
+
+    Raises:
+        InputError: a missing folder or file (named), malformed JSON, or array sizes that disagree with
+            the number of images.
+    """
+    root = _require_dir(root, "FreiHAND")
+    rgb = root / split / "rgb"
+    if not rgb.is_dir():
+        raise InputError(f"FreiHAND: missing folder {rgb}")
+    images = sorted(rgb.glob("*.jpg"))
+    if not images:
+        raise InputError(f"FreiHAND: missing file {rgb / '00000000.jpg'} (no .jpg images in {rgb})")
+    files = {k: _require_file(root / f"{split}_{k}.json", "FreiHAND") for k in ("K", "xyz", "verts")}
+    n = len(images)
+    mano_path = root / f"{split}_mano.json"
+    return FreiHANDSet(
+        images=images,
+        K=_json_array(files["K"], (3, 3), n),
+        xyz=_json_array(files["xyz"], (21, 3), n),
+        verts=_json_array(files["verts"], (778, 3), n),
+        mano=_json_array(mano_path, (61,), n) if mano_path.is_file() else None,
+    )
+
+
+# ------------------------------------------------------------------------------------------ AMASS-style trees
+def read_amass_poses(root: Path, part: Part, *, stride: int = 1) -> Float[np.ndarray, "N D"]:
+    """Every npz under `root` (sorted, recursive) as part vectors, keeping every `stride`-th frame per file.
+
+    Raises:
+        InputError: missing folder, no .npz files, or an invalid file (named).
+    """
+    root = Path(root)
+    if not root.exists():
+        raise InputError(f"pose data not found: {root}")
+    if stride < 1:
+        raise InputError(f"the frame stride must be at least 1 (got {stride})")
+    arrays = [read_poses(f, part).poses[::stride] for f in pose_files([root])]
+    return np.concatenate(arrays, axis=0).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Clip:
+    """A fixed-length motion fragment cut from a sequence."""
+
+    source: Path
+    start: int  # first frame in the source sequence
+    body_pose: Float[np.ndarray, "T 63"]
+    global_orient: Float[np.ndarray, "T 3"] | None
+
+
+def humaneva_clips(root: Path, seq_len: int = HUMANEVA_SEQ_LEN, *, fps: float | None = None) -> list[Clip]:
+    """Non-overlapping `seq_len`-frame fragments of every motion npz under `root` (remainders dropped),
+    as the official `HumanEva.py --seq-len 60` builds the denoising test set.
+
+    Raises:
+        InputError: missing folder, no .npz, an invalid motion file, or no sequence long enough for one clip.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise InputError(f"motion data not found: {root}")
+    if seq_len < 2:
+        raise InputError(f"clips need at least 2 frames (got {seq_len})")
+    clips: list[Clip] = []
+    for f in pose_files([root]):
+        motion = read_motion(f, fps=fps)
+        if motion.body_pose is None:
+            raise InputError(f"{f}: holds joints only; HumanEva clips need body poses (pose_body / poses)")
+        for start in range(0, motion.num_frames - seq_len + 1, seq_len):
+            sl = slice(start, start + seq_len)
+            orient = motion.global_orient[sl] if motion.global_orient is not None else None
+            clips.append(Clip(f, start, motion.body_pose[sl], orient))
+    if not clips:
+        raise InputError(f"{root}: no motion has {seq_len} frames; nothing to cut into clips")
+    return clips
