@@ -105,6 +105,10 @@ def load_stream(fh: io.BufferedIOBase, *, where: str = "") -> Any:
     return _resolve(_Unpickler(fh, encoding="latin1").load(), where)
 
 
+# what a corrupt or foreign pickle raises while loading; mapped to one AssetMismatchError line
+_UNREADABLE = (pickle.UnpicklingError, ValueError, EOFError, KeyError, TypeError, AttributeError, ImportError)
+
+
 def load_pickle(path: Path) -> Any:
     """Load an official model pickle (chumpy / scipy-sparse content allowed) as plain NumPy data.
 
@@ -117,15 +121,7 @@ def load_pickle(path: Path) -> Any:
             return load_stream(fh)
     except OSError as exc:
         raise AssetMismatchError(f"cannot read {path}: {exc.strerror or exc}") from None
-    except (
-        pickle.UnpicklingError,
-        ValueError,
-        EOFError,
-        KeyError,
-        TypeError,
-        AttributeError,
-        ImportError,
-    ) as exc:
+    except _UNREADABLE as exc:
         raise AssetMismatchError(f"{path} is not a readable model pickle: {exc}") from None
 
 
@@ -148,15 +144,7 @@ def load_npy_object(path: Path) -> Any:
                 arr = np.lib.format.read_array(fh, allow_pickle=False)
     except OSError as exc:
         raise AssetMismatchError(f"cannot read {path}: {exc.strerror or exc}") from None
-    except (
-        pickle.UnpicklingError,
-        ValueError,
-        EOFError,
-        KeyError,
-        TypeError,
-        AttributeError,
-        ImportError,
-    ) as exc:
+    except _UNREADABLE as exc:
         raise AssetMismatchError(f"{path} is not a readable .npy file: {exc}") from None
     return arr[()] if isinstance(arr, np.ndarray) and arr.dtype == object and arr.ndim == 0 else arr
 
