@@ -13,7 +13,8 @@ fit, seeded `seed + batch`), read back the fitted parameters and score them agai
   takes one focal length per run, so each batch uses its images' median focal length (fx+fy)/2 and the
   image centre as principal point. Needs MANO.
 
-`--prior gmm` is not offered: fit-image has no hook for an external prior object (none, l2, dposer are).
+Priors: `dposer` and `gmm` are built once per run (`Context.prior`) and handed to every batch's fit as
+`prior_model`; the GMM term gets the same per-stage weights as DPoser's. `none` and `l2` are fit-image's own.
 """
 
 import json
@@ -55,10 +56,12 @@ def _fit(ctx: Context, part: Part, images: list[Path], keypoints: list[Path], ou
     from dposer_cli.services import fit_image
 
     req = ctx.req
+    prior_model = ctx.prior(part) if req.prior in ("dposer", "gmm") else None
     fit_req = fit_image.FitImageRequest(
         images=tuple(images), keypoints=tuple(keypoints), out=out, part=part, person="0", focal=focal,
-        steps=ctx.steps(FIT_STEPS), prior=req.prior, body_model=req.body_model, checkpoint=req.checkpoint,
-        normalizer=req.normalizer, overlay=False, device=str(ctx.device), seed=req.seed + b)
+        steps=ctx.steps(FIT_STEPS), prior=req.prior, prior_model=prior_model, body_model=req.body_model,
+        checkpoint=req.checkpoint, normalizer=req.normalizer, overlay=False, device=str(ctx.device),
+        seed=req.seed + b)
     result = fit_image.run(fit_req)
     ctx.nfe += int(result.info["nfe"])
     fitted = {}

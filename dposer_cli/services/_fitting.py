@@ -13,6 +13,7 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -23,6 +24,15 @@ from dposer_cli.engine.prior import DPoserPrior
 log = logging.getLogger(__name__)
 
 PRIOR_KINDS = ("dposer", "none", "l2")
+
+
+class PosePrior(Protocol):
+    """What a fit needs of a prior object: the per-sample prior value of raw poses and its part."""
+
+    part: Any
+
+    def loss(self, pose: Tensor, t: float | Tensor = ..., *, weighting: str = ...,
+             generator: torch.Generator | None = ...) -> Tensor: ...
 # body-pose dims of the elbow/knee bending prior and their signs (spec §7.6 angle prior, SMPLify)
 ANGLE_DIMS = (52, 55, 9, 12)
 ANGLE_SIGNS = (1.0, -1.0, -1.0, -1.0)
@@ -60,19 +70,22 @@ class PriorTerm:
 
     `step` counts the optimisation steps that used the prior so far; `advance()` moves the annealed time
     t_k = t_min + (S − k − 1)/S·(t_max − t_min) on by one (spec §6.2), S = `total_steps`.
+
+    Any other object with DPoserPrior's `loss(pose, t, weighting=, generator=)` — e.g. the baselines of
+    `engine.baselines` — can stand in for the DPoser prior; `kind` is then just its label.
     """
 
     def __init__(
         self,
         kind: str,
-        prior: DPoserPrior | None,
+        prior: "DPoserPrior | PosePrior | None",
         *,
         total_steps: int,
         t_range: str | tuple[float, float] = "fitting",
         weighting: str = "snr2",
         generator: torch.Generator | None = None,
     ) -> None:
-        if kind not in PRIOR_KINDS:
+        if kind not in PRIOR_KINDS and prior is None:
             raise InputError(f"unknown --prior {kind!r}{suggest(kind, list(PRIOR_KINDS))}",
                              hint="priors: " + ", ".join(PRIOR_KINDS))
         if kind == "dposer" and prior is None:
@@ -95,10 +108,10 @@ class PriorTerm:
 
     def __call__(self, pose: Tensor) -> Tensor:
         """Per-sample prior value of raw poses (B, D) (axis-angle / coefficients in the prior's layout)."""
-        if self.kind == "none":
-            return pose.new_zeros(pose.shape[:-1])
-        if self.kind == "l2":
-            return pose.pow(2).sum(-1)
+        if self.prior is None:
+            if self.kind == "none":
+                return pose.new_zeros(pose.shape[:-1])
+            return pose.pow(2).sum(-1)  # l2
         t0 = time.perf_counter()
         assert self.prior is not None
         value = self.prior.loss(pose, self.t, weighting=self.weighting, generator=self.generator)

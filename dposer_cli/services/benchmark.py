@@ -106,14 +106,12 @@ EVALUATIONS: dict[str, Evaluation] = {
         "body mesh recovery on EHF from ViTPose keypoints: PA-MPJPE and MPJPE of 22 body joints (mm); needs SMPL-X",
         parts=(Part.body,),
         data="EHF folder: NN_img.jpg, NN_align.ply, vitpose_keypoints/predictions/NN_img.json",
-        priors=("dposer", "none", "l2"),
     ),
     "freihand": Evaluation(
         _bench_hmr.run_freihand,
         "hand mesh recovery on FreiHAND (GT 2D keypoints): PA-MPJPE, PA-MPVPE (mm), F@5mm, F@15mm; needs MANO",
         parts=(Part.hand,),
         data="FreiHAND_pub_v2_eval folder: evaluation/rgb/*.jpg, evaluation_{K,xyz,verts}.json",
-        priors=("dposer", "none", "l2"),
     ),
     "wholebody-completion": Evaluation(
         _bench_completion.run_wholebody,

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -89,6 +90,9 @@ class FitImageRequest:
     body_model: Path | None = None
     checkpoint: Path | None = None
     normalizer: Path | None = None
+    # Python API: an already-built prior of `part` (a DPoserPrior, or a baseline from engine.baselines such as
+    # the GMM) used instead of loading one; `prior` is then only its label in the outputs
+    prior_model: Any = None
     renderer: str = "auto"
     device: str = "auto"
     seed: int = 0
@@ -639,7 +643,7 @@ def track_neighbours(track: Tensor, frame: Tensor) -> tuple[Tensor, Tensor]:
 
 
 # ---------------------------------------------------------------- set-up
-def _initial_params(part: Part, model: BodyModel, prior: DPoserPrior | None, n: int, init: dict[str, Tensor],
+def _initial_params(part: Part, model: BodyModel, prior: Any, n: int, init: dict[str, Tensor],
                     device: torch.device) -> tuple[dict[str, Tensor], tuple[str, ...]]:
     """Per-sample starting parameters and the names of the fitted pose parameters.
 
@@ -657,7 +661,9 @@ def _initial_params(part: Part, model: BodyModel, prior: DPoserPrior | None, n: 
                 widths.update({"jaw_pose": 3, "expression": int(model.num_expression)})
     params = {k: torch.zeros(n, w, device=device) for k, w in widths.items()}
     if prior is not None and "body_pose" in params:
-        mean = getattr(prior.normalizer, "mean", None)
+        mean = getattr(prior, "mean_pose", None)  # baselines
+        if mean is None:
+            mean = getattr(getattr(prior, "normalizer", None), "mean", None)
         sl = PARTS[prior.part].slices().get("body_pose")
         if mean is not None and sl is not None and mean.shape[-1] >= sl.stop:
             params["body_pose"] += mean[sl].to(device=device, dtype=torch.float32)
@@ -726,8 +732,14 @@ def _initial_state(part: Part, model: BodyModel, layout: Layout, batch: Persons,
     return state
 
 
-def _load_prior(req: FitImageRequest, device: torch.device) -> DPoserPrior | None:
-    """The DPoser prior (required for --prior dposer; for none/l2 only its mean pose is used, if found)."""
+def _load_prior(req: FitImageRequest, device: torch.device) -> Any:
+    """The prior object: `prior_model` if given, else the DPoser prior (required for --prior dposer; for
+    none/l2 only its mean pose is used, if found)."""
+    if req.prior_model is not None:
+        part = getattr(req.prior_model, "part", None)
+        if part is not None and Part(part) is not req.part:
+            raise InputError(f"the given prior is a {Part(part).value} prior, but the fit is --part {req.part.value}")
+        return req.prior_model.to(device) if hasattr(req.prior_model, "to") else req.prior_model
     if req.prior == "dposer":
         return DPoserPrior.load(req.part, req.checkpoint, normalizer=req.normalizer, device=device)
     try:
@@ -740,7 +752,7 @@ def _load_prior(req: FitImageRequest, device: torch.device) -> DPoserPrior | Non
 def _validate(req: FitImageRequest) -> None:
     if req.part not in FIT_PARTS:
         raise InputError(f"fit-image fits body, hand or wholebody, not --part {req.part.value}")
-    if req.prior not in PRIOR_KINDS:
+    if req.prior not in PRIOR_KINDS and req.prior_model is None:
         raise InputError(f"unknown --prior {req.prior!r}{suggest(req.prior, list(PRIOR_KINDS))}",
                          hint="priors: " + ", ".join(PRIOR_KINDS))
     if req.steps < 1:
@@ -780,7 +792,7 @@ def run(req: FitImageRequest, progress: Callable[[int, int], None] | None = None
     state = _initial_state(req.part, model, layout, batch, params, init, shared_shape=video)
     gen = make_generator(req.seed, device)
     fitter = Fitter(req.part, model, layout, batch, req.steps, free_keys, shared_shape=video)
-    fitter.prior = PriorTerm(req.prior, prior if req.prior == "dposer" else None,
+    fitter.prior = PriorTerm(req.prior, prior if req.prior == "dposer" or req.prior_model is not None else None,
                              total_steps=prior_steps(fitter.pose_stages()), generator=gen)
     nfe0 = prior.nfe if prior is not None else 0
     t_fit = time.perf_counter()

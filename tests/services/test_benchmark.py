@@ -323,3 +323,45 @@ def test_freihand_metrics_equal_numpy_on_the_fitted_hands(tmp_path, shared, body
     assert m["pa_mpjpe_mm"] == pytest.approx(np.mean(pa_j), rel=1e-4)
     assert m["pa_mpvpe_mm"] == pytest.approx(np.mean(pa_v), rel=1e-4)
     assert m["f_at_5mm"] == pytest.approx(np.mean(f5), abs=3 / 778)  # float32 vs float64 at the threshold
+
+
+def test_freihand_with_the_gmm_baseline_equals_fit_image_with_the_same_gmm(tmp_path, shared, body_tree):
+    """`--prior gmm` fits the GMM once (on --train-poses) and hands it to every batch's fit."""
+    from dposer_cli.engine.baselines import make_baseline
+    from dposer_cli.services import fit_image
+
+    hands = np.load(shared / "poses/hand_reference_train.npz")["poses"]
+    train = tmp_path / "train.npz"
+    np.savez(train, poses=hands[:400])
+    root = write_freihand(tmp_path / "fh", body_tree, hands[500:502])
+    result = svc.run(_req(tmp_path, "freihand", data_dir=root, prior="gmm", train_poses=train, gmm_components=2,
+                          steps=3, body_model=body_tree))
+    assert result.info["paper_row"] == "GMM"
+    gmm = make_baseline("gmm", Part.hand, train=torch.as_tensor(hands[:400], dtype=torch.float64), n_components=2)
+    xyz = np.array(json.loads((root / "evaluation_xyz.json").read_text()))
+    k = np.array(json.loads((root / "evaluation_K.json").read_text()))
+    imgs = sorted((root / "evaluation/rgb").glob("*.jpg"))
+    kps = []
+    for i, img in enumerate(imgs):
+        uvw = xyz[i] @ k[i].T
+        path = tmp_path / f"{img.stem}.json"
+        path.write_text(json.dumps([{"keypoints": (uvw[:, :2] / uvw[:, 2:]).tolist(), "keypoint_scores": [1.0] * 21}]))
+        kps.append(path)
+    common = {"images": tuple(imgs), "keypoints": tuple(kps), "part": Part.hand, "person": "0", "steps": 3,
+              "focal": 480.0, "body_model": body_tree, "overlay": False, "device": "cpu", "seed": 0}
+    fit_image.run(fit_image.FitImageRequest(out=tmp_path / "gmm", prior="gmm", prior_model=gmm, **common))
+    fit_image.run(fit_image.FitImageRequest(out=tmp_path / "none", prior="none", **common))
+    from dposer_cli.bodies.base import load_body
+
+    body = load_body("hand", body_tree)
+    errs = {}
+    for name in ("gmm", "none"):
+        fits = [np.load(tmp_path / name / f"{img.stem}.npz") for img in imgs]
+        with torch.no_grad():
+            out = body(**{key: torch.as_tensor(np.concatenate([f[key] for f in fits]))
+                          for key in ("hand_pose", "global_orient", "betas", "transl")})
+        pj = out.joints[:, body.joint_set("hand21")].numpy()
+        errs[name] = np.mean([np.linalg.norm(_np_procrustes(pj[i], xyz[i]) - xyz[i], axis=-1).mean() * 1000
+                              for i in range(len(imgs))])
+    assert result.metrics["freihand"]["pa_mpjpe_mm"] == pytest.approx(errs["gmm"], rel=1e-4)
+    assert errs["gmm"] != pytest.approx(errs["none"], rel=1e-3)  # the GMM term did change the fit

@@ -397,6 +397,40 @@ def test_prior_term_anneals_t_and_offers_baselines():
         PriorTerm("gmm", None, total_steps=1)
 
 
+def _narrow_gmm(part: Part, mean: np.ndarray, var: float = 1e-4):
+    from dposer_cli.engine.baselines import GaussianMixturePrior
+
+    gmm = GaussianMixturePrior(part, 1)
+    d = PARTS[part].dim
+    gmm.means_.copy_(torch.as_tensor(mean, dtype=torch.float64)[None])
+    gmm.covariances_.copy_(var * torch.eye(d, dtype=torch.float64)[None])
+    gmm.mean_pose.copy_(torch.as_tensor(mean, dtype=torch.float32))
+    return gmm
+
+
+def test_prior_term_takes_an_outside_prior_object():
+    from dposer_cli.services._fitting import PriorTerm
+
+    gmm = _narrow_gmm(Part.body, reference_poses()[7], var=0.05)
+    pose = torch.as_tensor(reference_poses()[[1, 2, 3]], dtype=torch.float32)
+    term = PriorTerm("gmm", gmm, total_steps=10)
+    np.testing.assert_allclose(term(pose).numpy(), gmm.energy(pose).numpy(), rtol=1e-6)
+
+
+def test_fit_uses_a_given_prior_model_and_rejects_one_of_another_part(tmp_path):
+    """A narrow one-component GMM around pose M pulls the fit to M although the keypoints show another pose."""
+    poses = reference_poses()
+    scene = synthetic_scene(poses[[100]], seed=3, noise_px=1.0, drop=0)
+    target = poses[2500]
+    result, data = fit(tmp_path, scene, name="gmm", steps=15, prior="gmm", prior_model=_narrow_gmm(Part.body, target))
+    _, free = fit(tmp_path, scene, name="none", steps=15, prior="none")
+    assert result.info["prior"] == "gmm" and str(data["prior"]) == "gmm"
+    pulled = np.abs(data["body_pose"][0] - target).mean()
+    assert pulled < 0.05 < np.abs(free["body_pose"][0] - target).mean(), pulled
+    with pytest.raises(InputError, match="a hand prior, but the fit is --part body"):
+        fit(tmp_path, scene, name="bad", steps=1, prior="gmm", prior_model=_narrow_gmm(Part.hand, np.zeros(45)))
+
+
 def test_best_rows_picks_the_lowest_loss_per_sample_and_the_first_on_ties():
     from dposer_cli.services._fitting import best_rows
 
