@@ -23,15 +23,18 @@ def _names(values: list[str] | None) -> tuple[str, ...]:
 
 def command(
     name: Annotated[str, typer.Argument(help="Evaluation: generation, speed, completion, denoise, hand-ik, face-ik, "
-                                             "ehf, freihand, ... (an unknown name lists them).",
+                                             "ehf, freihand, arctic, wholebody-completion (an unknown name lists "
+                                             "them).",
                                         metavar="NAME", show_default=False)],
     data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Dataset folder in its published layout "
-                                                                     "(EHF, FreiHAND, AMASS-style npz tree).")] = None,
+                                                                     "(EHF, FreiHAND, ARCTIC, AMASS-style npz "
+                                                                     "tree).")] = None,
     part: Annotated[Part | None, typer.Option("--part", "-p", help="Prior part (generation: body, hand, face, "
                                                                    "face-shape, wholebody). Default per evaluation.",
                                               show_default=False)] = None,
     prior: Annotated[str, typer.Option(help="Prior under test: dposer, or a baseline: none, l2, gmm (fitted on "
-                                            "--train-poses).")] = "dposer",
+                                            "--train-poses), vposer (body; its V02_05 weights via --checkpoint)."
+                                       )] = "dposer",
     checkpoint: CheckpointOpt = None,
     normalizer: NormalizerOpt = None,
     body_model: BodyModelOpt = None,

@@ -12,10 +12,11 @@ that stays 0 (no network).
   by our own EM (`fit`, `score_samples`, `score`, `sample`, as scikit-learn's `GaussianMixture`); its loss is
   SMPLify's max-mixture negative log-likelihood min_k [½ Mahalanobis_k + ½ log det Σ_k − log w_k].
 
-VPoser is not included: it needs the human_body_prior package and its licensed weights.
+- `VPoserPrior` ("VPoser", body only, `engine.vposer`): the user's VPoser v2 weights (licensed, never bundled).
 """
 
 import math
+from typing import Any
 
 import torch
 from jaxtyping import Float
@@ -24,7 +25,7 @@ from torch import Tensor, nn
 from dposer_cli.core.errors import InputError
 from dposer_cli.core.parts import PARTS, Part
 
-BASELINES = ("none", "l2", "gmm")
+BASELINES = ("none", "l2", "gmm", "vposer")
 
 
 class BaselinePrior(nn.Module):
@@ -268,12 +269,17 @@ class GaussianMixturePrior(BaselinePrior):
 
 
 def make_baseline(kind: str, part: Part | str, *, train: Tensor | None = None, n_components: int = 8,
-                  seed: int = 0) -> BaselinePrior:
-    """`none`, `l2` or `gmm` (fitted on `train`, required for gmm).
+                  seed: int = 0, weights: Any = None) -> BaselinePrior:
+    """`none`, `l2`, `gmm` (fitted on `train`, required for gmm) or `vposer` (from `weights`, body only).
 
     Raises:
         InputError: unknown kind, or gmm without training poses.
+        MissingAssetError / AssetMismatchError: vposer without usable weights.
     """
+    if kind == "vposer":
+        from dposer_cli.engine.vposer import load_vposer
+
+        return load_vposer(part, weights)
     if kind == "none":
         return NoPrior(part)
     if kind == "l2":

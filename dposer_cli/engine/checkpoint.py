@@ -130,6 +130,17 @@ def _torch_load(path: Path) -> Any:
         raise AssetMismatchError(f"{path} is not a readable PyTorch checkpoint ({type(exc).__name__})") from None
 
 
+def load_pickled(path: Path) -> Any:
+    """Any PyTorch file (tensors, containers) read as `read_checkpoint` reads one: `weights_only` first, then
+    the restricted unpickler (foreign classes become inert stand-ins, code-running references are refused).
+
+    Raises:
+        InputError: the file is missing or unreadable.
+        AssetMismatchError: not a PyTorch file, or it references code.
+    """
+    return _torch_load(Path(path))
+
+
 def _part_from_dim(dim: int) -> Part | None:
     return next((p for p, s in PARTS.items() if s.dim == dim and p is not Part.face_shape), None) if dim != 100 \
         else Part.face_shape

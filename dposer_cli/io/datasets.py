@@ -8,6 +8,9 @@ the path that was expected.
                                    evaluation_verts.json  [evaluation_mano.json  evaluation_scale.json]
     AMASS-style trees              any folders of *.npz (AMASS `poses`, `pose_body`, our keys, toy files)
     HumanEva clips                 AMASS HumanEva sequences cut into non-overlapping 60-frame fragments
+    ARCTIC/                        images/s05/<action>/4/00001.jpg …  meta/misc.json
+                                   keypoints/mmpose_keypoints/s05/<action>/4/<frame>.json
+                                   processed_verts/seqs/s05/<action>.npy (ARCTIC's process_seqs --export_verts)
 """
 
 import json
@@ -190,6 +193,78 @@ def read_freihand(root: Path, split: str = FREIHAND_SPLIT) -> FreiHANDSet:
         verts=_json_array(files["verts"], (778, 3), n),
         mano=_json_array(mano_path, (61,), n) if mano_path.is_file() else None,
     )
+
+
+# ---------------------------------------------------------------------------------------------------- ARCTIC
+ARCTIC_SUBJECT = "s05"  # the official whole-body HMR protocol (spec §8.3): subject s05, camera 4
+ARCTIC_VIEW = 4
+ARCTIC_EVERY = 20  # frames sorted(jpgs)[1:][19::20]
+ARCTIC_KEYPOINTS = Path("keypoints") / "mmpose_keypoints"
+
+
+@dataclass(frozen=True)
+class ArcticItem:
+    """One evaluated ARCTIC frame."""
+
+    action: str  # sequence name, e.g. "box_grab_01"
+    image: Path
+    keypoints: Path  # MMPose COCO-WholeBody JSON of the image
+    frame: int  # row in the action's processed vertices: image number − ioi_offset (ARCTIC's convention)
+
+
+@dataclass(frozen=True)
+class ArcticSet:
+    items: list[ArcticItem]
+    verts: dict[str, Path]  # action → processed_verts/seqs/<subject>/<action>.npy
+    intrinsics: Float[np.ndarray, "3 3"]  # meta/misc.json [subject]["intris_mat"][view − 1]
+    ioi_offset: int
+    subject: str
+    view: int
+
+
+def read_arctic(root: Path, subject: str = ARCTIC_SUBJECT, view: int = ARCTIC_VIEW,
+                keypoints_dir: Path = ARCTIC_KEYPOINTS) -> ArcticSet:
+    """The ARCTIC whole-body HMR frames: every action of `subject` seen by camera `view`, frames
+    `sorted(jpgs)[1:][19::20]`, each with its keypoint file; the processed vertex file of each action.
+
+    Raises:
+        InputError: a missing folder or file (named), malformed misc.json, or a non-numeric image name.
+    """
+    root = _require_dir(root, "ARCTIC")
+    misc_path = _require_file(root / "meta" / "misc.json", "ARCTIC")
+    misc = _read_json(misc_path)
+    try:
+        entry = misc[subject]  # type: ignore[index]
+        offset = int(entry["ioi_offset"])
+        intrinsics = np.asarray(entry["intris_mat"][view - 1], dtype=np.float64)
+    except (KeyError, IndexError, TypeError, ValueError):
+        raise InputError(f"{misc_path}: expected {subject}.ioi_offset and {subject}.intris_mat (one 3x3 matrix "
+                         f"per camera 1–8)") from None
+    if intrinsics.shape != (3, 3) or not np.isfinite(intrinsics).all():
+        raise InputError(f"{misc_path}: {subject}.intris_mat[{view - 1}] is not a finite 3x3 matrix")
+    subject_dir = root / "images" / subject
+    if not subject_dir.is_dir():
+        raise InputError(f"ARCTIC: missing folder {subject_dir}")
+    actions = sorted(d.name for d in subject_dir.iterdir() if (d / str(view)).is_dir())
+    if not actions:
+        raise InputError(f"ARCTIC: missing folder {subject_dir / '<action>' / str(view)} (no action seen by "
+                         f"camera {view} in {subject_dir})")
+    items, verts = [], {}
+    for action in actions:
+        jpgs = sorted((subject_dir / action / str(view)).glob("*.jpg"))
+        chosen = jpgs[1:][ARCTIC_EVERY - 1::ARCTIC_EVERY]
+        if not chosen:
+            continue
+        verts[action] = _require_file(root / "processed_verts" / "seqs" / subject / f"{action}.npy", "ARCTIC")
+        for img in chosen:
+            if not img.stem.isdigit():
+                raise InputError(f"ARCTIC: image name {img.name} is not a frame number (expected e.g. 00020.jpg)")
+            kp = _require_file(root / keypoints_dir / subject / action / str(view) / f"{img.stem}.json", "ARCTIC")
+            items.append(ArcticItem(action, img, kp, int(img.stem) - offset))
+    if not items:
+        raise InputError(f"ARCTIC: fewer than {ARCTIC_EVERY + 1} images per action in {subject_dir}; "
+                         "nothing to evaluate")
+    return ArcticSet(items, verts, intrinsics, offset, subject, view)
 
 
 # ------------------------------------------------------------------------------------------ AMASS-style trees

@@ -25,9 +25,10 @@ from dposer_cli.core.paths import shared_data_dir
 
 log = logging.getLogger(__name__)
 
-PRIORS = ("dposer", "none", "l2", "gmm")
+PRIORS = ("dposer", "none", "l2", "gmm", "vposer")
+NON_BODY_PRIORS = ("dposer", "none", "l2", "gmm")  # VPoser is a body prior
 # paper row that each of our priors corresponds to (tables name baselines this way)
-PAPER_ROW = {"dposer": "DPoser", "none": "w/o prior", "l2": "L2 prior", "gmm": "GMM"}
+PAPER_ROW = {"dposer": "DPoser", "none": "w/o prior", "l2": "L2 prior", "gmm": "GMM", "vposer": "VPoser"}
 T = TypeVar("T")
 
 
@@ -166,7 +167,9 @@ class Context:
         from dposer_cli.engine.baselines import make_baseline
 
         train = self.train_poses(part) if kind == "gmm" else None
-        base = make_baseline(kind, part, train=train, n_components=self.req.gmm_components, seed=self.req.seed)
+        weights = self.req.checkpoint if kind == "vposer" else None  # --checkpoint: the weights under test
+        base = make_baseline(kind, part, train=train, n_components=self.req.gmm_components, seed=self.req.seed,
+                             weights=weights)
         return base.to(self.device)
 
     def train_poses(self, part: Part) -> torch.Tensor:

@@ -58,8 +58,8 @@ def _statistics_path(ctx: Context, part: Part) -> Path | None:
 def run(ctx: Context) -> Outcome:
     req, part = ctx.req, ctx.part
     if req.prior in ("none", "l2"):
-        raise InputError(f"--prior {req.prior} cannot generate poses; generation compares dposer and gmm",
-                         hint="use --prior dposer or --prior gmm")
+        raise InputError(f"--prior {req.prior} cannot generate poses; generation compares dposer, gmm and vposer",
+                         hint="use --prior dposer, gmm or vposer")
     stats_path = _statistics_path(ctx, part)
     if stats_path is None and req.reference is None:
         raise InputError(f"generation needs FID statistics or reference poses: no --statistics, no --reference, and "
@@ -85,7 +85,7 @@ def run(ctx: Context) -> Outcome:
     def sample(b: int, sl: slice) -> np.ndarray:
         count = sl.stop - sl.start
         gen = ctx.generator(b)
-        if req.prior == "gmm":
+        if req.prior != "dposer":  # baselines sample directly
             x = prior.sample(count, generator=gen)
         else:
             x = prior.sample(count, sampler=req.sampler, steps=steps, generator=gen)
@@ -117,7 +117,7 @@ def run(ctx: Context) -> Outcome:
     outputs = {"samples": write_poses(out.with_name(out.stem + ".samples.npz"), part, samples)}
     key = part.value
     settings: dict[str, Any] = {
-        "part": part.value, "n": n, "sampler": req.sampler if req.prior == "dposer" else "gmm", "steps": steps,
+        "part": part.value, "n": n, "sampler": req.sampler if req.prior == "dposer" else req.prior, "steps": steps,
         "statistics": str(stats_path) if stats_path else None,
         "reference": str(req.reference) if req.reference else None, "reference_size": None if reference is None
         else len(reference), "prdc_k": PRDC_K, "dnn_measure": DNN_MEASURE[part], "apd_samples": min(n, APD_SAMPLES),

@@ -32,6 +32,7 @@ from dposer_cli.services import (
     _bench_speed,
 )
 from dposer_cli.services._bench_common import (
+    NON_BODY_PRIORS,
     PAPER_ROW,
     PRIORS,
     BenchmarkRequest,
@@ -63,7 +64,7 @@ EVALUATIONS: dict[str, Evaluation] = {
         _bench_generation.run,
         "sample -n poses; FID vs --statistics/--reference, precision/recall/density/coverage, APD, dNN",
         parts=(Part.body, Part.hand, Part.face, Part.face_shape, Part.wholebody),
-        priors=("dposer", "gmm"),
+        priors=("dposer", "gmm", "vposer"),
     ),
     "speed": Evaluation(
         _bench_speed.run,
@@ -78,7 +79,7 @@ EVALUATIONS: dict[str, Evaluation] = {
         parts=(Part.body,),
         data="AMASS-style folder of body-pose .npz files (the AMASS test split)",
         settings=_bench_completion.BODY_CHOICES,
-        priors=("dposer", "gmm", "l2"),
+        priors=("dposer", "gmm", "l2", "vposer"),
     ),
     "denoise": Evaluation(
         _bench_denoise.run,
@@ -93,6 +94,7 @@ EVALUATIONS: dict[str, Evaluation] = {
         parts=(Part.hand,),
         data="folder of hand-pose .npz files (hand_pose (N, 45); e.g. the ReInterHand test split)",
         settings=_bench_ik.HAND_SETTINGS,
+        priors=NON_BODY_PRIORS,
     ),
     "face-ik": Evaluation(
         _bench_ik.run_face,
@@ -100,6 +102,7 @@ EVALUATIONS: dict[str, Evaluation] = {
         parts=(Part.face,),
         data="folder of face .npz files (jaw_pose, expression[, betas]; e.g. the WCPA valid split)",
         settings=_bench_ik.FACE_SETTINGS,
+        priors=NON_BODY_PRIORS,
     ),
     "ehf": Evaluation(
         _bench_hmr.run_ehf,
@@ -112,6 +115,17 @@ EVALUATIONS: dict[str, Evaluation] = {
         "hand mesh recovery on FreiHAND (GT 2D keypoints): PA-MPJPE, PA-MPVPE (mm), F@5mm, F@15mm; needs MANO",
         parts=(Part.hand,),
         data="FreiHAND_pub_v2_eval folder: evaluation/rgb/*.jpg, evaluation_{K,xyz,verts}.json",
+        priors=NON_BODY_PRIORS,
+    ),
+    "arctic": Evaluation(
+        _bench_hmr.run_arctic,
+        "whole-body mesh recovery on ARCTIC (s05, camera 4): PA-MPVPE all/hands/face, PA-MPJPE body/hands (mm); "
+        "needs SMPL-X",
+        parts=(Part.wholebody,),
+        data="ARCTIC folder: images/s05/<action>/4/*.jpg, keypoints/mmpose_keypoints/s05/<action>/4/*.json, "
+             "processed_verts/seqs/s05/<action>.npy, meta/misc.json",
+        settings=_bench_hmr.ARCTIC_SETTINGS,
+        priors=NON_BODY_PRIORS,
     ),
     "wholebody-completion": Evaluation(
         _bench_completion.run_wholebody,

@@ -62,7 +62,7 @@ def test_json_summary_equals_report(tmp_path, capsys, shared_data):
     (["completion"], 1, "benchmark completion needs --data-dir"),
     (["ehf", "--data-dir", "/nonexistent/EHF"], 1, "EHF folder not found: /nonexistent/EHF"),
     (["speed", "--setting", "gen"], 1, "unknown --setting 'gen' for benchmark speed"),
-    (["generation", "--prior", "vposer"], 1, "compares --prior dposer, gmm"),
+    (["generation", "--prior", "l2"], 1, "compares --prior dposer, gmm, vposer"),
     (["generation", "--part", "elbow"], 2, "elbow"),
 ])
 def test_bad_input_is_one_error_line(tmp_path, capsys, args, code, pattern):

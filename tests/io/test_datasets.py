@@ -1,4 +1,4 @@
-"""Dataset readers: the published layouts (EHF, FreiHAND, AMASS trees, HumanEva clips), and one-line errors that
+"""Dataset readers: the published layouts (EHF, FreiHAND, ARCTIC, AMASS trees, HumanEva clips), and one-line errors that
 name the missing file. The `write_*` builders make small synthetic datasets in the exact layouts; the
 benchmark tests reuse them."""
 
@@ -15,6 +15,7 @@ from dposer_cli.core.parts import Part
 from dposer_cli.io.datasets import (
     humaneva_clips,
     read_amass_poses,
+    read_arctic,
     read_ehf,
     read_freihand,
     read_ply_vertices,
@@ -109,6 +110,77 @@ def write_freihand(root: Path, body_models: Path, hand_poses: np.ndarray, *, foc
     mano = np.concatenate([orient.numpy(), hand_poses, np.zeros((n, 13))], 1)[:, None]
     (root / "evaluation_mano.json").write_text(json.dumps(mano.tolist()))
     return root
+
+
+ARCTIC_OFFSET = 20  # ioi_offset of the synthetic misc.json: image 00021 is ground-truth row 1
+ARCTIC_K = [[520.0, 0.0, 161.0], [0.0, 515.0, 119.0], [0.0, 0.0, 1.0]]
+
+
+def write_arctic(root: Path, body_models: Path, poses: dict[str, np.ndarray], images: dict[str, int], *,
+                 width: int = 320, height: int = 240, cameras: int = 5) -> dict[str, list[int]]:
+    """ARCTIC layout for subject s05, camera 4: `images[action]` blank jpgs 00001…, MMPose COCO-WholeBody
+    keypoints of the evaluated frames (sorted(jpgs)[1:][19::20]) projected from SMPL-X meshes posed with
+    `poses` (whole-body arrays, one row per evaluated frame, in action order), their processed vertices and
+    meta/misc.json. Returns the evaluated ground-truth rows per action."""
+    from dposer_cli.bodies import camera as cam
+    from dposer_cli.bodies.base import load_body
+    from dposer_cli.io.keypoints import COCO_TO_OPENPOSE
+
+    body = load_body("body", body_models)
+    n = len(poses["body_pose"])
+    with torch.no_grad():
+        out = body(**{k: torch.as_tensor(v, dtype=torch.float32) for k, v in poses.items()},
+                   global_orient=cam.camera_orient(n), transl=torch.tensor([0.0, 0.3, 6.0]).expand(n, 3))
+    focal = torch.full((n,), float(cam.estimate_focal(width, height)))
+    op = torch.cat([out.joints[:, body.joint_set(s)] for s in ("openpose25", "lhand21", "rhand21", "face68")], 1)
+    uv = cam.perspective_project(op, focal, torch.tensor([width / 2, height / 2]).expand(n, 2)).numpy()
+    merged = np.zeros((n, 135, 3))
+    merged[:, COCO_TO_OPENPOSE, :2] = uv
+    merged[:, :, 2] = 0.9
+    coco = np.concatenate([merged[:, :17], merged[:, 19:25], merged[:, 67:135], merged[:, 25:46], merged[:, 46:67]], 1)
+    rows: dict[str, list[int]] = {}
+    row = 0
+    for action, count in images.items():
+        folder = root / "images" / "s05" / action / "4"
+        folder.mkdir(parents=True)
+        for i in range(1, count + 1):
+            _jpg(folder / f"{i:05d}.jpg", width, height)
+        chosen = [f"{i:05d}" for i in range(2, count + 1)][19::20]
+        frames = [int(stem) - ARCTIC_OFFSET for stem in chosen]
+        verts = np.zeros((max(frames) + 2, cameras, 10475, 3), np.float32)
+        kp_dir = root / "keypoints" / "mmpose_keypoints" / "s05" / action / "4"
+        kp_dir.mkdir(parents=True)
+        for stem, frame in zip(chosen, frames, strict=True):
+            verts[frame, 4] = out.vertices[row].numpy()
+            (kp_dir / f"{stem}.json").write_text(json.dumps([{"bbox": [0, 0, width, height, 1.0],
+                                                              "keypoints": coco[row].tolist()}]))
+            row += 1
+        (root / "processed_verts" / "seqs" / "s05").mkdir(parents=True, exist_ok=True)
+        np.save(root / "processed_verts" / "seqs" / "s05" / f"{action}.npy",
+                np.array({"cam_coord": {"verts.smplx": verts}}, dtype=object), allow_pickle=True)
+        rows[action] = frames
+    assert row == n, "one pose per evaluated frame"
+    (root / "meta").mkdir(exist_ok=True)
+    misc = {"s05": {"ioi_offset": ARCTIC_OFFSET, "intris_mat": [np.eye(3).tolist()] * 3 + [ARCTIC_K] * 5}}
+    (root / "meta" / "misc.json").write_text(json.dumps(misc))
+    return rows
+
+
+def write_smplx_eval_files(folder: Path, *, j14: bool = True, seed: int = 0) -> Path:
+    """Synthetic MANO_SMPLX_vertex_ids.pkl, SMPL-X__FLAME_vertex_ids.npy and (optionally) SMPLX_to_J14.pkl."""
+    import pickle
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    hands = {"left_hand": rng.choice(10475, 778, replace=False), "right_hand": rng.choice(10475, 778, replace=False)}
+    with open(folder / "MANO_SMPLX_vertex_ids.pkl", "wb") as fh:
+        pickle.dump(hands, fh, protocol=2)
+    np.save(folder / "SMPL-X__FLAME_vertex_ids.npy", rng.choice(10475, 5023, replace=False))
+    if j14:
+        reg = rng.random((14, 10475)) * (rng.random((14, 10475)) < 0.01)
+        with open(folder / "SMPLX_to_J14.pkl", "wb") as fh:
+            pickle.dump(reg / reg.sum(1, keepdims=True), fh, protocol=2)
+    return folder
 
 
 def write_amass_tree(root: Path, body_poses: np.ndarray) -> Path:
@@ -222,3 +294,46 @@ def test_humaneva_clips_are_non_overlapping_60_frame_cuts(tmp_path, shared_data)
     (tmp_path / "m.npz").unlink()
     with pytest.raises(InputError, match="no motion has 60 frames"):
         humaneva_clips(tmp_path)
+
+
+# ------------------------------------------------------------------------------------------------------ ARCTIC
+def _arctic_poses(shared_data: Path, n: int) -> dict[str, np.ndarray]:
+    body = np.load(shared_data / "poses/body_reference_train.npz")["poses"][:n] * 0.3
+    hands = np.load(shared_data / "poses/hand_reference_train.npz")["poses"]
+    return {"body_pose": body, "left_hand_pose": hands[n:2 * n] * 0.5, "right_hand_pose": hands[:n] * 0.5}
+
+
+def test_read_arctic_picks_every_20th_frame_of_camera_4(tmp_path, body_tree, shared_data):
+    rows = write_arctic(tmp_path / "A", body_tree, _arctic_poses(shared_data, 3), {"box_grab_01": 41, "laptop_use_02": 30})
+    data = read_arctic(tmp_path / "A")
+    assert [(it.action, it.image.name, it.frame) for it in data.items] == [
+        ("box_grab_01", "00021.jpg", 1), ("box_grab_01", "00041.jpg", 21), ("laptop_use_02", "00021.jpg", 1)]
+    assert rows == {"box_grab_01": [1, 21], "laptop_use_02": [1]}
+    assert data.ioi_offset == ARCTIC_OFFSET and data.intrinsics.tolist() == ARCTIC_K
+    assert set(data.verts) == {"box_grab_01", "laptop_use_02"}
+    assert data.items[0].keypoints == tmp_path / "A/keypoints/mmpose_keypoints/s05/box_grab_01/4/00021.json"
+
+
+@pytest.mark.parametrize("remove", ["meta/misc.json", "processed_verts/seqs/s05/box_grab_01.npy",
+                                    "keypoints/mmpose_keypoints/s05/box_grab_01/4/00041.json"])
+def test_read_arctic_names_the_missing_file(tmp_path, body_tree, shared_data, remove):
+    write_arctic(tmp_path / "A", body_tree, _arctic_poses(shared_data, 2), {"box_grab_01": 41})
+    (tmp_path / "A" / remove).unlink()
+    with pytest.raises(InputError, match=f"ARCTIC: missing file .*{remove.split('/')[-1]}"):
+        read_arctic(tmp_path / "A")
+
+
+def test_read_arctic_bad_misc_and_missing_folders(tmp_path, body_tree, shared_data):
+    write_arctic(tmp_path / "A", body_tree, _arctic_poses(shared_data, 1), {"box_grab_01": 21})
+    (tmp_path / "A/meta/misc.json").write_text('{"s05": {"ioi_offset": 1}}')
+    with pytest.raises(InputError, match="misc.json: expected s05.ioi_offset and s05.intris_mat"):
+        read_arctic(tmp_path / "A")
+    (tmp_path / "A/meta/misc.json").write_text("{oops")
+    with pytest.raises(InputError, match="misc.json: malformed JSON"):
+        read_arctic(tmp_path / "A")
+    (tmp_path / "B/meta").mkdir(parents=True)
+    (tmp_path / "B/meta/misc.json").write_text(json.dumps({"s05": {"ioi_offset": 0, "intris_mat": [ARCTIC_K] * 8}}))
+    with pytest.raises(InputError, match="ARCTIC: missing folder .*images/s05"):
+        read_arctic(tmp_path / "B")
+    with pytest.raises(InputError, match="ARCTIC folder not found"):
+        read_arctic(tmp_path / "C")

@@ -14,7 +14,14 @@ from dposer_cli.core.errors import InputError
 from dposer_cli.core.parts import Part, mask_dims
 from dposer_cli.services import benchmark as svc
 from tests._fixtures.priors import write_tiny_prior
-from tests.io.test_datasets import _rodrigues, write_ehf, write_freihand
+from tests.io.test_datasets import (
+    _arctic_poses,
+    _rodrigues,
+    write_arctic,
+    write_ehf,
+    write_freihand,
+    write_smplx_eval_files,
+)
 
 EHF_ROT = (-2.98747896, 0.01172457, -0.05704687)
 
@@ -365,3 +372,128 @@ def test_freihand_with_the_gmm_baseline_equals_fit_image_with_the_same_gmm(tmp_p
                               for i in range(len(imgs))])
     assert result.metrics["freihand"]["pa_mpjpe_mm"] == pytest.approx(errs["gmm"], rel=1e-4)
     assert errs["gmm"] != pytest.approx(errs["none"], rel=1e-3)  # the GMM term did change the fit
+
+
+def _np_arctic(pred: np.ndarray, gt: np.ndarray, reg: np.ndarray, ids: dict, j14: np.ndarray) -> dict:
+    """eval_arctic_wholebody (spec §8.2) for one mesh pair, in numpy, mm."""
+    def err(a, b):
+        return np.linalg.norm(a - b, axis=-1).mean() * 1000
+
+    def tips_reg(rows, tips):
+        out = [reg[rows[0]]]
+        for finger, tip in zip(rows[1:], tips, strict=True):
+            out += [reg[list(finger)], np.eye(10475)[tip][None]]
+        return np.concatenate([np.atleast_2d(r) for r in out])
+
+    jp, jg = reg @ pred, reg @ gt
+    res = {"pa_mpvpe_all_mm": err(_np_procrustes(pred, gt), gt), "mpvpe_all_mm": err(pred - jp[0] + jg[0], gt)}
+    lh, rh = ids["left_hand"], ids["right_hand"]
+    res["pa_mpvpe_hand_mm"] = (err(_np_procrustes(pred[lh], gt[lh]), gt[lh]) + err(_np_procrustes(pred[rh], gt[rh]), gt[rh])) / 2
+    res["mpvpe_hand_mm"] = (err(pred[lh] - jp[20] + jg[20], gt[lh]) + err(pred[rh] - jp[21] + jg[21], gt[rh])) / 2
+    f = ids["face"]
+    res["pa_mpvpe_face_mm"] = err(_np_procrustes(pred[f], gt[f]), gt[f])
+    res["mpvpe_face_mm"] = err(pred[f] - jp[12] + jg[12], gt[f])
+    res["pa_mpjpe_body_mm"] = err(_np_procrustes(j14 @ pred, j14 @ gt), j14 @ gt)
+    left = tips_reg([20, (37, 38, 39), (25, 26, 27), (28, 29, 30), (34, 35, 36), (31, 32, 33)], [5361, 4933, 5058, 5169, 5286])
+    right = tips_reg([21, (52, 53, 54), (40, 41, 42), (43, 44, 45), (49, 50, 51), (46, 47, 48)], [8079, 7669, 7794, 7905, 8022])
+    res["pa_mpjpe_hand_mm"] = (err(_np_procrustes(left @ pred, left @ gt), left @ gt)
+                               + err(_np_procrustes(right @ pred, right @ gt), right @ gt)) / 2
+    return res
+
+
+def test_arctic_metrics_equal_numpy_on_the_fitted_meshes(tmp_path, shared, body_tree):
+    """Two actions whose evaluated frames share image numbers (00021) are fitted in one batch and scored
+    against the processed vertices of the right rows; every metric equals a numpy evaluator."""
+    import pickle
+
+    from dposer_cli.bodies.base import load_body
+    from dposer_cli.services import fit_image
+
+    root = tmp_path / "ARCTIC"
+    rows = write_arctic(root, body_tree, _arctic_poses(shared, 3), {"box_grab_01": 41, "laptop_use_02": 21})
+    write_smplx_eval_files(root)  # beside the data (searched after the SMPL-X folder)
+    result = svc.run(_req(tmp_path, "arctic", data_dir=root, prior="none", steps=2, body_model=body_tree))
+    m = result.metrics["arctic"]
+    assert result.info["items"] == 3 and result.info["paper_row"] == "w/o prior"
+    # the same fit run directly on copies (unique names, same order and seed), scored with numpy
+    items = [("box_grab_01", "00021"), ("box_grab_01", "00041"), ("laptop_use_02", "00021")]
+    imgs, kps = [], []
+    for action, stem in items:
+        img = tmp_path / "copy" / f"{action}_{stem}.jpg"
+        img.parent.mkdir(exist_ok=True)
+        img.write_bytes((root / "images/s05" / action / "4" / f"{stem}.jpg").read_bytes())
+        kp = img.with_suffix(".json")
+        kp.write_bytes((root / "keypoints/mmpose_keypoints/s05" / action / "4" / f"{stem}.json").read_bytes())
+        imgs.append(img)
+        kps.append(kp)
+    fit_image.run(fit_image.FitImageRequest(images=tuple(imgs), keypoints=tuple(kps), out=tmp_path / "fit",
+                                            part=Part.wholebody, person="0", steps=2, prior="none",
+                                            body_model=body_tree, overlay=False, device="cpu", seed=0))
+    body = load_body("body", body_tree)
+    reg = body.model.J_regressor.numpy().astype(np.float64)
+    with open(root / "MANO_SMPLX_vertex_ids.pkl", "rb") as fh:
+        ids = dict(pickle.load(fh))
+    ids["face"] = np.load(root / "SMPL-X__FLAME_vertex_ids.npy")
+    with open(root / "SMPLX_to_J14.pkl", "rb") as fh:
+        j14 = pickle.load(fh)
+    expected = []
+    frames = [f for action in ("box_grab_01", "laptop_use_02") for f in rows[action]]
+    for img, (action, _), frame in zip(imgs, items, frames, strict=True):
+        f = np.load(tmp_path / "fit" / f"{img.stem}.npz")
+        keys = ("global_orient", "body_pose", "left_hand_pose", "right_hand_pose", "jaw_pose", "expression",
+                "betas", "transl")
+        with torch.no_grad():
+            v = body(**{k: torch.as_tensor(f[k]) for k in keys if k in f.files}).vertices[0].numpy().astype(np.float64)
+        gt = np.load(root / "processed_verts/seqs/s05" / f"{action}.npy", allow_pickle=True)[()]
+        expected.append(_np_arctic(v, gt["cam_coord"]["verts.smplx"][frame, 4].astype(np.float64), reg, ids, j14))
+    for key in expected[0]:
+        assert m[key] == pytest.approx(np.mean([e[key] for e in expected]), rel=2e-3, abs=0.05), key
+    assert 0 < m["pa_mpvpe_hand_mm"] < m["mpvpe_hand_mm"]  # a similarity alignment can only lower the error
+
+
+def test_arctic_reports_what_is_missing(tmp_path, shared, body_tree):
+    from dposer_cli.core.errors import MissingAssetError
+
+    root = tmp_path / "ARCTIC"
+    write_arctic(root, body_tree, _arctic_poses(shared, 1), {"box_grab_01": 21})
+    with pytest.raises(MissingAssetError, match="needs MANO_SMPLX_vertex_ids.pkl and SMPL-X__FLAME_vertex_ids.npy"):
+        svc.run(_req(tmp_path, "arctic", data_dir=root, prior="none", steps=1, body_model=body_tree))
+    with pytest.raises(InputError, match="needs an SMPL-X model"):  # the mannequin has no SMPL-X mesh
+        svc.run(_req(tmp_path, "arctic", data_dir=root, prior="none", steps=1))
+    write_smplx_eval_files(root, j14=False)
+    result = svc.run(_req(tmp_path, "arctic", data_dir=root, prior="none", steps=1, body_model=body_tree,
+                          settings=("gt-intrinsic",)))
+    m = result.metrics["arctic"]
+    assert "pa_mpjpe_body_mm" not in m and np.isfinite(m["pa_mpvpe_all_mm"])
+    assert any("SMPLX_to_J14.pkl not found" in note for note in result.info["notes"])
+    assert result.info["settings"]["focal"].startswith("misc.json camera 4: 517.5 px")
+    report = json.loads((tmp_path / "arctic.json").read_text())
+    assert report["metrics"]["arctic"]["pa_mpvpe_face_mm"] == pytest.approx(m["pa_mpvpe_face_mm"])
+
+
+def test_vposer_baseline_generates_and_completes_from_the_users_weights(tmp_path, shared):
+    """`--prior vposer --checkpoint V02_05/`: samples are the decoder's (same seeds → same poses), completion
+    keeps the observed joints, rows are labelled VPoser; other parts refuse it."""
+    from dposer_cli.engine.vposer import VPoserPrior
+    from tests._fixtures.vposer import write_vposer
+
+    weights = write_vposer(tmp_path)
+    result = svc.run(_req(tmp_path, "generation", prior="vposer", checkpoint=weights, n=40,
+                          reference=shared / "poses/body_reference_train.npz"))
+    assert result.info["paper_row"] == "VPoser" and "vposer" in result.info["settings"]["source"]
+    assert any(r["metric"] == "apd_cm" and r["paper"] == 10.75 for r in result.info["rows"])  # Table 1, VPoser
+    # the same samples drawn directly (batch 0 is seeded `seed + 0`) give the reported FID against the reference
+    from dposer_cli.metrics import fid_from_stats, gaussian_stats
+
+    samples = VPoserPrior.load(weights).sample(40, generator=torch.Generator().manual_seed(0)).double().numpy()
+    reference = np.load(shared / "poses/body_reference_train.npz")["poses"].astype(np.float64)
+    expected = fid_from_stats(*gaussian_stats(samples), *gaussian_stats(reference))
+    assert result.metrics["body"]["fid_reference"] == pytest.approx(expected, rel=1e-3)
+    (tmp_path / "amass").mkdir()
+    np.savez(tmp_path / "amass" / "x.npz", pose_body=np.load(shared / "poses/body_reference_train.npz")["poses"][:3])
+    comp = svc.run(_req(tmp_path, "completion", data_dir=tmp_path / "amass", prior="vposer", checkpoint=weights,
+                        hypo=2, settings=("left_arm",)))
+    m = comp.metrics["left_arm"]
+    assert 0 < m["mpjpe_min_mm"] <= m["mpjpe_mean_mm"]
+    with pytest.raises(InputError, match="compares --prior dposer, none, l2, gmm, not 'vposer'"):
+        svc.run(_req(tmp_path, "hand-ik", prior="vposer", checkpoint=weights, data_dir=tmp_path))
