@@ -145,6 +145,11 @@ class FreiHANDSet:
     mano: Float[np.ndarray, "N 61"] | None  # pose 48, shape 10, translation 3 (not needed for the metrics)
 
 
+def read_json_file(path: Path) -> object:
+    """A JSON file's content; malformed or unreadable files are one InputError naming the file."""
+    return _read_json(Path(path))
+
+
 def _read_json(path: Path) -> object:
     try:
         return json.loads(path.read_text())

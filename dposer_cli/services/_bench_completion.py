@@ -6,15 +6,19 @@ the pose itself; body model with zero shape and global orientation.
 
 Per sample and hypothesis: MPJPE over the masked part's joints (body22 indices = mask joint + 1, mm) and
 MPVPE over the part's vertices (mm); then min / mean / std over the hypotheses; APD over the hypotheses on
-the part's joints (cm). Averaged over samples. The part's vertex set is taken from the body model's skinning
-weights (vertices whose strongest joint is a masked one, the way the official SMPL-X segmentation was made);
-a model without skinning weights uses all vertices (noted in the report).
+the part's joints (cm). Averaged over samples. The part's vertex set is the official one when its files are
+beside the SMPL-X model (or in `--data-dir`): body masks from `smplx_vert_segmentation.json` (the segments
+of spec §8.2 `BodySegIndices`; a count that differs from the published one is noted), whole-body hands from
+`MANO_SMPLX_vertex_ids.pkl`. Otherwise it is taken from the body model's skinning weights (vertices whose
+strongest joint is a masked one, the way that segmentation was made); a model without skinning weights uses
+all vertices. The report says which.
 
 Baselines: `--prior gmm` samples the GMM's exact conditional p(x_hidden | x_visible); `--prior l2` puts the
 hidden joints at zero (the L2 minimiser); `--prior none` has no completion.
 """
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,6 +39,17 @@ BODY_CHOICES = tuple(sorted(PARTS[Part.body].mask_groups)) + tuple(PARTS[Part.bo
 WHOLEBODY_SETTINGS = ("one_hand",)  # Table 7: one random hand per batch
 WHOLEBODY_CHOICES = ("one_hand", "lhand", "rhand", "face")
 STEPS = 200  # DPoserComp, spec §11
+SEGMENTATION_FILE = "smplx_vert_segmentation.json"
+# spec §8.2 BodySegIndices: body mask → segments of the SMPL-X segmentation and the published vertex count
+_LEG, _ARM = ("Leg", "UpLeg", "Foot", "ToeBase"), ("Arm", "ForeArm")
+BODY_SEGMENTS: dict[str, tuple[tuple[str, ...], int]] = {
+    "left_leg": (tuple(f"left{s}" for s in _LEG), 690), "right_leg": (tuple(f"right{s}" for s in _LEG), 690),
+    "legs": (tuple(f"{side}{s}" for side in ("left", "right") for s in _LEG), 1380),
+    "left_arm": (tuple(f"left{s}" for s in _ARM), 512), "right_arm": (tuple(f"right{s}" for s in _ARM), 512),
+    "arms": (tuple(f"{side}{s}" for side in ("left", "right") for s in _ARM), 1024),
+    "trunk": (("spine1", "spine2", "leftShoulder", "rightShoulder"), 1098),
+    "hands": (("leftHand", "rightHand"), 648),
+}
 
 
 def run_body(ctx: Context) -> Outcome:
@@ -56,6 +71,7 @@ def _run(ctx: Context, part: Part, settings: tuple[str, ...], name: str) -> Outc
     if "face" in settings and not int(getattr(body, "num_expression", 0) or 0):
         raise InputError(f"scoring face completion needs a body model with a face (SMPL-X); the {body.kind} has none",
                          hint="pass --body-model with smplx/SMPLX_NEUTRAL.npz")
+    official = _official_vertex_sets(ctx, body, part, settings)
     steps = ctx.steps(STEPS)
     if req.prior == "dposer":  # DPoserComp splits the steps evenly over its outer iterations
         from dposer_cli.services.complete import ITERATIONS
@@ -80,7 +96,7 @@ def _run(ctx: Context, part: Part, settings: tuple[str, ...], name: str) -> Outc
                                         generator=gen)
             else:
                 out = prior.complete(x, observed, hypo=hypo, generator=gen)
-            return _per_sample(ctx, part, body, mask, out, x)
+            return _per_sample(ctx, part, body, mask, out, x, official.get(mask, (None, ""))[0])
 
         prior.nfe = 0
         per = concat(ctx.map_batches(n, batch))
@@ -91,6 +107,9 @@ def _run(ctx: Context, part: Part, settings: tuple[str, ...], name: str) -> Outc
             paper[setting] = entry
     vertex_set = "skinning-weight segment of the masked joints" if _skin_weights(body) is not None \
         else "all vertices (this body model exposes no skinning weights)"
+    if official:
+        files = ", ".join(sorted({src for _, src in official.values()}))
+        vertex_set = f"official sets from {files} for {', '.join(sorted(official))}; other masks: {vertex_set}"
     return Outcome(
         metrics=metrics, paper=paper, items=n, info={"nfe": nfe},
         settings={"part": part.value, "masks": list(settings), "hypotheses": hypo, "steps": steps,
@@ -101,9 +120,10 @@ def _run(ctx: Context, part: Part, settings: tuple[str, ...], name: str) -> Outc
     )
 
 
-def _mask_name(part: Part, setting: str, gen: torch.Generator) -> str:
+def _mask_name(part: Part, setting: str, gen: torch.Generator | None) -> str:
     """The mask group of a setting; `one_hand` draws lhand or rhand once per batch (spec §7.3)."""
     if setting == "one_hand":
+        assert gen is not None
         return "lhand" if float(torch.rand((), generator=gen, device=gen.device)) < 0.5 else "rhand"
     return PARTS[part].mask_aliases.get(setting, setting)
 
@@ -122,7 +142,47 @@ def _part_joints(part: Part, body: Any, mask: str) -> list[int]:
     return [b22[j + 1] for j in sorted({d // 3 for d in dims if d < 63})]
 
 
-def _per_sample(ctx: Context, part: Part, body: Any, mask: str, out: Tensor, truth: Tensor) -> dict[str, np.ndarray]:
+def _official_vertex_sets(ctx: Context, body: Any, part: Part, settings: tuple[str, ...]
+                          ) -> dict[str, tuple[Tensor, str]]:
+    """mask → (vertex ids, source file) for the masks the official files cover (SMPL-X only)."""
+    path = getattr(body, "path", None)
+    if getattr(body, "kind", "") != "smplx" or path is None:
+        return {}
+    folders = [Path(path).parent] + ([Path(ctx.req.data_dir)] if ctx.req.data_dir is not None else [])
+    masks = {m for s in settings for m in (("lhand", "rhand") if s == "one_hand" else (_mask_name(part, s, None),))}
+    out: dict[str, tuple[Tensor, str]] = {}
+    if part is Part.body:
+        seg_path = next((f / SEGMENTATION_FILE for f in folders if (f / SEGMENTATION_FILE).is_file()), None)
+        if seg_path is None:
+            return {}
+        from dposer_cli.io.datasets import read_json_file
+
+        seg = read_json_file(seg_path)
+        for mask in sorted(masks & set(BODY_SEGMENTS)):
+            names, published = BODY_SEGMENTS[mask]
+            try:
+                ids = sorted({int(i) for name in names for i in seg[name]})  # type: ignore[index]
+            except (KeyError, TypeError, ValueError):
+                raise InputError(f"{seg_path}: expected lists of vertex ids for {', '.join(names)}") from None
+            if len(ids) != published:
+                ctx.notes.append(f"{SEGMENTATION_FILE}: mask {mask} has {len(ids)} vertices; the official "
+                                 f"evaluator's set has {published}")
+            out[mask] = (torch.tensor(ids, device=ctx.device), SEGMENTATION_FILE)
+    elif masks & {"lhand", "rhand"}:
+        from dposer_cli.core.errors import MissingAssetError
+        from dposer_cli.services._bench_hmr import HAND_IDS_FILE, smplx_eval_files
+
+        try:
+            files = smplx_eval_files(body, ctx.req.data_dir, ctx.device)
+        except MissingAssetError:
+            return {}
+        for side, mask in (("left", "lhand"), ("right", "rhand")):
+            out[mask] = (files["hand"][side], HAND_IDS_FILE)
+    return out
+
+
+def _per_sample(ctx: Context, part: Part, body: Any, mask: str, out: Tensor, truth: Tensor,
+                verts: Tensor | None = None) -> dict[str, np.ndarray]:
     from dposer_cli.services._render import part_params
 
     b, h, _ = out.shape
@@ -139,7 +199,8 @@ def _per_sample(ctx: Context, part: Part, body: Any, mask: str, out: Tensor, tru
         if h > 1:
             res["apd_cm"] = to_numpy(apd(pj) * 100)
     if pred.vertices is not None and gt.vertices is not None:
-        verts = _vertex_ids(body, joints, part, mask, pred.vertices.shape[-2])
+        if verts is None:
+            verts = _vertex_ids(body, joints, part, mask, pred.vertices.shape[-2])
         pv = pred.vertices[:, verts].reshape(b, h, len(verts), 3)
         gv = gt.vertices[:, verts]
         res.update(_summary("mpvpe", mpjpe(pv, gv[:, None].expand_as(pv)) * 1000))

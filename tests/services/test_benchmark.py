@@ -497,3 +497,52 @@ def test_vposer_baseline_generates_and_completes_from_the_users_weights(tmp_path
     assert 0 < m["mpjpe_min_mm"] <= m["mpjpe_mean_mm"]
     with pytest.raises(InputError, match="compares --prior dposer, none, l2, gmm, not 'vposer'"):
         svc.run(_req(tmp_path, "hand-ik", prior="vposer", checkpoint=weights, data_dir=tmp_path))
+
+
+def test_completion_uses_the_official_vertex_sets_when_given(tmp_path, shared, body_tree):
+    """With smplx_vert_segmentation.json in --data-dir, MPVPE of `legs` is over its leg segments (numpy check);
+    a vertex count that differs from the official evaluator's is noted. With MANO_SMPLX_vertex_ids.pkl the
+    whole-body hand masks use its hand vertices."""
+    import pickle
+
+    from dposer_cli.bodies.base import load_body
+
+    poses = np.load(shared / "poses/body_reference_train.npz")["poses"][:3]
+    data = tmp_path / "amass"
+    data.mkdir()
+    np.savez(data / "x.npz", pose_body=poses)
+    rng = np.random.default_rng(0)
+    names = ["leftLeg", "leftUpLeg", "leftFoot", "leftToeBase", "rightLeg", "rightUpLeg", "rightFoot", "rightToeBase"]
+    seg = {name: rng.choice(10475, 40, replace=False).tolist() for name in names}
+    (data / "smplx_vert_segmentation.json").write_text(json.dumps(seg))
+    result = svc.run(_req(tmp_path, "completion", data_dir=data, prior="l2", hypo=2, settings=("legs",),
+                          body_model=body_tree))
+    body = load_body("body", body_tree)
+    ids = sorted({i for v in seg.values() for i in v})
+    filled = poses.copy()
+    filled[:, list(mask_dims(Part.body, ["legs"]))] = 0
+    with torch.no_grad():
+        pv = body(body_pose=torch.as_tensor(filled)).vertices.numpy()[:, ids]
+        gv = body(body_pose=torch.as_tensor(poses)).vertices.numpy()[:, ids]
+    expected = np.linalg.norm(pv - gv, axis=-1).mean(-1).mean() * 1000
+    assert result.metrics["legs"]["mpvpe_min_mm"] == pytest.approx(expected, rel=1e-4)
+    assert "official sets from smplx_vert_segmentation.json for legs" in result.info["settings"]["vertex_set"]
+    assert any(f"mask legs has {len(ids)} vertices" in note for note in result.info["notes"])
+
+    toy = np.load(shared / "official/examples/toy_wholebody_data.npz")
+    (tmp_path / "wb").mkdir()
+    np.savez(tmp_path / "wb" / "x.npz", **{k: toy[k][:2] for k in toy.files})
+    write_smplx_eval_files(tmp_path / "wb", j14=False)
+    wb = svc.run(_req(tmp_path, "wholebody-completion", data_dir=tmp_path / "wb", prior="l2", hypo=1,
+                      settings=("rhand",), body_model=body_tree))
+    with open(tmp_path / "wb" / "MANO_SMPLX_vertex_ids.pkl", "rb") as fh:
+        rh = pickle.load(fh)["right_hand"]
+    keys = ("body_pose", "left_hand_pose", "right_hand_pose")
+    truth = {k: torch.as_tensor(toy[k][:2], dtype=torch.float32) for k in keys}
+    filled = dict(truth, right_hand_pose=torch.zeros(2, 45))
+    filled["body_pose"] = truth["body_pose"].clone()
+    filled["body_pose"][:, 60:63] = 0  # the right wrist belongs to the hand mask
+    with torch.no_grad():
+        err = np.linalg.norm(body(**filled).vertices.numpy()[:, rh] - body(**truth).vertices.numpy()[:, rh], axis=-1)
+    assert wb.metrics["rhand"]["mpvpe_min_mm"] == pytest.approx(err.mean(-1).mean() * 1000, rel=1e-4)
+    assert "MANO_SMPLX_vertex_ids.pkl" in wb.info["settings"]["vertex_set"]
