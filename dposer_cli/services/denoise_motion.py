@@ -42,6 +42,7 @@ from dposer_cli.core.errors import InputError, MissingAssetError, UnavailableErr
 from dposer_cli.core.parts import PARTS, Part, mask_dims
 from dposer_cli.core.paths import ensure_out_dir
 from dposer_cli.core.result import Result
+from dposer_cli.core.rotations import matrix_to_axis_angle
 from dposer_cli.engine.loss import time_schedule
 from dposer_cli.engine.prior import DPoserPrior
 from dposer_cli.io.motion import read_motion, write_motion
@@ -359,27 +360,11 @@ def _rigid_init(body, b22: Tensor, pose: Tensor, obs: Tensor, visible: Tensor) -
         rot = vh.transpose(1, 2) @ fix @ u.transpose(1, 2)  # rot @ tmpl ≈ tgt
         ok = (visible[:, torso].sum(1) >= 3)[:, None, None]
         rot = torch.where(ok, rot, torch.eye(3, device=obs.device))
-        orient = _matrix_to_axis_angle(rot)
+        orient = matrix_to_axis_angle(rot)
         placed = body(body_pose=pose, global_orient=orient, return_vertices=False).joints[:, b22]
         vis = visible.to(obs.dtype)[..., None]
         transl = ((obs - placed) * vis).sum(1) / vis.sum(1).clamp_min(1.0)
     return orient.clone(), transl.clone()
-
-
-def _matrix_to_axis_angle(rot: Tensor) -> Tensor:
-    """Rotation matrices (…, 3, 3) → axis-angle (…, 3) via a unit quaternion (copysign form)."""
-    m = rot
-    w = 0.5 * torch.sqrt((1 + m[..., 0, 0] + m[..., 1, 1] + m[..., 2, 2]).clamp_min(0))
-    x = 0.5 * torch.sqrt((1 + m[..., 0, 0] - m[..., 1, 1] - m[..., 2, 2]).clamp_min(0))
-    y = 0.5 * torch.sqrt((1 - m[..., 0, 0] + m[..., 1, 1] - m[..., 2, 2]).clamp_min(0))
-    z = 0.5 * torch.sqrt((1 - m[..., 0, 0] - m[..., 1, 1] + m[..., 2, 2]).clamp_min(0))
-    x = torch.copysign(x, m[..., 2, 1] - m[..., 1, 2])
-    y = torch.copysign(y, m[..., 0, 2] - m[..., 2, 0])
-    z = torch.copysign(z, m[..., 1, 0] - m[..., 0, 1])
-    v = torch.stack([x, y, z], -1)
-    sin = v.norm(dim=-1, keepdim=True)
-    angle = 2 * torch.atan2(sin, w[..., None])
-    return torch.where(sin > 1e-8, v / sin.clamp_min(1e-12) * angle, 2 * v)
 
 
 def motion_metrics(obs: Tensor, pred: Tensor, gt: Tensor, visible: Tensor, partial: bool) -> dict[str, float]:

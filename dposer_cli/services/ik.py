@@ -25,6 +25,7 @@ from dposer_cli.core.errors import InputError, suggest
 from dposer_cli.core.parts import Part
 from dposer_cli.core.paths import ensure_out_dir
 from dposer_cli.core.result import Result
+from dposer_cli.core.rotations import matrix_to_axis_angle
 from dposer_cli.engine.prior import DPoserPrior
 from dposer_cli.io.poses import write_poses
 from dposer_cli.metrics import mpjpe
@@ -372,32 +373,6 @@ def load_priors(part: Part, checkpoint: Path | None = None, *, shape_checkpoint:
 
 
 # --------------------------------------------------------------------------------------------------- solving
-def _rotation_to_axis_angle(rot: Tensor) -> Tensor:
-    """(…,3,3) rotation matrices → (…,3) axis-angle, via the best-conditioned quaternion (Shepperd)."""
-    m = rot
-    m00, m11, m22 = m[..., 0, 0], m[..., 1, 1], m[..., 2, 2]
-    cands = torch.stack([
-        torch.stack([1 + m00 + m11 + m22, m[..., 2, 1] - m[..., 1, 2], m[..., 0, 2] - m[..., 2, 0],
-                     m[..., 1, 0] - m[..., 0, 1]], -1),
-        torch.stack([m[..., 2, 1] - m[..., 1, 2], 1 + m00 - m11 - m22, m[..., 0, 1] + m[..., 1, 0],
-                     m[..., 0, 2] + m[..., 2, 0]], -1),
-        torch.stack([m[..., 0, 2] - m[..., 2, 0], m[..., 0, 1] + m[..., 1, 0], 1 - m00 + m11 - m22,
-                     m[..., 1, 2] + m[..., 2, 1]], -1),
-        torch.stack([m[..., 1, 0] - m[..., 0, 1], m[..., 0, 2] + m[..., 2, 0], m[..., 1, 2] + m[..., 2, 1],
-                     1 - m00 - m11 + m22], -1),
-    ], -2)  # (…, 4, 4): row k = 4·q_k·q
-    best = torch.stack([1 + m00 + m11 + m22, 1 + m00 - m11 - m22, 1 - m00 + m11 - m22, 1 - m00 - m11 + m22],
-                       -1).argmax(-1)
-    q = torch.gather(cands, -2, best[..., None, None].expand(*best.shape, 1, 4)).squeeze(-2)
-    q = q / q.norm(dim=-1, keepdim=True)
-    q = torch.where(q[..., :1] < 0, -q, q)  # w ≥ 0: angle in [0, π]
-    vec = q[..., 1:]
-    sin_half = vec.norm(dim=-1, keepdim=True)
-    angle = 2 * torch.atan2(sin_half, q[..., :1])
-    # angle/sin(angle/2) → 2 as the angle → 0; clamp keeps the division finite
-    return vec * torch.where(sin_half > 1e-8, angle / sin_half.clamp_min(1e-8), torch.full_like(angle, 2.0))
-
-
 def _weighted_kabsch(src: Tensor, dst: Tensor, w: Tensor) -> Tensor:
     """Per-sample rotation R minimising Σ w‖R(src − c_src) − (dst − c_dst)‖²; (N,J,3),(N,J,3),(N,J) → (N,3,3)."""
     w = w / w.sum(-1, keepdim=True).clamp_min(1e-12)
@@ -440,7 +415,7 @@ def solve(problem: IKProblem, body: BodyModel, prior: PriorTerm, schedule: Sched
         with torch.no_grad():
             rest = joints_of({**fixed, **free})
             w = problem.visible.to(rest.dtype)
-            orient = _rotation_to_axis_angle(_weighted_kabsch(rest, targets, w))
+            orient = matrix_to_axis_angle(_weighted_kabsch(rest, targets, w))
             rotated = joints_of({**fixed, **free, "global_orient": orient})
             transl = ((targets - rotated) * w[..., None]).sum(-2) / w.sum(-1, keepdim=True)
         free["global_orient"] = orient.clone().requires_grad_()
