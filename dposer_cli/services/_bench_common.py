@@ -221,6 +221,17 @@ class Context:
         return [x for p in parts for x in (p or [])]
 
 
+def eval_file_folders(body: Any, data_dir: Path | None) -> list[Path]:
+    """Where evaluation-only model files (vertex ids, regressors, segmentations) are looked for: beside the
+    body model file, then in --data-dir."""
+    return [Path(body.path).parent] + ([Path(data_dir)] if data_dir is not None else [])
+
+
+def find_eval_file(name: str, body: Any, data_dir: Path | None) -> Path | None:
+    """The first `name` in `eval_file_folders`, or None."""
+    return next((f / name for f in eval_file_folders(body, data_dir) if (f / name).is_file()), None)
+
+
 def report_path(req: BenchmarkRequest) -> Path:
     """Where the JSON report goes: `--out`, else dposer_out/benchmark-NAME.json."""
     return Path(req.out) if req.out is not None else Path("dposer_out") / f"benchmark-{req.name}.json"

@@ -18,7 +18,6 @@ hidden joints at zero (the L2 minimiser); `--prior none` has no completion.
 """
 
 import logging
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,7 +28,7 @@ from dposer_cli.core.errors import InputError
 from dposer_cli.core.parts import PARTS, Part, mask_dims
 from dposer_cli.io.datasets import read_amass_poses
 from dposer_cli.metrics import apd, mpjpe
-from dposer_cli.services._bench_common import Context, Outcome, concat, mean_of, to_numpy
+from dposer_cli.services._bench_common import Context, Outcome, concat, find_eval_file, mean_of, to_numpy
 from dposer_cli.services._bench_paper import paper_for
 
 log = logging.getLogger(__name__)
@@ -145,14 +144,12 @@ def _part_joints(part: Part, body: Any, mask: str) -> list[int]:
 def _official_vertex_sets(ctx: Context, body: Any, part: Part, settings: tuple[str, ...]
                           ) -> dict[str, tuple[Tensor, str]]:
     """mask → (vertex ids, source file) for the masks the official files cover (SMPL-X only)."""
-    path = getattr(body, "path", None)
-    if getattr(body, "kind", "") != "smplx" or path is None:
+    if getattr(body, "kind", "") != "smplx" or getattr(body, "path", None) is None:
         return {}
-    folders = [Path(path).parent] + ([Path(ctx.req.data_dir)] if ctx.req.data_dir is not None else [])
     masks = {m for s in settings for m in (("lhand", "rhand") if s == "one_hand" else (_mask_name(part, s, None),))}
     out: dict[str, tuple[Tensor, str]] = {}
     if part is Part.body:
-        seg_path = next((f / SEGMENTATION_FILE for f in folders if (f / SEGMENTATION_FILE).is_file()), None)
+        seg_path = find_eval_file(SEGMENTATION_FILE, body, ctx.req.data_dir)
         if seg_path is None:
             return {}
         from dposer_cli.io.datasets import read_json_file

@@ -43,7 +43,15 @@ from dposer_cli.core.paths import atomic_write
 from dposer_cli.io.datasets import ARCTIC_EVERY, read_arctic, read_ehf, read_freihand, read_ply_vertices
 from dposer_cli.io.poses import load_key, open_npz
 from dposer_cli.metrics import mpjpe, procrustes_align
-from dposer_cli.services._bench_common import Context, Outcome, concat, mean_of, to_numpy
+from dposer_cli.services._bench_common import (
+    Context,
+    Outcome,
+    concat,
+    eval_file_folders,
+    find_eval_file,
+    mean_of,
+    to_numpy,
+)
 from dposer_cli.services._bench_paper import paper_for
 
 log = logging.getLogger(__name__)
@@ -225,10 +233,6 @@ def hand_regressor(j_regressor: torch.Tensor, side: str) -> torch.Tensor:
     return torch.cat(rows)
 
 
-def _find(name: str, folders: list[Path]) -> Path | None:
-    return next((f / name for f in folders if (f / name).is_file()), None)
-
-
 def smplx_eval_files(body: Any, data_dir: Path | None, device: torch.device) -> dict[str, Any]:
     """The SMPL-X evaluation files: hand and face vertex ids (required) and the J14 regressor (optional).
 
@@ -240,9 +244,9 @@ def smplx_eval_files(body: Any, data_dir: Path | None, device: torch.device) -> 
     """
     from dposer_cli.bodies.pickle_compat import load_npy_object, load_pickle
 
-    folders = [Path(body.path).parent] + ([Path(data_dir)] if data_dir is not None else [])
+    folders = eval_file_folders(body, data_dir)
     where = " or ".join(str(f) for f in folders)
-    found = {name: _find(name, folders) for name in (HAND_IDS_FILE, FACE_IDS_FILE, J14_FILE)}
+    found = {name: find_eval_file(name, body, data_dir) for name in (HAND_IDS_FILE, FACE_IDS_FILE, J14_FILE)}
     missing = [n for n in (HAND_IDS_FILE, FACE_IDS_FILE) if found[n] is None]
     if missing:
         raise MissingAssetError(f"benchmark arctic needs {' and '.join(missing)} (looked in {where})",
