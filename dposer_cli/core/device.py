@@ -1,4 +1,6 @@
-"""Device selection and seeded generators (spec-free, torch only)."""
+"""Device selection, seeded generators and the torchrun process group (spec-free, torch only)."""
+
+import os
 
 import torch
 
@@ -32,3 +34,19 @@ def make_generator(seed: int, device: torch.device) -> torch.Generator:
     gen = torch.Generator(device=device)
     gen.manual_seed(int(seed))
     return gen
+
+
+def init_distributed() -> tuple[int, int]:
+    """(rank, world); initialises torch.distributed when launched by torchrun (WORLD_SIZE > 1).
+
+    NCCL on CUDA, gloo otherwise or when `DPOSER_DIST_BACKEND=gloo`.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() and os.environ.get("DPOSER_DIST_BACKEND") != "gloo" else "gloo"
+        dist.init_process_group(backend=backend)
+    return dist.get_rank(), dist.get_world_size()

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
-from dposer_cli.core.device import make_generator, resolve_device
+from dposer_cli.core.device import init_distributed, make_generator, resolve_device
 from dposer_cli.core.errors import InputError, suggest
 from dposer_cli.core.parts import PARTS, Part
 from dposer_cli.core.paths import shared_data_dir
@@ -79,22 +79,6 @@ class Outcome:
     items: int = 0
 
 
-def dist_env() -> tuple[int, int]:
-    """(rank, world) — initialises torch.distributed when launched by torchrun (WORLD_SIZE > 1).
-
-    NCCL on CUDA, gloo otherwise or when `DPOSER_DIST_BACKEND=gloo` (as `dposer train`).
-    """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() and os.environ.get("DPOSER_DIST_BACKEND") != "gloo" else "gloo"
-        dist.init_process_group(backend=backend)
-    return dist.get_rank(), dist.get_world_size()
-
-
 class Context:
     """One benchmark run: request, device, rank/world, progress; loads priors and body models once."""
 
@@ -102,7 +86,7 @@ class Context:
                  ) -> None:
         self.req = req
         self.part = part
-        self.rank, self.world = dist_env()
+        self.rank, self.world = init_distributed()
         spec = req.device
         if self.world > 1 and spec == "auto" and torch.cuda.is_available() \
                 and os.environ.get("DPOSER_DIST_BACKEND") != "gloo":

@@ -20,10 +20,10 @@ import torch
 from torch import Tensor, nn
 
 from dposer_cli.core.config import NetConfig, PriorConfig, SDEConfig, TrainConfig
-from dposer_cli.core.device import resolve_device
+from dposer_cli.core.device import init_distributed, resolve_device
 from dposer_cli.core.errors import AssetMismatchError, InputError, Interrupted
 from dposer_cli.core.parts import PARTS, WHOLEBODY_SPLIT, Part
-from dposer_cli.core.paths import atomic_write, ensure_out_dir
+from dposer_cli.core.paths import ensure_out_dir
 from dposer_cli.core.result import Result
 from dposer_cli.engine.checkpoint import read_checkpoint, save_checkpoint
 from dposer_cli.engine.ema import EMA
@@ -108,19 +108,6 @@ def _read_data(req: TrainRequest) -> _Data:
     return _Data(torch.from_numpy(x).float(), torch.from_numpy(np.concatenate(avails)))
 
 
-def _dist() -> tuple[int, int]:
-    """(rank, world) — initialises torch.distributed when launched by torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() and os.environ.get("DPOSER_DIST_BACKEND") != "gloo" else "gloo"
-        dist.init_process_group(backend=backend)
-    return dist.get_rank(), dist.get_world_size()
-
-
 def shard_indices(n: int, epoch: int, rank: int, world: int, seed: int) -> Tensor:
     """The permutation of epoch `epoch` (same on every rank), strided into disjoint per-rank shards."""
     g = torch.Generator().manual_seed(seed * 100003 + epoch)
@@ -194,7 +181,7 @@ def run(req: TrainRequest, progress: Callable[[int, int], None] | None = None) -
     tc = req.train
     if tc.steps < 1 or tc.batch_size < 1:
         raise InputError("--steps and --batch-size must be ≥ 1")
-    rank, world = _dist()
+    rank, world = init_distributed()
     device = resolve_device(req.device)
     if world > 1 and device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))

@@ -10,15 +10,15 @@ from dposer_cli.engine.checkpoint import save_checkpoint
 from tests._fixtures.checkpoints import tiny_net
 
 
-def write_tiny_prior(path: Path, part: Part, *, seed: int = 0) -> Path:
-    """A dposer/1 checkpoint with a 32-wide network and unit statistics (samples are N(0,1)-ish)."""
+def write_tiny_prior(path: Path, part: Part, *, seed: int = 0, width: int = 32) -> Path:
+    """A dposer/1 checkpoint with a `width`-wide network and unit statistics (samples are N(0,1)-ish)."""
     part = Part(part)
-    net = tiny_net(part, 32, 16, seed)
+    net = tiny_net(part, width, 16, seed)
     if part is Part.wholebody:
-        cfg = PriorConfig(part=part.value, net=NetConfig(kind="wholebody", dim=256, hidden_dim=32, embed_dim=16,
-                                                         part_hidden=(32, 32, 32), part_embed=(16, 16, 16)))
+        cfg = PriorConfig(part=part.value, net=NetConfig(kind="wholebody", dim=256, hidden_dim=width, embed_dim=16,
+                                                         part_hidden=(width,) * 3, part_embed=(16, 16, 16)))
     else:
-        cfg = PriorConfig(part=part.value, net=NetConfig(dim=PARTS[part].dim, hidden_dim=32, embed_dim=16))
+        cfg = PriorConfig(part=part.value, net=NetConfig(dim=PARTS[part].dim, hidden_dim=width, embed_dim=16))
     dim = PARTS[part].dim
     stats = {"mean": torch.zeros(dim), "std": torch.full((dim,), 0.2)}
     return save_checkpoint(Path(path), part=part, config=cfg, model=net.state_dict(), ema=None, normalizer=stats)

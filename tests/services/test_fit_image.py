@@ -22,6 +22,7 @@ from dposer_cli.core.parts import PARTS, Part
 from dposer_cli.core.paths import demo_checkpoint, official_checkpoint, shared_data_dir
 from dposer_cli.io.keypoints import COCO_TO_OPENPOSE
 from dposer_cli.metrics import pa_mpjpe
+from tests._fixtures.priors import write_tiny_prior
 
 torch.set_num_threads(1)
 
@@ -153,23 +154,6 @@ def pa_mm(data: dict, scene: Scene) -> np.ndarray:
     return pa_mpjpe(torch.as_tensor(data["joints"]), torch.as_tensor(scene.joints[order])).numpy() * 1000
 
 
-def tiny_prior(path: Path, part: Part) -> Path:
-    """An untrained prior wide enough for GroupNorm(32) at batch 1, with unit statistics."""
-    from dposer_cli.core.config import NetConfig, PriorConfig
-    from dposer_cli.engine.checkpoint import save_checkpoint
-    from tests._fixtures.checkpoints import tiny_net
-
-    net = tiny_net(part, 64, 16)
-    if part is Part.wholebody:
-        cfg = PriorConfig(part=part.value, net=NetConfig(kind="wholebody", dim=256, hidden_dim=64, embed_dim=16,
-                                                         part_hidden=(64, 64, 64), part_embed=(16, 16, 16)))
-    else:
-        cfg = PriorConfig(part=part.value, net=NetConfig(dim=PARTS[part].dim, hidden_dim=64, embed_dim=16))
-    dim = PARTS[part].dim
-    stats = {"mean": torch.zeros(dim), "std": torch.full((dim,), 0.2)}
-    return save_checkpoint(path, part=part, config=cfg, model=net.state_dict(), ema=None, normalizer=stats)
-
-
 # ---------------------------------------------------------------- tests
 @pytest.mark.parametrize("fmt", ["openpose", "vitpose", "coco17"])
 def test_body_fit_from_each_keypoint_format_recovers_the_pose(tmp_path, fmt):
@@ -235,7 +219,7 @@ def test_hand_fit_from_mmpose_json(tmp_path):
 
 def test_wholebody_with_the_mannequin_fits_hands_and_skips_the_face(tmp_path, caplog):
     scene = synthetic_scene(reference_poses()[[12]], seed=6)
-    ckpt = tiny_prior(tmp_path / "wb.pt", Part.wholebody)
+    ckpt = write_tiny_prior(tmp_path / "wb.pt", Part.wholebody, width=64)
     with caplog.at_level(logging.INFO, logger="dposer_cli"):
         result, data = fit(tmp_path, scene, part=Part.wholebody, prior="dposer", checkpoint=ckpt, steps=3)
     assert "face keypoints skipped" in caplog.text
@@ -246,7 +230,7 @@ def test_wholebody_with_the_mannequin_fits_hands_and_skips_the_face(tmp_path, ca
 
 def test_dposer_prior_counts_one_evaluation_per_pose_iteration(tmp_path):
     scene = synthetic_scene(reference_poses()[[14, 15]], seed=7)
-    ckpt = tiny_prior(tmp_path / "body.pt", Part.body)
+    ckpt = write_tiny_prior(tmp_path / "body.pt", Part.body, width=64)
     result, _ = fit(tmp_path, scene, prior="dposer", checkpoint=ckpt, steps=4)
     assert result.info["nfe"] == 20 and result.info["checkpoint"].endswith("body.pt")
 
