@@ -1,6 +1,7 @@
 """Rotation conversions shared by every layer (batched, differentiable): axis-angle ↔ unit quaternion
 (w, x, y, z), quaternion products, rotation matrix → axis-angle and the 6D continuous representation."""
 
+import roma
 import torch
 from jaxtyping import Float
 from torch import Tensor
@@ -76,3 +77,21 @@ def rot6d_to_matrix(x: Float[Tensor, "*batch 6"]) -> Float[Tensor, "*batch 3 3"]
     b1 = F.normalize(m[..., 0], dim=-1)
     b2 = F.normalize(m[..., 1] - (b1 * m[..., 1]).sum(-1, keepdim=True) * b1, dim=-1)
     return torch.stack([b1, b2, torch.linalg.cross(b1, b2)], dim=-1)
+
+
+def rigid_registration(
+    src: Float[Tensor, "*batch N 3"], dst: Float[Tensor, "*batch N 3"], weights: Float[Tensor, "*batch N"] | None = None,
+    *, scaling: bool = False,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Weighted Kabsch / Umeyama: (R, t, s) minimising Σ w‖s·R·src + t − dst‖² (roma.rigid_points_registration).
+
+    Returns R (*batch, 3, 3), t (*batch, 3) and s (*batch) (ones unless `scaling`). Weights need not sum to 1.
+    """
+    if weights is not None:
+        weights = weights / weights.sum(-1, keepdim=True).clamp_min(1e-12)
+    if scaling:
+        rot, trans, scale = roma.rigid_points_registration(src, dst, weights=weights, compute_scaling=True)
+    else:
+        rot, trans = roma.rigid_points_registration(src, dst, weights=weights)
+        scale = torch.ones(rot.shape[:-2], dtype=rot.dtype, device=rot.device)
+    return rot, trans, scale

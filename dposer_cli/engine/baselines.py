@@ -32,6 +32,7 @@ class BaselinePrior(nn.Module):
     """Shared plumbing: raw-space prior of one part with a mean pose (zeros unless a subclass sets it)."""
 
     kind = ""
+    nfe_per_call = 0  # no network (engine.optimize.PosePrior)
 
     def __init__(self, part: Part | str) -> None:
         super().__init__()

@@ -15,20 +15,6 @@ from dposer_cli.engine.sde import append_dims
 
 EpsFn = Callable[[Tensor, Tensor], Tensor]
 
-# per-task (t_min, t_max) of the truncated linear schedule (spec §6.2, §7, §11)
-T_RANGES: dict[str, tuple[float, float]] = {
-    "completion": (0.05, 0.15),
-    "fitting": (0.08, 0.12),
-    "ik": (0.05, 0.15),
-    "ik-sparse": (0.05, 0.20),
-    "face-ik": (0.05, 0.15),
-    "motion-0.02": (0.05, 0.20),
-    "motion-0.04": (0.05, 0.25),
-    "motion-0.1": (0.10, 0.25),
-    "motion-partial": (0.01, 0.20),
-}
-
-
 def time_schedule(step: int, total: int, t_min: float, t_max: float) -> float:
     """Truncated linear annealing (time_strategy '3'): t_k = t_min + (S−k−1)/S·(t_max − t_min)."""
     return t_min + (total - step - 1) / total * (t_max - t_min)

@@ -20,7 +20,8 @@ from dposer_cli.core.parts import PARTS, Part
 from dposer_cli.core.paths import demo_checkpoint, models_dir, official_checkpoint, official_dir
 from dposer_cli.engine import samplers as smp
 from dposer_cli.engine.checkpoint import Checkpoint, read_checkpoint
-from dposer_cli.engine.loss import T_RANGES, dposer_loss, time_schedule
+from dposer_cli.engine.loss import dposer_loss, time_schedule
+from dposer_cli.engine.optimize import T_RANGES
 from dposer_cli.engine.nets import build_net
 from dposer_cli.engine.normalize import Normalizer, load_official_normalizer
 from dposer_cli.engine.sde import append_dims, build_sde
@@ -30,6 +31,8 @@ log = logging.getLogger(__name__)
 
 class DPoserPrior(nn.Module):
     """A diffusion pose prior for one part, working in raw axis-angle / coefficient space."""
+
+    nfe_per_call = 1  # network evaluations per `loss` call (engine.optimize.PosePrior)
 
     def __init__(self, config: PriorConfig, net: nn.Module, normalizer: Normalizer, source: str = "") -> None:
         super().__init__()

@@ -1,0 +1,270 @@
+"""The one annealed-prior optimiser: Adam stages over named tensors with a pose prior as a loss term.
+
+Every task that uses a prior as a loss (fitting to 2D keypoints, IK, motion denoising, DPoser completion)
+runs `optimize`: a list of `Stage`s (iterations, free parameters and their learning rates, loss weights,
+Adam settings), a task loss function that returns **per-sample** values (B,) — their sum is minimised, so a
+sample's gradient does not depend on the batch it is in — and an optional `PriorSchedule`: a prior with
+DPoser's `loss(pose, t, *, weighting, generator)` interface and the truncated linear time schedule
+(spec §6.2) annealed over the steps of the stages that use it. The loss function evaluates the prior
+through `Step.prior(pose)`, which applies the step's annealed time; `optimize` counts those evaluations
+and returns the count (`OptimizeResult.nfe`) instead of reading a counter on the prior.
+
+Also here: the one table of per-task time ranges (`T_RANGES`) and the shared fitting terms (GMoF, the
+SMPLify angle prior, temporal smoothness) and `best_rows` (keep the best of several hypotheses).
+"""
+
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from dposer_cli.core.parts import Part
+from dposer_cli.engine.loss import time_schedule
+
+# per-task (t_min, t_max) of the truncated linear schedule (spec §6.2, §7, §11). Names are looked up by the
+# tasks; a task never keeps its own copy of a range.
+T_RANGES: dict[str, tuple[float, float]] = {
+    "completion": (0.05, 0.15),  # DPoserComp (spec §6.4)
+    "fitting": (0.08, 0.12),  # fit-image, all parts (spec §7.6-§7.8)
+    "ik-hand-masked": (0.05, 0.20),  # spec §7.9
+    "ik-hand-noisy": (0.05, 0.15),
+    "ik-face-masked": (0.05, 0.20),  # spec §7.10
+    "ik-face-noisy": (0.05, 0.20),
+    # motion denoising by noise level (spec §7.4)
+    "motion-0.02": (0.05, 0.20),
+    "motion-0.04": (0.05, 0.25),
+    "motion-0.1": (0.10, 0.25),
+    # partial-visibility motion denoising by occluded part (spec §7.5)
+    "motion-partial": (0.01, 0.30),  # any other part
+    "motion-partial-legs": (0.01, 0.20),
+    "motion-partial-left_arm": (0.01, 0.30),
+    "motion-partial-right_body": (0.01, 0.30),
+}
+
+
+class PosePrior(Protocol):
+    """What the optimiser needs of a prior: its part and a per-sample, differentiable loss of raw poses.
+
+    `DPoserPrior` and the baselines of `engine.baselines` (none, l2, gmm, vposer) all satisfy it.
+    `nfe_per_call` is the number of network evaluations one `loss` call costs (0 for the baselines).
+    """
+
+    part: Part
+    nfe_per_call: int
+
+    def loss(self, pose: Float[Tensor, "*batch D"], t: float | Tensor = ..., *, weighting: str = ...,
+             generator: torch.Generator | None = ...) -> Float[Tensor, "*batch"]: ...
+
+
+@dataclass(frozen=True)
+class PriorSchedule:
+    """A prior as a loss term: the prior, its time range, weighting and noise source.
+
+    `horizon` is the number of prior steps S the time is annealed over (default: the iterations of the
+    stages that use the prior in this `optimize` call); steps past the horizon keep t_min.
+    """
+
+    prior: PosePrior
+    t_range: tuple[float, float] = T_RANGES["fitting"]
+    weighting: str = "snr"
+    generator: torch.Generator | None = None
+    horizon: int | None = None
+
+    def t(self, step: int, horizon: int) -> float:
+        """Annealed diffusion time of prior step `step` of `horizon` (spec §6.2)."""
+        horizon = max(1, horizon)
+        return time_schedule(min(step, horizon - 1), horizon, *self.t_range)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One block of Adam iterations.
+
+    `lrs` names the free parameters of the stage and their learning rates (the others are held fixed);
+    `weights` are the stage's loss weights, read by the task's loss function; `reset=False` keeps the
+    previous stage's Adam state when the free parameters are the same (spec §7.6 "optimizer not reset
+    between stages"; several stages with `reset=False` behave as one Adam run whose weights change);
+    `uses_prior` marks stages whose iterations advance the prior's annealed time; `betas`/`eps` are Adam's.
+    """
+
+    name: str
+    iters: int
+    lrs: Mapping[str, float]
+    weights: Mapping[str, float] = field(default_factory=dict)
+    reset: bool = True
+    uses_prior: bool = False
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+
+
+@dataclass
+class StageLog:
+    name: str
+    iters: int
+    loss: float  # summed over samples, after the stage's last step
+
+
+@dataclass
+class Step:
+    """What the loss function is told about the current iteration."""
+
+    stage: Stage
+    stage_index: int  # position of the stage in this optimize call
+    it: int  # iteration within the stage
+    k: int  # iteration within this optimize call
+    t: float | None  # the prior's annealed time at this step (None: no prior, or the stage does not use it)
+    _term: "_PriorTerm"
+
+    def prior(self, pose: Float[Tensor, "*batch D"]) -> Float[Tensor, "*batch"]:
+        """Per-sample prior loss of raw `pose` at this step's annealed time (zeros without a prior)."""
+        return self._term(pose, self.t)
+
+
+class _PriorTerm:
+    """Evaluates the schedule's prior and counts network evaluations and time spent."""
+
+    def __init__(self, schedule: PriorSchedule | None) -> None:
+        self.schedule = schedule
+        self.nfe = 0
+        self.seconds = 0.0
+
+    def __call__(self, pose: Tensor, t: float | None) -> Tensor:
+        if self.schedule is None:
+            return pose.new_zeros(pose.shape[:-1])
+        if t is None:
+            raise ValueError("the prior was evaluated in a stage that does not use it (uses_prior=False)")
+        t0 = time.perf_counter()
+        s = self.schedule
+        value = s.prior.loss(pose, t, weighting=s.weighting, generator=s.generator)
+        self.nfe += int(getattr(s.prior, "nfe_per_call", 1))
+        self.seconds += time.perf_counter() - t0
+        return value
+
+
+@dataclass
+class OptimizeResult:
+    logs: list[StageLog]
+    nfe: int  # network evaluations made by the prior term
+    prior_steps: int  # iterations that used the prior (pass as `prior_offset` to continue an annealing)
+    prior_seconds: float  # wall time spent in the prior (benchmarks: its share of an iteration)
+
+
+LossFn = Callable[[dict[str, Tensor], Step], Tensor]
+
+
+def prior_steps(stages: Sequence[Stage]) -> int:
+    """Number of iterations that use the prior (the default annealing horizon S)."""
+    return sum(s.iters for s in stages if s.uses_prior)
+
+
+def optimize(
+    params: dict[str, Tensor],
+    stages: Sequence[Stage],
+    loss_fn: LossFn,
+    *,
+    prior: PriorSchedule | None = None,
+    prior_offset: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+    done: int = 0,
+    total: int | None = None,
+) -> OptimizeResult:
+    """Run `stages` in order on the leaf tensors `params` (updated in place).
+
+    `loss_fn(params, step)` returns per-sample losses (B,) (or a scalar); their sum is minimised.
+    `prior_offset` continues an annealing started by an earlier call (its `prior_steps`); `done`/`total`
+    offset the progress callback when several calls make up one run.
+    """
+    total = total if total is not None else done + sum(s.iters for s in stages)
+    horizon = prior.horizon if prior is not None and prior.horizon is not None else prior_offset + prior_steps(stages)
+    term = _PriorTerm(prior)
+    k_prior = prior_offset
+    logs: list[StageLog] = []
+    opt: torch.optim.Optimizer | None = None
+    opt_keys: tuple[str, ...] = ()
+    opt_adam: tuple[tuple[float, float], float] = ((0.0, 0.0), 0.0)
+    k = 0
+    for s_idx, stage in enumerate(stages):
+        unknown = [name for name in stage.lrs if name not in params]
+        if unknown:
+            raise ValueError(f"stage {stage.name!r} optimises unknown parameters {unknown}")
+        for name, tensor in params.items():
+            tensor.requires_grad_(name in stage.lrs)
+        keys = tuple(stage.lrs)
+        adam = (stage.betas, stage.eps)
+        if opt is None or stage.reset or keys != opt_keys or adam != opt_adam:
+            groups = [{"params": [params[name]], "lr": lr, "name": name} for name, lr in stage.lrs.items()]
+            opt = torch.optim.Adam(groups, betas=stage.betas, eps=stage.eps)
+            opt_keys, opt_adam = keys, adam
+        else:  # same optimiser state, this stage's learning rates
+            for group in opt.param_groups:
+                group["lr"] = stage.lrs[group["name"]]
+        value = math.nan
+        for it in range(stage.iters):
+            t = prior.t(k_prior, horizon) if prior is not None and stage.uses_prior else None
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(params, Step(stage, s_idx, it, k, t, term)).sum()
+            loss.backward()
+            opt.step()
+            value = float(loss.detach())
+            if stage.uses_prior:
+                k_prior += 1
+            k += 1
+            done += 1
+            if progress is not None:
+                progress(done, total)
+        logs.append(StageLog(stage.name, stage.iters, value))
+    for tensor in params.values():
+        tensor.requires_grad_(False)
+    return OptimizeResult(logs, term.nfe, k_prior, term.seconds)
+
+
+# ---------------------------------------------------------------- shared loss terms
+# body-pose dims of the elbow/knee bending prior and their signs (spec §7.6 angle prior, SMPLify)
+ANGLE_DIMS = (52, 55, 9, 12)
+ANGLE_SIGNS = (1.0, -1.0, -1.0, -1.0)
+
+
+def gmof(residual: Tensor, sigma: float) -> Tensor:
+    """Geman–McClure robust penalty σ²x²/(σ² + x²), elementwise (spec §7.6, σ = 100 px)."""
+    sq = residual**2
+    return sigma**2 * sq / (sigma**2 + sq)
+
+
+def angle_prior(body_pose: Float[Tensor, "*batch 63"]) -> Float[Tensor, "*batch"]:
+    """Per-sample Σ exp(s_i·θ_i)² over elbow and knee bending angles: penalises unnatural bends (SMPLify)."""
+    idx = torch.tensor(ANGLE_DIMS, device=body_pose.device)
+    signs = torch.tensor(ANGLE_SIGNS, dtype=body_pose.dtype, device=body_pose.device)
+    return torch.exp(body_pose[..., idx] * signs).pow(2).sum(-1)
+
+
+def temporal_smoothness(points: Tensor, order: int = 1) -> Tensor:
+    """Mean Euclidean norm of the `order`-th frame difference, per track: (N, T, ..., 3) → (N,).
+
+    order 1 is the motion-denoising term (mean ‖v_f − v_{f+1}‖, spec §7.4); order 2 penalises jitter
+    (acceleration) but not steady motion.
+    """
+    diff = points
+    for _ in range(order):
+        if diff.shape[1] < 2:
+            return points.new_zeros(points.shape[0])
+        diff = diff[:, 1:] - diff[:, :-1]
+    return diff.norm(dim=-1).reshape(points.shape[0], -1).mean(-1)
+
+
+def best_rows(loss: Tensor, owner: Tensor, num_samples: int) -> Tensor:
+    """For each sample, the row (hypothesis) with the lowest loss; ties go to the lowest row index.
+
+    `owner[r]` is the sample that row r belongs to (0..num_samples−1, every sample present).
+    """
+    loss = loss.detach()
+    best = torch.full((num_samples,), torch.finfo(loss.dtype).max, dtype=loss.dtype, device=loss.device)
+    best = best.scatter_reduce(0, owner, loss, reduce="amin")
+    rows = torch.arange(len(owner), device=owner.device)
+    cand = torch.where(loss <= best[owner], rows, torch.full_like(rows, len(owner)))
+    win = torch.full((num_samples,), len(owner), dtype=rows.dtype, device=rows.device)
+    return win.scatter_reduce(0, owner, cand, reduce="amin")

@@ -1,0 +1,1 @@
+"""The paper's evaluations (`dposer benchmark`), calling the tasks directly."""

@@ -1,0 +1,1 @@
+"""Tasks: the algorithms behind the commands, tensors and dataclasses in and out (no paths, no files)."""
