@@ -13,10 +13,11 @@ that stays 0 (no network).
   SMPLify's max-mixture negative log-likelihood min_k [½ Mahalanobis_k + ½ log det Σ_k − log w_k].
 
 - `VPoserPrior` ("VPoser", body only, `engine.vposer`): the user's VPoser v2 weights (licensed, never bundled).
+
+`engine.priors.build_prior(kind, part, ...)` builds any of them (the one prior registry).
 """
 
 import math
-from typing import Any
 
 import torch
 from jaxtyping import Float
@@ -24,9 +25,6 @@ from torch import Tensor, nn
 
 from dposer_cli.core.errors import InputError
 from dposer_cli.core.parts import PARTS, Part
-
-BASELINES = ("none", "l2", "gmm", "vposer")
-
 
 class BaselinePrior(nn.Module):
     """Shared plumbing: raw-space prior of one part with a mean pose (zeros unless a subclass sets it)."""
@@ -267,29 +265,3 @@ class GaussianMixturePrior(BaselinePrior):
             new = onehot.T @ x / count.clamp_min(1)[:, None]
             c = torch.where(count[:, None] > 0, new, c)  # empty clusters keep their centre
         return torch.nn.functional.one_hot(torch.cdist(x, c).argmin(1), k).to(x.dtype)
-
-
-def make_baseline(kind: str, part: Part | str, *, train: Tensor | None = None, n_components: int = 8,
-                  seed: int = 0, weights: Any = None) -> BaselinePrior:
-    """`none`, `l2`, `gmm` (fitted on `train`, required for gmm) or `vposer` (from `weights`, body only).
-
-    Raises:
-        InputError: unknown kind, or gmm without training poses.
-        MissingAssetError / AssetMismatchError: vposer without usable weights.
-    """
-    if kind == "vposer":
-        from dposer_cli.engine.vposer import load_vposer
-
-        return load_vposer(part, weights)
-    if kind == "none":
-        return NoPrior(part)
-    if kind == "l2":
-        return L2Prior(part)
-    if kind == "gmm":
-        if train is None:
-            raise InputError("the gmm baseline needs training poses to fit")
-        return GaussianMixturePrior(part, n_components, seed=seed).fit(train)
-    from dposer_cli.core.errors import suggest
-
-    raise InputError(f"unknown baseline prior {kind!r}{suggest(kind, list(BASELINES))}",
-                     hint="baselines: " + ", ".join(BASELINES))

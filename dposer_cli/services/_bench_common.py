@@ -148,13 +148,12 @@ class Context:
             prior = DPoserPrior.load(part, ckpt, normalizer=norm, device=self.device)
             log.info("%s prior: %s", part.value, prior.source)
             return prior
-        from dposer_cli.engine.baselines import make_baseline
+        from dposer_cli.engine.priors import build_prior
 
         train = self.train_poses(part) if kind == "gmm" else None
         weights = self.req.checkpoint if kind == "vposer" else None  # --checkpoint: the weights under test
-        base = make_baseline(kind, part, train=train, n_components=self.req.gmm_components, seed=self.req.seed,
-                             weights=weights)
-        return base.to(self.device)
+        return build_prior(kind, part, checkpoint=weights, device=self.device, train=train,
+                           n_components=self.req.gmm_components, seed=self.req.seed)
 
     def train_poses(self, part: Part) -> torch.Tensor:
         """Training poses for the GMM: `--train-poses`, else the shared reference set of the part."""

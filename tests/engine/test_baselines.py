@@ -7,7 +7,8 @@ from scipy.stats import multivariate_normal
 
 from dposer_cli.core.errors import InputError
 from dposer_cli.core.parts import Part
-from dposer_cli.engine.baselines import GaussianMixturePrior, L2Prior, NoPrior, make_baseline
+from dposer_cli.engine.baselines import GaussianMixturePrior, L2Prior, NoPrior
+from dposer_cli.engine.priors import build_prior
 
 
 def _mixture(n: int = 3000, seed: int = 0, with_labels: bool = False):
@@ -58,7 +59,7 @@ def test_score_samples_and_loss_match_scipy():
 
 def test_loss_is_differentiable_and_has_the_prior_interface():
     x, _, _ = _mixture(500)
-    gmm = make_baseline("gmm", Part.hand, train=x, n_components=2)
+    gmm = build_prior("gmm", Part.hand, train=x, n_components=2)
     pose = torch.zeros(4, 45, requires_grad=True)
     value = gmm.loss(pose, 0.1, weighting="snr2", generator=None)
     assert value.shape == (4,) and value.dtype == torch.float32
@@ -117,6 +118,6 @@ def test_bad_inputs_raise_input_errors():
     with pytest.raises(InputError, match="3 training poses for 8 components"):
         GaussianMixturePrior(Part.hand, 8).fit(torch.zeros(3, 45))
     with pytest.raises(InputError, match="did you mean 'gmm'"):
-        make_baseline("gnm", Part.body)
+        build_prior("gnm", Part.body)
     with pytest.raises(InputError, match="needs training poses"):
-        make_baseline("gmm", Part.body)
+        build_prior("gmm", Part.body)

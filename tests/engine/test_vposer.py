@@ -8,7 +8,7 @@ from scipy.spatial.transform import Rotation
 from torch.nn import functional as F
 
 from dposer_cli.core.errors import AssetMismatchError, InputError, MissingAssetError
-from dposer_cli.engine.baselines import make_baseline
+from dposer_cli.engine.priors import build_prior
 from dposer_cli.engine.vposer import VPoserPrior
 from tests._fixtures.vposer import vposer_state, write_vposer
 
@@ -77,7 +77,7 @@ def test_samples_are_seeded_and_completion_keeps_observed_dims(vposer):
 
 def test_bad_weights_and_parts(tmp_path):
     with pytest.raises(MissingAssetError, match="--prior vposer needs the VPoser v2 weights"):
-        make_baseline("vposer", "body")
+        build_prior("vposer", "body")
     with pytest.raises(MissingAssetError, match="VPoser weights not found"):
         VPoserPrior.load(tmp_path / "nope")
     (tmp_path / "empty").mkdir()
@@ -91,4 +91,4 @@ def test_bad_weights_and_parts(tmp_path):
     with pytest.raises(AssetMismatchError, match="not a VPoser v2 checkpoint"):
         VPoserPrior.load(other)
     with pytest.raises(InputError, match="VPoser is a body prior; there is none for --part hand"):
-        make_baseline("vposer", "hand", weights=write_vposer(tmp_path / "b"))
+        build_prior("vposer", "hand", checkpoint=write_vposer(tmp_path / "b"))

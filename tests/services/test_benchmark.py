@@ -334,7 +334,7 @@ def test_freihand_metrics_equal_numpy_on_the_fitted_hands(tmp_path, shared, body
 
 def test_freihand_with_the_gmm_baseline_equals_fit_image_with_the_same_gmm(tmp_path, shared, body_tree):
     """`--prior gmm` fits the GMM once (on --train-poses) and hands it to every batch's fit."""
-    from dposer_cli.engine.baselines import make_baseline
+    from dposer_cli.engine.priors import build_prior
     from dposer_cli.services import fit_image
 
     hands = np.load(shared / "poses/hand_reference_train.npz")["poses"]
@@ -344,7 +344,7 @@ def test_freihand_with_the_gmm_baseline_equals_fit_image_with_the_same_gmm(tmp_p
     result = svc.run(_req(tmp_path, "freihand", data_dir=root, prior="gmm", train_poses=train, gmm_components=2,
                           steps=3, body_model=body_tree))
     assert result.info["paper_row"] == "GMM"
-    gmm = make_baseline("gmm", Part.hand, train=torch.as_tensor(hands[:400], dtype=torch.float64), n_components=2)
+    gmm = build_prior("gmm", Part.hand, train=torch.as_tensor(hands[:400], dtype=torch.float64), n_components=2)
     xyz = np.array(json.loads((root / "evaluation_xyz.json").read_text()))
     k = np.array(json.loads((root / "evaluation_K.json").read_text()))
     imgs = sorted((root / "evaluation/rgb").glob("*.jpg"))
