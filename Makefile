@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PYOPENGL_PLATFORM ?= egl
 
-.PHONY: demo test lint venv bench clean
+.PHONY: demo test test-fast lint venv bench clean
 
 venv: $(STAMP)
 
@@ -20,9 +20,20 @@ demo: $(STAMP)
 	$(BIN)/dposer generate --part body -n 16 --out demo_out --seed 0
 	@echo "demo: wrote demo_out/poses.npz and demo_out/grid.png"
 
+# `test` = import contracts + the whole suite; `lint` (ruff + mypy) joins it once the tree is formatted.
 test: $(STAMP)
 	$(BIN)/lint-imports
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest
+
+# The suite without the tests marked slow (quality, parity, DDP): a few minutes on 2 cores.
+test-fast: $(STAMP)
+	$(BIN)/lint-imports
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -m "not slow"
+
+lint: $(STAMP)
+	$(BIN)/ruff check dposer_cli tests bench
+	$(BIN)/ruff format --check dposer_cli tests bench
+	$(BIN)/mypy
 
 bench: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python -m bench.run_all

@@ -3,7 +3,8 @@
 Both backends (pyrender via EGL, and the numpy + Pillow `soft` renderer) take the same input: vertices
 already in OpenCV camera coordinates (x right, y down, z forward), per-vertex normals and sRGB colours,
 and pinhole `Intrinsics` (pixel centres at integer coordinates). They return an sRGB uint8 image and a
-coverage mask, and use the same light rig and shading model (Lambert, gamma 2.2) so pictures match.
+coverage mask, and use the same light rig and shading model (Lambert, gamma 2.2, in `shading`) so
+pictures match. `rasterize` picks the backend.
 """
 
 import atexit
@@ -16,11 +17,20 @@ import numpy as np
 from jaxtyping import Bool, Float, Integer, UInt8
 
 from dposer_cli.core.errors import InputError, UnavailableError, suggest
+from dposer_cli.render.shading import (
+    AMBIENT,
+    BACKGROUND,
+    LIGHTS,
+    Intrinsics,
+    project,
+    srgb_to_linear,
+)
+from dposer_cli.render.shading import background_image as background_image  # re-exported for draw
+from dposer_cli.render.soft import rasterize_soft
 
 RENDERERS = ("auto", "pyrender", "soft")
 
-# Look (shared by both backends).
-BACKGROUND = (0.96, 0.96, 0.96)  # light grey, sRGB
+# Mesh colours (the background, lights and shading model are in `shading`).
 BODY_COLOR = (0.60, 0.72, 0.88)  # soft blue-grey clay, sRGB
 PERSON_COLORS = (  # overlays with several people, sRGB
     (0.60, 0.72, 0.88),
@@ -30,14 +40,6 @@ PERSON_COLORS = (  # overlays with several people, sRGB
     (0.90, 0.82, 0.45),
     (0.55, 0.80, 0.85),
 )
-AMBIENT = 0.30  # linear ambient term
-# Directional lights in OpenCV camera coordinates: direction *towards* the light, and its strength.
-LIGHTS = (
-    ((-0.35, -0.55, -0.76), 0.80),  # key: above-left of the camera
-    ((0.45, -0.10, -0.89), 0.35),  # fill: right of the camera
-    ((0.00, 0.00, -1.00), 0.15),  # headlight, so nothing facing us is black
-)
-_PBR_DIFFUSE = 0.96 * 0.96 / np.pi  # pyrender's diffuse BRDF scale for a dielectric (F0 = 0.04)
 FOCAL_SCALE = 2.5  # focal length / image side: a ~23° field of view, little perspective distortion
 
 # View name → (direction from the subject to the camera, up) in body coordinates (y up, facing +z).
@@ -50,18 +52,6 @@ VIEWS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] 
     "top": ((0.0, 1.0, 0.0), (0.0, 0.0, -1.0)),
     "three_quarter": ((0.6, 0.25, 1.0), (0.0, 1.0, 0.0)),
 }
-
-
-@dataclass(frozen=True, slots=True)
-class Intrinsics:
-    """Pinhole camera in pixels, OpenCV convention: u = fx·X/Z + cx, pixel centres at integers."""
-
-    fx: float
-    fy: float
-    cx: float
-    cy: float
-    width: int
-    height: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,15 +119,6 @@ def frame_points(
     return Framing(rot, translation, intr)
 
 
-def project(points_cam: Float[np.ndarray, "*batch 3"], intr: Intrinsics) -> Float[np.ndarray, "*batch 2"]:
-    """Camera-space points → pixel coordinates (u, v); points behind the camera give non-finite values."""
-    z = points_cam[..., 2]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        u = intr.fx * points_cam[..., 0] / z + intr.cx
-        v = intr.fy * points_cam[..., 1] / z + intr.cy
-    return np.stack([u, v], axis=-1)
-
-
 def vertex_normals(
     vertices: Float[np.ndarray, "V 3"], faces: Integer[np.ndarray, "F 3"]
 ) -> Float[np.ndarray, "V 3"]:
@@ -150,30 +131,6 @@ def vertex_normals(
     out = np.stack([np.bincount(idx, weights=np.repeat(fn[:, k], 3), minlength=n) for k in range(3)], axis=1)
     norm = np.linalg.norm(out, axis=1, keepdims=True)
     return out / np.where(norm > 0, norm, 1.0)
-
-
-def srgb_to_linear(c: np.ndarray) -> np.ndarray:
-    c = np.asarray(c, np.float64)
-    return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
-
-
-def shade(normals: Float[np.ndarray, "N 3"], colors: Float[np.ndarray, "N 3"]) -> UInt8[np.ndarray, "N 3"]:
-    """The shared shading model: linear albedo × (ambient + Lambert over LIGHTS), then gamma 1/2.2.
-
-    Matches pyrender's PBR shader for a rough dielectric (its specular lobe is small there).
-    """
-    lin = srgb_to_linear(colors)
-    dirs = np.array([d for d, _ in LIGHTS], np.float64)
-    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
-    power = np.array([p for _, p in LIGHTS]) * np.pi  # pyrender intensities (see _light_nodes)
-    irradiance = np.clip(normals @ dirs.T, 0.0, None) @ (power * _PBR_DIFFUSE)
-    out = lin * (AMBIENT + irradiance)[:, None]
-    return (np.clip(out, 0.0, 1.0) ** (1 / 2.2) * 255 + 0.5).astype(np.uint8)
-
-
-def background_image(width: int, height: int) -> UInt8[np.ndarray, "H W 3"]:
-    bg = (np.asarray(BACKGROUND) * 255 + 0.5).astype(np.uint8)
-    return np.broadcast_to(bg, (height, width, 3)).copy()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -263,8 +220,6 @@ def rasterize(
     """Draw a camera-space mesh on the background; return (rgb, coverage mask)."""
     if select_renderer(renderer) == "pyrender":
         return _rasterize_pyrender(vertices, faces, normals, colors, intr)
-    from dposer_cli.render.soft import rasterize_soft
-
     return rasterize_soft(vertices, faces, normals, colors, intr)
 
 

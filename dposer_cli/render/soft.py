@@ -5,7 +5,7 @@ A vectorised z-buffer rasteriser, no Python loop over faces:
 2. enumerate each face's candidate pixels (its bounding box) as flat arrays, test them with affine
    barycentric coefficients, and keep the nearest face per pixel (1/z is affine in screen space);
 3. shade each covered pixel once: perspective-correct barycentrics interpolate vertex normals and
-   colours, then `scene.shade` applies the same lights and gamma as the pyrender path.
+   colours, then `shading.shade` applies the same lights and gamma as the pyrender path.
 
 A painter's algorithm with Pillow polygons was tried first: same speed (~20 ms per 512² frame for 10k
 vertices) but wrong wherever parts intersect or long triangles span a large depth range, so a z-buffer.
@@ -14,7 +14,7 @@ vertices) but wrong wherever parts intersect or long triangles span a large dept
 import numpy as np
 from jaxtyping import Bool, Float, Integer, UInt8
 
-from dposer_cli.render.scene import Intrinsics, background_image, project, shade
+from dposer_cli.render.shading import Intrinsics, background_image, project, shade
 
 CHUNK = 1 << 22  # candidate pixels per pass: bounds memory (~150 MB) for huge triangles / sheets
 

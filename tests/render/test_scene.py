@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from dposer_cli.core.errors import InputError, UnavailableError
-from dposer_cli.render import scene
+from dposer_cli.render import scene, shading
 
 
 def test_soft_is_always_available():
@@ -75,8 +75,8 @@ def test_vertex_normals_of_a_sphere_point_outward(sphere):
 
 
 def test_shading_is_brighter_towards_the_key_light():
-    toward = np.asarray(scene.LIGHTS[0][0]) / np.linalg.norm(scene.LIGHTS[0][0])  # towards the key light
-    lit = scene.shade(np.stack([toward, -toward]), np.full((2, 3), 0.7))
+    toward = np.asarray(shading.LIGHTS[0][0]) / np.linalg.norm(shading.LIGHTS[0][0])  # towards the key light
+    lit = shading.shade(np.stack([toward, -toward]), np.full((2, 3), 0.7))
     assert lit.dtype == np.uint8 and (lit[0] > lit[1]).all()
 
 

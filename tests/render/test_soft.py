@@ -2,10 +2,10 @@
 
 import numpy as np
 
-from dposer_cli.render import scene
+from dposer_cli.render import scene, shading
 from dposer_cli.render.soft import rasterize_soft, zbuffer
 
-INTR = scene.Intrinsics(100.0, 100.0, 31.5, 31.5, 64, 64)
+INTR = shading.Intrinsics(100.0, 100.0, 31.5, 31.5, 64, 64)
 
 
 def _tri(z: float, scale: float = 1.0) -> np.ndarray:
@@ -21,7 +21,7 @@ def _draw(verts, faces):
 def test_nearest_triangle_wins_regardless_of_order():
     verts = np.concatenate([_tri(2.0, 2.0), _tri(1.0)])
     for faces in ([[0, 1, 2], [3, 4, 5]], [[3, 4, 5], [0, 1, 2]]):
-        uv = scene.project(verts, INTR)
+        uv = shading.project(verts, INTR)
         buf = zbuffer(uv[np.array(faces)], verts[:, 2][np.array(faces)], 64, 64)
         near = faces.index([3, 4, 5])
         assert buf[31, 31] == near  # centre: both cover it, the near one is drawn
@@ -33,7 +33,7 @@ def test_intersecting_triangles_split_where_they_cross():
     b = np.array([[-1, -1, 2.5], [1, -1, 1.5], [1, 1, 1.5], [-1, 1, 2.5]], float)  # near on the right
     verts = np.concatenate([a, b]) * [0.3, 0.3, 1]
     faces = np.array([[0, 2, 1], [0, 3, 2], [4, 6, 5], [4, 7, 6]])
-    uv = scene.project(verts, INTR)
+    uv = shading.project(verts, INTR)
     buf = zbuffer(uv[faces], verts[:, 2][faces], 64, 64)
     assert set(buf[31, 21:30].tolist()) <= {0, 1}  # left half: quad a
     assert set(buf[31, 34:43].tolist()) <= {2, 3}  # right half: quad b
@@ -54,7 +54,7 @@ def test_geometry_behind_the_camera_is_not_drawn():
 def test_sphere_silhouette_matches_the_analytic_disc(sphere):
     v, f = sphere  # radius 0.5, subdivision 3 (its polygon slightly undershoots the true sphere)
     d, focal, size = 3.0, 400.0, 256
-    intr = scene.Intrinsics(focal, focal, (size - 1) / 2, (size - 1) / 2, size, size)
+    intr = shading.Intrinsics(focal, focal, (size - 1) / 2, (size - 1) / 2, size, size)
     verts = v + [0, 0, d]
     _, mask = rasterize_soft(verts, f, scene.vertex_normals(verts, f), np.full((len(v), 3), 0.6), intr)
     radius = focal * 0.5 / np.sqrt(d**2 - 0.5**2)  # tangent cone of a sphere
@@ -66,10 +66,10 @@ def test_sphere_silhouette_matches_the_analytic_disc(sphere):
 def test_pixel_colour_follows_the_shading_model(sphere):
     v, f = sphere
     verts = v + [0, 0, 3.0]
-    intr = scene.Intrinsics(400.0, 400.0, 63.0, 63.0, 127, 127)
+    intr = shading.Intrinsics(400.0, 400.0, 63.0, 63.0, 127, 127)
     color = np.array([0.8, 0.5, 0.3])
     img, _ = rasterize_soft(verts, f, scene.vertex_normals(verts, f), np.tile(color, (len(v), 1)), intr)
-    expected = scene.shade(np.array([[0.0, 0.0, -1.0]]), color[None])[0]  # the centre faces the camera
+    expected = shading.shade(np.array([[0.0, 0.0, -1.0]]), color[None])[0]  # the centre faces the camera
     np.testing.assert_allclose(img[63, 63].astype(int), expected.astype(int), atol=3)
 
 
@@ -78,7 +78,7 @@ def test_chunked_passes_give_the_same_picture(sphere, monkeypatch):
 
     v, f = sphere
     verts = v + [0, 0, 3.0]
-    uv = scene.project(verts, INTR)
+    uv = shading.project(verts, INTR)
     whole = zbuffer(uv[f], verts[:, 2][f], 64, 64)
     monkeypatch.setattr(soft, "CHUNK", 97)
     np.testing.assert_array_equal(zbuffer(uv[f], verts[:, 2][f], 64, 64), whole)
