@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import trimesh
 from jaxtyping import Float
 
 from dposer_cli.core.errors import InputError
@@ -76,13 +77,8 @@ def read_ehf(root: Path, keypoints_dir: Path = EHF_KEYPOINTS) -> list[EHFItem]:
     return items
 
 
-_PLY_TYPES = {"char": "i1", "int8": "i1", "uchar": "u1", "uint8": "u1", "short": "i2", "int16": "i2",
-              "ushort": "u2", "uint16": "u2", "int": "i4", "int32": "i4", "uint": "u4", "uint32": "u4",
-              "float": "f4", "float32": "f4", "double": "f8", "float64": "f8"}  # fmt: skip
-
-
 def read_ply_vertices(path: Path) -> Float[np.ndarray, "V 3"]:
-    """Vertex positions (x, y, z) of a PLY mesh, ASCII or binary (little/big endian).
+    """Vertex positions (x, y, z) of a PLY mesh or point cloud, ASCII or binary, in file order (trimesh).
 
     Raises:
         InputError: missing file, not a PLY, no vertex element or no x/y/z properties.
@@ -90,47 +86,21 @@ def read_ply_vertices(path: Path) -> Float[np.ndarray, "V 3"]:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"mesh file not found: {path}")
-    raw = path.read_bytes()
-    end = raw.find(b"end_header")
-    if not raw.startswith(b"ply") or end < 0:
+    with open(path, "rb") as fh:
+        head = fh.read(1 << 16)
+    if not head.startswith(b"ply") or b"end_header" not in head:
         raise InputError(f"{path}: not a PLY file (no 'ply' magic / 'end_header')")
-    body_start = raw.index(b"\n", end) + 1
-    header = raw[:end].decode("ascii", errors="replace").splitlines()
-    fmt, elements = "", []  # [(name, count, [(prop, dtype) | (prop, None) for lists])]
-    for line in header:
-        words = line.split()
-        if not words:
-            continue
-        if words[0] == "format":
-            fmt = words[1]
-        elif words[0] == "element":
-            elements.append((words[1], int(words[2]), []))
-        elif words[0] == "property" and elements:
-            if words[1] == "list":
-                elements[-1][2].append((words[-1], None))
-            else:
-                elements[-1][2].append((words[-1], _PLY_TYPES.get(words[1])))
-    if not elements or elements[0][0] != "vertex":
-        raise InputError(f"{path}: the first PLY element is not 'vertex'")
-    _, count, props = elements[0]
-    names = [p for p, _ in props]
-    if not {"x", "y", "z"} <= set(names) or any(t is None for _, t in props):
-        raise InputError(f"{path}: PLY vertices need scalar x, y, z properties (found {', '.join(names)})")
-    cols = [names.index(c) for c in ("x", "y", "z")]
     try:
-        if fmt == "ascii":
-            lines = raw[body_start:].decode("ascii").split("\n", count)[:count]
-            table = np.loadtxt(lines, dtype=np.float64, usecols=cols, ndmin=2)
-        else:
-            order = "<" if fmt == "binary_little_endian" else ">"
-            dtype = np.dtype([(p, order + t) for p, t in props])  # type: ignore[operator]
-            rec = np.frombuffer(raw, dtype=dtype, count=count, offset=body_start)
-            table = np.stack([rec["x"], rec["y"], rec["z"]], -1).astype(np.float64)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: cannot read the PLY vertices ({' '.join(str(exc).split())})") from None
-    if table.shape != (count, 3):
-        raise InputError(f"{path}: PLY declares {count} vertices but {table.shape[0]} were read")
-    return table
+        mesh = trimesh.load(path, file_type="ply", process=False)  # process=False: no merging or reordering
+    except KeyError as exc:
+        raise InputError(f"{path}: PLY vertices need x, y, z properties (missing {exc})") from None
+    except Exception as exc:  # noqa: BLE001 - trimesh reports a malformed file with many exception types
+        msg = " ".join(str(exc).split()) or type(exc).__name__
+        raise InputError(f"{path}: cannot read the PLY vertices ({msg})") from None
+    vertices = getattr(mesh, "vertices", None)
+    if vertices is None or len(vertices) == 0:
+        raise InputError(f"{path}: the PLY file has no vertices")
+    return np.asarray(vertices, np.float64).reshape(-1, 3)
 
 
 # -------------------------------------------------------------------------------------------------- FreiHAND

@@ -239,10 +239,41 @@ def test_read_ply_vertices_ascii_and_binary(tmp_path, binary):
     np.testing.assert_allclose(read_ply_vertices(path), verts, atol=1e-6)
 
 
+def test_read_ply_vertices_big_endian_point_cloud(tmp_path):
+    verts = np.random.default_rng(1).normal(size=(5, 3))
+    head = ("ply\nformat binary_big_endian 1.0\nelement vertex 5\nproperty double x\nproperty double y\n"
+            "property double z\nproperty uchar red\nend_header\n")
+    rows = np.zeros(5, [("x", ">f8"), ("y", ">f8"), ("z", ">f8"), ("red", "u1")])
+    rows["x"], rows["y"], rows["z"] = verts.T
+    (tmp_path / "p.ply").write_bytes(head.encode() + rows.tobytes())
+    np.testing.assert_array_equal(read_ply_vertices(tmp_path / "p.ply"), verts)
+
+
 def test_read_ply_rejects_non_ply(tmp_path):
     (tmp_path / "x.ply").write_text("hello")
     with pytest.raises(InputError, match="not a PLY file"):
         read_ply_vertices(tmp_path / "x.ply")
+    (tmp_path / "y.ply").write_text("ply\nformat ascii 1.0\n")
+    with pytest.raises(InputError, match="not a PLY file"):
+        read_ply_vertices(tmp_path / "y.ply")
+    with pytest.raises(InputError, match="mesh file not found"):
+        read_ply_vertices(tmp_path / "missing.ply")
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("element vertex 2\nproperty float x\nproperty float y\nend_header\n1 2\n3 4\n", "need x, y, z"),
+        ("element face 1\nproperty list uchar int vertex_indices\nend_header\n3 0 1 2\n", "no vertices"),
+        ("element vertex 3\nproperty float x\nproperty float y\nproperty float z\nend_header\n1 2 3\n3 4\n",
+         "cannot read the PLY vertices"),
+    ],
+)
+def test_read_ply_errors_are_one_line(tmp_path, body, message):
+    (tmp_path / "bad.ply").write_text("ply\nformat ascii 1.0\n" + body)
+    with pytest.raises(InputError, match=message) as err:
+        read_ply_vertices(tmp_path / "bad.ply")
+    assert "\n" not in str(err.value) and str(tmp_path / "bad.ply") in str(err.value)
 
 
 def test_read_freihand_layout(tmp_path, body_tree, shared_data):
