@@ -5,13 +5,14 @@ callback)`, working in normalised space on any leading dims (`(B, D)`, `(N, H, D
 *observed* dims and broadcasts against `x`; `y` holds the (normalised) observation, its masked entries are
 ignored. Every step is one batched network evaluation, so NFE = `steps` whatever the batch.
 
-- `dposer_complete`: the DPoser optimisation (DPoserComp, spec §6.4): Adam on x with a data term on the
-  observed dims and the DPoser prior loss under the truncated annealed time schedule. 1 NFE per step.
 - `score_sde_inpaint`: ScoreSDE replacement ("ScoreSDE" mode of the official completion): Euler–Maruyama
   predictor, then observed dims replaced by a fresh forward-noised copy of `y` at the current grid time.
 - `guided_inpaint`: gradient guidance on ‖m ⊙ (y − x̂0(x_t))‖ (DPS, Chung et al. 2023), optionally combined
   with replacement (MCG, Chung et al. 2022). Unlike the official BP solver (which runs under no_grad and so
   never differentiates through the network, spec §14.1 #13) the gradient goes through ε̂ by default.
+
+DPoser's own completion (DPoserComp, spec §6.4) is an optimisation, not a sampler: it lives in
+`tasks.complete.dposer_complete` and runs through the one optimiser (`engine.optimize`).
 """
 
 from collections.abc import Callable
@@ -20,7 +21,6 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from dposer_cli.engine.loss import dposer_loss, time_schedule
 from dposer_cli.engine.sde import append_dims
 
 EpsFn = Callable[[Tensor, Tensor], Tensor]
@@ -112,41 +112,6 @@ def guided_inpaint(eps_fn: EpsFn, x: Float[Tensor, "*batch D"], mask: Bool[Tenso
         if callback is not None:
             callback(i + 1, steps)
     return x_mean.detach()
-
-
-def dposer_complete(eps_fn: EpsFn, x: Float[Tensor, "*batch D"], mask: Bool[Tensor, "*#batch D"],
-                    y: Float[Tensor, "*#batch D"], *, sde, iterations: int = 2, steps_per_iter: int = 100,
-                    t_range: tuple[float, float] = (0.05, 0.15), lr: float = 0.1,
-                    betas: tuple[float, float] = (0.9, 0.99), weighting: str = "snr",
-                    generator: torch.Generator | None = None, callback: Callback = None) -> Float[Tensor, "*batch D"]:
-    """DPoser completion (DPoserComp, spec §6.4) of every vector in `x` at once; returns y on observed dims.
-
-    `x` is the start point (observed dims = y, masked dims = N(0,1) noise in the official setting). Per step
-    k of S = iterations·steps_per_iter, with outer iteration `it`: t_k from the truncated linear schedule,
-    loss = 100/(1+it)·mean_d(m⊙(x−y))² + 0.1(1+it)·w(t)·mean_d(x − sg[x̂0])². The per-vector losses are
-    *summed* over the batch, so every vector follows the same Adam trajectory it would follow alone
-    (the official mean over the batch only rescales the gradient, which Adam undoes). NFE = S.
-    """
-    mask = mask.to(torch.bool)
-    y = torch.where(mask, y, 0.0)
-    m = mask.to(x.dtype)
-    dim = x.shape[-1]
-    var = x.detach().clone().requires_grad_(True)
-    opt = torch.optim.Adam([var], lr=lr, betas=betas)
-    total = iterations * steps_per_iter
-    for it in range(iterations):
-        for s in range(steps_per_iter):
-            k = it * steps_per_iter + s
-            t = time_schedule(k, total, *t_range)
-            prior = dposer_loss(eps_fn, var, t, sde=sde, weighting=weighting, generator=generator) / dim
-            data = (m * (var - y)).square().mean(-1)
-            loss = (100.0 / (1 + it) * data + 0.1 * (1 + it) * prior).sum()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if callback is not None:
-                callback(k + 1, total)
-    return torch.where(mask, y, var.detach())
 
 
 def _score_sde(eps_fn: EpsFn, x: Tensor, mask: Tensor, y: Tensor, **kw) -> Tensor:

@@ -18,7 +18,7 @@ As a prior, with the interface of the other baselines (`engine.baselines`):
   (the pose-space form of SMPLify-X's latent L2 term);
 - `sample(n)` = decode(z), z ~ N(0, I);
 - `complete`: per hypothesis a latent code from a random start, minimising ‖decode(z)_O − x_O‖² + λ‖z‖²
-  by Adam (batched over poses × hypotheses); observed dims are kept.
+  by Adam through `engine.optimize` (batched over poses × hypotheses); observed dims are kept.
 """
 
 from pathlib import Path
@@ -33,6 +33,7 @@ from dposer_cli.core.parts import Part
 from dposer_cli.core.rotations import matrix_to_axis_angle, rot6d_to_matrix
 from dposer_cli.engine.baselines import BaselinePrior
 from dposer_cli.engine.checkpoint import load_pickled
+from dposer_cli.engine.optimize import Stage, Step, optimize
 
 JOINTS = 21
 PREFIX = "vp_model."
@@ -141,17 +142,19 @@ class VPoserPrior(BaselinePrior):
 
     def complete(self, pose: Float[Tensor, "N D"], observed: Tensor, *, hypo: int = 1,
                  generator: torch.Generator | None = None) -> Float[Tensor, "N H D"]:
+        """Per hypothesis a latent code from N(0, I), fitted by Adam (`engine.optimize`, one stage of
+        COMPLETE_STEPS) to ‖decode(z)_O − x_O‖² + λ‖z‖²; observed dims are kept."""
         obs = observed.to(device=self.device, dtype=torch.bool)
         target = pose.to(self.device, self.mean_pose.dtype).repeat_interleave(hypo, 0)  # (N·H, D)
-        z = torch.randn(len(target), self.latent, generator=generator, device=self.device).requires_grad_(True)
-        opt = torch.optim.Adam([z], lr=COMPLETE_LR)
+        z = torch.randn(len(target), self.latent, generator=generator, device=self.device)
+
+        def loss_fn(params: dict[str, Tensor], step: Step) -> Tensor:
+            resid = (self.decode(params["z"]) - target)[:, obs]
+            return resid.pow(2).sum(-1) + step.stage.weights["latent"] * params["z"].pow(2).sum(-1)
+
+        stage = Stage("latent", COMPLETE_STEPS, {"z": COMPLETE_LR}, {"latent": COMPLETE_LATENT_WEIGHT})
         with torch.enable_grad():
-            for _ in range(COMPLETE_STEPS):
-                opt.zero_grad(set_to_none=True)
-                resid = (self.decode(z) - target)[:, obs]
-                loss = resid.pow(2).sum(-1) + COMPLETE_LATENT_WEIGHT * z.pow(2).sum(-1)
-                loss.sum().backward()
-                opt.step()
+            optimize({"z": z}, [stage], loss_fn)
         with torch.no_grad():
             out = torch.where(obs, target, self.decode(z))
         return out.reshape(pose.shape[0], hypo, -1).to(pose)
