@@ -30,6 +30,7 @@ from dposer_cli.io.datasets import read_amass_poses
 from dposer_cli.metrics import apd, mpjpe
 from dposer_cli.services._bench_common import Context, Outcome, concat, find_eval_file, mean_of, to_numpy
 from dposer_cli.services._bench_paper import paper_for
+from dposer_cli.tasks.complete import ITERATIONS, complete
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +74,6 @@ def _run(ctx: Context, part: Part, settings: tuple[str, ...], name: str) -> Outc
     official = _official_vertex_sets(ctx, body, part, settings)
     steps = ctx.steps(STEPS)
     if req.prior == "dposer":  # DPoserComp splits the steps evenly over its outer iterations
-        from dposer_cli.services.complete import ITERATIONS
-
         steps = ITERATIONS * -(-steps // ITERATIONS)
     hypo = req.hypo
     metrics: dict[str, dict[str, float]] = {}
@@ -89,10 +88,8 @@ def _run(ctx: Context, part: Part, settings: tuple[str, ...], name: str) -> Outc
             observed = torch.ones(x.shape[-1], dtype=torch.bool, device=x.device)
             observed[dims] = False
             if req.prior == "dposer":
-                from dposer_cli.services import complete
-
-                out = complete.complete(prior, x, observed.expand_as(x), hypo=hypo, mode="dposer", steps=steps,
-                                        generator=gen)
+                out = complete(prior, x, observed.expand_as(x), hypo=hypo, mode="dposer", steps=steps,
+                               generator=gen).poses
             else:
                 out = prior.complete(x, observed, hypo=hypo, generator=gen)
             return _per_sample(ctx, part, body, mask, out, x, official.get(mask, (None, ""))[0])

@@ -23,10 +23,11 @@ import numpy as np
 import torch
 
 from dposer_cli.core.errors import MissingAssetError
-from dposer_cli.core.parts import Part
+from dposer_cli.core.parts import Part, mask_dims
 from dposer_cli.core.paths import atomic_write
 from dposer_cli.engine import samplers as smp
 from dposer_cli.services._bench_common import Context, Outcome, scaled_schedule
+from dposer_cli.tasks.complete import complete
 
 log = logging.getLogger(__name__)
 
@@ -126,18 +127,14 @@ def _generation(ctx: Context, size: dict[str, Any]) -> Callable[[], tuple[int, i
 
 
 def _completion(ctx: Context, size: dict[str, Any]) -> Callable[[], tuple[int, int]]:
-    from dposer_cli.core.parts import mask_dims
-    from dposer_cli.services import complete
-
     prior = ctx.prior(Part.body)
     poses = _poses(ctx, size["n"], 63)
     observed = torch.ones_like(poses, dtype=torch.bool)
     observed[:, list(mask_dims(Part.body, ["legs"]))] = False
 
     def go() -> tuple[int, int]:
-        prior.nfe = 0
-        complete.complete(prior, poses, observed, hypo=size["hypo"], steps=size["steps"], generator=ctx.generator(0))
-        return size["n"] * size["hypo"], prior.nfe
+        res = complete(prior, poses, observed, hypo=size["hypo"], steps=size["steps"], generator=ctx.generator(0))
+        return size["n"] * size["hypo"], res.nfe
 
     return go
 
