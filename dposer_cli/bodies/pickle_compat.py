@@ -10,12 +10,13 @@ plain containers) is refused, so a malicious file cannot execute code (spec/plat
 import importlib
 import io
 import pickle
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from dposer_cli.core.errors import AssetMismatchError
+from dposer_cli.core.errors import AssetMismatchError, UnsafeFileError
 
 # (module, name) pairs a model pickle may reference; Python 2 and NumPy 1 spellings are renamed first
 _ALLOWED = {
@@ -54,6 +55,10 @@ class SparseStub:
 _SPARSE = {fmt: type(f"{fmt}_stub", (SparseStub,), {"fmt": fmt}) for fmt in ("csc", "csr", "coo")}
 
 
+class RefusedGlobal(pickle.UnpicklingError):
+    """A pickle referenced something outside the allow-list (code could run): `str(exc)` is its name."""
+
+
 class _Unpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if module == "chumpy" or module.startswith("chumpy."):
@@ -65,7 +70,7 @@ class _Unpickler(pickle.Unpickler):
         mod = _RENAMED_MODULES.get(module, module)
         if (mod, name) in _ALLOWED:
             return getattr(importlib.import_module(mod), name)
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name} (not a plain model array)")
+        raise RefusedGlobal(f"{module}.{name}")
 
 
 def _dense(stub: SparseStub) -> np.ndarray:
@@ -109,11 +114,19 @@ def load_stream(fh: io.BufferedIOBase, *, where: str = "") -> Any:
 _UNREADABLE = (pickle.UnpicklingError, ValueError, EOFError, KeyError, TypeError, AttributeError, ImportError)
 
 
+def _refused(path: Path, exc: RefusedGlobal) -> UnsafeFileError:
+    return UnsafeFileError(
+        f"refusing to load {path}: it references {exc}, which could run code (model files hold plain arrays)",
+        hint="only use model files from their official source; nothing in this file was run",
+    )
+
+
 def load_pickle(path: Path) -> Any:
     """Load an official model pickle (chumpy / scipy-sparse content allowed) as plain NumPy data.
 
     Raises:
-        AssetMismatchError: the file is not a readable model pickle or references other code.
+        UnsafeFileError: the pickle references code (nothing of it is run).
+        AssetMismatchError: the file is not a readable model pickle.
     """
     path = Path(path)
     try:
@@ -121,6 +134,8 @@ def load_pickle(path: Path) -> Any:
             return load_stream(fh)
     except OSError as exc:
         raise AssetMismatchError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except RefusedGlobal as exc:
+        raise _refused(path, exc) from None
     except _UNREADABLE as exc:
         raise AssetMismatchError(f"{path} is not a readable model pickle: {exc}") from None
 
@@ -144,9 +159,68 @@ def load_npy_object(path: Path) -> Any:
                 arr = np.lib.format.read_array(fh, allow_pickle=False)
     except OSError as exc:
         raise AssetMismatchError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except RefusedGlobal as exc:
+        raise _refused(path, exc) from None
     except _UNREADABLE as exc:
         raise AssetMismatchError(f"{path} is not a readable .npy file: {exc}") from None
     return arr[()] if isinstance(arr, np.ndarray) and arr.dtype == object and arr.ndim == 0 else arr
+
+
+def npz_object_members(path: Path) -> list[str]:
+    """Members of an `.npz` whose arrays hold pickled Python objects, read from the `.npy` headers only.
+
+    Nothing is unpickled; `np.load(..., allow_pickle=True)` of such a member would run its code.
+
+    Raises:
+        AssetMismatchError: not a zip archive, or a member with an unreadable `.npy` header.
+    """
+    path = Path(path)
+    found = []
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                if not info.filename.endswith(".npy"):
+                    continue
+                with zf.open(info) as fh:
+                    version = np.lib.format.read_magic(fh)
+                    read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                                   else np.lib.format.read_array_header_2_0)
+                    _, _, dtype = read_header(fh)
+                    if dtype.hasobject:
+                        found.append(info.filename[: -len(".npy")])
+    except OSError as exc:
+        raise AssetMismatchError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except (zipfile.BadZipFile, ValueError, EOFError, KeyError) as exc:
+        raise AssetMismatchError(f"{path} is not a readable .npz file: {exc}") from None
+    return found
+
+
+def read_npz_plain(path: Path, keys: "tuple[str, ...] | None" = None) -> dict[str, np.ndarray]:
+    """Arrays of an `.npz` (all, or `keys`), every member read with `allow_pickle=False`.
+
+    The whole archive is checked first: a member holding pickled objects refuses the file, even one
+    that would not be read, so a payload in an unused key cannot ride along.
+
+    Raises:
+        UnsafeFileError: a member holds pickled Python objects (nothing of them is run).
+        AssetMismatchError: the file is not a readable `.npz`.
+    """
+    path = Path(path)
+    unsafe = npz_object_members(path)
+    if unsafe:
+        raise UnsafeFileError(
+            f"refusing to load {path}: member {unsafe[0]!r} holds pickled Python objects, which could run code "
+            "(model files hold plain arrays)",
+            hint="only use model files from their official source; nothing in this file was run",
+        )
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            names = npz.files if keys is None else [k for k in keys if k in npz.files]
+            return {k: npz[k] for k in names}
+    except OSError as exc:
+        raise AssetMismatchError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except (ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise AssetMismatchError(f"{path} is not a readable .npz file: {exc}") from None
 
 
 def dumps_plain(obj: Any) -> bytes:

@@ -3,8 +3,10 @@
 Each adapter validates the model file (keys, joint count, vertex count) and raises one-line
 `AssetMismatchError`s naming the file and key; it then builds the smplx module once with `batch_size=1`
 and passes every parameter explicitly on each call (flattened leading dims), so the module's own
-parameters are never used. `.pkl` files are read with `pickle_compat` (no chumpy needed) and handed to
-smplx as a converted temporary `.npz`. smplx prints warnings to stdout; they are sent to stderr so
+parameters are never used. Model files never run code: `.npz` members are all read with
+`allow_pickle=False` (a member holding pickled objects refuses the file) and `.pkl` files with
+`pickle_compat` (no chumpy needed); smplx (which reloads with `allow_pickle=True`) only ever sees a
+clean temporary copy of the validated arrays (SMPL-X, FLAME) or the arrays themselves (MANO). smplx prints warnings to stdout; they are sent to stderr so
 `--json` output stays clean.
 """
 
@@ -93,6 +95,9 @@ def read_model_arrays(path: Path, model: str, *, everything: bool = True) -> dic
     """
     path = Path(path)
     if path.suffix == ".npz":
+        # every member is checked for pickled objects (even unused keys) before any array is read
+        if pickle_compat.npz_object_members(path):
+            pickle_compat.read_npz_plain(path)  # raises UnsafeFileError naming the member
         try:
             with np.load(path, allow_pickle=False) as npz:
                 _validate(path, model, set(npz.files), lambda k: npz[k])
@@ -126,6 +131,14 @@ def _validate(path: Path, model: str, keys: set[str], get: Any) -> None:
             f"{path}: v_template has shape {verts}; expected (V ≥ {_MIN_VERTICES[model]}, 3) "
             f"for {_NAMES[model]}"
         )
+
+
+def _plain(path: Path, key: str, value: Any) -> np.ndarray:
+    """`value` as a plain (non-object) array for the clean copy handed to smplx."""
+    arr = np.asarray(value)
+    if arr.dtype.hasobject:
+        raise AssetMismatchError(f"{path}: {key} holds Python objects, not a numeric array")
+    return arr
 
 
 def _missing_key(path: Path, model: str, key: str) -> NoReturn:
@@ -207,12 +220,12 @@ class SMPLXBody(_SmplxAdapter):
     def __init__(self, path: Path) -> None:
         smplx = _smplx()
         path = Path(path)
-        data = read_model_arrays(path, "smplx", everything=path.suffix != ".npz")
+        data = read_model_arrays(path, "smplx")
+        # smplx reloads its file with np.load(allow_pickle=True) and has no data_struct argument: it always
+        # gets a clean copy of the validated plain arrays (its own pkl reader would also need chumpy)
         with tempfile.TemporaryDirectory(prefix="dposer-smplx-") as tmp:
-            src = path
-            if path.suffix != ".npz":  # converted once per load: smplx's own pkl reader needs chumpy
-                src = Path(tmp) / "SMPLX_NEUTRAL.npz"
-                np.savez(src, **{k: np.asarray(data[k]) for k in _REQUIRED["smplx"]})
+            src = Path(tmp) / "SMPLX_NEUTRAL.npz"
+            np.savez(src, **{k: _plain(path, k, data[k]) for k in _REQUIRED["smplx"]})
             model = _build(smplx.SMPLX, model_path=str(src), ext="npz", **SMPLX_DEFAULTS["smplx"])
         super().__init__(model, path)
         from smplx.joint_names import JOINT_NAMES
@@ -317,7 +330,7 @@ class FLAMEBody(_SmplxAdapter):
                     )
         # smplx reads FLAME and both embeddings from one folder: give it a converted, code-free copy
         with tempfile.TemporaryDirectory(prefix="dposer-flame-") as tmp:
-            np.savez(Path(tmp) / "FLAME_NEUTRAL.npz", **{k: np.asarray(data[k]) for k in _REQUIRED["flame"]})
+            np.savez(Path(tmp) / "FLAME_NEUTRAL.npz", **{k: _plain(path, k, data[k]) for k in _REQUIRED["flame"]})
             (Path(tmp) / FLAME_EXTRAS[0]).write_bytes(
                 pickle_compat.dumps_plain(
                     {k: np.asarray(static[k]) for k in ("lmk_face_idx", "lmk_b_coords")}

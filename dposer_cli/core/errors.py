@@ -12,7 +12,8 @@ class ExitCode(IntEnum):
     MISSING_ASSET = 3  # weights / body model / normaliser not found
     ASSET_MISMATCH = 4  # checkpoint or model file of the wrong part / format / keys
     UNAVAILABLE = 5  # --device cuda without CUDA, renderer without a backend, network down
-    INTERRUPTED = 130  # Ctrl-C (train flushes a checkpoint first)
+    INTERRUPTED = 130  # Ctrl-C / SIGINT (train flushes a checkpoint first)
+    TERMINATED = 143  # SIGTERM (same clean path as Ctrl-C)
     INTERNAL = 70  # anything unexpected
 
 
@@ -48,6 +49,10 @@ class AssetMismatchError(DposerError):
     exit_code = ExitCode.ASSET_MISMATCH
 
 
+class UnsafeFileError(AssetMismatchError):
+    """A file holds pickled Python objects or references to code; refused before anything in it runs."""
+
+
 class UnavailableError(DposerError):
     """A requested device, backend or remote service is not available here."""
 
@@ -66,3 +71,8 @@ class Interrupted(DposerError):
     """The user interrupted a long run (state was saved first where possible)."""
 
     exit_code = ExitCode.INTERRUPTED
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised by the handler `cli.app.main()` installs: every Ctrl-C path (cleanup, checkpoint
+    flush, staging removal) runs for it too; the exit code is `ExitCode.TERMINATED`."""
