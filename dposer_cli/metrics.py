@@ -13,6 +13,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from dposer_cli.core.errors import InputError
+from dposer_cli.core.rotations import rigid_registration
 
 ALIGNMENTS = (None, "root", "procrustes")
 DNN_MEASURES = ("rotation", "absolute")
@@ -31,27 +32,20 @@ def _tensor(x: Array, dtype: torch.dtype | None = None) -> Tensor:
 def procrustes_align(
     pred: Float[Array, "*batch J 3"], gt: Float[Array, "*batch J 3"]
 ) -> Float[Tensor, "*batch J 3"]:
-    """Similarity-align `pred` onto `gt` per sample (spec §8.2 `rigid_align`).
+    """Similarity-align `pred` onto `gt` per sample (spec §8.2 `rigid_align`): Umeyama through
+    `core.rotations.rigid_registration` (roma), the same optimum as the official SVD form with the reflection fix.
 
-    Rotation by SVD with the reflection fix, isotropic scale ``c = tr(R K) / var(pred)`` (equal to the official
-    ``Σs / var`` with the last singular value negated on reflection), then translation.
+    Where `pred` or `gt` has no spread (e.g. a single joint) the optimal scale is 0, as in the official code:
+    `pred` lands on the centroid of `gt`.
     """
     pred, gt = _tensor(pred), _tensor(gt)
-    mu_p, mu_g = pred.mean(dim=-2, keepdim=True), gt.mean(dim=-2, keepdim=True)
-    x, y = pred - mu_p, gt - mu_g
-    cov = x.transpose(-1, -2) @ y  # (*batch, 3, 3) = Σ_j x_j y_jᵀ
-    u, _, vh = torch.linalg.svd(cov)
-    v = vh.transpose(-1, -2)
-    # reflection fix: flip the last axis when det(V Uᵀ) < 0 so R is a proper rotation
-    sign = torch.sign(torch.linalg.det(v @ u.transpose(-1, -2)))
-    sign = torch.where(sign == 0, torch.ones_like(sign), sign)
-    z = torch.ones(pred.shape[:-2] + (3,), dtype=pred.dtype, device=pred.device)
-    z[..., -1] = sign
-    rot = v @ torch.diag_embed(z) @ u.transpose(-1, -2)
-    var = (x**2).sum(dim=(-1, -2))
-    scale = torch.diagonal(rot @ cov, dim1=-2, dim2=-1).sum(-1) / var.clamp_min(torch.finfo(pred.dtype).tiny)
-    aligned = scale[..., None, None] * (x @ rot.transpose(-1, -2)) + mu_g
-    return aligned
+    rot, trans, scale = rigid_registration(pred, gt, scaling=True)
+    aligned = scale[..., None, None] * (pred @ rot.transpose(-1, -2)) + trans[..., None, :]
+    mu_g = gt.mean(dim=-2, keepdim=True)
+    flat = ((pred - pred.mean(dim=-2, keepdim=True)).abs().amax(dim=(-2, -1)) == 0) | (
+        (gt - mu_g).abs().amax(dim=(-2, -1)) == 0
+    )
+    return torch.where(flat[..., None, None], mu_g.expand_as(gt), aligned)
 
 
 def mpjpe(

@@ -67,6 +67,16 @@ def test_procrustes_rotations_are_proper_and_batched_over_any_leading_dims():
     assert pa_mpjpe(a.float(), b.float()).dtype == torch.float32
 
 
+def test_procrustes_without_spread_lands_on_the_target_centroid():
+    # a single joint, or a collapsed prediction: the official form gives scale 0 (0 / var or tr(R·0) / var)
+    one_p, one_g = _randn(3, 1, 3), _randn(3, 1, 3)
+    torch.testing.assert_close(metrics.procrustes_align(one_p, one_g), one_g)
+    flat, g = torch.zeros(2, 5, 3, dtype=torch.float64), _randn(2, 5, 3)
+    torch.testing.assert_close(metrics.procrustes_align(flat, g), g.mean(1, keepdim=True).expand(2, 5, 3))
+    p = _randn(2, 5, 3)
+    torch.testing.assert_close(metrics.procrustes_align(p, flat + 1.0), flat + 1.0)
+
+
 def test_mpjpe_plain_and_root_aligned_against_numpy():
     p, g = _randn(4, 5, 3), _randn(4, 5, 3)
     want = np.linalg.norm(p.numpy() - g.numpy(), axis=-1).mean(-1)
