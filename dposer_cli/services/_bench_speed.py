@@ -27,6 +27,7 @@ from dposer_cli.core.parts import Part, mask_dims
 from dposer_cli.core.paths import atomic_write
 from dposer_cli.engine import samplers as smp
 from dposer_cli.services._bench_common import Context, Outcome, scaled_schedule
+from dposer_cli.tasks import denoise_motion as dm
 from dposer_cli.tasks.complete import complete
 
 log = logging.getLogger(__name__)
@@ -140,8 +141,6 @@ def _completion(ctx: Context, size: dict[str, Any]) -> Callable[[], tuple[int, i
 
 
 def _denoise(ctx: Context, size: dict[str, Any]) -> Callable[[], tuple[int, int]]:
-    from dposer_cli.services import denoise_motion as dm
-
     prior = ctx.prior(Part.body)
     body = ctx.body("body")
     b22 = body.joint_set("body22")
@@ -152,10 +151,8 @@ def _denoise(ctx: Context, size: dict[str, Any]) -> Callable[[], tuple[int, int]
     schedule = scaled_schedule(dm.SCHEDULES[0.04], size["steps"])
 
     def go() -> tuple[int, int]:
-        prior.nfe = 0
-        dm.denoise(prior, body, obs, visible, schedule=schedule, use_vertices=body.faces is not None,
-                   generator=ctx.generator(0))
-        return size["n"], prior.nfe
+        fit = dm.denoise_motion(prior, body, obs, visible, schedule=schedule, generator=ctx.generator(0))
+        return size["n"], fit.nfe
 
     return go
 
