@@ -21,6 +21,7 @@ from dposer_cli.io.datasets import humaneva_clips
 from dposer_cli.metrics import mpjpe
 from dposer_cli.services._bench_common import Context, Outcome, concat, mean_of, scaled_schedule
 from dposer_cli.services._bench_paper import paper_for
+from dposer_cli.tasks import denoise_motion as dm
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +33,6 @@ CLIP_FRAMES = 60
 
 
 def run(ctx: Context) -> Outcome:
-    from dposer_cli.services import denoise_motion as dm
-
     req = ctx.req
     assert req.data_dir is not None
     clips = humaneva_clips(req.data_dir, CLIP_FRAMES)
@@ -70,10 +69,9 @@ def run(ctx: Context) -> Outcome:
                 obs = gt + noise * torch.randn(gt.shape, generator=gen, device=ctx.device)
                 visible = (~hidden).expand(len(gt), 22)
                 obs = torch.where(visible[..., None], obs, torch.zeros((), device=ctx.device))
-                fit = dm.denoise(prior, body, obs, visible, schedule=schedule, use_vertices=body.faces is not None,
-                                 generator=gen)
+                fit = dm.denoise_motion(prior, body, obs, visible, schedule=schedule, generator=gen)
                 with torch.no_grad():
-                    pred = body(body_pose=fit["body_pose"])
+                    pred = body(body_pose=fit.params["body_pose"])
                 m = dm.motion_metrics(obs, pred.joints[:, b22], gt, visible, partial)
                 if pred.vertices is not None and truth.vertices is not None:
                     m["mpvpe_mm"] = float(mpjpe(pred.vertices, truth.vertices).mean() * 1000)
