@@ -11,7 +11,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from dposer_cli.engine.sde import append_dims
+from dposer_cli.engine.sde import SDE, append_dims
 
 EpsFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -35,7 +35,7 @@ def weight(alpha: Tensor, std: Tensor, kind: str) -> Tensor:
 WEIGHTINGS = ("snr", "snr2", "none")
 
 
-def dposer_loss(eps_fn: EpsFn, x0: Float[Tensor, "*batch D"], t: Tensor | float, *, sde, weighting: str = "snr",
+def dposer_loss(eps_fn: EpsFn, x0: Float[Tensor, "*batch D"], t: Tensor | float, *, sde: SDE, weighting: str = "snr",
                 generator: torch.Generator | None = None, noise: Tensor | None = None) -> Float[Tensor, "*batch"]:
     """Per-sample DPoser prior loss w(t)·Σ_d (x0 − sg[x̂0(x_t, t)])² in normalised space.
 
@@ -56,8 +56,8 @@ def dposer_loss(eps_fn: EpsFn, x0: Float[Tensor, "*batch D"], t: Tensor | float,
     return per.reshape(lead)
 
 
-def dsm_loss(eps_fn: EpsFn, x0: Float[Tensor, "B D"], *, sde, generator: torch.Generator | None = None,
-             t_eps: float = 1e-5, loss_mask: Tensor | None = None) -> Float[Tensor, "B"]:
+def dsm_loss(eps_fn: EpsFn, x0: Float[Tensor, "B D"], *, sde: SDE, generator: torch.Generator | None = None,
+             t_eps: float = 1e-5, loss_mask: Tensor | None = None) -> Float[Tensor, " B"]:
     """Denoising score matching, continuous subVP (spec §10.1): mean_d(mask·(ε̂(x_t,t) − z))², per sample."""
     b = x0.shape[0]
     t = torch.rand(b, generator=generator, device=x0.device) * (sde.T - t_eps) + t_eps

@@ -14,7 +14,7 @@ from dposer_cli.core.config import NetConfig
 from dposer_cli.core.parts import WHOLEBODY_SPLIT
 
 
-def timestep_embedding(label: Float[Tensor, "B"], dim: int) -> Float[Tensor, "B E"]:
+def timestep_embedding(label: Float[Tensor, " B"], dim: int) -> Float[Tensor, "B E"]:
     """Sinusoidal embedding: [sin(label·f), cos(label·f)], f_k = exp(-k·ln(1e4)/(half-1)) (spec §2.2)."""
     half = dim // 2
     freqs = torch.exp(torch.arange(half, device=label.device, dtype=torch.float32) * -(math.log(10000) / (half - 1)))
@@ -47,6 +47,8 @@ def _gaussian_eps_scale(label: Tensor, num_scales: int, beta_min: float = 0.1, b
 class TimeFC(nn.Module):
     """The official TimeFC MLP: input/time projections, GroupNorm(32), 2 residual blocks, ε-output / σ_table."""
 
+    sigmas: Tensor  # buffer (num_scales,): the descending VE σ table
+
     def __init__(self, in_dim: int, out_dim: int, hidden: int = 1024, embed: int = 512, n_blocks: int = 2,
                  dropout: float = 0.1, sigma_min: float = 0.01, sigma_max: float = 50.0, num_scales: int = 1000,
                  scale_by_sigma: bool = True, gaussian_skip: bool = False) -> None:
@@ -71,12 +73,12 @@ class TimeFC(nn.Module):
         self.act = nn.SiLU()
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: Float[Tensor, "B Din"], label: Float[Tensor, "B"]) -> Float[Tensor, "B Dout"]:
+    def forward(self, x: Float[Tensor, "B Din"], label: Float[Tensor, " B"]) -> Float[Tensor, "B Dout"]:
         """ε̂ for normalised input `x` at `label = 999·t`."""
         temb = self.shared_time_embed(timestep_embedding(label, self.embed))
         h = self.dropout(self.act(self.pre_gnorm(self.pre_dense(x) + self.pre_dense_t(temb))))
         for b in range(1, self.n_blocks + 1):
-            blk = lambda name: getattr(self, f"b{b}_{name}")  # noqa: E731
+            blk = lambda name, b=b: getattr(self, f"b{b}_{name}")  # noqa: E731
             h1 = self.dropout(self.act(blk("gnorm1")(blk("dense1")(h) + blk("dense1_t")(temb))))
             h2 = self.dropout(self.act(blk("gnorm2")(blk("dense2")(h1) + blk("dense2_t")(temb))))
             h = h + h2
@@ -96,16 +98,19 @@ class CombineWholebody(nn.Module):
     def __init__(self, cfg: NetConfig) -> None:
         super().__init__()
         (hb, hh, hf), (eb, eh, ef) = cfg.part_hidden, cfg.part_embed
-        kw = dict(n_blocks=cfg.n_blocks, dropout=cfg.dropout, sigma_min=cfg.sigma_min, sigma_max=cfg.sigma_max,
-                  num_scales=cfg.num_scales, scale_by_sigma=cfg.scale_by_sigma, gaussian_skip=cfg.gaussian_skip)
-        self.body_model = TimeFC(63, 63, hb, eb, **kw)
-        self.hand_model = TimeFC(45, 45, hh, eh, **kw)
-        self.face_model = TimeFC(103, 103, hf, ef, **kw)
+        def part_net(dim: int, hidden: int, embed: int) -> TimeFC:
+            return TimeFC(dim, dim, hidden, embed, n_blocks=cfg.n_blocks, dropout=cfg.dropout,
+                          sigma_min=cfg.sigma_min, sigma_max=cfg.sigma_max, num_scales=cfg.num_scales,
+                          scale_by_sigma=cfg.scale_by_sigma, gaussian_skip=cfg.gaussian_skip)
+
+        self.body_model = part_net(63, hb, eb)
+        self.hand_model = part_net(45, hh, eh)
+        self.face_model = part_net(103, hf, ef)
 
     def split(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        return torch.split(x, WHOLEBODY_SPLIT, dim=-1)  # type: ignore[return-value]
+        return torch.split(x, list(WHOLEBODY_SPLIT), dim=-1)  # type: ignore[return-value]
 
-    def forward(self, x: Float[Tensor, "B 256"], label: Float[Tensor, "B"]) -> Float[Tensor, "B 256"]:
+    def forward(self, x: Float[Tensor, "B 256"], label: Float[Tensor, " B"]) -> Float[Tensor, "B 256"]:
         xb, xl, xr, xf = self.split(x)
         return torch.cat([self.body_model(xb, label), self.hand_model(xl, label), self.hand_model(xr, label),
                           self.face_model(xf, label)], dim=-1)
@@ -127,7 +132,7 @@ class FinetuneWholebody(nn.Module):
         nn.init.zeros_(self.output_linear.bias)
         self.zero_linear = self.output_linear  # the official code registers the same module twice
 
-    def forward(self, x: Float[Tensor, "B 256"], label: Float[Tensor, "B"],
+    def forward(self, x: Float[Tensor, "B 256"], label: Float[Tensor, " B"],
                 mask: Float[Tensor, "B 4"] | None = None) -> Float[Tensor, "B 256"]:
         if mask is not None:  # masked parts become 0 = the data mean in normalised space
             sizes = torch.tensor(WHOLEBODY_SPLIT, device=x.device)

@@ -5,6 +5,8 @@ code serves (B, D) poses and (B, T, D) motions.
 """
 
 import math
+from collections.abc import Callable
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -15,6 +17,34 @@ from dposer_cli.core.config import SDEConfig
 def append_dims(x: Tensor, ndim: int) -> Tensor:
     """Append trailing singleton dims so `x` (B,) broadcasts against a tensor with `ndim` dims."""
     return x.reshape(x.shape + (1,) * (ndim - x.ndim))
+
+
+@runtime_checkable
+class SDE(Protocol):
+    """What samplers, losses and inpainters use of a forward SDE (score_sde's `sde_lib` verbs, spec §3).
+
+    `T` is the end time (1.0) and `N` the number of discretisation steps the network was trained with
+    (`label` maps t to the network's conditioning with it).
+    """
+
+    T: float
+    N: int
+
+    def marginal(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        """(α(t), σ(t)) of x_t = α·x0 + σ·z, per sample."""
+        ...
+
+    def sde(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """Forward drift f(x, t) (shaped like `x`) and diffusion g(t) (per sample)."""
+        ...
+
+    def label(self, t: Tensor) -> Tensor:
+        """The network's time conditioning for time `t`."""
+        ...
+
+    def prior_sampling(self, shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> Tensor:
+        """A draw from the terminal distribution p_T."""
+        ...
 
 
 class VPSDE:
@@ -84,8 +114,8 @@ class VESDE:
         return torch.randn(shape, generator=generator, device=device) * self.sigma_max
 
 
-SDES = {"subvp": SubVPSDE, "vp": VPSDE, "ve": VESDE}
+SDES: dict[str, Callable[[SDEConfig], SDE]] = {"subvp": SubVPSDE, "vp": VPSDE, "ve": VESDE}
 
 
-def build_sde(cfg: SDEConfig) -> VPSDE | VESDE:
+def build_sde(cfg: SDEConfig) -> SDE:
     return SDES[cfg.kind](cfg)
