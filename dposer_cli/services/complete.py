@@ -25,7 +25,13 @@ from dposer_cli.engine.baselines import BaselinePrior
 from dposer_cli.engine.prior import DPoserPrior
 from dposer_cli.io.poses import read_poses, write_poses
 from dposer_cli.services._render import render_sheet
-from dposer_cli.tasks.complete import check_options, complete, completion_metrics, metric_body, resolve_masking
+from dposer_cli.tasks.complete import (
+    check_options,
+    complete,
+    completion_metrics,
+    metric_body,
+    resolve_masking,
+)
 
 log = logging.getLogger(__name__)
 

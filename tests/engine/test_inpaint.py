@@ -1,4 +1,5 @@
-"""Inpainting and DPoser completion against a correlated Gaussian with a closed-form score.
+"""Inpainting samplers against a correlated Gaussian with a closed-form score (DPoserComp, the optimisation,
+is tested with the same Gaussian in tests/tasks/test_complete.py).
 
 For data N(μ, Σ) the noised marginal is N(αμ, α²Σ + σ²I), so ε(x, t) = σ(α²Σ + σ²I)⁻¹(x − αμ) exactly, and
 the right answer of a completion is the Gaussian conditional p(x_m | x_o = y) — an independent ground truth.
@@ -43,43 +44,6 @@ def conditional() -> tuple[torch.Tensor, torch.Tensor]:
     mean = MU[m] + SIGMA[m][:, o] @ torch.linalg.solve(SIGMA[o][:, o], y - MU[o])
     cov = SIGMA[m][:, m] - SIGMA[m][:, o] @ torch.linalg.solve(SIGMA[o][:, o], SIGMA[o][:, m])
     return mean, cov.diagonal().sqrt()
-
-
-def test_dposer_complete_recovers_gaussian_conditional_and_keeps_observed_exactly():
-    g = torch.Generator().manual_seed(1)
-    n = 1000
-    x0 = torch.where(OBS, torch.nan_to_num(Y), torch.randn(n, D, generator=g))
-    eps = CountingEps()
-    out = ip.dposer_complete(eps, x0, OBS, Y, sde=SDE, generator=g, iterations=2, steps_per_iter=100)
-    mean, std = conditional()
-    assert eps.calls == 200  # one batched evaluation per step, whatever the batch
-    assert torch.equal(out[:, OBS], Y[OBS].expand(n, 2))
-    assert torch.isfinite(out).all()
-    torch.testing.assert_close(out[:, ~OBS].mean(0), mean, atol=0.12, rtol=0)
-    # hypotheses spread like the posterior, not collapsed onto its mean
-    assert (out[:, ~OBS].std(0) > 0.6 * std).all() and (out[:, ~OBS].std(0) < 1.4 * std).all()
-
-
-def test_dposer_complete_same_result_for_hypothesis_layout_and_flat_batch():
-    x = torch.randn(3, 5, D, generator=torch.Generator().manual_seed(2))
-    mask = OBS.expand(3, 5, D)
-    y = torch.randn(3, 1, D, generator=torch.Generator().manual_seed(3))
-    kw = {"sde": SDE, "iterations": 2, "steps_per_iter": 10}
-    a = ip.dposer_complete(CountingEps(), x, mask, y, generator=torch.Generator().manual_seed(4), **kw)
-    b = ip.dposer_complete(CountingEps(), x.reshape(15, D), mask.reshape(15, D), y.expand(3, 5, D).reshape(15, D),
-                           generator=torch.Generator().manual_seed(4), **kw)
-    torch.testing.assert_close(a.reshape(15, D), b)
-
-
-def test_dposer_complete_moves_masked_dims_towards_conditional_mean_from_noise():
-    """Per hypothesis: the optimisation pulls the noise start towards the conditional (less error than the start)."""
-    g = torch.Generator().manual_seed(5)
-    x0 = torch.where(OBS, torch.nan_to_num(Y), torch.randn(400, D, generator=g) * 3)
-    out = ip.dposer_complete(CountingEps(), x0, OBS, Y, sde=SDE, generator=g, steps_per_iter=50)
-    mean, _ = conditional()
-    before = (x0[:, ~OBS] - mean).norm(dim=-1).mean()
-    after = (out[:, ~OBS] - mean).norm(dim=-1).mean()
-    assert after < 0.6 * before
 
 
 def test_score_sde_inpaint_conditions_on_observation():

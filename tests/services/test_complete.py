@@ -19,6 +19,7 @@ from dposer_cli.engine.normalize import Normalizer
 from dposer_cli.engine.prior import DPoserPrior
 from dposer_cli.engine.sde import build_sde
 from dposer_cli.services import complete as svc
+from dposer_cli.tasks import complete as tc
 from tests._fixtures.priors import write_tiny_prior
 
 HELD_OUT = slice(7900, 7960)  # never seen by the Gaussian fit (rows < 7000)
@@ -191,7 +192,7 @@ def _poses(n: int = 3, dim: int = 63) -> torch.Tensor:
 
 
 def test_named_and_joint_masks_union():
-    m = svc.resolve_masking(Part.body, _poses(), ("left_arm",), (0,))
+    m = tc.resolve_masking(Part.body, _poses(), ("left_arm",), (0,))
     hidden = set(torch.nonzero(~m.observed[0]).flatten().tolist())
     assert hidden == set(mask_dims(Part.body, ["left_arm"])) | {0, 1, 2}
     assert m.has_truth and m.source == "mask"
@@ -205,7 +206,7 @@ def test_named_and_joint_masks_union():
 ])
 def test_bad_masks_raise_one_line_input_errors(masks, joints, pattern):
     with pytest.raises(InputError, match=pattern) as exc:
-        svc.resolve_masking(Part.body, _poses(), masks, joints)
+        tc.resolve_masking(Part.body, _poses(), masks, joints)
     assert "\n" not in str(exc.value)
 
 
@@ -213,21 +214,21 @@ def test_nan_outside_mask_names_row_and_key():
     poses = _poses()
     poses[2, 5] = float("nan")  # left_hip is dims 0-2, dim 5 is right_hip
     with pytest.raises(InputError, match=r"row 2, pose_body\[5\] is NaN but outside the mask"):
-        svc.resolve_masking(Part.body, poses, ("left_leg",), (), keys=("pose_body",))
+        tc.resolve_masking(Part.body, poses, ("left_leg",), (), keys=("pose_body",))
     poses[2, 5] = 0.0
     poses[1, 0] = float("nan")  # inside the mask: fine, and the input is no longer ground truth
-    assert not svc.resolve_masking(Part.body, poses, ("left_leg",), ()).has_truth
+    assert not tc.resolve_masking(Part.body, poses, ("left_leg",), ()).has_truth
 
 
 def test_nan_mask_needs_something_missing_and_something_visible():
     with pytest.raises(InputError, match="nothing to complete"):
-        svc.resolve_masking(Part.body, _poses(), (), ())
+        tc.resolve_masking(Part.body, _poses(), (), ())
     poses = _poses()
     poses[1] = float("nan")
     with pytest.raises(InputError, match="row 1 is entirely NaN"):
-        svc.resolve_masking(Part.body, poses, (), ())
+        tc.resolve_masking(Part.body, poses, (), ())
 
 
 def test_face_shape_has_no_joint_masks():
     with pytest.raises(InputError, match="has no joints"):
-        svc.resolve_masking(Part.face_shape, _poses(dim=100), (), (0,))
+        tc.resolve_masking(Part.face_shape, _poses(dim=100), (), (0,))
