@@ -1,7 +1,8 @@
 """`denoise-motion` service on the official Gestures example (cut to a few dozen frames for speed).
 
 The prior is the closed-form Gaussian fitted to body_reference_train.npz (see test_complete), so the tests
-need no trained weights; the bundled demo prior is tested too when present.
+need no trained weights; the bundled demo prior is tested too when present. The algorithm itself (schedules,
+smoothing, rigid init) is tested on tensors in tests/tasks/test_denoise_motion.py.
 """
 
 import numpy as np
@@ -129,22 +130,6 @@ def test_joint_observations_in_a_world_frame(tmp_path, prior, gestures, body):
                                      render=False, device="cpu"), prior=prior)
     assert res.metrics["mpjpe_input_mm"] == pytest.approx(err_in * 1000, rel=1e-4)
     assert res.metrics["mpjpe_mm"] < 0.6 * res.metrics["mpjpe_input_mm"]
-
-
-@pytest.mark.parametrize("std,name", [(0.0, "motion-0.02"), (0.02, "motion-0.02"), (0.03, "motion-0.04"),
-                                      (0.05, "motion-0.04"), (0.07, "motion-0.1"), (0.5, "motion-0.1")])
-def test_schedule_is_the_nearest_official_one_on_a_log_scale(std, name):
-    assert svc.pick_schedule(std).name == name
-
-
-def test_gaussian_smoothing_keeps_edges_and_constants():
-    x = torch.randn(20, 4, generator=torch.Generator().manual_seed(0))
-    y = svc.gaussian_smooth(x, window=5, sigma=3.0, keep=2)
-    torch.testing.assert_close(y[:2], x[:2])
-    torch.testing.assert_close(y[-2:], x[-2:])
-    assert (y[2:-2] - y[1:-3]).abs().mean() < (x[2:-2] - x[1:-3]).abs().mean()
-    c = torch.ones(10, 3)
-    torch.testing.assert_close(svc.gaussian_smooth(c), c)
 
 
 @pytest.mark.parametrize("kw,pattern", [
