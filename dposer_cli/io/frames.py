@@ -1,0 +1,256 @@
+"""The file side of fitting to pictures: image ↔ keypoint-file pairing, the persons of each frame as arrays,
+and starting parameters from `--init` npz files.
+
+Images are single files or folders of video frames (sorted by name); keypoints are found beside each image,
+in `predictions/` next to an `images/` folder (the official examples' layout), or given explicitly.
+"""
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from dposer_cli.core.errors import InputError
+from dposer_cli.io.keypoints import read_keypoints
+from dposer_cli.io.media import read_image
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+INIT_KEYS = ("global_orient", "body_pose", "left_hand_pose", "right_hand_pose", "hand_pose", "jaw_pose",
+             "expression", "betas", "transl")  # fmt: skip
+
+
+@dataclass
+class Frame:
+    """One picture and its keypoints."""
+
+    image: Path
+    keypoints: Path
+    stem: str
+    sequence: int  # folder index in video mode, -1 for single images
+    height: int = 0
+    width: int = 0
+
+
+@dataclass
+class FramePersons:
+    """The persons of all frames, one row each (numpy)."""
+
+    keypoints: np.ndarray  # (B, K, 3) float32 as read: x px, y px, confidence
+    image_size: np.ndarray  # (B, 2) (H, W) of the row's image
+    frame: np.ndarray  # (B,) int64 index into the frames
+    person: np.ndarray  # (B,) int64 index of the person in its keypoint file
+    track: np.ndarray  # (B,) int64: per row in images; per person index along a video's frames
+    layout: str  # keypoint layout ("openpose135" | "hand21")
+    per_frame: dict[int, int]  # frame index → persons kept
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def _keypoints_beside(image: Path, explicit_dir: Path | None) -> tuple[Path | None, list[Path]]:
+    name = image.stem + ".json"
+    tried = []
+    if explicit_dir is not None:
+        tried.append(explicit_dir / name)
+    tried.append(image.with_suffix(".json"))
+    if image.parent.name == "images":  # official examples layout: images/ + predictions/
+        tried.append(image.parent.parent / "predictions" / name)
+    tried.append(image.parent / "predictions" / name)
+    tried.append(image.parent / "keypoints" / name)
+    return next((p for p in tried if p.is_file()), None), tried
+
+
+def resolve_frames(images: Sequence[Path], keypoints: Sequence[Path]) -> list[Frame]:
+    """Pair images (or folders of frames) with keypoint files.
+
+    Raises:
+        InputError: no images, missing files, a count mismatch or a keypoint file that cannot be found.
+    """
+    if not images:
+        raise InputError("no images given", hint="dposer fit-image photo.jpg --keypoints photo.json --out fits/")
+    frames: list[Frame] = []
+    folders = [Path(p) for p in images if Path(p).is_dir()]
+    if folders and len(folders) != len(images):
+        raise InputError("give either image files or folders of frames, not both")
+    if folders:
+        kp_dirs: list[Path | None]
+        if keypoints:
+            if len(keypoints) != len(folders) or not all(Path(k).is_dir() for k in keypoints):
+                raise InputError(
+                    f"{len(folders)} frame folder(s) need as many keypoint folders with --keypoints "
+                    f"(got {len(keypoints)})"
+                )
+            kp_dirs = [Path(k) for k in keypoints]
+        else:
+            kp_dirs = [None] * len(folders)
+        for s, (folder, kp_dir) in enumerate(zip(folders, kp_dirs, strict=True)):
+            files = _image_files(folder)
+            if not files:
+                raise InputError(f"frame folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+            for img in files:
+                found, tried = _keypoints_beside(img, kp_dir)
+                if found is None:
+                    raise InputError(f"no keypoints for frame {img} (looked for {', '.join(map(str, tried))})",
+                                     hint="pass the keypoint folder with --keypoints")
+                stem = img.stem if len(folders) == 1 else f"{folder.name}_{img.stem}"  # several videos: no clashes
+                frames.append(Frame(img, found, stem, s))
+        return frames
+    if keypoints and len(keypoints) != len(images):
+        raise InputError(f"{len(images)} image(s) but {len(keypoints)} keypoint file(s); give one --keypoints per image")
+    for i, img in enumerate(images):
+        img = Path(img)
+        if not img.exists():
+            raise InputError(f"image not found: {img}")
+        if keypoints:
+            kp = Path(keypoints[i])
+            if not kp.is_file():
+                raise InputError(f"keypoint file not found: {kp}")
+        else:
+            found, tried = _keypoints_beside(img, None)
+            if found is None:
+                raise InputError(f"no keypoints for {img} (looked for {', '.join(map(str, tried))})",
+                                 hint="pass --keypoints KP.json (OpenPose, ViTPose/COCO-WholeBody or MMPose JSON)")
+            kp = found
+        frames.append(Frame(img, kp, img.stem, -1))
+    stems = [f.stem for f in frames]
+    if len(set(stems)) != len(stems):
+        dup = next(s for s in stems if stems.count(s) > 1)
+        raise InputError(f"two images share the name {dup!r}; their outputs would overwrite each other")
+    return frames
+
+
+def parse_person(spec: str) -> int | None:
+    """`--person`: "all" → None, else a person index ≥ 0.
+
+    Raises:
+        InputError: anything else.
+    """
+    if spec == "all":
+        return None
+    try:
+        index = int(spec)
+    except ValueError:
+        raise InputError(f"--person must be 'all' or a person index (0, 1, ...), got {spec!r}") from None
+    if index < 0:
+        raise InputError(f"--person must be 'all' or a person index ≥ 0, got {index}")
+    return index
+
+
+def read_persons(frames: list[Frame], *, keypoint_format: str = "auto", part: str = "body",
+                 person: int | None = None, conf_threshold: float = 0.2, min_keypoints: int = 4,
+                 counted_keypoints: int | None = None) -> FramePersons:
+    """Read every keypoint file and image size (set on the frames), select persons, stack the rows.
+
+    A person needs `min_keypoints` keypoints with confidence ≥ `conf_threshold` among the first
+    `counted_keypoints` (all when None); others are skipped with a warning, or rejected where they were
+    asked for (`person`) or are the only person of a single image. Video frames without detections are skipped.
+
+    Raises:
+        InputError: unreadable files, a missing person index, no usable person, mixed keypoint layouts.
+    """
+    video = frames[0].sequence >= 0
+    kps, sizes, frame_ids, person_ids, tracks = [], [], [], [], []
+    layouts = set()
+    per_frame: dict[int, int] = {}
+    for f_idx, frame in enumerate(frames):
+        image = read_image(frame.image)
+        frame.height, frame.width = int(image.shape[0]), int(image.shape[1])
+        del image
+        try:
+            read = read_keypoints(frame.keypoints, keypoint_format, part=part)
+        except InputError as exc:
+            # a video frame without detections is normal: skip it (format errors still stop the run)
+            if video and ("no persons found" in exc.message or "confidence 0" in exc.message):
+                log.warning("frame %s skipped: %s", frame.image.name, exc.message)
+                per_frame[f_idx] = 0
+                continue
+            raise
+        layouts.add(read.layout)
+        arr = np.asarray(read.keypoints, dtype=np.float32)
+        rows = range(arr.shape[0]) if person is None else [person]
+        if person is not None and person >= arr.shape[0]:
+            raise InputError(f"--person {person}: {frame.keypoints} has only {arr.shape[0]} person(s) "
+                             f"(0..{arr.shape[0] - 1})")
+        n_here = 0
+        for p in rows:
+            used = arr[p, :counted_keypoints]
+            usable = int((used[:, 2] >= conf_threshold).sum())
+            if usable < min_keypoints:
+                if person is not None or (arr.shape[0] == 1 and not video):
+                    raise InputError(
+                        f"{frame.keypoints}: person {p} has {usable} keypoint(s) with confidence ≥ "
+                        f"{conf_threshold} (all-zero or too low); at least {min_keypoints} are needed"
+                    )
+                log.warning("%s: person %d skipped (%d confident keypoints)", frame.keypoints.name, p, usable)
+                continue
+            kps.append(arr[p])
+            sizes.append((frame.height, frame.width))
+            frame_ids.append(f_idx)
+            person_ids.append(p)
+            tracks.append((frame.sequence, p) if video else (-1, len(tracks)))
+            n_here += 1
+        if n_here == 0 and not video:
+            raise InputError(
+                f"{frame.keypoints}: no person has at least {min_keypoints} keypoints with confidence ≥ "
+                f"{conf_threshold}"
+            )
+        per_frame[f_idx] = n_here
+    if not kps:
+        raise InputError("no person with usable keypoints in any frame")
+    if len(layouts) > 1:
+        raise InputError(f"the keypoint files mix layouts ({', '.join(sorted(layouts))}); fit them separately")
+    track_ids = {t: i for i, t in enumerate(dict.fromkeys(tracks))}
+    return FramePersons(
+        keypoints=np.stack(kps), image_size=np.array(sizes, dtype=np.int64),
+        frame=np.array(frame_ids, dtype=np.int64), person=np.array(person_ids, dtype=np.int64),
+        track=np.array([track_ids[t] for t in tracks], dtype=np.int64), layout=layouts.pop(), per_frame=per_frame,
+    )
+
+
+def read_init(paths: Sequence[Path], num_frames: int, frame: np.ndarray, person: np.ndarray
+              ) -> dict[str, np.ndarray]:
+    """Starting parameters from `--init` npz files (one per frame, rows = persons of its keypoint file).
+
+    Returns one row per (frame[i], person[i]) pair, float32. A file's `person_index` array (as fit-image
+    writes) maps its rows to persons; without one, row p is person p.
+
+    Raises:
+        InputError: a count mismatch, an unreadable file, a file without parameters or a missing person row.
+    """
+    if not paths:
+        return {}
+    if len(paths) != num_frames:
+        raise InputError(f"{num_frames} image(s) but {len(paths)} --init file(s); give one per image")
+    tables: list[dict[str, np.ndarray]] = []
+    for path in paths:
+        path = Path(path)
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                table = {k: np.asarray(data[k], dtype=np.float32) for k in data.files if k in INIT_KEYS}
+                if "person_index" in data.files:
+                    table["person_index"] = np.asarray(data["person_index"]).astype(np.int64)
+        except FileNotFoundError:
+            raise InputError(f"--init file not found: {path}") from None
+        except (OSError, ValueError) as exc:
+            raise InputError(f"cannot read --init file {path}: {str(exc).splitlines()[0][:200]}") from None
+        if not any(k in table for k in INIT_KEYS):
+            raise InputError(f"--init file {path} has none of the keys {', '.join(INIT_KEYS)}")
+        tables.append(table)
+    out: dict[str, list[np.ndarray]] = {}
+    for f_idx, p in zip(frame.tolist(), person.tolist(), strict=True):
+        table = tables[f_idx]
+        index = table.get("person_index")
+        row = p if index is None else int(np.flatnonzero(index == p)[0]) if (index == p).any() else -1
+        for k, arr in table.items():
+            if k == "person_index":
+                continue
+            arr = arr.reshape(1, -1) if arr.ndim == 1 else arr.reshape(arr.shape[0], -1)
+            if row < 0 or row >= arr.shape[0]:
+                raise InputError(f"--init file {paths[f_idx]}: no row for person {p} in {k!r} ({arr.shape[0]} rows)")
+            out.setdefault(k, []).append(arr[row])
+    return {k: np.stack(v) for k, v in out.items()}
