@@ -312,17 +312,18 @@ def read_keypoints(path: Path, fmt: str = "auto", *, part: str = "body") -> Keyp
             if len(counts) > 1:
                 raise InputError(f"{path}: persons have different keypoint counts ({sorted(counts)})")
             count = counts.pop()
-            source = _source_name(count, parsed[0][2])
-            if source is None:
+            name = _source_name(count, parsed[0][2])
+            if name is None:
                 raise InputError(
                     f"{path}: keypoints of person 0 has {count} points; expected 133 (COCO-WholeBody), "
                     "17 (COCO body) or 21 (hand)"
                 )
+            source = name
             if not _matches(fmt, source):
                 raise InputError(_mismatch_message(path, fmt, kind, items))
             kps = np.stack([p[0] for p in parsed])
-            boxes = [p[1] for p in parsed]
-            bboxes = np.stack(boxes).astype(np.float32) if all(b is not None for b in boxes) else None
+            boxes = [p[1] for p in parsed if p[1] is not None]
+            bboxes = np.stack(boxes).astype(np.float32) if len(boxes) == len(parsed) else None
     except _Mismatch as exc:
         if fmt == "auto":
             raise InputError(f"{path}: not a recognised keypoints file ({exc})") from None

@@ -36,17 +36,21 @@ class Motion:
 
     @property
     def num_frames(self) -> int:
-        return len(self.body_pose if self.body_pose is not None else self.joints)
+        frames = self.body_pose if self.body_pose is not None else self.joints
+        return 0 if frames is None else len(frames)
 
 
 def _first(npz, keys: tuple[str, ...]) -> str | None:
     return next((k for k in keys if k in npz.files), None)
 
 
-def _array(npz, key: str | None, path: Path, shape: tuple[int | None, ...], stride: int) -> np.ndarray | None:
+def _optional(npz, key: str | None, path: Path, shape: tuple[int | None, ...], stride: int) -> np.ndarray | None:
+    """`_array` of `key`, or None when the file has no such key (`key` is None)."""
+    return None if key is None else _array(npz, key, path, shape, stride)
+
+
+def _array(npz, key: str, path: Path, shape: tuple[int | None, ...], stride: int) -> np.ndarray:
     """Load `key`, check its shape against `shape` (None = any), subsample frames, cast to float32."""
-    if key is None:
-        return None
     arr = load_key(npz, key, path)
     if arr.dtype == bool or not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
         raise InputError(f"{path}: {key} has dtype {arr.dtype}; expected real numbers")
@@ -81,14 +85,14 @@ def read_motion(path: Path, *, fps: float | None = None) -> Motion:
                 fmt, layout = AMASS_LAYOUTS[poses.shape[1]]
                 full = _array(npz, "poses", path, (None, poses.shape[1]), stride)
                 body, orient = full[:, layout["body_pose"]], full[:, layout["global_orient"]]
-                transl = _array(npz, _first(npz, ("trans", "transl")), path, (None, 3), stride)
+                transl = _optional(npz, _first(npz, ("trans", "transl")), path, (None, 3), stride)
         if fmt is None:
             body_key = _first(npz, ("pose_body", "body_pose"))
             if body_key is not None:
                 fmt = "pose_body" if body_key == "pose_body" else "dposer"
                 body = _array(npz, body_key, path, (None, 63), stride)
-                orient = _array(npz, _first(npz, ("root_orient", "global_orient")), path, (None, 3), stride)
-                transl = _array(npz, _first(npz, ("trans", "transl")), path, (None, 3), stride)
+                orient = _optional(npz, _first(npz, ("root_orient", "global_orient")), path, (None, 3), stride)
+                transl = _optional(npz, _first(npz, ("trans", "transl")), path, (None, 3), stride)
         joints = _array(npz, "joints", path, (None, None, 3), stride) if "joints" in npz.files else None
         if body is None and joints is None:
             keys = ", ".join(npz.files) or "none"
@@ -113,5 +117,5 @@ def write_motion(path: Path, **arrays: np.ndarray) -> Path:
     path = Path(path)
     data = {k: np.asarray(v) for k, v in arrays.items() if v is not None}
     with atomic_write(path) as fh:
-        np.savez(fh, **data)
+        np.savez(fh, **data)  # type: ignore[arg-type]  # numpy's stubs read **kwds as allow_pickle
     return path

@@ -465,5 +465,5 @@ def write_poses(
             arrays[key] = np.asarray(value)
     arrays["part"] = np.asarray(part.value)
     with atomic_write(path) as fh:
-        np.savez(fh, **arrays)
+        np.savez(fh, **arrays)  # type: ignore[arg-type]  # numpy's stubs read **kwds as allow_pickle
     return path

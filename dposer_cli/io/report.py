@@ -22,7 +22,7 @@ def jsonable(value: Any) -> Any:
         return jsonable(value.tolist())
     if isinstance(value, float) and not math.isfinite(value):
         return None
-    if hasattr(value, "value") and isinstance(getattr(value, "value"), str):  # str Enums
+    if hasattr(value, "value") and isinstance(value.value, str):  # str Enums
         return value.value
     return value
 

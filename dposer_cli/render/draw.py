@@ -327,7 +327,7 @@ def overlay_mesh(
     face_list = list(faces) if isinstance(faces, list | tuple) else [faces] * len(verts)
     if len(face_list) != len(verts):
         raise InputError(f"overlay: {len(face_list)} face arrays for {len(verts)} meshes")
-    fx, fy = (focal, focal) if np.isscalar(focal) else tuple(focal)
+    fx, fy = (focal, focal) if isinstance(focal, int | float | np.integer | np.floating) else tuple(focal)
     cx, cy = center
     if not (0.0 <= alpha <= 1.0):
         raise InputError(f"overlay: alpha must be in [0, 1], got {alpha}")

@@ -12,6 +12,7 @@ import contextlib
 import os
 import sys
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from jaxtyping import Bool, Float, Integer, UInt8
@@ -136,7 +137,7 @@ def vertex_normals(
 # --------------------------------------------------------------------------------------------------
 # backend choice
 
-_probe: dict[str, object] = {}  # {"ok": bool, "reason": str, "renderer": OffscreenRenderer}
+_probe: dict[str, Any] = {}  # {"ok": bool, "reason": str, "renderer": OffscreenRenderer}
 
 
 def _probe_pyrender() -> tuple[bool, str]:

@@ -168,7 +168,8 @@ def run(req: DownloadRequest, progress: Callable[[int, int], None] | None = None
     if todo:
         counts: dict[str, int] = {}
         for r in records.values():
-            counts[r["status"]] = counts.get(r["status"], 0) + 1
+            status = str(r["status"])
+            counts[status] = counts.get(status, 0) + 1
         lines = [f"{official_dir(root)}: " + ", ".join(f"{n} {status}" for status, n in counts.items())]
     else:
         lines = [(f"all {len(assets)} files for {', '.join(p.value for p in parts)} already present in "

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -265,7 +266,7 @@ def run(req: TrainRequest, progress: Callable[[int, int], None] | None = None) -
 
     def save(path: Path, *, full: bool) -> None:
         rngs = {str(rank): {"gen": gen.get_state(), "torch": torch.get_rng_state()}}
-        extra = dict(step=step, best_val=best, train=tc.to_dict(), data_sha=_fingerprint(data.x))
+        extra: dict[str, Any] = dict(step=step, best_val=best, train=tc.to_dict(), data_sha=_fingerprint(data.x))
         if full:
             extra.update(optimizer=opt.state_dict(), ema_state=ema.state_dict(), rng=rngs, t_bins=t_bins.cpu())
         save_checkpoint(path, part=req.part, config=cfg, model=net.state_dict(), ema=ema.weights(net),
@@ -405,7 +406,12 @@ def _trap_signals() -> Callable[[], None]:
         raise KeyboardInterrupt
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    return lambda: [signal.signal(sig, h) for sig, h in previous.items()] and None
+
+    def restore() -> None:
+        for sig, h in previous.items():
+            signal.signal(sig, h)
+
+    return restore
 
 
 def _fingerprint(x: Tensor) -> str:
