@@ -24,6 +24,7 @@ from dposer_cli.io.datasets import read_amass_poses
 from dposer_cli.metrics import mpjpe
 from dposer_cli.services._bench_common import Context, Outcome, concat, mean_of, to_numpy
 from dposer_cli.services._bench_paper import paper_for
+from dposer_cli.tasks import ik
 
 log = logging.getLogger(__name__)
 
@@ -71,31 +72,30 @@ def _ground_truth(ctx: Context, part: Part) -> dict[str, torch.Tensor]:
 
 
 def _run(ctx: Context, part: Part, settings: tuple[str, ...], name: str) -> Outcome:
-    from dposer_cli.services import ik
-
     req = ctx.req
     spec = ik.IK[part]
     body = ctx.body(spec.body)  # a face without FLAME raises MissingAssetError here
     gt = _ground_truth(ctx, part)
     n = len(next(iter(gt.values())))
     priors = {p: ctx.prior(p) for p, _ in spec.priors}
-    kind = "dposer" if req.prior in ("dposer", "gmm") else req.prior  # the gmm plugs in as a prior object
+    # the gmm plugs in as a prior object; IK's l2 is 0.5·‖θ‖² (PRIOR_SCALES)
+    prior = None if req.prior == "none" else ik.ik_prior(part, priors, scale=ik.PRIOR_SCALES.get(req.prior, 1.0))
     metrics: dict[str, dict[str, float]] = {}
     paper: dict[str, Any] = {}
     steps: dict[str, int] = {}
     nfe = 0
     for k, setting in enumerate(settings):
         ik_type, noise = parse_setting(setting)
-        schedule = ik.make_schedule(part, ik_type, noise_std=noise, steps=req.steps)
-        steps[setting] = schedule.steps
+        steps[setting] = req.steps or spec.steps
 
-        def batch(b: int, sl: slice, k: int = k, ik_type: str = ik_type, noise: float | None = noise,
-                  schedule: Any = schedule) -> dict[str, np.ndarray]:
+        def batch(b: int, sl: slice, k: int = k, ik_type: str = ik_type,
+                  noise: float | None = noise) -> dict[str, np.ndarray]:
             gen = ctx.generator(b + 1_000_003 * k)
             problem = ik.problem_from_params(part, body, {key: v[sl] for key, v in gt.items()})
             problem = ik.apply_type(problem, ik_type, noise_std=noise, generator=gen)
-            result = ik.solve(problem, body, ik.prior_term(kind, part, priors, gen), schedule, generator=gen)
-            return per_sample(ik, problem, body, result)
+            result = ik.solve_ik(problem, body, prior, ik_type=ik_type, noise_std=noise, steps=req.steps,
+                                 generator=gen)
+            return per_sample(ik, problem, body, {**result.params, "joints": result.joints})
 
         for p in priors.values():
             p.nfe = 0

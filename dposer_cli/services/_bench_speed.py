@@ -28,6 +28,7 @@ from dposer_cli.core.paths import atomic_write
 from dposer_cli.engine import samplers as smp
 from dposer_cli.services._bench_common import Context, Outcome, scaled_schedule
 from dposer_cli.tasks import denoise_motion as dm
+from dposer_cli.tasks import ik
 from dposer_cli.tasks.complete import complete
 
 log = logging.getLogger(__name__)
@@ -159,24 +160,18 @@ def _denoise(ctx: Context, size: dict[str, Any]) -> Callable[[], tuple[int, int]
 
 def _ik(part: Part) -> Callable[[Context, dict[str, Any]], Callable[[], tuple[int, int]]]:
     def build(ctx: Context, size: dict[str, Any]) -> Callable[[], tuple[int, int]]:
-        from dposer_cli.services import ik
-
         spec = ik.IK[part]
         body = ctx.body(spec.body)
-        priors = {p: ctx.prior(p) for p, _ in spec.priors}
+        prior = ik.ik_prior(part, {p: ctx.prior(p) for p in spec.prior_parts})
         params = {k: _poses(ctx, size["n"], d, 0.2 if k.endswith("pose") else 0.5) for k, d in spec.gt_keys
                   if k not in dict(spec.known)}
         problem = ik.problem_from_params(part, body, params)
         kind = "sparse" if part is Part.hand else "noisy"
         problem = ik.apply_type(problem, kind, generator=ctx.generator(0))
-        schedule = ik.make_schedule(part, kind, steps=size["steps"])
 
         def go() -> tuple[int, int]:
-            for p in priors.values():
-                p.nfe = 0
-            gen = ctx.generator(0)
-            ik.solve(problem, body, ik.prior_term("dposer", part, priors, gen), schedule, generator=gen)
-            return size["n"], sum(p.nfe for p in priors.values())
+            result = ik.solve_ik(problem, body, prior, ik_type=kind, steps=size["steps"], generator=ctx.generator(0))
+            return size["n"], result.nfe
 
         return go
 

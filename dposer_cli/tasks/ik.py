@@ -348,6 +348,14 @@ def ik_stages(part: Part, ik_type: str = "full", *, noise_std: float | None = No
                   reset=False, uses_prior=True) for i, iters in enumerate(counts)]
 
 
+def ik_prior_schedule(part: Part, ik_type: str, prior: PosePrior, *,
+                      generator: torch.Generator | None = None) -> PriorSchedule:
+    """The prior as a loss term of a solve: the part's weighting and the setting's `T_RANGES` entry."""
+    spec = part_ik(part)
+    return PriorSchedule(prior, T_RANGES[spec.weights(ik_type).t_range], weighting=spec.weighting,
+                         generator=generator)
+
+
 def _init_orient(problem: IKProblem, joints_of: Callable[[Mapping[str, Tensor]], Tensor],
                  params: Mapping[str, Tensor], targets: Tensor) -> dict[str, Tensor]:
     """global_orient by a weighted Kabsch fit of the visible joints, then the translation of the weighted mean."""
@@ -419,8 +427,7 @@ def solve_ik(problem: IKProblem, body: BodyModel, prior: PosePrior | None, *, ik
             loss = loss + w_prior * (value / x.shape[-1] if spec.per_dim else value)
         return loss
 
-    schedule = None if prior is None else PriorSchedule(prior, T_RANGES[spec.weights(ik_type).t_range],
-                                                        weighting=spec.weighting, generator=generator)
+    schedule = None if prior is None else ik_prior_schedule(part, ik_type, prior, generator=generator)
     stages = ik_stages(part, ik_type, noise_std=noise_std, steps=steps, solve_orient=solve_orient)
     run = optimize(free, stages, loss_fn, prior=schedule, progress=progress)
     with torch.no_grad():
