@@ -29,6 +29,7 @@ from dposer_cli.engine.baselines import BaselinePrior
 from dposer_cli.engine.loss import EpsFn, dposer_loss
 from dposer_cli.engine.optimize import T_RANGES, PriorSchedule, Stage, Step, optimize
 from dposer_cli.engine.prior import DPoserPrior
+from dposer_cli.engine.sde import VESDE, VPSDE
 from dposer_cli.metrics import apd, mpjpe
 
 Progress = Callable[[int, int], None] | None
@@ -223,7 +224,7 @@ class _NormalisedPrior:
 
     nfe_per_call = 1
 
-    def __init__(self, eps_fn: EpsFn, sde, part: Part | None = None) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, eps_fn: EpsFn, sde: VPSDE | VESDE, part: Part | None = None) -> None:
         self.eps_fn, self.sde, self.part = eps_fn, sde, part
 
     def loss(self, x: Float[Tensor, "*batch D"], t: float | Tensor = 0.1, *, weighting: str = "snr",
@@ -240,7 +241,7 @@ def completion_stages(iterations: int = ITERATIONS, steps_per_iter: int = 100, l
 
 
 def dposer_complete(eps_fn: EpsFn, x: Float[Tensor, "*batch D"], mask: Bool[Tensor, "*#batch D"],
-                    y: Float[Tensor, "*#batch D"], *, sde, iterations: int = ITERATIONS,  # type: ignore[no-untyped-def]
+                    y: Float[Tensor, "*#batch D"], *, sde: VPSDE | VESDE, iterations: int = ITERATIONS,
                     steps_per_iter: int = 100, t_range: tuple[float, float] = T_RANGES["completion"],
                     lr: float = 0.1, betas: tuple[float, float] = (0.9, 0.99), weighting: str = "snr",
                     generator: torch.Generator | None = None,
