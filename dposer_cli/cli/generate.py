@@ -5,8 +5,18 @@ from typing import Annotated
 
 import typer
 
-from dposer_cli.cli._options import (BodyModelOpt, CheckpointOpt, DeviceOpt, JsonOpt, NormalizerOpt, OutOpt,
-                                     PartOpt, QuietOpt, RendererOpt, SeedOpt)
+from dposer_cli.cli._options import (
+    BodyModelOpt,
+    CheckpointOpt,
+    DeviceOpt,
+    JsonOpt,
+    NormalizerOpt,
+    OutOpt,
+    PartOpt,
+    QuietOpt,
+    RendererOpt,
+    SeedOpt,
+)
 from dposer_cli.core.parts import Part
 
 
@@ -25,19 +35,26 @@ def command(
     renderer: RendererOpt = "auto",
     body_model: BodyModelOpt = None,
     poses_json: Annotated[bool, typer.Option("--poses-json", help="Also write poses.json.")] = False,
+    process_video: Annotated[bool, typer.Option(
+        "--process-video", help="Also write DIR/process.mp4: the sampling process of the first 8 samples side "
+        "by side, noisy state x_t over the denoised estimate x0, from pure noise to the result (at most 90 "
+        "recorded steps whatever --steps, then a hold on the result; the face needs a FLAME model).")] = False,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Sample plausible poses from the prior, save them as DIR/poses.npz and render DIR/grid.png.
 
     Example: dposer generate --part hand -n 50 --out hands/
+
+    Example: dposer generate --part body -n 6 --process-video --out process/
     """
     from dposer_cli.cli._console import emit, progress
     from dposer_cli.services import generate as svc
 
     req = svc.GenerateRequest(part=part, n=n, out=out, sampler=sampler, steps=steps, seed=seed, device=device,
                               checkpoint=checkpoint, normalizer=normalizer, render=not no_render, renderer=renderer,
-                              body_model=body_model, poses_json=poses_json)
+                              body_model=body_model, poses_json=poses_json,
+                              process_video=process_video)
     with progress("sampling", enabled=not (quiet or json_out)) as cb:
         result = svc.run(req, progress=cb)
     emit(result, as_json=json_out, quiet=quiet)

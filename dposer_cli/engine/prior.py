@@ -7,6 +7,7 @@
 
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -21,9 +22,9 @@ from dposer_cli.core.paths import demo_checkpoint, models_dir, official_checkpoi
 from dposer_cli.engine import samplers as smp
 from dposer_cli.engine.checkpoint import Checkpoint, read_checkpoint
 from dposer_cli.engine.loss import dposer_loss, time_schedule
-from dposer_cli.engine.optimize import T_RANGES
 from dposer_cli.engine.nets import build_net
 from dposer_cli.engine.normalize import Normalizer, load_official_normalizer
+from dposer_cli.engine.optimize import T_RANGES
 from dposer_cli.engine.sde import append_dims, build_sde
 
 log = logging.getLogger(__name__)
@@ -135,8 +136,18 @@ class DPoserPrior(nn.Module):
     @torch.no_grad()
     def sample(self, n: int, *, sampler: str = "dpm2m", steps: int | None = None, t_end: float = 1e-3,
                generator: torch.Generator | None = None, progress: Callable[[int, int], None] | None = None,
-               shape: tuple[int, ...] = ()) -> Float[Tensor, "n D"]:
-        """Draw `n` raw poses (axis-angle / coefficients); `shape` adds inner dims, e.g. (T,) for motions."""
+               shape: tuple[int, ...] = (), callback: Callable[[smp.SamplerStep], None] | None = None
+               ) -> Float[Tensor, "n *shape D"]:
+        """Draw `n` raw poses (axis-angle / coefficients); `shape` adds inner dims, e.g. (T,) for motions.
+
+        Args:
+            sampler, steps, t_end: one of `engine.samplers.SAMPLERS`, its step count (= NFE; default per
+                sampler) and the last grid time.
+            progress: called as `progress(done, total)` after each step.
+            callback: called once per step with an `engine.samplers.SamplerStep` whose `x` (noisy state
+                x_t) and `denoised` (x̂0) are in raw pose space, as the returned samples; for figures of
+                the sampling process (`tasks.sample.sample(..., return_trajectory=True)` records them).
+        """
         if sampler not in smp.SAMPLERS:
             from dposer_cli.core.errors import suggest
 
@@ -144,8 +155,15 @@ class DPoserPrior(nn.Module):
                              hint="samplers: " + ", ".join(smp.SAMPLERS))
         steps = steps or smp.DEFAULT_STEPS[sampler]
         x = self.sde.prior_sampling((n, *shape, self.dim), generator, self.device)
+
+        def on_step(s: smp.SamplerStep) -> None:
+            if callback is not None:
+                callback(replace(s, x=self.denormalize(s.x), denoised=self.denormalize(s.denoised)))
+            if progress is not None:
+                progress(s.i + 1, s.steps)
+
         x0 = smp.SAMPLERS[sampler](self.eps, x, sde=self.sde, steps=steps, t_end=t_end, generator=generator,
-                                   callback=progress)
+                                   callback=on_step if progress is not None or callback is not None else None)
         return self.denormalize(x0)
 
     # ---- the prior as a loss --------------------------------------------------------------------

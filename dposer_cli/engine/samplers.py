@@ -3,17 +3,37 @@
 Every sampler has the signature `(eps_fn, x, *, sde, steps, t_end, generator, callback)` and returns
 the final sample; the noise source and the schedule are explicit arguments, never hidden state.
 `x` may be (B, D) or (B, T, D): per-sample times are broadcast with `append_dims`.
+
+`callback`, when given, is called once per step, before the step's update, with a `SamplerStep`: the step
+index `i` of `steps`, the grid time `t`, the state `x` at that time and the denoised estimate
+x̂0 = (x − σ(t) ε̂)/α(t) from the step's own network evaluation (no extra NFE; k-diffusion's `callback`
+dict as a dataclass). Values are in the sampler's (normalised) space; it never alters the samples.
 """
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
+from jaxtyping import Float
 from torch import Tensor
 
 from dposer_cli.engine.sde import append_dims
 
 EpsFn = Callable[[Tensor, Tensor], Tensor]
-Callback = Callable[[int, int], None] | None
+
+
+@dataclass(frozen=True)
+class SamplerStep:
+    """What a sampler hands its callback at step `i` (0-based) of `steps`."""
+
+    i: int
+    steps: int
+    t: Float[Tensor, ""]  # grid time of this step (0-dim tensor on the sampler's device: no host sync)
+    x: Tensor  # the state x_t the step starts from, same shape as the sampler's `x`
+    denoised: Tensor  # x̂0 estimated from x_t with this step's network evaluation
+
+
+Callback = Callable[[SamplerStep], None] | None
 
 
 def _tvec(t: Tensor | float, x: Tensor) -> Tensor:
@@ -34,13 +54,15 @@ def euler_maruyama(eps_fn: EpsFn, x: Tensor, *, sde, steps: int = 1000, t_end: f
     for i in range(steps):
         t = _tvec(ts[i], x)
         alpha, std = sde.marginal(t)
-        score = -eps_fn(x, t) / append_dims(std, x.ndim)
+        eps = eps_fn(x, t)
+        if callback is not None:
+            denoised = (x - append_dims(std, x.ndim) * eps) / append_dims(alpha, x.ndim)
+            callback(SamplerStep(i, steps, ts[i], x, denoised))
+        score = -eps / append_dims(std, x.ndim)
         f, g = sde.sde(x, t)
         g = append_dims(g, x.ndim)
         x_mean = x + (f - g**2 * score) * dt
         x = x_mean + g * (-dt) ** 0.5 * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        if callback is not None:
-            callback(i + 1, steps)
     return x_mean
 
 
@@ -72,10 +94,10 @@ def ddim(eps_fn: EpsFn, x: Tensor, *, sde, steps: int = 50, t_end: float = 1e-3,
     for i in range(steps):
         t, t_next = _tvec(ts[i], x), _tvec(ts[i + 1], x)
         x0, eps = _x0(eps_fn, x, t, sde)
+        if callback is not None:
+            callback(SamplerStep(i, steps, ts[i], x, x0))
         a_n, s_n = sde.marginal(t_next)
         x = append_dims(a_n, x.ndim) * x0 + append_dims(s_n, x.ndim) * eps
-        if callback is not None:
-            callback(i + 1, steps)
     return x
 
 
@@ -93,6 +115,8 @@ def dpm_solver_2m(eps_fn: EpsFn, x: Tensor, *, sde, steps: int = 25, t_end: floa
     x0 = x
     for i in range(steps):
         x0, _ = _x0(eps_fn, x, _tvec(ts[i], x), sde)
+        if callback is not None:
+            callback(SamplerStep(i, steps, ts[i], x, x0))
         h = lams[i + 1] - lams[i]
         if x0_prev is None or i == steps - 1:
             d = x0  # first step: DPM-Solver++(1); last step: no extrapolation
@@ -101,8 +125,6 @@ def dpm_solver_2m(eps_fn: EpsFn, x: Tensor, *, sde, steps: int = 25, t_end: floa
             d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * x0_prev
         x = (sigmas[i + 1] / sigmas[i]) * x - alphas[i + 1] * torch.expm1(-h) * d
         x0_prev = x0
-        if callback is not None:
-            callback(i + 1, steps)
     # final denoise at t_end: one more evaluation would cost an NFE; x at t_end is already ~clean
     return x
 

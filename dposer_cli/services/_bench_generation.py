@@ -18,11 +18,12 @@ import torch
 from dposer_cli.core.errors import InputError
 from dposer_cli.core.parts import PARTS, Part
 from dposer_cli.core.paths import official_dir
-from dposer_cli.engine import samplers as smp
 from dposer_cli.io.poses import read_poses, write_poses
 from dposer_cli.metrics import apd, dnn, fid, fid_from_stats, gaussian_stats, prdc
 from dposer_cli.services._bench_common import Context, Outcome, report_path, to_numpy
 from dposer_cli.services._bench_paper import paper_for
+from dposer_cli.tasks.sample import DEFAULT_STEPS, check_sampler
+from dposer_cli.tasks.sample import sample as sample_poses
 
 log = logging.getLogger(__name__)
 
@@ -69,12 +70,8 @@ def run(ctx: Context) -> Outcome:
     n = req.n if req.n is not None else DEFAULT_N
     if n < 2:
         raise InputError(f"-n must be at least 2 for generation metrics (got {n})")
-    if req.sampler not in smp.SAMPLERS:
-        from dposer_cli.core.errors import suggest
-
-        raise InputError(f"unknown sampler {req.sampler!r}{suggest(req.sampler, list(smp.SAMPLERS))}",
-                         hint="samplers: " + ", ".join(smp.SAMPLERS))
-    steps = ctx.steps(smp.DEFAULT_STEPS[req.sampler])
+    check_sampler(req.sampler)
+    steps = ctx.steps(DEFAULT_STEPS[req.sampler])
     mu_sigma = read_statistics(stats_path) if stats_path is not None else None
     reference = None
     if req.reference is not None:
@@ -84,12 +81,8 @@ def run(ctx: Context) -> Outcome:
     # ---- sampling, sharded by batches of SAMPLE_BATCH (batch b seeded seed + b) -----------------------------
     def sample(b: int, sl: slice) -> np.ndarray:
         count = sl.stop - sl.start
-        gen = ctx.generator(b)
-        if req.prior != "dposer":  # baselines sample directly
-            x = prior.sample(count, generator=gen)
-        else:
-            x = prior.sample(count, sampler=req.sampler, steps=steps, generator=gen)
-        return to_numpy(x).astype(np.float32)
+        x = sample_poses(prior, count, sampler=req.sampler, steps=steps, generator=ctx.generator(b)).poses
+        return to_numpy(x).astype(np.float32)  # baselines (gmm, vposer) sample directly
 
     prior.nfe = 0
     batches = ctx.map_batches(n, sample, default_batch=SAMPLE_BATCH)

@@ -25,11 +25,11 @@ import torch
 from dposer_cli.core.errors import MissingAssetError
 from dposer_cli.core.parts import Part, mask_dims
 from dposer_cli.core.paths import atomic_write
-from dposer_cli.engine import samplers as smp
 from dposer_cli.services._bench_common import Context, Outcome, scaled_schedule
 from dposer_cli.tasks import denoise_motion as dm
 from dposer_cli.tasks import ik
 from dposer_cli.tasks.complete import complete
+from dposer_cli.tasks.sample import DEFAULT_STEPS, sample
 
 log = logging.getLogger(__name__)
 
@@ -118,12 +118,10 @@ def _poses(ctx: Context, n: int, dim: int, scale: float = 0.3) -> torch.Tensor:
 def _generation(ctx: Context, size: dict[str, Any]) -> Callable[[], tuple[int, int]]:
     prior = ctx.prior(Part.body)
     sampler = ctx.req.sampler
-    steps = size["steps"] or smp.DEFAULT_STEPS.get(sampler, 25)
+    steps = size["steps"] or DEFAULT_STEPS.get(sampler, 25)
 
     def go() -> tuple[int, int]:
-        prior.nfe = 0
-        prior.sample(size["n"], sampler=sampler, steps=steps, generator=ctx.generator(0))
-        return size["n"], prior.nfe
+        return size["n"], sample(prior, size["n"], sampler=sampler, steps=steps, generator=ctx.generator(0)).nfe
 
     return go
 

@@ -1,25 +1,35 @@
-"""`dposer generate`: sample poses from the prior, save them (npz, optional JSON) and render a grid."""
+"""`dposer generate`: sample poses from the prior (`tasks.sample`), save them (npz, optional JSON), render a
+grid and, with `process_video`, a video of the sampling process (`render.process`)."""
 
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from dposer_cli.core.device import make_generator, resolve_device
-from dposer_cli.core.errors import InputError
+from dposer_cli.core.errors import InputError, MissingAssetError
 from dposer_cli.core.parts import PARTS, Part
 from dposer_cli.core.paths import atomic_write, ensure_out_dir
 from dposer_cli.core.result import Result
-from dposer_cli.engine import samplers as smp
 from dposer_cli.engine.prior import DPoserPrior
+from dposer_cli.io.media import save_video
 from dposer_cli.io.poses import write_poses
 from dposer_cli.io.report import jsonable
+from dposer_cli.render.process import MAX_VIDEO_FRAMES, NOISY_COLOR, process_frames, video_timing
+from dposer_cli.render.scene import BODY_COLOR
+from dposer_cli.services._render import _VIEW, pose_items, render_sheet
+from dposer_cli.tasks.sample import Trajectory, check_sampler, sample
 
 log = logging.getLogger(__name__)
+
+PROCESS_FRAMES = 90  # recorded steps + the result; the final hold fills the rest of MAX_VIDEO_FRAMES
+VIDEO_SAMPLES = 8  # samples shown side by side in process.mp4 (the first ones)
+FK_CHUNK = 128  # poses posed per body-model call while drawing the video
 
 
 @dataclass(frozen=True)
@@ -38,34 +48,30 @@ class GenerateRequest:
     body_model: Path | None = None
     poses_json: bool = False
     t_end: float = 1e-3
+    process_video: bool = False  # also record the sampling trajectory and write process.mp4
 
 
 def run(req: GenerateRequest, progress: Callable[[int, int], None] | None = None) -> Result:
     t0 = time.perf_counter()
     if req.n < 1:
         raise InputError(f"-n must be at least 1 (got {req.n})")
-    if req.sampler not in smp.SAMPLERS:
-        from dposer_cli.core.errors import suggest
-
-        raise InputError(f"unknown sampler {req.sampler!r}{suggest(req.sampler, list(smp.SAMPLERS))}",
-                         hint="samplers: " + ", ".join(smp.SAMPLERS))
+    check_sampler(req.sampler)
     if req.steps is not None and req.steps < 1:
         raise InputError(f"--steps must be at least 1 (got {req.steps})")
     out = ensure_out_dir(req.out)
     device = resolve_device(req.device)
     prior = DPoserPrior.load(req.part, req.checkpoint, normalizer=req.normalizer, device=device)
     log.info("using %s prior (%s)", req.part.value, prior.source)
-    steps = req.steps or smp.DEFAULT_STEPS[req.sampler]
-    gen = make_generator(req.seed, device)
-    prior.nfe = 0
-    t_sample = time.perf_counter()
-    poses = prior.sample(req.n, sampler=req.sampler, steps=steps, generator=gen, progress=progress, t_end=req.t_end)
-    sample_seconds = time.perf_counter() - t_sample
-    nfe = prior.nfe
+    res = sample(prior, req.n, sampler=req.sampler, steps=req.steps, t_end=req.t_end,
+                 generator=make_generator(req.seed, device), progress=progress,
+                 return_trajectory=req.process_video, max_frames=PROCESS_FRAMES, trajectory_samples=VIDEO_SAMPLES)
+    poses = res.poses
     if not torch.isfinite(poses).all():
         raise InputError("sampling produced non-finite values; try another --sampler or more --steps")
 
-    outputs: dict[str, Path] = {"poses": write_poses(out / "poses.npz", req.part, poses.cpu().numpy())}
+    outputs: dict[str, Path | list[Path]] = {"poses": write_poses(out / "poses.npz", req.part, poses.cpu().numpy())}
+    lines = [f"sampled {req.n} {req.part.value} poses with {req.sampler} ({res.nfe} network evaluations) "
+             f"from {prior.source}"]
     if req.poses_json:
         slices = PARTS[req.part].slices()
         data = {k: poses[:, s].cpu().numpy() for k, s in slices.items()}
@@ -73,23 +79,68 @@ def run(req: GenerateRequest, progress: Callable[[int, int], None] | None = None
             json.dump(jsonable({"part": req.part.value, **data}), fh)
         outputs["poses_json"] = out / "poses.json"
     if req.render:
-        grid = _render(req, poses, out, device)
+        grid = render_sheet(req.part, poses, out / "grid.png", body_model=req.body_model, renderer=req.renderer,
+                            device=device)
         if grid is not None:
             outputs["grid"] = grid
+    if res.trajectory is not None:
+        video = _process_video(req, res.trajectory, out / "process.mp4", device, lines)
+        if video is not None:
+            outputs["process_video"] = video
     return Result(
         command="generate",
         outputs=outputs,
-        metrics={"samples_per_second": req.n / max(sample_seconds, 1e-9)},
+        metrics={"samples_per_second": res.samples_per_second},
         info={"part": req.part.value, "n": req.n, "checkpoint": prior.source, "sampler": req.sampler,
-              "steps": steps, "nfe": nfe, "seed": req.seed, "device": str(device)},
+              "steps": res.steps, "nfe": res.nfe, "seed": req.seed, "device": str(device)},
         seconds=time.perf_counter() - t0,
-        lines=[f"sampled {req.n} {req.part.value} poses with {req.sampler} ({nfe} network evaluations) "
-               f"from {prior.source}"],
+        lines=lines,
     )
 
 
-def _render(req: GenerateRequest, poses: torch.Tensor, out: Path, device: torch.device) -> Path | None:
-    from dposer_cli.services._render import render_sheet
+class _PosedFrames(Sequence[list[dict]]):
+    """Trajectory frames as render items (noisy row over denoised row), posed lazily in chunks of frames."""
 
-    return render_sheet(req.part, poses, out / "grid.png", body_model=req.body_model, renderer=req.renderer,
-                        device=device)
+    def __init__(self, part: Part, traj: Trajectory, body_model: Path | None, device: torch.device) -> None:
+        self.part, self.body_model, self.device = part, body_model, device
+        self.poses = torch.cat([traj.x, traj.denoised], dim=1)  # (F, 2M, D): x_t row, then x̂0 row
+        self.chunk = max(1, FK_CHUNK // self.poses.shape[1])
+        self._cached: tuple[int, list[dict]] = (-1, [])
+
+    def __len__(self) -> int:
+        return len(self.poses)
+
+    def __getitem__(self, k: int) -> list[dict]:  # type: ignore[override]  # frames are read one by one
+        start = k - k % self.chunk
+        if self._cached[0] != start:
+            block = self.poses[start:start + self.chunk]
+            items = pose_items(self.part, block.reshape(-1, block.shape[-1]), self.body_model, self.device)
+            self._cached = (start, items)
+        m = self.poses.shape[1]
+        return self._cached[1][(k - start) * m:(k - start + 1) * m]
+
+
+def _process_video(req: GenerateRequest, traj: Trajectory, path: Path, device: torch.device,
+                   lines: list[str]) -> Path | None:
+    """process.mp4: the first samples side by side, x_t over x̂0, from pure noise to the result; None (with a
+    warning) for parts without a body model to picture them (the face without FLAME)."""
+    frames = _PosedFrames(req.part, traj, req.body_model, device)
+    try:
+        frames[0]
+    except MissingAssetError as exc:
+        msg = f"no process video for --part {req.part.value}: {exc.message}"
+        log.warning(msg)
+        lines.append(msg)
+        return None
+    m = traj.x.shape[1]
+    if req.n > m:
+        log.info("process video shows the first %d of %d samples", m, req.n)
+    steps, times = traj.step.tolist(), traj.t.tolist()
+    captions = [f"{req.sampler}  step {s}/{traj.steps}  t = {t:.3f}" + ("  result" if s == traj.steps else "")
+                for s, t in zip(steps, times)]
+    fps, hold = video_timing(len(frames), MAX_VIDEO_FRAMES)
+    log.info("rendering the sampling process: %d frames of %d samples", len(frames) + hold, m)
+    video = process_frames(frames, captions=captions, cols=m, row_labels=["x_t  noisy state", "x0  denoised estimate"],
+                           row_colors=[NOISY_COLOR, BODY_COLOR], cell=min(256, max(128, 1280 // m)),
+                           renderer=req.renderer, view=_VIEW.get(req.part, "front"), hold=hold)
+    return save_video(path, np.asarray(video), fps=fps)
