@@ -4,7 +4,6 @@ every supported format (pixel noise, dropped points) → fit → PA-MPJPE of the
 `synthetic_scene` and the writers are also used by bench/bench_fit.py and examples/fit/.
 """
 
-import itertools
 import json
 import logging
 import math
@@ -190,7 +189,7 @@ def test_person_facing_away_is_fitted_facing_away(tmp_path):
 
 
 def test_side_view_tries_both_facings_per_person(tmp_path, caplog):
-    from dposer_cli.services.fit_image import side_view
+    from dposer_cli.tasks.fit import side_view
 
     scene = synthetic_scene(reference_poses()[[8, 9, 11]], seed=4, yaw_deg=0)
     kp = torch.as_tensor(scene.keypoints)
@@ -347,38 +346,11 @@ def test_video_of_hands_keeps_one_palm_orientation_per_frame(tmp_path):
     np.testing.assert_allclose(files[0]["betas"], files[2]["betas"])
 
 
-# ---------------------------------------------------------------- the shared fitting machinery
-def test_gmof_is_quadratic_near_zero_and_saturates_at_sigma_squared():
-    from dposer_cli.services._fitting import gmof
-
-    x = torch.tensor([0.0, 1.0, 1e6])
-    np.testing.assert_allclose(gmof(x, 100.0).numpy(), [0.0, 1e4 / 10001, 1e4], rtol=1e-4)
-
-
-def test_angle_prior_penalises_elbows_and_knees_bent_the_wrong_way():
-    from dposer_cli.services._fitting import ANGLE_DIMS, ANGLE_SIGNS, angle_prior
-
-    natural, unnatural = torch.zeros(2, 63), torch.zeros(2, 63)
-    for dim, sign in zip(ANGLE_DIMS, ANGLE_SIGNS, strict=True):
-        natural[:, dim], unnatural[:, dim] = -sign * 1.0, sign * 1.0
-    assert (angle_prior(unnatural) > 20 * angle_prior(natural)).all()
-
-
-def test_prior_term_anneals_t_and_offers_baselines():
-    from dposer_cli.services._fitting import PriorTerm
-
-    term = PriorTerm("none", None, total_steps=200)
-    ts = []
-    for _ in range(200):
-        ts.append(term.t)
-        term.advance()
-    assert ts[0] == pytest.approx(0.08 + 199 / 200 * 0.04) and ts[-1] == pytest.approx(0.08)
-    assert all(a > b for a, b in itertools.pairwise(ts))
-    pose = torch.randn(3, 63)
-    assert term(pose).abs().sum() == 0
-    np.testing.assert_allclose(PriorTerm("l2", None, total_steps=1)(pose).numpy(), (pose**2).sum(-1).numpy(), rtol=1e-6)
-    with pytest.raises(InputError, match="unknown --prior"):
-        PriorTerm("gmm", None, total_steps=1)
+# ---------------------------------------------------------------- priors
+def test_fit_image_offers_the_dposer_none_and_l2_priors_by_name(tmp_path):
+    scene = synthetic_scene(reference_poses()[[1]], seed=11)
+    with pytest.raises(InputError, match="unknown --prior 'gmm'"):
+        fit(tmp_path, scene, prior="gmm")
 
 
 def _narrow_gmm(part: Part, mean: np.ndarray, var: float = 1e-4):
@@ -390,15 +362,6 @@ def _narrow_gmm(part: Part, mean: np.ndarray, var: float = 1e-4):
     gmm.covariances_.copy_(var * torch.eye(d, dtype=torch.float64)[None])
     gmm.mean_pose.copy_(torch.as_tensor(mean, dtype=torch.float32))
     return gmm
-
-
-def test_prior_term_takes_an_outside_prior_object():
-    from dposer_cli.services._fitting import PriorTerm
-
-    gmm = _narrow_gmm(Part.body, reference_poses()[7], var=0.05)
-    pose = torch.as_tensor(reference_poses()[[1, 2, 3]], dtype=torch.float32)
-    term = PriorTerm("gmm", gmm, total_steps=10)
-    np.testing.assert_allclose(term(pose).numpy(), gmm.energy(pose).numpy(), rtol=1e-6)
 
 
 def test_fit_uses_a_given_prior_model_and_rejects_one_of_another_part(tmp_path):
@@ -413,11 +376,3 @@ def test_fit_uses_a_given_prior_model_and_rejects_one_of_another_part(tmp_path):
     assert pulled < 0.05 < np.abs(free["body_pose"][0] - target).mean(), pulled
     with pytest.raises(InputError, match="a hand prior, but the fit is --part body"):
         fit(tmp_path, scene, name="bad", steps=1, prior="gmm", prior_model=_narrow_gmm(Part.hand, np.zeros(45)))
-
-
-def test_best_rows_picks_the_lowest_loss_per_sample_and_the_first_on_ties():
-    from dposer_cli.services._fitting import best_rows
-
-    owner = torch.tensor([0, 1, 2, 0, 2])
-    loss = torch.tensor([5.0, 1.0, 2.0, 3.0, 2.0])
-    assert best_rows(loss, owner, 3).tolist() == [3, 1, 2]
