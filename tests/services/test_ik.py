@@ -1,4 +1,5 @@
-"""`services.ik`: official masks and schedules, the batched solve, metrics, and the prior beating baselines."""
+"""`services.ik` + `tasks.ik`: official masks and schedules, the batched solve, metrics, targets files, and the
+prior beating baselines."""
 
 import os
 from dataclasses import replace
@@ -13,7 +14,10 @@ from dposer_cli.bodies.kinematics import batch_rodrigues
 from dposer_cli.core.errors import InputError
 from dposer_cli.core.parts import Part
 from dposer_cli.core.paths import demo_checkpoint
-from dposer_cli.services import ik
+from dposer_cli.engine.baselines import NoPrior
+from dposer_cli.engine.optimize import T_RANGES
+from dposer_cli.services import ik as svc
+from dposer_cli.tasks import ik
 from tests._fixtures.body_models import write_flame
 from tests._fixtures.priors import write_tiny_prior
 
@@ -40,11 +44,19 @@ def hand_poses():
 def hand_problem(tmp_path_factory, hand, hand_poses):
     path = tmp_path_factory.mktemp("ik") / "gt.npz"
     np.savez(path, hand_pose=hand_poses)
-    return ik.load_problem(path, Part.hand, hand, CPU)
+    return svc.load_problem(path, Part.hand, hand, CPU)
 
 
 def gen(seed=0):
     return torch.Generator().manual_seed(seed)
+
+
+def prior(kind, part=Part.hand, priors=None):
+    """The prior of a solve as the service builds it (None for `none`; l2 is 0.5·‖θ‖²)."""
+    if kind == "none":
+        return None
+    priors = priors if kind == "dposer" else svc.load_priors(part, kind=kind)
+    return ik.ik_prior(part, priors, scale=ik.PRIOR_SCALES.get(kind, 1.0))
 
 
 # ---------------------------------------------------------------------------------------------- masks
@@ -96,40 +108,60 @@ def test_types_of_the_other_part_and_fully_hidden_samples_are_rejected(hand_prob
 
 
 # ---------------------------------------------------------------------------------------------- schedules
+def _weight(stages, key, step):
+    """The stage weight `key` at Adam step `step` (stages run in order)."""
+    for stage in stages:
+        if step < stage.iters:
+            return stage.weights[key]
+        step -= stage.iters
+    raise IndexError(step)
+
+
 def test_schedules_follow_the_official_weights():
-    s = ik.make_schedule(Part.hand, "sparse")
-    assert s.steps == 300 and s.iterations == 10
-    assert s.t(0) == pytest.approx(0.05 + 299 / 300 * 0.15) and s.t(299) == pytest.approx(0.05)
-    assert s.data_weight(0) == 100 and s.data_weight(299) == 1000
-    assert s.prior_weight(0) == pytest.approx(0.1) and s.prior_weight(299) == pytest.approx(0.01)
-    n = ik.make_schedule(Part.hand, "noisy", noise_std=0.005)
-    assert n.t(0) < 0.15 and n.data_weight(299) == 10 and n.prior_weight(299) == pytest.approx(0.05)
-    assert ik.make_schedule(Part.hand, "noisy", noise_std=0.003).prior_weight(0) == pytest.approx(0.1)
-    f = ik.make_schedule(Part.face, "half_face")
-    assert f.steps == 200 and f.prior_weight(0) == pytest.approx(1e-4) and f.t(0) > 0.19
-    assert ik.make_schedule(Part.face, "noisy").prior_weight(0) == pytest.approx(0.001)  # 0.002 → ×1.0
-    short = ik.make_schedule(Part.hand, "sparse", steps=25)
-    assert [short.iteration(k) for k in (0, 2, 3, 24)] == [0, 0, 1, 9]
+    s = ik.ik_stages(Part.hand, "sparse")
+    assert sum(st.iters for st in s) == 300 and len(s) == 10 and not any(st.reset for st in s)
+    t = ik.ik_prior_schedule(Part.hand, "sparse", NoPrior(Part.hand)).t
+    assert t(0, 300) == pytest.approx(0.05 + 299 / 300 * 0.15) and t(299, 300) == pytest.approx(0.05)
+    assert _weight(s, "data", 0) == 100 and _weight(s, "data", 299) == 1000
+    assert _weight(s, "prior", 0) == pytest.approx(0.1) and _weight(s, "prior", 299) == pytest.approx(0.01)
+    n = ik.ik_stages(Part.hand, "noisy", noise_std=0.005)
+    assert ik.ik_prior_schedule(Part.hand, "noisy", NoPrior(Part.hand)).t(0, 300) < 0.15
+    assert _weight(n, "data", 299) == 10 and _weight(n, "prior", 299) == pytest.approx(0.05)
+    assert _weight(ik.ik_stages(Part.hand, "noisy", noise_std=0.003), "prior", 0) == pytest.approx(0.1)
+    f = ik.ik_stages(Part.face, "half_face")
+    assert sum(st.iters for st in f) == 200 and _weight(f, "prior", 0) == pytest.approx(1e-4)
+    assert ik.ik_prior_schedule(Part.face, "half_face", NoPrior(Part.face)).t(0, 200) > 0.19
+    assert _weight(ik.ik_stages(Part.face, "noisy"), "prior", 0) == pytest.approx(0.001)  # 0.002 → ×1.0
+    short = ik.ik_stages(Part.hand, "sparse", steps=25)
+    assert [_weight(short, "data", k) for k in (0, 2, 3, 24)] == [100, 100, 200, 1000]  # iterations 0, 0, 1, 9
+    assert [st.iters for st in short] == [3, 2, 3, 2, 3, 2, 3, 2, 3, 2]
+
+
+def test_time_ranges_are_the_named_entries_of_the_one_table():
+    assert T_RANGES["ik-hand-masked"] == (0.05, 0.20) and T_RANGES["ik-hand-noisy"] == (0.05, 0.15)
+    assert T_RANGES["ik-face-masked"] == (0.05, 0.20) and T_RANGES["ik-face-noisy"] == (0.05, 0.20)
+    for part, spec in ik.IK.items():
+        for ik_type in spec.types:
+            assert spec.weights(ik_type).t_range == f"ik-{part.value}-{'noisy' if ik_type == 'noisy' else 'masked'}"
 
 
 # ---------------------------------------------------------------------------------------------- solving
 def test_hidden_joint_values_never_reach_the_solution(hand_problem, hand):
     problem = ik.apply_type(hand_problem, "sparse", generator=gen())
     garbage = torch.where(problem.visible[..., None], problem.targets, torch.full_like(problem.targets, 1e3))
-    sched = ik.make_schedule(Part.hand, "sparse", steps=15)
-    a = ik.solve(problem, hand, ik.prior_term("l2", Part.hand), sched, generator=gen())
-    b = ik.solve(replace(problem, targets=garbage), hand, ik.prior_term("l2", Part.hand), sched, generator=gen())
-    assert torch.equal(a["hand_pose"], b["hand_pose"])
+    a = ik.solve_ik(problem, hand, prior("l2"), ik_type="sparse", steps=15, generator=gen())
+    b = ik.solve_ik(replace(problem, targets=garbage), hand, prior("l2"), ik_type="sparse", steps=15, generator=gen())
+    assert torch.equal(a.params["hand_pose"], b.params["hand_pose"])
 
 
 def test_full_targets_are_reached_and_the_metrics_agree_with_a_direct_computation(hand_problem, hand):
-    res = ik.solve(hand_problem, hand, ik.prior_term("none", Part.hand), ik.make_schedule(Part.hand, "full"),
-                   generator=gen())
-    m = ik.evaluate(hand_problem, hand, res)
-    direct = 1000 * (res["joints"] - hand_problem.gt["joints"]).norm(dim=-1).mean()
+    res = ik.solve_ik(hand_problem, hand, None, ik_type="full", generator=gen())
+    m = ik.evaluate_ik(hand_problem, hand, res)
+    direct = 1000 * (res.joints - hand_problem.gt["joints"]).norm(dim=-1).mean()
     assert m["mpjpe_all_mm"] == pytest.approx(float(direct), rel=1e-5)
     assert m["mpjpe_all_mm"] < 1.0 and m["mpvpe_mm"] < 3.0 and "mpjpe_occluded_mm" not in m
-    assert res["hand_pose"].shape == (24, 45) and res["joints"].shape == (24, 21, 3)
+    assert res.params["hand_pose"].shape == (24, 45) and res.joints.shape == (24, 21, 3)
+    assert res.nfe == 0 and res.steps == 300
 
 
 def test_solve_orient_recovers_rotated_and_shifted_hands(hand_problem, hand):
@@ -137,10 +169,9 @@ def test_solve_orient_recovers_rotated_and_shifted_hands(hand_problem, hand):
     rot = batch_rodrigues(torch.randn(24, 3, generator=g))
     shift = 0.3 * torch.randn(24, 1, 3, generator=g)
     moved = replace(hand_problem, targets=hand_problem.targets @ rot.transpose(-1, -2) + shift, gt=None)
-    sched = ik.make_schedule(Part.hand, "full", steps=150)
-    res = ik.solve(moved, hand, ik.prior_term("none", Part.hand), sched, solve_orient=True, generator=gen())
-    assert ik.evaluate(moved, hand, res)["target_error_mm"] < 2.0
-    assert {"global_orient", "transl"} <= set(res)
+    res = ik.solve_ik(moved, hand, None, ik_type="full", steps=150, solve_orient=True, generator=gen())
+    assert ik.evaluate_ik(moved, hand, res)["target_error_mm"] < 2.0
+    assert {"global_orient", "transl"} <= set(res.params)
 
 
 def test_face_ik_on_a_flame_fixture_with_real_expressions(tmp_path, shared_data):
@@ -148,18 +179,18 @@ def test_face_ik_on_a_flame_fixture_with_real_expressions(tmp_path, shared_data)
     face = load_body("face", tmp_path / "flame", CPU)
     poses = np.load(shared_data / "poses" / "face_expression_reference_train.npz")["poses"][:12]
     np.savez(tmp_path / "gt.npz", poses=poses)
-    problem = ik.apply_type(ik.load_problem(tmp_path / "gt.npz", Part.face, face, CPU), "half_face", generator=gen())
+    problem = ik.apply_type(svc.load_problem(tmp_path / "gt.npz", Part.face, face, CPU), "half_face", generator=gen())
     assert problem.targets.shape == (12, 73, 3) and torch.allclose(problem.gt["jaw_pose"], torch.tensor(poses[:, :3]))
-    priors = ik.load_priors(Part.face, write_tiny_prior(tmp_path / "f.pt", Part.face),
-                            shape_checkpoint=write_tiny_prior(tmp_path / "s.pt", Part.face_shape))
-    res = ik.solve(problem, face, ik.prior_term("dposer", Part.face, priors, gen()),
-                   ik.make_schedule(Part.face, "half_face", steps=40), generator=gen())
-    assert {k: tuple(v.shape) for k, v in res.items()} == {
-        "betas": (12, 100), "expression": (12, 100), "jaw_pose": (12, 3), "joints": (12, 73, 3)}
-    assert sum(p.nfe for p in priors.values()) == 80  # two networks per step (spec §11)
-    zero = {k: torch.zeros_like(v) for k, v in res.items() if k != "joints"}
-    zero["joints"] = face(**zero).joints
-    before, after = ik.evaluate(problem, face, zero), ik.evaluate(problem, face, res)
+    priors = svc.load_priors(Part.face, write_tiny_prior(tmp_path / "f.pt", Part.face),
+                             shape_checkpoint=write_tiny_prior(tmp_path / "s.pt", Part.face_shape))
+    res = ik.solve_ik(problem, face, prior("dposer", Part.face, priors), ik_type="half_face", steps=40,
+                      generator=gen())
+    assert {k: tuple(v.shape) for k, v in res.params.items()} == {
+        "betas": (12, 100), "expression": (12, 100), "jaw_pose": (12, 3)} and res.joints.shape == (12, 73, 3)
+    assert res.nfe == 80 and sum(p.nfe for p in priors.values()) == 80  # two networks per step (spec §11)
+    zeros = {k: torch.zeros_like(v) for k, v in res.params.items()}
+    zero = ik.IKResult(zeros, face(**zeros).joints, 0, 0)
+    before, after = ik.evaluate_ik(problem, face, zero), ik.evaluate_ik(problem, face, res)
     assert after["mpjpe_visible_mm"] < 0.5 * before["mpjpe_visible_mm"]
     assert after["mpjpe_occluded_mm"] < before["mpjpe_occluded_mm"]
 
@@ -168,7 +199,7 @@ def test_face_ik_on_a_flame_fixture_with_real_expressions(tmp_path, shared_data)
 def test_targets_files_are_validated(tmp_path, hand):
     def load(**arrays):
         np.savez(tmp_path / "t.npz", **arrays)
-        return ik.load_problem(tmp_path / "t.npz", Part.hand, hand, CPU)
+        return svc.load_problem(tmp_path / "t.npz", Part.hand, hand, CPU)
 
     joints = np.zeros((2, 21, 3), np.float32)
     with pytest.raises(InputError, match=r"joints has shape \(2, 17, 3\); expected \(N, 21, 3\).*hand21"):
@@ -188,10 +219,10 @@ def test_targets_files_are_validated(tmp_path, hand):
     with pytest.raises(InputError, match=r"hand_pose has shape \(2, 44\)"):
         load(hand_pose=np.zeros((2, 44)))
     with pytest.raises(InputError, match="not found"):
-        ik.load_problem(tmp_path / "nope.npz", Part.hand, hand, CPU)
+        svc.load_problem(tmp_path / "nope.npz", Part.hand, hand, CPU)
     (tmp_path / "bad.npz").write_bytes(b"not a zip")
     with pytest.raises(InputError, match="not a readable .npz"):
-        ik.load_problem(tmp_path / "bad.npz", Part.hand, hand, CPU)
+        svc.load_problem(tmp_path / "bad.npz", Part.hand, hand, CPU)
 
 
 # ---------------------------------------------------------------------------------------------- the prior helps
@@ -201,7 +232,7 @@ def demo_hand_prior():
     path = Path(os.environ.get("DPOSER_TEST_HAND_PRIOR") or demo_checkpoint(Part.hand))
     if not path.is_file():
         pytest.skip(f"no trained hand prior at {path} (the bundled demo prior): prior-vs-baseline comparison skipped")
-    return ik.load_priors(Part.hand, path)
+    return svc.load_priors(Part.hand, path)
 
 
 @pytest.mark.parametrize("ik_type", ["sparse", "fingertip"])
@@ -209,7 +240,7 @@ def test_dposer_prior_beats_no_prior_and_l2_on_occluded_joints(hand_problem, han
     errors = {}
     for kind in ik.PRIORS:
         problem = ik.apply_type(hand_problem, ik_type, generator=gen(7))
-        res = ik.solve(problem, hand, ik.prior_term(kind, Part.hand, demo_hand_prior, gen(8)),
-                       ik.make_schedule(Part.hand, ik_type, steps=120), generator=gen(9))
-        errors[kind] = ik.evaluate(problem, hand, res)["mpjpe_occluded_mm"]
+        res = ik.solve_ik(problem, hand, prior(kind, Part.hand, demo_hand_prior), ik_type=ik_type, steps=120,
+                          generator=gen(9))
+        errors[kind] = ik.evaluate_ik(problem, hand, res)["mpjpe_occluded_mm"]
     assert errors["dposer"] < 0.9 * min(errors["none"], errors["l2"]), errors
