@@ -146,7 +146,7 @@ def solver_steps(mode: str = "dposer", steps: int | None = None) -> int:
     return ITERATIONS * math.ceil(steps / ITERATIONS) if mode == "dposer" else steps
 
 
-def complete(prior: DPoserPrior | BaselinePrior, poses: Float[Tensor, "N D"], observed: Bool[Tensor, "#N D"], *,
+def complete(prior: DPoserPrior | BaselinePrior, poses: Float[Tensor, "N D"], observed: Bool[Tensor, "*#batch D"], *,
              hypo: int = 1, mode: str = "dposer", steps: int | None = None, generator: torch.Generator | None = None,
              progress: Progress = None) -> CompleteResult:
     """Complete raw poses (N, D) (NaN allowed where not observed) → (N, H, D) raw, visible entries unchanged.
