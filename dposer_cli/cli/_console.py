@@ -1,6 +1,8 @@
 """stderr console, logging, progress adapter and the one owner of stdout (`emit`)."""
 
+import contextlib
 import logging
+import os
 import sys
 from collections.abc import Callable
 from types import TracebackType
@@ -58,13 +60,43 @@ class progress:
             self._progress.stop()
 
 
+class StdoutClosed(Exception):
+    """stdout is closed (`>&-`) or its reader is gone (broken pipe); `cli.app.main` exits 1 without a traceback."""
+
+
+def silence_stdout() -> None:
+    """Point fd 1 at /dev/null so Python's final flush of a broken stdout raises nothing at exit."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)  # gets fd 1 itself when fd 1 is closed
+        if devnull != 1:
+            os.dup2(devnull, 1)
+            os.close(devnull)
+    if sys.stdout is None or getattr(sys.stdout, "closed", False):
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives until exit
+
+
+def write_stdout(text: str) -> None:
+    """The only writer of stdout: `text`, flushed.
+
+    Raises:
+        StdoutClosed: stdout is closed or its reader went away.
+    """
+    try:
+        if sys.stdout is None:
+            raise OSError("stdout is closed")
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except (OSError, ValueError) as exc:  # BrokenPipeError, EBADF, "I/O operation on closed file"
+        silence_stdout()
+        raise StdoutClosed(str(exc)) from None
+
+
 def emit(result: Result, *, as_json: bool, quiet: bool = False) -> None:
     """JSON summary → stdout (with --json); human summary → stderr."""
     from dposer_cli.io.report import dumps, result_dict
 
     if as_json:
-        sys.stdout.write(dumps(result_dict(result, __version__)) + "\n")
-        sys.stdout.flush()
+        write_stdout(dumps(result_dict(result, __version__)) + "\n")
         return
     if quiet:
         return

@@ -1,18 +1,36 @@
-"""Shared options, declared once as `Annotated` aliases and reused by every command."""
+"""Shared options, declared once as `Annotated` aliases and reused by every command.
+
+Numbers are checked by `core.validate` (the one place for ranges, finiteness and types): here as
+option callbacks, so a bad value fails while the command line is parsed (exit 1, one line), and
+again for every request field by the CLI runner (`_staging.run_staged` → `validate.request`).
+"""
 
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from dposer_cli.core import validate
 from dposer_cli.core.parts import Part
+
+
+def _seed(value: int) -> int:
+    return validate.seed(value)
+
+
+def _out_folder(value: Path) -> Path:
+    return validate.output_folder("--out", value)
+
 
 PartOpt = Annotated[Part, typer.Option("--part", "-p", help="Which prior: body, hand, face, face-shape or wholebody.")]
 DeviceOpt = Annotated[
     str, typer.Option("--device", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N.")
 ]
-SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed; same seed + device gives the same files.")]
-OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output folder (created if missing).")]
+SeedOpt = Annotated[int, typer.Option("--seed", callback=_seed,
+                                      help="Random seed (0 .. 2^64−1); same seed + device gives the same files.")]
+OutOpt = Annotated[Path, typer.Option("--out", "-o", callback=_out_folder,
+                                      help="Output folder (created if missing; written all at once when the "
+                                           "run succeeds).")]
 JsonOpt = Annotated[
     bool, typer.Option("--json", help="Print a machine-readable JSON summary on stdout (logs stay on stderr).")
 ]

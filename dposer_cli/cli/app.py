@@ -1,5 +1,6 @@
 """Root Typer app (all Typer settings live here) and `main()`: the one error → exit-code map."""
 
+import contextlib
 import importlib
 import os
 import sys
@@ -23,10 +24,11 @@ COMMANDS: dict[str, str] = {
 }
 
 
-def _version(value: bool) -> None:
+def _version(value: bool) -> bool:
     if value:
         typer.echo(f"dposer {__version__}")
         raise typer.Exit()
+    return value  # Typer passes a callback's return value on as the parameter
 
 
 def make_app() -> typer.Typer:
@@ -56,27 +58,90 @@ def _command_name(argv: list[str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point."""
-    from dposer_cli.cli._console import console, setup_logging
+    """Console-script entry point: exit 0 on success, else one `error:` line and the code of README's table.
+
+    SIGINT exits 130 and SIGTERM 143, both through the same clean path (staged outputs are removed);
+    a closed or broken stdout ends the run like a broken pipe (exit 1, no traceback).
+    """
+    from dposer_cli.cli import _staging
+
+    _staging.received.clear()
+    restore = _staging.install_signal_handlers()
+    try:
+        _run(argv)
+    finally:
+        restore()
+
+
+def _run(argv: list[str] | None) -> None:
+    from dposer_cli.cli._console import StdoutClosed, console, setup_logging
 
     args = list(sys.argv[1:] if argv is None else argv)
     as_json = "--json" in args
-    setup_logging(quiet="--quiet" in args or "-q" in args)
-    app = make_app()
+    command = _command_name(args)
     try:
-        app(args=args, prog_name="dposer", standalone_mode=False)
+        setup_logging(quiet="--quiet" in args or "-q" in args)
+        app = make_app()
+        rv = app(args=args, prog_name="dposer", standalone_mode=False)
+        if rv == 130:  # Typer turns KeyboardInterrupt into a *returned* 130 when not standalone
+            _interrupted(console, command, as_json)
+        if isinstance(rv, int) and not isinstance(rv, bool) and rv:
+            sys.exit(rv)
+    except StdoutClosed as exc:
+        _stdout_closed(console, exc)
     except DposerError as exc:
-        _fail(console, _command_name(args), exc.message, exc.hint, int(exc.exit_code), as_json)
+        _fail(console, command, exc.message, exc.hint, int(exc.exit_code), as_json)
+    except KeyboardInterrupt:
+        _interrupted(console, command, as_json)
+    except RecursionError as exc:
+        _fail(console, command, f"input nested too deeply to process ({exc})", None, int(ExitCode.INPUT), as_json)
+    except MemoryError:
+        _fail(console, command, "out of memory", "ask for fewer samples (-n / --hypo) or a shorter input",
+              int(ExitCode.INPUT), as_json)
     except Exception as exc:
         if isinstance(exc.__cause__, KeyboardInterrupt):  # Click turns Ctrl-C into Abort
-            _fail(console, _command_name(args), "interrupted", None, int(ExitCode.INTERRUPTED), as_json)
+            _interrupted(console, command, as_json)
+        if isinstance(exc, BrokenPipeError):
+            _stdout_closed(console, exc)
+        if _out_of_memory(exc):  # torch's allocator: a request too large for this machine (exit 1, not 70)
+            first = str(exc).splitlines()[0][:300]
+            _fail(console, command, f"out of memory: {first}",
+                  "ask for fewer samples (-n / --hypo), fewer --steps or a shorter input", int(ExitCode.INPUT),
+                  as_json)
         if not (hasattr(exc, "show") and hasattr(exc, "exit_code")):  # Typer/Click usage errors (exit 2)
             _internal(console, args, exc, as_json)
         exc.show()
         sys.exit(int(exc.exit_code))
-    except KeyboardInterrupt:
-        _fail(console, _command_name(args), "interrupted", None, int(ExitCode.INTERRUPTED), as_json)
     sys.exit(0)
+
+
+def _interrupted(console, command: str, as_json: bool) -> None:  # type: ignore[no-untyped-def]
+    """Exit 130 (SIGINT / Ctrl-C) or 143 (SIGTERM); staged outputs were already removed on the way up."""
+    import signal
+
+    from dposer_cli.cli import _staging
+
+    if _staging.received and _staging.received[-1] == signal.SIGTERM:
+        _fail(console, command, "terminated (SIGTERM); no outputs were written", None, int(ExitCode.TERMINATED),
+              as_json)
+    _fail(console, command, "interrupted; no outputs were written", None, int(ExitCode.INTERRUPTED), as_json)
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and any(
+        k in text for k in ("out of memory", "not enough memory", "can't allocate memory", "cannot allocate memory"))
+
+
+def _stdout_closed(console, exc: BaseException) -> None:  # type: ignore[no-untyped-def]
+    """stdout is closed (`>&-`) or its reader went away (`| head`): no traceback, exit 1 like a broken pipe."""
+    from dposer_cli.cli._console import silence_stdout
+
+    silence_stdout()
+    with contextlib.suppress(Exception):
+        console.print("[red]error:[/red] stdout is closed; the --json summary was not written", markup=True,
+                      highlight=False)
+    sys.exit(int(ExitCode.INPUT))
 
 
 def _internal(console, args: list[str], exc: BaseException, as_json: bool) -> None:  # type: ignore[no-untyped-def]
@@ -95,5 +160,8 @@ def _fail(console, command: str, message: str, hint: str | None, code: int, as_j
     if hint:
         console.print(f"hint: {hint}", markup=False)
     if as_json:
-        sys.stdout.write(dumps(error_dict(command, message, hint, code, __version__)) + "\n")
+        from dposer_cli.cli._console import StdoutClosed, write_stdout
+
+        with contextlib.suppress(StdoutClosed):  # the error line on stderr is what matters then
+            write_stdout(dumps(error_dict(command, message, hint, code, __version__)) + "\n")
     sys.exit(code)

@@ -7,6 +7,7 @@ unknown modules become inert placeholders (never imported), and anything that co
 """
 
 import io
+import math
 import pickle
 import types
 import warnings
@@ -19,7 +20,7 @@ import torch
 from torch import Tensor
 
 from dposer_cli.core.config import PriorConfig
-from dposer_cli.core.errors import AssetMismatchError, InputError
+from dposer_cli.core.errors import AssetMismatchError, InputError, UnsafeFileError
 from dposer_cli.core.parts import PARTS, Part
 from dposer_cli.engine.nets import build_net, infer_net_config
 
@@ -121,7 +122,7 @@ def _torch_load(path: Path) -> Any:
     try:
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False, pickle_module=_restricted)
     except RefusedPickle as exc:
-        raise AssetMismatchError(
+        raise UnsafeFileError(
             f"refusing to load {path}: it contains a pickled reference to {exc} that could run code",
             hint="only load checkpoints from sources you trust; official and dposer checkpoints never contain this",
         ) from None
@@ -172,6 +173,49 @@ def _named_ema(config: PriorConfig, model: dict[str, Tensor], shadow: list[Tenso
     return out
 
 
+MAX_NUM_SCALES = 100_000  # sigma-table length / discretisation steps a config may ask for
+
+
+def _check_config(path: Path, config: PriorConfig, model: dict[str, Tensor], part: Part) -> None:
+    """A saved config must describe the saved weights: sizes are read back from the tensors, so an absurd
+    width (which would allocate terabytes when the network is built) is refused before anything is built.
+
+    Raises:
+        AssetMismatchError: a size that differs from the weights, a non-finite or out-of-range number.
+    """
+    net, sde = config.net, config.sde
+    if net.kind not in ("timefc", "wholebody"):
+        raise AssetMismatchError(f"{path}: config.net.kind {net.kind!r} is not a known network (timefc, wholebody)")
+    if net.dim != PARTS[part].dim:
+        raise AssetMismatchError(f"{path}: config.net.dim is {net.dim}; a {part.value} prior has {PARTS[part].dim}")
+    try:
+        inferred = infer_net_config(model)
+    except (KeyError, IndexError) as exc:
+        raise AssetMismatchError(f"{path}: network weights lack {exc.args[0]!r} (not a TimeFC/whole-body prior)") from None
+    fields = ("kind", "hidden_dim", "embed_dim", "n_blocks") + (("part_hidden", "part_embed") if net.kind == "wholebody"
+                                                               else ())
+    for name in fields:
+        want, got = getattr(net, name), getattr(inferred, name)
+        if (tuple(want) if isinstance(want, tuple | list) else want) != got:
+            raise AssetMismatchError(f"{path}: config.net.{name} is {want!r} but the saved weights have {got!r}")
+    for owner, name in (("sde", "num_scales"), ("net", "num_scales")):
+        value = getattr(getattr(config, owner), name)
+        if not isinstance(value, int) or not 2 <= value <= MAX_NUM_SCALES:
+            raise AssetMismatchError(f"{path}: config.{owner}.{name} is {value!r}; expected 2..{MAX_NUM_SCALES}")
+    for key, tensor in model.items():
+        if key.split(".")[-1] == "sigmas" and tuple(tensor.shape) != (net.num_scales,):
+            raise AssetMismatchError(f"{path}: config.net.num_scales is {net.num_scales} but {key} has shape "
+                                     f"{tuple(tensor.shape)}")
+    for owner, obj, names in (("sde", sde, ("beta_min", "beta_max", "sigma_min", "sigma_max")),
+                              ("net", net, ("sigma_min", "sigma_max", "dropout"))):
+        for name in names:
+            value = getattr(obj, name)
+            if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+                raise AssetMismatchError(f"{path}: config.{owner}.{name} is {value!r}; expected a finite number ≥ 0")
+    if not net.dropout < 1:
+        raise AssetMismatchError(f"{path}: config.net.dropout is {net.dropout!r}; expected 0 ≤ dropout < 1")
+
+
 def read_checkpoint(path: Path, part: Part | str | None = None) -> Checkpoint:
     """Read a prior checkpoint; `part` (if given) must match what the file holds.
 
@@ -191,6 +235,9 @@ def read_checkpoint(path: Path, part: Part | str | None = None) -> Checkpoint:
         except (KeyError, ValueError, TypeError) as exc:
             raise AssetMismatchError(f"{path}: malformed dposer checkpoint ({exc})") from None
         _check_part(path, found, wanted)
+        if not isinstance(raw.get("model"), dict) or not all(isinstance(v, Tensor) for v in raw["model"].values()):
+            raise AssetMismatchError(f"{path}: malformed dposer checkpoint (`model` is not a dict of tensors)")
+        _check_config(path, config, raw["model"], found)
         model = {k: v.float() for k, v in raw["model"].items()}
         ema = {k: v.float() for k, v in raw["ema"].items()} if raw.get("ema") else None
         extra = {k: v for k, v in raw.items() if k not in {"format", "part", "config", "model", "ema", "normalizer"}}

@@ -1,12 +1,13 @@
 """Z-score normalisation per part, with left-hand mirroring for whole-body vectors (spec §1.1, §1.3)."""
 
+import re
 from pathlib import Path
 
 import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from dposer_cli.core.errors import AssetMismatchError, InputError, MissingAssetError
+from dposer_cli.core.errors import AssetMismatchError, InputError, MissingAssetError, UnsafeFileError
 from dposer_cli.core.parts import PARTS, Part
 
 
@@ -32,7 +33,13 @@ class Normalizer(nn.Module):
         self.register_buffer("signs", signs.float().clone())
 
     @classmethod
-    def for_part(cls, part: Part, mean: Tensor, std: Tensor) -> "Normalizer":
+    def for_part(cls, part: Part, mean: Tensor, std: Tensor, *, where: str = "normaliser") -> "Normalizer":
+        """The normaliser of `part`; `where` names the statistics' source in errors.
+
+        Raises:
+            AssetMismatchError: wrong size, a non-finite mean or std, or a std that is not > 0.
+        """
+        check_statistics(mean, std, PARTS[Part(part)].dim, where)
         return cls(mean, std, mirror_mask(part))
 
     def normalize(self, x: Float[Tensor, "*batch D"]) -> Float[Tensor, "*batch D"]:
@@ -51,16 +58,48 @@ def statistics(data: Float[Tensor, "N D"], part: Part) -> dict[str, Tensor]:
     return {"mean": x.mean(0), "std": x.std(0).clamp_min(1e-6)}
 
 
+def check_statistics(mean: Tensor, std: Tensor, dim: int, where: str) -> None:
+    """Refuse statistics that would make every normalised pose garbage (spec §1.3: x_n = (x − μ)/σ).
+
+    Raises:
+        AssetMismatchError: not `dim` values each, a non-finite value, or a std that is not > 0.
+    """
+    mean, std = torch.as_tensor(mean), torch.as_tensor(std)
+    if mean.numel() != dim or std.numel() != dim:
+        got = mean.numel() if mean.numel() == std.numel() else f"{mean.numel()} (mean) / {std.numel()} (std)"
+        raise AssetMismatchError(f"{where}: statistics have {got} dims, expected {dim}")
+    for name, value in (("mean", mean), ("std", std)):
+        bad = ~torch.isfinite(value.float().flatten())
+        if bad.any():
+            i = int(bad.nonzero()[0])
+            raise AssetMismatchError(f"{where}: {name} is not finite at dim {i} ({float(value.flatten()[i])})")
+    low = std.float().flatten() <= 0
+    if low.any():
+        i = int(low.nonzero()[0])
+        raise AssetMismatchError(f"{where}: std must be > 0 in every dim; dim {i} has {float(std.flatten()[i])} "
+                                 "(normalising would divide by zero)")
+
+
 def _load_stats(file: Path, dim: int) -> tuple[Tensor, Tensor]:
     try:
         d = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is a mismatch
+        unsafe = re.search(r"unsupported GLOBAL (\S+)", str(exc))
+        if unsafe:
+            raise UnsafeFileError(
+                f"refusing to load {file}: it references {unsafe.group(1)}, which could run code "
+                "(a normaliser holds plain tensors)",
+                hint="only use normaliser files from their official source; nothing in this file was run",
+            ) from None
         raise AssetMismatchError(f"{file} is not a readable normaliser file ({type(exc).__name__})") from None
     if not isinstance(d, dict) or "mean_poses" not in d or "std_poses" not in d:
         raise AssetMismatchError(f"{file}: expected keys mean_poses/std_poses (an official axis_normalize2.pt)")
-    mean, std = torch.as_tensor(d["mean_poses"]).float().flatten(), torch.as_tensor(d["std_poses"]).float().flatten()
-    if mean.numel() != dim or std.numel() != dim:
-        raise AssetMismatchError(f"{file}: statistics have {mean.numel()} dims, expected {dim}")
+    try:
+        mean = torch.as_tensor(d["mean_poses"]).float().flatten()
+        std = torch.as_tensor(d["std_poses"]).float().flatten()
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise AssetMismatchError(f"{file}: mean_poses/std_poses are not numeric arrays ({exc})") from None
+    check_statistics(mean, std, dim, str(file))
     return mean, std
 
 

@@ -14,9 +14,10 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from dposer_cli.core import validate
 from dposer_cli.core.config import PriorConfig
 from dposer_cli.core.device import resolve_device
-from dposer_cli.core.errors import InputError, MissingAssetError
+from dposer_cli.core.errors import AssetMismatchError, InputError, MissingAssetError
 from dposer_cli.core.parts import PARTS, Part
 from dposer_cli.core.paths import demo_checkpoint, models_dir, official_checkpoint, official_dir
 from dposer_cli.engine import samplers as smp
@@ -61,16 +62,36 @@ class DPoserPrior(nn.Module):
     @classmethod
     def from_loaded(cls, ckpt: Checkpoint, *, normalizer: Path | None = None, device: str | torch.device = "cpu",
                     use_ema: bool = True, source: str | None = None) -> "DPoserPrior":
+        """A prior from a checkpoint already read (`read_checkpoint`).
+
+        Normaliser: the statistics a dposer checkpoint carries are the ones its network was trained
+        with, so they are always used (a `normalizer` given as well is ignored with a warning naming
+        both); official checkpoints carry none and use `normalizer`, else the downloaded copy.
+
+        Raises:
+            AssetMismatchError: weights that do not fit the configured network, or bad statistics.
+            MissingAssetError: an official checkpoint and no normaliser found.
+        """
         net = build_net(ckpt.config.net)
-        net.load_state_dict(ckpt.model, strict=True)
+        try:
+            net.load_state_dict(ckpt.model, strict=True)
+        except RuntimeError as exc:
+            first = str(exc).splitlines()[0][:200]
+            raise AssetMismatchError(f"{ckpt.path}: weights do not fit the configured network ({first})") from None
         if use_ema and ckpt.ema:
             params = dict(net.named_parameters())
             with torch.no_grad():
                 for name, value in ckpt.ema.items():
                     if name in params:  # buffers and aliased modules are in `model` already
                         params[name].copy_(value)
-        if ckpt.normalizer is not None and normalizer is None:
-            norm = Normalizer.for_part(ckpt.part, ckpt.normalizer["mean"], ckpt.normalizer["std"])
+        if ckpt.normalizer is not None:
+            if normalizer is not None:
+                log.warning("--normalizer %s is ignored: %s carries the statistics its network was trained with "
+                            "(used)", normalizer, ckpt.path)
+            stats = ckpt.normalizer
+            if not (isinstance(stats, dict) and "mean" in stats and "std" in stats):
+                raise AssetMismatchError(f"{ckpt.path}: malformed normaliser (expected mean and std tensors)")
+            norm = Normalizer.for_part(ckpt.part, stats["mean"], stats["std"], where=f"{ckpt.path}: normaliser")
         else:
             cache = official_dir(models_dir())
             norm = load_official_normalizer(ckpt.part, normalizer, cache)
@@ -91,7 +112,7 @@ class DPoserPrior(nn.Module):
             return prior
         demo = demo_checkpoint(part)
         if demo.is_file():
-            prior = cls.from_checkpoint(demo, part, device=device)
+            prior = cls.from_checkpoint(demo, part, normalizer=normalizer, device=device)  # warns if given
             prior.source = f"demo: {demo}"
             return prior
         raise MissingAssetError(
@@ -148,6 +169,7 @@ class DPoserPrior(nn.Module):
                 x_t) and `denoised` (x̂0) are in raw pose space, as the returned samples; for figures of
                 the sampling process (`tasks.sample.sample(..., return_trajectory=True)` records them).
         """
+        _check_sample(self, n, shape)
         if sampler not in smp.SAMPLERS:
             from dposer_cli.core.errors import suggest
 
@@ -173,7 +195,16 @@ class DPoserPrior(nn.Module):
         """Per-sample DPoser loss (spec §6.1) of raw poses (or normalised ones with `normalized=True`).
 
         Differentiable w.r.t. `pose` only (stop-gradient target, one network evaluation).
+
+        Raises:
+            InputError: `t` outside (0, 1] or not finite.
         """
+        if isinstance(t, Tensor):
+            if t.numel() and not bool(((t > 0) & (t <= 1)).all()):  # NaN fails both comparisons
+                bad = t.detach().flatten()[~((t > 0) & (t <= 1)).flatten()][0]
+                raise InputError(f"t must be a diffusion time in (0, 1] (got {float(bad)})")
+        else:
+            validate.diffusion_time(t)
         x0 = pose if normalized else self.normalize(pose)
         return dposer_loss(self.eps, x0, t, sde=self.sde, weighting=weighting, generator=generator, noise=noise)
 
@@ -188,3 +219,18 @@ def load_prior(part: Part | str, checkpoint: Path | None = None, *, normalizer: 
                device: str | torch.device = "cpu") -> DPoserPrior:
     """Convenience alias of `DPoserPrior.load`."""
     return DPoserPrior.load(part, checkpoint, normalizer=normalizer, device=device)
+
+
+def _check_sample(prior: DPoserPrior, n: int, shape: tuple[int, ...]) -> None:
+    """`sample(n, shape=...)`: n ≥ 1 and the sampler's peak memory (estimated from the network width) fits."""
+    validate.integer("n", n, lo=1)
+    inner = 1
+    for size in shape:
+        inner *= validate.integer("shape", size, lo=1)
+    width = max((m.out_features for m in prior.net.modules() if isinstance(m, nn.Linear)), default=0)
+    if prior.device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(prior.device)
+    else:
+        free = validate.available_memory()
+    validate.memory(f"sampling {n * inner} {prior.part.value} poses", validate.sample_bytes(
+        n, dim=prior.dim, width=width, inner=inner), free, hint="ask for fewer samples (-n)")
