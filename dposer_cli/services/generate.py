@@ -136,11 +136,11 @@ def _process_video(req: GenerateRequest, traj: Trajectory, path: Path, device: t
     if req.n > m:
         log.info("process video shows the first %d of %d samples", m, req.n)
     steps, times = traj.step.tolist(), traj.t.tolist()
-    captions = [f"{req.sampler}  step {s}/{traj.steps}  t = {t:.3f}" + ("  result" if s == traj.steps else "")
+    captions = [f"{req.sampler} · step {s}/{traj.steps} · t = {t:.3f}" + (" · result" if s == traj.steps else "")
                 for s, t in zip(steps, times)]
     fps, hold = video_timing(len(frames), MAX_VIDEO_FRAMES)
     log.info("rendering the sampling process: %d frames of %d samples", len(frames) + hold, m)
-    video = process_frames(frames, captions=captions, cols=m, row_labels=["x_t  noisy state", "x0  denoised estimate"],
+    video = process_frames(frames, captions=captions, cols=m, row_labels=["x_t · noisy state", "x0 · denoised estimate"],
                            row_colors=[NOISY_COLOR, BODY_COLOR], cell=min(256, max(128, 1280 // m)),
                            renderer=req.renderer, view=_VIEW.get(req.part, "front"), hold=hold)
     return save_video(path, np.asarray(video), fps=fps)
