@@ -17,7 +17,7 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import torch
 from jaxtyping import Float
@@ -47,6 +47,7 @@ T_RANGES: dict[str, tuple[float, float]] = {
 }
 
 
+@runtime_checkable
 class PosePrior(Protocol):
     """What the optimiser needs of a prior: its part and a per-sample, differentiable loss of raw poses.
 
