@@ -72,7 +72,8 @@ def resolve_frames(images: Sequence[Path], keypoints: Sequence[Path]) -> list[Fr
         InputError: no images, missing files, a count mismatch or a keypoint file that cannot be found.
     """
     if not images:
-        raise InputError("no images given", hint="dposer fit-image photo.jpg --keypoints photo.json --out fits/")
+        raise InputError("no images given",
+                         hint="dposer fit-image photo.jpg --keypoints photo.json --out fits/")
     frames: list[Frame] = []
     folders = [Path(p) for p in images if Path(p).is_dir()]
     if folders and len(folders) != len(images):
@@ -95,13 +96,16 @@ def resolve_frames(images: Sequence[Path], keypoints: Sequence[Path]) -> list[Fr
             for img in files:
                 found, tried = _keypoints_beside(img, kp_dir)
                 if found is None:
-                    raise InputError(f"no keypoints for frame {img} (looked for {', '.join(map(str, tried))})",
+                    raise InputError(f"no keypoints for frame {img} (looked for "
+                                     f"{', '.join(map(str, tried))})",
                                      hint="pass the keypoint folder with --keypoints")
-                stem = img.stem if len(folders) == 1 else f"{folder.name}_{img.stem}"  # several videos: no clashes
+                # several videos: the folder name keeps the stems apart
+                stem = img.stem if len(folders) == 1 else f"{folder.name}_{img.stem}"
                 frames.append(Frame(img, found, stem, s))
         return frames
     if keypoints and len(keypoints) != len(images):
-        raise InputError(f"{len(images)} image(s) but {len(keypoints)} keypoint file(s); give one --keypoints per image")
+        raise InputError(f"{len(images)} image(s) but {len(keypoints)} keypoint file(s); "
+                         "give one --keypoints per image")
     for i, img in enumerate(images):
         img = Path(img)
         if not img.exists():
@@ -114,7 +118,8 @@ def resolve_frames(images: Sequence[Path], keypoints: Sequence[Path]) -> list[Fr
             found, tried = _keypoints_beside(img, None)
             if found is None:
                 raise InputError(f"no keypoints for {img} (looked for {', '.join(map(str, tried))})",
-                                 hint="pass --keypoints KP.json (OpenPose, ViTPose/COCO-WholeBody or MMPose JSON)")
+                                 hint="pass --keypoints KP.json (OpenPose, ViTPose/COCO-WholeBody or MMPose "
+                                 "JSON)")
             kp = found
         frames.append(Frame(img, kp, img.stem, -1))
     stems = [f.stem for f in frames]
@@ -148,7 +153,8 @@ def read_persons(frames: list[Frame], *, keypoint_format: str = "auto", part: st
 
     A person needs `min_keypoints` keypoints with confidence ≥ `conf_threshold` among the first
     `counted_keypoints` (all when None); others are skipped with a warning, or rejected where they were
-    asked for (`person`) or are the only person of a single image. Video frames without detections are skipped.
+    asked for (`person`) or are the only person of a single image. Video frames without detections are
+    skipped.
 
     Raises:
         InputError: unreadable files, a missing person index, no usable person, mixed keypoint layouts.
@@ -203,12 +209,14 @@ def read_persons(frames: list[Frame], *, keypoint_format: str = "auto", part: st
     if not kps:
         raise InputError("no person with usable keypoints in any frame")
     if len(layouts) > 1:
-        raise InputError(f"the keypoint files mix layouts ({', '.join(sorted(layouts))}); fit them separately")
+        raise InputError(f"the keypoint files mix layouts ({', '.join(sorted(layouts))}); "
+                         "fit them separately")
     track_ids = {t: i for i, t in enumerate(dict.fromkeys(tracks))}
     return FramePersons(
         keypoints=np.stack(kps), image_size=np.array(sizes, dtype=np.int64),
         frame=np.array(frame_ids, dtype=np.int64), person=np.array(person_ids, dtype=np.int64),
-        track=np.array([track_ids[t] for t in tracks], dtype=np.int64), layout=layouts.pop(), per_frame=per_frame,
+        track=np.array([track_ids[t] for t in tracks], dtype=np.int64), layout=layouts.pop(),
+        per_frame=per_frame,
     )
 
 
@@ -251,6 +259,7 @@ def read_init(paths: Sequence[Path], num_frames: int, frame: np.ndarray, person:
                 continue
             arr = arr.reshape(1, -1) if arr.ndim == 1 else arr.reshape(arr.shape[0], -1)
             if row < 0 or row >= arr.shape[0]:
-                raise InputError(f"--init file {paths[f_idx]}: no row for person {p} in {k!r} ({arr.shape[0]} rows)")
+                raise InputError(f"--init file {paths[f_idx]}: no row for person {p} in {k!r} "
+                                 f"({arr.shape[0]} rows)")
             out.setdefault(k, []).append(arr[row])
     return {k: np.stack(v) for k, v in out.items()}

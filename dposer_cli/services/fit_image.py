@@ -82,17 +82,20 @@ def _validate(req: FitImageRequest) -> None:
                          hint="formats: " + ", ".join(KEYPOINT_FORMATS))
 
 
-def _load_prior(req: FitImageRequest, device: torch.device) -> tuple[PosePrior, torch.Tensor | None, str | None]:
+def _load_prior(req: FitImageRequest, device: torch.device
+                ) -> tuple[PosePrior, torch.Tensor | None, str | None]:
     """The prior, the starting mean pose and the checkpoint label: `prior_model` if given, else `--prior`
     (none/l2 still start from the DPoser prior's mean pose when one is found)."""
     if req.prior_model is not None:
         part = getattr(req.prior_model, "part", None)
         if part is not None and Part(part) is not req.part:
-            raise InputError(f"the given prior is a {Part(part).value} prior, but the fit is --part {req.part.value}")
+            raise InputError(f"the given prior is a {Part(part).value} prior, but the fit is "
+                             f"--part {req.part.value}")
         prior = req.prior_model.to(device) if hasattr(req.prior_model, "to") else req.prior_model
         return prior, None, getattr(prior, "source", None)
     if req.prior == "dposer":
-        prior = build_prior("dposer", req.part, checkpoint=req.checkpoint, normalizer=req.normalizer, device=device)
+        prior = build_prior("dposer", req.part, checkpoint=req.checkpoint, normalizer=req.normalizer,
+                            device=device)
         return prior, None, prior.source
     try:
         dposer = DPoserPrior.load(req.part, req.checkpoint, normalizer=req.normalizer, device=device)
@@ -100,7 +103,8 @@ def _load_prior(req: FitImageRequest, device: torch.device) -> tuple[PosePrior, 
         log.info("no prior for the initial mean pose (%s); starting from the zero pose", exc.message)
         dposer = None
     mean = dposer.normalizer.mean if dposer is not None else None
-    return build_prior(req.prior, req.part, device=device), mean, dposer.source if dposer is not None else None
+    source = dposer.source if dposer is not None else None
+    return build_prior(req.prior, req.part, device=device), mean, source
 
 
 def _inputs(req: FitImageRequest, persons: FramePersons, video: bool, device: torch.device) -> FitInput:
@@ -108,7 +112,7 @@ def _inputs(req: FitImageRequest, persons: FramePersons, video: bool, device: to
     kp = torch.as_tensor(persons.keypoints, dtype=torch.float32, device=device)
     kp[..., 2] = torch.where(kp[..., 2] >= req.conf_threshold, kp[..., 2], torch.zeros_like(kp[..., 2]))
     sizes = persons.image_size.tolist()
-    focals = [req.focal if req.focal is not None else cam.estimate_focal(w, h) for h, w in sizes]
+    focals = [req.focal if req.focal is not None else cam.estimate_focal(float(w), float(h)) for h, w in sizes]
     return FitInput(
         keypoints=torch.nan_to_num(kp),
         focal=torch.tensor([float(f) for f in focals], dtype=torch.float32, device=device),
@@ -150,21 +154,23 @@ def run(req: FitImageRequest, progress: Callable[[int, int], None] | None = None
     return Result(
         command="fit-image",
         outputs=outputs,
-        metrics={"reprojection_error_px": float(px.mean()), "reprojection_loss": float(fitted.data_loss.mean()),
+        metrics={"reprojection_error_px": float(px.mean()),
+                 "reprojection_loss": float(fitted.data_loss.mean()),
                  "fits_per_second": n / max(fit_seconds, 1e-9)},
         info={"part": req.part.value, "prior": req.prior, "checkpoint": source, "body_model": model.kind,
               "persons": n, "frames": len(frames), "steps": req.steps, "nfe": fitted.nfe,
               "fit_seconds": round(fit_seconds, 4), "prior_seconds": round(fitted.prior_seconds, 4),
               "device": str(device), "seed": req.seed, "stage_losses": fitted.stage_losses, "images": images},
         seconds=time.perf_counter() - t0,
-        lines=[(f"fitted {n} {'hand' if req.part is Part.hand else 'person'}(s) in {len(frames)} image(s) with "
-                f"{req.prior} prior in {fit_seconds:.1f} s ({fitted.nfe} network evaluations); mean reprojection "
-                f"error {float(px.mean()):.1f} px")],
+        lines=[(f"fitted {n} {'hand' if req.part is Part.hand else 'person'}(s) in {len(frames)} image(s) "
+                f"with {req.prior} prior in {fit_seconds:.1f} s ({fitted.nfe} network evaluations); mean "
+                f"reprojection error {float(px.mean()):.1f} px")],
     )
 
 
-def _write_outputs(req: FitImageRequest, out: Path, frames: list[Frame], persons: FramePersons, inputs: FitInput,
-                   model: BodyModel, fitted: FitResult) -> tuple[dict[str, Path | list[Path]], list[dict]]:
+def _write_outputs(req: FitImageRequest, out: Path, frames: list[Frame], persons: FramePersons,
+                   inputs: FitInput, model: BodyModel, fitted: FitResult
+                   ) -> tuple[dict[str, Path | list[Path]], list[dict]]:
     """One npz (+ overlay) per image that has fitted persons; per-image summary entries."""
     keep = fitted.layout.kp_keep.cpu().numpy()
     px, data = fitted.reprojection_px.cpu().numpy(), fitted.data_loss.cpu().numpy()
@@ -197,9 +203,10 @@ def _write_outputs(req: FitImageRequest, out: Path, frames: list[Frame], persons
         with atomic_write(path, "wb") as fh:
             np.savez(fh, **arrays)
         npz_files.append(path)
-        entry.update({"npz": path, "reprojection_error_px": float(px[rows].mean()), "loss": float(data[rows].mean()),
-                      "per_person": [{"person": int(p), "reprojection_error_px": float(e), "loss": float(lo)}
-                                     for p, e, lo in zip(arrays["person_index"], px[rows], data[rows], strict=True)]})
+        per_person = [{"person": int(p), "reprojection_error_px": float(e), "loss": float(lo)}
+                      for p, e, lo in zip(arrays["person_index"], px[rows], data[rows], strict=True)]
+        entry.update({"npz": path, "reprojection_error_px": float(px[rows].mean()),
+                      "loss": float(data[rows].mean()), "per_person": per_person})
         if req.overlay:
             entry["overlay"] = _overlay(req, out, frame, model, fitted, inputs, index, arrays["keypoints"])
             overlays.append(entry["overlay"])
@@ -210,8 +217,8 @@ def _write_outputs(req: FitImageRequest, out: Path, frames: list[Frame], persons
     return outputs, images
 
 
-def _overlay(req: FitImageRequest, out: Path, frame: Frame, model: BodyModel, fitted: FitResult, inputs: FitInput,
-             rows: torch.Tensor, keypoints: np.ndarray) -> Path:
+def _overlay(req: FitImageRequest, out: Path, frame: Frame, model: BodyModel, fitted: FitResult,
+             inputs: FitInput, rows: torch.Tensor, keypoints: np.ndarray) -> Path:
     """Meshes over the photo (camera coordinates = model output: the camera rotation is the identity)."""
     image = read_image(frame.image)
     with torch.no_grad():

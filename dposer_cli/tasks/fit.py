@@ -54,7 +54,8 @@ Progress = Callable[[int, int], None]
 
 SIGMA_PX = 100.0  # GMoF scale (spec §7.6)
 DEPTH_WEIGHT = 100.0  # camera stages: 100²·(tz − tz_anchor)² (spec §7.6–§7.8)
-SIDE_VIEW_PX = 25.0  # shoulders closer than this in the image (or than SIDE_VIEW_RATIO·torso) → try both facings
+# shoulders closer than SIDE_VIEW_PX in the image (or than SIDE_VIEW_RATIO·torso) → try both facings
+SIDE_VIEW_PX = 25.0
 SIDE_VIEW_RATIO = 0.35
 TEMPORAL_WEIGHT = 1.0e4  # video temporal pass: per-metre weight of the joint-acceleration term
 PRIOR_WEIGHTING = "snr2"  # DPoser weight w(t) of the fitting tasks (spec §6.1)
@@ -63,7 +64,7 @@ PRIOR_WEIGHTING = "snr2"  # DPoser weight w(t) of the fitting tasks (spec §6.1)
 OP_RSHOULDER, OP_LSHOULDER, OP_RHIP, OP_LHIP, OP_NECK, OP_MIDHIP = 2, 5, 9, 12, 1, 8
 
 
-# ------------------------------------------------------------------------------------------- the per-part table
+# ------------------------------------------------------------------------------------ the per-part table
 @dataclass(frozen=True, slots=True)
 class KeypointGroup:
     """A block of the keypoint layout and the model joints it corresponds to."""
@@ -103,7 +104,7 @@ class FitSpec:
     depth_edges: tuple[tuple[int, int], ...]  # keypoint pairs whose image length gives the initial depth
     ignored: tuple[int, ...]  # keypoints left out of the data term (detectors place them elsewhere)
     conf_scale: tuple[tuple[int, float], ...]  # keypoint → confidence multiplier
-    orientation: str  # "upright": facing the camera (flipped when seen from behind); "palm": two palm solutions
+    orientation: str  # "upright": facing the camera (flipped if seen from behind); "palm": two palm solutions
     palm: tuple[int, ...]  # keypoints of the palm plane ("palm" orientation)
     side_view: bool  # fit both facings of persons seen from the side
     translation_lr: float  # camera stage 1
@@ -111,14 +112,16 @@ class FitSpec:
     stage_prefix: str
     pose_lr: float  # every free parameter of the pose stages
     last_stage_lrs: Mapping[str, float]  # overrides of the last pose stage
-    weights: Mapping[str, tuple[float, ...]]  # per pose stage: prior, shape, angle, hands, face (prior squared)
+    weights: Mapping[str, tuple[float, ...]]  # per pose stage: prior, shape, angle, hands, face (squared)
     absolute_weight: float  # weight of the absolute reprojection term
     group_weights: Mapping[str, str]  # keypoint group → per-stage weight scaling its confidences
     relative: tuple[RelativeTerm, ...]
     temporal_weights: Mapping[str, float]  # the temporal pass (its data term uses the last pose stage's)
 
 
-BODY_WEIGHTS = {"prior": (50, 20, 10, 5, 2), "shape": (50, 20, 10, 5, 2), "angle": (150, 50, 30, 15, 5)}
+# per-stage weights (spec §7.6 body, §7.7 hand, §7.8 whole body); prior/shape/angle weights are squared
+BODY_WEIGHTS = {"prior": (50.0, 20.0, 10.0, 5.0, 2.0), "shape": (50.0, 20.0, 10.0, 5.0, 2.0),
+                "angle": (150.0, 50.0, 30.0, 15.0, 5.0)}
 _BODY = dict(
     body="body", keypoint_layout="openpose135", layout_hint="use --part hand for 21-point hand keypoints",
     core_joints="body22", smooth_joints=22, min_keypoints=4,
@@ -128,7 +131,7 @@ _BODY = dict(
     conf_scale=(), orientation="upright", palm=(), side_view=True,
     translation_lr=0.02, orientation_lrs={"global_orient": 1e-2, "transl": 1e-2},
     stage_prefix="body", pose_lr=1e-2, last_stage_lrs={}, absolute_weight=1.0,
-    temporal_weights={"prior": 2, "shape": 2, "angle": 5},
+    temporal_weights={"prior": 2.0, "shape": 2.0, "angle": 5.0},
 )  # fmt: skip
 _BODY25 = KeypointGroup("body", "openpose25", 0, 25, tuple(OPENPOSE25_EDGES))
 _HAND21 = tuple(HAND21_EDGES)
@@ -145,11 +148,12 @@ FIT_SPECS: Mapping[Part, FitSpec] = {
                 KeypointGroup("face", "face68", 67, 68, optional=True)),
         pose_keys=(("body_pose", 63), ("left_hand_pose", 45), ("right_hand_pose", 45)), face_keys=True,
         counted_keypoints=None,
-        weights={"prior": (50, 20, 10, 5, 2), "shape": (50, 20, 10, 5, 2), "angle": (50, 20, 10, 5, 2),
-                 "hands": (0, 0, 0, 0.2, 0.5), "face": (0, 0, 0, 0, 0.2)},
+        weights={"prior": (50.0, 20.0, 10.0, 5.0, 2.0), "shape": (50.0, 20.0, 10.0, 5.0, 2.0),
+                 "angle": (50.0, 20.0, 10.0, 5.0, 2.0), "hands": (0.0, 0.0, 0.0, 0.2, 0.5),
+                 "face": (0.0, 0.0, 0.0, 0.0, 0.2)},
         group_weights={"lhand": "hands", "rhand": "hands", "face": "face"},
-        # root-relative hand/face keypoints, 5 × (the stage's hand/face weight)². Spec §7.8 applies 5× from the
-        # first stage on; before the arms are placed that pulls the whole chain (torso twisted to turn a
+        # root-relative hand/face keypoints, 5 × (the stage's hand/face weight)². Spec §7.8 applies 5× from
+        # the first stage on; before the arms are placed that pulls the whole chain (torso twisted to turn a
         # wrist), so here it follows the same stage weights as the absolute hand/face keypoints.
         relative=(RelativeTerm("lhand", "hands", 5.0), RelativeTerm("rhand", "hands", 5.0),
                   RelativeTerm("face", "face", 5.0)),
@@ -166,15 +170,16 @@ FIT_SPECS: Mapping[Part, FitSpec] = {
         # (metres per Adam step) suits its x = y = 0 start; ours starts within a few percent, where steps of
         # 0.1 m would first throw a hand at 0.5 m far off, so translation steps are smaller here.
         translation_lr=0.005, orientation_lrs={"global_orient": 0.05, "transl": 0.005},
-        stage_prefix="hand", pose_lr=5e-2, last_stage_lrs={"global_orient": 0.01, "transl": 0.002},  # spec 0.01
-        weights={"prior": (30, 10, 10, 5, 5), "shape": (50, 20, 10, 5, 5)},
+        stage_prefix="hand", pose_lr=5e-2,
+        last_stage_lrs={"global_orient": 0.01, "transl": 0.002},  # spec: transl 0.01 (see above)
+        weights={"prior": (30.0, 10.0, 10.0, 5.0, 5.0), "shape": (50.0, 20.0, 10.0, 5.0, 5.0)},
         absolute_weight=0.8, group_weights={}, relative=(RelativeTerm("hand", None, 0.2),),  # spec §7.7
-        temporal_weights={"prior": 5, "shape": 5},
+        temporal_weights={"prior": 5.0, "shape": 5.0},
     ),
 }  # fmt: skip
 
 
-# ------------------------------------------------------------------------------------------ inputs and outputs
+# ----------------------------------------------------------------------------------- inputs and outputs
 @dataclass
 class FitInput:
     """The batch: one row per person (or hand)."""
@@ -192,7 +197,7 @@ class FitInput:
         """All rows from one (H, W) image; focal length default: the image diagonal (spec §7.6)."""
         h, w = image_size
         n, dev = keypoints.shape[0], keypoints.device
-        f = float(focal) if focal is not None else float(cam.estimate_focal(w, h))
+        f = float(focal) if focal is not None else float(cam.estimate_focal(float(w), float(h)))
         return cls(keypoints.to(torch.float32), torch.full((n,), f, device=dev),
                    torch.tensor([[w / 2, h / 2]], device=dev).expand(n, 2).clone(),
                    torch.tensor([[float(h), float(w)]], device=dev).expand(n, 2).clone())
@@ -223,7 +228,7 @@ class FitResult:
     layout: KeypointLayout
 
 
-# ------------------------------------------------------------------------------------------------ set-up helpers
+# --------------------------------------------------------------------------------------- set-up helpers
 def check_keypoint_layout(part: Part, keypoint_layout: str) -> None:
     """Raises InputError when keypoints in `keypoint_layout` cannot be fitted with `part`."""
     spec = fit_spec(part)
@@ -290,7 +295,8 @@ def side_view(kp: Float[Tensor, "B K 3"]) -> Tensor:
     hips = kp[:, [OP_LHIP, OP_RHIP, OP_MIDHIP]]
     hw = hips[..., 2:]
     hip_c = (hips[..., :2] * hw).sum(1) / hw.sum(1).clamp(min=1e-9)
-    torso = torch.where(hw.sum((1, 2)) > 0, ((ls[:, :2] + rs[:, :2]) / 2 - hip_c).norm(dim=-1), torch.zeros_like(dist))
+    torso = torch.where(hw.sum((1, 2)) > 0, ((ls[:, :2] + rs[:, :2]) / 2 - hip_c).norm(dim=-1),
+                        torch.zeros_like(dist))
     return both & ((dist < SIDE_VIEW_PX) | (dist < SIDE_VIEW_RATIO * torso))
 
 
@@ -337,7 +343,8 @@ class FitState:
         if shared_shape:
             params["betas"], track = betas.clone(), self.track[rows]
         else:
-            params["betas"], track = betas[self.track[rows]].clone(), torch.arange(len(rows), device=rows.device)
+            params["betas"] = betas[self.track[rows]].clone()
+            track = torch.arange(len(rows), device=rows.device)
         return FitState(params, self.row[rows], track, self.anchor[rows])
 
 
@@ -365,7 +372,8 @@ class Fitter:
 
     def project(self, state: FitState, joints: Tensor) -> Tensor:
         b = state.row
-        return cam.perspective_project(joints[:, self.layout.model_idx], self.inputs.focal[b], self.inputs.center[b])
+        points = joints[:, self.layout.model_idx]
+        return cam.perspective_project(points, self.inputs.focal[b], self.inputs.center[b])
 
     # ---- loss terms, per row
     def camera_loss(self, state: FitState) -> Tensor:
@@ -456,15 +464,17 @@ class Fitter:
         count = len(spec.weights["prior"])
         stages = []
         for i in range(count):
-            weights = {"index": i, **{k: v[i] for k, v in spec.weights.items() if k in ("prior", "shape", "angle")}}
+            weights = {"index": float(i)}
+            weights.update({k: v[i] for k, v in spec.weights.items() if k in ("prior", "shape", "angle")})
             stage_lrs = {**lrs, **spec.last_stage_lrs} if i == count - 1 else lrs
-            stages.append(Stage(f"{spec.stage_prefix}-{i + 1}", n, stage_lrs, weights, reset=i == 0, uses_prior=True))
+            stages.append(Stage(f"{spec.stage_prefix}-{i + 1}", n, stage_lrs, weights, reset=i == 0,
+                                uses_prior=True))
         return stages
 
     def temporal_stage(self) -> Stage:
         lrs = dict.fromkeys(("global_orient", *self.free_keys, "betas"), 1e-2)
         lrs["transl"] = 1e-3
-        weights = {"index": len(self.spec.weights["prior"]) - 1, **self.spec.temporal_weights,
+        weights = {"index": float(len(self.spec.weights["prior"]) - 1), **self.spec.temporal_weights,
                    "temporal": TEMPORAL_WEIGHT}
         return Stage("temporal", self.steps, lrs, weights, uses_prior=True)
 
@@ -482,7 +492,8 @@ class Fitter:
 
 
 def _initial_params(spec: FitSpec, part: Part, model: BodyModel, mean: Tensor | None, n: int,
-                    init: Mapping[str, Tensor], device: torch.device) -> tuple[dict[str, Tensor], tuple[str, ...]]:
+                    init: Mapping[str, Tensor], device: torch.device
+                    ) -> tuple[dict[str, Tensor], tuple[str, ...]]:
     """Per-sample starting parameters and the names of the fitted pose parameters.
 
     Body pose: `init`, else the prior's mean pose, else zeros; hands, jaw and expression start at zero
@@ -490,7 +501,7 @@ def _initial_params(spec: FitSpec, part: Part, model: BodyModel, mean: Tensor | 
     unless `init` gives them.
     """
     widths = dict(spec.pose_keys)
-    if spec.face_keys and int(getattr(model, "num_expression", 0) or 0) > 0:  # a face (SMPL-X, not the mannequin)
+    if spec.face_keys and int(getattr(model, "num_expression", 0) or 0) > 0:  # SMPL-X, not the mannequin
         widths.update({"jaw_pose": 3, "expression": int(model.num_expression)})
     params = {k: torch.zeros(n, w, device=device) for k, w in widths.items()}
     if mean is not None and "body_pose" in params:
@@ -554,7 +565,8 @@ def _initial_state(fitter: Fitter, params: dict[str, Tensor], init: Mapping[str,
         with torch.no_grad():
             zero = dict(state.params)
             zero["transl"] = torch.zeros_like(zero["transl"])
-            joints = fitter.forward(FitState(zero, state.row, state.track, state.anchor)).joints[:, layout.model_idx]
+            out = fitter.forward(FitState(zero, state.row, state.track, state.anchor))
+            joints = out.joints[:, layout.model_idx]
         edges = torch.tensor(spec.depth_edges, device=device)
         r = state.row
         limbs = torch.tensor(layout.edges, device=device)
@@ -596,7 +608,8 @@ def _run_stages(fitter: Fitter, state: FitState, schedule: PriorSchedule | None,
                                fitter.shared_shape)
             state.params["global_orient"][-len(extra):] = cam.flip_about_up_axis(
                 state.params["global_orient"][-len(extra):])
-    res = optimize(state.params, pose_stages, pose_loss, prior=schedule, progress=progress, done=done, total=total)
+    res = optimize(state.params, pose_stages, pose_loss, prior=schedule, progress=progress, done=done,
+                   total=total)
     nfe, prior_seconds = res.nfe, res.prior_seconds
     done += sum(s.iters for s in pose_stages)
     losses.update({f"{lg.name}_loss": lg.loss for lg in res.logs})
@@ -646,13 +659,14 @@ def fit(body: BodyModel, prior: PosePrior | None, inputs: FitInput, *, part: Par
         raise InputError(f"--steps must be at least 1 (got {steps})")
     prior_part = getattr(prior, "part", None)
     if prior_part is not None and Part(prior_part) is not part:
-        raise InputError(f"the given prior is a {Part(prior_part).value} prior, but the fit is --part {part.value}")
+        raise InputError(f"the given prior is a {Part(prior_part).value} prior, but the fit is "
+                         f"--part {part.value}")
     if temporal and (inputs.track is None or inputs.frame is None):
         raise InputError("the temporal pass needs a track and a frame index per row (a video)")
     layout = build_layout(part, body, keypoint_layout)
     if inputs.keypoints.shape[1] <= int(layout.kp_keep.max()):
-        raise InputError(f"--part {part.value} needs {int(layout.kp_keep.max()) + 1} keypoints per person in the "
-                         f"{keypoint_layout} layout, got {inputs.keypoints.shape[1]}")
+        raise InputError(f"--part {part.value} needs {int(layout.kp_keep.max()) + 1} keypoints per person in "
+                         f"the {keypoint_layout} layout, got {inputs.keypoints.shape[1]}")
     device = inputs.keypoints.device
     n = len(inputs.focal)
     init = {k: v.to(device) for k, v in (init or {}).items()}
