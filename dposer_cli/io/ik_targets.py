@@ -1,4 +1,4 @@
-"""IK targets files (`dposer ik --targets`): 3D joint targets, or ground-truth parameters to pose (evaluation).
+"""IK targets files (`dposer ik --targets`): 3D joint targets, or ground-truth parameters (evaluation).
 
 Either `joints` (N, J, 3) in metres [+ `visible` (N, J) bool] [+ fixed parameters such as the hand's
 `global_orient`/`betas`], or ground-truth parameters (`hand_pose`, `jaw_pose` + `expression` + `betas`, or
@@ -109,7 +109,8 @@ def read_ik_targets(path: Path, *, part: str, joint_set: str, num_joints: int, k
     if not gt:
         keys = ", ".join(["joints", "poses", *params])
         raise InputError(f"{path} holds none of the keys {keys} (found: {', '.join(data) or 'nothing'})",
-                         hint=f"give `joints` (N, {num_joints}, 3) in {joint_set} order, or ground-truth parameters")
+                         hint=f"give `joints` (N, {num_joints}, 3) in {joint_set} order, or ground-truth "
+                              "parameters")
     sizes = {v.shape[0] for v in gt.values()}
     if len(sizes) != 1 or 0 in sizes:
         shapes = ", ".join(f"{k} {v.shape}" for k, v in gt.items())

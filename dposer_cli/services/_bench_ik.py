@@ -79,7 +79,8 @@ def _run(ctx: Context, part: Part, settings: tuple[str, ...], name: str) -> Outc
     n = len(next(iter(gt.values())))
     priors = {p: ctx.prior(p) for p, _ in spec.priors}
     # the gmm plugs in as a prior object; IK's l2 is 0.5·‖θ‖² (PRIOR_SCALES)
-    prior = None if req.prior == "none" else ik.ik_prior(part, priors, scale=ik.PRIOR_SCALES.get(req.prior, 1.0))
+    scale = ik.PRIOR_SCALES.get(req.prior, 1.0)
+    prior = None if req.prior == "none" else ik.ik_prior(part, priors, scale=scale)
     metrics: dict[str, dict[str, float]] = {}
     paper: dict[str, Any] = {}
     steps: dict[str, int] = {}

@@ -168,7 +168,8 @@ def _ik(part: Part) -> Callable[[Context, dict[str, Any]], Callable[[], tuple[in
         problem = ik.apply_type(problem, kind, generator=ctx.generator(0))
 
         def go() -> tuple[int, int]:
-            result = ik.solve_ik(problem, body, prior, ik_type=kind, steps=size["steps"], generator=ctx.generator(0))
+            result = ik.solve_ik(problem, body, prior, ik_type=kind, steps=size["steps"],
+                                 generator=ctx.generator(0))
             return size["n"], result.nfe
 
         return go

@@ -73,7 +73,8 @@ def load_problem(path: Path, part: Part, body: BodyModel, device: torch.device) 
         return IKProblem(part, torch.as_tensor(data.joints, device=device),
                          torch.as_tensor(data.visible, device=device), known)
     # evaluation mode: ground-truth parameters → targets through the body model
-    return problem_from_params(part, body, {k: torch.as_tensor(v, device=device) for k, v in data.params.items()})
+    params = {k: torch.as_tensor(v, device=device) for k, v in data.params.items()}
+    return problem_from_params(part, body, params)
 
 
 def load_priors(part: Part, checkpoint: Path | None = None, *, kind: str = "dposer",
@@ -81,7 +82,8 @@ def load_priors(part: Part, checkpoint: Path | None = None, *, kind: str = "dpos
                 device: torch.device | str = "cpu") -> dict[Part, PosePrior]:
     """The prior(s) of `kind` a part's IK needs (face: the pose/expression prior and the shape prior).
 
-    `checkpoint`/`normalizer` name the first (pose) prior's weights, `shape_checkpoint` the face shape prior's.
+    `checkpoint`/`normalizer` name the first (pose) prior's weights, `shape_checkpoint` the face shape
+    prior's.
     """
     check_prior(kind, part, allowed=PRIORS)
     out: dict[Part, PosePrior] = {}

@@ -172,7 +172,7 @@ def part_ik(part: Part | str) -> PartIK:
     return spec
 
 
-def check_type(part: Part, ik_type: str) -> str:
+def check_type(part: Part | str, ik_type: str) -> str:
     """Validate an IK type for `part`; returns it.
 
     Raises:
@@ -180,7 +180,8 @@ def check_type(part: Part, ik_type: str) -> str:
     """
     types = part_ik(part).types
     if ik_type not in types:
-        raise InputError(f"--type {ik_type} is not available for --part {part.value}{suggest(ik_type, list(types))}",
+        raise InputError(f"--type {ik_type} is not available for --part {Part(part).value}"
+                         f"{suggest(ik_type, list(types))}",
                          hint="types: " + ", ".join(types))
     return ik_type
 
@@ -211,8 +212,9 @@ class IKResult:
     steps: int  # Adam iterations
 
 
-def problem_from_params(part: Part, body: BodyModel, params: Mapping[str, Tensor]) -> IKProblem:
+def problem_from_params(part: Part | str, body: BodyModel, params: Mapping[str, Tensor]) -> IKProblem:
     """Evaluation problem: all joints of the posed ground truth visible; the hand's orient/betas stay known."""
+    part = Part(part)
     spec = part_ik(part)
     gt = dict(params)
     with torch.no_grad():
@@ -289,7 +291,7 @@ class ConcatPrior:
 
     def loss(self, pose: Float[Tensor, "*batch D"], t: float | Tensor = 0.1, *, weighting: str = "snr",
              generator: torch.Generator | None = None) -> Float[Tensor, "*batch"]:
-        """Σ_k scale·prior_k.loss(pose[..., slice_k], t) per sample (the same t, weighting and noise source)."""
+        """Σ_k scale·prior_k.loss(pose[..., slice_k], t) per sample (same t, weighting and noise source)."""
         total: Tensor | None = None
         start = 0
         for prior, width in zip(self.priors, self.widths, strict=True):
@@ -302,7 +304,7 @@ class ConcatPrior:
         return total
 
 
-def ik_prior(part: Part, priors: Mapping[Part, PosePrior], *, scale: float = 1.0) -> ConcatPrior:
+def ik_prior(part: Part | str, priors: Mapping[Part, PosePrior], *, scale: float = 1.0) -> ConcatPrior:
     """The prior of a `part`'s solve from its per-part priors (face: `Part.face` and `Part.face_shape`).
 
     `scale`: `PRIOR_SCALES.get(kind, 1.0)` for a `--prior` kind (0.5 for l2).
@@ -310,6 +312,7 @@ def ik_prior(part: Part, priors: Mapping[Part, PosePrior], *, scale: float = 1.0
     Raises:
         InputError: a prior of the part's prior parts is missing.
     """
+    part = Part(part)
     spec = part_ik(part)
     missing = [p.value for p in spec.prior_parts if p not in priors]
     if missing:
@@ -327,8 +330,8 @@ def _check_prior(spec: PartIK, part: Part, prior: PosePrior) -> None:
 
 
 # --------------------------------------------------------------------------------------------------- solving
-def ik_stages(part: Part, ik_type: str = "full", *, noise_std: float | None = None, steps: int | None = None,
-              solve_orient: bool = False) -> list[Stage]:
+def ik_stages(part: Part | str, ik_type: str = "full", *, noise_std: float | None = None,
+              steps: int | None = None, solve_orient: bool = False) -> list[Stage]:
     """The official outer iterations as optimiser stages (spec §7.9–7.10).
 
     `min(10, steps)` stages with `reset=False` (one Adam run); Adam step k belongs to outer iteration
@@ -348,7 +351,7 @@ def ik_stages(part: Part, ik_type: str = "full", *, noise_std: float | None = No
                   reset=False, uses_prior=True) for i, iters in enumerate(counts)]
 
 
-def ik_prior_schedule(part: Part, ik_type: str, prior: PosePrior, *,
+def ik_prior_schedule(part: Part | str, ik_type: str, prior: PosePrior, *,
                       generator: torch.Generator | None = None) -> PriorSchedule:
     """The prior as a loss term of a solve: the part's weighting and the setting's `T_RANGES` entry."""
     spec = part_ik(part)
@@ -358,7 +361,7 @@ def ik_prior_schedule(part: Part, ik_type: str, prior: PosePrior, *,
 
 def _init_orient(problem: IKProblem, joints_of: Callable[[Mapping[str, Tensor]], Tensor],
                  params: Mapping[str, Tensor], targets: Tensor) -> dict[str, Tensor]:
-    """global_orient by a weighted Kabsch fit of the visible joints, then the translation of the weighted mean."""
+    """global_orient by a weighted Kabsch fit of the visible joints, then the weighted mean's translation."""
     with torch.no_grad():
         rest = joints_of(params)
         w = problem.visible.to(rest.dtype)

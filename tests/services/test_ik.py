@@ -133,7 +133,7 @@ def test_schedules_follow_the_official_weights():
     assert ik.ik_prior_schedule(Part.face, "half_face", NoPrior(Part.face)).t(0, 200) > 0.19
     assert _weight(ik.ik_stages(Part.face, "noisy"), "prior", 0) == pytest.approx(0.001)  # 0.002 → ×1.0
     short = ik.ik_stages(Part.hand, "sparse", steps=25)
-    assert [_weight(short, "data", k) for k in (0, 2, 3, 24)] == [100, 100, 200, 1000]  # iterations 0, 0, 1, 9
+    assert [_weight(short, "data", k) for k in (0, 2, 3, 24)] == [100, 100, 200, 1000]  # iterations 0,0,1,9
     assert [st.iters for st in short] == [3, 2, 3, 2, 3, 2, 3, 2, 3, 2]
 
 
@@ -142,7 +142,8 @@ def test_time_ranges_are_the_named_entries_of_the_one_table():
     assert T_RANGES["ik-face-masked"] == (0.05, 0.20) and T_RANGES["ik-face-noisy"] == (0.05, 0.20)
     for part, spec in ik.IK.items():
         for ik_type in spec.types:
-            assert spec.weights(ik_type).t_range == f"ik-{part.value}-{'noisy' if ik_type == 'noisy' else 'masked'}"
+            kind = "noisy" if ik_type == "noisy" else "masked"
+            assert spec.weights(ik_type).t_range == f"ik-{part.value}-{kind}"
 
 
 # ---------------------------------------------------------------------------------------------- solving
@@ -150,7 +151,8 @@ def test_hidden_joint_values_never_reach_the_solution(hand_problem, hand):
     problem = ik.apply_type(hand_problem, "sparse", generator=gen())
     garbage = torch.where(problem.visible[..., None], problem.targets, torch.full_like(problem.targets, 1e3))
     a = ik.solve_ik(problem, hand, prior("l2"), ik_type="sparse", steps=15, generator=gen())
-    b = ik.solve_ik(replace(problem, targets=garbage), hand, prior("l2"), ik_type="sparse", steps=15, generator=gen())
+    b = ik.solve_ik(replace(problem, targets=garbage), hand, prior("l2"), ik_type="sparse", steps=15,
+                    generator=gen())
     assert torch.equal(a.params["hand_pose"], b.params["hand_pose"])
 
 

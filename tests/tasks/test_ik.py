@@ -1,6 +1,6 @@
 """`tasks.ik` on tensors: known poses of the default hand are recovered, masks keep visible joints close, the
-NFE comes from the optimiser, and the face's two priors are summed on their slices. No files are read or written
-(the tests run in a read-only working directory)."""
+NFE comes from the optimiser, and the face's two priors are summed on their slices. No files are read or
+written (the tests run in a read-only working directory)."""
 
 import pytest
 import torch
@@ -69,7 +69,8 @@ def test_noisy_targets_are_fitted_to_about_the_noise_level(known, hand):
     result = ik.solve_ik(problem, hand, l2, ik_type="noisy", noise_std=0.002, steps=60, generator=gen())
     m = ik.evaluate_ik(problem, hand, result)
     # ≈ the noise's norm (2 mm per axis) from the targets, closer than that to the ground truth
-    assert result.nfe == 0 and m["target_error_mm"] < 5.0 and m["mpjpe_all_mm"] < min(4.0, m["target_error_mm"])
+    assert result.nfe == 0 and m["target_error_mm"] < 5.0
+    assert m["mpjpe_all_mm"] < min(4.0, m["target_error_mm"])
 
 
 def test_the_stages_are_one_adam_run_with_the_official_outer_iterations():
@@ -86,7 +87,8 @@ def test_the_face_prior_sums_its_two_priors_on_their_slices():
     x = torch.randn(5, 203, generator=gen())
     expected = 0.5 * (x[:, :103] ** 2).sum(-1) + 0.5 * (x[:, 103:] ** 2).sum(-1)
     torch.testing.assert_close(prior.loss(x, 0.1), expected)
-    assert prior.parts == (Part.face, Part.face_shape) and prior.widths == (103, 100) and prior.nfe_per_call == 0
+    assert prior.parts == (Part.face, Part.face_shape) and prior.widths == (103, 100)
+    assert prior.nfe_per_call == 0
     with pytest.raises(InputError, match="needs a prior for face-shape"):
         ik.ik_prior(Part.face, {Part.face: NoPrior(Part.face)})
 
