@@ -85,3 +85,46 @@ def test_unwritable_out_is_one_line(tmp_path, capsys):
     blocker.write_text("x")
     code, _, err = run(capsys, "generate", "--checkpoint", str(ckpt), "--out", str(blocker / "sub"), "--no-render")
     assert code == 1 and "cannot write to output folder" in err
+
+
+def read_video(path):
+    import imageio.v2 as imageio
+
+    with imageio.get_reader(str(path)) as reader:
+        return np.stack([frame for frame in reader])  # list(reader) trips over its nframes = inf
+
+
+def test_process_video_decodes_with_the_expected_frames(tmp_path, capsys):
+    from dposer_cli.render.process import video_timing
+
+    ckpt = write_tiny_prior(tmp_path / "p.pt", Part.body)
+    code, out, err = run(capsys, "generate", "-n", "3", "--steps", "4", "--out", str(tmp_path / "o"), "--checkpoint",
+                         str(ckpt), "--no-render", "--renderer", "soft", "--process-video", "--json", "--device", "cpu")
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["nfe"] == 4 and "grid" not in summary["outputs"]
+    frames = read_video(summary["outputs"]["process_video"])
+    fps, hold = video_timing(5)  # 4 steps + the result, then the hold
+    cell = min(256, max(128, 1280 // 3))
+    height = max(18, cell // 7) + 2 * cell
+    assert frames.shape == (5 + hold, -(-height // 16) * 16, 3 * cell, 3)
+    assert np.abs(frames[0].astype(int) - frames[4].astype(int)).mean() > 0.5  # noise → pose
+    assert np.array_equal(frames[-1], frames[-2])  # the final hold
+
+
+def test_help_documents_process_video(capsys):
+    code, out, _ = run(capsys, "generate", "--help")
+    assert code == 0 and "--process-video" in out and "process.mp4" in out
+
+
+@pytest.mark.slow
+def test_official_em_1000_process_video_keeps_the_frame_budget(tmp_path, capsys, shared_data):
+    ckpt = write_official_ckpt(tmp_path / "last.ckpt", Part.hand)
+    code, out, err = run(capsys, "generate", "--part", "hand", "-n", "2", "--out", str(tmp_path / "o"),
+                         "--checkpoint", str(ckpt), "--normalizer", str(shared_data / "official"), "--sampler", "em",
+                         "--no-render", "--renderer", "soft", "--process-video", "--json", "--device", "cpu")
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["nfe"] == 1000 and summary["steps"] == 1000
+    frames = read_video(summary["outputs"]["process_video"])
+    assert len(frames) == 120  # 90 recorded frames (89 of the 1000 steps + the result) and a 1 s hold at 30 fps
