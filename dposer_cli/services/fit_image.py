@@ -29,13 +29,21 @@ from dposer_cli.io.frames import Frame, FramePersons, parse_person, read_init, r
 from dposer_cli.io.keypoints import KEYPOINT_FORMATS
 from dposer_cli.io.media import read_image, save_image
 from dposer_cli.render.draw import draw_keypoints, overlay_mesh
-from dposer_cli.tasks.fit import FIT_SPECS, FitInput, FitResult, body_vertices, check_keypoint_layout, fit
+from dposer_cli.tasks.fit import (
+    CONF_THRESHOLD,
+    FIT_SPECS,
+    FitInput,
+    FitResult,
+    body_vertices,
+    check_keypoint_layout,
+    confident_keypoints,
+    fit,
+)
 
 log = logging.getLogger(__name__)
 
 FIT_PARTS = tuple(FIT_SPECS)
 FIT_PRIORS = ("dposer", "none", "l2")  # --prior kinds of fit-image (others through `prior_model`)
-CONF_THRESHOLD = 0.2  # keypoints below this confidence are ignored
 
 
 @dataclass(frozen=True)
@@ -110,11 +118,10 @@ def _load_prior(req: FitImageRequest, device: torch.device
 def _inputs(req: FitImageRequest, persons: FramePersons, video: bool, device: torch.device) -> FitInput:
     """The batch as tensors: low-confidence keypoints zeroed, focal length = the image diagonal by default."""
     kp = torch.as_tensor(persons.keypoints, dtype=torch.float32, device=device)
-    kp[..., 2] = torch.where(kp[..., 2] >= req.conf_threshold, kp[..., 2], torch.zeros_like(kp[..., 2]))
     sizes = persons.image_size.tolist()
     focals = [req.focal if req.focal is not None else cam.estimate_focal(float(w), float(h)) for h, w in sizes]
     return FitInput(
-        keypoints=torch.nan_to_num(kp),
+        keypoints=confident_keypoints(kp, req.conf_threshold),
         focal=torch.tensor([float(f) for f in focals], dtype=torch.float32, device=device),
         center=torch.tensor([(w / 2, h / 2) for h, w in sizes], dtype=torch.float32, device=device),
         image_size=torch.tensor(sizes, dtype=torch.float32, device=device),

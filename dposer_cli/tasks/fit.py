@@ -8,9 +8,9 @@ mirror-ambiguous palm orientations for hands) and an optional temporal pass for 
 
     from dposer_cli import load_body, load_prior
     from dposer_cli.tasks.fit import FitInput, fit
-    body, prior = load_body("body"), load_prior("body")
-    inputs = FitInput.for_image(keypoints, image_size=(720, 1280))  # (B, 135, 3) OpenPose-135 px, px, conf
-    result = fit(body, prior, inputs, steps=100)   # result.params, result.joints, result.reprojection_px
+    inputs = FitInput.for_image(keypoints, image_size=(1200, 1600))  # (B, 135, 3) OpenPose-135: px, px, conf
+    result = fit(load_body("body"), load_prior("body"), inputs, steps=100)
+    result.params["body_pose"], result.joints, result.reprojection_px        # one row per person
 
 Everything part-specific is one row of `FIT_SPECS` (looked up, never branched on).
 
@@ -58,6 +58,7 @@ DEPTH_WEIGHT = 100.0  # camera stages: 100²·(tz − tz_anchor)² (spec §7.6�
 SIDE_VIEW_PX = 25.0
 SIDE_VIEW_RATIO = 0.35
 TEMPORAL_WEIGHT = 1.0e4  # video temporal pass: per-metre weight of the joint-acceleration term
+CONF_THRESHOLD = 0.2  # detector keypoints below this confidence are ignored
 PRIOR_WEIGHTING = "snr2"  # DPoser weight w(t) of the fitting tasks (spec §6.1)
 
 # OpenPose-25 indices (spec §7.6)
@@ -193,14 +194,23 @@ class FitInput:
 
     @classmethod
     def for_image(cls, keypoints: Float[Tensor, "B K 3"], image_size: tuple[int, int],
-                  focal: float | None = None) -> "FitInput":
-        """All rows from one (H, W) image; focal length default: the image diagonal (spec §7.6)."""
+                  focal: float | None = None, conf_threshold: float = CONF_THRESHOLD) -> "FitInput":
+        """All rows from one (H, W) image, keypoints as detected (`confident_keypoints` applied); focal
+        length default: the image diagonal (spec §7.6)."""
         h, w = image_size
         n, dev = keypoints.shape[0], keypoints.device
         f = float(focal) if focal is not None else float(cam.estimate_focal(float(w), float(h)))
-        return cls(keypoints.to(torch.float32), torch.full((n,), f, device=dev),
+        return cls(confident_keypoints(keypoints, conf_threshold), torch.full((n,), f, device=dev),
                    torch.tensor([[w / 2, h / 2]], device=dev).expand(n, 2).clone(),
                    torch.tensor([[float(h), float(w)]], device=dev).expand(n, 2).clone())
+
+
+def confident_keypoints(keypoints: Float[Tensor, "*batch K 3"], threshold: float = CONF_THRESHOLD
+                        ) -> Float[Tensor, "*batch K 3"]:
+    """Float32 copy with confidences below `threshold` set to 0 (unused) and NaN/inf coordinates made finite."""
+    kp = keypoints.to(torch.float32).clone()
+    kp[..., 2] = torch.where(kp[..., 2] >= threshold, kp[..., 2], torch.zeros_like(kp[..., 2]))
+    return torch.nan_to_num(kp)
 
 
 @dataclass
