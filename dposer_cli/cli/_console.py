@@ -12,7 +12,10 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from dposer_cli import __version__
+from dposer_cli.cli._staging import run_staged
 from dposer_cli.core.result import Result
+
+__all__ = ["StdoutClosed", "console", "emit", "progress", "run_staged", "setup_logging", "write_stdout"]
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 

@@ -72,7 +72,7 @@ def command(
 
     Example: dposer benchmark generation --reference poses.npz --statistics statistics.npz -n 5000
     """
-    from dposer_cli.cli._console import console, emit, progress
+    from dposer_cli.cli._console import console, emit, progress, run_staged
     from dposer_cli.services import benchmark as svc
 
     req = svc.BenchmarkRequest(name=name, data_dir=data_dir, part=part, prior=prior, checkpoint=checkpoint,
@@ -81,7 +81,7 @@ def command(
                                sampler=sampler, steps=steps, hypo=hypo, settings=_names(setting),
                                batch_size=batch_size, stride=stride, quick=quick, out=out, device=device, seed=seed)
     with progress(f"benchmark {name}", enabled=not (quiet or json_out)) as cb:
-        result = svc.run(req, progress=cb)
+        result = run_staged(svc.run, req, progress=cb, output_file=svc.report_path(req))
     if result.info.get("rank", 0) != 0:  # torchrun: only rank 0 reports
         return
     if not (json_out or quiet):

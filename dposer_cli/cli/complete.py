@@ -68,12 +68,12 @@ def command(
 
     Example: dposer complete poses.npz --mask legs --hypo 10 --out completed/
     """
-    from dposer_cli.cli._console import emit, progress
+    from dposer_cli.cli._console import emit, progress, run_staged
     from dposer_cli.services import complete as svc
 
     req = svc.CompleteRequest(input=input, part=part, masks=_names(mask), mask_joints=_ints(mask_joints), hypo=hypo,
                               out=out, mode=mode, steps=steps, seed=seed, device=device, checkpoint=checkpoint,
                               normalizer=normalizer, render=render, renderer=renderer, body_model=body_model)
     with progress("completing", enabled=not (quiet or json_out)) as cb:
-        result = svc.run(req, progress=cb)
+        result = run_staged(svc.run, req, progress=cb)
     emit(result, as_json=json_out, quiet=quiet)

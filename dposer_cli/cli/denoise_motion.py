@@ -53,7 +53,7 @@ def command(
 
     Example: dposer denoise-motion walk.npz --noise-std 0.04 --out denoised/
     """
-    from dposer_cli.cli._console import emit, progress
+    from dposer_cli.cli._console import emit, progress, run_staged
     from dposer_cli.services import denoise_motion as svc
 
     req = svc.DenoiseRequest(input=input, out=out, noise_std=noise_std, occluded=_names(occluded_part),
@@ -61,5 +61,5 @@ def command(
                              checkpoint=checkpoint, normalizer=normalizer, render=not no_render, renderer=renderer,
                              body_model=body_model)
     with progress("denoising", enabled=not (quiet or json_out)) as cb:
-        result = svc.run(req, progress=cb)
+        result = run_staged(svc.run, req, progress=cb)
     emit(result, as_json=json_out, quiet=quiet)

@@ -54,7 +54,7 @@ def command(
 
     Example: dposer fit-image photo.jpg --keypoints photo.json --out fits/
     """
-    from dposer_cli.cli._console import emit, progress
+    from dposer_cli.cli._console import emit, progress, run_staged
     from dposer_cli.services import fit_image as svc
 
     req = svc.FitImageRequest(
@@ -64,5 +64,5 @@ def command(
         temporal=temporal, overlay=not no_overlay,
     )
     with progress("fitting", enabled=not (quiet or json_out)) as cb:
-        result = svc.run(req, progress=cb)
+        result = run_staged(svc.run, req, progress=cb)
     emit(result, as_json=json_out, quiet=quiet)

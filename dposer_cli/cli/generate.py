@@ -48,7 +48,7 @@ def command(
 
     Example: dposer generate --part body -n 6 --process-video --out process/
     """
-    from dposer_cli.cli._console import emit, progress
+    from dposer_cli.cli._console import emit, progress, run_staged
     from dposer_cli.services import generate as svc
 
     req = svc.GenerateRequest(part=part, n=n, out=out, sampler=sampler, steps=steps, seed=seed, device=device,
@@ -56,5 +56,5 @@ def command(
                               body_model=body_model, poses_json=poses_json,
                               process_video=process_video)
     with progress("sampling", enabled=not (quiet or json_out)) as cb:
-        result = svc.run(req, progress=cb)
+        result = run_staged(svc.run, req, progress=cb)
     emit(result, as_json=json_out, quiet=quiet)

@@ -61,12 +61,12 @@ def command(
 
     Example: dposer ik --part hand --targets hands.npz --type fingertip --out ik_out/
     """
-    from dposer_cli.cli._console import emit, progress
+    from dposer_cli.cli._console import emit, progress, run_staged
     from dposer_cli.services import ik as svc
 
     req = svc.IKRequest(part=part, targets=targets, out=out, ik_type=ik_type, noise_std=noise_std, steps=steps,
                         prior=prior, solve_orient=solve_orient, body_model=body_model, checkpoint=checkpoint,
                         shape_checkpoint=shape_checkpoint, normalizer=normalizer, device=device, seed=seed)
     with progress("solving", enabled=not (quiet or json_out)) as cb:
-        result = svc.run(req, progress=cb)
+        result = run_staged(svc.run, req, progress=cb)
     emit(result, as_json=json_out, quiet=quiet)
