@@ -176,15 +176,24 @@ def frames(where: str, n_frames: int, *, bytes_per_frame: int = 0, available: in
                hint="split the sequence into shorter clips or use --temporal joints")
 
 
+def json_size(where: str, nbytes: int) -> None:
+    """Refuse a JSON file of more than MAX_JSON_BYTES (check `stat().st_size` before reading it).
+
+    Raises:
+        InputError: the file is too large.
+    """
+    if nbytes > MAX_JSON_BYTES:
+        raise InputError(f"{where}: JSON of {human_bytes(nbytes)} is larger than the {human_bytes(MAX_JSON_BYTES)} "
+                         "dposer reads")
+
+
 def load_json(text: str | bytes, where: str) -> Any:
     """Parse JSON with limits: at most MAX_JSON_BYTES, and nesting shallower than Python's recursion limit.
 
     Raises:
         InputError: too large, nested too deeply, or malformed (line and column named).
     """
-    if len(text) > MAX_JSON_BYTES:
-        raise InputError(f"{where}: JSON of {human_bytes(len(text))} is larger than the {human_bytes(MAX_JSON_BYTES)} "
-                         "dposer reads")
+    json_size(where, len(text))
     try:
         return json.loads(text)
     except RecursionError:

@@ -22,7 +22,6 @@ With ``part="hand"`` a whole-body file yields its right hand (the hand prior's c
 The two 133-point names (``vitpose``, ``coco-wholebody``) accept any of the 133-point structures.
 """
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from typing import Any
 import numpy as np
 from jaxtyping import Float
 
+from dposer_cli.core import validate
 from dposer_cli.core.errors import InputError
 
 KEYPOINT_FORMATS = ("auto", "vitpose", "coco-wholebody", "openpose", "mmpose-hand", "coco17")
@@ -128,15 +128,11 @@ def _load_json(path: Path) -> Any:
     if path.is_dir():
         raise InputError(f"{path}: is a folder; expected a keypoints .json file")
     try:
+        validate.json_size(str(path), path.stat().st_size)  # refused before it is read into memory
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: cannot read keypoints ({' '.join(str(exc).split())})") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InputError(
-            f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
-        ) from None
+    return validate.load_json(text, str(path))  # size, nesting depth and syntax errors → one InputError line
 
 
 def _instances(data: Any) -> tuple[str, list]:

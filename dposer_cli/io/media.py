@@ -13,11 +13,14 @@ from pathlib import Path
 import numpy as np
 from jaxtyping import UInt8
 
+from dposer_cli.core import validate
 from dposer_cli.core.errors import InputError, UnavailableError
 from dposer_cli.core.paths import atomic_write
 
 IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
 VIDEO_SUFFIXES = (".mp4", ".gif")
+# formats `read_image` decodes (Pillow's own decoders only: never EPS/PS, which would start Ghostscript)
+READ_FORMATS = ("PNG", "JPEG", "MPO", "BMP", "TIFF", "WEBP", "GIF", "PPM")
 MACRO_BLOCK = 16  # H.264 / yuv420p wants sizes divisible by 16; we pad instead of letting ffmpeg resize
 
 
@@ -158,10 +161,12 @@ def _write_mp4(path: Path, frames: np.ndarray, fps: float) -> None:
 
 
 def read_image(path: Path) -> UInt8[np.ndarray, "H W 3"]:
-    """Read a picture (any format Pillow knows) as uint8 RGB.
+    """Read a picture (PNG, JPEG, BMP, TIFF, WebP, GIF, PPM) as uint8 RGB.
+
+    The size is checked from the header before anything is decoded (`core.validate.image_size`).
 
     Raises:
-        InputError: the file is missing, a folder, or not a readable image.
+        InputError: the file is missing, a folder, too large, or not a readable image.
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -171,8 +176,13 @@ def read_image(path: Path) -> UInt8[np.ndarray, "H W 3"]:
     if path.is_dir():
         raise InputError(f"cannot read image {path}: it is a folder, expected a .png or .jpg file")
     try:
-        with Image.open(path) as im:
+        Image.init()  # register every plugin, so the allow-list below can name them
+        with Image.open(path, formats=[f for f in READ_FORMATS if f in Image.OPEN]) as im:
+            validate.image_size(str(path), *im.size)
             return np.asarray(im.convert("RGB"))
+    except Image.DecompressionBombError as exc:
+        raise InputError(f"{path}: image is too large to read safely ({_one_line(exc)[:200]})",
+                         hint="downscale the picture (keypoints scale with it)") from None
     except UnidentifiedImageError:
         raise InputError(
             f"cannot read image {path}: not a recognised image format (expected PNG or JPEG)"
