@@ -93,6 +93,7 @@ class FitSpec:
 
     body: str  # load_body kind
     keypoint_layout: str  # the layout the keypoints must be in ("openpose135" | "hand21")
+    keypoint_what: str  # ... in words, for errors
     layout_hint: str  # the fix when they are not
     groups: tuple[KeypointGroup, ...]
     core_joints: str  # joint set reported as `FitResult.joints`
@@ -124,7 +125,7 @@ class FitSpec:
 BODY_WEIGHTS = {"prior": (50.0, 20.0, 10.0, 5.0, 2.0), "shape": (50.0, 20.0, 10.0, 5.0, 2.0),
                 "angle": (150.0, 50.0, 30.0, 15.0, 5.0)}
 _BODY = dict(
-    body="body", keypoint_layout="openpose135", layout_hint="use --part hand for 21-point hand keypoints",
+    body="body", keypoint_layout="openpose135", keypoint_what="body keypoints", layout_hint="use --part hand for 21-point hand keypoints",
     core_joints="body22", smooth_joints=22, min_keypoints=4,
     camera_joints=(OP_RSHOULDER, OP_LSHOULDER, OP_RHIP, OP_LHIP),
     depth_edges=((OP_LSHOULDER, OP_LHIP), (OP_RSHOULDER, OP_RHIP)),
@@ -160,7 +161,7 @@ FIT_SPECS: Mapping[Part, FitSpec] = {
                   RelativeTerm("face", "face", 5.0)),
     ),
     Part.hand: FitSpec(
-        body="hand", keypoint_layout="hand21",
+        body="hand", keypoint_layout="hand21", keypoint_what="21 hand keypoints",
         layout_hint="use MMPose hand JSON, or --part wholebody for whole-body keypoints",
         groups=(KeypointGroup("hand", "hand21", 0, 21, _HAND21),), core_joints="hand21", smooth_joints=21,
         pose_keys=(("hand_pose", 45),), face_keys=False, min_keypoints=4, counted_keypoints=None,
@@ -228,9 +229,9 @@ class FitResult:
     """One row per input row, in input order."""
 
     params: dict[str, Tensor]  # pose keys, global_orient, transl, betas — (B, ...) each, betas per row
-    joints: Tensor  # (B, J, 3) metres, camera coordinates: body22 joints (hand21 for hands)
-    reprojection_px: Tensor  # (B,) mean pixel error over the keypoints used
-    data_loss: Tensor  # (B,) the final robust reprojection term
+    joints: Float[Tensor, "B J 3"]  # metres, camera coordinates: body22 joints (hand21 for hands)
+    reprojection_px: Float[Tensor, " B"]  # mean pixel error over the keypoints used
+    data_loss: Float[Tensor, " B"]  # the final robust reprojection term
     stage_losses: dict[str, float]  # "<stage>_loss": summed loss after the stage's last step
     nfe: int  # network evaluations of the prior
     fit_seconds: float
@@ -243,8 +244,8 @@ def check_keypoint_layout(part: Part, keypoint_layout: str) -> None:
     """Raises InputError when keypoints in `keypoint_layout` cannot be fitted with `part`."""
     spec = fit_spec(part)
     if keypoint_layout != spec.keypoint_layout:
-        what = "21 hand keypoints" if spec.keypoint_layout == "hand21" else "body keypoints"
-        raise InputError(f"--part {Part(part).value} needs {what}; these keypoints are {keypoint_layout}",
+        raise InputError(f"--part {Part(part).value} needs {spec.keypoint_what}; these keypoints are "
+                         f"{keypoint_layout}",
                          hint=spec.layout_hint)
 
 
