@@ -42,6 +42,8 @@ def command(
     body_prior: Annotated[Path | None, typer.Option(help="Whole-body: frozen body prior checkpoint.")] = None,
     hand_prior: Annotated[Path | None, typer.Option(help="Whole-body: frozen hand prior checkpoint.")] = None,
     face_prior: Annotated[Path | None, typer.Option(help="Whole-body: frozen face prior checkpoint.")] = None,
+    force_resume: Annotated[bool, typer.Option("--force-resume", help="Resume OUT/last.pt even though --data or "
+                                               "the training settings differ from its run (otherwise refused).")] = False,
     normalizer: NormalizerOpt = None,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
@@ -49,6 +51,9 @@ def command(
     quiet: QuietOpt = False,
 ) -> None:
     """Train a DPoser prior (denoising score matching, subVP SDE, EMA); multi-GPU with torchrun.
+
+    Ctrl-C or SIGTERM stops at the end of the current step with last.pt written (exit 130 / 143); re-running the
+    same command resumes bit-identically. The summary says whether the prior looks healthy.
 
     Example: dposer train --part hand --data ../shared/data/poses/hand_reference_train.npz --out runs/hand --steps 5000
     Multi-GPU: torchrun --nproc-per-node 4 -m dposer_cli train --part body --data DIR --out runs/body
@@ -60,10 +65,12 @@ def command(
     tc = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup=warmup, ema_rate=ema_rate, seed=seed,
                      ckpt_every=ckpt_every, val_every=val_every, t_weighting=t_weighting)
     priors = {k: v for k, v in (("body", body_prior), ("hand", hand_prior), ("face", face_prior)) if v is not None}
-    req = svc.TrainRequest(part=part, data=list(data), out=out, train=tc, hidden_dim=hidden_dim, embed_dim=embed_dim, dropout=dropout, scale_by_sigma=sigma_scaling,
-                           gaussian_skip=gaussian_skip,
+    bar = progress("training", enabled=not (quiet or json_out))
+    req = svc.TrainRequest(part=part, data=list(data), out=out, train=tc, hidden_dim=hidden_dim, embed_dim=embed_dim,
+                           dropout=dropout, scale_by_sigma=sigma_scaling, gaussian_skip=gaussian_skip,
                            part_priors=priors or None, normalizer=normalizer, device=device, fps=fps,
-                           eval_samples=eval_samples, half=half, stop_after=stop_after)
-    with progress("training", enabled=not (quiet or json_out)) as cb:
+                           eval_samples=eval_samples, half=half, stop_after=stop_after, force_resume=force_resume,
+                           heartbeat_s=None if bar.enabled else svc.HEARTBEAT_S)  # no bar: periodic log lines
+    with bar as cb:
         result = svc.run(req, progress=cb)
     emit(result, as_json=json_out, quiet=quiet)
