@@ -252,7 +252,7 @@ FIELDS: dict[str, Rule] = {
     "batch_size": Rule("--batch-size", "int", 1, MAX_COUNT),
     "stride": Rule("--stride", "int", 1, MAX_COUNT),
     "gmm_components": Rule("--gmm-components", "int", 1, 100_000),
-    "noise_std": Rule("--noise-std", "float", 0.0, None, what="finite number of metres"),
+    "noise_std": Rule("--noise-std", "float", 0.0, None, what="number of metres"),
     "focal": Rule("--focal", "float", 0.0, None, lo_open=True, what="number of pixels"),
     "fps": Rule("--fps", "float", 0.0, MAX_FPS, lo_open=True, what="frame rate"),
     "t_end": Rule("t_end", "float", 0.0, 1.0, lo_open=True, what="diffusion time"),
