@@ -5,9 +5,11 @@ import difflib
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Self
+from typing import Any, TypeVar
 
 from dposer_cli.core.errors import AssetMismatchError
+
+C = TypeVar("C", bound="_Config")  # not typing.Self: beartype (the test-time shape checker) rejects it on methods
 
 
 class _Config:
@@ -17,7 +19,7 @@ class _Config:
         return dataclasses.asdict(self)  # type: ignore[call-overload]
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Self:
+    def from_dict(cls: type[C], data: dict[str, Any]) -> C:
         names = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
         kwargs = {}
         hints = typing.get_type_hints(cls)
