@@ -126,7 +126,7 @@ def _process_video(req: GenerateRequest, traj: Trajectory, path: Path, device: t
     warning) for parts without a body model to picture them (the face without FLAME)."""
     frames = _PosedFrames(req.part, traj, req.body_model, device)
     try:
-        frames[0]
+        _ = frames[0]  # poses the first chunk: fails early when no body model pictures this part
     except MissingAssetError as exc:
         msg = f"no process video for --part {req.part.value}: {exc.message}"
         log.warning(msg)
