@@ -460,7 +460,7 @@ def _loop(req: TrainRequest, progress: Callable[[int, int], None] | None, stop: 
         loss_count += 1
         if progress is not None and rank == 0:
             progress(step, tc.steps)
-        beat(step, loss)
+        beat(step, loss.detach())
         if rank == 0 and (step % tc.val_every == 0 or step == tc.steps):
             val = validate()
             rec = {"step": step, "train_loss": float(loss_sum) / max(loss_count, 1), "val_loss": val,

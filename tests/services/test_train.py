@@ -1,7 +1,11 @@
 """Training: loss goes down on real data, resume equals an uninterrupted run, DDP shards, bad input."""
 
+import dataclasses
 import json
+import logging
 import os
+import re
+import signal
 import subprocess
 import sys
 
@@ -10,9 +14,10 @@ import pytest
 import torch
 
 from dposer_cli.core.config import TrainConfig
-from dposer_cli.core.errors import InputError
+from dposer_cli.core.errors import InputError, Interrupted
 from dposer_cli.core.parts import Part
-from dposer_cli.engine.checkpoint import read_checkpoint
+from dposer_cli.engine.checkpoint import read_checkpoint, save_checkpoint
+from dposer_cli.engine.loss import dsm_loss
 from dposer_cli.engine.prior import DPoserPrior
 from dposer_cli.services import train as svc
 
@@ -119,3 +124,250 @@ def test_bad_training_data_is_a_one_line_error(tmp_path, content, pattern):
     with pytest.raises(InputError, match=pattern) as exc:
         svc.run(_req(tmp_path, data, 5))
     assert "\n" not in str(exc.value)
+
+
+# ---------------------------------------------------------------------------------- interrupts (issue #14)
+def _assert_same_run(a, b):
+    """Two run folders hold bit-identical weights, EMA, optimiser state, exported prior and log."""
+    ca, cb = read_checkpoint(a / "last.pt"), read_checkpoint(b / "last.pt")
+    assert ca.extra["step"] == cb.extra["step"]
+    for sa, sb in ((ca.model, cb.model), (ca.ema, cb.ema), (read_checkpoint(a / "prior.pt").model,
+                                                             read_checkpoint(b / "prior.pt").model)):
+        assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    oa, ob = ca.extra["optimizer"]["state"], cb.extra["optimizer"]["state"]
+    assert all(torch.equal(oa[i][k], ob[i][k]) for i in oa for k in oa[i])
+
+    def records(folder):
+        return [{k: v for k, v in json.loads(line).items() if k != "seconds"}
+                for line in (folder / "log.jsonl").read_text().splitlines()]
+
+    assert records(a) == records(b)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """(data file, folder of an uninterrupted 30-step run) shared by the interrupt tests."""
+    from tests.conftest import SHARED
+
+    if not SHARED.is_dir():
+        pytest.skip("../shared/data not present")
+    root = tmp_path_factory.mktemp("uninterrupted")
+    data = root / "hands.npz"
+    np.savez(data, hand_pose=np.load(SHARED / "poses/hand_reference_train.npz")["poses"][:600])
+    svc.run(_req(root, data, 30, out=root / "ref"))
+    return data, root / "ref"
+
+
+def _kill_at(step, *signums):
+    """A progress callback that sends this process `signums` after step `step`."""
+    def cb(done, total):
+        if done == step:
+            for s in signums:
+                os.kill(os.getpid(), s)
+    return cb
+
+
+@pytest.mark.parametrize("signum,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_stops_at_a_step_boundary_and_resume_is_bit_identical(tmp_path, uninterrupted, signum, code):
+    data, ref = uninterrupted
+    before = signal.getsignal(signum)
+    with pytest.raises(Interrupted, match="interrupted at step 13; checkpoint saved") as exc:
+        svc.run(_req(tmp_path, data, 30), progress=_kill_at(13, signum))
+    assert exc.value.exit_code == code and "\n" not in str(exc.value) and "resume" in exc.value.hint
+    assert read_checkpoint(tmp_path / "run/last.pt").extra["step"] == 13
+    assert signal.getsignal(signum) is before  # handlers restored
+    svc.run(_req(tmp_path, data, 30))
+    _assert_same_run(ref, tmp_path / "run")
+
+
+def test_interrupt_during_validation_keeps_the_training_weights(tmp_path, uninterrupted, monkeypatch):
+    data, ref = uninterrupted
+    calls = []
+
+    def dsm_then_interrupt(*args, **kw):
+        calls.append(1)
+        if len(calls) == 2:  # inside the first validation, while the EMA weights are in use
+            os.kill(os.getpid(), signal.SIGINT)
+        return dsm_loss(*args, **kw)
+
+    monkeypatch.setattr(svc, "dsm_loss", dsm_then_interrupt)
+    with pytest.raises(Interrupted, match="interrupted at step 10"):
+        svc.run(_req(tmp_path, data, 30))
+    ck = read_checkpoint(tmp_path / "run/last.pt")
+    assert ck.extra["step"] == 10 and len(calls) == 4  # validation finished before the stop
+    assert any(not torch.equal(ck.model[k], ck.ema[k]) for k in ck.ema)  # training weights, not the EMA copy
+    monkeypatch.setattr(svc, "dsm_loss", dsm_loss)
+    svc.run(_req(tmp_path, data, 30))
+    _assert_same_run(ref, tmp_path / "run")
+
+
+def test_second_signal_stops_at_once_and_keeps_the_last_checkpoint(tmp_path, uninterrupted):
+    data, _ = uninterrupted
+    with pytest.raises(Interrupted, match=r"interrupted during step 14; .*last.pt holds step 10") as exc:
+        svc.run(_req(tmp_path, data, 30), progress=_kill_at(13, signal.SIGINT, signal.SIGTERM))
+    assert exc.value.exit_code == 143
+    assert read_checkpoint(tmp_path / "run/last.pt").extra["step"] == 10
+
+
+@pytest.mark.parametrize("signum,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_before_the_loop_is_an_interrupt(tmp_path, uninterrupted, monkeypatch, signum, code):
+    data, _ = uninterrupted
+    read = svc._read_data
+
+    def read_then_signal(req):
+        os.kill(os.getpid(), signum)
+        return read(req)
+
+    monkeypatch.setattr(svc, "_read_data", read_then_signal)
+    with pytest.raises(Interrupted, match="before training started; nothing was trained") as exc:
+        svc.run(_req(tmp_path, data, 30))
+    assert exc.value.exit_code == code and not (tmp_path / "run/last.pt").exists()
+
+
+# ------------------------------------------------------------------------------------- resume refusals
+@pytest.mark.parametrize("change,pattern,overridable", [
+    (dict(lr=2e-3), r"--lr is 0.001 there but 0.002 now", True),
+    (dict(steps=40), r"--steps is 30 there but 40 now", True),
+    (dict(data_rows=500), r"training data differ .*\(600 poses then, 500 now\)", True),
+    (dict(data_shift=1e-3), r"training data differ .*\(600 poses, different values\)", True),
+    (dict(hidden_dim=64), r"--hidden-dim is 32 there but 64 now", False),
+])
+def test_resume_with_other_data_or_settings_is_refused(tmp_path, hand_data, change, pattern, overridable):
+    svc.run(_req(tmp_path, hand_data, 30, stop_after=5))
+    poses = np.load(hand_data)["hand_pose"]
+    data = hand_data
+    if "data_rows" in change or "data_shift" in change:
+        data = tmp_path / "other.npz"
+        np.savez(data, hand_pose=poses[:change.get("data_rows", 600)] + change.get("data_shift", 0.0))
+    req = _req(tmp_path, data, change.get("steps", 30), stop_after=5)
+    req = dataclasses.replace(req, hidden_dim=change.get("hidden_dim", 32),
+                              train=dataclasses.replace(req.train, lr=change.get("lr", 1e-3)))
+    with pytest.raises(InputError, match=pattern) as exc:
+        svc.run(req)
+    assert "\n" not in str(exc.value) and str(tmp_path / "run/last.pt") in str(exc.value)
+    assert read_checkpoint(tmp_path / "run/last.pt").extra["step"] == 5  # untouched
+    if overridable:
+        assert "--force-resume" in exc.value.hint
+        res = svc.run(dataclasses.replace(req, force_resume=True))
+        assert res.status == "partial" and read_checkpoint(tmp_path / "run/last.pt").extra["step"] == 10
+    else:
+        with pytest.raises(InputError, match=pattern):
+            svc.run(dataclasses.replace(req, force_resume=True))
+
+
+def test_changed_cadence_resumes(tmp_path, hand_data):
+    svc.run(_req(tmp_path, hand_data, 30, stop_after=5))
+    res = svc.run(_req(tmp_path, hand_data, 30, ckpt_every=7, val_every=3, stop_after=5))
+    assert res.status == "partial"
+
+
+def test_orphan_temporary_files_are_removed_and_log_trimmed(tmp_path, hand_data):
+    svc.run(_req(tmp_path, hand_data, 30, stop_after=20))
+    out = tmp_path / "run"
+    orphans = [out / ".last.pt.k2j3h4.tmp", out / ".prior.pt.x9.tmp", out / ".best.pt.a.tmp"]
+    for p in orphans:
+        p.write_bytes(b"partial")
+    (out / ".notes.tmp").write_text("not ours")
+    ck = read_checkpoint(out / "last.pt")
+    save_checkpoint(out / "last.pt", part=Part.hand, config=ck.config, model=ck.model, ema=ck.ema,
+                    normalizer=ck.normalizer, **{**ck.extra, "step": 10})  # killed after step 10's checkpoint
+    with open(out / "log.jsonl", "a") as fh:
+        fh.write('{"step": 30, "val_lo')  # a line cut by the kill
+    svc.run(_req(tmp_path, hand_data, 30, stop_after=5))
+    assert not any(p.exists() for p in orphans) and (out / ".notes.tmp").exists()
+    assert [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()] == [10]
+
+
+def test_two_runs_in_one_folder_are_refused(tmp_path, hand_data):
+    import fcntl
+
+    out = tmp_path / "run"
+    out.mkdir()
+    with open(out / ".train.lock", "w") as fh:
+        fh.write("4242")
+        fh.flush()
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        with pytest.raises(InputError, match=r"in use by another dposer train \(pid 4242\)"):
+            svc.run(_req(tmp_path, hand_data, 5))
+
+
+# ------------------------------------------------------------------------------------------ numbers
+@pytest.mark.parametrize("change,pattern", [
+    (dict(steps=0), "--steps must be at least 1"),
+    (dict(batch_size=0), "--batch-size must be at least 1"),
+    (dict(lr=0.0), "--lr must be a positive learning rate"),
+    (dict(lr=float("nan")), "--lr must be a finite learning rate"),
+    (dict(warmup=-1), "--warmup must be at least 0"),
+    (dict(ema_rate=1.0), "--ema-rate must be less than 1"),
+    (dict(ckpt_every=0), "--ckpt-every must be at least 1"),
+    (dict(val_every=0), "--val-every must be at least 1"),
+    (dict(seed=-1), "--seed must be an integer between 0"),
+    (dict(t_weighting="cubic"), "--t-weighting must be uniform or adaptive"),
+    (dict(hidden_dim=50), "--hidden-dim must be a multiple of 32"),
+    (dict(hidden_dim=0), "--hidden-dim must be at least 32"),
+    (dict(embed_dim=2), "--embed-dim must be at least 4"),
+    (dict(dropout=1.0), "--dropout must be less than 1"),
+    (dict(dropout=-0.1), "--dropout must be a non-negative probability"),
+    (dict(fps=0.0), "--fps must be a positive frame rate"),
+    (dict(eval_samples=-1), "--eval-samples must be at least 0"),
+    (dict(stop_after=0), "--stop-after must be at least 1"),
+])
+def test_numbers_out_of_range_are_one_line_errors(tmp_path, hand_data, change, pattern):
+    req = _req(tmp_path, hand_data, 5)
+    train_keys = {f.name for f in dataclasses.fields(TrainConfig)}
+    req = dataclasses.replace(req, train=dataclasses.replace(req.train, **{k: v for k, v in change.items()
+                                                                           if k in train_keys}),
+                              **{k: v for k, v in change.items() if k not in train_keys})
+    with pytest.raises(InputError, match=pattern) as exc:
+        svc.run(req)
+    assert "\n" not in str(exc.value) and not (tmp_path / "run").exists()  # refused before anything is written
+
+
+# ------------------------------------------------------------------------------ honest reports (#17)
+def test_run_shorter_than_the_warmup_scales_it_and_is_unhealthy(tmp_path, hand_data):
+    req = _req(tmp_path, hand_data, 8)
+    req = dataclasses.replace(req, eval_samples=40, train=dataclasses.replace(req.train, warmup=500))
+    res = svc.run(req)
+    assert res.status == "ok" and res.info["warmup"] == 1 and res.info["healthy"] is False
+    assert any("warm-up (500 steps) is not shorter than the run (8 steps)" in r for r in res.info["reasons"])
+    assert any("held-out FID" in r for r in res.info["reasons"])  # 8 steps: samples far from the data
+    assert set(res.info["health_checks"]) == {"warmup", "val_loss", "samples", "fid"}
+    assert any(line.startswith("warning: the prior looks unhealthy") for line in res.lines)
+    prior = read_checkpoint(res.outputs["prior"])
+    assert prior.extra["healthy"] is False and prior.extra["health_reasons"] == res.info["reasons"]
+
+
+def test_warmup_is_scaled_only_when_not_shorter_than_the_run():
+    assert svc.effective_warmup(TrainConfig(steps=100, warmup=99)) == 99
+    assert svc.effective_warmup(TrainConfig(steps=100, warmup=100)) == 2  # 2.5 % of the run
+    assert svc.effective_warmup(TrainConfig(steps=8, warmup=500)) == 1  # at least one step
+    assert svc.effective_warmup(TrainConfig(steps=4000, warmup=5000)) == 100
+    assert svc.effective_warmup(TrainConfig(steps=3, warmup=0)) == 0
+
+
+def test_sample_checks_pass_for_the_demo_prior(shared_data):
+    from dposer_cli.core.paths import demo_checkpoint
+
+    poses = torch.from_numpy(np.load(shared_data / "poses/hand_reference_train.npz")["poses"]).float()
+    metrics, reasons = svc._check_samples(demo_checkpoint(Part.hand), Part.hand, poses[-300:], poses[:3000], 100,
+                                          torch.device("cpu"), 0)
+    assert reasons == [] and metrics["fid_heldout"] < 5 and metrics["absurd_angle_fraction"] == 0
+
+
+def test_progress_lines_name_step_rate_eta_and_loss(tmp_path, hand_data):
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger(svc.__name__)
+    logger.addHandler(handler)
+    old_level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        svc.run(dataclasses.replace(_req(tmp_path, hand_data, 12), heartbeat_s=1e-6))
+        svc.run(dataclasses.replace(_req(tmp_path, hand_data, 12, out=tmp_path / "off"), heartbeat_s=None))
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+    beats = [r.getMessage() for r in records if "steps/s" in r.getMessage()]
+    assert len(beats) == 12, beats
+    assert re.fullmatch(r"step 12/12 \(100%\)  [\d.]+ steps/s  ETA 0s  loss [\d.]+", beats[-1]), beats[-1]
