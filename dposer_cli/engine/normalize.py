@@ -84,7 +84,9 @@ def _load_stats(file: Path, dim: int) -> tuple[Tensor, Tensor]:
     try:
         d = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is a mismatch
-        unsafe = re.search(r"unsupported GLOBAL (\S+)", str(exc))
+        # weights-only loading names what it refused: "unsupported GLOBAL posix.system whose module ..." or
+        # "Unsupported global: GLOBAL builtins.exec was not an allowed global"
+        unsafe = re.search(r"unsupported global:? GLOBAL (\S+)", str(exc), re.IGNORECASE)
         if unsafe:
             raise UnsafeFileError(
                 f"refusing to load {file}: it references {unsafe.group(1)}, which could run code "

@@ -7,6 +7,7 @@ never leaves a half-written picture under the final name.
 import contextlib
 import os
 import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -177,12 +178,14 @@ def read_image(path: Path) -> UInt8[np.ndarray, "H W 3"]:
         raise InputError(f"cannot read image {path}: it is a folder, expected a .png or .jpg file")
     try:
         Image.init()  # register every plugin, so the allow-list below can name them
-        with Image.open(path, formats=[f for f in READ_FORMATS if f in Image.OPEN]) as im:
-            validate.image_size(str(path), *im.size)
-            return np.asarray(im.convert("RGB"))
-    except Image.DecompressionBombError as exc:
-        raise InputError(f"{path}: image is too large to read safely ({_one_line(exc)[:200]})",
-                         hint="downscale the picture (keypoints scale with it)") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit decides
+            with Image.open(path, formats=[f for f in READ_FORMATS if f in Image.OPEN]) as im:
+                validate.image_size(str(path), *im.size)
+                return np.asarray(im.convert("RGB"))
+    except Image.DecompressionBombError:  # Pillow's own check (same limit) fired first, while opening
+        raise InputError(f"{path}: image is larger than {validate.MAX_IMAGE_PIXELS / 1e6:.0f} megapixels; "
+                         "refused before decoding", hint="downscale the picture (keypoints scale with it)") from None
     except UnidentifiedImageError:
         raise InputError(
             f"cannot read image {path}: not a recognised image format (expected PNG or JPEG)"
