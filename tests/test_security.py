@@ -23,7 +23,7 @@ import torch
 from dposer_cli.cli.app import main
 from dposer_cli.core.errors import ExitCode, UnsafeFileError
 from dposer_cli.core.parts import Part
-from tests._fixtures.body_models import flame_arrays, mano_arrays, smplx_arrays, write_flame, write_mano
+from tests._fixtures.body_models import flame_arrays, mano_arrays, smplx_arrays, write_flame
 from tests._fixtures.checkpoints import write_official_ckpt
 from tests._fixtures.priors import write_tiny_prior
 
@@ -55,7 +55,7 @@ def assert_refused(code, err, marker: Path, out: Path, *, exit_code: int = 4, wh
     assert not marker.exists(), "the payload ran"
     assert code == exit_code, err
     assert why in err and "Traceback" not in err
-    assert [line for line in err.splitlines() if line.startswith("error:")].__len__() == 1, err
+    assert sum(line.startswith("error:") for line in err.splitlines()) == 1, err
     assert not out.exists() and not list(out.parent.glob(f".{out.name}.partial-*")), "outputs were left behind"
 
 
