@@ -135,7 +135,14 @@ def _check_bvh_fk(tmp_path, model, params: dict[str, torch.Tensor], betas: torch
         names[p] if p >= 0 else None for p in parents
     ]
     assert bvh["frames"] == t and bvh["frame_time"] == pytest.approx(1 / 30)
-    assert bvh["channels"][0] == ["Xposition", "Yposition", "Zposition", "Zrotation", "Xrotation", "Yrotation"]
+    assert bvh["channels"][0] == [
+        "Xposition",
+        "Yposition",
+        "Zposition",
+        "Zrotation",
+        "Xrotation",
+        "Yrotation",
+    ]
     assert all(c == ["Zrotation", "Xrotation", "Yrotation"] for c in bvh["channels"][1:])
     np.testing.assert_allclose(bvh_positions(bvh)[:, order], joints, atol=1e-4)
     return bvh
@@ -193,9 +200,13 @@ def test_bvh_angles_are_unwrapped_over_time(tmp_path):
 def test_bvh_rejects_a_skeleton_that_is_not_one_tree(tmp_path):
     zeros = np.zeros((1, 3, 3))
     with pytest.raises(InputError, match="exactly one root"):
-        write_bvh(tmp_path / "x.bvh", ["a", "b", "c"], [-1, -1, 0], np.zeros((3, 3)), zeros, np.zeros((1, 3)), 30)
+        write_bvh(
+            tmp_path / "x.bvh", ["a", "b", "c"], [-1, -1, 0], np.zeros((3, 3)), zeros, np.zeros((1, 3)), 30
+        )
     with pytest.raises(InputError, match="not a tree"):
-        write_bvh(tmp_path / "x.bvh", ["a", "b", "c"], [-1, 2, 1], np.zeros((3, 3)), zeros, np.zeros((1, 3)), 30)
+        write_bvh(
+            tmp_path / "x.bvh", ["a", "b", "c"], [-1, 2, 1], np.zeros((3, 3)), zeros, np.zeros((1, 3)), 30
+        )
     with pytest.raises(InputError, match="same 3 joints"):
         write_bvh(tmp_path / "x.bvh", ["a", "b"], [-1, 0, 1], np.zeros((3, 3)), zeros, np.zeros((1, 3)), 30)
     assert not (tmp_path / "x.bvh").exists()
