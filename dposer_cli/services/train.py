@@ -526,9 +526,9 @@ def _loop(req: TrainRequest, progress: Callable[[int, int], None] | None, stop: 
 def fingerprint(x: Tensor, avail: Tensor | None = None) -> str:
     """SHA-256 of the training vectors as read (after --fps), their shape and the part availability."""
     h = hashlib.sha256(str(tuple(x.shape)).encode())
-    h.update(np.ascontiguousarray(x.numpy()))
+    h.update(np.ascontiguousarray(x.numpy()).data)
     if avail is not None:
-        h.update(np.ascontiguousarray(avail.numpy()))
+        h.update(np.ascontiguousarray(avail.numpy()).data)
     return "sha256:" + h.hexdigest()
 
 
@@ -548,7 +548,8 @@ def _check_resume(ck: Checkpoint, cfg: PriorConfig, tc: TrainConfig, data_fp: st
                          "they were trained with", hint=f"use another --out, or delete {ck.path} to start over")
     difference = None
     saved_train = ck.extra.get("train")
-    for key, value in tc.to_dict().items() if isinstance(saved_train, dict) else ():
+    saved_train = saved_train if isinstance(saved_train, dict) else {}
+    for key, value in tc.to_dict().items():
         if key not in _CADENCE and key in saved_train and saved_train[key] != value:
             difference = f"{_FLAGS.get(key, 'TrainConfig.' + key)} is {saved_train[key]!r} there but {value!r} now"
             break
