@@ -37,52 +37,33 @@ def batch_rodrigues(pose_aa: Float[Tensor, "*batch 3"]) -> Float[Tensor, "*batch
     return eye + a[..., None] * k + b[..., None] * k_sq
 
 
-@lru_cache(maxsize=32)
-def _levels(parents: tuple[int, ...]) -> tuple[tuple[tuple[int, ...], tuple[int, ...]], ...]:
-    """Group joints by tree depth: per level (joint ids, position of each parent inside the previous level)."""
-    depth = [0] * len(parents)
-    for j, p in enumerate(parents):  # parents may come in any order: resolve depths by walking up
-        d, q = 0, p
-        while q >= 0:
-            d, q = d + 1, parents[q]
-        depth[j] = d
-    levels: list[tuple[int, ...]] = [
-        tuple(j for j in range(len(parents)) if depth[j] == d) for d in range(max(depth) + 1)
-    ]
-    out = [(levels[0], ())]
-    for d in range(1, len(levels)):
-        pos = {j: i for i, j in enumerate(levels[d - 1])}
-        out.append((levels[d], tuple(pos[parents[j]] for j in levels[d])))
-    return tuple(out)
-
-
 def _parents_tuple(parents: "Tensor | Sequence[int]") -> tuple[int, ...]:
     return tuple(parents.tolist()) if isinstance(parents, Tensor) else tuple(int(p) for p in parents)
 
 
 class _Plan(NamedTuple):
-    levels: tuple[tuple[Tensor, Tensor], ...]  # per depth: joint ids, parent positions in the previous level
-    parent_idx: Tensor
-    is_root: Tensor
-    inverse: Tensor  # level-concatenated order -> joint order
+    jumps: tuple[Tensor, ...]  # per doubling step: each slot's 2^k-th ancestor (J+1,), slot J = "none"
+    parent_slot: Tensor  # (J,) parent of each joint, J (the identity slot) for roots
+    ancestry: Tensor  # (J, J) float: 1 where column a is row j itself or one of its ancestors
 
 
 @lru_cache(maxsize=64)
-def _plan(parents: tuple[int, ...], device: torch.device) -> _Plan:
+def _plan(parents: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> _Plan:
     """Index tensors for one tree on one device, built once (they dominate small-batch cost otherwise)."""
-    levels = _levels(parents)
-    order = [j for joints, _ in levels for j in joints]
-    inverse = torch.empty(len(order), dtype=torch.long)
-    inverse[torch.tensor(order)] = torch.arange(len(order))
-    return _Plan(
-        levels=tuple(
-            (torch.tensor(j, device=device), torch.tensor(p, device=device, dtype=torch.long))
-            for j, p in levels
-        ),
-        parent_idx=torch.tensor([max(p, 0) for p in parents], device=device),
-        is_root=torch.tensor([p < 0 for p in parents], device=device),
-        inverse=inverse.to(device),
-    )
+    n = len(parents)
+    up = [p if p >= 0 else n for p in parents] + [n]  # slot n: the identity above every root
+    jumps = []
+    while any(a != n for a in up[:n]):
+        jumps.append(torch.tensor(up, device=device))
+        up = [up[a] for a in up]
+    ancestry = torch.zeros(n, n, dtype=dtype)
+    for j in range(n):
+        a = j
+        while a >= 0:  # parents may come in any order: walk up
+            ancestry[j, a] = 1.0
+            a = parents[a]
+    parent_slot = torch.tensor([p if p >= 0 else n for p in parents], device=device)
+    return _Plan(tuple(jumps), parent_slot, ancestry.to(device))
 
 
 def forward_kinematics(
@@ -96,33 +77,28 @@ def forward_kinematics(
     parent's position plus the parent's world rotation applied to its rest offset. The returned
     transforms map a point given relative to a joint's *posed* position: T_j = [R_j | p_j].
 
+    World rotations come from pointer doubling (each step multiplies every joint's partial product by its
+    2^k-th ancestor's: ⌈log₂ depth⌉ batched products instead of one per tree level); positions are the
+    sums of the rotated offsets along each joint's ancestry, one matrix product.
+
     Args:
         rot_mats: local rotation of every joint (the root's is the global orientation).
         rest_joints: rest positions; leading dims broadcast against `rot_mats`.
         parents: parent index per joint, -1 for roots (any order).
     """
-    plan = _plan(_parents_tuple(parents), rest_joints.device)
-    offsets = rest_joints - rest_joints.index_select(-2, plan.parent_idx)
-    offsets = torch.where(
-        plan.is_root[:, None], rest_joints, offsets
-    )  # a root's "offset" is its rest position
-
+    plan = _plan(_parents_tuple(parents), rest_joints.device, rest_joints.dtype)
+    n = rest_joints.shape[-2]
     batch = torch.broadcast_shapes(rot_mats.shape[:-3], rest_joints.shape[:-2])
-    rot_mats = rot_mats.expand(*batch, *rot_mats.shape[-3:])
-    offsets = offsets.expand(*batch, *offsets.shape[-2:])
-
-    # index_select, not [..., idx]: Python-level indexing overhead dominates small batches
-    first = plan.levels[0][0]
-    rots = [rot_mats.index_select(-3, first)]
-    pos = [offsets.index_select(-2, first)]
-    for idx, pidx in plan.levels[1:]:
-        parent_rot = rots[-1].index_select(-3, pidx)
-        rots.append(torch.matmul(parent_rot, rot_mats.index_select(-3, idx)))
-        pos.append(pos[-1].index_select(-2, pidx) + _matvec(parent_rot, offsets.index_select(-2, idx)))
-
-    rot = torch.cat(rots, dim=-3).index_select(-3, plan.inverse)
-    joints_out = torch.cat(pos, dim=-2).index_select(-2, plan.inverse)
-    return make_transforms(rot, joints_out), joints_out
+    eye = torch.eye(3, dtype=rot_mats.dtype, device=rot_mats.device).expand(*batch, 1, 3, 3)
+    world = torch.cat([rot_mats.expand(*batch, n, 3, 3), eye], dim=-3)  # slot n: identity
+    for up in plan.jumps:
+        world = torch.matmul(world.index_select(-3, up), world)
+    # offset of each joint from its parent (a root's is its rest position), turned by the parent's rotation
+    padded = torch.cat([rest_joints, torch.zeros_like(rest_joints[..., :1, :])], dim=-2)
+    offsets = rest_joints - padded.index_select(-2, plan.parent_slot)
+    turned = (world.index_select(-3, plan.parent_slot) * offsets[..., None, :]).sum(-1)
+    joints_out = torch.matmul(plan.ancestry, turned)
+    return make_transforms(world[..., :n, :, :], joints_out), joints_out
 
 
 def _matvec(mat: Tensor, vec: Tensor) -> Tensor:
@@ -143,7 +119,7 @@ def lbs(
     points: Float[Tensor, "*rest V 3"],
     transforms: Float[Tensor, "*batch J 4 4"],
     bind_joints: Float[Tensor, "*bind J 3"],
-    weights: Float[Tensor, "V J"],
+    weights: Float[Tensor, "*wb V J"],
 ) -> Float[Tensor, "*out V 3"]:
     """Linear-blend skinning: v = Σ_j w_vj · (R_j (x_v − b_j) + t_j).
 
@@ -154,13 +130,14 @@ def lbs(
         points: rest (bind-pose) vertex positions.
         transforms: posed world transforms [R_j | t_j] (from `forward_kinematics`).
         bind_joints: bind-pose joint positions b_j.
-        weights: dense skinning weights, rows sum to 1.
+        weights: dense skinning weights, rows sum to 1 (leading dims: per-sample vertex sets).
     """
     rot = transforms[..., :3, :3]
     trans = transforms[..., :3, 3] - _matvec(rot, bind_joints)
     affine = torch.cat([rot, trans[..., None]], dim=-1).flatten(-2)  # (*batch, J, 12)
     blended = (weights @ affine).unflatten(-1, (3, 4))  # (*batch, V, 3, 4)
-    return (blended[..., :3] @ points[..., None])[..., 0] + blended[..., 3]
+    # elementwise, not `blended[..., :3] @ points[..., None]`: batched 3×3 @ 3×1 products are slow on CPU
+    return (blended[..., :3] * points[..., None, :]).sum(-1) + blended[..., 3]
 
 
 class SkinMatrix(NamedTuple):

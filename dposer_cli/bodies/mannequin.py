@@ -25,6 +25,7 @@ landmark vertices named as smplx's extra joints (nose, eyes, ears, toes, heels, 
 import logging
 from collections.abc import Sequence
 from importlib import resources
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -58,6 +59,8 @@ NUM_BETAS = 10
 _INFLUENCES = 4  # mannequin-x keeps the four strongest skin weights per vertex
 _FOREFOOT_ANGLE = 0.1  # rad, mannequin-x `_reshape_forefeet`
 _FOREFOOT_LENGTH = 1.2
+_CANDIDATES = 4  # vertices per region statistic evaluated with autograd (`WoodenRig._stats`)
+_CACHE_VALUES = 1 << 22  # most shaped-point coordinates `WoodenRig.shaped` keeps from one call to the next
 _REFLECT = (-1.0, 1.0, 1.0)  # mirror about the x = 0 plane (left ↔ right)
 _FINGERS = ("thumb", "index", "middle", "ring", "pinky")  # smplx order of finger-tip joints
 _SMPLX_NAMES = {  # mannequin-x joint names → body-models SMPL-X names (mannequin-x `SMPLX_JOINT_NAMES`)
@@ -112,6 +115,36 @@ def _snake(name: str) -> str:
     return name.lower()
 
 
+class _Terms(NamedTuple):
+    """Which per-vertex terms of the shape pipeline are non-zero somewhere in a vertex set."""
+
+    head: bool  # head box fit
+    rigid: bool  # rigid torso
+    fwl: bool  # left forefoot tilt and floor lift
+    fwr: bool  # right forefoot tilt and floor lift
+    sym: bool = False  # mirrored ball-joint vertices
+
+    @classmethod
+    def of(cls, pack: "_Pack", sym: bool = False) -> "_Terms":
+        return cls(
+            bool(pack.head.any()), bool(pack.rigid.any()), bool(pack.fwl.any()), bool(pack.fwr.any()), sym
+        )
+
+
+class _Pack(NamedTuple):
+    """Per-vertex constants of the shape pipeline, shared (n, …) or gathered per batch row (B, n, …)."""
+
+    x0: Tensor  # wooden mesh positions, (…, 3)
+    w: Tensor  # skin weights of the mesh-to-skeleton map, (…, J)
+    head: Tensor  # head influence (head box fit)
+    rigid: Tensor  # bool: the vertex moves with the rigid torso
+    fwl: Tensor  # left-foot influence (forefoot tilt, floor contact)
+    fwr: Tensor  # right-foot influence
+
+    def take(self, ids: Tensor | slice) -> "_Pack":
+        return _Pack(*(t[ids] for t in self))
+
+
 class WoodenRig(nn.Module):
     """Constants of the wooden mannequin and its shape pipeline (`Mannequin._prepare_shape` in torch).
 
@@ -121,6 +154,7 @@ class WoodenRig(nn.Module):
 
     def __init__(self, dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
+        self._shape_cache: tuple[Tensor, dict[str, Tensor]] | None = None
         wood, cal = _asset("wooden.npz"), _asset("smplx_calibration.npz")
         try:
             self._build(wood, cal)
@@ -130,6 +164,7 @@ class WoodenRig(nn.Module):
                 hint="pip install 'mannequin-x>=0.3,<0.4'",
             ) from None
         self.to(dtype)
+        self._derive()
         with torch.no_grad():  # neutral identity, cached: most calls use betas = 0
             ctx = self.context(torch.zeros(1, NUM_BETAS, dtype=torch.float64).to(dtype))
             self.register_buffer("neutral_points", self.points(ctx, "full")[0], persistent=False)
@@ -285,7 +320,7 @@ class WoodenRig(nn.Module):
             "fwr": foot_r,
         }
         self._partner, self._sym = partner, sym
-        self._subsets: dict[str, int] = {}
+        self._subsets: dict[str, _Terms] = {}
         self.add_subset("full", np.arange(nv))
         stats = np.flatnonzero((head_infl > 0.5) | (foot_l > 0.5) | (foot_r > 0.5))
         self.add_subset("stats", stats)
@@ -293,6 +328,41 @@ class WoodenRig(nn.Module):
         self.register_buffer("stats_is_head", self.sub_stats_head > 0.5, persistent=False)
         self.register_buffer("stats_is_fl", self.sub_stats_fwl > 0.5, persistent=False)
         self.register_buffer("stats_is_fr", self.sub_stats_fwr > 0.5, persistent=False)
+        # the statistics are extremes over three regions (head, left foot, right foot): `_stats` searches the
+        # regions grad-free with one product by a blend matrix over their own joints, then evaluates with
+        # autograd only the candidate vertices
+        full = _Pack(*(self._sub("stats", key) for key in _Pack._fields))
+        parts = [torch.nonzero(m)[:, 0] for m in (self.stats_is_head, self.stats_is_fl, self.stats_is_fr)]
+        pack = full.take(torch.cat(parts))
+        cols = torch.nonzero(pack.w.abs().sum(0) > 0)[:, 0]
+        pack = pack._replace(w=pack.w[:, cols])
+        buf("regions_cols", cols.numpy(), torch.long)
+        buf("regions_sources", source_joints[cols.numpy()], f64)
+        for key, value in pack._asdict().items():
+            self.register_buffer(f"regions_{key}", value, persistent=False)
+        # mapped[c, v] = Σ_(j,d) [R_j | t_j − R_j s_j][c, d] · kt[(j,d), v]  (x_v homogeneous)
+        homog = torch.cat([pack.x0, torch.ones_like(pack.x0[:, :1])], dim=-1)
+        self.register_buffer(
+            "regions_kt", (pack.w[:, :, None] * homog[:, None, :]).flatten(1).T.contiguous(), persistent=False
+        )
+        ends = np.cumsum([len(part) for part in parts]).tolist()
+        self._region_slices = {
+            r: slice(a, b) for r, a, b in zip(("head", "fl", "fr"), [0, *ends[:-1]], ends, strict=True)
+        }
+        self._regions = {r: _Terms.of(pack.take(sl)) for r, sl in self._region_slices.items()}
+
+    def _derive(self) -> None:
+        """Constants derived from the asset buffers (in the model's dtype, as the per-call code had them)."""
+        align_len = self.align_src.norm(dim=-1)
+        align_axis = self.align_src / align_len[:, None]
+        for name, value in (
+            ("align_len", align_len),
+            ("align_axis", align_axis),
+            ("align_outer", align_axis[:, :, None] * align_axis[:, None, :]),
+            ("rigid_len", self.rigid_axis.norm()),
+            ("rigid_dir", self.rigid_axis / self.rigid_axis.norm()),
+        ):
+            self.register_buffer(name, value, persistent=False)
 
     def add_subset(self, name: str, vertex_ids: np.ndarray) -> None:
         """Register buffers to shape only `vertex_ids` (plus their mirror partners)."""
@@ -313,34 +383,44 @@ class WoodenRig(nn.Module):
             persistent=False,
         )
         self.register_buffer(f"sub_{name}_sym", torch.as_tensor(self._sym[vertex_ids]), persistent=False)
-        self._subsets[name] = len(vertex_ids)
+        # skin columns of the joints that move the subset (all of them: None)
+        w = self._sub(name, "w")
+        cols = torch.nonzero(w.abs().sum(0) > 0)[:, 0]
+        if len(cols) < w.shape[1]:
+            self.register_buffer(f"sub_{name}_cols", cols, persistent=False)
+            self.register_buffer(f"sub_{name}_wc", w[:, cols].contiguous(), persistent=False)
+        pack = _Pack(*(self._sub(name, key) for key in _Pack._fields))
+        self._subsets[name] = _Terms.of(pack, sym=bool(self._sym[vertex_ids].any()))
 
     def _sub(self, name: str, key: str) -> Tensor:
         return getattr(self, f"sub_{name}_{key}")
+
+    def _pack(self, name: str) -> tuple["_Pack", Tensor | None]:
+        """Per-vertex constants of subset `name` (its own vertex list, mirror partners included), with skin
+        weights over the columns that move it, and those columns (None: all joints)."""
+        pack = _Pack(*(self._sub(name, key) for key in _Pack._fields))
+        cols = getattr(self, f"sub_{name}_cols", None)
+        return (pack, None) if cols is None else (pack._replace(w=self._sub(name, "wc")), cols)
+
+    def _regions_pack(self) -> "_Pack":
+        return _Pack(*(getattr(self, f"regions_{key}") for key in _Pack._fields))
 
     # ---------------------------------------------------------------- shape pipeline
     def rest_joints(self, betas: Float[Tensor, "*b 10"]) -> Float[Tensor, "*b J 3"]:
         """Calibrated SMPL-X rest joints (exactly linear in the first ten betas)."""
         return self.joint_rest + torch.einsum("jcs,...s->...jc", self.joint_dirs, betas)
 
-    def _align_rotation(self, tgt: Tensor) -> tuple[Tensor, Tensor]:
-        """Rotation taking each `align_src` axis onto `tgt`, and the length ratio (`_align_and_scale`)."""
-        src_len = self.align_src.norm(dim=-1)
-        src_axis = self.align_src / src_len[:, None]
-        tgt_len = tgt.norm(dim=-1)
-        tgt_axis = tgt / tgt_len[..., None]
-        rot = _rotation_between(src_axis, tgt_axis, self.align_flip)
-        return rot, tgt_len / src_len
-
     def _skin_transforms(self, display_offsets: Tensor) -> Tensor:
         """Per-joint bind transforms fitted to the shaped skeleton (`skin_shape_transforms`)."""
         batch = display_offsets.shape[:-2]
         eye = torch.eye(3, dtype=display_offsets.dtype, device=display_offsets.device)
         out = eye.expand(*batch, len(self.parents), 3, 3).clone()
+        # one bone: the rotation taking the source bone onto the shaped one, scaled along it
+        # (`_align_and_scale`)
         tgt = display_offsets[..., self.align_vec, :]
-        rot, ratio = self._align_rotation(tgt)
-        src_axis = self.align_src / self.align_src.norm(dim=-1, keepdim=True)
-        scale = eye + (ratio - 1.0)[..., None, None] * (src_axis[:, :, None] * src_axis[:, None, :])
+        tgt_len = tgt.norm(dim=-1)
+        rot = _rotation_between(self.align_axis, tgt / tgt_len[..., None], self.align_flip)
+        scale = eye + (tgt_len / self.align_len - 1.0)[..., None, None] * self.align_outer
         out[..., self.align_joint, :, :] = rot @ scale
         # similarity fit to several children (pelvis, chest, palms): Procrustes with reflection guard
         fit_t = display_offsets[..., self.fit_child, :]
@@ -348,7 +428,8 @@ class WoodenRig(nn.Module):
         cov = torch.zeros(*batch, len(self.fit_joint), 3, 3, dtype=outer.dtype, device=outer.device)
         cov = cov.index_add(-3, self.fit_group, outer)
         u, _, vh = torch.linalg.svd(cov)
-        sign = torch.sign(torch.linalg.det(u @ vh))
+        with torch.no_grad():  # the sign is piecewise constant: no gradient (det's backward is costly)
+            sign = torch.sign(torch.linalg.det(u @ vh))
         rot = u @ torch.diag_embed(torch.stack([torch.ones_like(sign), torch.ones_like(sign), sign], -1)) @ vh
         rotated = (rot[..., self.fit_group, :, :] @ self.fit_src[:, :, None])[..., 0]
         num = torch.zeros(*batch, len(self.fit_joint), dtype=outer.dtype, device=outer.device)
@@ -356,8 +437,14 @@ class WoodenRig(nn.Module):
         out[..., self.fit_joint, :, :] = rot * (num / self.fit_den)[..., None, None]
         return out
 
-    def context(self, betas: Float[Tensor, "B 10"]) -> dict[str, Tensor]:
-        """Everything shape-dependent that per-vertex shaping needs, for a batch of betas."""
+    def context(self, betas: Float[Tensor, "B 10"], *, all_vertices: bool = False) -> dict[str, Tensor]:
+        """Everything shape-dependent that per-vertex shaping needs, for a batch of betas.
+
+        The head box and the foot floor shifts are extremes over a region's vertices. By default only a
+        few candidate vertices are evaluated with autograd (found grad-free first): the same values and
+        the same gradients, since an extreme depends on its arg-extreme vertex alone. `all_vertices=True`
+        evaluates every region vertex with autograd (the direct transcription, kept as the reference).
+        """
         rest = self.rest_joints(betas)
         display = 0.5 * (rest + self.reflect * rest[..., self.mirror, :])  # `symmetric_joints`
         display_offsets = display - display[..., self.parent_idx, :]
@@ -367,19 +454,30 @@ class WoodenRig(nn.Module):
         ctx["head_min"] = self.head_min_rest + betas @ self.head_min_dirs.T
         ctx["head_max"] = self.head_max_rest + betas @ self.head_max_dirs.T
         ctx["floor"] = (self.sole_rest + betas @ self.sole_dirs.T).amin(-1)
-        ids = self._ids
-        # rigid torso: similarity taking the source pelvis→chest axis onto the shaped one
-        tgt = display[..., ids["chest"], :] - display[..., ids["pelvis"], :]
-        src_len = self.rigid_axis.norm()
-        tgt_len = tgt.norm(dim=-1)
-        rot = _rotation_between(self.rigid_axis / src_len, tgt / tgt_len[..., None], None)
-        ctx["rigid"] = rot * (tgt_len / src_len)[..., None, None]
         # region statistics: head bounding box after mapping, and the floor shift of each foot
-        v1 = self._mapped(ctx, "stats")
+        (self._stats_all if all_vertices else self._stats)(ctx)
+        return ctx
+
+    def _torso(self, ctx: dict[str, Tensor]) -> Tensor:
+        """The rigid torso's similarity, taking the source pelvis→chest axis onto the shaped one.
+
+        Computed on first use and kept in `ctx`: most vertex sets have no rigid vertex.
+        """
+        if "rigid" not in ctx:
+            display = ctx["display"]
+            tgt = display[..., self._ids["chest"], :] - display[..., self._ids["pelvis"], :]
+            tgt_len = tgt.norm(dim=-1)
+            rot = _rotation_between(self.rigid_dir, tgt / tgt_len[..., None], None)
+            ctx["rigid"] = rot * (tgt_len / self.rigid_len)[..., None, None]
+        return ctx["rigid"]
+
+    def _stats_all(self, ctx: dict[str, Tensor]) -> None:
+        pack = _Pack(*(self._sub("stats", key) for key in _Pack._fields))
+        v1 = self._map(ctx, pack)
         ctx["head_src_min"] = v1[..., self.stats_is_head, :].amin(-2)
         ctx["head_src_max"] = v1[..., self.stats_is_head, :].amax(-2)
-        v3 = self._rigid(ctx, "stats", self._head_fit(ctx, "stats", v1))
-        fwl, fwr = self._sub("stats", "fwl"), self._sub("stats", "fwr")
+        v3 = self._rigid(ctx, pack, self._head_fit(ctx, pack, v1))
+        fwl, fwr = pack.fwl, pack.fwr
         dl, dr = self._forefoot(ctx, v3, fwl, "l_ankle"), self._forefoot(ctx, v3, fwr, "r_ankle")
         y = v3[..., 1] + dl[..., 1]
         ctx["shift_l"] = ((ctx["floor"][..., None] - y[..., self.stats_is_fl]) / fwl[self.stats_is_fl]).amax(
@@ -389,23 +487,120 @@ class WoodenRig(nn.Module):
         ctx["shift_r"] = ((ctx["floor"][..., None] - y[..., self.stats_is_fr]) / fwr[self.stats_is_fr]).amax(
             -1
         )
-        return ctx
 
-    def _mapped(self, ctx: dict[str, Tensor], name: str) -> Tensor:
-        # `_map_skin_to_skeleton` is itself a blend: Σ w (T_j (x − s_j) + d_j)
-        return lbs(self._sub(name, "x0"), ctx["map"], self.source_joints, self._sub(name, "w"))
+    def _stats(self, ctx: dict[str, Tensor]) -> None:
+        """`_stats_all` evaluated with autograd on the `_CANDIDATES` most extreme vertices per statistic.
 
-    def _head_fit(self, ctx: dict[str, Tensor], name: str, v: Tensor) -> Tensor:
+        Keeping a few candidates rather than the arg-extreme alone resolves ties, and last-bit differences
+        between the grad-free search and the exact evaluation, as `amin`/`amax` over the region would.
+        """
+        pack, cols, sl = self._regions_pack(), self.regions_cols, self._region_slices
+        if any(self._regions[r].head or self._regions[r].rigid for r in ("fl", "fr")):
+            self._stats_in_order(ctx)  # foot heights depend on the head box or the torso
+            return
+        with torch.no_grad():
+            v = self._search(ctx)  # (B, 3, n): x, y, z of every region vertex
+            head = self._head_candidates(v[..., sl["head"]]) + sl["head"].start
+            y, z = v[..., 1, :], v[..., 2, :]
+            gap = self._floor_gap(ctx, y[..., sl["fl"]], z[..., sl["fl"]], pack.take(sl["fl"]), "fl", None)
+            left = gap.topk(min(_CANDIDATES, gap.shape[-1]), dim=-1).indices + sl["fl"].start
+            gap = self._floor_gap(
+                ctx, y[..., sl["fr"]], z[..., sl["fr"]], pack.take(sl["fr"]), "fr", gap.amax(-1)
+            )
+            right = gap.topk(min(_CANDIDATES, gap.shape[-1]), dim=-1).indices + sl["fr"].start
+        ids = torch.cat([head.flatten(-2), left, right], dim=-1)
+        v = self._map(ctx, pack.take(ids), cols)  # every candidate at once
+        n_head, n_left = head.shape[-2] * head.shape[-1], left.shape[-1]
+        self._head_box(ctx, v[..., :n_head, :].unflatten(-2, head.shape[-2:]))
+        for key, region, part in (
+            ("shift_l", "fl", slice(n_head, n_head + n_left)),
+            ("shift_r", "fr", slice(n_head + n_left, None)),
+        ):
+            shift_l = ctx.get("shift_l")
+            gap = self._floor_gap(
+                ctx, v[..., part, 1], v[..., part, 2], pack.take(ids[..., part]), region, shift_l
+            )
+            ctx[key] = gap.amax(-1)
+
+    def _stats_in_order(self, ctx: dict[str, Tensor]) -> None:
+        """`_stats` for foot regions with head-fitted or rigid vertices: head box first, then each foot."""
+        pack, cols, sl = self._regions_pack(), self.regions_cols, self._region_slices
+        with torch.no_grad():
+            head = self._head_candidates(self._search(ctx)[..., sl["head"]]) + sl["head"].start
+        self._head_box(ctx, self._map(ctx, pack.take(head.flatten(-2)), cols).unflatten(-2, head.shape[-2:]))
+        for key, region in (("shift_l", "fl"), ("shift_r", "fr")):
+            shift_l = ctx.get("shift_l")
+            with torch.no_grad():
+                gap = self._foot_gap(ctx, pack.take(sl[region]), region, cols, shift_l)
+                ids = gap.topk(min(_CANDIDATES, gap.shape[-1]), dim=-1).indices + sl[region].start
+            ctx[key] = self._foot_gap(ctx, pack.take(ids), region, cols, shift_l).amax(-1)
+
+    @staticmethod
+    def _head_candidates(v: Tensor) -> Tensor:
+        """(B, 6, k) vertex indices: the k smallest x, y, z, then the k largest x, y, z of v (B, 3, n)."""
+        k = min(_CANDIDATES, v.shape[-1])
+        return torch.cat([v.topk(k, dim=-1, largest=False).indices, v.topk(k, dim=-1).indices], dim=-2)
+
+    @staticmethod
+    def _head_box(ctx: dict[str, Tensor], v: Tensor) -> None:
+        """Head box from the mapped candidates (B, 6, k, 3) of `_head_candidates`."""
+        ctx["head_src_min"] = torch.diagonal(v[..., :3, :, :], dim1=-3, dim2=-1).amin(-2)
+        ctx["head_src_max"] = torch.diagonal(v[..., 3:, :, :], dim1=-3, dim2=-1).amax(-2)
+
+    def _search(self, ctx: dict[str, Tensor]) -> Tensor:
+        """Mapped positions of every region vertex, coordinate-major (B, 3, n): one matrix product."""
+        maps = ctx["map"].index_select(-3, self.regions_cols)
+        rot = maps[..., :3, :3]
+        trans = maps[..., :3, 3] - (rot * self.regions_sources[..., None, :]).sum(-1)
+        affine = torch.cat([rot, trans[..., None]], dim=-1)  # (B, k, 3, 4)
+        return affine.transpose(-3, -2).flatten(-2) @ self.regions_kt
+
+    def _foot_gap(
+        self, ctx: dict[str, Tensor], pack: "_Pack", region: str, cols: Tensor | None, shift_l: Tensor | None
+    ) -> Tensor:
+        """`_floor_gap` of foot-region vertices from their mesh positions (with head fit and torso)."""
+        terms = self._regions[region]
+        v = self._map(ctx, pack, cols)
+        if terms.head:
+            v = self._head_fit(ctx, pack, v)
+        if terms.rigid:
+            v = self._rigid(ctx, pack, v)
+        return self._floor_gap(ctx, v[..., 1], v[..., 2], pack, region, shift_l)
+
+    def _floor_gap(
+        self, ctx: dict[str, Tensor], y: Tensor, z: Tensor, pack: "_Pack", region: str, shift_l: Tensor | None
+    ) -> Tensor:
+        """Per vertex of foot region "fl" / "fr" (B, n): the lift that puts it on the floor, from its height
+        y and depth z after mapping (as `_stats_all`; terms that are zero in the whole region skipped)."""
+        terms = self._regions[region]
+        height = y + self._forefoot_dy(ctx, y, z, pack.fwl, "l_ankle") if terms.fwl else y
+        if region == "fl":
+            return (ctx["floor"][..., None] - height) / pack.fwl
+        if terms.fwl:
+            assert shift_l is not None
+            height = height + pack.fwl * shift_l[..., None]
+        if terms.fwr:
+            height = height + self._forefoot_dy(ctx, y, z, pack.fwr, "r_ankle")
+        return (ctx["floor"][..., None] - height) / pack.fwr
+
+    def _map(self, ctx: dict[str, Tensor], pack: "_Pack", cols: Tensor | None = None) -> Tensor:
+        # `_map_skin_to_skeleton` is itself a blend: Σ w (T_j (x − s_j) + d_j); `cols`: the joints of `pack.w`
+        maps, sources = ctx["map"], self.source_joints
+        if cols is not None:
+            maps, sources = maps.index_select(-3, cols), sources.index_select(-2, cols)
+        return lbs(pack.x0, maps, sources, pack.w)
+
+    def _head_fit(self, ctx: dict[str, Tensor], pack: "_Pack", v: Tensor) -> Tensor:
         lo, hi = ctx["head_src_min"][..., None, :], ctx["head_src_max"][..., None, :]
         tlo, thi = ctx["head_min"][..., None, :], ctx["head_max"][..., None, :]
         fitted = tlo + (v - lo) * ((thi - tlo) / (hi - lo))
-        return v + self._sub(name, "head")[:, None] * (fitted - v)
+        return v + pack.head[..., None] * (fitted - v)
 
-    def _rigid(self, ctx: dict[str, Tensor], name: str, v: Tensor) -> Tensor:
+    def _rigid(self, ctx: dict[str, Tensor], pack: "_Pack", v: Tensor) -> Tensor:
         pelvis = self._ids["pelvis"]
-        rel = self._sub(name, "x0") - self.source_joints[pelvis]
-        moved = rel @ ctx["rigid"].transpose(-1, -2) + ctx["display"][..., pelvis, None, :]
-        return torch.where(self._sub(name, "rigid")[:, None], moved, v)
+        rel = pack.x0 - self.source_joints[pelvis]
+        moved = rel @ self._torso(ctx).transpose(-1, -2) + ctx["display"][..., pelvis, None, :]
+        return torch.where(pack.rigid[..., None], moved, v)
 
     def _forefoot(self, ctx: dict[str, Tensor], v: Tensor, weight: Tensor, ankle: str) -> Tensor:
         """Displacement of `_reshape_forefeet`'s tilt about the ankle (before the floor shift)."""
@@ -413,23 +608,50 @@ class WoodenRig(nn.Module):
         c, s = np.cos(_FOREFOOT_ANGLE), np.sin(_FOREFOOT_ANGLE)
         dy = c * rel[..., 1] - s * _FOREFOOT_LENGTH * rel[..., 2] - rel[..., 1]
         dz = s * rel[..., 1] + c * _FOREFOOT_LENGTH * rel[..., 2] - rel[..., 2]
-        return torch.stack([torch.zeros_like(dy), dy, dz], dim=-1) * weight[:, None]
+        return torch.stack([torch.zeros_like(dy), dy, dz], dim=-1) * weight[..., None]
+
+    def _forefoot_dy(
+        self, ctx: dict[str, Tensor], y: Tensor, z: Tensor, weight: Tensor, ankle: str
+    ) -> Tensor:
+        """The height part of `_forefoot` (same arithmetic), from heights and depths (B, n)."""
+        a = ctx["rest"][..., self._ids[ankle], :]
+        rel_y, rel_z = y - a[..., 1, None], z - a[..., 2, None]
+        c, s = np.cos(_FOREFOOT_ANGLE), np.sin(_FOREFOOT_ANGLE)
+        return (c * rel_y - s * _FOREFOOT_LENGTH * rel_z - rel_y) * weight
 
     def points(self, ctx: dict[str, Tensor], name: str) -> Tensor:
-        """Shaped bind-pose positions of subset `name`'s vertices, (B, n, 3)."""
-        v = self._rigid(ctx, name, self._head_fit(ctx, name, self._mapped(ctx, name)))
-        fwl, fwr = self._sub(name, "fwl"), self._sub(name, "fwr")
-        v = v + self._forefoot(ctx, v, fwl, "l_ankle") + self._forefoot(ctx, v, fwr, "r_ankle")
-        lift = fwl * ctx["shift_l"][..., None] + fwr * ctx["shift_r"][..., None]
-        v = torch.cat([v[..., :1], v[..., 1:2] + lift[..., None], v[..., 2:]], dim=-1)
-        own, other = v[..., self._sub(name, "pos"), :], v[..., self._sub(name, "ppos"), :]
+        """Shaped bind-pose positions of subset `name`'s vertices, (B, n, 3).
+
+        Terms that are zero for every vertex of the subset (head fit, rigid torso, forefoot tilt and
+        floor lift, mirror symmetrisation) are skipped: adding or blending in exact zeros changes nothing.
+        """
+        pack, cols = self._pack(name)
+        terms = self._subsets[name]
+        v = self._map(ctx, pack, cols)
+        if terms.head:
+            v = self._head_fit(ctx, pack, v)
+        if terms.rigid:
+            v = self._rigid(ctx, pack, v)
+        if terms.fwl or terms.fwr:
+            tilted = v
+            if terms.fwl:
+                tilted = tilted + self._forefoot(ctx, v, pack.fwl, "l_ankle")
+            if terms.fwr:
+                tilted = tilted + self._forefoot(ctx, v, pack.fwr, "r_ankle")
+            lift = pack.fwl * ctx["shift_l"][..., None] + pack.fwr * ctx["shift_r"][..., None]
+            v = torch.cat([tilted[..., :1], tilted[..., 1:2] + lift[..., None], tilted[..., 2:]], dim=-1)
+        own = v[..., self._sub(name, "pos"), :]
+        if not terms.sym:
+            return own
+        other = v[..., self._sub(name, "ppos"), :]
         return torch.where(self._sub(name, "sym")[:, None], 0.5 * (own + self.reflect * other), own)
 
     def shaped(self, betas: Tensor | None, names: Sequence[str]) -> tuple[Tensor, list[Tensor], bool]:
         """Rest joints (*b, J, 3), shaped subset points [(*b, n, 3)] and whether this is the neutral shape.
 
-        `betas=None` uses the cached neutral shape. Rows that do not need gradients are de-duplicated
-        first, so a batch sharing one body shape costs one shape evaluation.
+        `betas=None` uses the cached neutral shape. Betas that need no gradient are de-duplicated (a
+        batch sharing one body shape costs one shape evaluation) and the last shapes' points are cached,
+        so repeated calls with unchanged betas (IK, motion denoising) skip the shape pipeline.
         """
         if betas is None:
             return self.neutral_joints, [self.neutral_points[self._full_ids(n)] for n in names], True
@@ -440,10 +662,31 @@ class WoodenRig(nn.Module):
             uniq, inverse = torch.unique(flat, dim=0, return_inverse=True)
             if uniq.shape[0] == 1 and not bool(uniq.any()):
                 return self.shaped(None, names)
-            ctx = self.context(uniq)
-            return rest, [self.points(ctx, n)[inverse].reshape(*lead, -1, 3) for n in names], False
+            pts = self._cached_points(uniq, names)
+            return rest, [p[inverse].reshape(*lead, -1, 3) for p in pts], False
         ctx = self.context(flat)
         return rest, [self.points(ctx, n).reshape(*lead, -1, 3) for n in names], False
+
+    def _cached_points(self, uniq: Tensor, names: Sequence[str]) -> list[Tensor]:
+        """Shaped points of constant betas `uniq` (U, 10), from the cache of the last shapes when they match."""
+        cached = self._shape_cache
+        if (
+            cached is None
+            or cached[0].shape != uniq.shape
+            or cached[0].dtype != uniq.dtype
+            or cached[0].device != uniq.device
+            or not torch.equal(cached[0], uniq)
+        ):
+            cached = (uniq.clone(), {})
+        store = cached[1]
+        missing = [n for n in names if n not in store]
+        if missing:
+            with torch.no_grad():
+                ctx = self.context(uniq)
+                store.update({n: self.points(ctx, n) for n in missing})
+        if sum(p.numel() for p in store.values()) <= _CACHE_VALUES:
+            self._shape_cache = cached
+        return [store[n] for n in names]
 
     def _full_ids(self, name: str) -> Tensor | slice:
         return getattr(self, f"ids_{name}") if name != "full" else slice(None)
@@ -526,6 +769,23 @@ class MannequinBody(nn.Module):
                 "mannequin-x finger order changed; this mannequin-x version is not supported"
             )
         self._left, self._right = slice(first_l, first_l + 15), slice(first_r, first_r + 15)
+        # local rotations are assembled as [root + body (22), left fingers, right fingers, unposed joints]
+        # (the palms): constant blocks (the mean hand when no hand pose is given) are computed once here
+        left, right = range(first_l, first_l + 15), range(first_r, first_r + 15)
+        fixed = [j for j in range(22, len(self.skeleton_names)) if j not in left and j not in right]
+        order = torch.argsort(torch.tensor([*range(22), *left, *right, *fixed]))
+        self._rot_order = None if bool((order == torch.arange(len(order))).all()) else order
+        with torch.no_grad():
+            self.register_buffer(
+                "mean_hand_rot", batch_rodrigues(rig.hand_mean.reshape(2, 15, 3)), persistent=False
+            )
+        eye = torch.eye(3, dtype=rig.joint_rest.dtype)
+        self.register_buffer("fixed_rot", eye.expand(len(fixed), 3, 3).clone(), persistent=False)
+        # landmark skinning over the joints that move landmarks only
+        w_land = rig.sub_landmarks_w[rig.sub_landmarks_pos]
+        cols = torch.nonzero(w_land.abs().sum(0) > 0)[:, 0]
+        self.register_buffer("landmark_cols", cols, persistent=False)
+        self.register_buffer("landmark_weights", w_land[:, cols].clone(), persistent=False)
         self._matrix: SkinMatrix | None = None
         self._matrix_key: tuple | None = None
 
@@ -544,8 +804,28 @@ class MannequinBody(nn.Module):
         """Indices into the output joints of a named set ("body22", "openpose25", "lhand21", "rhand21")."""
         return lookup_joint_set(self._sets, name, self.kind).to(self.parents.device)
 
+    def _rotations(self, p: dict[str, Tensor], batch: tuple[int, ...]) -> Tensor:
+        """Local rotation matrices of the skeleton joints, (*batch, 54, 3, 3)."""
+        dtype, device = self.fixed_rot.dtype, self.fixed_rot.device
+        root = expand_param(p.get("global_orient"), batch, 3, dtype, device).reshape(*batch, 1, 3)
+        body = expand_param(p.get("body_pose"), batch, 63, dtype, device).reshape(*batch, 21, 3)
+        blocks = [batch_rodrigues(torch.cat([root, body], dim=-2))]
+        for key, row in (("left_hand_pose", 0), ("right_hand_pose", 1)):
+            hand = p.get(key)
+            if hand is None:  # the SMPL-X mean hand (flat_hand_mean=False)
+                blocks.append(self.mean_hand_rot[row].expand(*batch, 15, 3, 3))
+            else:
+                aa = hand.expand(*batch, 45) + self.rig.hand_mean[row]
+                blocks.append(batch_rodrigues(aa.reshape(*batch, 15, 3)))
+        blocks.append(self.fixed_rot.expand(*batch, *self.fixed_rot.shape))
+        rots = torch.cat(blocks, dim=-3)
+        return rots if self._rot_order is None else rots.index_select(-3, self._rot_order)
+
     def forward(self, *, return_vertices: bool = True, **params: Tensor) -> BodyOutput:
-        """Pose the mannequin; missing parameters are zeros (betas 0 = the SMPL-X neutral shape)."""
+        """Pose the mannequin; missing parameters are zeros (betas 0 = the SMPL-X neutral shape).
+
+        With `return_vertices=False` only the skeleton and the landmark vertices are shaped and skinned.
+        """
         dtype, device = self.rig.joint_rest.dtype, self.rig.joint_rest.device
         batch, p = gather_params(
             params,
@@ -555,21 +835,14 @@ class MannequinBody(nn.Module):
             device=device,
             coeffs={"betas": NUM_BETAS, "expression": None},
         )
-        aa = torch.zeros(*batch, len(self.skeleton_names), 3, dtype=dtype, device=device)
-        aa[..., 0, :] = expand_param(p.get("global_orient"), batch, 3, dtype, device).reshape(*batch, 3)
-        aa[..., 1:22, :] = expand_param(p.get("body_pose"), batch, 63, dtype, device).reshape(*batch, 21, 3)
-        for key, sl, row in (("left_hand_pose", self._left, 0), ("right_hand_pose", self._right, 1)):
-            hand = (
-                expand_param(p.get(key), batch, 45, dtype, device).reshape(*batch, 45)
-                + self.rig.hand_mean[row]
-            )
-            aa[..., sl, :] = hand.reshape(*batch, 15, 3)
         rest, (land, *full), neutral = self.rig.shaped(
             p.get("betas"), ["landmarks", "full"] if return_vertices else ["landmarks"]
         )
-        transforms, joints = forward_kinematics(batch_rodrigues(aa), rest, self.parents)
-        w_land = self.rig.sub_landmarks_w[self.rig.sub_landmarks_pos]
-        landmarks = lbs(land, transforms, rest, w_land)
+        transforms, joints = forward_kinematics(self._rotations(p, batch), rest, self.parents)
+        cols = self.landmark_cols
+        landmarks = lbs(
+            land, transforms.index_select(-3, cols), rest.index_select(-2, cols), self.landmark_weights
+        )
         joints = torch.cat([joints, landmarks], dim=-2)
         transl = p.get("transl")
         shift = 0.0 if transl is None else transl[..., None, :]
@@ -622,6 +895,7 @@ class MannequinHand(nn.Module):
         prefix = f"{side}_"
         tips = [np.searchsorted(region, body.landmarks[prefix + f]) for f in _FINGERS]
         rig.add_named_subset(f"hand_{side}", region)
+        rig.add_named_subset(f"hand_{side}_tips", region[tips])  # joints-only calls shape just these
         rig.to(dtype)
         # skin columns: wrist (+ palm), then the fingers
         col = torch.tensor([wrist, *fingers])
@@ -631,6 +905,7 @@ class MannequinHand(nn.Module):
         self.register_buffer("weights", w, persistent=False)
         self.register_buffer("chain", col, persistent=False)
         self.register_buffer("tips", torch.as_tensor(np.array(tips)), persistent=False)
+        self.register_buffer("tip_weights", w[tips].clone(), persistent=False)
         self.register_buffer("parents", torch.tensor(parents), persistent=False)
         self.register_buffer("faces", torch.as_tensor(faces), persistent=False)
         self.register_buffer("mean", rig.hand_mean[1 if side == "right" else 0].clone(), persistent=False)
@@ -666,13 +941,14 @@ class MannequinHand(nn.Module):
             ],
             dim=-2,
         )
-        rest_all, (pts,), _ = self.rig.shaped(p.get("betas"), [self._region])
+        region = self._region if return_vertices else f"{self._region}_tips"
+        rest_all, (pts,), _ = self.rig.shaped(p.get("betas"), [region])
         origin = rest_all[..., self.chain[:1], :]
         rest = rest_all[..., self.chain, :] - origin
         transforms, joints = forward_kinematics(batch_rodrigues(aa), rest, self.parents)
         pts = pts - origin
-        tip_pts = pts[..., self.tips, :]
-        tips = lbs(tip_pts, transforms, rest, self.weights[self.tips])
+        tip_pts = pts[..., self.tips, :] if return_vertices else pts
+        tips = lbs(tip_pts, transforms, rest, self.tip_weights)
         transl = p.get("transl")
         shift = 0.0 if transl is None else transl[..., None, :]
         joints = (torch.cat([joints, tips], dim=-2) + shift).expand(*batch, 21, 3)

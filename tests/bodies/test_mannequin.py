@@ -249,3 +249,69 @@ def test_hand_equals_mannequin_x_hand_relative_to_the_wrist(side):
         20,
     ]
     assert hand.faces.max() < out.vertices.shape[1] and len(hand.parents) == 16
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_candidate_statistics_equal_the_all_vertex_reference_with_gradients(dtype, mannequin64, mannequin32):
+    # the head box and floor shifts are extremes over thousands of vertices; only candidates get autograd
+    rig = (mannequin64 if dtype == torch.float64 else mannequin32).rig
+    tol = 1e-12 if dtype == torch.float64 else 2e-6
+    g = torch.Generator().manual_seed(4)
+    betas = torch.randn(40, 10, generator=g, dtype=dtype) * 2.0
+    betas[0] = 0.0  # the neutral shape: a symmetric mesh with exact ties
+    betas.requires_grad_(True)
+    fast, ref = rig.context(betas), rig.context(betas, all_vertices=True)
+    for key in ("head_src_min", "head_src_max", "shift_l", "shift_r"):
+        assert (fast[key] - ref[key]).abs().max() < tol, key
+    w = torch.randn(40, len(rig.sub_landmarks_pos), 3, generator=g, dtype=dtype)
+    (g_fast,) = torch.autograd.grad((rig.points(fast, "landmarks") * w).sum(), betas)
+    (g_ref,) = torch.autograd.grad((rig.points(ref, "landmarks") * w).sum(), betas)
+    assert (g_fast - g_ref).abs().max() < tol * 10 * g_ref.abs().max()
+
+
+def test_statistics_in_order_path_equals_the_reference(mannequin64, monkeypatch):
+    # foot regions with head-fitted or rigid vertices need the head box before the foot search
+    rig = mannequin64.rig
+    for region in ("fl", "fr"):
+        monkeypatch.setitem(rig._regions, region, rig._regions[region]._replace(head=True, rigid=True))
+    betas = torch.randn(5, 10, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    fast, ref = rig.context(betas), rig.context(betas, all_vertices=True)
+    for key in ("head_src_min", "head_src_max", "shift_l", "shift_r"):
+        assert torch.allclose(fast[key], ref[key], atol=1e-12), key
+
+
+def test_fitting_path_with_free_betas_equals_the_grad_free_path(mannequin32):
+    g = torch.Generator().manual_seed(6)
+    params = {"body_pose": torch.randn(4, 63, generator=g) * 0.3, "global_orient": torch.randn(4, 3, generator=g)}
+    betas = torch.randn(4, 10, generator=g)
+    free = mannequin32(**params, betas=betas.clone().requires_grad_(True), return_vertices=False).joints
+    with torch.no_grad():
+        fixed = mannequin32(**params, betas=betas, return_vertices=True)
+    assert torch.allclose(free, fixed.joints, atol=2e-6)
+    ids = list(mannequin32.landmarks.values())
+    assert torch.allclose(free[:, 54:], fixed.vertices[:, ids], atol=2e-6)
+
+
+def test_constant_betas_are_cached_until_they_change(mannequin32):
+    g = torch.Generator().manual_seed(7)
+    pose = torch.randn(3, 63, generator=g) * 0.3
+    b1 = torch.randn(3, 10, generator=g)
+    b2 = b1.clone()
+    b2[1, 0] += 0.5
+    first = mannequin32(body_pose=pose, betas=b1, return_vertices=False).joints
+    assert torch.equal(mannequin32(body_pose=pose, betas=b1, return_vertices=False).joints, first)
+    changed = mannequin32(body_pose=pose, betas=b2, return_vertices=False).joints
+    mannequin32.rig._shape_cache = None
+    assert torch.equal(mannequin32(body_pose=pose, betas=b2, return_vertices=False).joints, changed)
+    assert not torch.allclose(changed[1], first[1])
+    assert torch.equal(changed[0], first[0]) and torch.equal(changed[2], first[2])
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_hand_joints_only_equals_the_mesh_path(side):
+    hand = MannequinHand(side)
+    g = torch.Generator().manual_seed(8)
+    params = {"hand_pose": torch.randn(3, 45, generator=g) * 0.4, "betas": torch.randn(3, 10, generator=g)}
+    fast = hand(**params, return_vertices=False)
+    full = hand(**params)
+    assert fast.vertices is None and torch.allclose(fast.joints, full.joints, atol=2e-6)
