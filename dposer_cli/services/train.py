@@ -68,7 +68,8 @@ WARMUP_FRACTION = TrainConfig().warmup / TrainConfig().steps  # a too-long warm-
 FID_LIMIT = 10.0  # unhealthy: held-out FID above this many times the held-out data's total variance
 ANGLE_LIMIT = 0.01  # unhealthy: more than this share of sampled joint rotations beyond any in the data
 _DDP_STOP_SYNC = 10  # steps between the ranks' agreement on a stop request (one tiny all-reduce)
-_TMP = re.compile(r"^\.(last|best|prior)\.pt\..+\.tmp$")  # core.paths.atomic_write temp files
+# temp files of core.paths.atomic_write and core.paths.ensure_out_dir's write probe
+_TMP = re.compile(r"^\.((last|best|prior)\.pt\..+\.tmp|dposer-write-test-\d+)$")
 _FLAGS = {"steps": "--steps", "batch_size": "--batch-size", "lr": "--lr", "warmup": "--warmup",
           "ema_rate": "--ema-rate", "seed": "--seed", "t_weighting": "--t-weighting", "hidden_dim": "--hidden-dim",
           "embed_dim": "--embed-dim", "dropout": "--dropout", "scale_by_sigma": "--sigma-scaling",

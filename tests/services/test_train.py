@@ -264,7 +264,8 @@ def test_changed_cadence_resumes(tmp_path, hand_data):
 def test_orphan_temporary_files_are_removed_and_log_trimmed(tmp_path, hand_data):
     svc.run(_req(tmp_path, hand_data, 30, stop_after=20))
     out = tmp_path / "run"
-    orphans = [out / ".last.pt.k2j3h4.tmp", out / ".prior.pt.x9.tmp", out / ".best.pt.a.tmp"]
+    orphans = [out / name for name in (".last.pt.k2j3h4.tmp", ".prior.pt.x9.tmp", ".best.pt.a.tmp",
+                                       ".dposer-write-test-7")]
     for p in orphans:
         p.write_bytes(b"partial")
     (out / ".notes.tmp").write_text("not ours")
