@@ -5,11 +5,11 @@ AMASS, or `poses`) — the ReInterHand test split converted to npz — or faces 
 `betas` when present, else zero shape) — the WCPA valid split. Targets are the posed model's joints
 (hand21 / flame73) with the official corruption of each setting (`sparse`: 13 of 21 joints hidden;
 `fingertip`: only wrist and tips visible; `partial`: two fingers hidden; `noisy-Xmm`: Gaussian noise;
-`half_face` / `left_face` / `right_face`: half the landmarks hidden), solved by `dposer ik`'s batched
-optimiser with the official weights and step counts.
+`half_face` / `left_face` / `right_face`: half the landmarks hidden), solved by `tasks.ik.solve_ik` with the
+official weights and step counts.
 
 Metrics per sample (mm), averaged: MPJPE over visible / occluded / all joints against the ground truth, and
-MPVPE over all vertices.
+MPVPE over all vertices. Settings that hide no joint report no occluded MPJPE.
 """
 
 import logging
@@ -18,12 +18,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from dposer_cli.bodies.base import BodyModel
 from dposer_cli.core.errors import InputError
 from dposer_cli.core.parts import Part
+from dposer_cli.evaluation.common import Context, Outcome, concat, mean_of, to_numpy
+from dposer_cli.evaluation.paper import paper_for
 from dposer_cli.io.datasets import read_amass_poses
 from dposer_cli.metrics import mpjpe
-from dposer_cli.services._bench_common import Context, Outcome, concat, mean_of, to_numpy
-from dposer_cli.services._bench_paper import paper_for
 from dposer_cli.tasks import ik
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ def _run(ctx: Context, part: Part, settings: tuple[str, ...], name: str) -> Outc
     body = ctx.body(spec.body)  # a face without FLAME raises MissingAssetError here
     gt = _ground_truth(ctx, part)
     n = len(next(iter(gt.values())))
-    priors = {p: ctx.prior(p) for p, _ in spec.priors}
+    priors = {p: ctx.prior(p) for p in spec.prior_parts}
     # the gmm plugs in as a prior object; IK's l2 is 0.5·‖θ‖² (PRIOR_SCALES)
     scale = ik.PRIOR_SCALES.get(req.prior, 1.0)
     prior = None if req.prior == "none" else ik.ik_prior(part, priors, scale=scale)
@@ -96,7 +97,7 @@ def _run(ctx: Context, part: Part, settings: tuple[str, ...], name: str) -> Outc
             problem = ik.apply_type(problem, ik_type, noise_std=noise, generator=gen)
             result = ik.solve_ik(problem, body, prior, ik_type=ik_type, noise_std=noise, steps=req.steps,
                                  generator=gen)
-            return per_sample(ik, problem, body, {**result.params, "joints": result.joints})
+            return per_sample(problem, body, result)
 
         for p in priors.values():
             p.nfe = 0
@@ -107,7 +108,7 @@ def _run(ctx: Context, part: Part, settings: tuple[str, ...], name: str) -> Outc
         if entry:
             paper[setting] = entry
     return Outcome(
-        metrics=metrics, paper=paper, items=n, info={"nfe": nfe},
+        metrics=metrics, paper=paper, items=n, info={"nfe": nfe}, body_model=body.kind, body_role=spec.body,
         settings={"part": part.value, "ik_settings": list(settings), "steps": steps, "body_model": body.kind,
                   "joint_order": spec.joint_set, "data_dir": str(req.data_dir),
                   "source": [p.source for p in priors.values()]},
@@ -115,11 +116,12 @@ def _run(ctx: Context, part: Part, settings: tuple[str, ...], name: str) -> Outc
     )
 
 
-def per_sample(ik: Any, problem: Any, body: Any, result: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
-    """Errors against the ground truth per sample (mm)."""
+def per_sample(problem: ik.IKProblem, body: BodyModel, result: ik.IKResult) -> dict[str, np.ndarray]:
+    """Errors against the ground truth per sample (mm); the occluded MPJPE is NaN where nothing is hidden."""
+    assert problem.gt is not None
     vis = problem.visible
     hidden = ~vis
-    err = (result["joints"] - problem.gt["joints"]).norm(dim=-1) * 1000  # (N, J)
+    err = (result.joints - problem.gt["joints"]).norm(dim=-1) * 1000  # (N, J)
     occluded = torch.where(hidden.any(-1), (err * hidden).sum(-1) / hidden.sum(-1).clamp_min(1),
                            torch.full_like(err[:, 0], float("nan")))
     out = {"mpjpe_visible_mm": to_numpy((err * vis).sum(-1) / vis.sum(-1)), "mpjpe_occluded_mm": to_numpy(occluded),
@@ -127,7 +129,7 @@ def per_sample(ik: Any, problem: Any, body: Any, result: dict[str, torch.Tensor]
     if "vertices" in problem.gt:
         keys = {key for key, _ in ik.IK[problem.part].gt_keys} | {"transl"}
         with torch.no_grad():
-            verts = body(**{key: v for key, v in result.items() if key in keys}, return_vertices=True).vertices
+            verts = body(**{key: v for key, v in result.params.items() if key in keys}, return_vertices=True).vertices
         if verts is not None:
             out["mpvpe_mm"] = to_numpy(mpjpe(verts, problem.gt["vertices"]) * 1000)
     return out

@@ -5,7 +5,7 @@ Gaussian fit of the samples with `--statistics` (mu, sigma; default: the officia
 downloaded) and/or with the Gaussian fit of `--reference` poses; PRDC (k = 3) and dNN need `--reference`.
 APD (cm) uses the first 500 samples posed by the body model: body → body22 joints; hand → hand21 joints;
 whole body → body22 joints and the root-relative left/right hand21 joints (mean of both hands); the face
-has no APD (Table S-11 reports none).
+has no APD (Table S-11 reports none). Only the APD depends on the body model.
 """
 
 import logging
@@ -18,10 +18,10 @@ import torch
 from dposer_cli.core.errors import InputError
 from dposer_cli.core.parts import PARTS, Part
 from dposer_cli.core.paths import official_dir
-from dposer_cli.io.poses import read_poses, write_poses
+from dposer_cli.evaluation.common import Context, Outcome, part_params, to_numpy
+from dposer_cli.evaluation.paper import paper_for
+from dposer_cli.io.poses import load_key, open_npz, read_poses
 from dposer_cli.metrics import apd, dnn, fid, fid_from_stats, gaussian_stats, prdc
-from dposer_cli.services._bench_common import Context, Outcome, report_path, to_numpy
-from dposer_cli.services._bench_paper import paper_for
 from dposer_cli.tasks.sample import DEFAULT_STEPS, check_sampler
 from dposer_cli.tasks.sample import sample as sample_poses
 
@@ -33,12 +33,11 @@ SAMPLE_BATCH = 10_000  # samples per shard batch
 PRDC_K = 3
 DNN_MEASURE = {Part.body: "rotation", Part.hand: "rotation", Part.face: "absolute", Part.face_shape: "absolute",
                Part.wholebody: "absolute"}  # spec §8.1
+BODY_INDEPENDENT = ("fid", "fid_reference", "precision", "recall", "density", "coverage", "dnn")
 
 
 def read_statistics(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """`mu` (D,) and `sigma` (D, D) of an FID statistics npz."""
-    from dposer_cli.io.poses import load_key, open_npz
-
     with open_npz(Path(path), "statistics file") as npz:
         missing = [k for k in ("mu", "sigma") if k not in npz.files]
         if missing:
@@ -106,8 +105,6 @@ def run(ctx: Context) -> Outcome:
     apd_metrics, apd_model = _apd(ctx, part, samples[:APD_SAMPLES])
     m.update(apd_metrics)
 
-    out = report_path(ctx.req)
-    outputs = {"samples": write_poses(out.with_name(out.stem + ".samples.npz"), part, samples)}
     key = part.value
     settings: dict[str, Any] = {
         "part": part.value, "n": n, "sampler": req.sampler if req.prior == "dposer" else req.prior, "steps": steps,
@@ -119,8 +116,9 @@ def run(ctx: Context) -> Outcome:
     }
     entry = paper_for("generation", key)
     return Outcome(
-        metrics={key: m}, settings=settings, paper={key: entry} if entry else {}, outputs=outputs,
-        info={"nfe": nfe}, items=n,
+        metrics={key: m}, settings=settings, paper={key: entry} if entry else {}, arrays={"samples": samples},
+        info={"nfe": nfe}, items=n, body_model=apd_model, body_role="hand" if part is Part.hand else "body",
+        body_independent=BODY_INDEPENDENT,
         lines=[f"sampled {n} {part.value} poses with {settings['sampler']} ({steps} steps) from {prior.source}"],
     )
 
@@ -129,8 +127,6 @@ def _apd(ctx: Context, part: Part, samples: np.ndarray) -> tuple[dict[str, float
     """APD in cm through the body model's joints (spec §8.1) and the model's kind; ({}, None) for the face."""
     if len(samples) < 2 or part in (Part.face, Part.face_shape):
         return {}, None
-    from dposer_cli.services._render import part_params
-
     body = ctx.body("hand" if part is Part.hand else "body")
     x = torch.as_tensor(samples, dtype=torch.float32, device=ctx.device)
     with torch.no_grad():

@@ -4,10 +4,10 @@
 non-overlapping 60-frame clips. Ground truth: the clip's body poses through the body model with zero global
 orientation, shape and translation (as the official script); observations: its body22 joints plus Gaussian
 noise (settings `20mm`, `40mm`, `100mm`), or without noise with a part hidden (`legs`, `left_arm`,
-`right_body`: the partial-visibility variant). Each clip is solved by `dposer denoise-motion`'s optimiser with
-the official schedule of its setting, seeded per clip. Metrics per clip (mm): MPJPE over the 22 joints,
-MPVPE over all vertices (when the body model has a mesh), MPJPE of the observations, and for hidden parts
-visible/occluded MPJPE; averaged over clips.
+`right_body`: the partial-visibility variant). Each clip is solved by `tasks.denoise_motion` with the official
+schedule of its setting, seeded per clip. Metrics per clip (mm): MPJPE over the 22 joints, MPVPE over all
+vertices (when the body model has a mesh), MPJPE of the observations, and for hidden parts visible/occluded
+MPJPE; averaged over clips.
 """
 
 import logging
@@ -17,10 +17,10 @@ import numpy as np
 import torch
 
 from dposer_cli.core.parts import Part, mask_dims
+from dposer_cli.evaluation.common import Context, Outcome, concat, mean_of, scaled_schedule
+from dposer_cli.evaluation.paper import paper_for
 from dposer_cli.io.datasets import humaneva_clips
 from dposer_cli.metrics import mpjpe
-from dposer_cli.services._bench_common import Context, Outcome, concat, mean_of, scaled_schedule
-from dposer_cli.services._bench_paper import paper_for
 from dposer_cli.tasks import denoise_motion as dm
 
 log = logging.getLogger(__name__)
@@ -30,6 +30,12 @@ PARTIAL = ("legs", "left_arm", "right_body")
 SETTINGS = (*NOISE, *PARTIAL)
 DEFAULT = ("40mm",)
 CLIP_FRAMES = 60
+
+
+def schedule_for(setting: str, steps: int | None = None) -> dm.MotionSchedule:
+    """The official schedule of a setting, scaled to about `steps` steps in all (None: the official count)."""
+    base = dm.PARTIAL_SCHEDULES[setting] if setting in PARTIAL else dm.SCHEDULES[NOISE[setting]]
+    return scaled_schedule(base, steps)
 
 
 def run(ctx: Context) -> Outcome:
@@ -48,8 +54,7 @@ def run(ctx: Context) -> Outcome:
     nfe = 0
     for k, setting in enumerate(settings):
         partial = setting in PARTIAL
-        base = dm.PARTIAL_SCHEDULES[setting] if partial else dm.SCHEDULES[NOISE[setting]]
-        schedule = scaled_schedule(base, req.steps)
+        schedule = schedule_for(setting, req.steps)
         schedules[setting] = {"name": schedule.name, "steps": schedule.steps, "t_range": list(schedule.t_range),
                               "noise_std_m": 0.0 if partial else NOISE[setting]}
         hidden = torch.zeros(22, dtype=torch.bool, device=ctx.device)
@@ -86,7 +91,7 @@ def run(ctx: Context) -> Outcome:
         if entry:
             paper[setting] = entry
     return Outcome(
-        metrics=metrics, paper=paper, items=n, info={"nfe": nfe},
+        metrics=metrics, paper=paper, items=n, info={"nfe": nfe}, body_model=body.kind,
         settings={"clips": n, "clip_frames": CLIP_FRAMES, "schedules": schedules, "body_model": body.kind,
                   "temporal_term": "vertices" if body.faces is not None else "joints",
                   "data_dir": str(req.data_dir), "source": prior.source,

@@ -1,8 +1,9 @@
 """Mesh recovery from 2D keypoints: `benchmark ehf` (body, spec §7.6), `benchmark freihand` (hand, §7.7) and
 `benchmark arctic` (whole body, §7.8).
 
-Both run `dposer fit-image` on the dataset's images in batches of `--batch-size` (each batch one batched
-fit, seeded `seed + batch`), read back the fitted parameters and score them against the ground truth:
+The dataset's keypoints (and image sizes) are read with `io/` and fitted with `tasks.fit.fit` in batches of
+`--batch-size` (each batch one batched fit, seeded `seed + batch`, person 0 of each keypoint file, focal
+length from the image size unless given), and the fitted parameters are scored against the ground truth:
 
 - **EHF** (100 frames): `NN_img.jpg`, ViTPose COCO-WholeBody keypoints in
   `vitpose_keypoints/predictions/NN_img.json`, ground-truth SMPL-X mesh `NN_align.ply` rotated into the
@@ -10,9 +11,8 @@ fit, seeded `seed + batch`), read back the fitted parameters and score them agai
   PA-MPJPE (similarity Procrustes) and MPJPE after pelvis alignment, mm (spec §8.2). Needs SMPL-X.
 - **FreiHAND** (evaluation split, 3,960 images): 2D keypoints are the ground-truth joints projected with
   the per-image intrinsics (the "GT 2D keypoints" column of Table S-9); PA-MPJPE over the 21 joints,
-  PA-MPVPE over the 778 MANO vertices, and the F-score at 5 mm and 15 mm of the aligned vertices. fit-image
-  takes one focal length per run, so each batch uses its images' median focal length (fx+fy)/2 and the
-  image centre as principal point. Needs MANO.
+  PA-MPVPE over the 778 MANO vertices, and the F-score at 5 mm and 15 mm of the aligned vertices. Each batch
+  uses its images' median focal length (fx+fy)/2 and the image centre as principal point. Needs MANO.
 - **ARCTIC** (subject s05, camera 4, every 20th frame; spec §8.3): whole-body fits from the MMPose
   COCO-WholeBody keypoints, scored against `processed_verts/seqs/s05/<action>.npy` (`cam_coord` →
   `verts.smplx`, camera 4; row = image number − `ioi_offset` of meta/misc.json, ARCTIC's convention).
@@ -20,45 +20,51 @@ fit, seeded `seed + batch`), read back the fitted parameters and score them agai
   vertices (MANO_SMPLX_vertex_ids.pkl, PA per hand or aligned at its wrist, mean of the two); of the face
   (SMPL-X__FLAME_vertex_ids.npy, PA or aligned at the neck); PA-MPJPE of the 14 body joints of
   SMPLX_to_J14.pkl (reported only when that regressor is found) and of 2×21 hand joints (J_regressor rows
-  plus finger-tip vertices). Focal length as fit-image estimates it, or `--setting gt-intrinsic` for
-  camera 4's (fx+fy)/2 from misc.json. Needs SMPL-X and its MANO/FLAME vertex-index files.
+  plus finger-tip vertices). Focal length from the image size, or `--setting gt-intrinsic` for camera 4's
+  (fx+fy)/2 from misc.json. Needs SMPL-X and its MANO/FLAME vertex-index files.
 
-Priors: `dposer`, `gmm` and `vposer` are built once per run (`Context.prior`) and handed to every batch's fit
-as `prior_model`; the baselines' terms get the same per-stage weights as DPoser's. `none` and `l2` are
-fit-image's own.
+Priors: every `--prior` is built once per run (`Context.prior`) and given to every batch's fit; `none` and
+`l2` start from the DPoser prior's mean pose when one is found, as `dposer fit-image` does.
 """
 
-import json
 import logging
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 
-from dposer_cli.core.errors import InputError, MissingAssetError
+from dposer_cli.bodies import camera as cam
+from dposer_cli.bodies.base import BodyModel, BodyOutput
+from dposer_cli.bodies.pickle_compat import load_npy_object
+from dposer_cli.core.errors import InputError
 from dposer_cli.core.parts import Part
-from dposer_cli.core.paths import atomic_write
-from dposer_cli.io.datasets import ARCTIC_EVERY, read_arctic, read_ehf, read_freihand, read_ply_vertices
-from dposer_cli.io.poses import load_key, open_npz
-from dposer_cli.metrics import mpjpe, procrustes_align
-from dposer_cli.services._bench_common import (
+from dposer_cli.evaluation.common import (
+    J14_FILE,
+    SMPLX_VERTICES,
     Context,
     Outcome,
     concat,
-    eval_file_folders,
-    find_eval_file,
     mean_of,
+    smplx_eval_files,
     to_numpy,
 )
-from dposer_cli.services._bench_paper import paper_for
+from dposer_cli.evaluation.paper import paper_for
+from dposer_cli.io.datasets import ARCTIC_EVERY, read_arctic, read_ehf, read_freihand, read_ply_vertices
+from dposer_cli.io.frames import Frame, read_persons
+from dposer_cli.io.media import read_image
+from dposer_cli.metrics import mpjpe, procrustes_align
+from dposer_cli.tasks.fit import CONF_THRESHOLD, FitInput, FitResult, confident_keypoints, fit, fit_spec
 
 log = logging.getLogger(__name__)
 
 EHF_CAMERA_ROTATION = (-2.98747896, 0.01172457, -0.05704687)  # axis-angle (spec §8.2)
 FIT_STEPS = 100  # fit-image iterations per stage (spec §7.6, §7.7)
 F_THRESHOLDS_MM = (5.0, 15.0)
+PERSON = 0  # the person of each keypoint file that is fitted (one per image)
 
 
 def _rodrigues(aa: tuple[float, float, float]) -> np.ndarray:
@@ -69,32 +75,46 @@ def _rodrigues(aa: tuple[float, float, float]) -> np.ndarray:
     return np.eye(3) + math.sin(theta) * kx + (1 - math.cos(theta)) * kx @ kx
 
 
-def _fit(ctx: Context, part: Part, images: list[Path], keypoints: list[Path], out: Path, b: int,
-         focal: float | None = None) -> dict[str, dict[str, np.ndarray]]:
-    """One batched fit-image run → {image stem: fitted arrays}."""
-    from dposer_cli.services import fit_image
-
-    req = ctx.req
-    prior_model = ctx.prior(part) if req.prior in ("dposer", "gmm", "vposer") else None
-    fit_req = fit_image.FitImageRequest(
-        images=tuple(images), keypoints=tuple(keypoints), out=out, part=part, person="0", focal=focal,
-        steps=ctx.steps(FIT_STEPS), prior=req.prior, prior_model=prior_model, body_model=req.body_model,
-        checkpoint=req.checkpoint, normalizer=req.normalizer, overlay=False, device=str(ctx.device),
-        seed=req.seed + b)
-    result = fit_image.run(fit_req)
-    ctx.nfe += int(result.info["nfe"])
-    fitted = {}
-    for img in images:
-        path = out / f"{img.stem}.npz"
-        with open_npz(path, "fit-image result") as npz:
-            fitted[img.stem] = {k: load_key(npz, k, path) for k in npz.files}
-    return fitted
+def fit_input(keypoints: np.ndarray, image_size: np.ndarray, device: torch.device,
+              focal: float | None = None) -> FitInput:
+    """One row per image: keypoints (B, K, 3) as read, (H, W) sizes (B, 2); focal length `focal`, else the
+    image diagonal (spec §7.6); principal point at the image centre; low-confidence keypoints unused."""
+    kp = torch.as_tensor(keypoints, dtype=torch.float32, device=device)
+    sizes = np.asarray(image_size).tolist()
+    focals = [focal if focal is not None else cam.estimate_focal(float(w), float(h)) for h, w in sizes]
+    return FitInput(
+        keypoints=confident_keypoints(kp, CONF_THRESHOLD),
+        focal=torch.tensor([float(f) for f in focals], dtype=torch.float32, device=device),
+        center=torch.tensor([(w / 2, h / 2) for h, w in sizes], dtype=torch.float32, device=device),
+        image_size=torch.tensor(sizes, dtype=torch.float32, device=device),
+        frame=torch.arange(len(sizes), device=device),
+    )
 
 
-def _pose(body: Any, arrays: dict[str, np.ndarray], keys: tuple[str, ...], device: torch.device) -> Any:
-    params = {k: torch.as_tensor(np.asarray(arrays[k], np.float32), device=device) for k in keys if k in arrays}
+def _fit(ctx: Context, part: Part, keypoints: np.ndarray, layout: str, image_size: np.ndarray, b: int,
+         focal: float | None = None) -> FitResult:
+    """One batched fit of batch `b` (seeded seed + b) with the prior under test."""
+    inputs = fit_input(keypoints, image_size, ctx.device, focal)
+    result = fit(ctx.body(fit_spec(part).body), ctx.prior(part), inputs, part=part, keypoint_layout=layout,
+                 steps=ctx.steps(FIT_STEPS), generator=ctx.generator(b), mean_pose=ctx.mean_pose(part))
+    ctx.nfe += result.nfe
+    return result
+
+
+def _fit_files(ctx: Context, part: Part, images: Sequence[Path], keypoints: Sequence[Path], b: int,
+               focal: float | None = None) -> FitResult:
+    """Person 0 of each keypoint file (read with `io.frames`, image sizes from the images), fitted in one batch."""
+    spec = fit_spec(part)
+    frames = [Frame(Path(img), Path(kp), f"{i}", -1) for i, (img, kp) in enumerate(zip(images, keypoints, strict=True))]
+    persons = read_persons(frames, part=part.value, person=PERSON, conf_threshold=CONF_THRESHOLD,
+                           min_keypoints=spec.min_keypoints, counted_keypoints=spec.counted_keypoints)
+    return _fit(ctx, part, persons.keypoints, persons.layout, persons.image_size, b, focal)
+
+
+def _pose(body: BodyModel, params: dict[str, Tensor], keys: Sequence[str], rows: slice | None = None) -> BodyOutput:
+    picked = {k: v if rows is None else v[rows] for k, v in params.items() if k in keys}
     with torch.no_grad():
-        return body(**params, return_vertices=True)
+        return body(**picked, return_vertices=True)
 
 
 # --------------------------------------------------------------------------------------------------------- EHF
@@ -110,16 +130,16 @@ def run_ehf(ctx: Context) -> Outcome:
         raise InputError(f"benchmark ehf needs an SMPL-X model (the {body.kind} body has no joint regressor)",
                          hint="pass --body-model with smplx/SMPLX_NEUTRAL.npz")
     rot = torch.as_tensor(_rodrigues(EHF_CAMERA_ROTATION), dtype=torch.float32, device=ctx.device)
-    scratch = ctx.tempdir()
+    ctx.nfe = 0
 
     def batch(b: int, sl: slice) -> dict[str, np.ndarray]:
         chunk = items[sl]
-        fitted = _fit(ctx, Part.body, [it.image for it in chunk], [it.keypoints for it in chunk],
-                      scratch / f"batch{b}", b)
+        fitted = _fit_files(ctx, Part.body, [it.image for it in chunk], [it.keypoints for it in chunk], b)
         rows: dict[str, list[float]] = {"pa_mpjpe_mm": [], "mpjpe_mm": []}
-        for it in chunk:
+        for i, it in enumerate(chunk):
             gt_v = torch.as_tensor(read_ply_vertices(it.mesh), dtype=torch.float32, device=ctx.device) @ rot.T
-            out = _pose(body, fitted[it.image.stem], ("global_orient", "body_pose", "betas", "transl"), ctx.device)
+            out = _pose(body, fitted.params, ("global_orient", "body_pose", "betas", "transl"), slice(i, i + 1))
+            assert out.vertices is not None
             pred_v = out.vertices[0]
             if pred_v.shape != gt_v.shape:
                 raise InputError(f"{it.mesh}: {gt_v.shape[0]} vertices, but the body model has {pred_v.shape[0]}; "
@@ -134,7 +154,7 @@ def run_ehf(ctx: Context) -> Outcome:
     entry = paper_for("ehf", "ehf")
     return Outcome(
         metrics={"ehf": mean_of(per)}, paper={"ehf": entry} if entry else {}, items=n,
-        info={"nfe": ctx.nfe},
+        info={"nfe": ctx.nfe}, body_model=body.kind,
         settings={"images": n, "steps_per_stage": ctx.steps(FIT_STEPS), "keypoints": "vitpose_keypoints/predictions",
                   "joints": "SMPL-X J_regressor on both meshes, first 22", "mpjpe_alignment": "pelvis",
                   "camera_rotation": list(EHF_CAMERA_ROTATION), "body_model": body.kind,
@@ -149,7 +169,7 @@ def _project(xyz: np.ndarray, k: np.ndarray) -> np.ndarray:
     return uvw[:, :2] / uvw[:, 2:3]
 
 
-def f_score(pred: torch.Tensor, gt: torch.Tensor, threshold: float) -> torch.Tensor:
+def f_score(pred: Tensor, gt: Tensor, threshold: float) -> Tensor:
     """F-score of two point sets (FreiHAND): harmonic mean of the fractions of each set's points within
     `threshold` of the other set; (..., V, 3) → (...)."""
     d = torch.cdist(pred, gt)
@@ -165,24 +185,16 @@ def run_freihand(ctx: Context) -> Outcome:
     data = read_freihand(req.data_dir)
     n = ctx.limit(len(data.images))
     body = ctx.body("hand")
-    scratch = ctx.tempdir()
+    ctx.nfe = 0
 
     def batch(b: int, sl: slice) -> dict[str, np.ndarray]:
-        folder = scratch / f"batch{b}"
-        kp_files = []
-        for i in range(sl.start, sl.stop):  # MMPose hand JSON with the projected ground-truth joints
-            uv = _project(data.xyz[i], data.K[i])
-            path = folder / "keypoints" / f"{data.images[i].stem}.json"
-            with atomic_write(path, "w") as fh:
-                json.dump([{"keypoints": uv.tolist(), "keypoint_scores": [1.0] * 21,
-                            "bbox": [[*uv.min(0).tolist(), *uv.max(0).tolist()]], "bbox_score": 1.0}], fh)
-            kp_files.append(path)
+        # the ground-truth joints projected with each image's K, confidence 1 (hand21 layout)
+        uv = np.stack([_project(data.xyz[i], data.K[i]) for i in range(sl.start, sl.stop)])
+        kp = np.concatenate([uv, np.ones(uv.shape[:2] + (1,))], -1).astype(np.float32)
+        sizes = np.array([read_image(p).shape[:2] for p in data.images[sl]], dtype=np.int64)
         focal = float(np.median((data.K[sl, 0, 0] + data.K[sl, 1, 1]) / 2))
-        fitted = _fit(ctx, Part.hand, data.images[sl], kp_files, folder / "fits", b, focal=focal)
-        stems = [p.stem for p in data.images[sl]]
-        arrays = {k: np.concatenate([fitted[s][k] for s in stems]) for k in ("hand_pose", "global_orient", "betas",
-                                                                              "transl")}
-        out = _pose(body, arrays, tuple(arrays), ctx.device)
+        fitted = _fit(ctx, Part.hand, kp, "hand21", sizes, b, focal=focal)
+        out = _pose(body, fitted.params, ("hand_pose", "global_orient", "betas", "transl"))
         gt_v = torch.as_tensor(data.verts[sl], dtype=torch.float32, device=ctx.device)
         gt_j = torch.as_tensor(data.xyz[sl], dtype=torch.float32, device=ctx.device)
         if out.vertices is None or out.vertices.shape[1:] != gt_v.shape[1:]:
@@ -201,7 +213,7 @@ def run_freihand(ctx: Context) -> Outcome:
     entry = paper_for("freihand", "freihand")
     return Outcome(
         metrics={"freihand": mean_of(per)}, paper={"freihand": entry} if entry else {}, items=n,
-        info={"nfe": ctx.nfe},
+        info={"nfe": ctx.nfe}, body_model=body.kind, body_role="hand",
         settings={"images": n, "steps_per_stage": ctx.steps(FIT_STEPS), "keypoints": "ground truth projected with K",
                   "focal": "median (fx+fy)/2 per batch; principal point at the image centre",
                   "f_score_thresholds_mm": list(F_THRESHOLDS_MM), "body_model": body.kind,
@@ -212,17 +224,17 @@ def run_freihand(ctx: Context) -> Outcome:
 
 # ------------------------------------------------------------------------------------------------------ ARCTIC
 ARCTIC_SETTINGS = ("gt-intrinsic",)
-SMPLX_VERTICES = 10475
 PELVIS, NECK, WRIST = 0, 12, {"left": 20, "right": 21}
 # 21-joint hand regressors of the official evaluator (spec §8.2): wrist, then per finger (thumb, index, middle,
 # ring, pinky) three SMPL-X joints and the finger-tip vertex
 _FINGER_JOINTS = {"left": ((37, 38, 39), (25, 26, 27), (28, 29, 30), (34, 35, 36), (31, 32, 33)),
                   "right": ((52, 53, 54), (40, 41, 42), (43, 44, 45), (49, 50, 51), (46, 47, 48))}
 FINGER_TIPS = {"left": (5361, 4933, 5058, 5169, 5286), "right": (8079, 7669, 7794, 7905, 8022)}
-HAND_IDS_FILE, FACE_IDS_FILE, J14_FILE = "MANO_SMPLX_vertex_ids.pkl", "SMPL-X__FLAME_vertex_ids.npy", "SMPLX_to_J14.pkl"
+WHOLEBODY_KEYS = ("global_orient", "body_pose", "left_hand_pose", "right_hand_pose", "jaw_pose", "expression",
+                  "betas", "transl")
 
 
-def hand_regressor(j_regressor: torch.Tensor, side: str) -> torch.Tensor:
+def hand_regressor(j_regressor: Tensor, side: str) -> Tensor:
     """(21, V) regressor of one hand's joints: J_regressor rows and one-hot finger-tip vertices."""
     v = j_regressor.shape[-1]
     tips = torch.zeros(5, v, dtype=j_regressor.dtype, device=j_regressor.device)
@@ -233,57 +245,13 @@ def hand_regressor(j_regressor: torch.Tensor, side: str) -> torch.Tensor:
     return torch.cat(rows)
 
 
-def smplx_eval_files(body: Any, data_dir: Path | None, device: torch.device) -> dict[str, Any]:
-    """The SMPL-X evaluation files: hand and face vertex ids (required) and the J14 regressor (optional).
-
-    Looked for beside the SMPL-X model file, then in `data_dir`.
-
-    Raises:
-        MissingAssetError: a required file is in none of those folders.
-        AssetMismatchError / InputError: a file is unreadable or holds the wrong arrays.
-    """
-    from dposer_cli.bodies.pickle_compat import load_npy_object, load_pickle
-
-    folders = eval_file_folders(body, data_dir)
-    where = " or ".join(str(f) for f in folders)
-    found = {name: find_eval_file(name, body, data_dir) for name in (HAND_IDS_FILE, FACE_IDS_FILE, J14_FILE)}
-    missing = [n for n in (HAND_IDS_FILE, FACE_IDS_FILE) if found[n] is None]
-    if missing:
-        raise MissingAssetError(f"benchmark arctic needs {' and '.join(missing)} (looked in {where})",
-                                hint="download 'MANO and FLAME vertex indices' from https://smpl-x.is.tue.mpg.de "
-                                     "and put them beside SMPLX_NEUTRAL.npz")
-    hand = load_pickle(found[HAND_IDS_FILE])
-    out: dict[str, Any] = {"files": {k: str(v) for k, v in found.items() if v is not None}}
-
-    def ids(value: Any, path: Path, what: str) -> torch.Tensor:
-        arr = np.asarray(value)
-        if arr.ndim != 1 or arr.size == 0 or not np.issubdtype(arr.dtype, np.integer) \
-                or arr.min() < 0 or arr.max() >= SMPLX_VERTICES:
-            raise InputError(f"{path}: {what} must be a list of SMPL-X vertex indices (0–{SMPLX_VERTICES - 1})")
-        return torch.as_tensor(arr.astype(np.int64), device=device)
-
-    if not isinstance(hand, dict) or not {"left_hand", "right_hand"} <= set(hand):
-        raise InputError(f"{found[HAND_IDS_FILE]}: expected a dict with 'left_hand' and 'right_hand' vertex ids")
-    out["hand"] = {side: ids(hand[f"{side}_hand"], found[HAND_IDS_FILE], f"{side}_hand") for side in WRIST}
-    out["face"] = ids(load_npy_object(found[FACE_IDS_FILE]), found[FACE_IDS_FILE], "the face ids")
-    out["j14"] = None
-    if found[J14_FILE] is not None:
-        j14 = np.asarray(load_pickle(found[J14_FILE]), dtype=np.float64)
-        if j14.ndim != 2 or j14.shape[1] != SMPLX_VERTICES or not np.isfinite(j14).all():
-            raise InputError(f"{found[J14_FILE]}: expected a (14, {SMPLX_VERTICES}) joint regressor, "
-                             f"got shape {j14.shape}")
-        out["j14"] = torch.as_tensor(j14, dtype=torch.float32, device=device)
-    return out
-
-
-def wholebody_mesh_errors(pred: torch.Tensor, gt: torch.Tensor, j_regressor: torch.Tensor,
-                          files: dict[str, Any]) -> dict[str, torch.Tensor]:
+def wholebody_mesh_errors(pred: Tensor, gt: Tensor, j_regressor: Tensor, files: dict[str, Any]) -> dict[str, Tensor]:
     """Per-sample errors (mm) of `eval_arctic_wholebody` (spec §8.2) for SMPL-X meshes (B, V, 3)."""
     mm = 1000.0
     reg = j_regressor.to(pred)
     jp, jg = reg @ pred, reg @ gt  # (B, J, 3)
 
-    def at(points_p: torch.Tensor, points_g: torch.Tensor, joint: int) -> torch.Tensor:
+    def at(points_p: Tensor, points_g: Tensor, joint: int) -> Tensor:
         return mpjpe(points_p - jp[:, joint, None] + jg[:, joint, None], points_g)
 
     out = {"pa_mpvpe_all_mm": mpjpe(pred, gt, align="procrustes") * mm, "mpvpe_all_mm": at(pred, gt, PELVIS) * mm}
@@ -315,8 +283,6 @@ class _ArcticVertices:
         self._verts: np.ndarray | None = None
 
     def __call__(self, action: str, frame: int) -> np.ndarray:
-        from dposer_cli.bodies.pickle_compat import load_npy_object
-
         path = self.files[action]
         if action != self._action:
             data = load_npy_object(path)
@@ -336,18 +302,6 @@ class _ArcticVertices:
         return self._verts[frame]
 
 
-def _link(src: Path, dst: Path) -> Path:
-    """`dst` pointing at `src` (a symbolic link, or a copy where links are not allowed)."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        dst.symlink_to(src.resolve())
-    except OSError:
-        import shutil
-
-        shutil.copyfile(src, dst)
-    return dst
-
-
 def run_arctic(ctx: Context) -> Outcome:
     req = ctx.req
     assert req.data_dir is not None
@@ -363,23 +317,17 @@ def run_arctic(ctx: Context) -> Outcome:
     gt_verts = _ArcticVertices(data.verts, data.view)
     gt_intrinsic = "gt-intrinsic" in req.settings
     focal = float(data.intrinsics[0, 0] + data.intrinsics[1, 1]) / 2 if gt_intrinsic else None
-    scratch = ctx.tempdir()
-    keys = ("global_orient", "body_pose", "left_hand_pose", "right_hand_pose", "jaw_pose", "expression", "betas",
-            "transl")
+    ctx.nfe = 0
 
     def batch(b: int, sl: slice) -> dict[str, np.ndarray]:
         chunk = items[sl]
-        # every action numbers its frames from 00001: link the inputs under unique names for one batched fit
-        folder = scratch / f"batch{b}"
-        images = [_link(it.image, folder / "in" / f"{it.action}-{it.image.name}") for it in chunk]
-        kps = [_link(it.keypoints, folder / "in" / f"{it.action}-{it.image.stem}.json") for it in chunk]
-        fitted = _fit(ctx, Part.wholebody, images, kps, folder / "fits", b, focal=focal)
-        stems = [p.stem for p in images]
-        arrays = {k: np.concatenate([fitted[s][k] for s in stems]) for k in keys if k in fitted[stems[0]]}
-        pred = _pose(body, arrays, tuple(arrays), ctx.device).vertices
+        fitted = _fit_files(ctx, Part.wholebody, [it.image for it in chunk], [it.keypoints for it in chunk], b,
+                            focal=focal)
+        out = _pose(body, fitted.params, WHOLEBODY_KEYS)
+        assert out.vertices is not None
         gt = torch.as_tensor(np.stack([gt_verts(it.action, it.frame) for it in chunk]), dtype=torch.float32,
                              device=ctx.device)
-        return {k: to_numpy(v) for k, v in wholebody_mesh_errors(pred, gt, regressor, files).items()}
+        return {k: to_numpy(v) for k, v in wholebody_mesh_errors(out.vertices, gt, regressor, files).items()}
 
     per = concat(ctx.map_batches(n, batch))
     entry = paper_for("arctic", "arctic")
@@ -390,7 +338,7 @@ def run_arctic(ctx: Context) -> Outcome:
         lines.append(note)
     return Outcome(
         metrics={"arctic": mean_of(per)}, paper={"arctic": entry} if entry else {}, items=n,
-        info={"nfe": ctx.nfe},
+        info={"nfe": ctx.nfe}, body_model=body.kind,
         settings={"frames": n, "subject": data.subject, "camera": data.view,
                   "frames_per_action": f"sorted(jpgs)[1:][{ARCTIC_EVERY - 1}::{ARCTIC_EVERY}]",
                   "ioi_offset": data.ioi_offset, "steps_per_stage": ctx.steps(FIT_STEPS),

@@ -1,8 +1,8 @@
 """`benchmark completion` (body, AMASS test split) and `benchmark wholebody-completion` (spec §7.2–§7.3, §8.2).
 
 Every pose of the AMASS-style npz tree in `--data-dir` (every `--stride`-th frame) gets a body part masked
-and completed with `--hypo` hypotheses by `dposer complete`'s solver (DPoserComp, 200 steps). Ground truth is
-the pose itself; body model with zero shape and global orientation.
+and completed with `--hypo` hypotheses by `tasks.complete` (DPoserComp, 200 steps). Ground truth is the pose
+itself; body model with zero shape and global orientation.
 
 Per sample and hypothesis: MPJPE over the masked part's joints (body22 indices = mask joint + 1, mm) and
 MPVPE over the part's vertices (mm); then min / mean / std over the hypotheses; APD over the hypotheses on
@@ -12,6 +12,10 @@ of spec §8.2 `BodySegIndices`; a count that differs from the published one is n
 `MANO_SMPLX_vertex_ids.pkl`. Otherwise it is taken from the body model's skinning weights (vertices whose
 strongest joint is a masked one, the way that segmentation was made); a model without skinning weights uses
 all vertices. The report says which.
+
+A metric whose points do not move when the masked parameters change cannot measure the mask (the `hands`
+mask rotates the wrists, which moves the hands but not the wrist joints the MPJPE is taken over): it is left
+out with a note instead of being reported as a perfect 0.
 
 Baselines: `--prior gmm` samples the GMM's exact conditional p(x_hidden | x_visible); `--prior l2` puts the
 hidden joints at zero (the L2 minimiser); `--prior none` has no completion.
@@ -24,12 +28,23 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from dposer_cli.core.errors import InputError
+from dposer_cli.bodies.base import BodyModel
+from dposer_cli.core.errors import InputError, MissingAssetError
 from dposer_cli.core.parts import PARTS, Part, mask_dims
-from dposer_cli.io.datasets import read_amass_poses
+from dposer_cli.evaluation.common import (
+    HAND_IDS_FILE,
+    Context,
+    Outcome,
+    concat,
+    find_eval_file,
+    mean_of,
+    part_params,
+    smplx_eval_files,
+    to_numpy,
+)
+from dposer_cli.evaluation.paper import paper_for
+from dposer_cli.io.datasets import read_amass_poses, read_json_file
 from dposer_cli.metrics import apd, mpjpe
-from dposer_cli.services._bench_common import Context, Outcome, concat, find_eval_file, mean_of, to_numpy
-from dposer_cli.services._bench_paper import paper_for
 from dposer_cli.tasks.complete import ITERATIONS, complete
 
 log = logging.getLogger(__name__)
@@ -50,6 +65,8 @@ BODY_SEGMENTS: dict[str, tuple[tuple[str, ...], int]] = {
     "trunk": (("spine1", "spine2", "leftShoulder", "rightShoulder"), 1098),
     "hands": (("leftHand", "rightHand"), 648),
 }
+PROBE_RAD = 0.5  # masked parameters are moved this much to see whether a metric's points follow
+JOINT_METRICS = ("mpjpe", "apd")
 
 
 def run_body(ctx: Context) -> Outcome:
@@ -80,7 +97,15 @@ def _run(ctx: Context, part: Part, settings: tuple[str, ...], name: str) -> Outc
     paper: dict[str, Any] = {}
     nfe = 0
     for k, setting in enumerate(settings):
-        def batch(b: int, sl: slice, setting: str = setting, k: int = k) -> dict[str, np.ndarray]:
+        masks = ("lhand", "rhand") if setting == "one_hand" else (_mask_name(part, setting, None),)
+        unmeasured = {m: _unmeasurable(part, body, m, poses[:1], official.get(m, (None, ""))[0]) for m in masks}
+        for m, families in unmeasured.items():
+            for family in families:
+                ctx.notes.append(f"{setting}: {family} not reported — the points it is taken over do not move with "
+                                 f"the parameters of mask {m} on the {body.kind} body (it would read a perfect 0)")
+
+        def batch(b: int, sl: slice, setting: str = setting, k: int = k,
+                  unmeasured: dict[str, tuple[str, ...]] = unmeasured) -> dict[str, np.ndarray]:
             gen = ctx.generator(b + 1_000_003 * k)
             mask = _mask_name(part, setting, gen)
             dims = list(mask_dims(part, [mask]))
@@ -92,7 +117,9 @@ def _run(ctx: Context, part: Part, settings: tuple[str, ...], name: str) -> Outc
                                generator=gen).poses
             else:
                 out = prior.complete(x, observed, hypo=hypo, generator=gen)
-            return _per_sample(ctx, part, body, mask, out, x, official.get(mask, (None, ""))[0])
+            per = _per_sample(part, body, mask, out, x, official.get(mask, (None, ""))[0])
+            skip = unmeasured[mask]
+            return {key: (np.full_like(v, np.nan) if key.split("_")[0] in skip else v) for key, v in per.items()}
 
         prior.nfe = 0
         per = concat(ctx.map_batches(n, batch))
@@ -107,7 +134,7 @@ def _run(ctx: Context, part: Part, settings: tuple[str, ...], name: str) -> Outc
         files = ", ".join(sorted({src for _, src in official.values()}))
         vertex_set = f"official sets from {files} for {', '.join(sorted(official))}; other masks: {vertex_set}"
     return Outcome(
-        metrics=metrics, paper=paper, items=n, info={"nfe": nfe},
+        metrics=metrics, paper=paper, items=n, info={"nfe": nfe}, body_model=body.kind,
         settings={"part": part.value, "masks": list(settings), "hypotheses": hypo, "steps": steps,
                   "mode": "DPoserComp (lr 0.1, t 0.15→0.05)" if req.prior == "dposer" else req.prior,
                   "stride": req.stride, "poses": n, "body_model": body.kind, "vertex_set": vertex_set,
@@ -124,12 +151,12 @@ def _mask_name(part: Part, setting: str, gen: torch.Generator | None) -> str:
     return PARTS[part].mask_aliases.get(setting, setting)
 
 
-def _skin_weights(body: Any) -> Tensor | None:
+def _skin_weights(body: BodyModel) -> Tensor | None:
     """(V, J) skinning weights of an SMPL-X-family model, if it exposes them."""
     return getattr(getattr(body, "model", None), "lbs_weights", None)
 
 
-def _part_joints(part: Part, body: Any, mask: str) -> list[int]:
+def _part_joints(part: Part, body: BodyModel, mask: str) -> list[int]:
     """Model joint indices scored for a mask (spec §8.2): body joints + 1 on body22; hands → hand21 sets."""
     if part is Part.wholebody and mask in ("lhand", "rhand"):
         return body.joint_set(f"{mask}21").tolist()
@@ -138,7 +165,27 @@ def _part_joints(part: Part, body: Any, mask: str) -> list[int]:
     return [b22[j + 1] for j in sorted({d // 3 for d in dims if d < 63})]
 
 
-def _official_vertex_sets(ctx: Context, body: Any, part: Part, settings: tuple[str, ...]
+def _unmeasurable(part: Part, body: BodyModel, mask: str, sample: Tensor, verts: Tensor | None) -> tuple[str, ...]:
+    """Metric families ("mpjpe" with "apd", "mpvpe") whose points stay put when the mask's parameters move."""
+    if len(sample) == 0:
+        return ()
+    moved = sample.clone()
+    moved[:, list(mask_dims(part, [mask]))] += PROBE_RAD
+    joints = _part_joints(part, body, mask)
+    with torch.no_grad():
+        a, b = body(**part_params(part, sample)), body(**part_params(part, moved))
+    out: list[str] = []
+    if joints and float((a.joints[:, joints] - b.joints[:, joints]).abs().max()) < 1e-7:
+        out += JOINT_METRICS
+    if a.vertices is not None and b.vertices is not None:
+        if verts is None:
+            verts = _vertex_ids(body, joints, part, mask, a.vertices.shape[-2])
+        if float((a.vertices[:, verts] - b.vertices[:, verts]).abs().max()) < 1e-7:
+            out.append("mpvpe")
+    return tuple(out)
+
+
+def _official_vertex_sets(ctx: Context, body: BodyModel, part: Part, settings: tuple[str, ...]
                           ) -> dict[str, tuple[Tensor, str]]:
     """mask → (vertex ids, source file) for the masks the official files cover (SMPL-X only)."""
     if getattr(body, "kind", "") != "smplx" or getattr(body, "path", None) is None:
@@ -149,8 +196,6 @@ def _official_vertex_sets(ctx: Context, body: Any, part: Part, settings: tuple[s
         seg_path = find_eval_file(SEGMENTATION_FILE, body, ctx.req.data_dir)
         if seg_path is None:
             return {}
-        from dposer_cli.io.datasets import read_json_file
-
         seg = read_json_file(seg_path)
         for mask in sorted(masks & set(BODY_SEGMENTS)):
             names, published = BODY_SEGMENTS[mask]
@@ -163,9 +208,6 @@ def _official_vertex_sets(ctx: Context, body: Any, part: Part, settings: tuple[s
                                  f"evaluator's set has {published}")
             out[mask] = (torch.tensor(ids, device=ctx.device), SEGMENTATION_FILE)
     elif masks & {"lhand", "rhand"}:
-        from dposer_cli.core.errors import MissingAssetError
-        from dposer_cli.services._bench_hmr import HAND_IDS_FILE, smplx_eval_files
-
         try:
             files = smplx_eval_files(body, ctx.req.data_dir, ctx.device)
         except MissingAssetError:
@@ -175,10 +217,8 @@ def _official_vertex_sets(ctx: Context, body: Any, part: Part, settings: tuple[s
     return out
 
 
-def _per_sample(ctx: Context, part: Part, body: Any, mask: str, out: Tensor, truth: Tensor,
+def _per_sample(part: Part, body: BodyModel, mask: str, out: Tensor, truth: Tensor,
                 verts: Tensor | None = None) -> dict[str, np.ndarray]:
-    from dposer_cli.services._render import part_params
-
     b, h, _ = out.shape
     joints = _part_joints(part, body, mask)
     with torch.no_grad():
@@ -208,7 +248,7 @@ def _summary(name: str, err: Tensor) -> dict[str, np.ndarray]:
             f"{name}_std_mm": to_numpy(err.std(1, unbiased=False))}
 
 
-def _vertex_ids(body: Any, joints: list[int], part: Part, mask: str, num_vertices: int) -> Tensor:
+def _vertex_ids(body: BodyModel, joints: list[int], part: Part, mask: str, num_vertices: int) -> Tensor:
     """Vertices of the masked part (strongest skinning joint among `joints`); all vertices without weights.
 
     Whole-body face masks use all vertices (spec §8.2 whole-body evaluator)."""
