@@ -14,7 +14,7 @@ import numpy as np
 from jaxtyping import UInt8
 
 from dposer_cli.core.errors import InputError
-from dposer_cli.render.draw import _draw_meshes, _label, _mesh, _skeleton, _skeleton_image
+from dposer_cli.render.draw import contact_sheet, label
 from dposer_cli.render.scene import BODY_COLOR, background_image, frame_points, select_renderer
 
 MAX_VIDEO_FRAMES = 120  # whatever the step count: process frames + the final hold
@@ -32,14 +32,6 @@ def video_timing(process_frames: int, max_frames: int = MAX_VIDEO_FRAMES) -> tup
         raise InputError(f"process video: {process_frames} frames; expected 1 to {max_frames}")
     fps = min(MAX_FPS, max(MIN_FPS, round(process_frames / PROCESS_SECONDS)))
     return fps, min(fps, max_frames - process_frames)
-
-
-def _parse(item: Item, what: str) -> tuple[str, np.ndarray, np.ndarray]:
-    if "vertices" in item and "faces" in item:
-        return ("mesh", *_mesh(item["vertices"], item["faces"], what))
-    if "joints" in item and "parents" in item:
-        return ("skeleton", *_skeleton(item["joints"], item["parents"], what))
-    raise InputError(f"{what} has keys {sorted(item)}; expected vertices+faces or joints+parents")
 
 
 def _corners(items: Sequence[Item]) -> np.ndarray:
@@ -112,23 +104,19 @@ def process_frames(
     backend = select_renderer(renderer)
     out = np.empty((n_frames + hold, band + grid_h, width, 3), np.uint8)
     for k in range(n_frames):
-        parsed = [_parse(it, f"frame {k} item {i}") for i, it in enumerate(frames[k])]
-        grid = background_image(width, grid_h)
-        meshes = [i for i, (kind, _, _) in enumerate(parsed) if kind == "mesh"]
-        if meshes:
-            rgb, _ = _draw_meshes([(parsed[i][1], parsed[i][2], colors[i // cols]) for i in meshes], framing,
-                                  [((i % cols) * cell, (i // cols) * cell) for i in meshes], (width, grid_h), backend)
-            grid[...] = rgb
-        for i, (kind, joints, parents) in enumerate(parsed):
-            if kind == "skeleton":
-                r, c = divmod(i, cols)
-                grid[r * cell:(r + 1) * cell, c * cell:(c + 1) * cell] = _skeleton_image(joints, parents, framing)
+        # row colours go to meshes only (skeletons keep their depth-cued bones)
+        items = [{**it, "colors": colors[i // cols]} if "vertices" in it else it for i, it in enumerate(frames[k])]
+        try:
+            grid = contact_sheet(items, cols=cols, cell=cell, renderer=backend, framing=framing)
+        except InputError as exc:
+            raise InputError(f"process video frame {k}: {exc.message}", hint=exc.hint) from None
         frame = out[k]
         frame[:band] = 255
-        frame[band:] = grid
+        frame[band:] = background_image(width, grid_h)
+        frame[band:, : grid.shape[1]] = grid
         frame[band - 1] = 200  # a thin rule under the caption
-        _label(frame, str(captions[k]), max(4, px_caption // 2), max(1, (band - px_caption) // 2 - 1), px_caption)
+        label(frame, str(captions[k]), max(4, px_caption // 2), max(1, (band - px_caption) // 2 - 1), px_caption)
         for r, text in enumerate(row_labels or []):
-            _label(frame, str(text), px_row // 2, band + r * cell + px_row // 3, px_row)
+            label(frame, str(text), px_row // 2, band + r * cell + px_row // 3, px_row)
     out[n_frames:] = out[n_frames - 1]
     return out
