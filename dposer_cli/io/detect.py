@@ -45,6 +45,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 from jaxtyping import Float, UInt8
@@ -215,7 +216,8 @@ def _holistic() -> ModuleType:
     return holistic
 
 
-def _points(landmarks: object, width: int, height: int, with_visibility: bool) -> np.ndarray | None:
+def _points(landmarks: Any, width: int, height: int, with_visibility: bool) -> np.ndarray | None:
+    """A MediaPipe NormalizedLandmarkList (protobuf; None when not found) → pixels (N, 2) or (N, 3)."""
     if landmarks is None:
         return None
     pts = [

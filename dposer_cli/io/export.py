@@ -87,7 +87,10 @@ def write_meshes(
     return paths
 
 
-def _write_bytes(path: Path, data: bytes | str) -> None:
+def _write_bytes(path: Path, data: object) -> None:
+    """Write what trimesh's export returned (text for OBJ, bytes for PLY and GLB)."""
+    if not isinstance(data, bytes | str):
+        raise TypeError(f"trimesh export returned {type(data).__name__}, not bytes or text")
     with atomic_write(path, "wb") as fh:
         fh.write(data.encode("utf-8") if isinstance(data, str) else data)
 
