@@ -260,9 +260,10 @@ def read_checkpoint(path: Path, part: Part | str | None = None) -> Checkpoint:
         net_cfg = infer_net_config(model)
     except KeyError as exc:
         raise AssetMismatchError(f"{path}: network weights lack {exc.args[0]!r} (not a TimeFC/whole-body prior)") from None
-    found = _part_from_dim(net_cfg.dim)
-    if found is None:
+    by_dim = _part_from_dim(net_cfg.dim)
+    if by_dim is None:
         raise AssetMismatchError(f"{path}: network dimension {net_cfg.dim} matches no part")
+    found = by_dim
     _check_part(path, found, wanted)
     config = PriorConfig(part=found.value, net=net_cfg)
     net = build_net(config.net)

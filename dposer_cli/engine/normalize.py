@@ -26,6 +26,10 @@ def mirror_mask(part: Part) -> Tensor:
 class Normalizer(nn.Module):
     """x_n = (m ⊙ x − mean) / std, where m mirrors left hands into right-hand convention."""
 
+    mean: Tensor  # buffers, (D,) each
+    std: Tensor
+    signs: Tensor
+
     def __init__(self, mean: Tensor, std: Tensor, signs: Tensor) -> None:
         super().__init__()
         self.register_buffer("mean", mean.float().clone())
