@@ -34,8 +34,8 @@ def _names() -> list[str]:
     face = [f"face{i}" for i in range(68)]
     return [
         *OPENPOSE25_NAMES,
-        *(f"left_{n}" for n in HAND21_NAMES),
-        *(f"right_{n}" for n in HAND21_NAMES),
+        *(f"left_hand_{n}" for n in HAND21_NAMES),
+        *(f"right_hand_{n}" for n in HAND21_NAMES),
         *face,
     ]
 
