@@ -32,6 +32,9 @@ def command(
     checkpoint: CheckpointOpt = None,
     normalizer: NormalizerOpt = None,
     no_render: Annotated[bool, typer.Option("--no-render", help="Skip the grid.png contact sheet.")] = False,
+    grid: Annotated[int | None, typer.Option(
+        "--grid", min=0, help="Poses drawn in grid.png, the first ones (default 64; whole body 16, with hand and "
+        "face close-ups). The JSON's grid_count says how many were drawn.")] = None,
     renderer: RendererOpt = "auto",
     body_model: BodyModelOpt = None,
     poses_json: Annotated[bool, typer.Option("--poses-json", help="Also write poses.json.")] = False,
@@ -54,7 +57,7 @@ def command(
     req = svc.GenerateRequest(part=part, n=n, out=out, sampler=sampler, steps=steps, seed=seed, device=device,
                               checkpoint=checkpoint, normalizer=normalizer, render=not no_render, renderer=renderer,
                               body_model=body_model, poses_json=poses_json,
-                              process_video=process_video)
+                              process_video=process_video, grid=grid)
     with progress("sampling", enabled=not (quiet or json_out)) as cb:
         result = run_staged(svc.run, req, progress=cb)
     emit(result, as_json=json_out, quiet=quiet)

@@ -622,7 +622,7 @@ def bar_chart(
     if vals.size == 0:
         raise InputError("bar chart: no values")
     w, h = _cell_size(size, "bar chart")
-    px = max(9, min(w, h) // 14)
+    px = max(10, min(16, w // 22, h // 9))
     limit = _nice(float(np.nanmax(np.abs(vals)))) if limit is None else float(limit)
     out = background_image(w, h)
     top = px // 3
@@ -676,14 +676,10 @@ def face_chart(
     tx = round(hx + arm + px)
     deg = np.degrees(jaw)
     label(out, f"jaw {math.degrees(angle):.1f}°", tx, y, px)
-    label(
-        out,
-        f"x {deg[0]:+.1f}  y {deg[1]:+.1f}  z {deg[2]:+.1f}",
-        tx,
-        y + round(px * 1.3),
-        max(8, px - 2),
-        MUTED_TEXT,
-    )
+    axes = f"x {deg[0]:+.1f}  y {deg[1]:+.1f}  z {deg[2]:+.1f}"
+    if tx + text_width(axes, max(8, px - 2)) > w:  # narrow: one component per line would not fit either
+        axes = f"{deg[0]:+.0f} {deg[1]:+.0f} {deg[2]:+.0f}"
+    label(out, axes, tx, y + round(px * 1.3), max(8, px - 2), MUTED_TEXT)
     y += hinge_h + px // 2
     if expr.size:
         label(out, f"expression ({expr.size})", px // 2, y, max(8, px - 1))

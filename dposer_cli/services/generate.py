@@ -22,7 +22,7 @@ from dposer_cli.io.poses import write_poses
 from dposer_cli.io.report import jsonable
 from dposer_cli.render.process import MAX_VIDEO_FRAMES, NOISY_COLOR, process_frames, video_timing
 from dposer_cli.render.scene import BODY_COLOR
-from dposer_cli.services._render import _VIEW, pose_items, render_sheet
+from dposer_cli.services._render import grid_count, load_part_body, pose_items, render_sheet, view_for
 from dposer_cli.tasks.sample import Trajectory, check_sampler, sample
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,7 @@ class GenerateRequest:
     poses_json: bool = False
     t_end: float = 1e-3
     process_video: bool = False  # also record the sampling trajectory and write process.mp4
+    grid: int | None = None  # poses drawn in grid.png (the first ones); None: 64 (whole body 16)
 
 
 def run(req: GenerateRequest, progress: Callable[[int, int], None] | None = None) -> Result:
@@ -58,6 +59,8 @@ def run(req: GenerateRequest, progress: Callable[[int, int], None] | None = None
     check_sampler(req.sampler)
     if req.steps is not None and req.steps < 1:
         raise InputError(f"--steps must be at least 1 (got {req.steps})")
+    if req.grid is not None and req.grid < 0:
+        raise InputError(f"--grid must be 0 (no picture) or more (got {req.grid})")
     out = ensure_out_dir(req.out)
     device = resolve_device(req.device)
     prior = DPoserPrior.load(req.part, req.checkpoint, normalizer=req.normalizer, device=device)
@@ -78,9 +81,14 @@ def run(req: GenerateRequest, progress: Callable[[int, int], None] | None = None
         with atomic_write(out / "poses.json", "w") as fh:
             json.dump(jsonable({"part": req.part.value, **data}), fh)
         outputs["poses_json"] = out / "poses.json"
-    if req.render:
+    shown = grid_count(req.part, req.n, req.grid) if req.render else 0
+    if shown:
+        if shown < req.n:
+            lines.append(f"grid.png shows the first {shown} of {req.n} poses (--grid N to change)")
+        title = (f"{req.part.value}: {'the first ' if shown < req.n else ''}{shown} of {req.n} samples"
+                 f"{' (--grid N for more)' if shown < req.n else ''}")
         grid = render_sheet(req.part, poses, out / "grid.png", body_model=req.body_model, renderer=req.renderer,
-                            device=device)
+                            device=device, max_items=shown, title=title)
         if grid is not None:
             outputs["grid"] = grid
     if res.trajectory is not None:
@@ -92,7 +100,8 @@ def run(req: GenerateRequest, progress: Callable[[int, int], None] | None = None
         outputs=outputs,
         metrics={"samples_per_second": res.samples_per_second},
         info={"part": req.part.value, "n": req.n, "checkpoint": prior.source, "sampler": req.sampler,
-              "steps": res.steps, "nfe": res.nfe, "seed": req.seed, "device": str(device)},
+              "steps": res.steps, "nfe": res.nfe, "seed": req.seed, "device": str(device),
+              "grid_count": shown if "grid" in outputs else 0},
         seconds=time.perf_counter() - t0,
         lines=lines,
     )
@@ -103,6 +112,7 @@ class _PosedFrames(Sequence[list[dict]]):
 
     def __init__(self, part: Part, traj: Trajectory, body_model: Path | None, device: torch.device) -> None:
         self.part, self.body_model, self.device = part, body_model, device
+        self.body = load_part_body(part, body_model, device)  # once: a face without FLAME fails here
         self.poses = torch.cat([traj.x, traj.denoised], dim=1)  # (F, 2M, D): x_t row, then x̂0 row
         self.chunk = max(1, FK_CHUNK // self.poses.shape[1])
         self._cached: tuple[int, list[dict]] = (-1, [])
@@ -114,7 +124,8 @@ class _PosedFrames(Sequence[list[dict]]):
         start = k - k % self.chunk
         if self._cached[0] != start:
             block = self.poses[start:start + self.chunk]
-            items = pose_items(self.part, block.reshape(-1, block.shape[-1]), self.body_model, self.device)
+            items = pose_items(self.part, block.reshape(-1, block.shape[-1]), self.body_model, self.device,
+                               body=self.body)
             self._cached = (start, items)
         m = self.poses.shape[1]
         return self._cached[1][(k - start) * m:(k - start + 1) * m]
@@ -124,9 +135,8 @@ def _process_video(req: GenerateRequest, traj: Trajectory, path: Path, device: t
                    lines: list[str]) -> Path | None:
     """process.mp4: the first samples side by side, x_t over x̂0, from pure noise to the result; None (with a
     warning) for parts without a body model to picture them (the face without FLAME)."""
-    frames = _PosedFrames(req.part, traj, req.body_model, device)
     try:
-        _ = frames[0]  # poses the first chunk: fails early when no body model pictures this part
+        frames = _PosedFrames(req.part, traj, req.body_model, device)
     except MissingAssetError as exc:
         msg = f"no process video for --part {req.part.value}: {exc.message}"
         log.warning(msg)
@@ -142,5 +152,5 @@ def _process_video(req: GenerateRequest, traj: Trajectory, path: Path, device: t
     log.info("rendering the sampling process: %d frames of %d samples", len(frames) + hold, m)
     video = process_frames(frames, captions=captions, cols=m, row_labels=["x_t · noisy state", "x0 · denoised estimate"],
                            row_colors=[NOISY_COLOR, BODY_COLOR], cell=min(256, max(128, 1280 // m)),
-                           renderer=req.renderer, view=_VIEW.get(req.part, "front"), hold=hold)
+                           renderer=req.renderer, view=view_for(req.part), hold=hold)
     return save_video(path, np.asarray(video), fps=fps)
