@@ -327,7 +327,7 @@ def completion_sheet(part: Part, inputs: Tensor, completed: Tensor, hidden: Tens
     entries = [("square", GHOST_COLOR, "missing in the input"), ("square", HIGHLIGHT_COLOR, "completed by the prior")]
     if truth:
         entries.append(("square", TRUTH_COLOR, "ground truth"))
-    image = np.concatenate([legend(entries, width=sheet.shape[1], px=13), sheet], axis=0)
+    image = np.concatenate([legend(entries, width=sheet.shape[1], px=14), sheet], axis=0)
     if title:
         image = titled(image, title)
     return save_image(path, image)

@@ -24,7 +24,7 @@ from dposer_cli.core.result import Result
 from dposer_cli.engine.baselines import BaselinePrior
 from dposer_cli.engine.prior import DPoserPrior
 from dposer_cli.io.poses import read_poses, write_poses
-from dposer_cli.services._render import render_sheet
+from dposer_cli.services._render import completion_sheet
 from dposer_cli.tasks.complete import (
     check_options,
     complete,
@@ -96,8 +96,13 @@ def run(req: CompleteRequest, progress: Callable[[int, int], None] | None = None
         metrics, info = completion_metrics(req.part, completed, poses, masking.dims, body)
     metrics["hypotheses_per_second"] = n * h / max(run_seconds, 1e-9)
     if req.render:
-        grid = render_sheet(req.part, completed.reshape(n * h, dim), out_dir / "completed.png",
-                            body_model=req.body_model, renderer=req.renderer, device=device)
+        hidden = (~masking.observed).expand(n, dim)
+        what = ", ".join(req.masks) or (f"joints {','.join(map(str, req.mask_joints))}" if req.mask_joints
+                                        else "the NaN entries")
+        grid = completion_sheet(req.part, poses, completed, hidden, truth=masking.has_truth,
+                                path=out_dir / "completed.png", body_model=req.body_model, renderer=req.renderer,
+                                device=device, title=f"complete --part {req.part.value}: {what} missing, "
+                                f"{h} hypothes{'is' if h == 1 else 'es'} per input")
         if grid is not None:
             outputs["grid"] = grid
     masked = int((~masking.observed).sum())
