@@ -10,21 +10,19 @@ for a ViTPose file, to the internal ``openpose135`` layout (``merge_joint`` + ``
 detection is interchangeable with a keypoints file (and `write_coco_wholebody` writes one that reads back
 identically).
 
-Landmark → COCO-WholeBody mapping (MediaPipe pose indices ``p``, face-mesh indices ``f``):
+Landmark → COCO-WholeBody mapping (MediaPipe pose landmarks ``p``, face-mesh points ``f``):
 
-================  ===========================================================================================
-COCO-WholeBody    from
-================  ===========================================================================================
-nose (0)          p0
-eyes (1, 2)       iris centres f473 (left) / f468 (right) when the face mesh is found, else p2 / p5
-ears (3, 4)       face contour at the ear f356 (left) / f127 (right) when the face mesh is found, else p7 / p8
-shoulders … ankles (5–16)  p11–p28 (same joints, same left/right: the person's own side)
-big toes (17, 20) p31 / p32 ("foot index": tip of the foot, between the first two toes)
-heels (19, 22)    p29 / p30
-hands (91–132)    the Holistic hand landmarks, same 21-point order (wrist, thumb 1–4, …, pinky 1–4)
-face (23–90)      68 iBUG points from the 468-point mesh (`FACE68_FROM_MESH`; the jaw line is the face-oval
-                  contour resampled to 17 evenly spaced points)
-================  ===========================================================================================
+- nose (0): p0;
+- eyes (1, 2): the iris centres f473 (left) / f468 (right) when the face mesh is found, else p2 / p5;
+- ears (3, 4): the face contour at the ear, f356 (left) / f127 (right), when the face mesh is found,
+  else p7 / p8;
+- shoulders, elbows, wrists (5–10): p11–p16; hips, knees, ankles (11–16): p23–p28 (same joints, and the
+  same sides: the person's own left and right);
+- big toes (17, 20): p31 / p32 ("foot index", the tip of the foot between the first two toes);
+  heels (19, 22): p29 / p30;
+- hands (91–132): the Holistic hand landmarks, same 21-point order (wrist, thumb 1–4, …, pinky 1–4);
+- face (23–90): 68 iBUG points from the face mesh (`FACE68_FROM_MESH`; the jaw line 0–16 is the
+  face-oval contour resampled to 17 evenly spaced points).
 
 Too different to use (left at confidence 0 or not used): the small toes (18, 21; MediaPipe has no such
 point, the foot index lies 25–40 px from them on the example photos), the pose "pinky/index/thumb" points
