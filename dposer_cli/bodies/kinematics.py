@@ -41,29 +41,49 @@ def _parents_tuple(parents: "Tensor | Sequence[int]") -> tuple[int, ...]:
     return tuple(parents.tolist()) if isinstance(parents, Tensor) else tuple(int(p) for p in parents)
 
 
+@lru_cache(maxsize=32)
+def _levels(parents: tuple[int, ...]) -> tuple[tuple[tuple[int, ...], tuple[int, ...]], ...]:
+    """Group joints by tree depth: per level (joint ids, position of each parent inside the previous level)."""
+    depth = [0] * len(parents)
+    for j, p in enumerate(parents):  # parents may come in any order: resolve depths by walking up
+        d, q = 0, p
+        while q >= 0:
+            d, q = d + 1, parents[q]
+        depth[j] = d
+    levels: list[tuple[int, ...]] = [
+        tuple(j for j in range(len(parents)) if depth[j] == d) for d in range(max(depth) + 1)
+    ]
+    out = [(levels[0], ())]
+    for d in range(1, len(levels)):
+        pos = {j: i for i, j in enumerate(levels[d - 1])}
+        out.append((levels[d], tuple(pos[parents[j]] for j in levels[d])))
+    return tuple(out)
+
+
 class _Plan(NamedTuple):
-    jumps: tuple[Tensor, ...]  # per doubling step: each slot's 2^k-th ancestor (J+1,), slot J = "none"
-    parent_slot: Tensor  # (J,) parent of each joint, J (the identity slot) for roots
-    ancestry: Tensor  # (J, J) float: 1 where column a is row j itself or one of its ancestors
+    order: Tensor  # joints level by level (roots first)
+    sizes: tuple[int, ...]  # joints per level
+    parent_pos: tuple[Tensor, ...]  # per level after the first: each joint's parent inside the previous level
+    parent_idx: Tensor
+    is_root: Tensor
+    inverse: Tensor  # level-concatenated order -> joint order
 
 
 @lru_cache(maxsize=64)
-def _plan(parents: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> _Plan:
+def _plan(parents: tuple[int, ...], device: torch.device) -> _Plan:
     """Index tensors for one tree on one device, built once (they dominate small-batch cost otherwise)."""
-    n = len(parents)
-    up = [p if p >= 0 else n for p in parents] + [n]  # slot n: the identity above every root
-    jumps = []
-    while any(a != n for a in up[:n]):
-        jumps.append(torch.tensor(up, device=device))
-        up = [up[a] for a in up]
-    ancestry = torch.zeros(n, n, dtype=dtype)
-    for j in range(n):
-        a = j
-        while a >= 0:  # parents may come in any order: walk up
-            ancestry[j, a] = 1.0
-            a = parents[a]
-    parent_slot = torch.tensor([p if p >= 0 else n for p in parents], device=device)
-    return _Plan(tuple(jumps), parent_slot, ancestry.to(device))
+    levels = _levels(parents)
+    order = [j for joints, _ in levels for j in joints]
+    inverse = torch.empty(len(order), dtype=torch.long)
+    inverse[torch.tensor(order)] = torch.arange(len(order))
+    return _Plan(
+        order=torch.tensor(order, device=device),
+        sizes=tuple(len(j) for j, _ in levels),
+        parent_pos=tuple(torch.tensor(p, device=device, dtype=torch.long) for _, p in levels[1:]),
+        parent_idx=torch.tensor([max(p, 0) for p in parents], device=device),
+        is_root=torch.tensor([p < 0 for p in parents], device=device),
+        inverse=inverse.to(device),
+    )
 
 
 def forward_kinematics(
@@ -77,28 +97,37 @@ def forward_kinematics(
     parent's position plus the parent's world rotation applied to its rest offset. The returned
     transforms map a point given relative to a joint's *posed* position: T_j = [R_j | p_j].
 
-    World rotations come from pointer doubling (each step multiplies every joint's partial product by its
-    2^k-th ancestor's: ⌈log₂ depth⌉ batched products instead of one per tree level); positions are the
-    sums of the rotated offsets along each joint's ancestry, one matrix product.
+    The tree is walked one depth level at a time (joints sorted by level once, so each level is a slice),
+    in the order R_j = R_parent · R_local and p_j = p_parent + R_parent · offset_j: results do not depend on
+    the batch size, and a reordering of these products would change the last bits of every output.
 
     Args:
         rot_mats: local rotation of every joint (the root's is the global orientation).
         rest_joints: rest positions; leading dims broadcast against `rot_mats`.
         parents: parent index per joint, -1 for roots (any order).
     """
-    plan = _plan(_parents_tuple(parents), rest_joints.device, rest_joints.dtype)
-    n = rest_joints.shape[-2]
+    plan = _plan(_parents_tuple(parents), rest_joints.device)
+    offsets = rest_joints - rest_joints.index_select(-2, plan.parent_idx)
+    offsets = torch.where(
+        plan.is_root[:, None], rest_joints, offsets
+    )  # a root's "offset" is its rest position
+
     batch = torch.broadcast_shapes(rot_mats.shape[:-3], rest_joints.shape[:-2])
-    eye = torch.eye(3, dtype=rot_mats.dtype, device=rot_mats.device).expand(*batch, 1, 3, 3)
-    world = torch.cat([rot_mats.expand(*batch, n, 3, 3), eye], dim=-3)  # slot n: identity
-    for up in plan.jumps:
-        world = torch.matmul(world.index_select(-3, up), world)
-    # offset of each joint from its parent (a root's is its rest position), turned by the parent's rotation
-    padded = torch.cat([rest_joints, torch.zeros_like(rest_joints[..., :1, :])], dim=-2)
-    offsets = rest_joints - padded.index_select(-2, plan.parent_slot)
-    turned = (world.index_select(-3, plan.parent_slot) * offsets[..., None, :]).sum(-1)
-    joints_out = torch.matmul(plan.ancestry, turned)
-    return make_transforms(world[..., :n, :, :], joints_out), joints_out
+    rot_mats = rot_mats.expand(*batch, *rot_mats.shape[-3:])
+    offsets = offsets.expand(*batch, *offsets.shape[-2:])
+
+    # index_select, not [..., idx]: Python-level indexing overhead dominates small batches
+    local = rot_mats.index_select(-3, plan.order).split(plan.sizes, dim=-3)
+    shifts = offsets.index_select(-2, plan.order).split(plan.sizes, dim=-2)
+    rots, pos = [local[0]], [shifts[0]]
+    for rot, shift, pidx in zip(local[1:], shifts[1:], plan.parent_pos, strict=True):
+        parent_rot = rots[-1].index_select(-3, pidx)
+        rots.append(torch.matmul(parent_rot, rot))
+        pos.append(pos[-1].index_select(-2, pidx) + _matvec(parent_rot, shift))
+
+    rot = torch.cat(rots, dim=-3).index_select(-3, plan.inverse)
+    joints_out = torch.cat(pos, dim=-2).index_select(-2, plan.inverse)
+    return make_transforms(rot, joints_out), joints_out
 
 
 def _matvec(mat: Tensor, vec: Tensor) -> Tensor:
