@@ -104,6 +104,8 @@ def test_speed_quick_reports_every_task(tmp_path, capsys):
     assert set(data["metrics"]) == {"generation", "completion", "denoise", "hand-ik", "face-ik", "fit-image"}
     assert data["metrics"]["generation"]["samples_per_second"] > 0
     assert data["metrics"]["completion"]["nfe"] == 4 and data["metrics"]["hand-ik"]["fits_per_second"] > 0
+    fit = data["metrics"]["fit-image"]  # the fit task alone, and through fit-image on files (issue #16)
+    assert fit["fits_per_second"] > 0 and fit["fits_per_second_with_io"] > 0
     assert all(m["peak_memory_mb"] > 0 and m["seconds"] > 0 for m in data["metrics"].values())
     assert data["settings"]["memory"].startswith("process peak RSS")
 
