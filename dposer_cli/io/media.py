@@ -1,4 +1,5 @@
-"""Pictures and videos: PNG/JPEG via Pillow, MP4 via imageio-ffmpeg (its bundled ffmpeg), GIF via Pillow.
+"""Pictures and videos: PNG/JPEG via Pillow, MP4 via imageio-ffmpeg (its bundled ffmpeg), GIF via Pillow;
+video frames are decoded one at a time by the same ffmpeg (`video_info`, `read_video_frames`).
 
 Every write is atomic: a temp file in the destination folder, then `os.replace`, so an interrupted run
 never leaves a half-written picture under the final name.
@@ -9,7 +10,9 @@ import os
 import tempfile
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 from jaxtyping import UInt8
@@ -192,3 +195,88 @@ def read_image(path: Path) -> UInt8[np.ndarray, "H W 3"]:
         ) from None
     except (OSError, ValueError) as exc:
         raise InputError(f"cannot read image {path}: {_one_line(exc)[:200]}") from None
+
+
+# ---------------------------------------------------------------------------------------------------- reading videos
+VIDEO_READ_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v")  # decoded by imageio-ffmpeg's ffmpeg
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What `video_info` finds out about a video file before its frames are decoded."""
+
+    path: Path
+    frames: int  # decoded frames (counted by ffmpeg, not the container's estimate)
+    fps: float
+    width: int
+    height: int
+
+
+def _ffmpeg(path: Path) -> ModuleType:
+    try:
+        import imageio_ffmpeg
+    except ImportError as exc:
+        raise UnavailableError(
+            f"cannot read {path}: imageio-ffmpeg is not installed ({exc})", hint="pip install imageio-ffmpeg"
+        ) from None
+    return imageio_ffmpeg
+
+
+def _check_video_path(path: Path) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"video not found: {path}" if not path.exists() else f"cannot read video {path}: not a file")
+    return path
+
+
+def video_info(path: Path) -> VideoInfo:
+    """Frame count, frame rate and size of a video (ffmpeg reads the file once, without converting frames).
+
+    Raises:
+        InputError: the file is missing, not a video ffmpeg can decode, has no frames, or frames too large.
+        UnavailableError: imageio-ffmpeg is not installed.
+    """
+    path = _check_video_path(path)
+    ffmpeg = _ffmpeg(path)
+    try:
+        reader = ffmpeg.read_frames(str(path))
+        meta = next(reader)
+        reader.close()
+        frames = int(ffmpeg.count_frames_and_secs(str(path))[0])
+    except (OSError, RuntimeError, ValueError, StopIteration) as exc:
+        raise InputError(f"cannot read video {path}: {_one_line(exc)[:200]}") from None
+    width, height = (int(v) for v in meta["size"])
+    validate.image_size(str(path), width, height)
+    fps = float(meta.get("fps") or 0.0)
+    if frames < 1:
+        raise InputError(f"cannot read video {path}: it holds no frames")
+    return VideoInfo(path, frames, fps if np.isfinite(fps) and fps > 0 else 30.0, width, height)
+
+
+def read_video_frames(path: Path, *, stop: int | None = None) -> Iterator[UInt8[np.ndarray, "H W 3"]]:
+    """Decode a video's frames one at a time as uint8 RGB (H, W, 3), the first `stop` of them (all: None).
+
+    Only one frame is held in memory at a time; ffmpeg is stopped when the caller stops iterating.
+
+    Raises:
+        InputError: the file is missing or cannot be decoded.
+        UnavailableError: imageio-ffmpeg is not installed.
+    """
+    path = _check_video_path(path)
+    ffmpeg = _ffmpeg(path)
+    try:
+        reader = ffmpeg.read_frames(str(path))
+        meta = next(reader)
+    except (OSError, RuntimeError, ValueError, StopIteration) as exc:
+        raise InputError(f"cannot read video {path}: {_one_line(exc)[:200]}") from None
+    width, height = (int(v) for v in meta["size"])
+    validate.image_size(str(path), width, height)
+    try:
+        for index, raw in enumerate(reader):
+            if stop is not None and index >= stop:
+                break
+            yield np.frombuffer(raw, dtype=np.uint8).reshape(height, width, 3)
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise InputError(f"cannot read video {path}: {_one_line(exc)[:200]}") from None
+    finally:
+        reader.close()
