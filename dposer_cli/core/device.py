@@ -1,4 +1,4 @@
-"""Device selection, seeded generators and the torchrun process group (spec-free, torch only)."""
+"""Device selection, CPU threads, seeded generators and the torchrun process group (spec-free, torch only)."""
 
 import os
 
@@ -27,6 +27,55 @@ def resolve_device(spec: str | torch.device = "auto") -> torch.device:
             raise UnavailableError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) present")
         return dev
     raise InputError(f"--device {spec!r} is not a valid device (expected auto, cpu, cuda or cuda:N)")
+
+
+THREADS_ENV = "DPOSER_THREADS"
+# Samples per network call from which a second CPU thread pays off: below it, torch's default thread count
+# made one network call up to 17x slower than one thread on a busy 2-core machine (issue #16). Measured with
+# `python -m bench.bench_threads` (bench/results/threads.json); see the README's thread section.
+PARALLEL_MIN_ITEMS = 1000
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _env_threads(name: str, *, strict: bool) -> int | None:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return None
+    first = raw.split(",")[0].strip()  # OpenMP allows a nesting list "4,2": the outer level counts
+    if first.isdigit() and int(first) >= 1:
+        return int(first)
+    if strict:
+        raise InputError(f"${name}={raw!r} is not a positive whole number of threads", hint=f"e.g. {name}=1")
+    return None
+
+
+def configure_threads(requested: int | None, work_items: int | None = None) -> int:
+    """Choose torch's CPU thread count for this run, set it, and return it.
+
+    Order: `requested` (the `--threads` option) > `$DPOSER_THREADS` > `$OMP_NUM_THREADS` > the policy:
+    one thread, unless `work_items` (samples per network call, e.g. the batch) reaches
+    `PARALLEL_MIN_ITEMS`, then every available core. Small calls are dominated by per-operation overhead,
+    which extra threads only add to (and on a busy machine they wait for a core).
+
+    Raises:
+        InputError: `requested` below 1, or `$DPOSER_THREADS` not a positive integer.
+    """
+    if requested is not None and requested < 1:
+        raise InputError(f"--threads {requested}: need at least 1 thread")
+    threads = requested or _env_threads(THREADS_ENV, strict=True) or _env_threads("OMP_NUM_THREADS", strict=False)
+    if threads is None:
+        large = work_items is not None and work_items >= PARALLEL_MIN_ITEMS
+        threads = available_cores() if large else 1
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    return threads
 
 
 def make_generator(seed: int, device: torch.device) -> torch.Generator:
