@@ -61,3 +61,12 @@ BodyModelOpt = Annotated[
 RendererOpt = Annotated[
     str, typer.Option("--renderer", help="auto (pyrender if an OpenGL backend works, else soft), pyrender or soft.")
 ]
+ThreadsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--threads",
+        min=1,
+        help="CPU threads for torch. Default: $DPOSER_THREADS, else $OMP_NUM_THREADS, else 1 (small batches "
+        "run fastest on one thread) or every core for batches of 1000 and more.",
+    ),
+]
