@@ -1,8 +1,11 @@
 """The file side of fitting to pictures: image ↔ keypoint-file pairing, the persons of each frame as arrays,
 and starting parameters from `--init` npz files.
 
-Images are single files or folders of video frames (sorted by name); keypoints are found beside each image,
-in `predictions/` next to an `images/` folder (the official examples' layout), or given explicitly.
+Images are single files, folders of video frames (sorted by name) or video files (decoded one frame at a
+time, `io.media.read_video_frames`); keypoints are found beside each image, in `predictions/` next to an
+`images/` folder (the official examples' layout), or given explicitly (for a video: a folder with one JSON
+per frame, in name order). With `missing_ok` a frame without keypoints gets `keypoints=None` (the caller
+detects them) instead of an error.
 """
 
 import logging
@@ -14,7 +17,7 @@ import numpy as np
 
 from dposer_cli.core.errors import InputError
 from dposer_cli.io.keypoints import read_keypoints
-from dposer_cli.io.media import read_image
+from dposer_cli.io.media import VIDEO_READ_SUFFIXES, read_image, video_info
 
 log = logging.getLogger(__name__)
 
@@ -27,12 +30,15 @@ INIT_KEYS = ("global_orient", "body_pose", "left_hand_pose", "right_hand_pose", 
 class Frame:
     """One picture and its keypoints."""
 
-    image: Path
-    keypoints: Path
+    image: Path  # the picture, or the video file holding frame `video_frame`
+    keypoints: Path | None  # None: none found (`resolve_frames(missing_ok=True)`), to be detected
     stem: str
-    sequence: int  # folder index in video mode, -1 for single images
+    sequence: int  # folder / video index in video mode, -1 for single images
     height: int = 0
     width: int = 0
+    video_frame: int = -1  # frame index inside the video file `image`, -1 for picture files
+    searched: tuple[Path, ...] = ()  # where keypoints were looked for when none were found
+    fps: float | None = None  # the video file's frame rate
 
 
 @dataclass
@@ -65,8 +71,41 @@ def _keypoints_beside(image: Path, explicit_dir: Path | None) -> tuple[Path | No
     return next((p for p in tried if p.is_file()), None), tried
 
 
-def resolve_frames(images: Sequence[Path], keypoints: Sequence[Path]) -> list[Frame]:
-    """Pair images (or folders of frames) with keypoint files.
+def is_video(path: Path) -> bool:
+    """A video file (by its suffix) that `resolve_frames` decodes into frames."""
+    return Path(path).suffix.lower() in VIDEO_READ_SUFFIXES and Path(path).is_file()
+
+
+def _json_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() == ".json" and p.is_file())
+
+
+def _video_frames(video: Path, kp_dir: Path | None, sequence: int, prefix: str, max_frames: int | None
+                  ) -> list[Frame]:
+    info = video_info(video)
+    count = info.frames if max_frames is None else min(info.frames, max_frames)
+    files: list[Path | None] = [None] * count
+    if kp_dir is not None:
+        found = _json_files(kp_dir)
+        if len(found) < count:
+            raise InputError(f"{kp_dir} holds {len(found)} keypoint file(s) for {count} frame(s) of {video}; "
+                             "give one JSON per frame (taken in name order)")
+        files = list(found[:count])
+    return [Frame(video, kp, f"{prefix}{i:06d}", sequence, info.height, info.width, video_frame=i,
+                  fps=info.fps)
+            for i, kp in enumerate(files)]
+
+
+def resolve_frames(images: Sequence[Path], keypoints: Sequence[Path], *, missing_ok: bool = False,
+                   max_frames: int | None = None) -> list[Frame]:
+    """Pair images (or folders of frames, or video files) with keypoint files.
+
+    Args:
+        images: image files, or folders of frames / video files (one sequence each).
+        keypoints: one keypoint file per image, or one keypoint folder per sequence; empty: look beside
+            each image (video files: none, their keypoints are detected).
+        missing_ok: a frame without keypoints gets `keypoints=None` (and `searched`) instead of an error.
+        max_frames: keep only the first frames of each sequence.
 
     Raises:
         InputError: no images, missing files, a count mismatch or a keypoint file that cannot be found.
@@ -75,33 +114,36 @@ def resolve_frames(images: Sequence[Path], keypoints: Sequence[Path]) -> list[Fr
         raise InputError("no images given",
                          hint="dposer fit-image photo.jpg --keypoints photo.json --out fits/")
     frames: list[Frame] = []
-    folders = [Path(p) for p in images if Path(p).is_dir()]
+    folders = [Path(p) for p in images if Path(p).is_dir() or is_video(Path(p))]
     if folders and len(folders) != len(images):
-        raise InputError("give either image files or folders of frames, not both")
+        raise InputError("give either image files or folders of frames / videos, not both")
     if folders:
         kp_dirs: list[Path | None]
         if keypoints:
             if len(keypoints) != len(folders) or not all(Path(k).is_dir() for k in keypoints):
                 raise InputError(
-                    f"{len(folders)} frame folder(s) need as many keypoint folders with --keypoints "
+                    f"{len(folders)} frame folder(s) / video(s) need as many keypoint folders with --keypoints "
                     f"(got {len(keypoints)})"
                 )
             kp_dirs = [Path(k) for k in keypoints]
         else:
             kp_dirs = [None] * len(folders)
         for s, (folder, kp_dir) in enumerate(zip(folders, kp_dirs, strict=True)):
+            if is_video(folder):
+                frames += _video_frames(folder, kp_dir, s, f"{folder.stem}_", max_frames)
+                continue
             files = _image_files(folder)
             if not files:
                 raise InputError(f"frame folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-            for img in files:
+            for img in files[:max_frames]:
                 found, tried = _keypoints_beside(img, kp_dir)
-                if found is None:
+                if found is None and not missing_ok:
                     raise InputError(f"no keypoints for frame {img} (looked for "
                                      f"{', '.join(map(str, tried))})",
                                      hint="pass the keypoint folder with --keypoints")
                 # several videos: the folder name keeps the stems apart
                 stem = img.stem if len(folders) == 1 else f"{folder.name}_{img.stem}"
-                frames.append(Frame(img, found, stem, s))
+                frames.append(Frame(img, found, stem, s, searched=tuple(tried) if found is None else ()))
         return frames
     if keypoints and len(keypoints) != len(images):
         raise InputError(f"{len(images)} image(s) but {len(keypoints)} keypoint file(s); "
@@ -110,18 +152,18 @@ def resolve_frames(images: Sequence[Path], keypoints: Sequence[Path]) -> list[Fr
         img = Path(img)
         if not img.exists():
             raise InputError(f"image not found: {img}")
+        tried = []
         if keypoints:
-            kp = Path(keypoints[i])
+            kp: Path | None = Path(keypoints[i])
             if not kp.is_file():
                 raise InputError(f"keypoint file not found: {kp}")
         else:
-            found, tried = _keypoints_beside(img, None)
-            if found is None:
+            kp, tried = _keypoints_beside(img, None)
+            if kp is None and not missing_ok:
                 raise InputError(f"no keypoints for {img} (looked for {', '.join(map(str, tried))})",
                                  hint="pass --keypoints KP.json (OpenPose, ViTPose/COCO-WholeBody or MMPose "
                                  "JSON)")
-            kp = found
-        frames.append(Frame(img, kp, img.stem, -1))
+        frames.append(Frame(img, kp, img.stem, -1, searched=tuple(tried) if kp is None else ()))
     stems = [f.stem for f in frames]
     if len(set(stems)) != len(stems):
         dup = next(s for s in stems if stems.count(s) > 1)
@@ -164,15 +206,19 @@ def read_persons(frames: list[Frame], *, keypoint_format: str = "auto", part: st
     layouts = set()
     per_frame: dict[int, int] = {}
     for f_idx, frame in enumerate(frames):
-        image = read_image(frame.image)
-        frame.height, frame.width = int(image.shape[0]), int(image.shape[1])
-        del image
+        if frame.video_frame < 0:  # video frames: the size is the video's
+            image = read_image(frame.image)
+            frame.height, frame.width = int(image.shape[0]), int(image.shape[1])
+            del image
+        if frame.keypoints is None:
+            raise InputError(f"no keypoints for {frame.image} (looked for {', '.join(map(str, frame.searched))})")
         try:
             read = read_keypoints(frame.keypoints, keypoint_format, part=part)
         except InputError as exc:
             # a video frame without detections is normal: skip it (format errors still stop the run)
             if video and ("no persons found" in exc.message or "confidence 0" in exc.message):
-                log.warning("frame %s skipped: %s", frame.image.name, exc.message)
+                log.warning("frame %s skipped: %s", frame.stem if frame.video_frame >= 0 else frame.image.name,
+                            exc.message)
                 per_frame[f_idx] = 0
                 continue
             raise
