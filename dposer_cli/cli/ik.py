@@ -14,6 +14,7 @@ from dposer_cli.cli._options import (
     OutOpt,
     PartOpt,
     QuietOpt,
+    RendererOpt,
     SeedOpt,
 )
 from dposer_cli.core.parts import Part
@@ -51,6 +52,10 @@ def command(
     normalizer: NormalizerOpt = None,
     device: DeviceOpt = "auto",
     seed: SeedOpt = 0,
+    render: Annotated[bool, typer.Option(
+        "--render", help="Also draw DIR/ik.png: for the first 8 solves, the recovered joints against the targets "
+        "(filled: seen by the solver, rings: hidden from it, where known).")] = False,
+    renderer: RendererOpt = "auto",
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -66,7 +71,8 @@ def command(
 
     req = svc.IKRequest(part=part, targets=targets, out=out, ik_type=ik_type, noise_std=noise_std, steps=steps,
                         prior=prior, solve_orient=solve_orient, body_model=body_model, checkpoint=checkpoint,
-                        shape_checkpoint=shape_checkpoint, normalizer=normalizer, device=device, seed=seed)
+                        shape_checkpoint=shape_checkpoint, normalizer=normalizer, device=device, seed=seed,
+                        render=render, renderer=renderer)
     with progress("solving", enabled=not (quiet or json_out)) as cb:
         result = run_staged(svc.run, req, progress=cb)
     emit(result, as_json=json_out, quiet=quiet)

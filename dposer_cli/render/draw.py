@@ -760,16 +760,19 @@ def line_plot(
     label(out, "0", tick_w - px // 2 - text_width("0", px), y1 - px // 2 - 1, px, MUTED_TEXT)
     label(out, "0", x0, y1 + px // 4, px, MUTED_TEXT)
     label(out, str(t - 1), x1 - text_width(str(t - 1), px), y1 + px // 4, px, MUTED_TEXT)
-    x = px // 2
-    if title:
-        label(out, title, x, px // 4, px)
-        x += text_width(title, px) + px
-    for k, (name, v) in enumerate(data.items()):
+    texts = []
+    for name, v in data.items():
         if cursor is not None:
             value = v[int(np.clip(cursor, 0, t - 1))]
         else:
             value = float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
-        text = f"{name} {value:.1f}{(' ' + unit) if unit else ''}" if np.isfinite(value) else name
+        texts.append(f"{name} {value:.1f}{(' ' + unit) if unit else ''}" if np.isfinite(value) else name)
+    keys_w = sum(px + px // 3 + text_width(text, px) + px for text in texts)
+    x = px // 2
+    if title and x + text_width(title, px) + px + keys_w <= w:  # the legend wins when both do not fit
+        label(out, title, x, px // 4, px)
+        x += text_width(title, px) + px
+    for k, text in enumerate(texts):
         out[px // 4 + px // 2 - 1 : px // 4 + px // 2 + 2, x : x + px] = colors[k % len(colors)]
         label(out, text, x + px + px // 3, px // 4, px)
         x += px + px // 3 + text_width(text, px) + px
@@ -916,9 +919,9 @@ def overhead_view(
     half_fov: float | None = None,
     renderer: str = "auto",
 ) -> UInt8[np.ndarray, "H W 3"]:
-    """Camera-space meshes (OpenCV: x right, y down, z forward; metres) seen from above: the camera at the
-    bottom, depth growing upwards, a ruler line every metre (half metre when close), so a person fitted at
-    the wrong depth shows here even when the overlay on the photo looks right.
+    """Camera-space meshes (OpenCV: x right, y down, z forward; metres) seen from above: depth grows upwards,
+    ruler lines mark it, the camera sits at the bottom (or, far away, its distance is written there), so a
+    person fitted at the wrong depth shows here even when the overlay on the photo looks right.
 
     Args:
         vertices: one (V, 3) array per person; faces: one shared (F, 3) array or one per person.
@@ -942,57 +945,58 @@ def overhead_view(
         meshes.append((v * flip, f, _color(col)))
     body = np.concatenate([m[0] for m in meshes])
     floor = float(body[:, 1].min())
-    far = float(-body[:, 2].min())
-    reach = max(far, 1e-3)
-    spread = max(float(np.abs(body[:, 0]).max()), 0.3 * reach)
-    if half_fov is not None and half_fov > 0:
-        spread = max(spread, min(half_fov, 1.5) * far)
-    frame_pts = np.concatenate(
-        [
-            body,
-            [
-                [0.0, floor, 0.0],
-                [-spread, floor, 0.0],
-                [spread, floor, 0.0],
-                [0.0, floor, -far - 0.15 * reach],
-            ],
-        ]
-    )
+    near, far = float(max(-body[:, 2].max(), 0.0)), float(-body[:, 2].min())
+    span = max(far - near, 0.5)
+    # the camera is drawn when it is not far below the people; else the view zooms in on them
+    with_camera = near <= 1.5 * span
+    lo = 0.0 if with_camera else near - 0.35 * span
+    hi = far + 0.15 * span
+    xs = body[:, 0]
+    cx = 0.0 if with_camera else float((xs.min() + xs.max()) / 2)
+    half = max(float(np.abs(xs - cx).max()), 0.3 * (hi - lo))
+    frame_pts = np.concatenate([body, [[cx - half, floor, -lo], [cx + half, floor, -lo], [cx, floor, -hi]]])
     w, h = image_size(size)
     framing = frame_points(frame_pts, "top", (w, h), margin=0.06)
     rgb, mask = _draw_meshes(meshes, framing, [(0, 0)] * len(meshes), (w, h), select_renderer(renderer))
     # rulers, field of view and the camera on a layer under the meshes
     layer = Image.new("RGB", (w, h), _rgb255(BACKGROUND))
     draw = ImageDraw.Draw(layer)
-    px = max(10, min(w, h) // 28)
-    step = 0.5 if far < 3 else 1.0
+    px = max(10, min(18, max(w, h) // 60, h // 12))
+    step = _nice((hi - lo) / 6)
     texts = []
-    for d in np.arange(step, far + 0.15 * reach, step):
+    for d in np.arange(math.ceil(lo / step) * step, hi, step):
+        if d <= 0:
+            continue
         (ua, va), (ub, vb) = framing.project(
-            np.array([[-spread * 1.5, floor, -d], [spread * 1.5, floor, -d]])
+            np.array([[cx - 3 * half, floor, -d], [cx + 3 * half, floor, -d]])
         )
         draw.line([ua, va, ub, vb], fill=(214, 214, 214), width=1)
         texts.append((f"{d:g} m", 4, round(va) - px - 1))
     cam_u, cam_v = framing.project(np.array([0.0, floor, 0.0]))
     if half_fov is not None and half_fov > 0:
-        for s in (-1, 1):
-            u, v = framing.project(
-                np.array([s * half_fov * (far + 0.1 * reach), floor, -(far + 0.1 * reach)])
-            )
+        for sgn in (-1, 1):
+            u, v = framing.project(np.array([sgn * half_fov * hi, floor, -hi]))
             draw.line([cam_u, cam_v, u, v], fill=(190, 190, 190), width=1)
     r = px * 0.6
-    draw.polygon(
-        [(cam_u, cam_v - r), (cam_u - r, cam_v + r * 0.6), (cam_u + r, cam_v + r * 0.6)], fill=(80, 80, 80)
-    )
-    under = np.asarray(layer)
+    if with_camera:
+        draw.polygon(
+            [(cam_u, cam_v - r), (cam_u - r, cam_v + r * 0.6), (cam_u + r, cam_v + r * 0.6)],
+            fill=(80, 80, 80),
+        )
+    under = np.array(layer)
+    for text, x, y in texts:  # under the meshes too
+        label(under, text, x, max(0, y), px, MUTED_TEXT)
     out = np.where(mask[..., None], rgb, under).astype(np.uint8)
-    for text, x, y in texts:
-        label(out, text, x, max(0, y), px, MUTED_TEXT)
+    if with_camera:
+        cam_text, cam_x, cam_y = "camera", round(cam_u + r + 3), round(cam_v - px / 2)
+    else:
+        cam_text = f"camera {near:.1f} m below"
+        cam_x, cam_y = round(w / 2 - text_width(cam_text, px) / 2), h - px - px // 2
     label(
         out,
-        "camera",
-        min(w - text_width("camera", px) - 2, round(cam_u + r + 3)),
-        max(0, min(h - px - 2, round(cam_v - px / 2))),
+        cam_text,
+        min(w - text_width(cam_text, px) - 2, cam_x),
+        max(0, min(h - px - 2, cam_y)),
         px,
         MUTED_TEXT,
     )
@@ -1000,10 +1004,11 @@ def overhead_view(
     for p, (v, _f, col) in enumerate(meshes):
         if labels is None:
             continue
-        u, vv = framing.project(np.array([[v[:, 0].max(), floor, float(np.median(v[:, 2]))]]))[0]
-        x = int(min(max(u + 3, 0), w - text_width(labels[p], px) - 2))
+        u, vv = framing.project(np.array([[float(v[:, 0].mean()), floor, float(v[:, 2].max())]]))[0]
+        tw = text_width(labels[p], px)
+        x = int(min(max(u - tw / 2, 0), w - tw - 2))
         label(
-            out, labels[p], x, int(min(max(vv - px / 2, 0), h - px - 2)), px, _rgb255(np.asarray(col) * 0.55)
+            out, labels[p], x, int(min(max(vv + px / 3, 0), h - px - 2)), px, _rgb255(np.asarray(col) * 0.55)
         )
     return out
 

@@ -20,7 +20,9 @@ from dposer_cli.core.parts import PARTS, Part
 from dposer_cli.io.media import save_image
 from dposer_cli.render.draw import (
     GHOST_COLOR,
+    HIDDEN_TARGET_COLOR,
     HIGHLIGHT_COLOR,
+    TARGET_COLOR,
     TRUTH_COLOR,
     bar_chart,
     contact_sheet,
@@ -138,7 +140,10 @@ def _turned(item: dict, *, back: bool = False, tilt: float = _TILT) -> dict:
     rot = np.array([[1.0, 0.0, 0.0], [0.0, np.cos(a), -np.sin(a)], [0.0, np.sin(a), np.cos(a)]])
     if back:
         rot = rot @ np.diag([-1.0, 1.0, -1.0])
-    return {**item, key: item[key] @ rot.T}
+    out = {**item, key: item[key] @ rot.T}
+    if item.get("targets") is not None:
+        out["targets"] = item["targets"] @ rot.T
+    return out
 
 
 def _hand_sheet(items: list[dict], renderer: str, cell: int = 160, per_row: int = 4) -> np.ndarray:
@@ -332,3 +337,45 @@ def completion_sheet(part: Part, inputs: Tensor, completed: Tensor, hidden: Tens
         image = titled(image, title)
     return save_image(path, image)
 
+
+
+# ---------------------------------------------------------------------------------------------- ik
+# skeleton over the IK joint orders (`tasks.ik` joint sets): OpenPose hand21; FLAME's 5 joints + landmarks
+IK_PARENTS = {
+    "hand21": (-1, 0, 1, 2, 3, 0, 5, 6, 7, 0, 9, 10, 11, 0, 13, 14, 15, 0, 17, 18, 19),
+    "flame73": (-1, 0, 1, 1, 1) + (-1,) * 68,
+}
+_HAND21_PALM = (0, 5, 9, 17)  # wrist, index1, middle1, pinky1 in hand21 order
+
+
+def ik_sheet(joint_set: str, joints: Tensor, targets: Tensor, visible: Tensor, *, path: Path, renderer: str,
+             side: str = "right", max_items: int = 8, cell: int = 256, title: str | None = None) -> Path:
+    """Targets against recovered joints for the first `max_items` solves: recovered skeleton, targets the
+    solver saw as filled dots, hidden ones (where known; NaN = unknown) as rings, each joined to its joint.
+
+    Args:
+        joints, targets: (N, J, 3) metres in `joint_set` order (`IK_PARENTS`); visible: (N, J) bool.
+    """
+    j = joints[:max_items].detach().cpu().numpy().astype(np.float64)
+    t = targets[:max_items].detach().cpu().numpy().astype(np.float64)
+    vis = visible[:max_items].cpu().numpy()
+    parents = np.asarray(IK_PARENTS[joint_set])
+    if joint_set == "hand21":  # upright in the palm frame of the recovered hand
+        for k in range(len(j)):
+            w, i, m, p = (j[k, n] for n in _HAND21_PALM)
+            rot = palm_frame(w, i, m, p, side=side)
+            j[k], t[k] = (j[k] - w) @ rot.T, (t[k] - w) @ rot.T
+    items, labels = [], []
+    for k in range(len(j)):
+        err = np.linalg.norm(j[k] - t[k], axis=-1) * 1000
+        seen_mm = f"seen {np.nanmean(err[vis[k]]):.1f} mm" if vis[k].any() else "nothing seen"
+        hid = ~vis[k] & np.isfinite(err)
+        labels.append(f"{k + 1} · {seen_mm}" + (f" · hidden {err[hid].mean():.1f} mm" if hid.any() else ""))
+        item = {"joints": j[k], "parents": parents, "targets": t[k], "target_visible": vis[k],
+                "colors": (0.25, 0.36, 0.6)}
+        items.append(_turned(item, tilt=15.0) if joint_set == "hand21" else item)
+    sheet = contact_sheet(items, cols=min(4, len(items)), cell=cell, renderer=renderer, labels=labels, center=True)
+    entries = [("dot", TARGET_COLOR, "target the solver saw"), ("ring", HIDDEN_TARGET_COLOR, "target hidden from it"),
+               ("line", (64, 92, 153), "recovered joints")]
+    image = np.concatenate([legend(entries, width=sheet.shape[1], px=14), sheet], axis=0)
+    return save_image(path, titled(image, title) if title else image)

@@ -34,7 +34,8 @@ from dposer_cli.core.result import Result
 from dposer_cli.engine.prior import DPoserPrior
 from dposer_cli.io.media import save_video
 from dposer_cli.io.motion import read_motion, write_motion
-from dposer_cli.render.draw import contact_sheet
+from dposer_cli.render.draw import contact_sheet, line_plot
+from dposer_cli.render.scene import frame_points
 from dposer_cli.tasks import denoise_motion as task
 
 log = logging.getLogger(__name__)
@@ -130,7 +131,10 @@ def run(req: DenoiseRequest, progress: Callable[[int, int], None] | None = None,
     if req.render:
         with torch.no_grad():
             result = body(**fit.params)
-        video = _render(out_dir / "comparison.mp4", obs, fit.visible, result, body, fps, req.renderer)
+            # pose input: the input itself is the ground truth (noise and occlusion were applied here)
+            clean = None if world else body(body_pose=_tensor(pose_in, device)).vertices
+        video = _render(out_dir / "comparison.mp4", obs, fit.visible, result, body, fps, req.renderer, gt=gt,
+                        clean=clean, hidden_parts=req.occluded or ())
         if video is not None:
             outputs["comparison"] = video
 
@@ -186,25 +190,54 @@ def _select_body22(joints: Tensor, body: BodyModel, b22: Tensor, where: str) -> 
                      f"joints, SMPL-X order) or the body model's {len(body.joint_names)}")
 
 
+def _frame_errors_mm(a: Tensor, b: Tensor, mask: Tensor) -> np.ndarray:
+    """Mean distance per frame over the joints in `mask` (T, J), in mm; NaN for frames without any."""
+    d = torch.where(mask, (a - b).norm(dim=-1), torch.zeros((), device=a.device)).sum(-1)
+    return (1000 * d / mask.sum(-1)).cpu().numpy()  # 0/0 → NaN
+
+
 def _render(path: Path, obs: Tensor, visible: Tensor, result: BodyOutput, body: BodyModel, fps: float,
-            renderer: str, size: int = 320) -> Path | None:
-    """Video: the noisy observations (skeleton) beside the denoised body (mesh), one shared camera per frame
-    so both halves have the same scale."""
+            renderer: str, *, gt: Tensor | None = None, clean: Tensor | None = None,
+            hidden_parts: tuple[str, ...] = (), cell: tuple[int, int] = (224, 288)) -> Path | None:
+    """Video: [the input pose (mesh), when it is the ground truth,] the observed joints (hidden ones left
+    out) and the denoised body, all through one fixed camera and scale, over a plot of the joint error per
+    frame (against the ground truth when there is one, else against the observations)."""
     parents = body.parents[:22].cpu().numpy()
     noisy, vis = obs.cpu().numpy(), visible.cpu().numpy()
     mesh = result.vertices is not None and body.faces is not None
-    verts = result.vertices.cpu().numpy() if mesh else None
     faces = body.faces.cpu().numpy() if mesh else None
+    verts = result.vertices.cpu().numpy() if mesh else None
+    clean_v = clean.cpu().numpy() if clean is not None and mesh else None
     joints = result.joints[:, :22].cpu().numpy()
+    if gt is not None:
+        series = {"observed": _frame_errors_mm(obs, gt, visible),
+                  "denoised": _frame_errors_mm(result.joints[:, :22], gt, torch.ones_like(visible))}
+        title = "joint error per frame vs ground truth"
+    else:
+        series = {"denoised vs observed": _frame_errors_mm(result.joints[:, :22], obs, visible)}
+        title = "joint distance per frame"
+    # one camera for every panel of every frame (a subsample of each mesh is enough to frame it)
+    pts = [noisy[vis]] + [m[:, ::7].reshape(-1, 3) for m in (verts, clean_v) if m is not None]
+    if not mesh:
+        pts.append(joints.reshape(-1, 3))
+    framing = frame_points(np.concatenate(pts), "front", cell)
+    hidden_note = f" ({', '.join(hidden_parts)} hidden)" if hidden_parts else ""
+    labels = (["input (ground truth)"] if clean_v is not None else []) + [f"observed joints{hidden_note}", "denoised"]
     try:
-        frames = []
+        out = None
         for t in range(len(noisy)):
-            j = noisy[t].copy()
-            j[~vis[t]] = j[vis[t]].mean(0)  # hidden joints collapse onto the visible ones' centre
-            right = {"vertices": verts[t], "faces": faces} if mesh else {"joints": joints[t], "parents": parents}
-            frames.append(contact_sheet([{"joints": j, "parents": parents}, right], cols=2, cell=size,
-                                        renderer=renderer, labels=["noisy joints", "denoised"]))
-        return save_video(path, np.stack(frames), fps)
+            items = [{"vertices": clean_v[t], "faces": faces}] if clean_v is not None else []
+            items.append({"joints": np.where(vis[t][:, None], noisy[t], np.nan), "parents": parents,
+                          "hidden": ~vis[t]})
+            items.append({"vertices": verts[t], "faces": faces} if mesh else {"joints": joints[t], "parents": parents})
+            panels = contact_sheet(items, cols=len(items), cell=cell, renderer=renderer, labels=labels,
+                                   framing=framing)
+            plot = line_plot(series, size=(panels.shape[1], 120), cursor=t, title=title, unit="mm")
+            frame = np.concatenate([panels, plot], axis=0)
+            if out is None:
+                out = np.empty((len(noisy), *frame.shape), np.uint8)
+            out[t] = frame
+        return save_video(path, out, fps)
     except (UnavailableError, MissingAssetError) as exc:
         log.warning("no comparison video: %s", exc.message)
         return None

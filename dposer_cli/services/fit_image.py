@@ -28,7 +28,14 @@ from dposer_cli.engine.priors import build_prior, check_prior
 from dposer_cli.io.frames import Frame, FramePersons, parse_person, read_init, read_persons, resolve_frames
 from dposer_cli.io.keypoints import KEYPOINT_FORMATS
 from dposer_cli.io.media import read_image, save_image
-from dposer_cli.render.draw import draw_keypoints, overlay_mesh
+from dposer_cli.render.draw import (
+    draw_keypoints,
+    draw_segments,
+    legend,
+    overhead_view,
+    overlay_mesh,
+)
+from dposer_cli.render.scene import PERSON_COLORS
 from dposer_cli.tasks.fit import (
     CONF_THRESHOLD,
     FIT_SPECS,
@@ -183,6 +190,7 @@ def _write_outputs(req: FitImageRequest, out: Path, frames: list[Frame], persons
     px, data = fitted.reprojection_px.cpu().numpy(), fitted.data_loss.cpu().numpy()
     npz_files: list[Path] = []
     overlays: list[Path] = []
+    views: list[Path] = []
     images: list[dict] = []
     for f_idx, frame in enumerate(frames):
         rows = np.flatnonzero(persons.frame == f_idx)
@@ -215,26 +223,64 @@ def _write_outputs(req: FitImageRequest, out: Path, frames: list[Frame], persons
         entry.update({"npz": path, "reprojection_error_px": float(px[rows].mean()),
                       "loss": float(data[rows].mean()), "per_person": per_person})
         if req.overlay:
-            entry["overlay"] = _overlay(req, out, frame, model, fitted, inputs, index, arrays["keypoints"])
+            entry["overlay"], entry["views"] = _overlay(req, out, frame, model, fitted, inputs, index,
+                                                        arrays["keypoints"], per_person)
             overlays.append(entry["overlay"])
+            views.append(entry["views"])
         images.append(entry)
     outputs: dict[str, Path | list[Path]] = {"npz": npz_files}
     if overlays:
         outputs["overlays"] = overlays
+        outputs["views"] = views
     return outputs, images
 
 
 def _overlay(req: FitImageRequest, out: Path, frame: Frame, model: BodyModel, fitted: FitResult,
-             inputs: FitInput, rows: torch.Tensor, keypoints: np.ndarray) -> Path:
-    """Meshes over the photo (camera coordinates = model output: the camera rotation is the identity)."""
+             inputs: FitInput, rows: torch.Tensor, keypoints: np.ndarray, per_person: list[dict]
+             ) -> tuple[Path, Path]:
+    """`<stem>_overlay.png`: meshes over the photo (camera coordinates = model output: the camera rotation is
+    the identity), the keypoints (dots) and the model joints projected (rings), each pair joined by a line;
+    `<stem>_fit.png`: that over the bodies seen from above (depth errors show there), with a legend and
+    the reprojection error and depth of each person."""
     image = read_image(frame.image)
     with torch.no_grad():
-        verts = body_vertices(model, {k: v[rows] for k, v in fitted.params.items()}).vertices
+        posed = body_vertices(model, {k: v[rows] for k, v in fitted.params.items()})
     focal = float(inputs.focal[rows[0]])
     center = tuple(float(c) for c in inputs.center[rows[0]])
-    if verts is not None and model.faces is not None:
-        faces = model.faces.cpu().numpy()
-        image = overlay_mesh(image, [v for v in verts.cpu().numpy()], faces, focal=focal, center=center,
+    verts = posed.vertices.cpu().numpy() if posed.vertices is not None and model.faces is not None else None
+    if verts is not None:
+        image = overlay_mesh(image, list(verts), model.faces.cpu().numpy(), focal=focal, center=center,
                              alpha=0.7, renderer=req.renderer)
-    image = draw_keypoints(image, keypoints, edges=fitted.layout.edges, conf_threshold=req.conf_threshold)
-    return save_image(out / f"{frame.stem}_overlay.png", image)
+    joints = posed.joints[:, fitted.layout.model_idx].cpu().numpy()  # (P, K, 3), one per kept keypoint
+    projected = joints[..., :2] / joints[..., 2:] * focal + np.asarray(center)
+    seen = keypoints[..., 2] >= req.conf_threshold
+    colors = [_dark(PERSON_COLORS[i % len(PERSON_COLORS)]) for i in range(len(keypoints))]
+    for p, color in enumerate(colors):
+        image = draw_segments(image, keypoints[p, seen[p], :2], projected[p, seen[p]], color=(255, 255, 255))
+        image = draw_keypoints(image, keypoints[p], edges=fitted.layout.edges, conf_threshold=req.conf_threshold,
+                               color=color)
+        rings = np.concatenate([projected[p], seen[p, :, None].astype(np.float64)], axis=-1)
+        image = draw_keypoints(image, rings, conf_threshold=0.5, color=color, marker="ring")
+    overlay = save_image(out / f"{frame.stem}_overlay.png", image)
+
+    h, w = image.shape[:2]
+    depth = fitted.joints[rows, 0, 2].cpu().numpy()  # the root joint (pelvis / wrist)
+    names = [f"{entry['person']}: {d:.2f} m" for entry, d in zip(per_person, depth, strict=True)]
+    panels = [image]
+    if verts is not None:  # under the photo, as wide: people keep (about) their left-right place
+        panels.append(overhead_view(list(verts), model.faces.cpu().numpy(), size=(w, max(96, round(0.45 * h))),
+                                    labels=names, half_fov=w / 2 / focal, renderer=req.renderer))
+    picture = np.concatenate(panels, axis=0)
+    entries = [("dot", (90, 90, 90), "keypoints (input)"), ("ring", (90, 90, 90), "model joints (projected)")]
+    entries += [("square", PERSON_COLORS[i % len(PERSON_COLORS)],
+                 f"person {e['person']}: {e['reprojection_error_px']:.1f} px, depth {d:.2f} m")
+                for i, (e, d) in enumerate(zip(per_person, depth, strict=True))]
+    band = legend(entries, width=picture.shape[1], px=max(13, min(24, picture.shape[1] // 55)))
+    views = save_image(out / f"{frame.stem}_fit.png", np.concatenate([picture, band], axis=0))
+    return overlay, views
+
+
+def _dark(color: tuple[float, float, float]) -> tuple[int, int, int]:
+    """A person's keypoint colour: the mesh colour (sRGB 0-1), darker."""
+    r, g, b = (int(round(255 * 0.55 * c)) for c in color)
+    return r, g, b

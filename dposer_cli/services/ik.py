@@ -24,6 +24,7 @@ from dposer_cli.engine.optimize import PosePrior
 from dposer_cli.engine.priors import build_prior, check_prior
 from dposer_cli.io.ik_targets import read_ik_targets
 from dposer_cli.io.poses import write_poses
+from dposer_cli.services._render import ik_sheet
 from dposer_cli.tasks.ik import (
     PRIOR_SCALES,
     PRIORS,
@@ -57,6 +58,8 @@ class IKRequest:
     normalizer: Path | None = None
     device: str = "auto"
     seed: int = 0
+    render: bool = False  # also draw ik.png: targets against the recovered joints for the first solves
+    renderer: str = "auto"
 
 
 def load_problem(path: Path, part: Part, body: BodyModel, device: torch.device) -> IKProblem:
@@ -143,12 +146,21 @@ def run(req: IKRequest, progress: Progress | None = None) -> Result:
     extras["target_joints"] = problem.targets.cpu().numpy()
     extras["visible"] = problem.visible.cpu().numpy()
     path = write_poses(out_dir / "ik.npz", req.part, poses, extras=extras)
+    outputs = {"ik": path}
+    if req.render:
+        known = problem.gt["joints"] if problem.gt is not None and "joints" in problem.gt else None
+        hidden_at = known if known is not None else torch.full_like(problem.targets, torch.nan)
+        shown = torch.where(problem.visible[..., None], problem.targets, hidden_at)
+        outputs["picture"] = ik_sheet(spec.joint_set, result.joints, shown, problem.visible, path=out_dir / "ik.png",
+                                      renderer=req.renderer, side=getattr(body, "side", "right"),
+                                      title=f"ik --part {req.part.value} --type {req.ik_type}: the first "
+                                            f"{min(problem.n, 8)} of {problem.n}")
     noise_std = spec.noise(req.ik_type, req.noise_std) if req.ik_type == "noisy" else None
     summary = (f"solved {problem.n} {req.part.value} IK target set(s) (--type {req.ik_type}, prior {req.prior}, "
                f"{result.steps} steps, {result.nfe} network evaluations) with the {body.kind} model")
     return Result(
         command="ik",
-        outputs={"ik": path},
+        outputs=outputs,
         metrics=metrics,
         info={"part": req.part.value, "type": req.ik_type, "n": problem.n, "prior": req.prior,
               "checkpoint": sources, "body_model": body.kind, "joint_order": spec.joint_set,
