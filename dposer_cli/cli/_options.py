@@ -70,3 +70,20 @@ ThreadsOpt = Annotated[
         "run fastest on one thread) or every core for batches of 1000 and more.",
     ),
 ]
+
+
+def _export(values: list[str] | None) -> list[str]:
+    return [v.strip().lower() for raw in values or [] for v in raw.split(",") if v.strip()]
+
+
+ExportOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--export",
+        metavar="FMT[,FMT]",
+        callback=_export,
+        help="Also write the bodies for other tools (repeat or comma-separate): glb (one glTF scene, a mesh per "
+        "pose or frame), obj or ply (a file per pose), bvh (the body skeleton's motion; Blender imports it). "
+        "Long motions: prefer bvh (a GLB holds every frame's mesh).",
+    ),
+]
