@@ -17,12 +17,14 @@ from dposer_cli.core.parts import PARTS, Part
 from dposer_cli.core.paths import atomic_write, ensure_out_dir
 from dposer_cli.core.result import Result
 from dposer_cli.engine.prior import DPoserPrior
+from dposer_cli.io.export import write_bvh, write_meshes
 from dposer_cli.io.media import save_video
 from dposer_cli.io.poses import write_poses
 from dposer_cli.io.report import jsonable
 from dposer_cli.render.process import MAX_VIDEO_FRAMES, NOISY_COLOR, process_frames, video_timing
 from dposer_cli.render.scene import BODY_COLOR
 from dposer_cli.services._render import grid_count, load_part_body, pose_items, render_sheet, view_for
+from dposer_cli.tasks.export import SkeletonMotion, check_formats, export_data, part_params
 from dposer_cli.tasks.sample import Trajectory, check_sampler, sample
 
 log = logging.getLogger(__name__)
@@ -50,6 +52,7 @@ class GenerateRequest:
     t_end: float = 1e-3
     process_video: bool = False  # also record the sampling trajectory and write process.mp4
     grid: int | None = None  # poses drawn in grid.png (the first ones); None: 64 (whole body 16)
+    export: tuple[str, ...] = ()  # also write poses.glb / .obj / .ply / .bvh (tasks.export.check_formats)
 
 
 def run(req: GenerateRequest, progress: Callable[[int, int], None] | None = None) -> Result:
@@ -61,9 +64,11 @@ def run(req: GenerateRequest, progress: Callable[[int, int], None] | None = None
         raise InputError(f"--steps must be at least 1 (got {req.steps})")
     if req.grid is not None and req.grid < 0:
         raise InputError(f"--grid must be 0 (no picture) or more (got {req.grid})")
+    formats = check_formats(req.export, part=req.part)
     out = ensure_out_dir(req.out)
     device = resolve_device(req.device)
     prior = DPoserPrior.load(req.part, req.checkpoint, normalizer=req.normalizer, device=device)
+    body = load_part_body(req.part, req.body_model, device) if formats else None  # a face needs FLAME
     log.info("using %s prior (%s)", req.part.value, prior.source)
     res = sample(prior, req.n, sampler=req.sampler, steps=req.steps, t_end=req.t_end,
                  generator=make_generator(req.seed, device), progress=progress,
@@ -91,6 +96,11 @@ def run(req: GenerateRequest, progress: Callable[[int, int], None] | None = None
                             device=device, max_items=shown, title=title)
         if grid is not None:
             outputs["grid"] = grid
+    if body is not None:  # --export: a mesh per pose / a BVH with a frame per pose
+        for fmt, data in export_data(body, part_params(req.part, poses), formats, name="poses").items():
+            outputs[f"export_{fmt}"] = (write_bvh(out / "poses.bvh", *data.bvh_args())
+                                        if isinstance(data, SkeletonMotion)
+                                        else write_meshes(out / "poses", data.vertices, data.faces, fmt))
     if res.trajectory is not None:
         video = _process_video(req, res.trajectory, out / "process.mp4", device, lines)
         if video is not None:

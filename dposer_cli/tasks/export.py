@@ -197,11 +197,25 @@ def glb_bytes(count: int, num_vertices: int, num_faces: int) -> int:
     return count * (num_vertices * 12 + num_faces * 12)
 
 
-def size_warning(meshes: BodyMeshes, name: str) -> str | None:
-    """A line for the user when a GLB of these meshes gets large (a BVH of the motion is far smaller)."""
-    count, num_vertices = meshes.vertices.shape[:2]
-    size = glb_bytes(count, num_vertices, len(meshes.faces))
-    if size < GLB_WARN_BYTES:
-        return None
-    return (f"{name}.glb holds {count} meshes (about {size / 2**20:.0f} MB); for long motions --export bvh is "
-            "far smaller")
+def export_data(body: BodyModel, params: Mapping[str, Tensor], formats: Sequence[str], *, fps: float = 30.0,
+                upright: bool = False, name: str = "bodies") -> dict[str, BodyMeshes | SkeletonMotion]:
+    """Per format (of `check_formats`): the meshes (posed once for every mesh format) or the skeleton motion.
+
+    Logs a warning recommending BVH when a GLB of the meshes would be large (`GLB_WARN_BYTES`); `name` is
+    the file stem it names.
+    """
+    out: dict[str, BodyMeshes | SkeletonMotion] = {}
+    meshes = None
+    for fmt in formats:
+        if fmt == "bvh":
+            out[fmt] = skeleton_motion(body, params, fps=fps, upright=upright)
+            continue
+        meshes = meshes or body_meshes(body, params, upright=upright)
+        out[fmt] = meshes
+    if meshes is not None and "glb" in out:
+        count, num_vertices = meshes.vertices.shape[:2]
+        size = glb_bytes(count, num_vertices, len(meshes.faces))
+        if size >= GLB_WARN_BYTES:
+            log.warning("%s.glb holds %d meshes (about %.0f MB); for long motions --export bvh is far smaller",
+                        name, count, size / 2**20)
+    return out
