@@ -9,6 +9,7 @@ from dposer_cli.cli._options import (
     BodyModelOpt,
     CheckpointOpt,
     DeviceOpt,
+    ExportOpt,
     JsonOpt,
     NormalizerOpt,
     OutOpt,
@@ -42,6 +43,7 @@ def command(
         "--process-video", help="Also write DIR/process.mp4: the sampling process of the first 8 samples side "
         "by side, noisy state x_t over the denoised estimate x0, from pure noise to the result (at most 90 "
         "recorded steps whatever --steps, then a hold on the result; the face needs a FLAME model).")] = False,
+    export: ExportOpt = None,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -57,7 +59,7 @@ def command(
     req = svc.GenerateRequest(part=part, n=n, out=out, sampler=sampler, steps=steps, seed=seed, device=device,
                               checkpoint=checkpoint, normalizer=normalizer, render=not no_render, renderer=renderer,
                               body_model=body_model, poses_json=poses_json,
-                              process_video=process_video, grid=grid)
+                              process_video=process_video, grid=grid, export=tuple(export or ()))
     with progress("sampling", enabled=not (quiet or json_out)) as cb:
         result = run_staged(svc.run, req, progress=cb)
     emit(result, as_json=json_out, quiet=quiet)
