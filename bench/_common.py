@@ -1,15 +1,17 @@
-"""Shared benchmark helpers: environment record, timing, JSON output (atomic)."""
+"""Shared benchmark helpers: environment record, timing (the speed harness of `dposer_cli.evaluation.speed`),
+JSON output (atomic)."""
 
 import argparse
 import json
 import os
 import platform
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+
+from dposer_cli.evaluation.speed import best_of
 
 
 def environment() -> dict:
@@ -22,20 +24,18 @@ def environment() -> dict:
     }
 
 
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def timeit(fn: Callable[[], object], *, repeat: int = 3, warmup: int = 1) -> float:
-    """Best wall time of `repeat` runs (seconds), after `warmup` runs."""
-    for _ in range(warmup):
+    """Best wall time of `repeat` runs (seconds), after `warmup` runs (`evaluation.speed.best_of`)."""
+
+    def run() -> tuple[int, int]:
         fn()
-    best = float("inf")
-    for _ in range(repeat):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t0)
-    return best
+        return 1, 0
+
+    return best_of(device(), run, repeat=repeat, warmup=warmup)["seconds"]
 
 
 def parser(description: str) -> argparse.ArgumentParser:

@@ -12,17 +12,20 @@ same per-vector algorithm (losses are summed over the batch, so each vector foll
 Denoising (spec §7.4): the 240-frame Gestures example with 40 mm noise, temporal term on vertices (the
 default) and on joints, NFE 180.
 
+Every timing is a `dposer benchmark speed` workload (`evaluation.speed.completion` / `.denoising`, i.e.
+`tasks.complete` / `tasks.denoise_motion`) timed by the same harness (`evaluation.speed.timed`).
+
     python -m bench.bench_complete --out bench/results/complete.json [--quick] [--checkpoint PATH]
 """
 
 import math
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from bench._common import environment, parser, write
+from bench._common import device, environment, parser, write
+from dposer_cli.bodies.base import load_body
 from dposer_cli.core.config import NetConfig, PriorConfig
 from dposer_cli.core.errors import DposerError
 from dposer_cli.core.parts import PARTS, Part, mask_dims
@@ -30,8 +33,9 @@ from dposer_cli.core.paths import shared_data_dir
 from dposer_cli.engine.nets import build_net
 from dposer_cli.engine.normalize import Normalizer
 from dposer_cli.engine.prior import DPoserPrior
-from dposer_cli.services import complete as comp
-from dposer_cli.services import denoise_motion as dm
+from dposer_cli.evaluation import speed
+from dposer_cli.tasks import denoise_motion as dm
+from dposer_cli.tasks.complete import DEFAULT_STEPS, completion_metrics
 
 
 def _prior(checkpoint: Path | None) -> tuple[DPoserPrior, bool]:
@@ -46,56 +50,54 @@ def _prior(checkpoint: Path | None) -> tuple[DPoserPrior, bool]:
         return DPoserPrior(cfg, build_net(cfg.net), norm, source="untrained official-size network"), False
 
 
-def _timed(fn):  # type: ignore[no-untyped-def]
-    t0 = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - t0
-
-
 def bench_completion(prior: DPoserPrior, n: int, hypo: int, loop_samples: int, official_loop: bool = False) -> dict:
     data = np.load(shared_data_dir() / PARTS[Part.body].reference)["poses"].astype(np.float32)
     poses = torch.as_tensor(data[-n:])  # the tail of the file
     dims = mask_dims(Part.body, ["legs"])
     observed = torch.ones(n, 63, dtype=torch.bool)
     observed[:, list(dims)] = False
-    dev = torch.device("cpu")
+    body = load_body("body")
+    dev = device()
 
-    prior.nfe = 0
-    g = torch.Generator().manual_seed(0)
-    batched, sec_b = _timed(lambda: comp.complete(prior, poses, observed, hypo=hypo, generator=g))
-    nfe_b = prior.nfe
-    m_b, _ = comp.evaluate(Part.body, batched, poses, dims, body_model=None, device=dev)
+    def evaluate(completed: torch.Tensor, truth: torch.Tensor) -> dict:
+        return completion_metrics(Part.body, completed, truth, dims, body)[0]
+
+    done: list[torch.Tensor] = []
+    b = speed.timed(dev, speed.completion(prior, poses, observed, hypo=hypo, seed=0, out=done))
+    batched, sec_b, nfe_b = done[0], b["seconds"], int(b["nfe"])
     sub = slice(0, loop_samples)
-    m_b_sub, _ = comp.evaluate(Part.body, batched[sub], poses[sub], dims, body_model=None, device=dev)
 
-    # naive loop: one pose, one hypothesis per call
-    prior.nfe = 0
-    g = torch.Generator().manual_seed(1)
+    # naive loop: one pose, one hypothesis per call (each call one completion workload of batch 1)
+    def loop() -> tuple[int, int]:
+        rows, nfe = [], 0
+        for i in range(loop_samples):
+            parts: list[torch.Tensor] = []
+            for h in range(hypo):
+                nfe += speed.completion(prior, poses[i:i + 1], observed[i:i + 1], hypo=1, seed=1 + h, out=parts)()[1]
+            rows.append(torch.cat(parts, 1))
+        done.append(torch.cat(rows, 0))
+        return loop_samples * hypo, nfe
 
-    def loop() -> torch.Tensor:
-        rows = [torch.cat([comp.complete(prior, poses[i:i + 1], observed[i:i + 1], hypo=1, generator=g)
-                           for _ in range(hypo)], 1) for i in range(loop_samples)]
-        return torch.cat(rows, 0)
-
-    looped, sec_l = _timed(loop)
-    nfe_l = prior.nfe
-    m_l, _ = comp.evaluate(Part.body, looped, poses[sub], dims, body_model=None, device=dev)
+    lp = speed.timed(dev, loop)
+    looped, sec_l, nfe_l = done[-1], lp["seconds"], int(lp["nfe"])
 
     per_hyp_b = sec_b / (n * hypo)
     per_hyp_l = sec_l / (loop_samples * hypo)
     official: dict | None = None
     if official_loop:  # official shape: batch of poses, one call per hypothesis
-        prior.nfe = 0
-        g = torch.Generator().manual_seed(2)
-        _, sec_h = _timed(lambda: [comp.complete(prior, poses, observed, hypo=1, generator=g) for _ in range(hypo)])
-        official = {"seconds": sec_h, "nfe": prior.nfe, "seconds_per_hypothesis": sec_h / (n * hypo),
-                    "speedup_of_batched": sec_h / sec_b}
+        def per_hypothesis() -> tuple[int, int]:
+            nfe = sum(speed.completion(prior, poses, observed, hypo=1, seed=2 + h)()[1] for h in range(hypo))
+            return n * hypo, nfe
+
+        h = speed.timed(dev, per_hypothesis)
+        official = {"seconds": h["seconds"], "nfe": int(h["nfe"]), "seconds_per_hypothesis": h["seconds"] / (n * hypo),
+                    "speedup_of_batched": h["seconds"] / sec_b}
     return {
-        "n": n, "hypo": hypo, "mask": "legs", "steps": comp.DEFAULT_STEPS["dposer"],
-        "batched": {"seconds": sec_b, "nfe": nfe_b, "seconds_per_hypothesis": per_hyp_b, "metrics": m_b,
-                    "metrics_on_loop_subset": m_b_sub},
+        "n": n, "hypo": hypo, "mask": "legs", "steps": DEFAULT_STEPS["dposer"],
+        "batched": {"seconds": sec_b, "nfe": nfe_b, "seconds_per_hypothesis": per_hyp_b,
+                    "metrics": evaluate(batched, poses), "metrics_on_loop_subset": evaluate(batched[sub], poses[sub])},
         "per_sample_loop": {"samples_timed": loop_samples, "seconds": sec_l, "nfe": nfe_l,
-                            "seconds_per_hypothesis": per_hyp_l, "metrics": m_l,
+                            "seconds_per_hypothesis": per_hyp_l, "metrics": evaluate(looped, poses[sub]),
                             "extrapolated_seconds_for_all": per_hyp_l * n * hypo},
         "per_hypothesis_loop": official,
         "official_nfe_for_same_work": 200 * hypo * math.ceil(n / 100),  # tester: batch 100, one call per hypothesis
@@ -104,8 +106,6 @@ def bench_completion(prior: DPoserPrior, n: int, hypo: int, loop_samples: int, o
 
 
 def bench_denoise(prior: DPoserPrior, frames: int) -> dict:
-    from dposer_cli.bodies.base import load_body
-
     seq = np.load(shared_data_dir() / "official" / "examples" / "Gestures_3_poses_batch005.npz")["pose_body"]
     pose = torch.as_tensor(seq[:frames], dtype=torch.float32)
     body = load_body("body")
@@ -119,13 +119,11 @@ def bench_denoise(prior: DPoserPrior, frames: int) -> dict:
     out: dict = {"frames": frames, "noise_std_m": 0.04, "schedule": schedule.name, "body_model": body.kind,
                  "official_nfe": schedule.steps}
     for term in ("vertices", "joints"):
-        prior.nfe = 0
-        fit, sec = _timed(lambda term=term: dm.denoise(prior, body, obs, vis, schedule=schedule,
-                                                       use_vertices=term == "vertices", generator=g))
-        with torch.no_grad():
-            joints = body(body_pose=fit["body_pose"], return_vertices=False).joints[:, b22]
-        out[f"temporal_{term}"] = {"seconds": sec, "nfe": prior.nfe, "frames_per_second": frames / sec,
-                                   **dm.motion_metrics(obs, joints, gt, vis, False)}
+        fits: list[dm.MotionResult] = []
+        m = speed.timed(device(), speed.denoising(prior, body, obs, vis, schedule=schedule, temporal=term, out=fits))
+        out[f"temporal_{term}"] = {"seconds": m["seconds"], "nfe": int(m["nfe"]),
+                                   "frames_per_second": frames / m["seconds"],
+                                   **dm.motion_metrics(obs, fits[0].joints, gt, vis, False)}
     return out
 
 

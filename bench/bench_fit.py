@@ -1,11 +1,14 @@
 """fit-image throughput: fits per second for 1, 16 and 128 persons per batch, batched vs one at a time,
-for the default body (mannequin) and the SMPL-X test fixture; share of each iteration spent in the prior.
+for the default body (mannequin) and the SMPL-X test fixture; share of each iteration spent in the prior;
+and the same batch through the fit-image service on files (reading images and keypoint JSON, writing npz).
 
-Synthetic people (real poses from shared/data, the default body, a known camera) are written as
-OpenPose JSON and fitted through the service (`dposer fit-image` without overlays). The fit time is the
-service's own `fit_seconds` (optimisation only, no file I/O). One-at-a-time is measured on a few
-persons and extrapolated. `--steps` (iterations per stage) defaults to 10 to keep CPU runs short:
-throughput at the default 100 steps is ≈ the figure here × 65/650 (the iteration count scales linearly).
+Synthetic upright people (the speed harness's `evaluation.speed.synthetic_people`, one per 640×480 image)
+are fitted by the `dposer benchmark speed` fit-image workload (`evaluation.speed.fitting`, i.e.
+`tasks.fit.fit`); the fit time is the task's own `fit_seconds` (optimisation only). One-at-a-time is
+measured on a few persons and extrapolated. The I/O figure runs `services.fit_image` on the same people
+written as PNG + OpenPose JSON (the benchmark's `fit_files`). `--steps` (iterations per stage) defaults to
+10 to keep CPU runs short: throughput at the default 100 steps is ≈ the figure here × 65/650 (the iteration
+count scales linearly).
 
     .venv/bin/python -m bench.bench_fit --out bench/results/fit.json [--quick] [--steps 10]
 """
@@ -16,53 +19,43 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench._common import environment, parser, write
+from bench._common import device, environment, parser, write
+from dposer_cli.bodies.base import BodyModel, load_body
+from dposer_cli.core.config import NetConfig, PriorConfig
+from dposer_cli.core.parts import PARTS, Part
+from dposer_cli.core.paths import demo_checkpoint
+from dposer_cli.engine.checkpoint import save_checkpoint
+from dposer_cli.engine.nets import build_net
+from dposer_cli.engine.prior import DPoserPrior
+from dposer_cli.evaluation import FileFit, speed
+from dposer_cli.services.benchmark import fit_files
+from dposer_cli.tasks.fit import FitInput, FitResult
+from tests._fixtures.body_models import write_smplx
 
 
-def _prior(folder: Path) -> Path | None:
+def _prior(folder: Path) -> tuple[DPoserPrior, str]:
     """The bundled demo prior, else an untrained one of the same width (timing does not depend on weights)."""
-    from dposer_cli.core.config import NetConfig, PriorConfig
-    from dposer_cli.core.parts import PARTS, Part
-    from dposer_cli.core.paths import demo_checkpoint
-    from dposer_cli.engine.checkpoint import save_checkpoint
-    from dposer_cli.engine.nets import build_net
-
     if demo_checkpoint(Part.body).is_file():
-        return None
+        return DPoserPrior.load(Part.body), "demo"
     spec = PARTS[Part.body]
     cfg = PriorConfig(part="body", net=NetConfig(dim=spec.dim, hidden_dim=spec.demo_hidden, embed_dim=spec.demo_embed))
     net = build_net(cfg.net)
     stats = {"mean": torch.zeros(spec.dim), "std": torch.full((spec.dim,), 0.3)}
-    return save_checkpoint(folder / "body.pt", part=Part.body, config=cfg, model=net.state_dict(), ema=None,
+    path = save_checkpoint(folder / "body.pt", part=Part.body, config=cfg, model=net.state_dict(), ema=None,
                            normalizer=stats)
+    return DPoserPrior.load(Part.body, path), "untrained, demo width"
 
 
-def _scene_files(folder: Path, n: int, seed: int) -> tuple[Path, Path, float]:
-    from tests.services.test_fit_image import (
-        reference_poses,
-        synthetic_scene,
-        write_blank_image,
-        write_keypoints,
-    )
-
-    poses = reference_poses()
-    rng = np.random.default_rng(seed)
-    scene = synthetic_scene(poses[rng.choice(len(poses), n, replace=False)], seed=seed, width=max(1280, 160 * n),
-                            height=720)
-    img = write_blank_image(folder / f"s{n}_{seed}.png", scene.width, scene.height)
-    kp = write_keypoints(folder / f"s{n}_{seed}.json", scene.keypoints, "openpose")
-    return img, kp, scene.focal
+def _rows(inputs: FitInput, rows: slice) -> FitInput:
+    return FitInput(inputs.keypoints[rows], inputs.focal[rows], inputs.center[rows], inputs.image_size[rows])
 
 
-def _fit(img: Path, kp: Path, focal: float, *, steps: int, prior: str, checkpoint: Path | None,
-         body_model: Path | None, out: Path, person: str = "all") -> dict:
-    from dposer_cli.core.parts import Part
-    from dposer_cli.services import fit_image as svc
-
-    req = svc.FitImageRequest(images=(img,), keypoints=(kp,), part=Part.body, out=out, focal=focal, steps=steps,
-                              prior=prior, checkpoint=checkpoint, body_model=body_model, device="cpu",
-                              overlay=False, person=person)
-    return svc.run(req).info
+def _best_fit(body: BodyModel, prior: DPoserPrior | None, inputs: FitInput, steps: int, repeat: int) -> FitResult:
+    """The run with the shortest optimisation time of `repeat` runs."""
+    done: list[FitResult] = []
+    for _ in range(repeat):
+        speed.fitting(body, prior, inputs, steps=steps, out=done)()
+    return min(done, key=lambda r: r.fit_seconds)
 
 
 def main() -> None:
@@ -78,38 +71,43 @@ def main() -> None:
                     "iterations_per_fit": steps // 2 + steps + 5 * steps, "results": []}
     with tempfile.TemporaryDirectory(prefix="dposer-bench-fit-") as tmp:
         tmp = Path(tmp)
-        checkpoint = _prior(tmp)
-        report["prior"] = "demo" if checkpoint is None else "untrained, demo width"
-        from tests._fixtures.body_models import write_smplx
-
+        prior, report["prior"] = _prior(tmp)
+        scene_body = load_body("body")  # the people are posed and projected with the default body
         bodies = {"mannequin": None, "smplx-fixture": write_smplx(tmp / "smplx")}
-        for body, body_model in bodies.items():
+        for name, body_model in bodies.items():
+            body = load_body("body", body_model)
             for n in sizes:
-                img, kp, focal = _scene_files(tmp, n, seed=n)
-                kw = {"steps": steps, "checkpoint": checkpoint, "body_model": body_model, "out": tmp / "out"}
-                _fit(img, kp, focal, prior="none", **{**kw, "steps": 1})  # warm-up (model load, allocator)
-                batched = min((_fit(img, kp, focal, prior="dposer", **kw) for _ in range(args.repeat)),
-                              key=lambda info: info["fit_seconds"])
-                plain = min((_fit(img, kp, focal, prior="none", **kw) for _ in range(args.repeat)),
-                            key=lambda info: info["fit_seconds"])
-                singles = [min(_fit(img, kp, focal, prior="dposer", person=str(i), **kw)["fit_seconds"]
-                               for _ in range(args.repeat)) for i in range(min(n, args.singles))]
+                inputs = speed.synthetic_people(scene_body, n, seed=n)
+                speed.fitting(body, None, inputs, steps=1)()  # warm-up (allocator, first-call costs)
+                batched = _best_fit(body, prior, inputs, steps, args.repeat)
+                plain = _best_fit(body, None, inputs, steps, args.repeat)
+                singles = [_best_fit(body, prior, _rows(inputs, slice(i, i + 1)), steps, args.repeat).fit_seconds
+                           for i in range(min(n, args.singles))]
                 single_s = float(np.mean(singles))
+                folder = tmp / f"{name}-{n}"
+                images, keypoints = speed.write_people(folder, inputs)
+                job = FileFit(tuple(images), tuple(keypoints), folder / "out", Part.body, steps, prior, body_model,
+                              str(device()), 0)
+                io = min((speed.timed(device(), speed.fitting_files(fit_files, job)) for _ in range(args.repeat)),
+                         key=lambda m: m["seconds"])
                 row = {
-                    "body": body, "persons": n,
-                    "batched_seconds": batched["fit_seconds"],
-                    "batched_fits_per_second": n / batched["fit_seconds"],
+                    "body": name, "persons": n,
+                    "batched_seconds": batched.fit_seconds,
+                    "batched_fits_per_second": n / batched.fit_seconds,
                     "one_at_a_time_seconds_per_fit": single_s,
                     "one_at_a_time_fits_per_second": 1 / single_s,
-                    "speedup_batched_vs_one_at_a_time": single_s * n / batched["fit_seconds"],
-                    "prior_share_of_iteration": batched["prior_seconds"] / batched["fit_seconds"],
-                    "no_prior_seconds": plain["fit_seconds"],
-                    "prior_overhead_vs_no_prior": batched["fit_seconds"] / plain["fit_seconds"] - 1,
-                    "nfe": batched["nfe"],
-                    "ms_per_iteration": 1000 * batched["fit_seconds"] / report["iterations_per_fit"],
+                    "speedup_batched_vs_one_at_a_time": single_s * n / batched.fit_seconds,
+                    "prior_share_of_iteration": batched.prior_seconds / batched.fit_seconds,
+                    "no_prior_seconds": plain.fit_seconds,
+                    "prior_overhead_vs_no_prior": batched.fit_seconds / plain.fit_seconds - 1,
+                    "nfe": batched.nfe,
+                    "ms_per_iteration": 1000 * batched.fit_seconds / report["iterations_per_fit"],
+                    "with_io_seconds": io["seconds"],
+                    "with_io_fits_per_second": n / io["seconds"],
                 }
                 report["results"].append(row)
-                print(f"{body:14s} {n:4d} persons: {row['batched_fits_per_second']:.3f} fits/s batched, "
+                print(f"{name:14s} {n:4d} persons: {row['batched_fits_per_second']:.3f} fits/s batched "
+                      f"({row['with_io_fits_per_second']:.3f} with file I/O), "
                       f"{row['one_at_a_time_fits_per_second']:.3f} one at a time "
                       f"(×{row['speedup_batched_vs_one_at_a_time']:.1f}), prior {100 * row['prior_share_of_iteration']:.0f}%",
                       flush=True)

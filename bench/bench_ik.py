@@ -2,6 +2,9 @@
 network evaluations per hand solve) and a smaller one, with the MPJPE at each (sparse and fingertip targets
 from real hand poses, DPoser prior vs no prior / L2), plus the prior's share of a step.
 
+Every timing is the `dposer benchmark speed` hand-IK workload (`evaluation.speed.ik_solve`, i.e.
+`tasks.ik.solve_ik`) timed by the same harness (`evaluation.speed.timed`); errors are `tasks.ik.evaluate_ik`.
+
     python -m bench.bench_ik --out bench/results/ik.json [--budgets 300 100] [--quick]
 """
 
@@ -11,11 +14,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench._common import environment, parser, write
+from bench._common import device, environment, parser, write
 from dposer_cli.bodies import load_body
 from dposer_cli.core.parts import Part
 from dposer_cli.core.paths import shared_data_dir
-from dposer_cli.services import ik
+from dposer_cli.engine.priors import build_prior
+from dposer_cli.evaluation import speed
+from dposer_cli.tasks import ik
 
 
 def main() -> None:
@@ -28,8 +33,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     batches = [1, 100] if args.quick else [1, 500]
     body = load_body("hand", args.body_model)
-    priors = ik.load_priors(Part.hand, args.checkpoint)
-    prior = priors[Part.hand]
+    prior = build_prior("dposer", Part.hand, checkpoint=args.checkpoint)
+    priors = {"dposer": prior, "none": None, "l2": ik.ik_prior(Part.hand, {Part.hand: build_prior("l2", Part.hand)},
+                                                               scale=ik.PRIOR_SCALES["l2"])}
     data = np.load(shared_data_dir() / "poses" / "hand_reference_train.npz")["poses"]
     rng = np.random.default_rng(0)
     report: dict = {"benchmark": "ik", "env": environment(), "checkpoint": prior.source, "body_model": body.kind,
@@ -40,21 +46,19 @@ def main() -> None:
         base = ik.problem_from_params(Part.hand, body, {"hand_pose": poses})
         for ik_type in args.types:
             for steps in args.budgets:
-                for kind in ("dposer", "none", "l2"):
+                for kind, term in priors.items():
                     if batch == 1 and kind != "dposer":
                         continue  # speed at batch 1 is the prior's; baselines only for the error table
-                    g = torch.Generator().manual_seed(0)
-                    problem = ik.apply_type(base, ik_type, generator=g)
-                    schedule = ik.make_schedule(Part.hand, ik_type, steps=steps)
-                    prior.nfe = 0
-                    t0 = time.perf_counter()
-                    res = ik.solve(problem, body, ik.prior_term(kind, Part.hand, priors, g), schedule, generator=g)
-                    sec = time.perf_counter() - t0
-                    m = ik.evaluate(problem, body, res)
+                    problem = ik.apply_type(base, ik_type, generator=torch.Generator().manual_seed(0))
+                    results: list[ik.IKResult] = []
+                    m = speed.timed(device(), speed.ik_solve(problem, body, term, ik_type=ik_type, steps=steps,
+                                                             out=results))
+                    sec = m["seconds"]
+                    errors = ik.evaluate_ik(problem, body, results[0])
                     report["runs"].append({
-                        "batch": batch, "type": ik_type, "steps": steps, "prior": kind, "nfe": prior.nfe,
+                        "batch": batch, "type": ik_type, "steps": steps, "prior": kind, "nfe": int(m["nfe"]),
                         "seconds": sec, "solves_per_s": batch / sec, "ms_per_step": 1000 * sec / steps,
-                        **{k: v for k, v in m.items() if k != "target_error_mm"},
+                        **{k: v for k, v in errors.items() if k != "target_error_mm"},
                     })
     # the prior's share of one step at the largest batch: one network evaluation vs the whole step
     x = torch.zeros(batches[-1], 45)

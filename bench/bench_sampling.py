@@ -1,6 +1,9 @@
 """Sampler speed and quality: NFE, samples/s at batch 1/50/2000 (EM-1000 vs fast samplers), loop overhead
 over the bare network, and FID of each sampler's samples against the part's reference poses (spec §8.1).
 
+Each run is the `dposer benchmark speed` generation workload (`evaluation.speed.sampling`, i.e. `tasks.sample`)
+timed by the same harness (`evaluation.speed.best_of`), swept over batch sizes and samplers.
+
     python -m bench.bench_sampling --parts body hand --out bench/results/sampling.json
 """
 
@@ -9,12 +12,13 @@ import time
 import numpy as np
 import torch
 
-from bench._common import environment, parser, timeit, write
+from bench._common import device, environment, parser, timeit, write
 from dposer_cli.core.parts import PARTS, Part
 from dposer_cli.core.paths import shared_data_dir
-from dposer_cli.engine import samplers as smp
 from dposer_cli.engine.prior import DPoserPrior
+from dposer_cli.evaluation import speed
 from dposer_cli.metrics import fid, gaussian_stats, prdc
+from dposer_cli.tasks.sample import sample
 
 
 def main() -> None:
@@ -35,16 +39,15 @@ def main() -> None:
             x = torch.randn(b, prior.dim)
             t = torch.full((b,), 0.5)
             with torch.no_grad():
-                net_s = timeit(lambda: prior.eps(x, t), repeat=5)
+                net_s = timeit(lambda prior=prior, x=x, t=t: prior.eps(x, t), repeat=5)
             for sampler, steps in configs.items():
                 if b == 2000 and sampler == "em" and args.quick:
                     continue
-                steps_run = steps if b <= 50 else steps
-                g = torch.Generator().manual_seed(0)
-                sec = timeit(lambda: prior.sample(b, sampler=sampler, steps=steps_run, generator=g), repeat=1, warmup=0)
-                out["speed"].append({"batch": b, "sampler": sampler, "nfe": steps_run, "seconds": sec,
+                m = speed.best_of(device(), speed.sampling(prior, b, sampler=sampler, steps=steps), repeat=1, warmup=0)
+                sec, nfe = m["seconds"], int(m["nfe"])
+                out["speed"].append({"batch": b, "sampler": sampler, "nfe": nfe, "seconds": sec,
                                      "samples_per_s": b / sec, "net_seconds_per_eval": net_s,
-                                     "loop_overhead": sec / (steps_run * net_s) - 1.0})
+                                     "loop_overhead": sec / (nfe * net_s) - 1.0})
         ref_path = shared_data_dir() / PARTS[part].reference
         if ref_path.is_file():
             ref = np.load(ref_path)["poses"] if "poses" in np.load(ref_path) else None
@@ -54,7 +57,7 @@ def main() -> None:
                 for sampler, steps in configs.items():
                     g = torch.Generator().manual_seed(1)
                     t0 = time.perf_counter()
-                    s = prior.sample(n, sampler=sampler, steps=steps, generator=g).numpy()
+                    s = sample(prior, n, sampler=sampler, steps=steps, generator=g).poses.numpy()
                     pr = prdc(ref[:n], s, k=3)
                     out["quality"][sampler] = {"nfe": steps, "fid_vs_train_reference": fid(s, mu=mu, sigma=sigma),
                                                "precision": pr["precision"], "recall": pr["recall"],

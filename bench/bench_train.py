@@ -13,7 +13,35 @@ from bench._common import environment, parser, timeit, write
 from dposer_cli.core.config import SDEConfig
 from dposer_cli.engine.ema import EMA
 from dposer_cli.engine.nets import TimeFC
-from dposer_cli.engine.sde import build_sde
+from dposer_cli.engine.sde import SDE, build_sde
+
+
+def _measure(sde: SDE, data: torch.Tensor, hidden: int, embed: int, batch: int, steps: int,
+             device: torch.device) -> tuple[float, float]:
+    """Seconds per training step and per data-indexing step (best of 2 runs of `steps`)."""
+    net = TimeFC(63, 63, hidden, embed).to(device)
+    opt = torch.optim.RAdam(net.parameters(), lr=2e-4)
+    ema = EMA(net)
+    g = torch.Generator(device=device).manual_seed(0)
+
+    def index() -> torch.Tensor:
+        return data[torch.randint(0, len(data), (batch,), generator=g, device=device)]
+
+    def step() -> None:
+        x0 = index()
+        t = torch.rand(batch, generator=g, device=device) * (1 - 1e-5) + 1e-5
+        z = torch.randn(x0.shape, generator=g, device=device)
+        a, s = sde.marginal(t)
+        loss = (net(a[:, None] * x0 + s[:, None] * z, sde.label(t)) - z).pow(2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        opt.step()
+        ema.update(net)
+
+    sec = timeit(lambda: [step() for _ in range(steps)], repeat=2) / steps
+    idx = timeit(lambda: [index() for _ in range(steps)], repeat=2) / steps
+    return sec, idx
 
 
 def main() -> None:
@@ -29,28 +57,7 @@ def main() -> None:
     batches = [256] if args.quick else [256, 1280]
     for hidden, embed in widths:
         for batch in batches:
-            net = TimeFC(63, 63, hidden, embed).to(device)
-            opt = torch.optim.RAdam(net.parameters(), lr=2e-4)
-            ema = EMA(net)
-            g = torch.Generator(device=device).manual_seed(0)
-
-            def index() -> torch.Tensor:
-                return data[torch.randint(0, len(data), (batch,), generator=g, device=device)]
-
-            def step() -> None:
-                x0 = index()
-                t = torch.rand(batch, generator=g, device=device) * (1 - 1e-5) + 1e-5
-                z = torch.randn(x0.shape, generator=g, device=device)
-                a, s = sde.marginal(t)
-                loss = (net(a[:, None] * x0 + s[:, None] * z, sde.label(t)) - z).pow(2).mean()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-                opt.step()
-                ema.update(net)
-
-            sec = timeit(lambda: [step() for _ in range(args.steps)], repeat=2) / args.steps
-            idx = timeit(lambda: [index() for _ in range(args.steps)], repeat=2) / args.steps
+            sec, idx = _measure(sde, data, hidden, embed, batch, args.steps, device)
             rows.append({"hidden": hidden, "embed": embed, "batch": batch, "seconds_per_step": sec,
                          "steps_per_s": 1 / sec, "data_indexing_share": idx / sec})
     write({"benchmark": "train", "env": environment(), "device": str(device), "rows": rows,
