@@ -23,8 +23,9 @@ from dposer_cli.core.paths import ensure_out_dir
 from dposer_cli.core.result import Result
 from dposer_cli.engine.baselines import BaselinePrior
 from dposer_cli.engine.prior import DPoserPrior
+from dposer_cli.io.export import write_bvh, write_meshes
 from dposer_cli.io.poses import read_poses, write_poses
-from dposer_cli.services._render import completion_sheet
+from dposer_cli.services._render import completion_sheet, load_part_body
 from dposer_cli.tasks.complete import (
     check_options,
     complete,
@@ -32,6 +33,7 @@ from dposer_cli.tasks.complete import (
     metric_body,
     resolve_masking,
 )
+from dposer_cli.tasks.export import SkeletonMotion, check_formats, export_data, part_params
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,7 @@ class CompleteRequest:
     render: bool = False
     renderer: str = "auto"
     body_model: Path | None = None
+    export: tuple[str, ...] = ()  # also write completed.glb / .obj / .ply / .bvh (N × H bodies, input-major)
 
 
 def run(req: CompleteRequest, progress: Callable[[int, int], None] | None = None, *,
@@ -60,6 +63,7 @@ def run(req: CompleteRequest, progress: Callable[[int, int], None] | None = None
     """Run the command; `prior` overrides --checkpoint (Python API: any prior of the right part)."""
     t0 = time.perf_counter()
     check_options(req.mode, req.hypo, req.steps)
+    formats = check_formats(req.export, part=req.part)
     pf = read_poses(Path(req.input), req.part, allow_nan=True)
     device = resolve_device(req.device)
     poses = torch.as_tensor(np.asarray(pf.poses, dtype=np.float32), device=device)
@@ -73,6 +77,7 @@ def run(req: CompleteRequest, progress: Callable[[int, int], None] | None = None
     elif prior.part is not req.part:
         raise InputError(f"the given prior is for --part {prior.part.value}, not {req.part.value}")
     log.info("using %s prior (%s)", req.part.value, prior.source)
+    export_body = load_part_body(req.part, req.body_model, device) if formats else None  # a face needs FLAME
 
     t_run = time.perf_counter()
     res = complete(prior, poses, masking.observed, hypo=req.hypo, mode=req.mode, steps=req.steps,
@@ -84,10 +89,16 @@ def run(req: CompleteRequest, progress: Callable[[int, int], None] | None = None
 
     n, h, dim = completed.shape
     array = completed.cpu().numpy()
-    outputs: dict[str, Path] = {
+    outputs: dict[str, Path | list[Path]] = {
         "completed": write_poses(out_dir / "completed.npz", req.part, array if h > 1 else array[:, 0],
                                  extras=pf.extras, keys_like=pf),
     }
+    if export_body is not None:  # --export: every hypothesis of every input (row i·H + h)
+        flat = part_params(req.part, completed.reshape(n * h, dim))
+        for fmt, data in export_data(export_body, flat, formats, name="completed").items():
+            outputs[f"export_{fmt}"] = (write_bvh(out_dir / "completed.bvh", *data.bvh_args())
+                                        if isinstance(data, SkeletonMotion)
+                                        else write_meshes(out_dir / "completed", data.vertices, data.faces, fmt))
     metrics: dict[str, float] = {}
     info: dict = {}
     if masking.has_truth:
