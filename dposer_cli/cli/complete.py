@@ -9,6 +9,7 @@ from dposer_cli.cli._options import (
     BodyModelOpt,
     CheckpointOpt,
     DeviceOpt,
+    ExportOpt,
     JsonOpt,
     NormalizerOpt,
     OutOpt,
@@ -59,6 +60,7 @@ def command(
     render: Annotated[bool, typer.Option("--render", help="Also draw DIR/completed.png (all hypotheses).")] = False,
     renderer: RendererOpt = "auto",
     body_model: BodyModelOpt = None,
+    export: ExportOpt = None,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -73,7 +75,8 @@ def command(
 
     req = svc.CompleteRequest(input=input, part=part, masks=_names(mask), mask_joints=_ints(mask_joints), hypo=hypo,
                               out=out, mode=mode, steps=steps, seed=seed, device=device, checkpoint=checkpoint,
-                              normalizer=normalizer, render=render, renderer=renderer, body_model=body_model)
+                              normalizer=normalizer, render=render, renderer=renderer, body_model=body_model,
+                              export=tuple(export or ()))
     with progress("completing", enabled=not (quiet or json_out)) as cb:
         result = run_staged(svc.run, req, progress=cb)
     emit(result, as_json=json_out, quiet=quiet)
