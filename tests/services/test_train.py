@@ -20,6 +20,7 @@ from dposer_cli.engine.checkpoint import read_checkpoint, save_checkpoint
 from dposer_cli.engine.loss import dsm_loss
 from dposer_cli.engine.prior import DPoserPrior
 from dposer_cli.services import train as svc
+from dposer_cli.tasks import train as task
 
 
 def _req(tmp_path, data, steps, **kw):
@@ -85,7 +86,7 @@ def test_interrupt_flushes_checkpoint_and_resume_continues(tmp_path, hand_data):
 
 
 def test_shards_are_disjoint_and_cover_the_epoch():
-    shards = [svc.shard_indices(103, 4, r, 2, 0) for r in range(2)]
+    shards = [task.shard_indices(103, 4, r, 2, 0) for r in range(2)]
     a, b = set(shards[0].tolist()), set(shards[1].tolist())
     assert not a & b and len(a) == len(b) == 51
 
@@ -190,13 +191,13 @@ def test_interrupt_during_validation_keeps_the_training_weights(tmp_path, uninte
             os.kill(os.getpid(), signal.SIGINT)
         return dsm_loss(*args, **kw)
 
-    monkeypatch.setattr(svc, "dsm_loss", dsm_then_interrupt)
+    monkeypatch.setattr(task, "dsm_loss", dsm_then_interrupt)
     with pytest.raises(Interrupted, match="interrupted at step 10"):
         svc.run(_req(tmp_path, data, 30))
     ck = read_checkpoint(tmp_path / "run/last.pt")
     assert ck.extra["step"] == 10 and len(calls) == 4  # validation finished before the stop
     assert any(not torch.equal(ck.model[k], ck.ema[k]) for k in ck.ema)  # training weights, not the EMA copy
-    monkeypatch.setattr(svc, "dsm_loss", dsm_loss)
+    monkeypatch.setattr(task, "dsm_loss", dsm_loss)
     svc.run(_req(tmp_path, data, 30))
     _assert_same_run(ref, tmp_path / "run")
 
@@ -339,19 +340,19 @@ def test_run_shorter_than_the_warmup_scales_it_and_is_unhealthy(tmp_path, hand_d
 
 
 def test_warmup_is_scaled_only_when_not_shorter_than_the_run():
-    assert svc.effective_warmup(TrainConfig(steps=100, warmup=99)) == 99
-    assert svc.effective_warmup(TrainConfig(steps=100, warmup=100)) == 2  # 2.5 % of the run
-    assert svc.effective_warmup(TrainConfig(steps=8, warmup=500)) == 1  # at least one step
-    assert svc.effective_warmup(TrainConfig(steps=4000, warmup=5000)) == 100
-    assert svc.effective_warmup(TrainConfig(steps=3, warmup=0)) == 0
+    assert task.effective_warmup(TrainConfig(steps=100, warmup=99)) == 99
+    assert task.effective_warmup(TrainConfig(steps=100, warmup=100)) == 2  # 2.5 % of the run
+    assert task.effective_warmup(TrainConfig(steps=8, warmup=500)) == 1  # at least one step
+    assert task.effective_warmup(TrainConfig(steps=4000, warmup=5000)) == 100
+    assert task.effective_warmup(TrainConfig(steps=3, warmup=0)) == 0
 
 
 def test_sample_checks_pass_for_the_demo_prior(shared_data):
     from dposer_cli.core.paths import demo_checkpoint
 
     poses = torch.from_numpy(np.load(shared_data / "poses/hand_reference_train.npz")["poses"]).float()
-    metrics, reasons = svc._check_samples(demo_checkpoint(Part.hand), Part.hand, poses[-300:], poses[:3000], 100,
-                                          torch.device("cpu"), 0)
+    prior = DPoserPrior.from_checkpoint(demo_checkpoint(Part.hand), Part.hand)
+    metrics, reasons = task.check_samples(prior, Part.hand, poses[-300:], poses[:3000], 100, seed=0)
     assert reasons == [] and metrics["fid_heldout"] < 5 and metrics["absurd_angle_fraction"] == 0
 
 
@@ -359,7 +360,7 @@ def test_progress_lines_name_step_rate_eta_and_loss(tmp_path, hand_data):
     records = []
     handler = logging.Handler()
     handler.emit = records.append
-    logger = logging.getLogger(svc.__name__)
+    logger = logging.getLogger(task.__name__)  # the heartbeat lines come from the task
     logger.addHandler(handler)
     old_level = logger.level
     logger.setLevel(logging.INFO)
