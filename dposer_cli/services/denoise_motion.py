@@ -32,11 +32,13 @@ from dposer_cli.core.parts import Part
 from dposer_cli.core.paths import ensure_out_dir
 from dposer_cli.core.result import Result
 from dposer_cli.engine.prior import DPoserPrior
+from dposer_cli.io.export import write_bvh, write_meshes
 from dposer_cli.io.media import save_video
 from dposer_cli.io.motion import read_motion, write_motion
 from dposer_cli.render.draw import contact_sheet, line_plot
 from dposer_cli.render.scene import frame_points
 from dposer_cli.tasks import denoise_motion as task
+from dposer_cli.tasks.export import SkeletonMotion, check_formats, export_data
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,7 @@ class DenoiseRequest:
     render: bool = True
     renderer: str = "auto"
     body_model: Path | None = None
+    export: tuple[str, ...] = ()  # also write denoised.glb / .obj / .ply (a mesh per frame) / .bvh
 
 
 def run(req: DenoiseRequest, progress: Callable[[int, int], None] | None = None, *,
@@ -67,6 +70,7 @@ def run(req: DenoiseRequest, progress: Callable[[int, int], None] | None = None,
         raise InputError(f"--noise-std must be a non-negative number of metres (got {req.noise_std})")
     if req.occluded and req.visible:
         raise InputError("give either --occluded-part or --visible-part, not both")
+    formats = check_formats(req.export)
     if req.temporal not in task.TEMPORAL_TERMS:
         raise InputError(f"unknown temporal term {req.temporal!r} ({', '.join(task.TEMPORAL_TERMS)})")
     motion = read_motion(Path(req.input), fps=req.fps)
@@ -122,7 +126,12 @@ def run(req: DenoiseRequest, progress: Callable[[int, int], None] | None = None,
     if not world and motion.global_orient is not None:
         arrays["global_orient"] = np.asarray(motion.global_orient, dtype=np.float32)  # passed through unchanged
     fps = float(req.fps or motion.fps or 30.0)
-    outputs: dict[str, Path] = {"denoised": write_motion(out_dir / "denoised.npz", fps=fps, **arrays)}
+    outputs: dict[str, Path | list[Path]] = {"denoised": write_motion(out_dir / "denoised.npz", fps=fps, **arrays)}
+    result_params = {k: _tensor(arrays.get(k), device) for k in ("body_pose", "global_orient", "transl")}
+    for fmt, data in export_data(body, result_params, formats, fps=fps, name="denoised").items():  # --export
+        outputs[f"export_{fmt}"] = (write_bvh(out_dir / "denoised.bvh", *data.bvh_args())
+                                    if isinstance(data, SkeletonMotion)
+                                    else write_meshes(out_dir / "denoised", data.vertices, data.faces, fmt))
 
     metrics: dict[str, float] = {}
     if gt is not None:
