@@ -9,6 +9,7 @@ from dposer_cli.cli._options import (
     BodyModelOpt,
     CheckpointOpt,
     DeviceOpt,
+    ExportOpt,
     JsonOpt,
     NormalizerOpt,
     OutOpt,
@@ -44,6 +45,7 @@ def command(
     no_render: Annotated[bool, typer.Option("--no-render", help="Skip DIR/comparison.mp4.")] = False,
     renderer: RendererOpt = "auto",
     body_model: BodyModelOpt = None,
+    export: ExportOpt = None,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -59,7 +61,7 @@ def command(
     req = svc.DenoiseRequest(input=input, out=out, noise_std=noise_std, occluded=_names(occluded_part),
                              visible=_names(visible_part), fps=fps, temporal=temporal, seed=seed, device=device,
                              checkpoint=checkpoint, normalizer=normalizer, render=not no_render, renderer=renderer,
-                             body_model=body_model)
+                             body_model=body_model, export=tuple(export or ()))
     with progress("denoising", enabled=not (quiet or json_out)) as cb:
         result = run_staged(svc.run, req, progress=cb)
     emit(result, as_json=json_out, quiet=quiet)
