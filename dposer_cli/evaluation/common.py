@@ -299,10 +299,11 @@ def smplx_eval_files(body: BodyModel, data_dir: Path | None, device: torch.devic
     out["hand"] = {side: ids(hand[f"{side}_hand"], hand_path, f"{side}_hand") for side in HAND_SIDES}
     out["face"] = ids(load_npy_object(face_path), face_path, "the face ids")
     out["j14"] = None
-    if found[J14_FILE] is not None:
-        j14 = np.asarray(load_pickle(found[J14_FILE]), dtype=np.float64)
+    j14_path = found[J14_FILE]
+    if j14_path is not None:
+        j14 = np.asarray(load_pickle(j14_path), dtype=np.float64)
         if j14.ndim != 2 or j14.shape[1] != SMPLX_VERTICES or not np.isfinite(j14).all():
-            raise InputError(f"{found[J14_FILE]}: expected a (14, {SMPLX_VERTICES}) joint regressor, "
+            raise InputError(f"{j14_path}: expected a (14, {SMPLX_VERTICES}) joint regressor, "
                              f"got shape {j14.shape}")
         out["j14"] = torch.as_tensor(j14, dtype=torch.float32, device=device)
     return out

@@ -127,7 +127,7 @@ def sampling(prior: DPoserPrior | SamplingPrior, n: int, *, sampler: str = "dpm2
     steps = steps or DEFAULT_STEPS.get(sampler, 25)
 
     def go() -> tuple[int, int]:
-        res = sample(prior, n, sampler=sampler, steps=steps, generator=make_generator(seed, device))
+        res = sample(prior, n, sampler=sampler, steps=steps, generator=make_generator(seed, torch.device(device)))
         return n, res.nfe
 
     return go

@@ -42,7 +42,7 @@ def run(req: BenchmarkRequest, progress: Callable[[int, int], None] | None = Non
     if report.rank != 0:
         return Result(command="benchmark", info=report.info, seconds=time.perf_counter() - t0)
     path = report_path(req)
-    outputs = {"report": path}
+    outputs: dict[str, Path | list[Path]] = {"report": path}
     if "samples" in report.arrays:
         outputs["samples"] = write_poses(path.with_name(path.stem + ".samples.npz"), report.part,
                                          report.arrays["samples"])
