@@ -22,9 +22,11 @@ from dposer_cli.core.paths import ensure_out_dir
 from dposer_cli.core.result import Result
 from dposer_cli.engine.optimize import PosePrior
 from dposer_cli.engine.priors import build_prior, check_prior
+from dposer_cli.io.export import write_meshes
 from dposer_cli.io.ik_targets import read_ik_targets
 from dposer_cli.io.poses import write_poses
 from dposer_cli.services._render import ik_sheet
+from dposer_cli.tasks.export import BodyMeshes, check_formats, export_data
 from dposer_cli.tasks.ik import (
     PRIOR_SCALES,
     PRIORS,
@@ -60,6 +62,7 @@ class IKRequest:
     seed: int = 0
     render: bool = False  # also draw ik.png: targets against the recovered joints for the first solves
     renderer: str = "auto"
+    export: tuple[str, ...] = ()  # also write ik.glb / .obj / .ply (a mesh per target set)
 
 
 def load_problem(path: Path, part: Part, body: BodyModel, device: torch.device) -> IKProblem:
@@ -100,6 +103,7 @@ def _validate(req: IKRequest) -> None:
     part_ik(req.part)  # hand or face
     check_prior(req.prior, req.part, allowed=PRIORS)
     check_type(req.part, req.ik_type)
+    check_formats(req.export, part=req.part, what=f"{req.part.value} IK results")
     if req.steps is not None and req.steps < 1:
         raise InputError(f"--steps must be at least 1 (got {req.steps})")
     if req.noise_std is not None:
@@ -146,7 +150,10 @@ def run(req: IKRequest, progress: Progress | None = None) -> Result:
     extras["target_joints"] = problem.targets.cpu().numpy()
     extras["visible"] = problem.visible.cpu().numpy()
     path = write_poses(out_dir / "ik.npz", req.part, poses, extras=extras)
-    outputs = {"ik": path}
+    outputs: dict[str, Path | list[Path]] = {"ik": path}
+    for fmt, data in export_data(body, result.params, check_formats(req.export), name="ik").items():  # --export
+        if isinstance(data, BodyMeshes):
+            outputs[f"export_{fmt}"] = write_meshes(out_dir / "ik", data.vertices, data.faces, fmt)
     if req.render:
         known = problem.gt["joints"] if problem.gt is not None and "joints" in problem.gt else None
         hidden_at = known if known is not None else torch.full_like(problem.targets, torch.nan)
