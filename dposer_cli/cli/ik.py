@@ -9,6 +9,7 @@ from dposer_cli.cli._options import (
     BodyModelOpt,
     CheckpointOpt,
     DeviceOpt,
+    ExportOpt,
     JsonOpt,
     NormalizerOpt,
     OutOpt,
@@ -56,6 +57,7 @@ def command(
         "--render", help="Also draw DIR/ik.png: for the first 8 solves, the recovered joints against the targets "
         "(filled: seen by the solver, rings: hidden from it, where known).")] = False,
     renderer: RendererOpt = "auto",
+    export: ExportOpt = None,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -72,7 +74,7 @@ def command(
     req = svc.IKRequest(part=part, targets=targets, out=out, ik_type=ik_type, noise_std=noise_std, steps=steps,
                         prior=prior, solve_orient=solve_orient, body_model=body_model, checkpoint=checkpoint,
                         shape_checkpoint=shape_checkpoint, normalizer=normalizer, device=device, seed=seed,
-                        render=render, renderer=renderer)
+                        render=render, renderer=renderer, export=tuple(export or ()))
     with progress("solving", enabled=not (quiet or json_out)) as cb:
         result = run_staged(svc.run, req, progress=cb)
     emit(result, as_json=json_out, quiet=quiet)
