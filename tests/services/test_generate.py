@@ -44,3 +44,111 @@ def test_face_without_flame_says_so_and_still_writes_poses(tmp_path, monkeypatch
     res = svc.run(request(tmp_path, Part.face, process_video=True))
     assert "process_video" not in res.outputs and res.outputs["poses"].is_file()
     assert any("no process video for --part face" in line and "FLAME" in line for line in res.lines)
+
+
+# ---------------------------------------------------------------------------------------------- grid.png
+def grid_image(res):
+    from PIL import Image
+
+    with Image.open(res.outputs["grid"]) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def covered(image):
+    from tests.render._figures import covered as cov
+
+    return cov(image)
+
+
+def title_height(img):
+    """Rows of the white title band on top (ends at the grey rule)."""
+    return int(np.flatnonzero((img[:, :, 0] == 215).all(axis=1))[0]) + 1
+
+
+def test_grid_count_is_reported_and_grid_chooses_it(tmp_path):
+    res = svc.run(request(tmp_path, Part.body, n=5, render=True, grid=3))
+    assert res.info["grid_count"] == 3
+    assert any("first 3 of 5 poses" in line for line in res.lines)
+    img = grid_image(res)
+    assert img.shape[1] == 2 * 256  # a near-square grid of 3 cells: 2 columns
+    res = svc.run(request(tmp_path, Part.body, n=2, render=True, out=tmp_path / "all"))
+    assert res.info["grid_count"] == 2 and not any("first" in line for line in res.lines)
+    res = svc.run(request(tmp_path, Part.body, n=2, render=True, grid=0, out=tmp_path / "none"))
+    assert res.info["grid_count"] == 0 and "grid" not in res.outputs
+    with pytest.raises(Exception, match="--grid"):
+        svc.run(request(tmp_path, Part.body, n=2, render=True, grid=-1, out=tmp_path / "bad"))
+
+
+def test_hand_grid_shows_palm_and_back_of_each_hand_centred(tmp_path):
+    res = svc.run(request(tmp_path, Part.hand, n=2, render=True))
+    img = grid_image(res)
+    sheet = img[title_height(img):]
+    cell = 160
+    assert sheet.shape == (cell, 4 * cell, 3)  # hand 1 palm, back, hand 2 palm, back
+    for c in range(4):
+        mask = covered(sheet[:, c * cell:(c + 1) * cell])
+        mask[: cell // 8] = False  # the caption
+        ys, xs = np.nonzero(mask)
+        assert mask.mean() > 0.05
+        assert abs((xs.min() + xs.max()) / 2 - cell / 2) < cell * 0.08  # centred
+        assert abs((ys.min() + ys.max()) / 2 - cell / 2) < cell * 0.12
+
+
+def test_hand_items_are_upright_with_the_palm_to_the_camera():
+    import torch
+
+    from dposer_cli.services._render import pose_items
+
+    (item,) = pose_items(Part.hand, torch.zeros(1, 45), None, torch.device("cpu"))
+    v = item["vertices"]
+    assert np.ptp(v[:, 1]) > 1.5 * np.ptp(v[:, 0])  # fingers up: taller than wide
+    assert v[:, 1].max() > 0.12 and v[:, 1].min() > -0.05  # from the wrist (origin) upwards
+    # the mean hand's fingers curl towards the palm, i.e. towards the camera (+z) at the top
+    top = v[:, 1] > 0.6 * v[:, 1].max()
+    assert v[top, 2].mean() > v[:, 2].mean()
+
+
+def test_wholebody_grid_has_a_body_both_hands_and_the_face_per_sample(tmp_path, monkeypatch):
+    monkeypatch.setenv("DPOSER_BODY_MODELS", str(tmp_path / "no_models"))
+    monkeypatch.setenv("DPOSER_MODELS_DIR", str(tmp_path / "no_cache"))
+    res = svc.run(request(tmp_path, Part.wholebody, n=2, render=True))
+    assert res.info["grid_count"] == 2
+    img = grid_image(res)
+    sheet = img[title_height(img):]
+    block_w, block_h = 192 + 160, 384
+    assert sheet.shape == (block_h, 2 * block_w + 4, 3)
+    for b in range(2):
+        block = sheet[:, b * (block_w + 4): b * (block_w + 4) + block_w]
+        panels = [block[:, :192]] + [block[k * 128:(k + 1) * 128, 192:] for k in range(3)]  # body, hands, face
+        for panel in panels:
+            inner = covered(panel)
+            inner[:16] = False  # captions
+            assert inner.mean() > 0.03
+        # no FLAME: the face panel is a chart (blue bars), not a mesh
+        bars = np.abs(panels[3].astype(int) - (70, 110, 190)).sum(-1) < 30
+        assert bars.sum() > 20
+
+
+def test_face_without_flame_draws_charts_and_says_meshes_need_flame(tmp_path, monkeypatch):
+    monkeypatch.setenv("DPOSER_BODY_MODELS", str(tmp_path / "no_models"))
+    monkeypatch.setenv("DPOSER_MODELS_DIR", str(tmp_path / "no_cache"))
+    for part in (Part.face, Part.face_shape):
+        res = svc.run(request(tmp_path, part, n=3, render=True, out=tmp_path / part.value))
+        assert res.info["grid_count"] == 3
+        img = grid_image(res)
+        head, body = img[: title_height(img)], img[title_height(img):]
+        assert head.shape[0] > 40  # title and the FLAME note
+        assert (np.abs(body.astype(int) - (70, 110, 190)).sum(-1) < 30).sum() > 200  # coefficient bars
+
+
+def test_face_with_flame_draws_meshes(tmp_path):
+    from tests._fixtures.body_models import write_flame
+
+    write_flame(tmp_path / "models" / "flame")
+    res = svc.run(request(tmp_path, Part.face, n=2, render=True, body_model=tmp_path / "models"))
+    img = grid_image(res)
+    body = img[title_height(img):]
+    assert body.shape[:2] == (256, 512)
+    for c in range(2):
+        assert covered(body[:, c * 256:(c + 1) * 256]).mean() > 0.05
+    assert (np.abs(body.astype(int) - (70, 110, 190)).sum(-1) < 30).sum() == 0  # meshes, not charts
