@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from bench._common import device, environment, parser, write
-from dposer_cli.bodies.base import load_body
+from dposer_cli.bodies import load_body
 from dposer_cli.core.config import NetConfig, PriorConfig
 from dposer_cli.core.errors import DposerError
 from dposer_cli.core.parts import PARTS, Part, mask_dims

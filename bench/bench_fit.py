@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from bench._common import device, environment, parser, write
-from dposer_cli.bodies.base import BodyModel, load_body
+from dposer_cli.bodies import BodyModel, load_body
 from dposer_cli.core.config import NetConfig, PriorConfig
 from dposer_cli.core.parts import PARTS, Part
 from dposer_cli.core.paths import demo_checkpoint

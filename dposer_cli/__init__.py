@@ -21,7 +21,7 @@ _LAZY = {
     "DPoserPrior": ("dposer_cli.engine.prior", "DPoserPrior"),
     "load_prior": ("dposer_cli.engine.prior", "load_prior"),
     "build_prior": ("dposer_cli.engine.priors", "build_prior"),
-    "load_body": ("dposer_cli.bodies.base", "load_body"),
+    "load_body": ("dposer_cli.bodies.loader", "load_body"),
     # the one optimiser
     "optimize": ("dposer_cli.engine.optimize", "optimize"),
     "Stage": ("dposer_cli.engine.optimize", "Stage"),
@@ -44,7 +44,7 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:  # editors and type checkers see the real names; at run time they load on first use
-    from dposer_cli.bodies.base import load_body
+    from dposer_cli.bodies import load_body
     from dposer_cli.core.errors import DposerError
     from dposer_cli.core.parts import PARTS, Part
     from dposer_cli.engine.optimize import T_RANGES, PriorSchedule, Stage, optimize

@@ -5,6 +5,7 @@ body = load_body("body")            # SMPL-X if found, else the built-in mannequ
 out = body(body_pose=poses)         # out.joints (…, J, 3), out.vertices (…, V, 3)
 """
 
-from dposer_cli.bodies.base import BodyModel, BodyOutput, load_body
+from dposer_cli.bodies.base import BodyModel, BodyOutput
+from dposer_cli.bodies.loader import load_body
 
 __all__ = ["BodyModel", "BodyOutput", "load_body"]

@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from dposer_cli.bodies.base import BodyModel, load_body
+from dposer_cli.bodies import BodyModel, load_body
 from dposer_cli.bodies.pickle_compat import load_npy_object, load_pickle
 from dposer_cli.core.device import init_distributed, make_generator, resolve_device
 from dposer_cli.core.errors import DposerError, InputError, MissingAssetError, suggest

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from dposer_cli.bodies.base import BodyModel, load_body
+from dposer_cli.bodies import BodyModel, load_body
 from dposer_cli.core.errors import MissingAssetError
 from dposer_cli.core.parts import PARTS, Part
 from dposer_cli.io.media import save_image

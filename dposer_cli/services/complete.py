@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dposer_cli.bodies.base import load_body
+from dposer_cli.bodies import load_body
 from dposer_cli.core.device import make_generator, resolve_device
 from dposer_cli.core.errors import InputError
 from dposer_cli.core.parts import Part

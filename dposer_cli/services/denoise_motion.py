@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from dposer_cli.bodies.base import BodyModel, BodyOutput, load_body
+from dposer_cli.bodies import BodyModel, BodyOutput, load_body
 from dposer_cli.core.device import make_generator, resolve_device
 from dposer_cli.core.errors import InputError, MissingAssetError, UnavailableError
 from dposer_cli.core.parts import Part

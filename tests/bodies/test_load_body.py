@@ -12,7 +12,7 @@ from dposer_cli.core.errors import AssetMismatchError, InputError, MissingAssetE
 
 
 def test_without_models_body_and_hand_use_the_mannequin_and_say_so(isolated_search, caplog):
-    with caplog.at_level(logging.INFO, logger="dposer_cli.bodies.base"):
+    with caplog.at_level(logging.INFO, logger="dposer_cli.bodies.loader"):
         body = load_body("body")
     assert body.kind == "mannequin" and isinstance(body, BodyModel)
     assert "built-in mannequin" in caplog.text and str(isolated_search / "body_models") in caplog.text

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from dposer_cli import evaluation
-from dposer_cli.bodies.base import load_body
+from dposer_cli.bodies import load_body
 from dposer_cli.core.errors import InputError
 from dposer_cli.core.parts import Part, mask_dims
 from tests._fixtures.priors import write_tiny_prior

@@ -25,7 +25,7 @@ EHF_ROT = (-2.98747896, 0.01172457, -0.05704687)
 
 
 def test_ehf_pa_mpjpe_equals_numpy_on_the_fitted_meshes(tmp_path, shared_data, body_tree):
-    from dposer_cli.bodies.base import load_body
+    from dposer_cli.bodies import load_body
     from dposer_cli.services import fit_image
 
     poses = np.load(shared_data / "poses/body_reference_train.npz")["poses"][:2] * 0.3
@@ -58,7 +58,7 @@ def test_ehf_pa_mpjpe_equals_numpy_on_the_fitted_meshes(tmp_path, shared_data, b
 
 
 def test_freihand_metrics_equal_numpy_on_the_fitted_hands(tmp_path, shared_data, body_tree):
-    from dposer_cli.bodies.base import load_body
+    from dposer_cli.bodies import load_body
     from dposer_cli.services import fit_image
 
     hands = np.load(shared_data / "poses/hand_reference_train.npz")["poses"][:2]
@@ -124,7 +124,7 @@ def test_freihand_with_the_gmm_baseline_equals_fit_image_with_the_same_gmm(tmp_p
               "focal": 480.0, "body_model": body_tree, "overlay": False, "device": "cpu", "seed": 0}
     fit_image.run(fit_image.FitImageRequest(out=tmp_path / "gmm", prior="gmm", prior_model=gmm, **common))
     fit_image.run(fit_image.FitImageRequest(out=tmp_path / "none", prior="none", **common))
-    from dposer_cli.bodies.base import load_body
+    from dposer_cli.bodies import load_body
 
     body = load_body("hand", body_tree)
     errs = {}
@@ -173,7 +173,7 @@ def test_arctic_metrics_equal_numpy_on_the_fitted_meshes(tmp_path, shared_data, 
     against the processed vertices of the right rows; every metric equals a numpy evaluator."""
     import pickle
 
-    from dposer_cli.bodies.base import load_body
+    from dposer_cli.bodies import load_body
     from dposer_cli.services import fit_image
 
     root = tmp_path / "ARCTIC"

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from dposer_cli import evaluation
-from dposer_cli.bodies.base import load_body
+from dposer_cli.bodies import load_body
 from dposer_cli.core.device import make_generator
 from dposer_cli.core.parts import Part
 from dposer_cli.engine.prior import DPoserPrior

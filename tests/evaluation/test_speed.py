@@ -3,7 +3,7 @@
 import torch
 
 from dposer_cli import evaluation
-from dposer_cli.bodies.base import load_body
+from dposer_cli.bodies import load_body
 from dposer_cli.evaluation import speed
 from dposer_cli.tasks.fit import fit
 from tests.evaluation._helpers import req

@@ -59,7 +59,7 @@ def write_ehf(root: Path, body_models: Path, poses: np.ndarray, *, width: int = 
     """EHF layout from SMPL-X poses: NN_img.jpg, NN_align.ply (un-rotated by the EHF camera rotation),
     vitpose_keypoints/predictions/NN_img.json (COCO-WholeBody 133, body + feet from the projected joints)."""
     from dposer_cli.bodies import camera as cam
-    from dposer_cli.bodies.base import load_body
+    from dposer_cli.bodies import load_body
     from dposer_cli.io.keypoints import COCO_TO_OPENPOSE
 
     body = load_body("body", body_models)
@@ -89,7 +89,7 @@ def write_ehf(root: Path, body_models: Path, poses: np.ndarray, *, width: int = 
 
 def write_freihand(root: Path, body_models: Path, hand_poses: np.ndarray, *, focal: float = 480.0) -> Path:
     """FreiHAND_pub_v2_eval layout: evaluation/rgb/NNNNNNNN.jpg + evaluation_{K,xyz,verts,mano}.json."""
-    from dposer_cli.bodies.base import load_body
+    from dposer_cli.bodies import load_body
 
     body = load_body("hand", body_models)
     n = len(hand_poses)
@@ -123,7 +123,7 @@ def write_arctic(root: Path, body_models: Path, poses: dict[str, np.ndarray], im
     `poses` (whole-body arrays, one row per evaluated frame, in action order), their processed vertices and
     meta/misc.json. Returns the evaluated ground-truth rows per action."""
     from dposer_cli.bodies import camera as cam
-    from dposer_cli.bodies.base import load_body
+    from dposer_cli.bodies import load_body
     from dposer_cli.io.keypoints import COCO_TO_OPENPOSE
 
     body = load_body("body", body_models)

@@ -6,7 +6,7 @@ import pytest
 import torch
 import trimesh
 
-from dposer_cli.bodies.base import load_body
+from dposer_cli.bodies import load_body
 from dposer_cli.core.errors import InputError
 from dposer_cli.io.export import EXPORT_FORMATS, euler_zxy_degrees, mesh_paths, write_bvh, write_meshes
 from tests._fixtures.body_models import write_smplx

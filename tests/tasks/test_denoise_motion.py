@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from dposer_cli.bodies.base import load_body
+from dposer_cli.bodies import load_body
 from dposer_cli.core.errors import InputError
 from dposer_cli.core.parts import Part
 from dposer_cli.core.paths import shared_data_dir

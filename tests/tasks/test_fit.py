@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from dposer_cli.bodies import camera as cam
-from dposer_cli.bodies.base import load_body
+from dposer_cli.bodies import load_body
 from dposer_cli.core.errors import InputError
 from dposer_cli.core.parts import Part
 from dposer_cli.engine.baselines import L2Prior, NoPrior
