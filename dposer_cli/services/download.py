@@ -1,83 +1,37 @@
 """`dposer download`: official checkpoints from the Hugging Face Hub plus the normaliser statistics they need.
 
-Layout (spec §12): checkpoints keep their Hub path under `<models dir>/official/` (`body/BaseMLP/last.ckpt`,
-...), normalisers keep their path in the official GitHub repository (`data/body_data/body_normalizer/
-axis_normalize2.pt`, ...). A file is installed only after it checks out (sha256 against the Hub's ETag, then
-it loads for its part), and always with `os.replace`, so the final path never holds a partial or unchecked
-file. Files already present are never re-fetched (no network at all) unless `force`.
-
-Offline (`HF_HUB_OFFLINE=1`, or the host cannot be reached): checkpoints already in the Hugging Face cache are
-copied from there; anything else is reported in one line with the exact place to put it by hand.
+The shell around `dposer_cli.io.hub` (spec §12): plan the files of the asked parts, fetch the missing ones
+(files already present are never re-fetched, no network at all, unless `force`), verify each before it is
+installed (a checkpoint must load as its part's prior, a normaliser must hold statistics of its segment's
+length) and report what is where; `inventory` (`--list` / `--check`) says which prior each command will use.
 """
 
-import hashlib
-import http.client
-import logging
-import os
-import re
-import shutil
-import tempfile
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dposer_cli.core.errors import (AssetMismatchError, DposerError, InputError, MissingAssetError, UnavailableError,
-                                    suggest)
+import torch
+
+from dposer_cli.core.errors import AssetMismatchError, DposerError, InputError, suggest
 from dposer_cli.core.parts import PARTS, Part
-from dposer_cli.core.paths import (HUB_REPO, body_model_dirs, demo_checkpoint, models_dir, official_checkpoint,
-                                   official_dir, official_normalizer_file)
+from dposer_cli.core.paths import (
+    HUB_REPO,
+    demo_checkpoint,
+    models_dir,
+    official_checkpoint,
+    official_dir,
+    official_normalizer_file,
+)
 from dposer_cli.core.result import Result
+from dposer_cli.engine.checkpoint import read_checkpoint
+from dposer_cli.io.hub import NORMALIZER_FILE, TIMEOUT_S, Asset, Fetcher, HubSource, body_models, plan
 
-log = logging.getLogger(__name__)
-
-# Hub revision used when --revision is not given: the one place to pin it. "main" follows the repository;
-# replace it with a 40-hex commit for reproducible installs (users can pass --revision COMMIT already).
-DEFAULT_REVISION = "main"
-# Raw files of the official code repository (normalisers live only there, spec §1.3). Same rule as above:
-# swap "main" for a full commit hash to pin them; $DPOSER_NORMALIZER_URL overrides the whole base.
-NORMALIZER_URL = "https://raw.githubusercontent.com/moonbow721/DPoser-X/main"
-NORMALIZER_URL_ENV = "DPOSER_NORMALIZER_URL"
-NORMALIZER_FILE = "axis_normalize2.pt"  # Z-score statistics: what inference uses (spec §1.3)
 ALL = "all"
-TIMEOUT_S = 10.0  # per connection attempt; a dead host fails at once, a silent one after this
-
 # parts another part pulls in (the official downloader fetched face_shape along with face)
 _IMPLIED: dict[Part, tuple[Part, ...]] = {Part.face: (Part.face_shape,)}
-_RETRIES = 3  # attempts per normaliser file when the connection drops mid-file (each resumes with Range)
-_CHUNK = 1 << 16
-_SHA256 = re.compile(r"[0-9a-f]{64}")
-
-# body-model files per kind, relative to a body-model folder; a tuple lists alternatives (spec §12.2)
-BODY_MODEL_FILES: dict[str, tuple[tuple[str, ...], ...]] = {
-    "smplx": (("smplx/SMPLX_NEUTRAL.npz", "smplx/SMPLX_NEUTRAL.pkl"), ("smplx/SMPL-X__FLAME_vertex_ids.npy",),
-              ("smplx/MANO_SMPLX_vertex_ids.pkl",)),
-    "mano": (("mano/MANO_RIGHT.pkl",), ("mano/MANO_LEFT.pkl",)),
-    "flame": (("flame/FLAME_NEUTRAL.pkl",), ("flame/flame_static_embedding.pkl",)),
-}
-BODY_MODEL_SITES = {"smplx": "https://smpl-x.is.tue.mpg.de", "mano": "https://mano.is.tue.mpg.de",
-                    "flame": "https://flame.is.tue.mpg.de"}
-_BODY_MODEL_WHAT = {
-    "smplx": "SMPL-X (SMPLX_NEUTRAL.npz) and the 'MANO and FLAME vertex indices' correspondences",
-    "mano": "MANO (MANO_RIGHT.pkl, MANO_LEFT.pkl)",
-    "flame": "FLAME 2020 (FLAME_NEUTRAL.pkl, flame_static_embedding.pkl)",
-}
-
-
-@dataclass(frozen=True)
-class Asset:
-    """One file `dposer download` installs."""
-
-    kind: str  # "checkpoint" (Hub) | "normalizer" (official GitHub repository)
-    name: str  # path in its source repository, e.g. body/BaseMLP/last.ckpt
-    path: Path  # where it is installed
-    parts: tuple[Part, ...]  # parts that need it
-    dim: int = 0  # normaliser: length of mean_poses / std_poses
 
 
 @dataclass(frozen=True)
@@ -117,21 +71,6 @@ def resolve_parts(names: Iterable[str]) -> tuple[Part, ...]:
     return tuple(p for p in PARTS if p in wanted)
 
 
-def plan(parts: Iterable[Part], root: Path | None = None) -> list[Asset]:
-    """The files `parts` need: each checkpoint, then its normalisers (shared ones listed once)."""
-    assets: dict[str, Asset] = {}
-    for part in parts:
-        spec = PARTS[part]
-        assets[spec.official_ckpt] = Asset("checkpoint", spec.official_ckpt, official_checkpoint(part, root), (part,))
-        for seg in spec.segments:
-            name = f"{seg.normalizer}/{NORMALIZER_FILE}"
-            prev = assets.get(name)
-            users = prev.parts if prev else ()
-            assets[name] = Asset("normalizer", name, official_normalizer_file(seg.normalizer, root),
-                                 users if part in users else (*users, part), seg.dim)
-    return list(assets.values())
-
-
 def run(req: DownloadRequest, progress: Callable[[int, int], None] | None = None) -> Result:
     """Fetch, verify and install the official files for `req.parts`; a no-op when all are present.
 
@@ -146,22 +85,20 @@ def run(req: DownloadRequest, progress: Callable[[int, int], None] | None = None
     t0 = time.perf_counter()
     parts = resolve_parts(req.parts)
     root = Path(req.models_dir).expanduser() if req.models_dir is not None else models_dir()
-    revision = req.revision or DEFAULT_REVISION
+    source = HubSource.from_env(revision=req.revision, endpoint=req.endpoint, normalizer_url=req.normalizer_url,
+                                offline=req.offline, cache_dir=req.cache_dir, timeout=req.timeout)
     assets = plan(parts, root)
     records = {a.name: {"kind": a.kind, "name": a.name, "path": a.path, "parts": [p.value for p in a.parts],
                         "status": "present"} for a in assets}
     # check files first: when everything is here, no connection is made at all
     todo = [a for a in assets if req.force or not a.path.is_file()]
     written: list[Path] = []
-    fetcher = _Fetcher(req, revision, root, progress)
-    try:
+    with Fetcher(source, root, _check_file, force=req.force, progress=progress) as fetcher:
         for asset in todo:
             info = fetcher.fetch(asset)
             records[asset.name].update(info)
             if info["status"] != "unavailable":
                 written.append(asset.path)
-    finally:
-        fetcher.close()
     if fetcher.unfetched:
         raise fetcher.unavailable()
 
@@ -179,379 +116,39 @@ def run(req: DownloadRequest, progress: Callable[[int, int], None] | None = None
     return Result(
         command="download",
         outputs={"files": written} if written else {},
-        info={"models_dir": root, "official_dir": official_dir(root), "hub_repo": HUB_REPO, "revision": revision,
-              "normalizer_url": fetcher.base, "parts": [p.value for p in parts], "files": list(records.values())},
+        info={"models_dir": root, "official_dir": official_dir(root), "hub_repo": HUB_REPO,
+              "revision": source.revision, "normalizer_url": source.normalizer_url, "parts": [p.value for p in parts],
+              "files": list(records.values())},
         lines=lines,
         seconds=time.perf_counter() - t0,
     )
 
 
-# ---- fetching ---------------------------------------------------------------------------------------------
-class _Unreachable(Exception):
-    """The host could not be contacted (connection refused, DNS, timeout, offline)."""
-
-
-class _Dropped(Exception):
-    """The connection broke mid-file; what arrived is kept in the `.part` file."""
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def _env_true(name: str) -> bool:
-    return os.environ.get(name, "").strip().upper() in {"1", "ON", "YES", "TRUE"}
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _reason(exc: BaseException) -> str:
-    """Short cause of a connection failure: 'connection refused', 'timed out', ..."""
-    inner = getattr(exc, "reason", None) or exc.__cause__ or exc.__context__ or exc
-    if isinstance(inner, ConnectionRefusedError) or "refused" in str(inner).lower():
-        return "connection refused"
-    if isinstance(inner, TimeoutError) or "timed out" in str(inner).lower():
-        return "timed out"
-    return _first_line(inner)
-
-
-class _Fetcher:
-    """Downloads single assets; remembers unreachable hosts so one dead host costs one attempt."""
-
-    def __init__(self, req: DownloadRequest, revision: str, root: Path,
-                 progress: Callable[[int, int], None] | None) -> None:
-        self.req, self.revision, self.root, self.progress = req, revision, root, progress
-        self.offline = req.offline if req.offline is not None else (_env_true("HF_HUB_OFFLINE")
-                                                                     or _env_true("TRANSFORMERS_OFFLINE"))
-        # read now, not at import: huggingface_hub freezes HF_ENDPOINT when it is first imported
-        self.endpoint = (req.endpoint or os.environ.get("HF_ENDPOINT") or "").rstrip("/") or None
-        self.base = (req.normalizer_url or os.environ.get(NORMALIZER_URL_ENV) or NORMALIZER_URL).rstrip("/")
-        self.down: dict[str, str] = {}  # host -> why it could not be reached
-        self.unfetched: list[tuple[Asset, str, str]] = []  # (asset, source url, host)
-        self.staging: Path | None = None
-        self.done_bytes = 0
-        self.total_bytes = 0
-
-    # -- bookkeeping --
-    def _advance(self, n: int) -> None:
-        self.done_bytes += n
-        if self.progress is not None:
-            total = max(self.total_bytes, self.done_bytes)
-            self.progress(self.done_bytes, total)
-
-    def _stage_dir(self) -> Path:
-        if self.staging is None:
-            official = official_dir(self.root)
-            try:
-                official.mkdir(parents=True, exist_ok=True)
-                # per-process folder next to the targets: same volume for os.replace, no clash between runs
-                self.staging = Path(tempfile.mkdtemp(prefix=".download-", dir=official))
-            except OSError as exc:
-                raise InputError(f"cannot write to the models folder {official}: {exc.strerror or exc}") from None
-        return self.staging
-
-    def close(self) -> None:
-        if self.staging is not None:
-            shutil.rmtree(self.staging, ignore_errors=True)
-            self.staging = None
-
-    def unavailable(self) -> UnavailableError:
-        hosts = sorted({h for _, _, h in self.unfetched})
-        why = ("offline: HF_HUB_OFFLINE is set" if self.offline
-               else "cannot reach " + ", ".join(f"{h} ({self.down.get(h, 'unreachable')})" for h in hosts))
-        manual = "; ".join(f"{url} -> {a.path}" for a, url, _ in self.unfetched)
-        return UnavailableError(
-            f"could not fetch {len(self.unfetched)} file(s) ({why}); place them by hand: {manual}",
-            hint="or re-run `dposer download` with network access (files already present are kept); "
-                 f"HF_ENDPOINT and {NORMALIZER_URL_ENV} select mirrors",
-        )
-
-    def _install(self, asset: Asset, staged: Path) -> None:
-        asset.path.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(staged, asset.path)
-        asset.path.with_name(asset.path.name + ".invalid").unlink(missing_ok=True)  # stale reject, now superseded
-
-    def _reject(self, asset: Asset, staged: Path, why: str, hint: str) -> AssetMismatchError:
-        bad = asset.path.with_name(asset.path.name + ".invalid")
-        bad.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(staged, bad)
-        return AssetMismatchError(f"downloaded {asset.name} is not usable: {why}; moved it aside to {bad}", hint=hint)
-
-    def fetch(self, asset: Asset) -> dict[str, Any]:
-        if asset.kind == "checkpoint":
-            return self._checkpoint(asset)
-        return self._normalizer(asset)
-
-    # -- checkpoints: Hugging Face Hub --------------------------------------------------------------------
-    def _checkpoint(self, asset: Asset) -> dict[str, Any]:
-        from huggingface_hub import get_hf_file_metadata, get_token, hf_hub_download, hf_hub_url
-
-        url = hf_hub_url(HUB_REPO, asset.name, revision=self.revision, endpoint=self.endpoint)
-        host = urllib.parse.urlsplit(url).netloc
-        if self.offline or host in self.down:
-            return self._from_hf_cache(asset, url, host)
-        token = get_token()
-        try:
-            # one HEAD without retries: a dead host fails in milliseconds (huggingface_hub's own download
-            # retries a missing network for ~20 s), and the ETag is the sha256 we verify against
-            meta = get_hf_file_metadata(url, token=token, timeout=self.req.timeout, endpoint=self.endpoint,
-                                        library_name="dposer")
-        except Exception as exc:  # noqa: BLE001 - every Hub failure is mapped in _hub_error
-            if self._is_network(exc):
-                self.down[host] = _reason(exc)
-                return self._from_hf_cache(asset, url, host)
-            raise self._hub_error(exc, asset, url) from None
-        size = int(meta.size or 0)
-        self.total_bytes += size
-        log.info("downloading %s (%.1f MB) from %s", asset.name, size / 1e6, HUB_REPO)
-        try:
-            staged = Path(hf_hub_download(
-                repo_id=HUB_REPO, filename=asset.name,
-                revision=meta.commit_hash or self.revision,  # the exact commit the HEAD saw
-                local_dir=self._stage_dir(), cache_dir=self.req.cache_dir, endpoint=self.endpoint, token=token,
-                force_download=self.req.force, etag_timeout=self.req.timeout, library_name="dposer",
-                tqdm_class=self._bar_class(),
-            ))
-        except Exception as exc:  # noqa: BLE001
-            if self._is_network(exc):
-                self.down[host] = _reason(exc)
-                self.unfetched.append((asset, url, host))
-                return {"status": "unavailable", "source": url}
-            raise self._hub_error(exc, asset, url) from None
-        etag = (meta.etag or "").lower()
-        digest = _sha256(staged)
-        if _SHA256.fullmatch(etag) and digest != etag:
-            raise self._reject(asset, staged, f"its sha256 {digest[:12]}… differs from the {etag[:12]}… the Hub lists",
-                               hint="run the command again (the transfer was corrupted); if it persists, the "
-                                    "endpoint serves a different file than it advertises")
-        self._validate_checkpoint(asset, staged)
-        self._install(asset, staged)
-        return {"status": "downloaded", "source": url, "bytes": asset.path.stat().st_size, "sha256": digest,
-                "commit": meta.commit_hash}
-
-    def _from_hf_cache(self, asset: Asset, url: str, host: str) -> dict[str, Any]:
-        """Offline / no network: reuse a copy from the Hugging Face cache, else record it as unfetched."""
-        from huggingface_hub import try_to_load_from_cache
-
-        cached = try_to_load_from_cache(HUB_REPO, asset.name, cache_dir=self.req.cache_dir, revision=self.revision)
-        if not isinstance(cached, str):
-            self.unfetched.append((asset, url, host))
-            return {"status": "unavailable", "source": url}
-        staged = self._stage_dir() / Path(asset.name).name
-        shutil.copyfile(cached, staged)
-        self._validate_checkpoint(asset, staged)
-        self._install(asset, staged)
-        log.info("copied %s from the Hugging Face cache (%s)", asset.name, cached)
-        return {"status": "copied", "source": cached, "bytes": asset.path.stat().st_size, "sha256": _sha256(asset.path)}
-
-    def _validate_checkpoint(self, asset: Asset, staged: Path) -> None:
-        """The file must load as a prior for its part: key names, shapes, EMA list length."""
-        from dposer_cli.engine.checkpoint import read_checkpoint
-
+def _check_file(asset: Asset, path: Path) -> str | None:
+    """Why a fetched file is unusable, or None: a checkpoint must load as its part's prior (key names, shapes,
+    EMA list length); a normaliser must hold mean_poses / std_poses of its segment's length (weights only)."""
+    if asset.kind == "checkpoint":
         part = asset.parts[0]
         try:
-            read_checkpoint(staged, part)
+            read_checkpoint(path, part)
         except (AssetMismatchError, InputError) as exc:
-            why = exc.message.replace(str(staged), asset.name)
-            raise self._reject(asset, staged, f"it does not load as the {part.value} prior ({why})",
-                               hint=f"try another --revision, or place a valid file at {asset.path}") from None
-
-    def _bar_class(self) -> type:
-        """A huggingface_hub progress-bar class that feeds our byte counter instead of drawing tqdm."""
-        from huggingface_hub.utils import tqdm as hf_tqdm
-
-        fetcher = self
-
-        class _Bar(hf_tqdm):  # type: ignore[misc, valid-type]
-            def __init__(self, *args: Any, **kwargs: Any) -> None:
-                kwargs["disable"] = True  # our own progress callback draws; tqdm stays silent
-                super().__init__(*args, **kwargs)
-
-            def update(self, n: float | None = 1) -> bool | None:
-                fetcher._advance(int(n or 0))
-                return super().update(n)
-
-        return _Bar
-
-    @staticmethod
-    def _is_network(exc: BaseException) -> bool:
-        """True for 'could not talk to the host' failures (as opposed to an answer we did not like)."""
-        import httpx2
-        from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
-
-        if isinstance(exc, HfHubHTTPError):
-            return False
-        return isinstance(exc, httpx2.TransportError | OfflineModeIsEnabled | LocalEntryNotFoundError
-                          | ConnectionError | TimeoutError)
-
-    def _hub_error(self, exc: BaseException, asset: Asset, url: str) -> DposerError:
-        """Map a huggingface_hub / HTTP failure to one-line DposerError (they must never leak)."""
-        from huggingface_hub.errors import (EntryNotFoundError, GatedRepoError, HfHubHTTPError,
-                                            RepositoryNotFoundError, RevisionNotFoundError)
-
-        manual = f"or place the file by hand at {asset.path} (from {url})"
-        if isinstance(exc, RevisionNotFoundError):
-            return InputError(f"revision {self.revision!r} not found in the Hub repository {HUB_REPO}",
-                              hint=f"pass --revision main or a commit of https://huggingface.co/{HUB_REPO}/commits/main")
-        if isinstance(exc, EntryNotFoundError):
-            return MissingAssetError(f"{asset.name} not found in {HUB_REPO} at revision {self.revision} (HTTP 404 "
-                                     f"from {url})", hint=f"check --revision and HF_ENDPOINT, {manual}")
-        if isinstance(exc, GatedRepoError | RepositoryNotFoundError):
-            return UnavailableError(f"cannot access the Hub repository {HUB_REPO} at {url} ({_first_line(exc)})",
-                                    hint="if it needs a login run `hf auth login` or set HF_TOKEN; check HF_ENDPOINT")
-        if isinstance(exc, HfHubHTTPError):
-            status = getattr(getattr(exc, "response", None), "status_code", "?")
-            return UnavailableError(f"could not download {asset.name} from {url}: HTTP {status}",
-                                    hint=f"try again later, {manual}")
-        if isinstance(exc, ValueError):  # invalid repo id / revision strings, inconsistent flags
-            return InputError(f"cannot download {asset.name}: {_first_line(exc)}")
-        if isinstance(exc, OSError):  # size mismatch after retries, disk full, permissions
-            return UnavailableError(f"could not download {asset.name} from {url}: {_first_line(exc)}",
-                                    hint=f"run the command again, {manual}")
-        return UnavailableError(f"could not download {asset.name} from {url}: {type(exc).__name__}: "
-                                f"{_first_line(exc)}", hint=f"run the command again, {manual}")
-
-    # -- normalisers: plain HTTP(S) GET, resumable with Range --------------------------------------------------
-    def _normalizer(self, asset: Asset) -> dict[str, Any]:
-        url = f"{self.base}/{asset.name}"
-        split = urllib.parse.urlsplit(url)
-        host = split.netloc or split.scheme
-        local = split.scheme == "file"  # a file:// mirror works offline too
-        if not local and (self.offline or host in self.down):
-            self.unfetched.append((asset, url, host))
-            return {"status": "unavailable", "source": url}
-        part_file = asset.path.with_name(asset.path.name + ".part")
-        if self.req.force:
-            part_file.unlink(missing_ok=True)
-        resumed = part_file.is_file()
-        last = ""
-        for attempt in range(_RETRIES):
-            try:
-                self._get(asset, url, part_file)
-                break
-            except _Unreachable as exc:
-                self.down[host] = str(exc)
-                self.unfetched.append((asset, url, host))
-                return {"status": "unavailable", "source": url}
-            except _Dropped as exc:
-                last = str(exc)
-                resumed = True
-                log.warning("connection to %s dropped (%s); resuming", host, last)
-                time.sleep(0.2 * (attempt + 1))
-        else:
-            raise UnavailableError(f"download of {url} kept breaking off ({last}); the partial file {part_file} is "
-                                   "kept", hint="run the command again to resume it")
-        self._validate_normalizer(asset, part_file)
-        self._install(asset, part_file)
-        return {"status": "resumed" if resumed else "downloaded", "source": url,
-                "bytes": asset.path.stat().st_size, "sha256": _sha256(asset.path)}
-
-    def _get(self, asset: Asset, url: str, part_file: Path) -> None:
-        """GET `url` into `part_file`, continuing after the bytes it already holds."""
-        offset = part_file.stat().st_size if part_file.is_file() else 0
-        headers = {"User-Agent": "dposer", "Accept-Encoding": "identity"}
-        if offset:
-            headers["Range"] = f"bytes={offset}-"
-        try:
-            resp = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=self.req.timeout)
-        except urllib.error.HTTPError as exc:
-            exc.close()
-            if exc.code == 416 and offset:  # the .part is longer than the file: start over
-                part_file.unlink(missing_ok=True)
-                raise _Dropped("stale partial file") from None
-            if exc.code == 404:
-                raise MissingAssetError(f"{asset.name} not found at {url} (HTTP 404)",
-                                        hint=f"check {NORMALIZER_URL_ENV} (now {self.base}), or place the file by "
-                                             f"hand at {asset.path}") from None
-            raise UnavailableError(f"could not download {url}: HTTP {exc.code} {exc.reason}",
-                                   hint=f"try again later, or place the file by hand at {asset.path}") from None
-        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
-            raise _Unreachable(_reason(exc)) from None
-        with resp:
-            status = getattr(resp, "status", None)
-            content_range = resp.headers.get("Content-Range", "")
-            resuming = bool(offset) and status == 206 and content_range.startswith(f"bytes {offset}-")
-            if status == 206 and not resuming:  # a range we did not ask for: start over rather than splice
-                part_file.unlink(missing_ok=True)
-                raise _Dropped(f"unexpected Content-Range {content_range!r}")
-            start = offset if resuming else 0  # a server that ignores Range sends the whole file again
-            length = resp.headers.get("Content-Length")
-            total = start + int(length) if length and length.isdigit() else None
-            if total is not None:
-                self.total_bytes += total - start
-            if resuming:
-                log.info("resuming %s at byte %d", asset.name, offset)
-            part_file.parent.mkdir(parents=True, exist_ok=True)
-            with open(part_file, "ab" if resuming else "wb") as fh:
-                try:
-                    while chunk := resp.read(_CHUNK):
-                        fh.write(chunk)
-                        self._advance(len(chunk))
-                except (OSError, http.client.HTTPException) as exc:
-                    raise _Dropped(_reason(exc)) from None
-                finally:
-                    fh.flush()
-                    os.fsync(fh.fileno())
-        size = part_file.stat().st_size
-        if total is not None and size < total:  # http.client returns b"" on an early close rather than raising
-            raise _Dropped(f"got {size} of {total} bytes")
-
-    def _validate_normalizer(self, asset: Asset, part_file: Path) -> None:
-        """mean_poses / std_poses of the segment's length, readable with weights_only=True."""
-        import torch
-
-        why = ""
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                data = torch.load(part_file, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - any unreadable file is a mismatch
-            data, why = None, f"not a readable torch file ({type(exc).__name__})"
-        if not why:
-            if not isinstance(data, dict) or "mean_poses" not in data or "std_poses" not in data:
-                why = "it lacks mean_poses / std_poses"
-            else:
-                sizes = {k: int(torch.as_tensor(data[k]).numel()) for k in ("mean_poses", "std_poses")}
-                if set(sizes.values()) != {asset.dim}:
-                    why = f"its statistics have {sizes['mean_poses']} dims, expected {asset.dim}"
-        if why:
-            raise self._reject(asset, part_file, why, hint=f"check {NORMALIZER_URL_ENV} (now {self.base}); the "
-                               "official files are data/*_data/*_normalizer/axis_normalize2.pt")
+            return f"it does not load as the {part.value} prior ({exc.message.replace(str(path), asset.name)})"
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is a mismatch
+        return f"not a readable torch file ({type(exc).__name__})"
+    if not isinstance(data, dict) or "mean_poses" not in data or "std_poses" not in data:
+        return "it lacks mean_poses / std_poses"
+    sizes = {k: int(torch.as_tensor(data[k]).numel()) for k in ("mean_poses", "std_poses")}
+    if set(sizes.values()) != {asset.dim}:
+        return f"its statistics have {sizes['mean_poses']} dims, expected {asset.dim}"
+    return None
 
 
 # ---- --list / --check -------------------------------------------------------------------------------------
-def _find_body_files(kind: str, dirs: list[Path]) -> list[dict[str, Any]]:
-    out = []
-    for alternatives in BODY_MODEL_FILES[kind]:
-        found = next((d / rel for rel in alternatives for d in dirs if (d / rel).is_file()), None)
-        out.append({"file": " | ".join(alternatives), "path": found})
-    return out
-
-
-def body_models(dirs: list[Path] | None = None) -> dict[str, dict[str, Any]]:
-    """Which licensed body-model files are installed (they cannot be downloaded for the user)."""
-    dirs = body_model_dirs(None) if dirs is None else dirs
-    out: dict[str, dict[str, Any]] = {}
-    for kind in BODY_MODEL_FILES:
-        files = _find_body_files(kind, dirs)
-        missing = [f["file"] for f in files if f["path"] is None]
-        entry: dict[str, Any] = {"present": not missing, "files": files, "searched": dirs,
-                                 "register": BODY_MODEL_SITES[kind]}
-        if missing:
-            entry["instruction"] = (f"{kind}: missing {', '.join(missing)}; register at {BODY_MODEL_SITES[kind]}, "
-                                    f"download {_BODY_MODEL_WHAT[kind]} and put the files in {dirs[0]} as "
-                                    f"{', '.join(m.split(' | ')[0] for m in missing)}")
-        out[kind] = entry
-    return out
-
-
 def inventory(names: Iterable[str] = (), models_root: Path | None = None, *, check: bool = False) -> Result:
     """What is installed for each part and which prior each command will use; `check` also loads every file."""
     t0 = time.perf_counter()
@@ -597,8 +194,6 @@ def _unique_segments(part: Part) -> list[Any]:
 
 def _check_files(part: Part, entry: dict[str, Any]) -> None:
     """Load every present file; record `valid` and the one-line error."""
-    from dposer_cli.engine.checkpoint import read_checkpoint
-
     for key in ("official_checkpoint", "demo_prior"):
         item = entry[key]
         if item["present"]:
@@ -607,8 +202,6 @@ def _check_files(part: Part, entry: dict[str, Any]) -> None:
                 item["valid"] = True
             except DposerError as exc:
                 item["valid"], item["error"] = False, exc.message
-    import torch
-
     dims = {f"{s.normalizer}/{NORMALIZER_FILE}": s.dim for s in PARTS[part].segments}
     for item in entry["normalizers"]:
         if item["present"]:
