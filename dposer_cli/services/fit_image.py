@@ -51,8 +51,6 @@ log = logging.getLogger(__name__)
 
 FIT_PARTS = tuple(FIT_SPECS)
 FIT_PRIORS = ("dposer", "none", "l2")  # --prior kinds of fit-image (others through `prior_model`)
-MAX_VIDEO_FRAMES = 600  # frames fitted at once (one batch) unless --max-frames says otherwise
-OVERLAY_VIDEO_SIDE = 640  # overlay.mp4 frames are downsampled (by an integer factor) to at most this side
 
 
 @dataclass(frozen=True)
@@ -79,11 +77,6 @@ class FitImageRequest:
     temporal: bool = False
     overlay: bool = True
     conf_threshold: float = CONF_THRESHOLD
-    # images without keypoints: detected keypoints go to this .json (one image) or folder; None: out/
-    save_keypoints: Path | None = None
-    export: tuple[str, ...] = ()  # also write the fits as glb / obj / ply meshes or BVH (turned upright)
-    motion_prior: bool = True  # videos: the motion prior pass (tasks.denoise_motion) after the per-frame fits
-    max_frames: int | None = None  # videos: fit the first N frames (None: refuse more than MAX_VIDEO_FRAMES)
 
 
 def _validate(req: FitImageRequest) -> None:
@@ -98,8 +91,6 @@ def _validate(req: FitImageRequest) -> None:
     if not 0 <= req.conf_threshold < 1:
         raise InputError(f"the confidence threshold must be in [0, 1) (got {req.conf_threshold})")
     parse_person(req.person)
-    if req.max_frames is not None and req.max_frames < 1:
-        raise InputError(f"--max-frames must be at least 1 (got {req.max_frames})")
     if req.keypoint_format not in KEYPOINT_FORMATS:
         raise InputError(f"unknown --keypoint-format {req.keypoint_format!r}"
                          f"{suggest(req.keypoint_format, list(KEYPOINT_FORMATS))}",
@@ -152,15 +143,12 @@ def run(req: FitImageRequest, progress: Callable[[int, int], None] | None = None
     t0 = time.perf_counter()
     _validate(req)
     spec = FIT_SPECS[req.part]
-    formats = check_formats(req.export, part=req.part, what="hand fits")
-    frames = resolve_frames(req.images, req.keypoints, missing_ok=True, max_frames=req.max_frames)
+    frames = resolve_frames(req.images, req.keypoints)
     video = frames[0].sequence >= 0
     if req.temporal and not video:
         raise InputError("--temporal needs a folder of frames (a video), not single images")
-    _check_length(req, frames)
     device = resolve_device(req.device)
     out = ensure_out_dir(req.out)
-    detected = _detect_missing(req, out, frames)
     persons = read_persons(frames, keypoint_format=req.keypoint_format, part=req.part.value,
                            person=parse_person(req.person), conf_threshold=req.conf_threshold,
                            min_keypoints=spec.min_keypoints, counted_keypoints=spec.counted_keypoints)
@@ -177,29 +165,21 @@ def run(req: FitImageRequest, progress: Callable[[int, int], None] | None = None
                  mean_pose=mean_pose)
     outputs, images = _write_outputs(req, out, frames, persons, inputs, model, fitted)
     n, px, fit_seconds = len(persons.frame), fitted.reprojection_px, fitted.fit_seconds
-    metrics = {"reprojection_error_px": float(px.mean()), "reprojection_loss": float(fitted.data_loss.mean()),
-               "fits_per_second": n / max(fit_seconds, 1e-9)}
-    info = {"part": req.part.value, "prior": req.prior, "checkpoint": source, "body_model": model.kind,
-            "persons": n, "frames": len(frames), "steps": req.steps, "nfe": fitted.nfe,
-            "fit_seconds": round(fit_seconds, 4), "prior_seconds": round(fitted.prior_seconds, 4),
-            "device": str(device), "seed": req.seed, "stage_losses": fitted.stage_losses, "images": images}
-    lines = [(f"fitted {n} {'hand' if req.part is Part.hand else 'person'}(s) in {len(frames)} image(s) "
-              f"with {req.prior} prior in {fit_seconds:.1f} s ({fitted.nfe} network evaluations); mean "
-              f"reprojection error {float(px.mean()):.1f} px")]
-    if detected:
-        info["detected_keypoints"] = detected
-        outputs["keypoints"] = detected
-        lines.insert(0, f"no keypoint files for {len(detected)} image(s): detected them with MediaPipe (one person "
-                        "per image, the most prominent; pass --keypoints for several people), saved as "
-                        f"COCO-WholeBody JSON ({detected[0].name}{', ...' if len(detected) > 1 else ''})")
-    if video:
-        motions = _motions(req, model, prior, fitted, persons, frames, device, progress)
-        outputs.update(_write_motions(req, out, frames, persons, inputs, model, fitted, motions))
-        metrics.update(_motion_metrics(motions, lines))
-        info["motion_prior"] = any(m.smoothed for m in motions)
-    outputs.update(_export(req, out, formats, frames, persons, model, fitted, motions if video else []))
-    return Result(command="fit-image", outputs=outputs, metrics=metrics, info=info,
-                  seconds=time.perf_counter() - t0, lines=lines)
+    return Result(
+        command="fit-image",
+        outputs=outputs,
+        metrics={"reprojection_error_px": float(px.mean()),
+                 "reprojection_loss": float(fitted.data_loss.mean()),
+                 "fits_per_second": n / max(fit_seconds, 1e-9)},
+        info={"part": req.part.value, "prior": req.prior, "checkpoint": source, "body_model": model.kind,
+              "persons": n, "frames": len(frames), "steps": req.steps, "nfe": fitted.nfe,
+              "fit_seconds": round(fit_seconds, 4), "prior_seconds": round(fitted.prior_seconds, 4),
+              "device": str(device), "seed": req.seed, "stage_losses": fitted.stage_losses, "images": images},
+        seconds=time.perf_counter() - t0,
+        lines=[(f"fitted {n} {'hand' if req.part is Part.hand else 'person'}(s) in {len(frames)} image(s) "
+                f"with {req.prior} prior in {fit_seconds:.1f} s ({fitted.nfe} network evaluations); mean "
+                f"reprojection error {float(px.mean()):.1f} px")],
+    )
 
 
 def _write_outputs(req: FitImageRequest, out: Path, frames: list[Frame], persons: FramePersons,
@@ -242,7 +222,7 @@ def _write_outputs(req: FitImageRequest, out: Path, frames: list[Frame], persons
                       for p, e, lo in zip(arrays["person_index"], px[rows], data[rows], strict=True)]
         entry.update({"npz": path, "reprojection_error_px": float(px[rows].mean()),
                       "loss": float(data[rows].mean()), "per_person": per_person})
-        if req.overlay and frame.sequence < 0:  # videos: overlay.mp4 (`_write_motions`)
+        if req.overlay:
             entry["overlay"], entry["views"] = _overlay(req, out, frame, model, fitted, inputs, index,
                                                         arrays["keypoints"], per_person)
             overlays.append(entry["overlay"])
