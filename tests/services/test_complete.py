@@ -232,3 +232,43 @@ def test_nan_mask_needs_something_missing_and_something_visible():
 def test_face_shape_has_no_joint_masks():
     with pytest.raises(InputError, match="has no joints"):
         tc.resolve_masking(Part.face_shape, _poses(dim=100), (), (0,))
+
+
+# ---------------------------------------------------------------------------------------------- completed.png
+def _colour_pixels(img: np.ndarray, rgb: tuple[float, float, float], tol: float = 0.06) -> int:
+    """Pixels whose chromaticity matches the sRGB colour (shading keeps the ratios roughly)."""
+    from tests.render._figures import covered
+
+    x = img.astype(np.float64)
+    chroma = x / np.maximum(x.sum(-1, keepdims=True), 1)
+    return int(((np.abs(chroma - np.asarray(rgb) / sum(rgb)).max(-1) < tol) & covered(img)).sum())
+
+
+@pytest.mark.parametrize("truth", [True, False])
+def test_completion_picture_has_a_row_per_input_and_colours_the_completed_part(tmp_path, body_data, truth):
+    from PIL import Image
+
+    from dposer_cli.render.draw import GHOST_COLOR, HIGHLIGHT_COLOR, TRUTH_COLOR
+    from dposer_cli.render.scene import BODY_COLOR
+
+    test = body_data[HELD_OUT][:2].copy()
+    if not truth:  # the legs missing as NaN: no ground truth
+        test[:, list(mask_dims(Part.body, ["legs"]))] = np.nan
+    np.savez(tmp_path / "in.npz", body_pose=test)
+    req = svc.CompleteRequest(input=tmp_path / "in.npz", masks=("legs",) if truth else (), hypo=2, steps=10,
+                              out=tmp_path / "o", device="cpu", render=True, renderer="soft")
+    res = svc.run(req, prior=gaussian_prior(body_data[:7000]))
+    with Image.open(res.outputs["grid"]) as im:
+        img = np.asarray(im.convert("RGB"))
+    cell, cols = 224, 1 + 2 + int(truth)  # input, 2 hypotheses, [truth]
+    sheet = img[-2 * cell:]
+    assert img.shape[1] == cols * cell and img.shape[0] > 2 * cell + 40  # title and legend on top
+    for r in range(2):
+        row = [sheet[r * cell:(r + 1) * cell, c * cell:(c + 1) * cell] for c in range(cols)]
+        assert _colour_pixels(row[0], GHOST_COLOR, 0.02) > 200  # the missing legs, greyed
+        assert _colour_pixels(row[0], HIGHLIGHT_COLOR) == 0
+        for hyp in row[1:3]:
+            assert _colour_pixels(hyp, HIGHLIGHT_COLOR) > 200  # the completed legs
+            assert _colour_pixels(hyp, BODY_COLOR) > 200  # and the visible rest
+        if truth:
+            assert _colour_pixels(row[3], TRUTH_COLOR) > 200 and _colour_pixels(row[3], HIGHLIGHT_COLOR) == 0
