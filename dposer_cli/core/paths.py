@@ -81,8 +81,13 @@ def atomic_write(path: Path, mode: str = "wb") -> Iterator[IO]:
     """Write to a temp file in the same folder, then `os.replace` it into place.
 
     An interrupted write never leaves a partial file at `path`.
+
+    Raises:
+        InputError: `path` is an existing folder, or its folder cannot be written.
     """
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"cannot write {path}: a folder of that name is in the way")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
