@@ -150,3 +150,40 @@ def test_joints_of_unknown_layout_are_rejected(tmp_path, prior):
     with pytest.raises(InputError, match="17 joints per frame"):
         svc.run(svc.DenoiseRequest(input=tmp_path / "j.npz", out=tmp_path / "o", render=False, device="cpu"),
                 prior=prior)
+
+
+# ---------------------------------------------------------------------------------------------- comparison.mp4
+def _video(path) -> np.ndarray:
+    import imageio.v2 as imageio
+
+    with imageio.get_reader(str(path)) as reader:
+        return np.stack([frame for frame in reader])
+
+
+@pytest.mark.parametrize("occluded", [(), ("legs",)])
+def test_comparison_video_shares_one_camera_and_plots_the_error(tmp_path, prior, gestures, occluded):
+    from tests.render._figures import covered
+
+    pose = gestures[0][:6]
+    np.savez(tmp_path / "seq.npz", pose_body=pose)
+    res = svc.run(svc.DenoiseRequest(input=tmp_path / "seq.npz", out=tmp_path / "o", noise_std=0.04 if not occluded
+                                     else 0.0, occluded=occluded, temporal="joints", renderer="soft", device="cpu"),
+                  prior=prior)
+    frames = _video(res.outputs["comparison"])
+    w, h, plot = 224, 288, 120  # three panels (input = ground truth, observed joints, denoised) over a plot
+    assert frames.shape[0] == 6 and frames.shape[2] == 3 * w and frames.shape[1] >= h + plot
+    for frame in frames[[0, -1]]:
+        panels = [frame[:h, k * w:(k + 1) * w] for k in range(3)]
+        for p in panels:
+            inner = covered(p)
+            inner[:20] = False  # captions
+            assert inner.mean() > 0.02
+        # one camera and scale: the ground-truth body and the denoised body cover about the same pixels
+        a, b = covered(panels[0])[20:], covered(panels[2])[20:]
+        assert (a & b).sum() / (a | b).sum() > 0.6
+        if occluded:  # the hidden legs are not drawn: the observed skeleton ends above the knees
+            ys = np.nonzero(covered(panels[1])[20:])[0] + 20
+            assert ys.max() < np.nonzero(a)[0].max() + 20 - 0.25 * h
+    plots = frames[:, h:h + plot]
+    assert (np.abs(plots.astype(int) - (45, 110, 205)).sum(-1) < 60).sum(axis=(1, 2)).min() > 20  # denoised curve
+    assert not np.array_equal(plots[0], plots[-1])  # the cursor moves
