@@ -376,3 +376,37 @@ def test_fit_uses_a_given_prior_model_and_rejects_one_of_another_part(tmp_path):
     assert pulled < 0.05 < np.abs(free["body_pose"][0] - target).mean(), pulled
     with pytest.raises(InputError, match="a hand prior, but the fit is --part body"):
         fit(tmp_path, scene, name="bad", steps=1, prior="gmm", prior_model=_narrow_gmm(Part.hand, np.zeros(45)))
+
+
+# ---------------------------------------------------------------- pictures
+def test_fit_picture_shows_the_overlay_the_view_from_above_and_a_legend(tmp_path):
+    from PIL import Image
+
+    from dposer_cli.render.scene import PERSON_COLORS
+    from tests.render._figures import covered
+
+    scene = synthetic_scene(reference_poses()[[10, 200]], seed=4, width=640, height=360)  # 4.9 m and 4.5 m away
+    result, _ = fit(tmp_path, scene, steps=4, prior="l2", overlay=True, renderer="soft")
+    (entry,) = result.info["images"]
+    with Image.open(entry["overlay"]) as im:
+        assert im.size == (640, 360)
+    with Image.open(entry["views"]) as im:
+        views = np.asarray(im.convert("RGB"))
+    top_h = max(96, round(0.45 * 360))
+    assert views.shape[1] == 640 and views.shape[0] > 360 + top_h + 10  # photo, view from above, legend
+    assert result.outputs["views"] == [entry["views"]]
+    np.testing.assert_array_equal(views[:360], np.asarray(Image.open(entry["overlay"]).convert("RGB")))
+    top = views[360:360 + top_h]
+    depth = {}
+    for p in range(2):
+        want = np.asarray(PERSON_COLORS[p]) / sum(PERSON_COLORS[p])
+        x = top.astype(np.float64)
+        mask = (np.abs(x / np.maximum(x.sum(-1, keepdims=True), 1) - want).max(-1) < 0.04) & covered(top)
+        assert mask.sum() > 100, p  # each fitted person seen from above, in its colour
+        ys, _ = np.nonzero(mask)
+        depth[p] = ys.mean()
+    data = np.load(entry["npz"])
+    far, near = np.argsort(-data["joints"][:, 0, 2])
+    assert depth[far] < depth[near]  # farther up
+    legend = views[360 + top_h:]
+    assert (legend < 128).any()  # the legend text
