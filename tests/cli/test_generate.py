@@ -128,3 +128,22 @@ def test_official_em_1000_process_video_keeps_the_frame_budget(tmp_path, capsys,
     assert summary["nfe"] == 1000 and summary["steps"] == 1000
     frames = read_video(summary["outputs"]["process_video"])
     assert len(frames) == 120  # 90 recorded frames (89 of the 1000 steps + the result) and a 1 s hold at 30 fps
+
+
+def test_grid_count_in_the_json_and_grid_n_chooses_it(tmp_path, capsys):
+    ckpt = write_tiny_prior(tmp_path / "body.pt", Part.body)
+    base = ["generate", "--part", "body", "--checkpoint", str(ckpt), "--steps", "2", "--device", "cpu",
+            "--renderer", "soft", "--json"]
+    code, out, err = run(capsys, *base, "-n", "70", "--out", str(tmp_path / "a"))
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["grid_count"] == 64 and summary["n"] == 70 and "grid" in summary["outputs"]
+    code, out, err = run(capsys, *base, "-n", "5", "--grid", "2", "--out", str(tmp_path / "b"))
+    assert code == 0, err
+    assert json.loads(out)["grid_count"] == 2
+    code, out, err = run(capsys, *base[:-1], "-n", "5", "--grid", "2", "--out", str(tmp_path / "c"))
+    assert code == 0 and "first 2 of 5 poses" in " ".join(err.split())  # said in the log as well
+    code, out, err = run(capsys, *base, "-n", "3", "--grid", "0", "--out", str(tmp_path / "d"))
+    assert code == 0 and json.loads(out)["grid_count"] == 0 and "grid" not in json.loads(out)["outputs"]
+    code, _, err = run(capsys, *base, "--grid", "-1", "--out", str(tmp_path / "e"))
+    assert code == 2 and "--grid" in err

@@ -144,3 +144,49 @@ def test_bad_input_is_one_error_line(tmp_path, capsys, target, args, code, patte
 def test_help_documents_the_joint_orders(capsys):
     code, out, _ = run(capsys, "ik", "--help")
     assert code == 0 and "hand21" in out and "flame73" in out and "fingertip" in out
+
+
+def test_render_draws_targets_against_the_recovered_joints(tmp_path, capsys, assets):
+    from PIL import Image
+
+    from dposer_cli.render.draw import HIDDEN_TARGET_COLOR, TARGET_COLOR
+
+    code, out, err = run(capsys, *hand_args(assets, tmp_path, "--type", "sparse", "--render", "--renderer", "soft",
+                                            "--json"))
+    assert code == 0, err
+    summary = json.loads(out)
+    with Image.open(summary["outputs"]["picture"]) as im:
+        img = np.asarray(im.convert("RGB")).astype(int)
+    cell = 256
+    assert img.shape[1] == 4 * cell and img.shape[0] > 2 * cell  # 6 solves: 4 + 2 cells, under a legend
+    sheet = img[-2 * cell:]
+    for k in range(6):
+        c = sheet[(k // 4) * cell:(k // 4 + 1) * cell, (k % 4) * cell:(k % 4 + 1) * cell]
+        seen = (np.abs(c - TARGET_COLOR).sum(-1) < 40).sum()
+        hidden = (np.abs(c - HIDDEN_TARGET_COLOR).sum(-1) < 40).sum()
+        assert seen > 50 and hidden > 50, k  # sparse: 8 targets seen, 13 hidden (known: ground truth)
+    code, out, _ = run(capsys, *hand_args(assets, tmp_path / "plain", "--json"))
+    assert "picture" not in json.loads(out)["outputs"]  # only with --render
+
+
+def test_help_documents_render(capsys):
+    code, out, _ = run(capsys, "ik", "--help")
+    assert code == 0 and "--render" in out and "ik.png" in out
+
+
+def test_render_face_ik_marks_the_hidden_half(tmp_path, capsys, assets):
+    from PIL import Image
+
+    from dposer_cli.render.draw import HIDDEN_TARGET_COLOR, TARGET_COLOR
+
+    code, out, err = run(capsys, "ik", "--part", "face", "--targets", str(assets["root"] / "face_gt.npz"),
+                         "--type", "half_face", "--out", str(tmp_path / "f"), "--body-model",
+                         str(assets["root"] / "flame"), "--checkpoint", str(assets["face_prior"]),
+                         "--shape-checkpoint", str(assets["shape_prior"]), "--steps", "4", "--device", "cpu",
+                         "--render", "--renderer", "soft", "--json")
+    assert code == 0, err
+    with Image.open(json.loads(out)["outputs"]["picture"]) as im:
+        img = np.asarray(im.convert("RGB")).astype(int)
+    assert img.shape[1] == 4 * 256
+    assert (np.abs(img - TARGET_COLOR).sum(-1) < 40).sum() > 200
+    assert (np.abs(img - HIDDEN_TARGET_COLOR).sum(-1) < 40).sum() > 200
