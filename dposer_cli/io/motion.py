@@ -112,7 +112,7 @@ def read_motion(path: Path, *, fps: float | None = None) -> Motion:
         return Motion(body, orient, transl, joints, None if rate is None else rate / stride, fmt)
 
 
-def write_motion(path: Path, **arrays: np.ndarray) -> Path:
+def write_motion(path: Path | str, **arrays: np.ndarray | float | None) -> Path:
     """Write arrays (e.g. body_pose, global_orient, transl, joints, fps) to an npz atomically; returns the path."""
     path = Path(path)
     data = {k: np.asarray(v) for k, v in arrays.items() if v is not None}
