@@ -48,6 +48,7 @@ def reference_poses():
     return np.load(path)["poses"].astype(np.float64)
 
 
+@pytest.mark.slow
 def test_joints_equal_mannequin_x_on_8000_real_poses(reference_poses, mannequin64):
     mx = mannequin.Mannequin("wooden")
     worst = 0.0
@@ -59,6 +60,7 @@ def test_joints_equal_mannequin_x_on_8000_real_poses(reference_poses, mannequin6
     assert worst < TOL
 
 
+@pytest.mark.slow
 def test_vertices_equal_mannequin_x_on_8000_real_poses(reference_poses, mannequin32):
     # all poses on every 97th vertex (mannequin-x's NumPy skinning of the whole mesh takes ~20 ms a pose)
     mx = mannequin.Mannequin("wooden")

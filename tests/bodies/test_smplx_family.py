@@ -79,6 +79,7 @@ def test_smplx_leading_dims_defaults_and_joint_sets(smplx_body):
     assert not any(p.requires_grad for p in smplx_body.parameters())
 
 
+@pytest.mark.slow
 def test_smplx_pkl_without_chumpy_equals_npz(tmp_path):
     small = {"num_shape": 10, "num_expression": 10}  # v1.0-sized: keeps the protocol-2 pickle quick
     from_pkl = SMPLXBody(write_smplx(tmp_path / "pkl", fmt="pkl", **small))

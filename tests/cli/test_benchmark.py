@@ -116,6 +116,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_give_the_one_process_metrics(tmp_path, shared_data):
     poses = np.load(shared_data / "poses/body_reference_train.npz")["poses"][:7]
     (tmp_path / "amass").mkdir()

@@ -96,6 +96,7 @@ def previous_state(folder: Path, command: str, is_file: bool) -> None:
         {"format": _staging.MANIFEST_FORMAT, "version": "0", "runs": {command: ["stale.npz"]}}))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 @pytest.mark.parametrize("command", list(COMMANDS))
 def test_signal_at_a_random_point_leaves_the_previous_state(tmp_path, assets, command, sig):

@@ -153,6 +153,7 @@ def _em_reference(eps_fn, x, sde, steps, t_end, generator):
     return x_mean
 
 
+@pytest.mark.slow
 def test_em_1000_on_official_checkpoint_is_bit_identical(tmp_path, shared_data):
     """EM-1000 through DPoserPrior.sample (with and without a callback) equals the reference loop bit for bit."""
     from dposer_cli.core.parts import Part

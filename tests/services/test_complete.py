@@ -118,6 +118,7 @@ def test_completion_beats_mean_pose_and_best_of_ten_beats_one(tmp_path, body_dat
     assert res.info["nfe"] == 200 and res.info["metric_joints"][0] in PARTS[Part.body].joint_names
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not demo_checkpoint(Part.body).is_file(), reason="bundled demo prior not trained yet")
 def test_demo_prior_completion_beats_mean_pose(tmp_path, body_data, body):
     prior = DPoserPrior.load(Part.body, demo_checkpoint(Part.body))

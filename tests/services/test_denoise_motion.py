@@ -69,6 +69,7 @@ def test_denoising_40mm_noise_lowers_mpjpe_well_below_the_input(tmp_path, prior,
     assert out["body_pose"].shape == (FRAMES, 63) and float(out["fps"]) == 30.0
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not demo_checkpoint(Part.body).is_file(), reason="bundled demo prior not trained yet")
 def test_demo_prior_denoising(tmp_path, gestures):
     np.savez(tmp_path / "seq.npz", pose_body=gestures[0])

@@ -289,6 +289,7 @@ def test_temporal_needs_a_frame_folder(tmp_path):
 @pytest.mark.skipif(not (demo_checkpoint(Part.body).is_file() or official_checkpoint(Part.body).is_file()),
                     reason="no trained body prior (bundled demo dposer_cli/assets/demo/body.pt or downloaded "
                     "official weights); the prior comparison needs one")
+@pytest.mark.slow
 def test_dposer_prior_beats_no_prior_and_l2_prior(tmp_path):
     """The point of the prior: with noisy, incomplete keypoints the 3D pose is closer to the truth."""
     scene = synthetic_scene(reference_poses()[[100, 900, 2500, 4000]], seed=14, noise_px=5.0, drop=5)

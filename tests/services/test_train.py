@@ -61,6 +61,7 @@ def test_resume_matches_uninterrupted_run(tmp_path, hand_data):
         torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_interrupt_flushes_checkpoint_and_resume_continues(tmp_path, hand_data):
     script = (
         "import sys, signal, os\n"
@@ -91,6 +92,7 @@ def test_shards_are_disjoint_and_cover_the_epoch():
     assert not a & b and len(a) == len(b) == 51
 
 
+@pytest.mark.slow
 def test_ddp_two_gloo_processes_write_a_valid_checkpoint(tmp_path, hand_data):
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29731",
