@@ -165,8 +165,7 @@ def lbs(
     trans = transforms[..., :3, 3] - _matvec(rot, bind_joints)
     affine = torch.cat([rot, trans[..., None]], dim=-1).flatten(-2)  # (*batch, J, 12)
     blended = (weights @ affine).unflatten(-1, (3, 4))  # (*batch, V, 3, 4)
-    # elementwise, not `blended[..., :3] @ points[..., None]`: batched 3×3 @ 3×1 products are slow on CPU
-    return (blended[..., :3] * points[..., None, :]).sum(-1) + blended[..., 3]
+    return (blended[..., :3] @ points[..., None])[..., 0] + blended[..., 3]
 
 
 class SkinMatrix(NamedTuple):
