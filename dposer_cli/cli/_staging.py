@@ -44,6 +44,7 @@ _PARTIAL = re.compile(r"^\.(?P<name>.+)\.partial-(?P<pid>\d+)$")
 _deferring = 0
 _pending: list[int] = []
 received: list[int] = []  # signals that interrupted this process (cli.app.main picks the exit code)
+discarded: list[Path] = []  # final output paths whose staged run was discarded (cli.app.main says so)
 
 
 # ------------------------------------------------------------------------------------------------- signals
@@ -118,13 +119,14 @@ def run_staged(run: Callable[..., Result], req: Any, *, progress: Callable[[int,
     else:
         final = final_dir = validate.output_folder("--out", Path(getattr(req, name)))
     stage = Staging(final_dir, file_name=final.name if output_file is not None else None)
-    stage.open()
     try:
+        stage.open()
         staged_out = stage.path / final.name if output_file is not None else stage.path
         result = run(dataclasses.replace(req, **{name: staged_out}), progress=progress)
         with deferred_signals(swallow=True):
             stage.commit(command=result.command, inputs=_input_paths(req, name))
     except BaseException:
+        discarded.append(final)
         with deferred_signals(swallow=False):
             stage.discard()
         raise

@@ -66,6 +66,7 @@ def main(argv: list[str] | None = None) -> None:
     from dposer_cli.cli import _staging
 
     _staging.received.clear()
+    _staging.discarded.clear()
     restore = _staging.install_signal_handlers()
     try:
         _run(argv)
@@ -121,10 +122,10 @@ def _interrupted(console, command: str, as_json: bool) -> None:  # type: ignore[
 
     from dposer_cli.cli import _staging
 
+    note = f"; nothing was written to {_staging.discarded[-1]}" if _staging.discarded else ""
     if _staging.received and _staging.received[-1] == signal.SIGTERM:
-        _fail(console, command, "terminated (SIGTERM); no outputs were written", None, int(ExitCode.TERMINATED),
-              as_json)
-    _fail(console, command, "interrupted; no outputs were written", None, int(ExitCode.INTERRUPTED), as_json)
+        _fail(console, command, f"terminated (SIGTERM){note}", None, int(ExitCode.TERMINATED), as_json)
+    _fail(console, command, f"interrupted{note}", None, int(ExitCode.INTERRUPTED), as_json)
 
 
 def _out_of_memory(exc: BaseException) -> bool:
