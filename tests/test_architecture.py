@@ -1,7 +1,10 @@
-"""Architecture guards: `dposer --help` stays torch-free; the CLI entry points exist."""
+"""Architecture guards: import contracts hold; `dposer --help` stays torch-free; the CLI entry points exist."""
 
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 
 def test_importing_the_cli_does_not_import_torch():
@@ -21,3 +24,13 @@ def test_unknown_command_is_usage_error():
     out = subprocess.run([sys.executable, "-m", "dposer_cli", "frobnicate"], capture_output=True, text=True)
     assert out.returncode == 2
     assert "Traceback" not in out.stderr
+
+
+def test_import_contracts_hold():
+    """Layers, no cycles inside a package, typer/rich only in cli (pyproject's import-linter contracts)."""
+    exe = Path(sys.executable).with_name("lint-imports")
+    if not exe.exists():
+        pytest.skip("import-linter is not installed (pip install -e '.[dev]')")
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([str(exe)], capture_output=True, text=True, cwd=root)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-1000:]
