@@ -51,10 +51,10 @@ def run(capsys, *args):
     return exc.value.code, out.out, out.err
 
 
-def assert_refused(code, err, marker: Path, out: Path, *, exit_code: int = 4, why: str = "could run code"):
+def assert_refused(code, err, marker: Path, out: Path, *, exit_code: int = 4, why: tuple[str, ...] = ("could run code",)):
     assert not marker.exists(), "the payload ran"
     assert code == exit_code, err
-    assert why in err and "Traceback" not in err
+    assert any(w in err for w in why) and "Traceback" not in err, err
     assert sum(line.startswith("error:") for line in err.splitlines()) == 1, err
     assert not out.exists() and not list(out.parent.glob(f".{out.name}.partial-*")), "outputs were left behind"
 
@@ -249,7 +249,9 @@ def test_pickled_objects_in_user_data_never_run(capsys, tmp_path, root, marker, 
     a = args(root)
     out = tmp_path / "o" / "report.json" if a[0] == "benchmark" else tmp_path / "o"
     code, _, err = run(capsys, *a, "-q", "--out", out, "--device", "cpu")
-    assert_refused(code, err, marker, out, exit_code=1, why="pickled")
+    # io/poses says "holds pickled Python objects"; the ik-targets and --init readers pass on NumPy's
+    # "Object arrays cannot be loaded when allow_pickle=False"
+    assert_refused(code, err, marker, out, exit_code=1, why=("pickled", "allow_pickle=False"))
 
 
 # ------------------------------------------------------------------------ every loader, called directly
