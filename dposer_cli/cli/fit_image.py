@@ -9,6 +9,7 @@ from dposer_cli.cli._options import (
     BodyModelOpt,
     CheckpointOpt,
     DeviceOpt,
+    ExportOpt,
     JsonOpt,
     NormalizerOpt,
     OutOpt,
@@ -21,11 +22,17 @@ from dposer_cli.core.parts import Part
 
 
 def command(
-    images: Annotated[list[Path], typer.Argument(help="Images, or folders of video frames (sorted by name).",
+    images: Annotated[list[Path], typer.Argument(help="Images, folders of video frames (sorted by name) or "
+                                                      "videos (.mp4, .mov, .avi, .mkv, .webm).",
                                                  show_default=False)],
     keypoints: Annotated[list[Path] | None, typer.Option(
-        "--keypoints", "-k", help="Keypoint JSON per image (repeat), or a keypoint folder per frame folder. "
-        "Default: <stem>.json beside the image, or in predictions/ next to images/.")] = None,
+        "--keypoints", "-k", help="Keypoint JSON per image (repeat), or a keypoint folder per frame folder or video "
+        "(one JSON per frame). Default: <stem>.json beside the image, or in predictions/ next to images/; "
+        "none found: detected with MediaPipe (the detect extra; one person, the most prominent).")] = None,
+    save_keypoints: Annotated[Path | None, typer.Option(
+        "--save-keypoints", help="Where detected keypoints go, as COCO-WholeBody JSON (reusable with --keypoints): "
+        "a .json file for one image, else a folder. Default: DIR/<stem>.keypoints.json, videos "
+        "DIR/keypoints/.")] = None,
     part: PartOpt = Part.body,
     out: OutOpt = Path("dposer_fits"),
     keypoint_format: Annotated[str, typer.Option(
@@ -40,7 +47,15 @@ def command(
     prior: Annotated[str, typer.Option(help="Pose prior: dposer (diffusion prior), l2 (‖θ‖²) or none.")] = "dposer",
     temporal: Annotated[bool, typer.Option("--temporal", help="Frame folders: a last joint pass with a "
                                                               "joint-acceleration term against jitter.")] = False,
-    no_overlay: Annotated[bool, typer.Option("--no-overlay", help="Skip the <stem>_overlay.png pictures.")] = False,
+    no_overlay: Annotated[bool, typer.Option("--no-overlay", help="Skip the <stem>_overlay.png pictures "
+                                                                  "(videos: overlay.mp4).")] = False,
+    no_motion_prior: Annotated[bool, typer.Option(
+        "--no-motion-prior", help="Videos: skip the motion prior pass (denoise-motion on the per-frame fits, "
+        "one body shape) that removes jitter.")] = False,
+    max_frames: Annotated[int | None, typer.Option(
+        "--max-frames", min=1, help="Videos: fit the first N frames. Default: all, refused above 600 (one "
+        "batch).")] = None,
+    export: ExportOpt = None,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
     checkpoint: CheckpointOpt = None,
@@ -52,7 +67,12 @@ def command(
 ) -> None:
     """Fit body, hand or whole-body parameters to 2D keypoints; write DIR/<stem>.npz and DIR/<stem>_overlay.png.
 
+    Videos (files or frame folders) share one body shape and get a motion prior pass; they write DIR/motion.npz
+    (AMASS-style), DIR/overlay.mp4 and the jitter before and after.
+
     Example: dposer fit-image photo.jpg --keypoints photo.json --out fits/
+
+    Example: dposer fit-image clip.mp4 --export bvh --out clip_fit/
     """
     from dposer_cli.cli._console import emit, progress, run_staged
     from dposer_cli.services import fit_image as svc
@@ -61,7 +81,8 @@ def command(
         images=tuple(images), out=out, part=part, keypoints=tuple(keypoints or ()), keypoint_format=keypoint_format,
         person=person, init=tuple(init or ()), focal=focal, steps=steps, prior=prior, body_model=body_model,
         checkpoint=checkpoint, normalizer=normalizer, renderer=renderer, device=device, seed=seed,
-        temporal=temporal, overlay=not no_overlay,
+        temporal=temporal, overlay=not no_overlay, save_keypoints=save_keypoints, export=tuple(export or ()),
+        motion_prior=not no_motion_prior, max_frames=max_frames,
     )
     with progress("fitting", enabled=not (quiet or json_out)) as cb:
         result = run_staged(svc.run, req, progress=cb)
