@@ -4,7 +4,7 @@
     val_idx, train_idx = split(len(x), tc)
     normalizer = make_normalizer(Part.hand, x[train_idx])
     cfg, net = build_model(Part.hand, hidden_dim=256, embed_dim=64, seed=tc.seed)
-    done = train(net, cfg, tc, TrainData(x, avail, train_idx, val_idx), normalizer, save=keep)
+    done = train(net, cfg, tc, TrainData(x, avail, train_idx, val_idx), normalizer, save=write_checkpoint)
     done.state.ema.weights(done.state.net)                                   # the weights to export
 
 The loop: RAdam with a cosine schedule and linear warm-up (spec §10.2), gradient clipping, an EMA of the
@@ -63,9 +63,10 @@ VAL_SEED = 12345  # the validation noise: fixed, so validation losses are compar
 SLOT_OF_PART: Mapping[Part, tuple[int, ...]] = {Part.body: (0,), Part.hand: (2, 1), Part.face: (3,)}
 # TrainConfig / NetConfig field → command-line flag, for messages
 FLAGS: Mapping[str, str] = {
-    "steps": "--steps", "batch_size": "--batch-size", "lr": "--lr", "warmup": "--warmup", "ema_rate": "--ema-rate",
-    "seed": "--seed", "t_weighting": "--t-weighting", "hidden_dim": "--hidden-dim", "embed_dim": "--embed-dim",
-    "dropout": "--dropout", "scale_by_sigma": "--sigma-scaling", "gaussian_skip": "--gaussian-skip"}
+    "steps": "--steps", "batch_size": "--batch-size", "lr": "--lr", "warmup": "--warmup",
+    "ema_rate": "--ema-rate", "seed": "--seed", "t_weighting": "--t-weighting", "hidden_dim": "--hidden-dim",
+    "embed_dim": "--embed-dim", "dropout": "--dropout", "scale_by_sigma": "--sigma-scaling",
+    "gaussian_skip": "--gaussian-skip"}
 CADENCE = ("ckpt_every", "val_every")  # how often last is saved / validation runs: never changes weights
 
 SaveKind = Literal["last", "best"]
@@ -177,8 +178,8 @@ def fingerprint(x: Float[Tensor, "B D"], avail: Float[Tensor, "B 4"] | None = No
 PART_NETS = (("body", "body_model"), ("hand", "hand_model"), ("face", "face_model"))
 
 
-def build_model(part: Part, *, hidden_dim: int | None = None, embed_dim: int | None = None, dropout: float = 0.1,
-                scale_by_sigma: bool = True, gaussian_skip: bool = False,
+def build_model(part: Part, *, hidden_dim: int | None = None, embed_dim: int | None = None,
+                dropout: float = 0.1, scale_by_sigma: bool = True, gaussian_skip: bool = False,
                 part_priors: Mapping[str, Checkpoint] | None = None, seed: int = 0,
                 device: torch.device | str = "cpu") -> tuple[PriorConfig, nn.Module]:
     """The score network to train and its config; seeds torch's global RNG with `seed` first (the weight
@@ -373,25 +374,24 @@ class TrainState:
     opt: torch.optim.Optimizer
     gen: torch.Generator  # time, noise and whole-body masks of this rank
     device: torch.device
+    t_bins: Tensor  # (50,) running mean DSM loss per time bin (t_weighting="adaptive")
+    loss_sum: Tensor  # () training loss summed since the last validation (on device: no host sync)
+    loss_count: int = 0
     rank: int = 0
     step: int = 0
     best: float = float("inf")  # best validation loss so far
-    t_bins: Tensor | None = None  # running mean DSM loss per time bin (t_weighting="adaptive")
-    loss_sum: Tensor | None = None  # training loss summed since the last validation (on device: no host sync)
-    loss_count: int = 0
 
     def resumable(self) -> dict[str, Any]:
         """Optimiser, EMA, RNG and loss-tracking state (the checkpoint's `extra` keys for resuming)."""
         rngs: dict[str, Tensor] = {"gen": self.gen.get_state(), "torch": torch.get_rng_state()}
         if self.device.type == "cuda":
             rngs["cuda"] = torch.cuda.get_rng_state(self.device)
-        assert self.t_bins is not None and self.loss_sum is not None
-        return dict(optimizer=self.opt.state_dict(), ema_state=self.ema.state_dict(), rng={str(self.rank): rngs},
-                    t_bins=self.t_bins.cpu(), loss_sum=self.loss_sum.cpu(), loss_count=self.loss_count)
+        return dict(optimizer=self.opt.state_dict(), ema_state=self.ema.state_dict(),
+                    rng={str(self.rank): rngs}, t_bins=self.t_bins.cpu(), loss_sum=self.loss_sum.cpu(),
+                    loss_count=self.loss_count)
 
     def restore(self, ck: Checkpoint) -> None:
         """Continue from a checkpoint written with `resumable()` (and the model weights)."""
-        assert self.t_bins is not None and self.loss_sum is not None
         self.net.load_state_dict(ck.model)
         ema_state = ck.extra.get("ema_state")
         if ema_state:
@@ -426,9 +426,10 @@ class TrainOutcome:
 
 
 def train(net: nn.Module, cfg: PriorConfig, tc: TrainConfig, data: TrainData, normalizer: Normalizer, *,
-          save: Callable[[TrainState, SaveKind], None], record: Callable[[dict[str, float]], None] | None = None,
-          resume: Checkpoint | None = None, stop_after: int | None = None, stop: StopFlag | None = None,
-          progress: Progress | None = None, heartbeat_s: float | None = None, rank: int = 0, world: int = 1,
+          save: Callable[[TrainState, SaveKind], None],
+          record: Callable[[dict[str, float]], None] | None = None, resume: Checkpoint | None = None,
+          stop_after: int | None = None, stop: StopFlag | None = None, progress: Progress | None = None,
+          heartbeat_s: float | None = None, rank: int = 0, world: int = 1,
           device: torch.device | None = None) -> TrainOutcome:
     """Train `net` (from `build_model`) for `tc.steps` steps, or `stop_after` more, or until `stop` is set.
 
@@ -462,7 +463,6 @@ def train(net: nn.Module, cfg: PriorConfig, tc: TrainConfig, data: TrainData, no
                        gen=torch.Generator(device=device).manual_seed(tc.seed + 7919 * rank),
                        t_bins=torch.ones(50, device=device), loss_sum=torch.zeros((), device=device))
     t_bins, loss_sum = state.t_bins, state.loss_sum
-    assert t_bins is not None and loss_sum is not None
     warmup = effective_warmup(tc)
     reasons: list[str] = []
     if warmup != tc.warmup:
@@ -476,13 +476,17 @@ def train(net: nn.Module, cfg: PriorConfig, tc: TrainConfig, data: TrainData, no
 
     model = net
     if world > 1:
-        model = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+        ids = [device.index] if device.type == "cuda" else None
+        model = nn.parallel.DistributedDataParallel(net, device_ids=ids)
 
-    def eps_fn(x: Tensor, t: Tensor, mask: Tensor | None = None, weights: dict[str, Tensor] | None = None) -> Tensor:
+    def eps_fn(x: Tensor, t: Tensor, mask: Tensor | None = None,
+               weights: dict[str, Tensor] | None = None) -> Tensor:
         args = (x, sde.label(t), mask) if cfg.net.kind == "wholebody" else (x, sde.label(t))
+        if weights is None:
+            return model(*args)
         # other weights (EMA) go in functionally: the module's own weights are never swapped out; tied
         # modules (the whole-body net registers its output layer twice) get the same EMA copy under both names
-        return model(*args) if weights is None else torch.func.functional_call(net, weights, args, tie_weights=False)
+        return torch.func.functional_call(net, weights, args, tie_weights=False)
 
     per_rank_batch = max(1, tc.batch_size // world)
     train_n = len(train_idx)
@@ -597,7 +601,8 @@ def train(net: nn.Module, cfg: PriorConfig, tc: TrainConfig, data: TrainData, no
 
 # ------------------------------------------------------------------------------------------------ health
 def check_samples(prior: DPoserPrior, part: Part, held_out: Float[Tensor, "_ D"], train_x: Float[Tensor, "_ D"],
-                  n: int, *, seed: int = 0, device: torch.device | str = "cpu") -> tuple[dict[str, float], list[str]]:
+                  n: int, *, seed: int = 0,
+                  device: torch.device | str = "cpu") -> tuple[dict[str, float], list[str]]:
     """Sample a trained prior: held-out FID (raw vectors, spec §8.1) and joint angles against the data.
 
     Returns:
