@@ -385,17 +385,31 @@ def label(
     region[...] = (region * (1 - a) + np.asarray(color) * a + 0.5).astype(np.uint8)
 
 
+def _wrap(text: str, px: int, width: int) -> list[str]:
+    """`text` broken at spaces into lines no wider than `width` pixels (a long word stays whole)."""
+    lines: list[str] = []
+    for word in str(text).split(" "):
+        if lines and text_width(f"{lines[-1]} {word}", px) <= width:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    return lines or [""]
+
+
 def titled(
     image: np.ndarray, title: str, *, note: str | None = None, px: int | None = None
 ) -> UInt8[np.ndarray, "H2 W 3"]:
-    """`image` under a white band holding `title` (and a grey `note` line under it)."""
+    """`image` under a white band holding `title` (and a grey `note` under it), wrapped to the width."""
     img = _rgb(image)
     px = px or max(12, min(22, img.shape[1] // 48))
-    lines = [(title, TEXT_COLOR)] + ([(note, MUTED_TEXT)] if note else [])
+    small = max(10, px - 2)
+    room = img.shape[1] - px
+    lines = [(t, TEXT_COLOR, px) for t in _wrap(title, px, room)]
+    lines += [(t, MUTED_TEXT, small) for t in _wrap(note, small, room)] if note else []
     line_h = round(px * 1.35)
     band = np.full((line_h * len(lines) + px // 2, img.shape[1], 3), 255, np.uint8)
-    for i, (text, color) in enumerate(lines):
-        label(band, str(text), px // 2, px // 4 + i * line_h, px if i == 0 else max(10, px - 2), color)
+    for i, (text, color, size) in enumerate(lines):
+        label(band, text, px // 2, px // 4 + i * line_h, size, color)
     band[-1] = 215
     return np.concatenate([band, img], axis=0)
 

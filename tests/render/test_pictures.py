@@ -192,3 +192,11 @@ def test_ring_keypoints_and_segments():
     assert (seg[5, 20] == 0).all() and (seg[30:, :] == 200).all()
     with pytest.raises(InputError, match="marker"):
         draw.draw_keypoints(img, np.zeros((1, 3)), marker="star")
+
+
+def test_long_titles_wrap_to_the_width():
+    one = draw.titled(np.zeros((10, 300, 3), np.uint8), "short")
+    long = draw.titled(np.zeros((10, 300, 3), np.uint8), "short", note="a note " * 20)
+    assert long.shape[0] > one.shape[0] + 3 * 14  # the note took several lines
+    text = long[: long.shape[0] - 10] < 200
+    assert not text[:, -5:].any()  # nothing runs off the right edge
