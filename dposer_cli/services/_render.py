@@ -41,8 +41,8 @@ GRID_MAX = 64  # default number of poses drawn in a picture (the first ones)
 GRID_DEFAULT = {Part.wholebody: 16}  # parts whose pictures are bigger per pose
 # which body model pictures each part (load_body kind)
 _BODY_KIND = {Part.body: "body", Part.wholebody: "body", Part.hand: "hand", Part.face: "face", Part.face_shape: "face"}
-# camera per part for single-view pictures: hands are turned upright (`pose_items`), show their back
-_VIEW = {Part.hand: "back"}
+# camera per part for single-view pictures (default front)
+_VIEW: dict[Part, str] = {}  # e.g. {Part.hand: "back"}; hands are upright with the palm to the front camera
 _FINGERS = ("thumb", "index", "middle", "ring", "pinky")
 _PERTURB = 0.3  # rad added to hidden entries to find the vertices they move (`moved_vertices`)
 _MOVED_M = 0.004  # a vertex that moves more than this belongs to the hidden part
@@ -55,7 +55,7 @@ def grid_count(part: Part, n: int, grid: int | None = None) -> int:
 
 
 def view_for(part: Part) -> str:
-    """The camera of single-view pictures of `part`'s `pose_items` (hands: the back of the upright hand)."""
+    """The camera of single-view pictures of `part`'s `pose_items` (hands: the palm of the upright hand)."""
     return _VIEW.get(Part(part), "front")
 
 
