@@ -11,11 +11,13 @@ clean temporary copy of the validated arrays (SMPL-X, FLAME) or the arrays thems
 """
 
 import contextlib
+import copy
 import logging
 import math
 import sys
 import tempfile
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar, NoReturn
 
@@ -159,19 +161,70 @@ def _build(factory: Any, **kwargs: Any) -> nn.Module:
     return module
 
 
+def joint_vertices(model: nn.Module, extra: Sequence[int] = ()) -> Tensor:
+    """Sorted ids of the vertices smplx's forward reads to make joints: the vertex joints, every vertex of a
+    landmark face (static, and the whole dynamic contour table), and `extra`."""
+    faces = model.faces_tensor
+    ids = [model.vertex_joint_selector.extra_joints_idxs.cpu(), torch.as_tensor(extra, dtype=torch.long)]
+    for name in ("lmk_faces_idx", "dynamic_lmk_faces_idx"):
+        idx = getattr(model, name, None)
+        if idx is not None:
+            ids.append(faces[idx.reshape(-1)].reshape(-1).cpu())
+    return torch.unique(torch.cat(ids))
+
+
+def joints_twin(model: nn.Module, keep: Tensor) -> tuple[nn.Module, Tensor]:
+    """A copy of smplx `model` that makes the same joints from a cut mesh, and the vertex map old → new.
+
+    The copy keeps the vertices `keep` (those joints read, see `joint_vertices`) and appends one
+    pseudo-vertex per joint whose rest position and shape directions are the joint regressor applied to the
+    whole mesh (done once here, in float64); its regressor picks those pseudo-vertices. smplx's own forward
+    (pose blend shapes, dynamic contour, vertex joints) then skins a few hundred vertices instead of the
+    whole mesh, and its joints equal the full model's to float rounding. Its vertices are the kept ones.
+    """
+    big = ("v_template", "shapedirs", "expr_dirs", "posedirs", "J_regressor", "lbs_weights", "faces_tensor")
+    memo = {id(getattr(model, n)): torch.empty(0) for n in big if getattr(model, n, None) is not None}
+    twin = copy.deepcopy(model, memo)  # the large arrays are replaced below, not copied
+    reg = model.J_regressor.double()
+    nj, nv, n = reg.shape[0], reg.shape[1], len(keep)
+    dtype = model.v_template.dtype
+    twin.v_template = torch.cat([model.v_template[keep], (reg @ model.v_template.double()).to(dtype)])
+    for name in ("shapedirs", "expr_dirs"):
+        dirs = getattr(model, name, None)
+        if dirs is not None:
+            regressed = torch.einsum("jv,vcl->jcl", reg, dirs.double()).to(dirs.dtype)
+            setattr(twin, name, torch.cat([dirs[keep], regressed]))
+    posedirs = model.posedirs.reshape(model.posedirs.shape[0], nv, 3)[:, keep]
+    twin.posedirs = torch.cat([posedirs, posedirs.new_zeros(posedirs.shape[0], nj, 3)], 1).flatten(1)
+    twin.J_regressor = torch.cat([reg.new_zeros(nj, n), torch.eye(nj, dtype=reg.dtype)], 1).to(dtype)
+    twin.lbs_weights = torch.cat([model.lbs_weights[keep], torch.eye(nj, dtype=model.lbs_weights.dtype)])
+    remap = torch.zeros(nv, dtype=torch.long)
+    remap[keep] = torch.arange(n)
+    twin.faces_tensor = remap[model.faces_tensor]  # faces outside `keep` are never read
+    twin.vertex_joint_selector.extra_joints_idxs = remap[model.vertex_joint_selector.extra_joints_idxs]
+    return twin, remap
+
+
 class _SmplxAdapter(nn.Module):
-    """Shared call path: validate, broadcast, flatten, call smplx, reshape back."""
+    """Shared call path: validate, broadcast, flatten, call smplx, reshape back.
+
+    Joints-only calls (`return_vertices=False`) go to `twin` (see `joints_twin`), which skins only the
+    vertices that joints are made of.
+    """
 
     kind = ""
     _dims: ClassVar[dict[str, int]] = {}
     _coeffs: ClassVar[dict[str, str]] = {}  # parameter -> attribute holding its size
 
-    def __init__(self, model: nn.Module, path: Path) -> None:
+    def __init__(self, model: nn.Module, path: Path, extra_vertices: Sequence[int] = ()) -> None:
         super().__init__()
         self.model = model
         self.path = Path(path)
         self.num_betas = int(model.num_betas)
         self.num_expression = int(getattr(model, "num_expression_coeffs", 0) or 0)
+        self.twin, remap = joints_twin(model, joint_vertices(model, extra_vertices))
+        extra = remap[torch.as_tensor(extra_vertices, dtype=torch.long)]
+        self.register_buffer("twin_extra", extra, persistent=False)
 
     @property
     def faces(self) -> Tensor:
@@ -189,7 +242,7 @@ class _SmplxAdapter(nn.Module):
     def joint_sets(self) -> tuple[str, ...]:
         return tuple(self._sets)
 
-    def _call(self, params: dict[str, Tensor]) -> tuple[tuple[int, ...], Any]:
+    def _call(self, params: dict[str, Tensor], vertices: bool) -> tuple[tuple[int, ...], Any]:
         dtype, device = self.model.v_template.dtype, self.model.v_template.device
         coeffs = {k: getattr(self, attr) for k, attr in self._coeffs.items()}
         batch, p = gather_params(
@@ -198,7 +251,7 @@ class _SmplxAdapter(nn.Module):
         n = math.prod(batch)
         sizes = {**self._dims, **coeffs}
         flat = {k: expand_param(p.get(k), batch, d, dtype, device).reshape(n, d) for k, d in sizes.items()}
-        return batch, self.model(**flat, return_verts=True)
+        return batch, (self.model if vertices else self.twin)(**flat, return_verts=True)
 
 
 class SMPLXBody(_SmplxAdapter):
@@ -247,7 +300,7 @@ class SMPLXBody(_SmplxAdapter):
 
     def forward(self, *, return_vertices: bool = True, **params: Tensor) -> BodyOutput:
         """Pose SMPL-X; missing parameters are zeros."""
-        batch, out = self._call(params)
+        batch, out = self._call(params, return_vertices)
         return BodyOutput(
             joints=out.joints.reshape(*batch, -1, 3),
             vertices=out.vertices.reshape(*batch, -1, 3) if return_vertices else None,
@@ -277,7 +330,7 @@ class MANOBody(_SmplxAdapter):
         if side == "left" and MANO_LEFT_SHAPEDIRS_FIX:
             with torch.no_grad():
                 model.shapedirs[:, 0, :] *= -1
-        super().__init__(model, path)
+        super().__init__(model, path, extra_vertices=MANO_TIP_VERTICES)
         self.side = side
         self.register_buffer("tip_ids", torch.tensor(MANO_TIP_VERTICES), persistent=False)
         self.joint_names = ("wrist", *HAND_JOINTS, "thumb", "index", "middle", "ring", "pinky")
@@ -287,8 +340,9 @@ class MANOBody(_SmplxAdapter):
 
     def forward(self, *, return_vertices: bool = True, **params: Tensor) -> BodyOutput:
         """Pose MANO; missing parameters are zeros (zero hand_pose = the mean hand)."""
-        batch, out = self._call(params)
-        joints = torch.cat([out.joints, out.vertices[:, self.tip_ids]], dim=1)
+        batch, out = self._call(params, return_vertices)
+        tips = self.tip_ids if return_vertices else self.twin_extra
+        joints = torch.cat([out.joints, out.vertices[:, tips]], dim=1)
         return BodyOutput(
             joints=joints.reshape(*batch, -1, 3),
             vertices=out.vertices.reshape(*batch, -1, 3) if return_vertices else None,
@@ -351,7 +405,7 @@ class FLAMEBody(_SmplxAdapter):
 
     def forward(self, *, return_vertices: bool = True, **params: Tensor) -> BodyOutput:
         """Pose FLAME; missing parameters are zeros."""
-        batch, out = self._call(params)
+        batch, out = self._call(params, return_vertices)
         return BodyOutput(
             joints=out.joints.reshape(*batch, -1, 3),
             vertices=out.vertices.reshape(*batch, -1, 3) if return_vertices else None,

@@ -196,3 +196,56 @@ def test_missing_smplx_package_is_unavailable(tmp_path, monkeypatch):
     with pytest.raises(UnavailableError) as err:
         MANOBody(path)
     assert "pip install dposer[smplx]" in err.value.hint
+
+
+def _joints_only_matches(body, params):
+    q = {k: v.clone().requires_grad_(True) for k, v in params.items()}
+    full, fast = body(**q).joints, body(**q, return_vertices=False)
+    assert fast.vertices is None and fast.joints.shape == full.shape
+    torch.testing.assert_close(fast.joints, full, atol=2e-6, rtol=0)
+    w = torch.randn(full.shape, generator=torch.Generator().manual_seed(0))
+    for a, b in zip(
+        torch.autograd.grad((full * w).sum(), list(q.values())),
+        torch.autograd.grad((fast.joints * w).sum(), list(q.values())),
+        strict=True,
+    ):
+        torch.testing.assert_close(b, a, atol=1e-5 * float(a.abs().max()) + 1e-6, rtol=0)
+
+
+def test_joints_only_smplx_equals_the_full_mesh_path_including_the_face_contour(smplx_body):
+    # joints-only calls skin just the vertices joints are made of (vertex joints, landmark faces)
+    assert smplx_body.twin.v_template.shape[0] < smplx_body.model.v_template.shape[0]
+    n = 8
+    params = {
+        "global_orient": _random((n, 3), 1.0, seed=21),  # head turns: different contour faces
+        "body_pose": _random((n, 63), 0.6, seed=22),
+        "jaw_pose": _random((n, 3), seed=23),
+        "right_hand_pose": _random((n, 45), seed=24),
+        "betas": _random((n, 10), 1.0, seed=25),
+        "expression": _random((n, 100), 1.0, seed=26),
+        "transl": _random((n, 3), seed=27),
+    }
+    _joints_only_matches(smplx_body, params)
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_joints_only_mano_equals_the_full_mesh_path(body_models_root, side):
+    body = MANOBody(body_models_root / "mano" / f"MANO_{side.upper()}.pkl", side=side)
+    params = {
+        "global_orient": _random((5, 3), seed=31),
+        "hand_pose": _random((5, 45), seed=32),
+        "betas": _random((5, 10), 1.0, seed=33),
+    }
+    _joints_only_matches(body, params)
+
+
+def test_joints_only_flame_equals_the_full_mesh_path(body_models_root):
+    body = FLAMEBody(body_models_root / "flame" / "FLAME_NEUTRAL.pkl")
+    params = {
+        "global_orient": _random((5, 3), seed=41),
+        "neck_pose": _random((5, 3), 0.6, seed=42),
+        "jaw_pose": _random((5, 3), seed=43),
+        "betas": _random((5, 100), 1.0, seed=44),
+        "expression": _random((5, 100), 1.0, seed=45),
+    }
+    _joints_only_matches(body, params)
