@@ -4,7 +4,7 @@
 frame, palm and back, centred at one scale; whole bodies with close-ups of both hands and of the face
 (FLAME) or a jaw/expression chart; faces without FLAME as charts that say meshes need FLAME.
 `completion_sheet` draws `complete`: one row per input, the missing part greyed, the completed part
-highlighted, the ground truth last.
+highlighted, the ground truth last. `ik_sheet` draws `ik`: targets (seen / hidden) against the recovered joints.
 """
 
 import logging
@@ -41,8 +41,8 @@ GRID_MAX = 64  # default number of poses drawn in a picture (the first ones)
 GRID_DEFAULT = {Part.wholebody: 16}  # parts whose pictures are bigger per pose
 # which body model pictures each part (load_body kind)
 _BODY_KIND = {Part.body: "body", Part.wholebody: "body", Part.hand: "hand", Part.face: "face", Part.face_shape: "face"}
-# camera per part for single-view pictures (default front)
-_VIEW: dict[Part, str] = {}  # e.g. {Part.hand: "back"}; hands are upright with the palm to the front camera
+# camera per part for single-view pictures other than "front" (none: hands are turned palm to the camera)
+_VIEW: dict[Part, str] = {}
 _FINGERS = ("thumb", "index", "middle", "ring", "pinky")
 _PERTURB = 0.3  # rad added to hidden entries to find the vertices they move (`moved_vertices`)
 _MOVED_M = 0.004  # a vertex that moves more than this belongs to the hidden part

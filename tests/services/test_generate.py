@@ -152,3 +152,17 @@ def test_face_with_flame_draws_meshes(tmp_path):
     for c in range(2):
         assert covered(body[:, c * 256:(c + 1) * 256]).mean() > 0.05
     assert (np.abs(body.astype(int) - (70, 110, 190)).sum(-1) < 30).sum() == 0  # meshes, not charts
+
+
+def test_wholebody_grid_with_smplx_and_flame_shows_a_face_mesh(tmp_path):
+    from tests._fixtures.body_models import write_body_models_tree
+
+    root = write_body_models_tree(tmp_path / "models")
+    res = svc.run(request(tmp_path, Part.wholebody, n=2, render=True, body_model=root))
+    img = grid_image(res)
+    block = img[title_height(img):]
+    face = block[2 * 128:3 * 128, 192:192 + 160]
+    inner = covered(face)
+    inner[:16] = False
+    assert inner.mean() > 0.05  # the FLAME face at the sample's jaw pose and expression
+    assert (np.abs(face.astype(int) - (70, 110, 190)).sum(-1) < 30).sum() == 0  # not a chart
