@@ -13,6 +13,7 @@ from tests._fixtures.priors import write_tiny_prior
 from tests.evaluation._helpers import req
 
 
+@pytest.mark.slow
 def test_generation_fid_equals_direct_scipy_computation(tmp_path, shared_data):
     ckpt = write_tiny_prior(tmp_path / "body.pt", Part.body)
     stats = shared_data / "official/data/body_data/version1/statistics.npz"
@@ -69,6 +70,7 @@ def test_generation_with_gmm_baseline_and_errors(tmp_path, shared_data):
         evaluation.run(req(tmp_path, "generation", prior="l2", n=4))
 
 
+@pytest.mark.slow
 def test_vposer_baseline_generates_from_the_users_weights(tmp_path, shared_data, body_tree):
     """`--prior vposer --checkpoint V02_05/`: samples are the decoder's (same seeds → same poses) and rows are
     labelled VPoser; on SMPL-X the APD sits next to Table 1's VPoser value."""

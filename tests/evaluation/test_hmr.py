@@ -24,6 +24,7 @@ from tests.io.test_datasets import (
 EHF_ROT = (-2.98747896, 0.01172457, -0.05704687)
 
 
+@pytest.mark.slow
 def test_ehf_pa_mpjpe_equals_numpy_on_the_fitted_meshes(tmp_path, shared_data, body_tree):
     from dposer_cli.bodies import load_body
     from dposer_cli.services import fit_image
