@@ -153,8 +153,9 @@ def resolve_frames(images: Sequence[Path], keypoints: Sequence[Path], *, missing
         if not img.exists():
             raise InputError(f"image not found: {img}")
         tried = []
+        kp: Path | None
         if keypoints:
-            kp: Path | None = Path(keypoints[i])
+            kp = Path(keypoints[i])
             if not kp.is_file():
                 raise InputError(f"keypoint file not found: {kp}")
         else:
@@ -202,7 +203,11 @@ def read_persons(frames: list[Frame], *, keypoint_format: str = "auto", part: st
         InputError: unreadable files, a missing person index, no usable person, mixed keypoint layouts.
     """
     video = frames[0].sequence >= 0
-    kps, sizes, frame_ids, person_ids, tracks = [], [], [], [], []
+    kps: list[np.ndarray] = []
+    sizes: list[tuple[int, int]] = []
+    frame_ids: list[int] = []
+    person_ids: list[int] = []
+    tracks: list[tuple[int, int]] = []
     layouts = set()
     per_frame: dict[int, int] = {}
     for f_idx, frame in enumerate(frames):

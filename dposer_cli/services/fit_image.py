@@ -184,10 +184,11 @@ def run(req: FitImageRequest, progress: Callable[[int, int], None] | None = None
     n, px, fit_seconds = len(persons.frame), fitted.reprojection_px, fitted.fit_seconds
     metrics = {"reprojection_error_px": float(px.mean()), "reprojection_loss": float(fitted.data_loss.mean()),
                "fits_per_second": n / max(fit_seconds, 1e-9)}
-    info = {"part": req.part.value, "prior": req.prior, "checkpoint": source, "body_model": model.kind,
-            "persons": n, "frames": len(frames), "steps": req.steps, "nfe": fitted.nfe,
-            "fit_seconds": round(fit_seconds, 4), "prior_seconds": round(fitted.prior_seconds, 4),
-            "device": str(device), "seed": req.seed, "stage_losses": fitted.stage_losses, "images": images}
+    info: dict[str, object] = {"part": req.part.value, "prior": req.prior, "checkpoint": source, "body_model": model.kind,
+                               "persons": n, "frames": len(frames), "steps": req.steps, "nfe": fitted.nfe,
+                               "fit_seconds": round(fit_seconds, 4), "prior_seconds": round(fitted.prior_seconds, 4),
+                               "device": str(device), "seed": req.seed, "stage_losses": fitted.stage_losses,
+                               "images": images}
     lines = [(f"fitted {n} {'hand' if req.part is Part.hand else 'person'}(s) in {len(frames)} image(s) "
               f"with {req.prior} prior in {fit_seconds:.1f} s ({fitted.nfe} network evaluations); mean "
               f"reprojection error {float(px.mean()):.1f} px")]
@@ -603,10 +604,11 @@ def _overlay_video(req: FitImageRequest, path: Path, frames: list[Frame], sequen
                 with torch.no_grad():
                     posed = body_vertices(model, {k: v[index] for k, v in params.items()},
                                           vertices=faces is not None)
-                focal, center = float(inputs.focal[index[0]]) / step, inputs.center[index[0]].cpu().numpy() / step
+                cx, cy = (float(c) / step for c in inputs.center[index[0]])
                 if posed.vertices is not None and faces is not None:
-                    image = overlay_mesh(image, list(posed.vertices.cpu().numpy()), faces, focal=focal,
-                                         center=tuple(float(c) for c in center), alpha=0.7, renderer=req.renderer)
+                    image = overlay_mesh(image, list(posed.vertices.cpu().numpy()), faces,
+                                         focal=float(inputs.focal[index[0]]) / step, center=(cx, cy), alpha=0.7,
+                                         renderer=req.renderer)
                 kp = persons.keypoints[rows][:, keep].copy()
                 kp[..., :2] /= step
                 image = draw_keypoints(image, kp, edges=fitted.layout.edges, conf_threshold=req.conf_threshold)
