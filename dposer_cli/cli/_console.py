@@ -4,6 +4,7 @@ import contextlib
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable
 from types import TracebackType
 
@@ -15,36 +16,139 @@ from dposer_cli import __version__
 from dposer_cli.cli._staging import run_staged
 from dposer_cli.core.result import Result
 
-__all__ = ["StdoutClosed", "console", "emit", "progress", "run_staged", "setup_logging", "write_stdout"]
+__all__ = ["StdoutClosed", "console", "emit", "progress", "progress_interval", "run_staged", "setup_logging",
+           "write_stdout"]
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
+PROGRESS_INTERVAL_S = 10.0  # seconds between progress log lines when no bar shows ($DPOSER_PROGRESS_INTERVAL)
+
+log = logging.getLogger("dposer_cli.progress")
+
+
+class _LineHandler(logging.Handler):
+    """One line per record, never wrapped (stderr is a file or a pipe: CI logs, `nohup`, `2> file`)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            console.print(f"{record.levelname:<8} {self.format(record)}", markup=False, highlight=False,
+                          soft_wrap=True)
+        except Exception:  # noqa: BLE001 - logging must never raise
+            self.handleError(record)
+
+
+class _ShownOnce(logging.Filter):
+    """Drops an INFO record whose text this run already showed (a body model loaded twice says so once)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.INFO:
+            return True
+        text = record.getMessage()
+        if text in self.seen:
+            return False
+        self.seen.add(text)
+        return True
+
+
 def setup_logging(quiet: bool = False) -> None:
-    """Route the `dposer_cli` logger to the stderr console."""
+    """Route the `dposer_cli` logger to the stderr console: Rich on a terminal, one plain line per record
+    otherwise; repeated INFO messages are shown once."""
     logger = logging.getLogger("dposer_cli")
     logger.handlers.clear()
-    handler = RichHandler(console=console, show_time=False, show_path=False, markup=False)
+    handler: logging.Handler
+    if console.is_terminal:
+        handler = RichHandler(console=console, show_time=False, show_path=False, markup=False)
+    else:
+        handler = _LineHandler()
+    handler.addFilter(_ShownOnce())
     logger.addHandler(handler)
     logger.setLevel(logging.WARNING if quiet else logging.INFO)
     logger.propagate = False
 
 
-class progress:
-    """Context manager yielding a `(done, total)` callback that drives a transient Rich bar.
+def progress_interval(default: float = PROGRESS_INTERVAL_S) -> float:
+    """Seconds between progress log lines: $DPOSER_PROGRESS_INTERVAL (0: every update), else `default`."""
+    raw = os.environ.get("DPOSER_PROGRESS_INTERVAL", "")
+    try:
+        value = float(raw)
+    except ValueError:
+        return default
+    return value if value >= 0 and value == value and value != float("inf") else default
 
-    Disabled (a no-op callback) with --quiet/--json or when stderr is not a terminal.
+
+def _duration(seconds: float) -> str:
+    if seconds != seconds or seconds == float("inf"):
+        return "?"
+    s = int(round(seconds))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+class _ProgressLines:
+    """`(done, total)` → an INFO line `label done/total (pct)  rate unit/s  ETA t` at most every `every`
+    seconds (the format of `train`'s heartbeat), and a last line when the phase ends."""
+
+    def __init__(self, label: str, unit: str, every: float) -> None:
+        self.label, self.unit, self.every = label, unit, every
+        self.t0 = self.last = time.monotonic()
+        self.done0 = 0
+        self.state: tuple[int, int] | None = None  # the latest (done, total)
+        self.shown: tuple[int, int] | None = None  # the latest (done, total) logged
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if self.state is None or done < self.state[0]:  # rates count from the first update of a phase
+            self.t0, self.done0 = now, done
+        self.state = (done, total)
+        if now - self.last < self.every:
+            return
+        self.last = now
+        self._line(done, total, now)
+
+    def _line(self, done: int, total: int, now: float, *, final: bool = False) -> None:
+        self.shown = (done, total)
+        rate = (done - self.done0) / max(now - self.t0, 1e-9)
+        pct = f" ({100 * done // total}%)" if total > 0 else ""
+        if final:
+            tail = f"in {_duration(now - self.t0)}"
+        else:
+            eta = (total - done) / rate if rate > 0 else float("inf")
+            tail = f"ETA {_duration(eta)}"
+        log.info("%s %d/%d%s  %.1f %s/s  %s", self.label, done, total, pct, rate, self.unit, tail)
+
+    def finish(self) -> None:
+        """The last line, when a line was shown before and the latest state was not."""
+        if self.shown is not None and self.state is not None and self.state != self.shown:
+            self._line(*self.state, time.monotonic(), final=True)
+
+
+class progress:
+    """Context manager yielding a `(done, total)` callback.
+
+    On a terminal (and without --quiet/--json: `enabled`) it drives a transient Rich bar; otherwise it
+    logs a one-line progress report at most every `progress_interval()` seconds and a last line when the
+    run ends (INFO: --quiet hides them). `lines=False` leaves the lines to the service (train's heartbeat).
     """
 
-    def __init__(self, label: str, *, enabled: bool = True) -> None:
+    def __init__(self, label: str, *, enabled: bool = True, unit: str = "steps", lines: bool = True) -> None:
         self.label = label
-        self.enabled = enabled and console.is_terminal
+        self.enabled = enabled and console.is_terminal  # a bar shows
+        self.unit = unit
+        self.lines = lines
         self._progress: Progress | None = None
         self._task: int | None = None
+        self._lines: _ProgressLines | None = None
 
     def __enter__(self) -> Callable[[int, int], None]:
         if not self.enabled:
-            return lambda done, total: None
+            if not self.lines:
+                return lambda done, total: None
+            self._lines = _ProgressLines(self.label, self.unit, progress_interval())
+            return self._lines
         self._progress = Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
             console=console, transient=True,
@@ -61,6 +165,8 @@ class progress:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         if self._progress is not None:
             self._progress.stop()
+        if self._lines is not None and exc_type is None:
+            self._lines.finish()
 
 
 class StdoutClosed(Exception):

@@ -3,15 +3,97 @@
 Numbers are checked by `core.validate` (the one place for ranges, finiteness and types): here as
 option callbacks, so a bad value fails while the command line is parsed (exit 1, one line), and
 again for every request field by the CLI runner (`_staging.run_staged` → `validate.request`).
+
+Choices (sampler, mode, mask, prior, ...) are checked here against the pure-Python lists of
+`core.parts` (tests/cli/test_consistency.py keeps them equal to the registries): an unknown one is a
+usage error (exit 2) naming the valid values, raised before torch is imported.
 """
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from dposer_cli.core import validate
-from dposer_cli.core.parts import Part
+from dposer_cli.core.errors import suggest
+from dposer_cli.core.parts import PARTS, RENDERERS, SAMPLER_NAMES, Part, mask_names
+
+
+class ChoiceError(typer.BadParameter):
+    """An unknown choice: a usage error (exit 2) raised before anything heavy is imported; `hint` lists the
+    valid values (the --json error object carries it)."""
+
+    def __init__(self, message: str, *, param_hint: str, hint: str) -> None:
+        super().__init__(f"{message}; {hint}", param_hint=f"'{param_hint}'")
+        self.hint = hint
+
+
+def check_choice(value: str, valid: Sequence[str], *, what: str, param: str) -> str:
+    """`value` when it is one of `valid`, else a `ChoiceError` naming the nearest valid value and all of them.
+
+    `what` starts the message: "unknown {what} 'x'" (e.g. "sampler", "--mode", "mask ... for --part body").
+    """
+    if value in valid:
+        return value
+    raise ChoiceError(f"unknown {what} {value!r}{suggest(value, list(valid))}", param_hint=param,
+                      hint="choose from " + ", ".join(valid))
+
+
+def choice(valid: Sequence[str], *, what: str, param: str) -> Callable[[str], str]:
+    """An option callback that accepts only `valid` (see `check_choice`)."""
+
+    def check(value: str) -> str:
+        return check_choice(value, valid, what=what, param=param)
+
+    return check
+
+
+def part_choice(valid: Sequence[Part], command: str, verb: str) -> Callable[[str], Part]:
+    """An option callback for a command that supports only some parts; returns the `Part`."""
+    names = [p.value for p in valid]
+    listed = ", ".join(names[:-1]) + f" or {names[-1]}"
+
+    def check(value: str) -> Part:
+        if value in names:
+            return Part(value)
+        raise ChoiceError(f"{command} {verb} --part {listed}, not {value!r}", param_hint="--part",
+                          hint="choose from " + ", ".join(names))
+
+    return check
+
+
+def check_masks(part: Part, names: Sequence[str], *, param: str) -> None:
+    """Every name is a mask group (or alias) of `part`, else a `ChoiceError` listing them."""
+    valid = mask_names(part)
+    for name in names:
+        if not valid:
+            raise ChoiceError(f"--part {part.value} has no named masks", param_hint=param,
+                              hint="mark the missing values NaN in the input instead")
+        if name not in valid:
+            raise ChoiceError(f"unknown mask {name!r} for --part {part.value}{suggest(name, list(valid))}",
+                              param_hint=param, hint="choose from " + ", ".join(valid))
+
+
+sampler_choice = choice(SAMPLER_NAMES, what="sampler", param="--sampler")
+
+
+def mask_help(parts: Sequence[Part] = tuple(Part)) -> str:
+    """Every mask name of `parts`, for help texts: "body: legs, ... (torso = trunk); hand: ...".
+
+    Whole-body masks named `body_<body mask>` are listed once as that pattern.
+    """
+    out = []
+    for part in parts:
+        spec = PARTS[part]
+        if not spec.mask_groups:
+            continue
+        names = [n for n in spec.mask_groups if not (part is Part.wholebody and n.startswith("body_"))]
+        if len(names) < len(spec.mask_groups):
+            names.append("body_<any body mask>")
+        aliases = ", ".join(f"{a} = {n}" for a, n in spec.mask_aliases.items())
+        out.append(f"{part.value}: {', '.join(names)}" + (f" ({aliases})" if aliases else ""))
+    return "; ".join(out)
 
 
 def _seed(value: int) -> int:
@@ -22,7 +104,8 @@ def _out_folder(value: Path) -> Path:
     return validate.output_folder("--out", value)
 
 
-PartOpt = Annotated[Part, typer.Option("--part", "-p", help="Which prior: body, hand, face, face-shape or wholebody.")]
+PartOpt = Annotated[Part, typer.Option("--part", "-p", metavar="PART",
+                                       help="Which prior: body, hand, face, face-shape or wholebody.")]
 DeviceOpt = Annotated[
     str, typer.Option("--device", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N.")
 ]
@@ -59,7 +142,8 @@ BodyModelOpt = Annotated[
     ),
 ]
 RendererOpt = Annotated[
-    str, typer.Option("--renderer", help="auto (pyrender if an OpenGL backend works, else soft), pyrender or soft.")
+    str, typer.Option("--renderer", metavar="NAME", callback=choice(RENDERERS, what="renderer", param="--renderer"),
+                      help="auto (pyrender if an OpenGL backend works, else soft), pyrender or soft.")
 ]
 ThreadsOpt = Annotated[
     int | None,

@@ -6,6 +6,7 @@ import os
 import sys
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from dposer_cli import __version__
 from dposer_cli.core.errors import DposerError, ExitCode
@@ -31,8 +32,28 @@ def _version(value: bool) -> bool:
     return value  # Typer passes a callback's return value on as the parameter
 
 
+class _Flagless:
+    """Help without a `<bool>` type beside on/off flags (they take no value)."""
+
+    def get_params(self, ctx):  # type: ignore[no-untyped-def]
+        params = super().get_params(ctx)  # type: ignore[misc]
+        for param in params:
+            if getattr(param, "is_flag", False) and getattr(param, "metavar", None) is None:
+                param.metavar = ""
+        return params
+
+
+class _Command(_Flagless, TyperCommand):
+    pass
+
+
+class _Group(_Flagless, TyperGroup):
+    pass
+
+
 def make_app() -> typer.Typer:
     app = typer.Typer(
+        cls=_Group,
         name="dposer",
         help="DPoser-X diffusion pose prior: sample, complete, denoise, fit and benchmark human poses.",
         no_args_is_help=True,
@@ -49,7 +70,7 @@ def make_app() -> typer.Typer:
 
     for name, module in COMMANDS.items():
         mod = importlib.import_module(module)
-        app.command(name=name, help=mod.command.__doc__)(mod.command)
+        app.command(name=name, help=mod.command.__doc__, cls=_Command)(mod.command)
     return app
 
 
@@ -112,6 +133,8 @@ def _run(argv: list[str] | None) -> None:
         if not (hasattr(exc, "show") and hasattr(exc, "exit_code")):  # Typer/Click usage errors (exit 2)
             _internal(console, args, exc, as_json)
         exc.show()
+        if as_json and hasattr(exc, "format_message"):  # --json: an error object on stdout for these too
+            _json_error(command, exc.format_message(), getattr(exc, "hint", None), int(exc.exit_code))
         sys.exit(int(exc.exit_code))
     sys.exit(0)
 
@@ -155,14 +178,17 @@ def _internal(console, args: list[str], exc: BaseException, as_json: bool) -> No
 
 
 def _fail(console, command: str, message: str, hint: str | None, code: int, as_json: bool) -> None:  # type: ignore[no-untyped-def]
-    from dposer_cli.io.report import dumps, error_dict
-
     console.print(f"[red]error:[/red] {message}", markup=True, highlight=False)
     if hint:
         console.print(f"hint: {hint}", markup=False)
     if as_json:
-        from dposer_cli.cli._console import StdoutClosed, write_stdout
-
-        with contextlib.suppress(StdoutClosed):  # the error line on stderr is what matters then
-            write_stdout(dumps(error_dict(command, message, hint, code, __version__)) + "\n")
+        _json_error(command, message, hint, code)
     sys.exit(code)
+
+
+def _json_error(command: str, message: str, hint: str | None, code: int) -> None:
+    from dposer_cli.cli._console import StdoutClosed, write_stdout
+    from dposer_cli.io.report import dumps, error_dict
+
+    with contextlib.suppress(StdoutClosed):  # the error line on stderr is what matters then
+        write_stdout(dumps(error_dict(command, message, hint, code, __version__)) + "\n")

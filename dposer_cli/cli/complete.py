@@ -17,8 +17,11 @@ from dposer_cli.cli._options import (
     QuietOpt,
     RendererOpt,
     SeedOpt,
+    check_masks,
+    choice,
+    mask_help,
 )
-from dposer_cli.core.parts import Part
+from dposer_cli.core.parts import COMPLETE_MODES, Part
 
 
 def _names(values: list[str] | None) -> tuple[str, ...]:
@@ -42,12 +45,13 @@ def command(
                                           metavar="INPUT.npz", show_default=False)],
     part: PartOpt = Part.body,
     mask: Annotated[list[str] | None, typer.Option(
-        "--mask", "-m", metavar="NAME[,NAME]", help="Mask groups to complete, comma-separated or repeated (body: legs, left_arm, arms, "
-                             "trunk, head, ...; wholebody: lhand, rhand, hands, face, body_legs, ...).")] = None,
+        "--mask", "-m", metavar="NAME[,NAME]", help="Mask groups to complete, comma-separated or repeated. "
+                                                    f"{mask_help()}.")] = None,
     mask_joints: Annotated[list[str] | None, typer.Option(
         "--mask-joints", metavar="J[,J]", help="Joint indices into the part's joint list (3 dims each), e.g. 0,3,6.")] = None,
     hypo: Annotated[int, typer.Option("--hypo", "-H", help="Hypotheses per input; output is (N, H, D) when H > 1.")] = 1,
     mode: Annotated[str, typer.Option(
+        metavar="NAME", callback=choice(COMPLETE_MODES, what="--mode", param="--mode"),
         help="dposer (prior-as-loss optimisation, 200 steps), scoresde (inpainting by replacement, 1000 steps), "
              "dps or mcg (guided inpainting, 1000 steps).")] = "dposer",
     steps: Annotated[int | None, typer.Option(help="Optimisation / sampler steps (= network evaluations). "
@@ -70,6 +74,7 @@ def command(
 
     Example: dposer complete poses.npz --mask legs --hypo 10 --out completed/
     """
+    check_masks(part, _names(mask), param="--mask")
     from dposer_cli.cli._console import emit, progress, run_staged
     from dposer_cli.services import complete as svc
 

@@ -16,7 +16,10 @@ from dposer_cli.cli._options import (
     QuietOpt,
     RendererOpt,
     SeedOpt,
+    check_masks,
+    choice,
 )
+from dposer_cli.core.parts import TEMPORAL_TERMS, Part, mask_names
 
 
 def _names(values: list[str] | None) -> tuple[str, ...]:
@@ -32,11 +35,14 @@ def command(
         "--noise-std", help="Metres. Poses input: Gaussian noise added to the body-model joints (default 0.04). "
                             "Joints input: their expected noise level (picks the schedule; nothing is added).")] = None,
     occluded_part: Annotated[list[str] | None, typer.Option(
-        "--occluded-part", metavar="NAME[,NAME]", help="Body mask groups hidden from the observations (legs, left_arm, right_body, ...).")] = None,
+        "--occluded-part", metavar="NAME[,NAME]", help="Body mask groups hidden from the observations: "
+                                                       f"{', '.join(mask_names(Part.body))}.")] = None,
     visible_part: Annotated[list[str] | None, typer.Option(
-        "--visible-part", metavar="NAME[,NAME]", help="Only these body mask groups (and the pelvis) are observed; the rest is occluded.")] = None,
+        "--visible-part", metavar="NAME[,NAME]", help="Only these body mask groups (and the pelvis) are observed; "
+                                                      "the rest is occluded.")] = None,
     fps: Annotated[float | None, typer.Option(help="Frame rate when the file has none (default 30).")] = None,
     temporal: Annotated[str, typer.Option(
+        metavar="NAME", callback=choice(TEMPORAL_TERMS, what="--temporal", param="--temporal"),
         help="Smoothness term on: auto (vertices when the body model has a mesh), vertices or joints (faster).")] = "auto",
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
@@ -55,6 +61,8 @@ def command(
 
     Example: dposer denoise-motion walk.npz --noise-std 0.04 --out denoised/
     """
+    check_masks(Part.body, _names(occluded_part), param="--occluded-part")
+    check_masks(Part.body, _names(visible_part), param="--visible-part")
     from dposer_cli.cli._console import emit, progress, run_staged
     from dposer_cli.services import denoise_motion as svc
 

@@ -17,6 +17,7 @@ from dposer_cli.cli._options import (
     QuietOpt,
     RendererOpt,
     SeedOpt,
+    sampler_choice,
 )
 from dposer_cli.core.parts import Part
 
@@ -25,8 +26,9 @@ def command(
     part: PartOpt = Part.body,
     n: Annotated[int, typer.Option("-n", "--num", help="Number of poses to sample.")] = 10,
     out: OutOpt = Path("dposer_out"),
-    sampler: Annotated[str, typer.Option(help="dpm2m (DPM-Solver++ 2M, 25 steps), ddim (50) or em "
-                                              "(official Euler–Maruyama, 1000).")] = "dpm2m",
+    sampler: Annotated[str, typer.Option(metavar="NAME", callback=sampler_choice,
+                                         help="dpm2m (DPM-Solver++ 2M, 25 steps), dpm2m-sde (its stochastic "
+                                              "form, 50), ddim (50) or em (official Euler–Maruyama, 1000).")] = "dpm2m",
     steps: Annotated[int | None, typer.Option(help="Sampler steps (= network evaluations). Default per sampler.")] = None,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",

@@ -5,8 +5,8 @@ from typing import Annotated
 
 import typer
 
-from dposer_cli.cli._options import DeviceOpt, JsonOpt, NormalizerOpt, PartOpt, QuietOpt, SeedOpt
-from dposer_cli.core.parts import Part
+from dposer_cli.cli._options import DeviceOpt, JsonOpt, NormalizerOpt, PartOpt, QuietOpt, SeedOpt, choice
+from dposer_cli.core.parts import T_WEIGHTINGS, Part
 
 
 def command(
@@ -23,9 +23,10 @@ def command(
     hidden_dim: Annotated[int | None, typer.Option(help="TimeFC width (official 1024; default: demo width).")] = None,
     embed_dim: Annotated[int | None, typer.Option(help="Time-embedding width (official 512).")] = None,
     dropout: Annotated[float, typer.Option(help="Dropout in the score network (official 0.1).")] = 0.1,
-    t_weighting: Annotated[str, typer.Option(help="uniform (official DSM loss) or adaptive (each diffusion-time bin "
-                                                 "weighted by 1/its running loss; same optimum, faster on small "
-                                                 "data).")] = "uniform",
+    t_weighting: Annotated[str, typer.Option(
+        metavar="NAME", callback=choice(T_WEIGHTINGS, what="--t-weighting", param="--t-weighting"),
+        help="uniform (official DSM loss) or adaptive (each diffusion-time bin weighted by 1/its running loss; "
+             "same optimum, faster on small data).")] = "uniform",
     sigma_scaling: Annotated[bool, typer.Option("--sigma-scaling/--no-sigma-scaling", help="Official output "
                                                 "parameterisation ε̂ = out/σ_table(t); --no-sigma-scaling predicts ε "
                                                 "directly (trains much faster on small data).")] = True,
@@ -58,19 +59,19 @@ def command(
     Example: dposer train --part hand --data ../shared/data/poses/hand_reference_train.npz --out runs/hand --steps 5000
     Multi-GPU: torchrun --nproc-per-node 4 -m dposer_cli train --part body --data DIR --out runs/body
     """
-    from dposer_cli.cli._console import emit, progress
+    from dposer_cli.cli._console import emit, progress, progress_interval
     from dposer_cli.core.config import TrainConfig
     from dposer_cli.services import train as svc
 
     tc = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup=warmup, ema_rate=ema_rate, seed=seed,
                      ckpt_every=ckpt_every, val_every=val_every, t_weighting=t_weighting)
     priors = {k: v for k, v in (("body", body_prior), ("hand", hand_prior), ("face", face_prior)) if v is not None}
-    bar = progress("training", enabled=not (quiet or json_out))
+    bar = progress("training", enabled=not (quiet or json_out), lines=False)  # the service logs its heartbeat
     req = svc.TrainRequest(part=part, data=list(data), out=out, train=tc, hidden_dim=hidden_dim, embed_dim=embed_dim,
                            dropout=dropout, scale_by_sigma=sigma_scaling, gaussian_skip=gaussian_skip,
                            part_priors=priors or None, normalizer=normalizer, device=device, fps=fps,
                            eval_samples=eval_samples, half=half, stop_after=stop_after, force_resume=force_resume,
-                           heartbeat_s=None if bar.enabled else svc.HEARTBEAT_S)  # no bar: periodic log lines
+                           heartbeat_s=None if bar.enabled else max(progress_interval(svc.HEARTBEAT_S), 1e-6))
     with bar as cb:
         result = svc.run(req, progress=cb)
     emit(result, as_json=json_out, quiet=quiet)

@@ -206,3 +206,33 @@ def mask_dims(part: Part, names: "list[str] | tuple[str, ...]") -> tuple[int, ..
             )
         dims.update(spec.mask_groups[name])
     return tuple(sorted(dims))
+
+
+# ------------------------------------------------------------------------------------------- choice lists
+# What the command line accepts, kept here (pure Python) so `dposer` rejects an unknown choice with exit 2
+# before torch is imported. Each list mirrors the registry named beside it;
+# tests/cli/test_consistency.py keeps them equal.
+SAMPLER_NAMES = ("em", "ddim", "dpm2m", "dpm2m-sde")  # engine.samplers.SAMPLERS
+COMPLETE_MODES = ("dposer", "scoresde", "dps", "mcg")  # tasks.complete.MODES
+BENCHMARK_NAMES = ("generation", "speed", "completion", "denoise", "hand-ik", "face-ik", "ehf", "freihand", "arctic",
+                   "wholebody-completion")  # evaluation.runner.EVALUATIONS
+PRIOR_KINDS = ("dposer", "none", "l2", "gmm", "vposer")  # engine.priors.PRIORS
+FIT_PRIORS = ("dposer", "none", "l2")  # services.fit_image.FIT_PRIORS and tasks.ik.PRIORS
+FIT_PARTS = (Part.body, Part.hand, Part.wholebody)  # what fit-image fits
+IK_PARTS = (Part.hand, Part.face)  # what ik solves
+IK_TYPES: Mapping[Part, tuple[str, ...]] = MappingProxyType({
+    Part.hand: ("full", "sparse", "fingertip", "partial", "noisy"),  # tasks.ik.HAND_TYPES
+    Part.face: ("full", "noisy", "left_face", "right_face", "half_face"),  # tasks.ik.FACE_TYPES
+})  # fmt: skip
+TEMPORAL_TERMS = ("auto", "vertices", "joints")  # tasks.denoise_motion.TEMPORAL_TERMS
+KEYPOINT_FORMATS = ("auto", "vitpose", "coco-wholebody", "openpose", "mmpose-hand", "coco17")  # io.keypoints
+RENDERERS = ("auto", "pyrender", "soft")  # render.scene.RENDERERS
+T_WEIGHTINGS = ("uniform", "adaptive")  # tasks.train.T_WEIGHTINGS
+# FLAME 2020: the model and both landmark embeddings, in one folder (bodies.smplx_family reads all three)
+FLAME_FILES = ("FLAME_NEUTRAL.pkl", "flame_static_embedding.pkl", "flame_dynamic_embedding.npy")
+
+
+def mask_names(part: Part) -> tuple[str, ...]:
+    """The mask names `--mask` accepts for `part`: its groups, then their aliases."""
+    spec = PARTS[part]
+    return (*spec.mask_groups, *spec.mask_aliases)
