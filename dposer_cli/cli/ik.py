@@ -8,17 +8,20 @@ import typer
 from dposer_cli.cli._options import (
     BodyModelOpt,
     CheckpointOpt,
+    ChoiceError,
     DeviceOpt,
     ExportOpt,
     JsonOpt,
     NormalizerOpt,
     OutOpt,
-    PartOpt,
     QuietOpt,
     RendererOpt,
     SeedOpt,
+    choice,
+    part_choice,
 )
-from dposer_cli.core.parts import Part
+from dposer_cli.core.errors import suggest
+from dposer_cli.core.parts import FIT_PRIORS, IK_PARTS, IK_TYPES, Part
 
 
 def command(
@@ -29,9 +32,11 @@ def command(
              "`betas`; or `poses` as in the reference files). Joint orders: hand = hand21 (OpenPose: wrist, "
              "thumb1-3, thumb tip, index1-3, tip, middle…, ring…, pinky…); face = flame73 (root, neck, jaw, "
              "left eye, right eye, 51 landmarks, 17 contour points).")],
-    part: PartOpt = Part.hand,
+    part: Annotated[str, typer.Option(
+        "--part", "-p", metavar="PART", callback=part_choice(IK_PARTS, "ik", "supports"),
+        help="Which prior: hand or face.")] = Part.hand.value,
     ik_type: Annotated[str, typer.Option(
-        "--type",
+        "--type", metavar="NAME",
         help="Which joints the solver sees. hand: full, sparse (13 of 21 random joints hidden), fingertip "
              "(wrist + 5 tips), partial (two random fingers hidden), noisy; face: full, noisy, left_face, "
              "right_face, half_face (random side). Masks are drawn per sample from --seed.")] = "full",
@@ -41,7 +46,8 @@ def command(
     steps: Annotated[int | None, typer.Option(
         "--steps", help="Adam steps (= network evaluations per prior). Default: hand 300, face 200.")] = None,
     prior: Annotated[str, typer.Option(
-        "--prior", help="dposer (the diffusion prior), l2 (0.5·‖θ‖² baseline) or none.")] = "dposer",
+        "--prior", metavar="NAME", callback=choice(FIT_PRIORS, what="--prior", param="--prior"),
+        help="dposer (the diffusion prior), l2 (0.5·‖θ‖² baseline) or none.")] = "dposer",
     solve_orient: Annotated[bool, typer.Option(
         "--solve-orient",
         help="Also solve global rotation and translation (targets not in the model frame). Default: "
@@ -68,10 +74,15 @@ def command(
 
     Example: dposer ik --part hand --targets hands.npz --type fingertip --out ik_out/
     """
+    kind = Part(part)  # the callback made it a Part already
+    if ik_type not in IK_TYPES[kind]:
+        raise ChoiceError(f"--type {ik_type} is not available for --part {kind.value}"
+                          f"{suggest(ik_type, list(IK_TYPES[kind]))}", param_hint="--type",
+                          hint="choose from " + ", ".join(IK_TYPES[kind]))
     from dposer_cli.cli._console import emit, progress, run_staged
     from dposer_cli.services import ik as svc
 
-    req = svc.IKRequest(part=part, targets=targets, out=out, ik_type=ik_type, noise_std=noise_std, steps=steps,
+    req = svc.IKRequest(part=kind, targets=targets, out=out, ik_type=ik_type, noise_std=noise_std, steps=steps,
                         prior=prior, solve_orient=solve_orient, body_model=body_model, checkpoint=checkpoint,
                         shape_checkpoint=shape_checkpoint, normalizer=normalizer, device=device, seed=seed,
                         render=render, renderer=renderer, export=tuple(export or ()))
