@@ -49,15 +49,18 @@ def choice(valid: Sequence[str], *, what: str, param: str) -> Callable[[str], st
     return check
 
 
-def part_choice(valid: Sequence[Part], command: str, verb: str) -> Callable[[str], Part]:
-    """An option callback for a command that supports only some parts; returns the `Part`."""
+def part_choice(valid: Sequence[Part], message: str) -> Callable[[str], Part]:
+    """An option callback for a command that supports only some parts; returns the `Part`.
+
+    `message` names what the command does with `{listed}` (the valid parts) and `{value}` (the given one).
+    """
     names = [p.value for p in valid]
     listed = ", ".join(names[:-1]) + f" or {names[-1]}"
 
     def check(value: str) -> Part:
         if value in names:
             return Part(value)
-        raise ChoiceError(f"{command} {verb} --part {listed}, not {value!r}", param_hint="--part",
+        raise ChoiceError(message.format(listed=listed, value=value), param_hint="--part",
                           hint="choose from " + ", ".join(names))
 
     return check

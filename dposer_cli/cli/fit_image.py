@@ -13,12 +13,13 @@ from dposer_cli.cli._options import (
     JsonOpt,
     NormalizerOpt,
     OutOpt,
-    PartOpt,
     QuietOpt,
     RendererOpt,
     SeedOpt,
+    choice,
+    part_choice,
 )
-from dposer_cli.core.parts import Part
+from dposer_cli.core.parts import FIT_PARTS, FIT_PRIORS, KEYPOINT_FORMATS, Part
 
 
 def command(
@@ -33,10 +34,14 @@ def command(
         "--save-keypoints", help="Where detected keypoints go, as COCO-WholeBody JSON (reusable with --keypoints): "
         "a .json file for one image, else a folder. Default: DIR/<stem>.keypoints.json, videos "
         "DIR/keypoints/.")] = None,
-    part: PartOpt = Part.body,
+    part: Annotated[str, typer.Option(
+        "--part", "-p", metavar="PART", callback=part_choice(FIT_PARTS, "fit-image fits {listed}, not --part {value}"),
+        help="Which prior: body, hand or wholebody.")] = Part.body.value,
     out: OutOpt = Path("dposer_fits"),
     keypoint_format: Annotated[str, typer.Option(
-        "--keypoint-format", help="auto, vitpose, coco-wholebody, openpose, mmpose-hand or coco17.")] = "auto",
+        "--keypoint-format", metavar="NAME",
+        callback=choice(KEYPOINT_FORMATS, what="--keypoint-format", param="--keypoint-format"),
+        help="auto, vitpose, coco-wholebody, openpose, mmpose-hand or coco17.")] = "auto",
     person: Annotated[str, typer.Option(help="Which detected person to fit: all, or an index (0, 1, ...).")] = "all",
     init: Annotated[list[Path] | None, typer.Option(
         "--init", help="Starting parameters .npz per image (rows = persons; e.g. a regressor's output or an "
@@ -44,7 +49,8 @@ def command(
     focal: Annotated[float | None, typer.Option(help="Focal length in pixels. Default: the image diagonal.")] = None,
     steps: Annotated[int, typer.Option(help="Adam iterations per stage (2 camera + 5 pose stages; the "
                                             "translation stage gets half).")] = 100,
-    prior: Annotated[str, typer.Option(help="Pose prior: dposer (diffusion prior), l2 (‖θ‖²) or none.")] = "dposer",
+    prior: Annotated[str, typer.Option(metavar="NAME", callback=choice(FIT_PRIORS, what="--prior", param="--prior"),
+                                       help="Pose prior: dposer (diffusion prior), l2 (‖θ‖²) or none.")] = "dposer",
     temporal: Annotated[bool, typer.Option("--temporal", help="Frame folders: a last joint pass with a "
                                                               "joint-acceleration term against jitter.")] = False,
     no_overlay: Annotated[bool, typer.Option("--no-overlay", help="Skip the <stem>_overlay.png pictures "
@@ -78,7 +84,7 @@ def command(
     from dposer_cli.services import fit_image as svc
 
     req = svc.FitImageRequest(
-        images=tuple(images), out=out, part=part, keypoints=tuple(keypoints or ()), keypoint_format=keypoint_format,
+        images=tuple(images), out=out, part=Part(part), keypoints=tuple(keypoints or ()), keypoint_format=keypoint_format,
         person=person, init=tuple(init or ()), focal=focal, steps=steps, prior=prior, body_model=body_model,
         checkpoint=checkpoint, normalizer=normalizer, renderer=renderer, device=device, seed=seed,
         temporal=temporal, overlay=not no_overlay, save_keypoints=save_keypoints, export=tuple(export or ()),

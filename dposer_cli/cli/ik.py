@@ -33,7 +33,7 @@ def command(
              "thumb1-3, thumb tip, index1-3, tip, middle…, ring…, pinky…); face = flame73 (root, neck, jaw, "
              "left eye, right eye, 51 landmarks, 17 contour points).")],
     part: Annotated[str, typer.Option(
-        "--part", "-p", metavar="PART", callback=part_choice(IK_PARTS, "ik", "supports"),
+        "--part", "-p", metavar="PART", callback=part_choice(IK_PARTS, "ik supports --part {listed}, not {value!r}"),
         help="Which prior: hand or face.")] = Part.hand.value,
     ik_type: Annotated[str, typer.Option(
         "--type", metavar="NAME",
