@@ -101,7 +101,7 @@ class _ProgressLines:
 
     def __call__(self, done: int, total: int) -> None:
         now = time.monotonic()
-        if self.state is None or done < self.state[0]:  # rates count from the first update of a phase
+        if self.state is not None and done < self.state[0]:  # a new phase: its rate counts from here
             self.t0, self.done0 = now, done
         self.state = (done, total)
         if now - self.last < self.every:

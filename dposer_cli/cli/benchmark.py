@@ -13,8 +13,10 @@ from dposer_cli.cli._options import (
     NormalizerOpt,
     QuietOpt,
     SeedOpt,
+    choice,
+    sampler_choice,
 )
-from dposer_cli.core.parts import Part
+from dposer_cli.core.parts import BENCHMARK_NAMES, PRIOR_KINDS, Part
 
 
 def _names(values: list[str] | None) -> tuple[str, ...]:
@@ -22,17 +24,18 @@ def _names(values: list[str] | None) -> tuple[str, ...]:
 
 
 def command(
-    name: Annotated[str, typer.Argument(help="Evaluation: generation, speed, completion, denoise, hand-ik, face-ik, "
-                                             "ehf, freihand, arctic, wholebody-completion (an unknown name lists "
-                                             "them).",
+    name: Annotated[str, typer.Argument(help=f"Evaluation: {', '.join(BENCHMARK_NAMES)}.",
+                                        callback=choice(BENCHMARK_NAMES, what="benchmark", param="NAME"),
                                         metavar="NAME", show_default=False)],
     data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Dataset folder in its published layout "
                                                                      "(EHF, FreiHAND, ARCTIC, AMASS-style npz "
                                                                      "tree).")] = None,
-    part: Annotated[Part | None, typer.Option("--part", "-p", help="Prior part (generation: body, hand, face, "
-                                                                   "face-shape, wholebody). Default per evaluation.",
+    part: Annotated[Part | None, typer.Option("--part", "-p", metavar="PART",
+                                              help="Prior part (generation: body, hand, face, face-shape, "
+                                                   "wholebody). Default per evaluation.",
                                               show_default=False)] = None,
-    prior: Annotated[str, typer.Option(help="Prior under test: dposer, or a baseline: none, l2, gmm (fitted on "
+    prior: Annotated[str, typer.Option(metavar="NAME", callback=choice(PRIOR_KINDS, what="--prior", param="--prior"),
+                                       help="Prior under test: dposer, or a baseline: none, l2, gmm (fitted on "
                                             "--train-poses), vposer (body; its V02_05 weights via --checkpoint)."
                                        )] = "dposer",
     checkpoint: CheckpointOpt = None,
@@ -47,8 +50,9 @@ def command(
     train_poses: Annotated[Path | None, typer.Option("--train-poses", help="Poses the gmm baseline is fitted on "
                                                                           "(default: the shared reference set).")] = None,
     gmm_components: Annotated[int, typer.Option("--gmm-components", help="GMM components.")] = 8,
-    sampler: Annotated[str, typer.Option(help="Generation sampler: dpm2m (fast, default), ddim or em (official "
-                                              "Euler–Maruyama, 1000 steps).")] = "dpm2m",
+    sampler: Annotated[str, typer.Option(metavar="NAME", callback=sampler_choice,
+                                         help="Generation sampler: dpm2m (fast, default), dpm2m-sde, ddim or em "
+                                              "(official Euler–Maruyama, 1000 steps).")] = "dpm2m",
     steps: Annotated[int | None, typer.Option(help="Sampler / optimisation steps (default: each task's official "
                                                    "count).")] = None,
     hypo: Annotated[int, typer.Option("--hypo", "-H", help="Hypotheses per input (completion).")] = 10,
@@ -80,7 +84,7 @@ def command(
                                statistics=statistics, train_poses=train_poses, gmm_components=gmm_components,
                                sampler=sampler, steps=steps, hypo=hypo, settings=_names(setting),
                                batch_size=batch_size, stride=stride, quick=quick, out=out, device=device, seed=seed)
-    with progress(f"benchmark {name}", enabled=not (quiet or json_out)) as cb:
+    with progress(f"benchmark {name}", enabled=not (quiet or json_out), unit="batches") as cb:
         result = run_staged(svc.run, req, progress=cb, output_file=svc.report_path(req))
     if result.info.get("rank", 0) != 0:  # torchrun: only rank 0 reports
         return
@@ -95,16 +99,26 @@ def command(
 
 
 def _table(console, result) -> None:  # type: ignore[no-untyped-def]
+    """The rows as a table: the body model each value was computed on, and why a paper value is withheld
+    (numbered notes under the table)."""
     from rich.table import Table
 
     info = result.info
     table = Table(title=f"benchmark {info['benchmark']} — {info['part']}, prior {info['prior']} "
                         f"({info['items']} items, {info['device']})", title_justify="left")
-    for col, justify in (("setting", "left"), ("metric", "left"), ("ours", "right"),
+    for col, justify in (("setting", "left"), ("metric", "left"), ("ours", "right"), ("body", "left"),
                          (f"paper: {info['paper_row']}", "right"), ("table", "left")):
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    notes: list[str] = []
     for row in info["rows"]:
-        paper = row["paper"]
-        table.add_row(row["setting"], row["metric"], f"{row['value']:.4g}",
-                      "—" if paper is None else f"{paper:.4g}", (row["table"] or "").split(" (")[0])
+        paper = "—" if row["paper"] is None else f"{row['paper']:.4g}"
+        note = row.get("paper_note")
+        if note:
+            if note not in notes:
+                notes.append(note)
+            paper = f"n/c ({notes.index(note) + 1})"
+        table.add_row(row["setting"], row["metric"], f"{row['value']:.4g}", row.get("body_model") or "—", paper,
+                      (row["table"] or "").split(" (")[0])
     console.print(table)
+    for k, note in enumerate(notes, 1):
+        console.print(f"({k}) {note}", markup=False)
