@@ -164,6 +164,13 @@ class _Item(NamedTuple):
         return self._replace(points=self.points + shift, targets=targets)
 
 
+def _mesh_colors(item: _Item) -> np.ndarray:
+    """The item's colours, or the clay of `scene.BODY_COLOR` for every vertex."""
+    if item.colors is not None:
+        return item.colors
+    return np.broadcast_to(np.asarray(BODY_COLOR, np.float64), item.points.shape)
+
+
 def _parse_item(item: Item, what: str) -> _Item:
     if "vertices" in item and "faces" in item:
         v, f = _mesh(item["vertices"], item["faces"], what)
@@ -266,7 +273,7 @@ def palm_frame(
     w, i, m, p = pts
     up = m - w
     normal = np.cross(i - w, p - w) * (1.0 if side == "right" else -1.0)
-    normal = normal - up * (normal @ up) / max(up @ up, 1e-12)
+    normal = normal - up * float(normal @ up) / max(float(up @ up), 1e-12)
     if np.linalg.norm(up) < 1e-9 or np.linalg.norm(normal) < 1e-9:
         raise InputError("palm frame: the wrist and knuckles are (nearly) collinear")
     y = up / np.linalg.norm(up)
@@ -544,14 +551,7 @@ def contact_sheet(
             if not band:
                 continue
             nrows = min(band_rows, rows - r0)
-            meshes = [
-                (
-                    parsed[i].points,
-                    parsed[i].topology,
-                    np.asarray(BODY_COLOR) if parsed[i].colors is None else parsed[i].colors,
-                )
-                for i in band
-            ]
+            meshes = [(parsed[i].points, parsed[i].topology, _mesh_colors(parsed[i])) for i in band]
             offsets = [((i % cols) * cw, (i // cols - r0) * ch) for i in band]
             rgb, _ = _draw_meshes(meshes, framing, offsets, (cols * cw, nrows * ch), backend)
             y0 = r0 * ch
@@ -945,7 +945,9 @@ def overhead_view(
     verts = [np.asarray(v, np.float64) for v in vertices]
     if not verts:
         raise InputError("overhead view: no meshes")
-    face_list = list(faces) if isinstance(faces, list | tuple) else [faces] * len(verts)
+    face_list: list[np.ndarray] = (
+        list(faces) if isinstance(faces, list | tuple) else [np.asarray(faces)] * len(verts)
+    )
     if len(face_list) != len(verts) or (labels is not None and len(labels) != len(verts)):
         raise InputError(
             f"overhead view: {len(verts)} meshes, {len(face_list)} face arrays, "
@@ -1015,15 +1017,13 @@ def overhead_view(
         MUTED_TEXT,
     )
     label(out, "seen from above", px // 2, px // 3, px)
-    for p, (v, _f, col) in enumerate(meshes):
+    for p, (v, _f, mesh_color) in enumerate(meshes):
         if labels is None:
             continue
         u, vv = framing.project(np.array([[float(v[:, 0].mean()), floor, float(v[:, 2].max())]]))[0]
         tw = text_width(labels[p], px)
         x = int(min(max(u - tw / 2, 0), w - tw - 2))
-        label(
-            out, labels[p], x, int(min(max(vv + px / 3, 0), h - px - 2)), px, _rgb255(np.asarray(col) * 0.55)
-        )
+        label(out, labels[p], x, int(min(max(vv + px / 3, 0), h - px - 2)), px, _rgb255(mesh_color * 0.55))
     return out
 
 

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from dposer_cli.bodies import BodyModel, load_body
+from dposer_cli.bodies.base import BodyOutput
 from dposer_cli.core.errors import MissingAssetError
 from dposer_cli.core.parts import PARTS, Part
 from dposer_cli.io.media import save_image
@@ -70,6 +71,13 @@ def part_params(part: Part, poses: Tensor) -> dict[str, Tensor]:
     if part is Part.hand:  # hand models take `hand_pose`
         params = {"hand_pose": params["hand_pose"]}
     return params
+
+
+def _mesh(out: BodyOutput, body: BodyModel) -> tuple[np.ndarray, np.ndarray]:
+    """(N, V, 3) vertices and (F, 3) faces of a model that has a mesh (callers check `body.faces`)."""
+    if out.vertices is None or body.faces is None:
+        raise MissingAssetError(f"the {body.kind} model has no mesh to draw")
+    return out.vertices.cpu().numpy(), body.faces.cpu().numpy()
 
 
 def _joint(body: BodyModel, name: str) -> int:
@@ -164,7 +172,8 @@ def _hand_region(body: BodyModel, side: str) -> tuple[np.ndarray, np.ndarray]:
     joint (at the rest pose) is the wrist, the palm or a finger, beyond 2 cm up the forearm."""
     with torch.no_grad():
         rest = body(body_pose=torch.zeros(1, 63, device=body.parents.device))
-    v, j = rest.vertices[0].cpu().numpy(), rest.joints[0].cpu().numpy()
+    verts, faces = _mesh(rest, body)
+    v, j = verts[0], rest.joints[0].cpu().numpy()
     skeleton = j[: len(body.parents)]
     names = body.joint_names[: len(body.parents)]
     hand = {f"{side}_wrist", f"{side}_hand"} | {f"{side}_{f}{k}" for f in _FINGERS for k in (1, 2, 3)}
@@ -176,7 +185,6 @@ def _hand_region(body: BodyModel, side: str) -> tuple[np.ndarray, np.ndarray]:
     axis = (wrist - elbow) / np.linalg.norm(wrist - elbow)
     keep = in_hand[nearest] & ((v - wrist) @ axis > -0.02)
     ids = np.flatnonzero(keep)
-    faces = body.faces.cpu().numpy()
     inside = keep[faces].all(axis=1)
     remap = np.full(len(v), -1, np.int64)
     remap[ids] = np.arange(len(ids))
@@ -237,9 +245,8 @@ def _face_closeups(params: dict[str, Tensor], body_model: Path | None, device: t
         return [face_chart(j, e, size=size, title="face (no FLAME)", limit=lim) for j, e in
                 zip(jaw.cpu().numpy(), expression.cpu().numpy(), strict=True)]
     with torch.no_grad():
-        out = flame(jaw_pose=jaw, expression=expression)
-    faces = flame.faces.cpu().numpy()
-    items = [{"vertices": v, "faces": faces} for v in out.vertices.cpu().numpy()]
+        verts, faces = _mesh(flame(jaw_pose=jaw, expression=expression), flame)
+    items = [{"vertices": v, "faces": faces} for v in verts]
     cols = min(8, len(items))
     sheet = contact_sheet(items, cols=cols, cell=size, renderer=renderer, center=True, labels=["face"] * len(items))
     return _cells(sheet, len(items), cols, size)
@@ -281,9 +288,9 @@ def moved_vertices(part: Part, body: BodyModel, poses: Tensor, hidden: Tensor) -
     """(N, V) bool: the vertices that the hidden entries (N, D) of each pose move (found by turning them
     `_PERTURB` rad further and comparing the meshes)."""
     with torch.no_grad():
-        a = body(**part_params(part, poses)).vertices
-        b = body(**part_params(part, poses + _PERTURB * hidden.to(poses.dtype))).vertices
-    return ((a - b).norm(dim=-1) > _MOVED_M).cpu().numpy()
+        a, _ = _mesh(body(**part_params(part, poses)), body)
+        b, _ = _mesh(body(**part_params(part, poses + _PERTURB * hidden.to(poses.dtype))), body)
+    return np.linalg.norm(a - b, axis=-1) > _MOVED_M
 
 
 def completion_sheet(part: Part, inputs: Tensor, completed: Tensor, hidden: Tensor, *, truth: bool,
@@ -307,11 +314,10 @@ def completion_sheet(part: Part, inputs: Tensor, completed: Tensor, hidden: Tens
         rows = [pose_items(part, torch.cat([given[i:i + 1], completed[i]] + ([inputs[i:i + 1]] if truth else [])),
                            body_model, device, body=body) for i in range(n)]
     else:
-        faces = body.faces.cpu().numpy()
         poses = torch.cat([given[:, None], completed] + ([inputs[:, None]] if truth else []), dim=1)
         with torch.no_grad():
             out = body(**part_params(part, poses.reshape(-1, poses.shape[-1])))
-        verts = out.vertices.cpu().numpy()
+        verts, faces = _mesh(out, body)
         if part is Part.hand:
             verts = upright(verts, out.joints.cpu().numpy(), body, getattr(body, "side", "right"))
         verts = verts.reshape(n, poses.shape[1], *verts.shape[1:])

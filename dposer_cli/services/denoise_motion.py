@@ -213,10 +213,9 @@ def _render(path: Path, obs: Tensor, visible: Tensor, result: BodyOutput, body: 
     frame (against the ground truth when there is one, else against the observations)."""
     parents = body.parents[:22].cpu().numpy()
     noisy, vis = obs.cpu().numpy(), visible.cpu().numpy()
-    mesh = result.vertices is not None and body.faces is not None
-    faces = body.faces.cpu().numpy() if mesh else None
-    verts = result.vertices.cpu().numpy() if mesh else None
-    clean_v = clean.cpu().numpy() if clean is not None and mesh else None
+    faces = body.faces.cpu().numpy() if body.faces is not None else None
+    verts = result.vertices.cpu().numpy() if result.vertices is not None and faces is not None else None
+    clean_v = clean.cpu().numpy() if clean is not None and verts is not None else None
     joints = result.joints[:, :22].cpu().numpy()
     if gt is not None:
         series = {"observed": _frame_errors_mm(obs, gt, visible),
@@ -227,23 +226,24 @@ def _render(path: Path, obs: Tensor, visible: Tensor, result: BodyOutput, body: 
         title = "joint distance per frame"
     # one camera for every panel of every frame (a subsample of each mesh is enough to frame it)
     pts = [noisy[vis]] + [m[:, ::7].reshape(-1, 3) for m in (verts, clean_v) if m is not None]
-    if not mesh:
+    if verts is None:
         pts.append(joints.reshape(-1, 3))
     framing = frame_points(np.concatenate(pts), "front", cell)
     hidden_note = f" ({', '.join(hidden_parts)} hidden)" if hidden_parts else ""
     labels = (["input (ground truth)"] if clean_v is not None else []) + [f"observed joints{hidden_note}", "denoised"]
     try:
-        out = None
+        out = np.empty((0, 0, 0, 3), np.uint8)
         for t in range(len(noisy)):
             items = [{"vertices": clean_v[t], "faces": faces}] if clean_v is not None else []
             items.append({"joints": np.where(vis[t][:, None], noisy[t], np.nan), "parents": parents,
                           "hidden": ~vis[t]})
-            items.append({"vertices": verts[t], "faces": faces} if mesh else {"joints": joints[t], "parents": parents})
+            items.append({"vertices": verts[t], "faces": faces} if verts is not None
+                         else {"joints": joints[t], "parents": parents})
             panels = contact_sheet(items, cols=len(items), cell=cell, renderer=renderer, labels=labels,
                                    framing=framing)
             plot = line_plot(series, size=(panels.shape[1], 120), cursor=t, title=title, unit="mm")
             frame = np.concatenate([panels, plot], axis=0)
-            if out is None:
+            if t == 0:
                 out = np.empty((len(noisy), *frame.shape), np.uint8)
             out[t] = frame
         return save_video(path, out, fps)
