@@ -31,8 +31,8 @@ def command(
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Fetch again even when the files are present.")] = False,
     list_: Annotated[
-        bool, typer.Option("--list", help="Show what is installed per part and which prior each command uses; "
-                                          "fetches nothing.")
+        bool, typer.Option("--list", help="Print (stdout) what is installed per part and which prior each "
+                                          "command uses; fetches nothing.")
     ] = False,
     check: Annotated[
         bool, typer.Option("--check", help="Like --list, and also load every installed file to verify it.")
@@ -66,9 +66,15 @@ def command(
 
 
 def _print_table(info: dict[str, Any]) -> None:
+    """The inventory table on stdout (it is what --list asks for; notes and hints stay on stderr)."""
+    import io
+    import shutil
+    import sys
+
+    from rich.console import Console
     from rich.table import Table
 
-    from dposer_cli.cli._console import console
+    from dposer_cli.cli._console import write_stdout
 
     root = Path(info["models_dir"])
 
@@ -77,7 +83,7 @@ def _print_table(info: dict[str, Any]) -> None:
             return "[red]missing[/red]"
         return "[red]invalid[/red]" if item.get("valid") is False else "[green]ok[/green]"
 
-    table = Table(title=f"official files under {root / 'official'}", title_justify="left")
+    table = Table()
     for col in ("part", "official", "normaliser", "demo", "uses", "body model"):
         table.add_column(col, no_wrap=True)
     bodies = info["body_models"]
@@ -91,4 +97,9 @@ def _print_table(info: dict[str, Any]) -> None:
         kind = e["body_model"]
         body = f"[green]{kind} ok[/green]" if bodies[kind]["present"] else f"[yellow]{kind} missing[/yellow]"
         table.add_row(part, state(e["official_checkpoint"]), norm, demo, use, body)
-    console.print(table)
+    tty = sys.stdout is not None and sys.stdout.isatty()
+    buf = io.StringIO()
+    width = shutil.get_terminal_size().columns if tty else 200  # a pipe or file: no wrapping
+    Console(file=buf, width=width, force_terminal=tty, no_color=not tty, highlight=False).print(table)
+    lines = [f"official files under {root / 'official'}", *buf.getvalue().splitlines()]  # a title never wraps
+    write_stdout("".join(line.rstrip() + "\n" for line in lines))

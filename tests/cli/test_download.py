@@ -130,10 +130,19 @@ def test_list_json_reports_every_part(hub, env, capsys):
     assert "smpl-x.is.tue.mpg.de" in info["body_models"]["smplx"]["instruction"]
 
 
-def test_check_table_on_stderr(hub, env, capsys):
+def test_check_table_on_stdout_and_notes_on_stderr(hub, env, capsys):
     assert dposer(capsys, "download", "body")[0] == 0
     code, out, err = dposer(capsys, "download", "--check", "body")
-    assert code == 0 and out == ""
-    assert "normaliser" in err and "register at" in err
-    row = next(line for line in err.splitlines() if line.startswith("│ body"))
+    assert code == 0 and "│" not in err
+    assert "normaliser" in out and "register at" in err
+    row = next(line for line in out.splitlines() if line.startswith("│ body"))
     assert row.split("│")[2].strip() == "ok" and row.split("│")[5].strip() == "official"
+
+
+def test_list_table_on_stdout_one_row_per_part_unwrapped(env, capsys):
+    code, out, err = dposer(capsys, "download", "--list")
+    assert code == 0 and "│" not in err and "Traceback" not in err
+    rows = [line for line in out.splitlines() if line.startswith("│ ") and "part" not in line]
+    assert [r.split("│")[1].strip() for r in rows] == [p.value for p in Part]
+    assert all(line == line.rstrip() for line in out.splitlines())
+    assert str(env / "official") in out  # the title names the folder, whole
