@@ -18,6 +18,7 @@ from dposer_cli.bodies.mannequin import MannequinBody, MannequinHand
 from dposer_cli.bodies.smplx_family import FLAMEBody, MANOBody, SMPLXBody
 from dposer_cli.core.device import resolve_device
 from dposer_cli.core.errors import AssetMismatchError, InputError, MissingAssetError, suggest
+from dposer_cli.core.parts import FLAME_FILES
 from dposer_cli.core.paths import body_model_dirs
 
 log = logging.getLogger(__name__)
@@ -131,18 +132,15 @@ def load_body(
         if resolved == "face":
             first = body_model_dirs(None)[0] / "flame"
             raise MissingAssetError(
-                f"no FLAME model found (searched {searched}); put FLAME_NEUTRAL.pkl, flame_static_embedding.pkl "
-                f"and flame_dynamic_embedding.npy in {first}",
+                f"no FLAME model found (searched {searched}); put {', '.join(FLAME_FILES[:-1])} and "
+                f"{FLAME_FILES[-1]} in {first}",
                 hint="FLAME is licensed: register at https://flame.is.tue.mpg.de, download FLAME 2020, and pass "
                 "its folder with --body-model or set DPOSER_BODY_MODELS",
             )
         fallback = MannequinBody() if resolved == "body" else MannequinHand(side)
-        log.info(
-            "body model: built-in mannequin (%s; no %s model found in %s)",
-            fallback.kind,
-            _MODEL[resolved],
-            searched,
-        )
+        roots = ", ".join(dict.fromkeys(str(p) for p in body_model_dirs(None)))
+        log.info("body model: built-in %s (no %s model in %s)", fallback.kind, _MODEL[resolved], roots)
+        log.debug("body model: tried %s", searched)
         return fallback.to(dev)
 
     if resolved == "body":

@@ -37,7 +37,7 @@ from dposer_cli.bodies.base import (
     lookup_joint_set,
 )
 from dposer_cli.core.errors import AssetMismatchError, UnavailableError
-from dposer_cli.core.parts import HAND_JOINTS
+from dposer_cli.core.parts import FLAME_FILES, HAND_JOINTS
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ _JOINTS = {"smplx": 55, "mano": 16, "flame": 5}
 # smplx indexes fixed vertex ids at forward time: SMPL-X's vertex joints reach id 9929, MANO tips 744
 _MIN_VERTICES = {"smplx": 9930, "mano": max(MANO_TIP_VERTICES) + 1, "flame": 1}
 _NAMES = {"smplx": "SMPL-X", "mano": "MANO", "flame": "FLAME"}
-FLAME_EXTRAS = ("flame_static_embedding.pkl", "flame_dynamic_embedding.npy")
+FLAME_EXTRAS = FLAME_FILES[1:]  # the landmark embeddings beside FLAME_NEUTRAL.pkl (core.parts: the one list)
 
 
 def _smplx() -> Any:
