@@ -199,7 +199,7 @@ def run(req: FitImageRequest, progress: Callable[[int, int], None] | None = None
                         "per image, the most prominent; pass --keypoints for several people), saved as "
                         f"COCO-WholeBody JSON ({detected[0].name}{', ...' if len(detected) > 1 else ''})")
     if video:
-        motions = _motions(req, model, prior, fitted, persons, frames, device, progress)
+        motions = _motions(req, model, prior, fitted, inputs, persons, frames, device, progress)
         outputs.update(_write_motions(req, out, frames, persons, inputs, model, fitted, motions))
         metrics.update(_motion_metrics(motions, lines))
         info["motion_prior"] = any(m.smoothed for m in motions)
@@ -406,6 +406,7 @@ class _Motion:
     fps: float
     smoothed: bool  # the motion prior pass ran
     schedule: str = ""
+    reprojection_px: float = float("nan")  # mean over the frames, after the pass
 
 
 class _ShapedBody:
@@ -458,9 +459,9 @@ def _motion_body_prior(req: FitImageRequest, prior: PosePrior, device: torch.dev
     return DPoserPrior.load(Part.body, device=device)
 
 
-def _motions(req: FitImageRequest, model: BodyModel, prior: PosePrior, fitted: FitResult, persons: FramePersons,
-             frames: list[Frame], device: torch.device, progress: Callable[[int, int], None] | None
-             ) -> list[_Motion]:
+def _motions(req: FitImageRequest, model: BodyModel, prior: PosePrior, fitted: FitResult, inputs: FitInput,
+             persons: FramePersons, frames: list[Frame], device: torch.device,
+             progress: Callable[[int, int], None] | None) -> list[_Motion]:
     """Per person along each video: the per-frame fits, then the motion prior pass (`tasks.denoise_motion` on
     the fitted joints, with one body shape and the schedule of the jitter's noise level)."""
     body_prior = _motion_body_prior(req, prior, device)
@@ -483,8 +484,22 @@ def _motions(req: FitImageRequest, model: BodyModel, prior: PosePrior, fitted: F
                                  generator=generator, progress=progress)
             motion.params = {**params, **{k: v.detach() for k, v in res.params.items()}}
             motion.joints, motion.smoothed, motion.schedule = res.joints.detach(), True, res.schedule.name
+            motion.reprojection_px = _reprojection_px(model, motion.params, fitted, inputs, index, req.part)
         motions.append(motion)
     return motions
+
+
+def _reprojection_px(model: BodyModel, params: dict[str, torch.Tensor], fitted: FitResult, inputs: FitInput,
+                     rows: torch.Tensor, part: Part) -> float:
+    """Mean pixel distance of the model's projected joints to the keypoints the fit used (as the fit's own
+    `reprojection_px`: confident keypoints, not the ones the part ignores)."""
+    with torch.no_grad():
+        joints = model(**params, return_vertices=False).joints[:, fitted.layout.model_idx]
+    proj = cam.perspective_project(joints, inputs.focal[rows], inputs.center[rows])
+    kp = inputs.keypoints[rows][:, fitted.layout.kp_keep.to(rows.device)]
+    used = kp[..., 2] > 0
+    used[:, list(FIT_SPECS[part].ignored)] = False
+    return float(((proj - kp[..., :2]).norm(dim=-1) * used).sum() / used.sum().clamp(min=1))
 
 
 def _video_prefix(frames: list[Frame], sequence: int) -> str:
@@ -526,11 +541,15 @@ def _motion_metrics(motions: list[_Motion], lines: list[str]) -> dict[str, float
         return {}
     b = float(np.average(before[ok], weights=weights[ok]))
     a = float(np.average(after[ok], weights=weights[ok]))
-    smoothed = any(m.smoothed for m in motions)
+    out = {"jitter_before_mm": b, "jitter_after_mm": a}
+    smoothed = [m for m in motions if m.smoothed]
+    if smoothed:
+        out["motion_reprojection_error_px"] = float(np.average([m.reprojection_px for m in smoothed],
+                                                               weights=[len(m.rows) for m in smoothed]))
     lines.append(f"jitter (mean joint acceleration): {b:.1f} mm/frame² per-frame fits"
-                 + (f" → {a:.1f} mm/frame² after the motion prior pass" if smoothed else
-                    " (no motion prior pass)"))
-    return {"jitter_before_mm": b, "jitter_after_mm": a}
+                 + (f" → {a:.1f} mm/frame² after the motion prior pass (reprojection error "
+                    f"{out['motion_reprojection_error_px']:.1f} px)" if smoothed else " (no motion prior pass)"))
+    return out
 
 
 def _motion_arrays(m: _Motion, model: BodyModel, frames: list[Frame], persons: FramePersons,

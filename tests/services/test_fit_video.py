@@ -127,9 +127,11 @@ def test_video_from_keypoint_jsons_motion_pass_lowers_jitter(tmp_path, clip):
     before, after = result.metrics["jitter_before_mm"], result.metrics["jitter_after_mm"]
     error_fit, error = _errors_mm(data["joints_per_frame_fit"], clip.joints), _errors_mm(data["joints"], clip.joints)
     truth = float(np.linalg.norm(clip.joints[2:] - 2 * clip.joints[1:-1] + clip.joints[:-2], axis=-1).mean() * 1000)
+    px_fit, px = result.metrics["reprojection_error_px"], result.metrics["motion_reprojection_error_px"]
     print(f"jitter mm/frame²: per-frame fits {before:.1f} → motion prior pass {after:.1f} (ground truth {truth:.1f}); "
-          f"PA-MPJPE mm: per-frame fits {error_fit:.1f}, motion {error:.1f}")
+          f"PA-MPJPE mm: per-frame fits {error_fit:.1f}, motion {error:.1f}; reprojection px {px_fit:.1f} → {px:.1f}")
     assert after < before
+    assert px < 10 * max(px_fit, 1.0)  # still on the person in the picture
     assert error < 120, error  # the motion is still the person's (the pass does not drift away)
     assert result.info["motion_prior"] is True and len(result.outputs["npz"]) == t
     # exports: the motion as BVH (22 joints, every frame) and as one GLB with a mesh per frame
