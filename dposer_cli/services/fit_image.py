@@ -2,8 +2,14 @@
 
 A file-in/file-out shell around `tasks.fit.fit`: pair images with keypoint files and read the persons
 (`io.frames`), load the body model and the prior, fit every person of every image (or every frame of a
-folder) in one batch, and write per image `<stem>.npz` (parameters per person) and `<stem>_overlay.png`
-(mesh and keypoints over the photo).
+folder or video file) in one batch, and write per image `<stem>.npz` (parameters per person) and
+`<stem>_overlay.png` (mesh and keypoints over the photo).
+
+Images without keypoint files get detections (`io.detect`, MediaPipe: the most prominent person), saved as
+COCO-WholeBody JSON and then read like any keypoint file. Videos (frame folders, video files) share one body
+shape per person and get the motion prior pass (`tasks.denoise_motion` on the fitted joints); they write
+`motion.npz` (AMASS-style) and `overlay.mp4` instead of per-frame pictures, and report the jitter before and
+after the pass. `--export` writes the fits upright as meshes or BVH (`tasks.export`, `io.export`).
 """
 
 import logging
