@@ -79,9 +79,13 @@ def configure_threads(requested: int | None, work_items: int | None = None) -> i
 
 
 def make_generator(seed: int, device: torch.device) -> torch.Generator:
-    """One generator per run, on the target device; samplers never touch the global RNG."""
+    """One generator per run, on the target device; samplers never touch the global RNG.
+
+    The seed is taken modulo 2^64, torch's seed range: `--seed 2**64-1` plus a batch offset wraps around
+    instead of failing; every seed within the range gives the generator it always gave.
+    """
     gen = torch.Generator(device=device)
-    gen.manual_seed(int(seed))
+    gen.manual_seed(int(seed) % 2**64)
     return gen
 
 

@@ -6,6 +6,7 @@ Either `joints` (N, J, 3) in metres [+ `visible` (N, J) bool] [+ fixed parameter
 task's per-part table); this module only reads and validates.
 """
 
+import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,7 @@ import numpy as np
 from jaxtyping import Bool, Float
 
 from dposer_cli.core.errors import InputError
+from dposer_cli.io.poses import holds_pickle, unsafe_data
 
 
 @dataclass(frozen=True)
@@ -26,15 +28,28 @@ class IKTargets:
     params: dict[str, np.ndarray] = field(default_factory=dict)  # ground truth (evaluation mode), float32
 
 
-def _read_npz(path: Path) -> dict[str, np.ndarray]:
+def _read_npz(path: Path, used: set[str]) -> dict[str, np.ndarray]:
+    """The file's arrays; a member holding pickled objects is refused (`UnsafeFileError`) when it is one of
+    `used`, else left out unread."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"targets file {path} not found")
+    out: dict[str, np.ndarray] = {}
     try:
         with np.load(path, allow_pickle=False) as data:
-            return {k: data[k] for k in data.files}
-    except (OSError, ValueError, EOFError) as exc:
+            for k in data.files:
+                try:
+                    out[k] = data[k]
+                except ValueError as exc:
+                    if not holds_pickle(exc):
+                        raise
+                    if k in used:
+                        raise unsafe_data(path, k) from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        if holds_pickle(exc):
+            raise unsafe_data(path) from None
         raise InputError(f"targets file {path} is not a readable .npz ({str(exc).splitlines()[0]})") from None
+    return out
 
 
 def _array(data: Mapping[str, np.ndarray], key: str, path: Path, dim: int | None, n: int | None,
@@ -90,9 +105,10 @@ def read_ik_targets(path: Path, *, part: str, joint_set: str, num_joints: int, k
 
     Raises:
         InputError: missing/unreadable file, wrong shapes, NaNs at visible joints, no usable keys.
+        UnsafeFileError: an array it reads holds pickled Python objects (nothing of it runs).
     """
     path = Path(path)
-    data = _read_npz(path)
+    data = _read_npz(path, {"joints", "visible", "poses", *known, *params})
     if "joints" in data:
         return _read_joints(data, path, part, joint_set, num_joints, known, up_to)
     gt: dict[str, np.ndarray] = {}

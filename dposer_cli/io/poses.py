@@ -18,6 +18,9 @@ Readable layouts (formats.md §4.4), tried in this order:
 
 A (N, H, d) array (hypotheses written by `dposer complete`) is read as N·H rows. `fps` subsamples files that
 record their frame rate (stride = round(rate / fps)); files without a rate are read at every frame.
+
+Arrays are read with `allow_pickle=False`: one that holds pickled Python objects is refused with
+`UnsafeFileError` (exit 4, "holds pickled Python objects"), unread.
 """
 
 import zipfile
@@ -27,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from jaxtyping import Float
 
-from dposer_cli.core.errors import InputError
+from dposer_cli.core.errors import InputError, UnsafeFileError
 from dposer_cli.core.parts import PARTS, Part
 from dposer_cli.core.paths import atomic_write
 
@@ -80,8 +83,27 @@ class PoseFile:
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
+def holds_pickle(exc: BaseException) -> bool:
+    """Whether `exc` is NumPy refusing an object array under `allow_pickle=False` (nothing of it was run)."""
+    return isinstance(exc, ValueError) and "allow_pickle=False" in str(exc)
+
+
+def unsafe_data(path: Path, key: str | None = None) -> UnsafeFileError:
+    """The error for a data file whose array (`key`, or the file itself) holds pickled Python objects."""
+    what = f"{key} holds" if key else "it holds"
+    return UnsafeFileError(
+        f"refusing to read {path}: {what} pickled Python objects, which could run code; expected numeric arrays",
+        hint="save plain arrays (np.savez(path, poses=numbers)); nothing in this file was run",
+    )
+
+
 def open_npz(path: Path, what: str = "poses file") -> "np.lib.npyio.NpzFile":
-    """Open an npz lazily; missing files and non-npz files become one-line InputErrors."""
+    """Open an npz lazily; missing files and non-npz files become one-line InputErrors.
+
+    Raises:
+        InputError: missing, a folder, or not a readable .npz.
+        UnsafeFileError: a single .npy array of pickled Python objects.
+    """
     path = Path(path)
     if not path.exists():
         raise InputError(f"{what} not found: {path}")
@@ -90,6 +112,8 @@ def open_npz(path: Path, what: str = "poses file") -> "np.lib.npyio.NpzFile":
     try:
         data = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        if holds_pickle(exc):
+            raise unsafe_data(path) from None
         raise InputError(f"{path}: not a readable .npz file ({_one_line(exc)})") from None
     if not isinstance(data, np.lib.npyio.NpzFile):
         raise InputError(
@@ -99,12 +123,17 @@ def open_npz(path: Path, what: str = "poses file") -> "np.lib.npyio.NpzFile":
 
 
 def load_key(npz: "np.lib.npyio.NpzFile", key: str, path: Path) -> np.ndarray:
-    """One array of an npz; pickled objects and corrupt members become InputErrors."""
+    """One array of an npz.
+
+    Raises:
+        UnsafeFileError: the member holds pickled Python objects (refused unread).
+        InputError: a corrupt member.
+    """
     try:
         return npz[key]
-    except ValueError:
-        raise InputError(f"{path}: {key} holds pickled Python objects; expected a numeric array") from None
-    except (OSError, EOFError, zipfile.BadZipFile) as exc:
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        if holds_pickle(exc):
+            raise unsafe_data(path, key) from None
         raise InputError(f"{path}: cannot read {key} ({_one_line(exc)})") from None
 
 
@@ -342,6 +371,8 @@ def read_poses(path: Path | str, part: Part, *, allow_nan: bool = False, fps: fl
     Raises:
         InputError: missing/unreadable file, no usable key (the message lists the keys found and expected),
             wrong shapes, zero rows, non-finite values, or a part the file cannot provide.
+        UnsafeFileError: an array it reads holds pickled Python objects (exit 4; nothing of it runs). Other
+            members holding them are left out of `extras`, unread.
     """
     path = Path(path)
     part = Part(part)
