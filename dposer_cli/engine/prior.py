@@ -155,15 +155,15 @@ class DPoserPrior(nn.Module):
 
     # ---- sampling -------------------------------------------------------------------------------
     @torch.no_grad()
-    def sample(self, n: int, *, sampler: str = "dpm2m", steps: int | None = None, t_end: float = 1e-3,
-               generator: torch.Generator | None = None, progress: Callable[[int, int], None] | None = None,
-               shape: tuple[int, ...] = (), callback: Callable[[smp.SamplerStep], None] | None = None
-               ) -> Float[Tensor, "n *shape D"]:
+    def sample(self, n: int, *, sampler: str = smp.DEFAULT_SAMPLER, steps: int | None = None,
+               t_end: float = 1e-3, generator: torch.Generator | None = None,
+               progress: Callable[[int, int], None] | None = None, shape: tuple[int, ...] = (),
+               callback: Callable[[smp.SamplerStep], None] | None = None) -> Float[Tensor, "n *shape D"]:
         """Draw `n` raw poses (axis-angle / coefficients); `shape` adds inner dims, e.g. (T,) for motions.
 
         Args:
-            sampler, steps, t_end: one of `engine.samplers.SAMPLERS`, its step count (= NFE; default per
-                sampler) and the last grid time.
+            sampler, steps, t_end: one of `engine.samplers.SAMPLERS` (default `DEFAULT_SAMPLER`,
+                SDE-DPM-Solver++(2M)), its step count (= NFE; default per sampler) and the last grid time.
             progress: called as `progress(done, total)` after each step.
             callback: called once per step with an `engine.samplers.SamplerStep` whose `x` (noisy state
                 x_t) and `denoised` (x̂0) are in raw pose space, as the returned samples; for figures of

@@ -1,8 +1,8 @@
 """Sampling: draw poses from a prior, batched, optionally recording the sampling process (spec §5).
 
-The DPoser prior runs one of the `engine.samplers` (DPM-Solver++(2M), DDIM, the official Euler–Maruyama
-EM-1000, ...) from pure noise; a baseline with its own sampler (GMM, VPoser) draws directly (no network
-evaluations, no trajectory). Tensors in, tensors out: no paths, no files.
+The DPoser prior runs one of the `engine.samplers` (SDE-DPM-Solver++(2M) by default, DPM-Solver++(2M), DDIM,
+the official Euler–Maruyama EM-1000) from pure noise; a baseline with its own sampler (GMM, VPoser) draws
+directly (no network evaluations, no trajectory). Tensors in, tensors out: no paths, no files.
 
 The trajectory is recorded through the samplers' per-step callback (the samplers stay pure functions): at up
 to `max_frames - 1` evenly spaced steps it keeps the noisy state x_t and the denoised estimate x̂0 of that
@@ -28,12 +28,12 @@ from torch import Tensor
 
 from dposer_cli.core.errors import InputError, suggest
 from dposer_cli.engine.prior import DPoserPrior
-from dposer_cli.engine.samplers import DEFAULT_STEPS, SAMPLERS, SamplerStep
+from dposer_cli.engine.samplers import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLERS, SamplerStep
 
 DEFAULT_MAX_FRAMES = 100  # trajectory frames (recorded steps + the final samples) unless asked otherwise
 
-__all__ = ["DEFAULT_STEPS", "SAMPLERS", "SampleResult", "SamplerStep", "SamplingPrior", "Trajectory",
-           "check_sampler", "frame_steps", "sample"]
+__all__ = ["DEFAULT_SAMPLER", "DEFAULT_STEPS", "SAMPLERS", "SampleResult", "SamplerStep", "SamplingPrior",
+           "Trajectory", "check_sampler", "frame_steps", "sample"]
 
 
 @runtime_checkable
@@ -122,9 +122,9 @@ class _Recorder:
             self.forward(s)
 
 
-def sample(prior: DPoserPrior | SamplingPrior, n: int, *, sampler: str = "dpm2m", steps: int | None = None,
-           t_end: float = 1e-3, generator: torch.Generator | None = None, batch_size: int | None = None,
-           progress: Callable[[int, int], None] | None = None,
+def sample(prior: DPoserPrior | SamplingPrior, n: int, *, sampler: str = DEFAULT_SAMPLER,
+           steps: int | None = None, t_end: float = 1e-3, generator: torch.Generator | None = None,
+           batch_size: int | None = None, progress: Callable[[int, int], None] | None = None,
            callback: Callable[[SamplerStep], None] | None = None, return_trajectory: bool = False,
            max_frames: int = DEFAULT_MAX_FRAMES, trajectory_samples: int | None = None) -> SampleResult:
     """Draw `n` raw poses from `prior`.
@@ -132,8 +132,8 @@ def sample(prior: DPoserPrior | SamplingPrior, n: int, *, sampler: str = "dpm2m"
     Args:
         prior: a `DPoserPrior` (runs `sampler`) or a baseline with its own `sample` (GMM, VPoser).
         n: number of samples.
-        sampler, steps, t_end: DPoser only: a name of `SAMPLERS`, its steps (= NFE per batch; default
-            `DEFAULT_STEPS[sampler]`) and the last grid time.
+        sampler, steps, t_end: DPoser only: a name of `SAMPLERS` (default `DEFAULT_SAMPLER`), its steps
+            (= NFE per batch; default `DEFAULT_STEPS[sampler]`) and the last grid time.
         generator: the noise source (batches draw from it one after the other).
         batch_size: samples per sampler run (default: all `n` in one run, which is what reproduces
             `dposer generate` for a seed).

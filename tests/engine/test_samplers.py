@@ -21,7 +21,7 @@ def gaussian_eps(sde, mu=MU, s=S):
 
 
 @pytest.mark.parametrize("kind", ["subvp", "vp"])
-@pytest.mark.parametrize("name,steps", [("em", 1000), ("ddim", 200), ("dpm2m", 25)])
+@pytest.mark.parametrize("name,steps", [("em", 1000), ("ddim", 200), ("dpm2m", 25), ("dpm2m-sde", 50)])
 def test_sampler_recovers_gaussian_mean_and_std(kind, name, steps):
     sde = build_sde(SDEConfig(kind=kind))
     g = torch.Generator().manual_seed(0)
@@ -40,6 +40,48 @@ def test_fast_sampler_matches_em_in_distribution():
     # compare quantiles of the two sample sets
     q = torch.tensor([0.1, 0.25, 0.5, 0.75, 0.9])
     assert torch.allclose(torch.quantile(em[:, 0], q), torch.quantile(fast[:, 0], q), atol=0.05)
+    sde_fast = smp.dpm_solver_2m_sde(gaussian_eps(sde), x, sde=sde, steps=50, generator=g)
+    assert torch.allclose(torch.quantile(em[:, 0], q), torch.quantile(sde_fast[:, 0], q), atol=0.05)
+
+
+def test_sde_solver_is_exact_first_step_of_the_reverse_sde():
+    """One SDE-DPM-Solver++ step (first order) is the exact solution of the reverse SDE with x̂0 frozen:
+    mean σ_n/σ e^{-h} x + α_n (1 − e^{-2h}) x̂0 and noise σ_n √(1 − e^{-2h}) z (Lu et al. 2022)."""
+    sde = build_sde(SDEConfig())
+    eps = gaussian_eps(sde)
+    x = torch.randn(4, 3, generator=torch.Generator().manual_seed(0))
+    seen = []
+    out = smp.dpm_solver_2m_sde(eps, x, sde=sde, steps=2, generator=torch.Generator().manual_seed(9),
+                                callback=seen.append)
+    ts = smp.logsnr_grid(sde, 2, 1e-3, x.device)
+    a, s = sde.marginal(ts)
+    lam = torch.log(a / s)
+    h0, h1 = lam[1] - lam[0], lam[2] - lam[1]
+    z = torch.randn(x.shape, generator=torch.Generator().manual_seed(9))
+    x1 = s[1] / s[0] * torch.exp(-h0) * x + a[1] * (1 - torch.exp(-2 * h0)) * seen[0].denoised
+    x1 = x1 + s[1] * torch.sqrt(1 - torch.exp(-2 * h0)) * z
+    torch.testing.assert_close(seen[1].x, x1)
+    x2 = s[2] / s[1] * torch.exp(-h1) * x1 + a[2] * (1 - torch.exp(-2 * h1)) * seen[1].denoised  # noise-free last
+    torch.testing.assert_close(out, x2)
+
+
+@pytest.mark.parametrize("steps", [5, 6, 8])
+def test_dpm2m_does_not_extrapolate_from_t_T(steps):
+    """An ε error at t = T only (where x̂0 = (x − σε̂)/α carries it ×150) reaches the DPM-Solver++(2M) result
+    no more than it reaches DDIM's: the multistep extrapolation never uses the x̂0 of t = T. (Using it, as the
+    sampler did before, multiplied the error by e^h/2 at the second step: ×7 over DDIM at 6 steps.)"""
+    sde = build_sde(SDEConfig())
+    eps = gaussian_eps(sde)
+
+    def bad(x, t):
+        return eps(x, t) + 0.05 * append_dims((t >= sde.T).to(x.dtype), x.ndim)
+
+    x = torch.randn(2000, 3, generator=torch.Generator().manual_seed(0))
+    dev = {}
+    for name in ("ddim", "dpm2m"):
+        fn = smp.SAMPLERS[name]
+        dev[name] = (fn(bad, x, sde=sde, steps=steps) - fn(eps, x, sde=sde, steps=steps)).abs().mean()
+    assert dev["dpm2m"] <= 2 * dev["ddim"], dev
 
 
 def test_samplers_agree_for_pose_and_motion_layouts():
