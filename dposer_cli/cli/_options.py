@@ -159,8 +159,12 @@ ThreadsOpt = Annotated[
 ]
 
 
+EXPORT_FORMAT_NAMES = ("glb", "obj", "ply", "bvh")  # io.export.EXPORT_FORMATS (io imports trimesh)
+
+
 def _export(values: list[str] | None) -> list[str]:
-    return [v.strip().lower() for raw in values or [] for v in raw.split(",") if v.strip()]
+    names = [v.strip().lower() for raw in values or [] for v in raw.split(",") if v.strip()]
+    return [check_choice(v, EXPORT_FORMAT_NAMES, what="--export format", param="--export") for v in names]
 
 
 ExportOpt = Annotated[
