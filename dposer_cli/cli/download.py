@@ -10,14 +10,15 @@ from dposer_cli.cli._options import JsonOpt, QuietOpt
 from dposer_cli.core.parts import Part
 
 # the part names plus "all"; built from Part so a new part is offered without touching this file
-Target = Enum("Target", {**{p.name: p.value for p in Part}, "all": "all"}, type=str)  # type: ignore[misc]
+Target = Enum("PART", {**{p.name: p.value for p in Part}, "all": "all"}, type=str)  # type: ignore[misc]
 
 
 def command(
     parts: Annotated[
         list[Target] | None,  # type: ignore[valid-type]
         typer.Argument(help="Priors to fetch: body, hand, face (also fetches face-shape), face-shape, wholebody "
-                            "or all. Default: all.", show_default=False),
+                            "or all. Default: all.", metavar="PART", show_choices=False,  # listed in the help text
+                            show_default=False),
     ] = None,
     models_dir: Annotated[
         Path | None,

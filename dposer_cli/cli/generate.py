@@ -28,7 +28,7 @@ def command(
     out: OutOpt = Path("dposer_out"),
     sampler: Annotated[str, typer.Option(metavar="NAME", callback=sampler_choice, help=(
         "Sampler (default steps = network evaluations); quality measured on the demo body prior, 2000 samples "
-        "vs 2000 real poses (bench/results/sampler_study.json):\n\n"
+        "vs 2000 real poses (sampler_study.json in bench/results/):\n\n"
         "dpm2m-sde   50  FID 0.14  prec 0.72  rec 0.70  default: SDE-DPM-Solver++(2M), EM-1000's quality\n\n"
         "dpm2m       25  FID 0.12  prec 0.63  rec 0.76  DPM-Solver++(2M) ODE: fastest, less plausible\n\n"
         "ddim        50  FID 0.21  prec 0.75  rec 0.66\n\n"

@@ -11,7 +11,7 @@ from dposer_cli.core.parts import T_WEIGHTINGS, Part
 
 def command(
     part: PartOpt = Part.body,
-    data: Annotated[list[Path], typer.Option("--data", help="Pose npz files or folders (ours, official toy, "
+    data: Annotated[list[Path], typer.Option("--data", metavar="PATH", help="Pose npz files or folders (ours, official toy, "
                                                             "AMASS); repeat for several.")] = ...,  # type: ignore[assignment]
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder: last.pt, best.pt, prior.pt, log.jsonl. "
                                                           "Re-running resumes from last.pt.")] = Path("dposer_train"),
