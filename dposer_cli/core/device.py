@@ -30,9 +30,12 @@ def resolve_device(spec: str | torch.device = "auto") -> torch.device:
 
 
 THREADS_ENV = "DPOSER_THREADS"
-# Samples per network call from which a second CPU thread pays off: below it, torch's default thread count
-# made one network call up to 17x slower than one thread on a busy 2-core machine (issue #16). Measured with
-# `python -m bench.bench_threads` (bench/results/threads.json); see the README's thread section.
+# Samples per call from which every core is used (torch's own default); below it, one thread. Measured with
+# `python -m bench.bench_threads` (bench/results/threads.json) on the project's busy 2-core machine, one thread
+# won at every size: two threads made a batch-1 network call 4-190x slower, a batch-1000 call and a
+# 1280-sample training step 4-6x slower. Small work (fitting, IK, completion) is per-operation overhead that
+# threads only add to; from this size on the split pays on an idle multi-core machine (not measurable here).
+# On a busy machine set DPOSER_THREADS=1.
 PARALLEL_MIN_ITEMS = 1000
 
 
