@@ -61,7 +61,7 @@ def command(
         emit(result, as_json=json_out, quiet=quiet)
         return
     req = svc.DownloadRequest(parts=names or (svc.ALL,), models_dir=models_dir, revision=revision, force=force)
-    with progress("downloading", enabled=not (quiet or json_out)) as cb:
+    with progress("downloading", enabled=not (quiet or json_out), unit="bytes") as cb:
         result = svc.run(req, progress=cb)
     emit(result, as_json=json_out, quiet=quiet)
 
