@@ -17,10 +17,8 @@ torch.set_num_threads(1)
 # production code pays nothing. DPOSER_NO_TYPECHECK=1 turns it off (timing comparisons).
 # UNCHECKED: modules whose annotations beartype cannot check yet (keep this list empty; each entry says why).
 UNCHECKED = {
-    "dposer_cli.bodies.mannequin": "forward(**params: Tensor) is given None for absent parameters",
     "dposer_cli.tasks.denoise_motion": "observations: 'T 22 3' pre-empts its own InputError for (T, 17, 3)",
     "dposer_cli.evaluation.common": "BenchmarkRequest.data_dir: Path | None is given a str by its callers",
-    "dposer_cli.bodies.smplx_family": "forward(**params: Tensor) is given None for absent parameters",
     "dposer_cli.engine.prior": "eps(t) says Float[Tensor, '*batch'] but takes a scalar, (B,) or x.shape[:-1]",
 }
 # The hook matches names as prefixes, so it is given leaf modules only (package __init__s just re-export).

@@ -32,17 +32,26 @@ class BodyOutput:
 class BodyModel(Protocol):
     """Implemented by MannequinBody, MannequinHand, SMPLXBody, MANOBody and FLAMEBody (nn.Modules).
 
-    Calls are stateless: `model(body_pose=..., betas=...)` with any leading batch dims; a keyword-only
-    `return_vertices=False` skips the mesh where the model allows it.
+    Calls are stateless: `model(body_pose=..., betas=...)` with any leading batch dims, a parameter given as
+    None is a missing one (zeros); a keyword-only `return_vertices=False` skips the mesh where the model allows
+    it.
     """
 
     kind: str  # "mannequin" | "mannequin-hand" | "smplx" | "mano" | "flame"
     joint_names: tuple[str, ...]
-    faces: Tensor | None  # (F, 3) long
-    parents: Tensor  # (J_skel,) kinematic-tree parents of the first J_skel joints, -1 for the root
     num_betas: int
 
-    def __call__(self, **params: Tensor) -> BodyOutput: ...
+    @property
+    def faces(self) -> Tensor | None:
+        """(F, 3) long."""
+        ...
+
+    @property
+    def parents(self) -> Tensor:
+        """(J_skel,) kinematic-tree parents of the first J_skel joints, -1 for the root."""
+        ...
+
+    def __call__(self, *, return_vertices: bool = True, **params: Tensor | None) -> BodyOutput: ...
 
     def joint_set(self, name: str) -> Tensor: ...
 

@@ -53,7 +53,7 @@ def _levels(parents: tuple[int, ...]) -> tuple[tuple[tuple[int, ...], tuple[int,
     levels: list[tuple[int, ...]] = [
         tuple(j for j in range(len(parents)) if depth[j] == d) for d in range(max(depth) + 1)
     ]
-    out = [(levels[0], ())]
+    out: list[tuple[tuple[int, ...], tuple[int, ...]]] = [(levels[0], ())]
     for d in range(1, len(levels)):
         pos = {j: i for i, j in enumerate(levels[d - 1])}
         out.append((levels[d], tuple(pos[parents[j]] for j in levels[d])))

@@ -143,6 +143,7 @@ def load_body(
         log.debug("body model: tried %s", searched)
         return fallback.to(dev)
 
+    model: SMPLXBody | MANOBody | FLAMEBody
     if resolved == "body":
         model = SMPLXBody(found)
     elif resolved == "hand":

@@ -152,6 +152,52 @@ class WoodenRig(nn.Module):
     joints-only calls never touch the 24k-vertex mesh.
     """
 
+    # buffers (registered in `_build`, `_derive`, `__init__`; declared here for type checkers)
+    joint_rest: Tensor
+    joint_dirs: Tensor
+    sole_rest: Tensor
+    sole_dirs: Tensor
+    head_min_rest: Tensor
+    head_max_rest: Tensor
+    head_min_dirs: Tensor
+    head_max_dirs: Tensor
+    hand_mean: Tensor
+    parent_idx: Tensor
+    mirror: Tensor
+    reflect: Tensor
+    source_joints: Tensor
+    align_joint: Tensor
+    align_vec: Tensor
+    align_src: Tensor
+    align_flip: Tensor
+    fit_joint: Tensor
+    fit_child: Tensor
+    fit_group: Tensor
+    fit_src: Tensor
+    fit_den: Tensor
+    rigid_axis: Tensor
+    rest_vertices: Tensor
+    stats_is_head: Tensor
+    stats_is_fl: Tensor
+    stats_is_fr: Tensor
+    regions_cols: Tensor
+    regions_sources: Tensor
+    regions_kt: Tensor
+    align_len: Tensor
+    align_axis: Tensor
+    align_outer: Tensor
+    rigid_len: Tensor
+    rigid_dir: Tensor
+    neutral_points: Tensor
+    neutral_joints: Tensor
+    # per-subset buffers of `add_subset` read by name (the others go through `_sub`)
+    sub_stats_head: Tensor
+    sub_stats_fwl: Tensor
+    sub_stats_fwr: Tensor
+    sub_full_w: Tensor
+    sub_landmarks_w: Tensor
+    sub_landmarks_pos: Tensor
+
     def __init__(self, dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
         self._shape_cache: tuple[Tensor, dict[str, Tensor]] | None = None
@@ -332,8 +378,8 @@ class WoodenRig(nn.Module):
         # regions grad-free with one product by a blend matrix over their own joints, then evaluates with
         # autograd only the candidate vertices
         full = _Pack(*(self._sub("stats", key) for key in _Pack._fields))
-        parts = [torch.nonzero(m)[:, 0] for m in (self.stats_is_head, self.stats_is_fl, self.stats_is_fr)]
-        pack = full.take(torch.cat(parts))
+        members = [torch.nonzero(m)[:, 0] for m in (self.stats_is_head, self.stats_is_fl, self.stats_is_fr)]
+        pack = full.take(torch.cat(members))
         cols = torch.nonzero(pack.w.abs().sum(0) > 0)[:, 0]
         pack = pack._replace(w=pack.w[:, cols])
         buf("regions_cols", cols.numpy(), torch.long)
@@ -345,7 +391,7 @@ class WoodenRig(nn.Module):
         self.register_buffer(
             "regions_kt", (pack.w[:, :, None] * homog[:, None, :]).flatten(1).T.contiguous(), persistent=False
         )
-        ends = np.cumsum([len(part) for part in parts]).tolist()
+        ends = np.cumsum([len(member) for member in members]).tolist()
         self._region_slices = {
             r: slice(a, b) for r, a, b in zip(("head", "fl", "fr"), [0, *ends[:-1]], ends, strict=True)
         }
@@ -741,6 +787,13 @@ class MannequinBody(nn.Module):
     kind = "mannequin"
     num_betas = NUM_BETAS
     num_expression = 0
+    # buffers (registered in `__init__`)
+    parents: Tensor
+    faces: Tensor
+    mean_hand_rot: Tensor
+    fixed_rot: Tensor
+    landmark_cols: Tensor
+    landmark_weights: Tensor
 
     def __init__(self, dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
@@ -791,7 +844,8 @@ class MannequinBody(nn.Module):
 
     def _neutral_matrix(self) -> SkinMatrix:
         key = (self.rig.neutral_points.dtype, self.rig.neutral_points.device)
-        if self._matrix_key != key:  # rebuilt after .to(): sparse tensors are not module buffers
+        # rebuilt after .to(): sparse tensors are not module buffers
+        if self._matrix is None or self._matrix_key != key:
             self._matrix = lbs_matrix(self.rig.neutral_points, self.rig.sub_full_w)
             self._matrix_key = key
         return self._matrix
@@ -821,7 +875,7 @@ class MannequinBody(nn.Module):
         rots = torch.cat(blocks, dim=-3)
         return rots if self._rot_order is None else rots.index_select(-3, self._rot_order)
 
-    def forward(self, *, return_vertices: bool = True, **params: Tensor) -> BodyOutput:
+    def forward(self, *, return_vertices: bool = True, **params: Tensor | None) -> BodyOutput:
         """Pose the mannequin; missing parameters are zeros (betas 0 = the SMPL-X neutral shape).
 
         With `return_vertices=False` only the skeleton and the landmark vertices are shaped and skinned.
@@ -870,6 +924,14 @@ class MannequinHand(nn.Module):
     kind = "mannequin-hand"
     num_betas = NUM_BETAS
     num_expression = 0
+    # buffers (registered in `__init__`)
+    weights: Tensor
+    chain: Tensor
+    tips: Tensor
+    tip_weights: Tensor
+    parents: Tensor
+    faces: Tensor
+    mean: Tensor
 
     def __init__(self, side: str = "right", dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
@@ -893,7 +955,7 @@ class MannequinHand(nn.Module):
         faces = remap[rig.faces_np]
         faces = faces[(faces >= 0).all(axis=1)]
         prefix = f"{side}_"
-        tips = [np.searchsorted(region, body.landmarks[prefix + f]) for f in _FINGERS]
+        tips = [int(np.searchsorted(region, body.landmarks[prefix + f])) for f in _FINGERS]
         rig.add_named_subset(f"hand_{side}", region)
         rig.add_named_subset(f"hand_{side}_tips", region[tips])  # joints-only calls shape just these
         rig.to(dtype)
@@ -909,7 +971,7 @@ class MannequinHand(nn.Module):
         self.register_buffer("parents", torch.tensor(parents), persistent=False)
         self.register_buffer("faces", torch.as_tensor(faces), persistent=False)
         self.register_buffer("mean", rig.hand_mean[1 if side == "right" else 0].clone(), persistent=False)
-        self.joint_names = ("wrist", *HAND_JOINTS, *_FINGERS)
+        self.joint_names: tuple[str, ...] = ("wrist", *HAND_JOINTS, *_FINGERS)
         self._sets = build_joint_sets(self.joint_names, _HAND_SETS)
         self._region = f"hand_{side}"
 
@@ -921,7 +983,7 @@ class MannequinHand(nn.Module):
         """Indices into the output joints of a named set ("hand21", "mano16")."""
         return lookup_joint_set(self._sets, name, self.kind).to(self.parents.device)
 
-    def forward(self, *, return_vertices: bool = True, **params: Tensor) -> BodyOutput:
+    def forward(self, *, return_vertices: bool = True, **params: Tensor | None) -> BodyOutput:
         """Pose the hand; missing parameters are zeros (zero `hand_pose` = the mean hand)."""
         dtype, device = self.rig.joint_rest.dtype, self.rig.joint_rest.device
         batch, p = gather_params(

@@ -19,7 +19,7 @@ import tempfile
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar, NoReturn
+from typing import Any, ClassVar, NoReturn, TypeAlias
 
 import numpy as np
 import torch
@@ -73,6 +73,11 @@ _JOINTS = {"smplx": 55, "mano": 16, "flame": 5}
 _MIN_VERTICES = {"smplx": 9930, "mano": max(MANO_TIP_VERTICES) + 1, "flame": 1}
 _NAMES = {"smplx": "SMPL-X", "mano": "MANO", "flame": "FLAME"}
 FLAME_EXTRAS = FLAME_FILES[1:]  # the landmark embeddings beside FLAME_NEUTRAL.pkl (core.parts: the one list)
+
+# An smplx.SMPLX / MANO / FLAME module (an nn.Module). smplx ships no type information, so its attributes
+# (`v_template`, `faces_tensor`, `vertex_joint_selector`, ...) are untyped; typed as `nn.Module` they would
+# all read as `Tensor | Module`.
+SmplxModule: TypeAlias = Any
 
 
 def _smplx() -> Any:
@@ -147,7 +152,7 @@ def _missing_key(path: Path, model: str, key: str) -> NoReturn:
     raise AssetMismatchError(f"{path} lacks key {key!r}; it is not a complete {_NAMES[model]} model file")
 
 
-def _build(factory: Any, **kwargs: Any) -> nn.Module:
+def _build(factory: Any, **kwargs: Any) -> SmplxModule:
     """Call a smplx constructor with stdout sent to stderr and its failures wrapped."""
     try:
         with contextlib.redirect_stdout(sys.stderr):
@@ -161,7 +166,7 @@ def _build(factory: Any, **kwargs: Any) -> nn.Module:
     return module
 
 
-def joint_vertices(model: nn.Module, extra: Sequence[int] = ()) -> Tensor:
+def joint_vertices(model: SmplxModule, extra: Sequence[int] = ()) -> Tensor:
     """Sorted ids of the vertices smplx's forward reads to make joints: the vertex joints, every vertex of a
     landmark face (static, and the whole dynamic contour table), and `extra`."""
     faces = model.faces_tensor
@@ -173,7 +178,7 @@ def joint_vertices(model: nn.Module, extra: Sequence[int] = ()) -> Tensor:
     return torch.unique(torch.cat(ids))
 
 
-def joints_twin(model: nn.Module, keep: Tensor) -> tuple[nn.Module, Tensor]:
+def joints_twin(model: SmplxModule, keep: Tensor) -> tuple[SmplxModule, Tensor]:
     """A copy of smplx `model` that makes the same joints from a cut mesh, and the vertex map old → new.
 
     The copy keeps the vertices `keep` (those joints read, see `joint_vertices`) and appends one
@@ -215,10 +220,13 @@ class _SmplxAdapter(nn.Module):
     kind = ""
     _dims: ClassVar[dict[str, int]] = {}
     _coeffs: ClassVar[dict[str, str]] = {}  # parameter -> attribute holding its size
+    joint_names: tuple[str, ...]  # set by each model's __init__
+    _sets: dict[str, Tensor]  # named joint sets, set by each model's __init__
+    twin_extra: Tensor  # buffer: `extra_vertices` in the twin's vertex list
 
-    def __init__(self, model: nn.Module, path: Path, extra_vertices: Sequence[int] = ()) -> None:
+    def __init__(self, model: SmplxModule, path: Path, extra_vertices: Sequence[int] = ()) -> None:
         super().__init__()
-        self.model = model
+        self.model: SmplxModule = model
         self.path = Path(path)
         self.num_betas = int(model.num_betas)
         self.num_expression = int(getattr(model, "num_expression_coeffs", 0) or 0)
@@ -242,7 +250,7 @@ class _SmplxAdapter(nn.Module):
     def joint_sets(self) -> tuple[str, ...]:
         return tuple(self._sets)
 
-    def _call(self, params: dict[str, Tensor], vertices: bool) -> tuple[tuple[int, ...], Any]:
+    def _call(self, params: dict[str, Tensor | None], vertices: bool) -> tuple[tuple[int, ...], Any]:
         dtype, device = self.model.v_template.dtype, self.model.v_template.device
         coeffs = {k: getattr(self, attr) for k, attr in self._coeffs.items()}
         batch, p = gather_params(
@@ -278,7 +286,7 @@ class SMPLXBody(_SmplxAdapter):
         # gets a clean copy of the validated plain arrays (its own pkl reader would also need chumpy)
         with tempfile.TemporaryDirectory(prefix="dposer-smplx-") as tmp:
             src = Path(tmp) / "SMPLX_NEUTRAL.npz"
-            np.savez(src, **{k: _plain(path, k, data[k]) for k in _REQUIRED["smplx"]})
+            np.savez(src, allow_pickle=False, **{k: _plain(path, k, data[k]) for k in _REQUIRED["smplx"]})
             model = _build(smplx.SMPLX, model_path=str(src), ext="npz", **SMPLX_DEFAULTS["smplx"])
         super().__init__(model, path)
         from smplx.joint_names import JOINT_NAMES
@@ -298,7 +306,7 @@ class SMPLXBody(_SmplxAdapter):
             },
         )
 
-    def forward(self, *, return_vertices: bool = True, **params: Tensor) -> BodyOutput:
+    def forward(self, *, return_vertices: bool = True, **params: Tensor | None) -> BodyOutput:
         """Pose SMPL-X; missing parameters are zeros."""
         batch, out = self._call(params, return_vertices)
         return BodyOutput(
@@ -313,6 +321,7 @@ class MANOBody(_SmplxAdapter):
     kind = "mano"
     _dims: ClassVar[dict[str, int]] = {"global_orient": 3, "hand_pose": 45, "transl": 3}
     _coeffs: ClassVar[dict[str, str]] = {"betas": "num_betas"}
+    tip_ids: Tensor  # buffer: MANO_TIP_VERTICES
 
     def __init__(self, path: Path, side: str = "right") -> None:
         smplx = _smplx()
@@ -338,7 +347,7 @@ class MANOBody(_SmplxAdapter):
             self.joint_names, {"hand21": hand21_names(""), "mano16": self.joint_names[:16]}
         )
 
-    def forward(self, *, return_vertices: bool = True, **params: Tensor) -> BodyOutput:
+    def forward(self, *, return_vertices: bool = True, **params: Tensor | None) -> BodyOutput:
         """Pose MANO; missing parameters are zeros (zero hand_pose = the mean hand)."""
         batch, out = self._call(params, return_vertices)
         tips = self.tip_ids if return_vertices else self.twin_extra
@@ -384,7 +393,11 @@ class FLAMEBody(_SmplxAdapter):
                     )
         # smplx reads FLAME and both embeddings from one folder: give it a converted, code-free copy
         with tempfile.TemporaryDirectory(prefix="dposer-flame-") as tmp:
-            np.savez(Path(tmp) / "FLAME_NEUTRAL.npz", **{k: _plain(path, k, data[k]) for k in _REQUIRED["flame"]})
+            np.savez(
+                Path(tmp) / "FLAME_NEUTRAL.npz",
+                allow_pickle=False,
+                **{k: _plain(path, k, data[k]) for k in _REQUIRED["flame"]},
+            )
             (Path(tmp) / FLAME_EXTRAS[0]).write_bytes(
                 pickle_compat.dumps_plain(
                     {k: np.asarray(static[k]) for k in ("lmk_face_idx", "lmk_b_coords")}
@@ -403,7 +416,7 @@ class FLAMEBody(_SmplxAdapter):
             {"flame73": self.joint_names, "face68": self.joint_names[56:] + self.joint_names[5:56]},
         )
 
-    def forward(self, *, return_vertices: bool = True, **params: Tensor) -> BodyOutput:
+    def forward(self, *, return_vertices: bool = True, **params: Tensor | None) -> BodyOutput:
         """Pose FLAME; missing parameters are zeros."""
         batch, out = self._call(params, return_vertices)
         return BodyOutput(
