@@ -9,7 +9,7 @@ detects them) instead of an error.
 """
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +17,7 @@ import numpy as np
 
 from dposer_cli.core.errors import InputError
 from dposer_cli.io.keypoints import read_keypoints
-from dposer_cli.io.media import VIDEO_READ_SUFFIXES, read_image, video_info
+from dposer_cli.io.media import VIDEO_READ_SUFFIXES, read_image, read_video_frames, video_info
 
 log = logging.getLogger(__name__)
 
@@ -271,15 +271,17 @@ def read_persons(frames: list[Frame], *, keypoint_format: str = "auto", part: st
     )
 
 
-def read_init(paths: Sequence[Path], num_frames: int, frame: np.ndarray, person: np.ndarray
-              ) -> dict[str, np.ndarray]:
+def read_init(paths: Sequence[Path], num_frames: int, frame: np.ndarray, person: np.ndarray, *,
+              widths: Mapping[str, int] | None = None) -> dict[str, np.ndarray]:
     """Starting parameters from `--init` npz files (one per frame, rows = persons of its keypoint file).
 
     Returns one row per (frame[i], person[i]) pair, float32. A file's `person_index` array (as fit-image
-    writes) maps its rows to persons; without one, row p is person p.
+    writes) maps its rows to persons; without one, row p is person p. `widths` (key → values per person)
+    are checked: the fit pads or cuts nothing.
 
     Raises:
-        InputError: a count mismatch, an unreadable file, a file without parameters or a missing person row.
+        InputError: a count mismatch, an unreadable file, a file without parameters, NaN or infinite values,
+            a key of the wrong width or a missing person row.
     """
     if not paths:
         return {}
@@ -299,6 +301,13 @@ def read_init(paths: Sequence[Path], num_frames: int, frame: np.ndarray, person:
             raise InputError(f"cannot read --init file {path}: {str(exc).splitlines()[0][:200]}") from None
         if not any(k in table for k in INIT_KEYS):
             raise InputError(f"--init file {path} has none of the keys {', '.join(INIT_KEYS)}")
+        for k, arr in table.items():
+            if k == "person_index":
+                continue
+            table[k] = arr = arr.reshape(1, -1) if arr.ndim <= 1 else arr.reshape(arr.shape[0], -1)
+            if not np.isfinite(arr).all():
+                raise InputError(f"--init file {path}: {k!r} holds NaN or infinite values")
+            check_init_width(k, arr.shape[-1], (widths or {}).get(k), where=f"--init file {path}")
         tables.append(table)
     out: dict[str, list[np.ndarray]] = {}
     for f_idx, p in zip(frame.tolist(), person.tolist(), strict=True):
@@ -308,9 +317,80 @@ def read_init(paths: Sequence[Path], num_frames: int, frame: np.ndarray, person:
         for k, arr in table.items():
             if k == "person_index":
                 continue
-            arr = arr.reshape(1, -1) if arr.ndim == 1 else arr.reshape(arr.shape[0], -1)
             if row < 0 or row >= arr.shape[0]:
                 raise InputError(f"--init file {paths[f_idx]}: no row for person {p} in {k!r} "
                                  f"({arr.shape[0]} rows)")
             out.setdefault(k, []).append(arr[row])
     return {k: np.stack(v) for k, v in out.items()}
+
+
+def check_init_width(key: str, found: int, expected: int | None, *, where: str = "--init") -> None:
+    """Refuse starting parameters of the wrong width (`expected` None: the key is not checked).
+
+    Raises:
+        InputError: "WHERE: 'KEY' has N values per person; the fit takes M".
+    """
+    if expected is not None and found != expected:
+        raise InputError(f"{where}: {key!r} has {found} values per person; the fit takes {expected}")
+
+
+def frame_images(frames: Sequence[Frame]) -> Iterator[tuple[Frame, np.ndarray]]:
+    """The pictures of `frames`: files read, video files decoded once each (in frame order)."""
+    videos: dict[Path, dict[int, Frame]] = {}
+    for frame in frames:
+        if frame.video_frame >= 0:
+            videos.setdefault(frame.image, {})[frame.video_frame] = frame
+        else:
+            yield frame, read_image(frame.image)
+    for path, wanted in videos.items():
+        for index, image in enumerate(read_video_frames(path, stop=max(wanted) + 1)):
+            if index in wanted:
+                yield wanted[index], image
+
+
+# ---------------------------------------------------------------- videos: one track per person and video
+@dataclass(frozen=True)
+class VideoTrack:
+    """One person along one video: the batch rows (`FramePersons` rows) in frame order and output names."""
+
+    name: str  # file stem: motion, motion_person1, <video>_motion, ...
+    sequence: int
+    rows: np.ndarray  # (T,) int64
+    fps: float  # the video's frame rate (30 for frame folders)
+    frame_index: np.ndarray  # (T,) each row's frame number in its video
+    person_index: np.ndarray  # (T,) the person's index in its keypoint files
+
+
+def video_prefix(frames: Sequence[Frame], sequence: int) -> str:
+    """"" for one video, else "<video or folder name>_" (file names of several videos stay apart)."""
+    if len({f.sequence for f in frames}) == 1:
+        return ""
+    frame = next(f for f in frames if f.sequence == sequence)
+    return (frame.image.stem if frame.video_frame >= 0 else frame.image.parent.name) + "_"
+
+
+def frame_numbers(frames: Sequence[Frame]) -> np.ndarray:
+    """Each frame's number in its video: the decoded frame index, or the position in its folder."""
+    seen: dict[int, int] = {}
+    numbers = []
+    for f in frames:
+        seen[f.sequence] = seen.get(f.sequence, -1) + 1
+        numbers.append(f.video_frame if f.video_frame >= 0 else seen[f.sequence])
+    return np.array(numbers, dtype=np.int64)
+
+
+def video_tracks(persons: FramePersons, frames: Sequence[Frame]) -> list[VideoTrack]:
+    """The tracks of a video batch in track order, rows sorted by frame, named for their motion files."""
+    numbers = frame_numbers(frames)
+    tracks = []
+    for track in np.unique(persons.track):
+        rows = np.flatnonzero(persons.track == track)
+        rows = rows[np.argsort(persons.frame[rows], kind="stable")]
+        first = frames[int(persons.frame[rows[0]])]
+        seq = first.sequence
+        people = {int(p) for p, f in zip(persons.person, persons.frame, strict=True) if frames[int(f)].sequence == seq}
+        name = (f"{video_prefix(frames, seq)}motion"
+                + (f"_person{int(persons.person[rows[0]])}" if len(people) > 1 else ""))
+        tracks.append(VideoTrack(name, seq, rows, first.fps or 30.0, numbers[persons.frame[rows]],
+                                 persons.person[rows]))
+    return tracks

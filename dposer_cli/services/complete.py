@@ -16,9 +16,10 @@ import numpy as np
 import torch
 
 from dposer_cli.bodies import load_body
+from dposer_cli.core import validate
 from dposer_cli.core.device import make_generator, resolve_device
 from dposer_cli.core.errors import InputError
-from dposer_cli.core.parts import Part
+from dposer_cli.core.parts import PARTS, Part
 from dposer_cli.core.paths import ensure_out_dir
 from dposer_cli.core.result import Result
 from dposer_cli.engine.baselines import BaselinePrior
@@ -27,6 +28,7 @@ from dposer_cli.io.export import write_bvh, write_meshes
 from dposer_cli.io.poses import read_poses, write_poses
 from dposer_cli.services._render import completion_sheet, load_part_body
 from dposer_cli.tasks.complete import (
+    CHUNK,
     check_options,
     complete,
     completion_metrics,
@@ -69,6 +71,7 @@ def run(req: CompleteRequest, progress: Callable[[int, int], None] | None = None
     poses = torch.as_tensor(np.asarray(pf.poses, dtype=np.float32), device=device)
     if poses.ndim != 2 or poses.shape[0] == 0:
         raise InputError(f"{req.input}: no poses to complete (shape {tuple(poses.shape)})")
+    _check_memory(req, len(poses))
     masking = resolve_masking(req.part, poses, tuple(req.masks), tuple(req.mask_joints), where=str(req.input),
                               keys=tuple(pf.keys))
     out_dir = ensure_out_dir(req.out)
@@ -130,3 +133,13 @@ def run(req: CompleteRequest, progress: Callable[[int, int], None] | None = None
         seconds=time.perf_counter() - t0,
         lines=lines,
     )
+
+
+def _check_memory(req: CompleteRequest, n: int) -> None:
+    """N × H hypotheses: the results (twice: chunks and their concatenation) and one chunk's sampler
+    working set (`tasks.complete.CHUNK` vectors; network width: the part's widest prior) must fit."""
+    spec, h = PARTS[req.part], req.hypo
+    chunk = min(n, max(1, CHUNK // h)) * h
+    validate.memory(f"{n}×{h} hypotheses", validate.sample_bytes(chunk, dim=spec.dim, width=spec.official_hidden)
+                    + validate.sample_bytes(n * h, dim=spec.dim, copies=2),
+                    hint="complete fewer poses at once, or ask for fewer --hypo")

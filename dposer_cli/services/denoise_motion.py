@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from dposer_cli.bodies import BodyModel, BodyOutput, load_body
+from dposer_cli.core import validate
 from dposer_cli.core.device import make_generator, resolve_device
 from dposer_cli.core.errors import InputError, MissingAssetError, UnavailableError
 from dposer_cli.core.parts import Part
@@ -35,12 +36,13 @@ from dposer_cli.engine.prior import DPoserPrior
 from dposer_cli.io.export import write_bvh, write_meshes
 from dposer_cli.io.media import save_video
 from dposer_cli.io.motion import read_motion, write_motion
-from dposer_cli.render.draw import contact_sheet, line_plot
-from dposer_cli.render.scene import frame_points
 from dposer_cli.tasks import denoise_motion as task
 from dposer_cli.tasks.export import SkeletonMotion, check_formats, export_data
+from dposer_cli.tasks.pictures import comparison_frames
 
 log = logging.getLogger(__name__)
+
+FLOATS_PER_POINT = 64  # memory estimate (`_frame_bytes`): 4×4 skinning transform + posed copies + gradients
 
 
 @dataclass(frozen=True)
@@ -81,11 +83,12 @@ def run(req: DenoiseRequest, progress: Callable[[int, int], None] | None = None,
     if frames < 2:
         raise InputError(f"{req.input}: the sequence has {frames} frame; denoising needs at least 2 "
                          "(the temporal term compares neighbouring frames)")
-    out_dir = ensure_out_dir(req.out)
     device = resolve_device(req.device)
     gen = make_generator(req.seed, device)
 
     body = load_body("body", req.body_model, device)
+    validate.frames(str(req.input), frames, bytes_per_frame=_frame_bytes(body, req.temporal))
+    out_dir = ensure_out_dir(req.out)
     b22 = body.joint_set("body22")
     if prior is None:
         prior = DPoserPrior.load(Part.body, req.checkpoint, normalizer=req.normalizer, device=device)
@@ -166,19 +169,15 @@ def run(req: DenoiseRequest, progress: Callable[[int, int], None] | None = None,
     )
 
 
-# Kept for tests/services/test_benchmark.py until the benchmark rewrite; new code uses tasks.denoise_motion.
-SCHEDULES = task.SCHEDULES
-
-
-def denoise(prior: task.MotionPrior, body: BodyModel, obs: Tensor, visible: Tensor, *,
-            schedule: task.MotionSchedule, use_vertices: bool = True,
-            generator: torch.Generator | None = None) -> dict[str, Tensor]:
-    """`task.denoise_motion` with an explicit schedule, returning its parameters (old call form)."""
-    return task.denoise_motion(prior, body, obs, visible, schedule=schedule, generator=generator,
-                               temporal="vertices" if use_vertices else "joints").params
-
-
 # ---- helpers ---------------------------------------------------------------------------------------------
+def _frame_bytes(body: BodyModel, temporal: str) -> int:
+    """Estimated memory per frame of the optimisation: per posed point (vertices with the vertex temporal
+    term, else joints) the skinning transform, the posed copies and their gradients, float32."""
+    mesh = body.faces is not None and temporal != "joints"
+    points = int(body.faces.max()) + 1 if mesh and body.faces is not None else len(body.joint_names)
+    return FLOATS_PER_POINT * validate.FLOAT_BYTES * points
+
+
 def _tensor(value: np.ndarray | None, device: torch.device) -> Tensor | None:
     return None if value is None else torch.as_tensor(np.asarray(value), dtype=torch.float32, device=device)
 
@@ -199,54 +198,13 @@ def _select_body22(joints: Tensor, body: BodyModel, b22: Tensor, where: str) -> 
                      f"joints, SMPL-X order) or the body model's {len(body.joint_names)}")
 
 
-def _frame_errors_mm(a: Tensor, b: Tensor, mask: Tensor) -> np.ndarray:
-    """Mean distance per frame over the joints in `mask` (T, J), in mm; NaN for frames without any."""
-    d = torch.where(mask, (a - b).norm(dim=-1), torch.zeros((), device=a.device)).sum(-1)
-    return (1000 * d / mask.sum(-1)).cpu().numpy()  # 0/0 → NaN
-
-
 def _render(path: Path, obs: Tensor, visible: Tensor, result: BodyOutput, body: BodyModel, fps: float,
-            renderer: str, *, gt: Tensor | None = None, clean: Tensor | None = None,
-            hidden_parts: tuple[str, ...] = (), cell: tuple[int, int] = (224, 288)) -> Path | None:
-    """Video: [the input pose (mesh), when it is the ground truth,] the observed joints (hidden ones left
-    out) and the denoised body, all through one fixed camera and scale, over a plot of the joint error per
-    frame (against the ground truth when there is one, else against the observations)."""
-    parents = body.parents[:22].cpu().numpy()
-    noisy, vis = obs.cpu().numpy(), visible.cpu().numpy()
-    faces = body.faces.cpu().numpy() if body.faces is not None else None
-    verts = result.vertices.cpu().numpy() if result.vertices is not None and faces is not None else None
-    clean_v = clean.cpu().numpy() if clean is not None and verts is not None else None
-    joints = result.joints[:, :22].cpu().numpy()
-    if gt is not None:
-        series = {"observed": _frame_errors_mm(obs, gt, visible),
-                  "denoised": _frame_errors_mm(result.joints[:, :22], gt, torch.ones_like(visible))}
-        title = "joint error per frame vs ground truth"
-    else:
-        series = {"denoised vs observed": _frame_errors_mm(result.joints[:, :22], obs, visible)}
-        title = "joint distance per frame"
-    # one camera for every panel of every frame (a subsample of each mesh is enough to frame it)
-    pts = [noisy[vis]] + [m[:, ::7].reshape(-1, 3) for m in (verts, clean_v) if m is not None]
-    if verts is None:
-        pts.append(joints.reshape(-1, 3))
-    framing = frame_points(np.concatenate(pts), "front", cell)
-    hidden_note = f" ({', '.join(hidden_parts)} hidden)" if hidden_parts else ""
-    labels = (["input (ground truth)"] if clean_v is not None else []) + [f"observed joints{hidden_note}", "denoised"]
+            renderer: str, *, gt: Tensor | None, clean: Tensor | None, hidden_parts: tuple[str, ...]) -> Path | None:
+    """comparison.mp4 (`tasks.pictures.comparison_frames`); None (with a warning) without a renderer."""
     try:
-        out = np.empty((0, 0, 0, 3), np.uint8)
-        for t in range(len(noisy)):
-            items = [{"vertices": clean_v[t], "faces": faces}] if clean_v is not None else []
-            items.append({"joints": np.where(vis[t][:, None], noisy[t], np.nan), "parents": parents,
-                          "hidden": ~vis[t]})
-            items.append({"vertices": verts[t], "faces": faces} if verts is not None
-                         else {"joints": joints[t], "parents": parents})
-            panels = contact_sheet(items, cols=len(items), cell=cell, renderer=renderer, labels=labels,
-                                   framing=framing)
-            plot = line_plot(series, size=(panels.shape[1], 120), cursor=t, title=title, unit="mm")
-            frame = np.concatenate([panels, plot], axis=0)
-            if t == 0:
-                out = np.empty((len(noisy), *frame.shape), np.uint8)
-            out[t] = frame
-        return save_video(path, out, fps)
+        frames = comparison_frames(obs, visible, result, body, renderer=renderer, gt=gt, clean=clean,
+                                   hidden_parts=hidden_parts)
+        return save_video(path, frames, fps)
     except (UnavailableError, MissingAssetError) as exc:
         log.warning("no comparison video: %s", exc.message)
         return None

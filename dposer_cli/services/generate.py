@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dposer_cli.core import validate
 from dposer_cli.core.device import make_generator, resolve_device
 from dposer_cli.core.errors import InputError, MissingAssetError
 from dposer_cli.core.parts import PARTS, Part
@@ -23,8 +24,9 @@ from dposer_cli.io.poses import write_poses
 from dposer_cli.io.report import jsonable
 from dposer_cli.render.process import MAX_VIDEO_FRAMES, NOISY_COLOR, process_frames, video_timing
 from dposer_cli.render.scene import BODY_COLOR
-from dposer_cli.services._render import grid_count, load_part_body, pose_items, render_sheet, view_for
+from dposer_cli.services._render import load_part_body, render_sheet
 from dposer_cli.tasks.export import SkeletonMotion, check_formats, export_data, part_params
+from dposer_cli.tasks.pictures import grid_count, pose_items, view_for
 from dposer_cli.tasks.sample import Trajectory, check_sampler, sample
 
 log = logging.getLogger(__name__)
@@ -65,6 +67,10 @@ def run(req: GenerateRequest, progress: Callable[[int, int], None] | None = None
     if req.grid is not None and req.grid < 0:
         raise InputError(f"--grid must be 0 (no picture) or more (got {req.grid})")
     formats = check_formats(req.export, part=req.part)
+    if req.process_video:  # x_t and x̂0 of the first samples at every recorded step, float64 at most
+        rows = min(req.n, VIDEO_SAMPLES)
+        validate.memory(f"the sampling trajectory ({rows} samples × {PROCESS_FRAMES} frames)",
+                        rows * PROCESS_FRAMES * PARTS[req.part].dim * 8 * 2, hint="leave out --process-video")
     out = ensure_out_dir(req.out)
     device = resolve_device(req.device)
     prior = DPoserPrior.load(req.part, req.checkpoint, normalizer=req.normalizer, device=device)
@@ -121,7 +127,7 @@ class _PosedFrames(Sequence[list[dict]]):
     """Trajectory frames as render items (noisy row over denoised row), posed lazily in chunks of frames."""
 
     def __init__(self, part: Part, traj: Trajectory, body_model: Path | None, device: torch.device) -> None:
-        self.part, self.body_model, self.device = part, body_model, device
+        self.part = part
         self.body = load_part_body(part, body_model, device)  # once: a face without FLAME fails here
         self.poses = torch.cat([traj.x, traj.denoised], dim=1)  # (F, 2M, D): x_t row, then x̂0 row
         self.chunk = max(1, FK_CHUNK // self.poses.shape[1])
@@ -134,8 +140,7 @@ class _PosedFrames(Sequence[list[dict]]):
         start = k - k % self.chunk
         if self._cached[0] != start:
             block = self.poses[start:start + self.chunk]
-            items = pose_items(self.part, block.reshape(-1, block.shape[-1]), self.body_model, self.device,
-                               body=self.body)
+            items = pose_items(self.part, block.reshape(-1, block.shape[-1]), self.body)
             self._cached = (start, items)
         m = self.poses.shape[1]
         return self._cached[1][(k - start) * m:(k - start + 1) * m]

@@ -23,9 +23,9 @@ from dposer_cli.core.result import Result
 from dposer_cli.engine.optimize import PosePrior
 from dposer_cli.engine.priors import build_prior, check_prior
 from dposer_cli.io.export import write_meshes
-from dposer_cli.io.ik_targets import read_ik_targets
+from dposer_cli.io.ik_targets import IKTargets, read_ik_targets
+from dposer_cli.io.media import save_image
 from dposer_cli.io.poses import write_poses
-from dposer_cli.services._render import ik_sheet
 from dposer_cli.tasks.export import BodyMeshes, check_formats, export_data
 from dposer_cli.tasks.ik import (
     PRIOR_SCALES,
@@ -40,6 +40,7 @@ from dposer_cli.tasks.ik import (
     problem_from_params,
     solve_ik,
 )
+from dposer_cli.tasks.pictures import ik_sheet
 
 log = logging.getLogger(__name__)
 
@@ -65,15 +66,36 @@ class IKRequest:
     export: tuple[str, ...] = ()  # also write ik.glb / .obj / .ply (a mesh per target set)
 
 
-def load_problem(path: Path, part: Part, body: BodyModel, device: torch.device) -> IKProblem:
-    """Read a targets file: `joints` (N,J,3) [+ `visible` (N,J)] or ground-truth parameters (evaluation).
+MAX_TARGET_M = 100.0  # a target coordinate beyond this many metres is refused (millimetres, most likely)
+
+
+def read_targets(path: Path, part: Part) -> IKTargets:
+    """Read and check a targets file (`io.ik_targets`) for `part`'s IK, without a body model.
 
     Raises:
-        InputError: missing/unreadable file, wrong shapes, NaNs at visible joints, no usable keys.
+        InputError: missing/unreadable file, wrong shapes, NaNs at visible joints, no usable keys, or target
+            joints more than `MAX_TARGET_M` metres from the origin.
     """
     spec = part_ik(part)
     data = read_ik_targets(path, part=part.value, joint_set=spec.joint_set, num_joints=spec.num_joints,
                            known=dict(spec.known), params=dict(spec.gt_keys), pose_keys=spec.priors[0][1])
+    far = float(np.abs(data.joints).max()) if data.joints is not None and data.joints.size else 0.0
+    if far > MAX_TARGET_M:
+        raise InputError(f"targets file {path}: a target joint lies {far:.4g} m from the origin; targets are in "
+                         f"metres (at most {MAX_TARGET_M:g} m)", hint="convert millimetres to metres (÷ 1000)")
+    return data
+
+
+def load_problem(path: Path, part: Part, body: BodyModel, device: torch.device) -> IKProblem:
+    """Read a targets file: `joints` (N,J,3) [+ `visible` (N,J)] or ground-truth parameters (evaluation).
+
+    Raises:
+        InputError: see `read_targets`.
+    """
+    return _problem(read_targets(path, part), part, body, device)
+
+
+def _problem(data: IKTargets, part: Part, body: BodyModel, device: torch.device) -> IKProblem:
     if data.joints is not None and data.visible is not None:
         known = {k: torch.as_tensor(v, device=device) for k, v in data.known.items()}
         return IKProblem(part, torch.as_tensor(data.joints, device=device),
@@ -118,9 +140,10 @@ def run(req: IKRequest, progress: Progress | None = None) -> Result:
     t0 = time.perf_counter()
     _validate(req)
     spec = part_ik(req.part)
+    targets = read_targets(req.targets, req.part)  # before the body model and the priors: bad files fail fast
     device = resolve_device(req.device)
     body = load_body(spec.body, req.body_model, device)  # a face without FLAME raises MissingAssetError here
-    problem = load_problem(req.targets, req.part, body, device)
+    problem = _problem(targets, req.part, body, device)
     out_dir = ensure_out_dir(req.out)
     gen = make_generator(req.seed, device)
     problem = apply_type(problem, req.ik_type, noise_std=req.noise_std, generator=gen)
@@ -158,10 +181,11 @@ def run(req: IKRequest, progress: Progress | None = None) -> Result:
         known = problem.gt["joints"] if problem.gt is not None and "joints" in problem.gt else None
         hidden_at = known if known is not None else torch.full_like(problem.targets, torch.nan)
         shown = torch.where(problem.visible[..., None], problem.targets, hidden_at)
-        outputs["picture"] = ik_sheet(spec.joint_set, result.joints, shown, problem.visible, path=out_dir / "ik.png",
-                                      renderer=req.renderer, side=getattr(body, "side", "right"),
-                                      title=f"ik --part {req.part.value} --type {req.ik_type}: the first "
-                                            f"{min(problem.n, 8)} of {problem.n}")
+        picture = ik_sheet(spec.joint_set, result.joints, shown, problem.visible, renderer=req.renderer,
+                           side=getattr(body, "side", "right"),
+                           title=f"ik --part {req.part.value} --type {req.ik_type}: the first {min(problem.n, 8)} "
+                                 f"of {problem.n}")
+        outputs["picture"] = save_image(out_dir / "ik.png", picture)
     noise_std = spec.noise(req.ik_type, req.noise_std) if req.ik_type == "noisy" else None
     summary = (f"solved {problem.n} {req.part.value} IK target set(s) (--type {req.ik_type}, prior {req.prior}, "
                f"{result.steps} steps, {result.nfe} network evaluations) with the {body.kind} model")

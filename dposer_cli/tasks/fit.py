@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
@@ -204,6 +205,25 @@ class FitInput:
         return cls(confident_keypoints(keypoints, conf_threshold), torch.full((n,), f, device=dev),
                    torch.tensor([[w / 2, h / 2]], device=dev).expand(n, 2).clone(),
                    torch.tensor([[float(h), float(w)]], device=dev).expand(n, 2).clone())
+
+    @classmethod
+    def for_images(cls, keypoints: Float[np.ndarray, "B K 3"], image_size: Int[np.ndarray, "B 2"], *,
+                   focal: float | None = None, conf_threshold: float = CONF_THRESHOLD,
+                   track: Int[np.ndarray, " B"] | None = None, frame: Int[np.ndarray, " B"] | None = None,
+                   device: torch.device | str = "cpu") -> "FitInput":
+        """Rows from several images: keypoints as detected (`confident_keypoints` applied), each row's (H, W)
+        image size; focal length default: each image's diagonal (spec §7.6)."""
+        kp = torch.as_tensor(keypoints, dtype=torch.float32, device=device)
+        sizes = np.asarray(image_size).tolist()
+        focals = [focal if focal is not None else cam.estimate_focal(float(w), float(h)) for h, w in sizes]
+        return cls(
+            keypoints=confident_keypoints(kp, conf_threshold),
+            focal=torch.tensor([float(f) for f in focals], dtype=torch.float32, device=device),
+            center=torch.tensor([(w / 2, h / 2) for h, w in sizes], dtype=torch.float32, device=device),
+            image_size=torch.tensor(sizes, dtype=torch.float32, device=device),
+            track=torch.as_tensor(track, device=device) if track is not None else None,
+            frame=torch.as_tensor(frame, device=device) if frame is not None else None,
+        )
 
 
 def confident_keypoints(keypoints: Float[Tensor, "*batch K 3"], threshold: float = CONF_THRESHOLD
@@ -502,6 +522,21 @@ class Fitter:
         return data, px, joints
 
 
+def init_widths(part: Part | str, body: BodyModel | None = None) -> dict[str, int]:
+    """Values per row of each starting parameter `fit(init=...)` uses for `part` (others are ignored); with
+    `body`, also its shape (`betas`) and, for whole bodies with expressions, `expression` widths."""
+    spec = fit_spec(part)
+    widths = {"global_orient": 3, **dict(spec.pose_keys), "transl": 3}
+    if spec.face_keys:
+        widths["jaw_pose"] = 3
+    if body is not None:
+        widths["betas"] = int(body.num_betas)
+        expressions = int(getattr(body, "num_expression", 0) or 0)
+        if spec.face_keys and expressions > 0:
+            widths["expression"] = expressions
+    return widths
+
+
 def _initial_params(spec: FitSpec, part: Part, model: BodyModel, mean: Tensor | None, n: int,
                     init: Mapping[str, Tensor], device: torch.device
                     ) -> tuple[dict[str, Tensor], tuple[str, ...]]:
@@ -522,12 +557,8 @@ def _initial_params(spec: FitSpec, part: Part, model: BodyModel, mean: Tensor | 
     params["global_orient"] = torch.zeros(n, 3, device=device)
     params["transl"] = torch.zeros(n, 3, device=device)
     for key, value in init.items():
-        if key in params:
-            width = params[key].shape[-1]
-            value = value.to(params[key])
-            if value.shape[-1] < width:
-                value = torch.nn.functional.pad(value, (0, width - value.shape[-1]))
-            params[key] = value[:, :width].clone()
+        if key in params:  # widths checked by `fit` (`init_widths`)
+            params[key] = value.to(params[key]).clone()
     return params, tuple(widths)
 
 
@@ -544,8 +575,7 @@ def _initial_state(fitter: Fitter, params: dict[str, Tensor], init: Mapping[str,
     if "betas" in init:  # first row of each track
         first = torch.full((tracks,), n, dtype=torch.long, device=device)
         first = first.scatter_reduce(0, track, torch.arange(n, device=device), reduce="amin")
-        b = init["betas"][first].to(betas)
-        betas[:, : min(nb, b.shape[-1])] = b[:, :nb]
+        betas[:] = init["betas"][first].to(betas)
     rows = torch.arange(n, device=device)
     depth = None  # from the torso / palm edges unless the palm plane gives it
     if "global_orient" not in init:
@@ -654,15 +684,17 @@ def fit(body: BodyModel, prior: PosePrior | None, inputs: FitInput, *, part: Par
         keypoint_layout: the layout of `inputs.keypoints`: "openpose135" (body, wholebody; K = 135, or K = 25
             for body) or "hand21".
         steps: Adam iterations per stage (2 camera stages, the first gets half, and 5 pose stages).
-        init: starting parameters, one row per input row (e.g. an earlier fit or a regressor's output);
-            a given `global_orient` turns off the orientation hypotheses.
+        init: starting parameters, one row per input row (e.g. an earlier fit or a regressor's output),
+            of the widths `init_widths(part, body)`; a given `global_orient` turns off the orientation
+            hypotheses.
         temporal: a last pass with a joint-acceleration term along each track (needs `track` and `frame`).
         generator: noise source of the DPoser prior term.
         progress: called as progress(done, total) once per iteration.
         mean_pose: starting body pose in the prior's layout (default: the prior's mean pose).
 
     Raises:
-        InputError: an unfittable part, keypoints in the wrong layout, a prior of another part, bad steps.
+        InputError: an unfittable part, keypoints in the wrong layout, a prior of another part, bad steps,
+            `init` of the wrong width.
     """
     part = Part(part)
     spec = fit_spec(part)
@@ -681,6 +713,10 @@ def fit(body: BodyModel, prior: PosePrior | None, inputs: FitInput, *, part: Par
     device = inputs.keypoints.device
     n = len(inputs.focal)
     init = {k: v.to(device) for k, v in (init or {}).items()}
+    widths = init_widths(part, body)
+    for key, value in init.items():
+        if key in widths and (value.ndim != 2 or value.shape[-1] != widths[key]):
+            raise InputError(f"init {key!r} has shape {tuple(value.shape)}; the fit takes (B, {widths[key]})")
     shared = inputs.track is not None
     track = inputs.track if inputs.track is not None else torch.arange(n, device=device)
     mean = mean_pose if mean_pose is not None else prior_mean_pose(prior)

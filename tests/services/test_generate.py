@@ -97,9 +97,10 @@ def test_hand_grid_shows_palm_and_back_of_each_hand_centred(tmp_path):
 def test_hand_items_are_upright_with_the_palm_to_the_camera():
     import torch
 
-    from dposer_cli.services._render import pose_items
+    from dposer_cli.services._render import load_part_body
+    from dposer_cli.tasks.pictures import pose_items
 
-    (item,) = pose_items(Part.hand, torch.zeros(1, 45), None, torch.device("cpu"))
+    (item,) = pose_items(Part.hand, torch.zeros(1, 45), load_part_body(Part.hand, None, torch.device("cpu")))
     v = item["vertices"]
     assert np.ptp(v[:, 1]) > 1.5 * np.ptp(v[:, 0])  # fingers up: taller than wide
     assert v[:, 1].max() > 0.12 and v[:, 1].min() > -0.05  # from the wrist (origin) upwards
