@@ -5,8 +5,9 @@ Every place dposer deserialises a file a user can hand it — body models (`--bo
 vertex-id files, pose/motion/target/init/reference npz files, keypoint JSON and images — gets a
 file whose payload would write a marker file when unpickled. The marker must never appear, the
 command must fail with one `error:` line that says why, and no output folder may be left behind.
-Model and weight files are refused with exit 4 (`UnsafeFileError`); user data files (poses, targets)
-are refused with exit 1 (`InputError`: "holds pickled Python objects").
+Model and weight files are refused with exit 4 (`UnsafeFileError`); so are user data files (poses,
+motions, IK targets, benchmark references and statistics: "holds pickled Python objects"), except
+fit-image's `--init` files, which io/frames.py still refuses with exit 1 (`InputError`).
 """
 
 import io
@@ -234,24 +235,26 @@ def test_weight_file_payloads_never_run(capsys, tmp_path, root, marker, no_model
 
 
 # ---------------------------------------------------------------------------------------------- user data
-@pytest.mark.parametrize("args", [
-    lambda r: ["complete", r / "poses.npz", "--mask", "legs", "--checkpoint", r / "body.pt"],
-    lambda r: ["denoise-motion", r / "motion.npz", "--checkpoint", r / "body.pt", "--no-render"],
-    lambda r: ["ik", "--part", "hand", "--targets", r / "targets.npz", "--checkpoint", r / "hand.pt"],
-    lambda r: ["fit-image", r / "photo.png", "--keypoints", r / "photo.json", "--init", r / "init.npz",
-               "--prior", "none", "--steps", "2"],
-    lambda r: ["benchmark", "generation", "--checkpoint", r / "body.pt", "-n", "4", "--steps", "2",
-               "--reference", r / "reference.npz"],
-    lambda r: ["benchmark", "generation", "--checkpoint", r / "body.pt", "-n", "4", "--steps", "2",
-               "--reference", r / "clean_poses.npz", "--statistics", r / "statistics.npz"],
+PICKLED = ("holds pickled Python objects",)
+
+
+@pytest.mark.parametrize("args,exit_code,why", [
+    (lambda r: ["complete", r / "poses.npz", "--mask", "legs", "--checkpoint", r / "body.pt"], 4, PICKLED),
+    (lambda r: ["denoise-motion", r / "motion.npz", "--checkpoint", r / "body.pt", "--no-render"], 4, PICKLED),
+    (lambda r: ["ik", "--part", "hand", "--targets", r / "targets.npz", "--checkpoint", r / "hand.pt"], 4, PICKLED),
+    # io/frames.read_init passes on NumPy's "Object arrays cannot be loaded when allow_pickle=False" (exit 1)
+    (lambda r: ["fit-image", r / "photo.png", "--keypoints", r / "photo.json", "--init", r / "init.npz",
+                "--prior", "none", "--steps", "2"], 1, ("pickled", "allow_pickle=False")),
+    (lambda r: ["benchmark", "generation", "--checkpoint", r / "body.pt", "-n", "4", "--steps", "2",
+                "--reference", r / "reference.npz"], 4, PICKLED),
+    (lambda r: ["benchmark", "generation", "--checkpoint", r / "body.pt", "-n", "4", "--steps", "2",
+                "--reference", r / "clean_poses.npz", "--statistics", r / "statistics.npz"], 4, PICKLED),
 ], ids=["complete-input", "denoise-input", "ik-targets", "fit-init", "bench-reference", "bench-statistics"])
-def test_pickled_objects_in_user_data_never_run(capsys, tmp_path, root, marker, no_models, args):
+def test_pickled_objects_in_user_data_never_run(capsys, tmp_path, root, marker, no_models, args, exit_code, why):
     a = args(root)
     out = tmp_path / "o" / "report.json" if a[0] == "benchmark" else tmp_path / "o"
     code, _, err = run(capsys, *a, "-q", "--out", out, "--device", "cpu")
-    # io/poses says "holds pickled Python objects"; the ik-targets and --init readers pass on NumPy's
-    # "Object arrays cannot be loaded when allow_pickle=False"
-    assert_refused(code, err, marker, out, exit_code=1, why=("pickled", "allow_pickle=False"))
+    assert_refused(code, err, marker, out, exit_code=exit_code, why=why)
 
 
 # ------------------------------------------------------------------------ every loader, called directly

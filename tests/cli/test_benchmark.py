@@ -58,7 +58,7 @@ def test_json_summary_equals_report(tmp_path, capsys, shared_data):
 
 
 @pytest.mark.parametrize("args,code,pattern", [
-    (["generaton"], 1, "unknown benchmark 'generaton' (did you mean 'generation'?)"),
+    (["generaton"], 2, "unknown benchmark 'generaton' (did you mean 'generation'?)"),
     (["completion"], 1, "benchmark completion needs --data-dir"),
     (["ehf", "--data-dir", "/nonexistent/EHF"], 1, "EHF folder not found: /nonexistent/EHF"),
     (["speed", "--setting", "gen"], 1, "unknown --setting 'gen' for benchmark speed"),
@@ -75,7 +75,7 @@ def test_bad_input_is_one_error_line(tmp_path, capsys, args, code, pattern):
 
 def test_unknown_name_hint_lists_the_evaluations(tmp_path, capsys):
     code, out, _ = run(capsys, "benchmark", "nope", "--json")
-    assert code == 1
+    assert code == 2  # a usage error: Typer's exit code, the error object still on stdout
     data = json.loads(out)
     assert data["status"] == "error" and "generation" in data["hint"] and "freihand" in data["hint"]
 

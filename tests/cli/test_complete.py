@@ -74,10 +74,10 @@ def test_mode_scoresde_and_mask_joints(tmp_path, capsys, ckpt, poses):
 
 
 @pytest.mark.parametrize("args,exit_code,pattern", [
-    (["--mask", "leftleg"], 1, "unknown mask 'leftleg' for --part body (did you mean 'left_leg'?)"),
+    (["--mask", "leftleg"], 2, "unknown mask 'leftleg' for --part body (did you mean 'left_leg'?)"),
     (["--mask-joints", ",".join(str(i) for i in range(21))], 1, "the mask covers all 63 dims"),
     (["--mask-joints", "0,x"], 2, "not a joint index"),
-    (["--mask", "legs", "--mode", "ddpm"], 1, "unknown --mode 'ddpm'"),
+    (["--mask", "legs", "--mode", "ddpm"], 2, "unknown --mode 'ddpm'"),
     (["--mask", "legs", "--hypo", "0"], 1, "--hypo must be at least 1"),
     ([], 1, "nothing to complete"),
 ])

@@ -97,8 +97,7 @@ def _bad(tmp_path, scene, case):
 
 
 @pytest.mark.parametrize("case", ["format", "zero-persons", "zero-confidence", "missing-image", "unreadable-image",
-                                  "count-mismatch", "no-keypoints", "hand-keypoints-for-body", "part-face", "prior",
-                                  "person"])
+                                  "count-mismatch", "no-keypoints", "hand-keypoints-for-body", "person"])
 def test_bad_input_is_one_error_line_and_exit_1(tmp_path, capsys, scene, case):
     args, pattern = _bad(tmp_path, scene, case)
     code, out, err = run(capsys, "fit-image", "--out", str(tmp_path / "o"), "--steps", "1", "--prior", "none",
@@ -106,4 +105,14 @@ def test_bad_input_is_one_error_line_and_exit_1(tmp_path, capsys, scene, case):
     assert code == 1, err
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and pattern in errors[0], err
+    assert "Traceback" not in err and out == ""
+
+
+@pytest.mark.parametrize("case", ["part-face", "prior"])
+def test_unknown_choices_are_usage_errors_exit_2(tmp_path, capsys, scene, case):
+    args, pattern = _bad(tmp_path, scene, case)
+    code, out, err = run(capsys, "fit-image", "--out", str(tmp_path / "o"), "--steps", "1", "--prior", "none",
+                         "--no-overlay", "--device", "cpu", *args)  # the case's options come last and win
+    assert code == 2, err
+    assert "Invalid value" in err and pattern in err.replace("\n", " ")
     assert "Traceback" not in err and out == ""

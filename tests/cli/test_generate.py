@@ -25,7 +25,7 @@ def test_generate_writes_npz_with_smplx_keys_and_json_summary(tmp_path, capsys, 
                          "--checkpoint", str(ckpt), "--steps", "4", "--no-render", "--json", "--device", "cpu")
     assert code == 0, err
     summary = json.loads(out)
-    assert summary["command"] == "generate" and summary["nfe"] == 4 and summary["sampler"] == "dpm2m"
+    assert summary["command"] == "generate" and summary["nfe"] == 4 and summary["sampler"] == "dpm2m-sde"
     assert str(ckpt) in summary["checkpoint"] and summary["steps"] == 4 and summary["seconds"] > 0
     data = np.load(summary["outputs"]["poses"])
     for key, sl in PARTS[part].slices().items():
@@ -44,6 +44,15 @@ def test_same_seed_same_file_different_seed_differs(tmp_path, capsys):
     assert not np.allclose(files[0], files[2])
 
 
+def test_default_sampler_is_dpm2m_sde_with_50_evaluations(tmp_path, capsys):
+    ckpt = write_tiny_prior(tmp_path / "p.pt", Part.body)
+    code, out, err = run(capsys, "generate", "-n", "2", "--out", str(tmp_path / "o"), "--checkpoint", str(ckpt),
+                         "--no-render", "--json", "--device", "cpu")
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["sampler"] == "dpm2m-sde" and summary["nfe"] == 50
+
+
 def test_official_checkpoint_with_normalizer_and_em_sampler(tmp_path, capsys, shared_data):
     ckpt = write_official_ckpt(tmp_path / "last.ckpt", Part.hand)
     code, out, err = run(capsys, "generate", "--part", "hand", "-n", "2", "--out", str(tmp_path / "o"),
@@ -56,7 +65,7 @@ def test_official_checkpoint_with_normalizer_and_em_sampler(tmp_path, capsys, sh
 @pytest.mark.parametrize("args,code,pattern", [
     (["--part", "elbow"], 2, "elbow"),
     (["-n", "0"], 1, "-n must be at least 1"),
-    (["--sampler", "dpm"], 1, "unknown sampler 'dpm'"),
+    (["--sampler", "dpm"], 2, "unknown sampler 'dpm'"),
     (["--device", "cuda:7"], 5, "CUDA is not available"),
 ])
 def test_bad_input_is_one_line(tmp_path, capsys, args, code, pattern):

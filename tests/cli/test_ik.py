@@ -127,10 +127,10 @@ def _bad_files(root):
     ("nan.npz", [], 1, "NaN or infinite values at sample 0, joint 3"),
     ("hidden.npz", [], 1, "sample 1 has no visible joints"),
     ("missing.npz", [], 1, "not found"),
-    ("hidden.npz", ["--type", "left_face"], 1, "--type left_face is not available for --part hand"),
-    ("hidden.npz", ["--part", "body"], 1, "supports --part hand or face"),
+    ("hidden.npz", ["--type", "left_face"], 2, "--type left_face is not available for --part hand"),
+    ("hidden.npz", ["--part", "body"], 2, "supports --part hand or face"),
     ("hidden.npz", ["--noise-std", "0.01"], 1, "--noise-std applies to --type noisy only"),
-    ("hidden.npz", ["--prior", "gmm"], 1, "unknown --prior 'gmm'"),
+    ("hidden.npz", ["--prior", "gmm"], 2, "unknown --prior 'gmm'"),
     ("hidden.npz", ["--steps", "0"], 1, "--steps must be at least 1"),
 ])
 def test_bad_input_is_one_error_line(tmp_path, capsys, target, args, code, pattern):
@@ -138,7 +138,11 @@ def test_bad_input_is_one_error_line(tmp_path, capsys, target, args, code, patte
     got, _, err = run(capsys, "ik", "--targets", str(tmp_path / target), "--out", str(tmp_path / "o"),
                         "--prior", "none", "--device", "cpu", *args)
     assert got == code, err
-    assert pattern in err and err.count("error:") == 1 and "Traceback" not in err
+    assert pattern in err and "Traceback" not in err
+    if code == 1:
+        assert err.count("error:") == 1
+    else:  # a usage error: Click's own "Error: Invalid value ..." block
+        assert "Invalid value" in err
 
 
 def test_help_documents_the_joint_orders(capsys):

@@ -96,7 +96,7 @@ def test_signal_before_the_loop_exits_130_or_143(tmp_path, capsys, hand_data, mo
     (["--eval-samples", "-1"], 1, "--eval-samples must be at least 0"),
     (["--stop-after", "0"], 1, "--stop-after must be at least 1"),
     (["--fps", "0"], 1, "--fps must be a positive frame rate"),
-    (["--t-weighting", "cubic"], 1, "--t-weighting must be uniform or adaptive"),
+    (["--t-weighting", "cubic"], 2, "unknown --t-weighting 'cubic'"),
     (["--steps", "many"], 2, "Invalid value for '--steps'"),
 ])
 def test_bad_numbers_are_one_error_line(tmp_path, capsys, hand_data, args, code, pattern):

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dposer_cli.core.errors import InputError
+from dposer_cli.core.errors import InputError, UnsafeFileError
 from dposer_cli.core.parts import PARTS, Part
 from dposer_cli.io.poses import read_pose_tree, read_poses, write_poses
 
@@ -253,7 +253,7 @@ def test_non_finite_values_name_key_and_row(tmp_path):
         (lambda p: np.savez(p, body_pose=np.zeros((0, 63))), "0 rows"),
         (lambda p: np.savez(p, foo=np.zeros((3, 63)), bar=np.ones(2)), "keys: foo, bar"),
         (lambda p: np.savez(p, body_pose=np.array(["a", "b"])), "dtype"),
-        (lambda p: np.savez(p, body_pose=np.array([{"a": 1}], dtype=object)), "pickled"),
+        (lambda p: np.savez(p, body_pose=np.array([{"a": 1}], dtype=object)), "holds pickled Python objects"),
         (
             lambda p: np.savez(p, body_pose=np.zeros((4, 63)), left_hand_pose=np.zeros((4, 45))),
             "not right_hand_pose",
@@ -264,7 +264,8 @@ def test_bad_files_give_one_line_errors(tmp_path, writer, needle):
     path = tmp_path / "bad.npz"
     writer(path)
     part = Part.wholebody if "right_hand" in needle else Part.body
-    with pytest.raises(InputError) as exc:
+    error = UnsafeFileError if "pickled" in needle else InputError  # pickled data: exit 4, refused unread
+    with pytest.raises(error) as exc:
         read_poses(path, part)
     assert needle in _one_line_error(exc)
 
