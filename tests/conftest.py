@@ -16,11 +16,7 @@ torch.set_num_threads(1)
 # by beartype. This conftest is the first thing pytest imports, so no module is loaded before the hook;
 # production code pays nothing. DPOSER_NO_TYPECHECK=1 turns it off (timing comparisons).
 # UNCHECKED: modules whose annotations beartype cannot check yet (keep this list empty; each entry says why).
-UNCHECKED = {
-    "dposer_cli.tasks.denoise_motion": "observations: 'T 22 3' pre-empts its own InputError for (T, 17, 3)",
-    "dposer_cli.evaluation.common": "BenchmarkRequest.data_dir: Path | None is given a str by its callers",
-    "dposer_cli.engine.prior": "eps(t) says Float[Tensor, '*batch'] but takes a scalar, (B,) or x.shape[:-1]",
-}
+UNCHECKED: dict[str, str] = {}
 # The hook matches names as prefixes, so it is given leaf modules only (package __init__s just re-export).
 _PACKAGE = Path(__file__).resolve().parent.parent / "dposer_cli"
 _MODULES = (".".join(("dposer_cli", *p.relative_to(_PACKAGE).with_suffix("").parts)) for p in _PACKAGE.rglob("*.py"))

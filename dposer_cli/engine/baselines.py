@@ -26,11 +26,13 @@ from torch import Tensor, nn
 from dposer_cli.core.errors import InputError
 from dposer_cli.core.parts import PARTS, Part
 
+
 class BaselinePrior(nn.Module):
     """Shared plumbing: raw-space prior of one part with a mean pose (zeros unless a subclass sets it)."""
 
     kind = ""
     nfe_per_call = 0  # no network (engine.optimize.PosePrior)
+    mean_pose: Tensor  # buffer (D,)
 
     def __init__(self, part: Part | str) -> None:
         super().__init__()
@@ -101,6 +103,9 @@ class GaussianMixturePrior(BaselinePrior):
     """
 
     kind = "gmm"
+    weights_: Tensor  # buffer (K,)
+    means_: Tensor  # buffer (K, D)
+    covariances_: Tensor  # buffer (K, D, D)
 
     def __init__(self, part: Part | str, n_components: int = 8, *, reg_covar: float = 1e-6, max_iter: int = 100,
                  tol: float = 1e-3, seed: int = 0) -> None:

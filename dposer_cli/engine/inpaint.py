@@ -21,7 +21,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from dposer_cli.engine.sde import append_dims
+from dposer_cli.engine.sde import SDE, append_dims
 
 EpsFn = Callable[[Tensor, Tensor], Tensor]
 Callback = Callable[[int, int], None] | None
@@ -36,14 +36,14 @@ def _randn(x: Tensor, generator: torch.Generator | None) -> Tensor:
     return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
 
 
-def _replace(x: Tensor, mask: Tensor, y: Tensor, t: Tensor, sde, generator: torch.Generator | None) -> Tensor:
+def _replace(x: Tensor, mask: Tensor, y: Tensor, t: Tensor, sde: SDE, generator: torch.Generator | None) -> Tensor:
     """x ← x·(1−m) + (α(t)·y + σ(t)·z')·m with fresh z' (ScoreSDE imputation)."""
     alpha, std = sde.marginal(t)
     noisy_y = append_dims(alpha, x.ndim) * y + append_dims(std, x.ndim) * _randn(x, generator)
     return torch.where(mask, noisy_y, x)
 
 
-def _em_step(x: Tensor, eps: Tensor, t: Tensor, dt: float, sde) -> tuple[Tensor, Tensor]:
+def _em_step(x: Tensor, eps: Tensor, t: Tensor, dt: float, sde: SDE) -> tuple[Tensor, Tensor]:
     """(mean, g) of the reverse-SDE Euler–Maruyama step (official dt = −1/steps convention, spec §5)."""
     _, std = sde.marginal(t)
     score = -eps / append_dims(std, x.ndim)
@@ -54,7 +54,7 @@ def _em_step(x: Tensor, eps: Tensor, t: Tensor, dt: float, sde) -> tuple[Tensor,
 
 @torch.no_grad()
 def score_sde_inpaint(eps_fn: EpsFn, x: Float[Tensor, "*batch D"], mask: Bool[Tensor, "*#batch D"],
-                      y: Float[Tensor, "*#batch D"], *, sde, steps: int = 1000, t_end: float = 1e-3,
+                      y: Float[Tensor, "*#batch D"], *, sde: SDE, steps: int = 1000, t_end: float = 1e-3,
                       generator: torch.Generator | None = None, callback: Callback = None) -> Float[Tensor, "*batch D"]:
     """ScoreSDE inpainting by replacement (spec §5). `x` starts from the prior. NFE = steps.
 
@@ -77,7 +77,7 @@ def score_sde_inpaint(eps_fn: EpsFn, x: Float[Tensor, "*batch D"], mask: Bool[Te
 
 
 def guided_inpaint(eps_fn: EpsFn, x: Float[Tensor, "*batch D"], mask: Bool[Tensor, "*#batch D"],
-                   y: Float[Tensor, "*#batch D"], *, sde, steps: int = 1000, t_end: float = 1e-3,
+                   y: Float[Tensor, "*#batch D"], *, sde: SDE, steps: int = 1000, t_end: float = 1e-3,
                    generator: torch.Generator | None = None, callback: Callback = None, step_size: float = 1.0,
                    replace: bool = False, through_network: bool = True) -> Float[Tensor, "*batch D"]:
     """DPS (`replace=False`) or MCG (`replace=True`) inpainting. NFE = steps (plus one backward each).

@@ -129,7 +129,7 @@ class DPoserPrior(nn.Module):
     def device(self) -> torch.device:
         return self.normalizer.mean.device
 
-    def eps(self, x: Float[Tensor, "*batch D"], t: Float[Tensor, "*batch"]) -> Float[Tensor, "*batch D"]:
+    def eps(self, x: Float[Tensor, "*batch D"], t: Float[Tensor, "..."]) -> Float[Tensor, "*batch D"]:
         """Predicted noise ε̂(x_t, t) for normalised x_t; leading dims are flattened for the network."""
         lead = x.shape[:-1]
         flat = x.reshape(-1, x.shape[-1])
@@ -228,6 +228,7 @@ def _check_sample(prior: DPoserPrior, n: int, shape: tuple[int, ...]) -> None:
     for size in shape:
         inner *= validate.integer("shape", size, lo=1)
     width = max((m.out_features for m in prior.net.modules() if isinstance(m, nn.Linear)), default=0)
+    free: int | None
     if prior.device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(prior.device)
     else:

@@ -173,7 +173,8 @@ def _unmeasurable(part: Part, body: BodyModel, mask: str, sample: Tensor, verts:
     moved[:, list(mask_dims(part, [mask]))] += PROBE_RAD
     joints = _part_joints(part, body, mask)
     with torch.no_grad():
-        a, b = body(**part_params(part, sample)), body(**part_params(part, moved))
+        a = body(**part_params(part, sample), return_vertices=True)
+        b = body(**part_params(part, moved), return_vertices=True)
     out: list[str] = []
     if joints and float((a.joints[:, joints] - b.joints[:, joints]).abs().max()) < 1e-7:
         out += JOINT_METRICS
@@ -222,8 +223,8 @@ def _per_sample(part: Part, body: BodyModel, mask: str, out: Tensor, truth: Tens
     b, h, _ = out.shape
     joints = _part_joints(part, body, mask)
     with torch.no_grad():
-        pred = body(**part_params(part, out.reshape(b * h, -1)))
-        gt = body(**part_params(part, truth))
+        pred = body(**part_params(part, out.reshape(b * h, -1)), return_vertices=True)
+        gt = body(**part_params(part, truth), return_vertices=True)
     res: dict[str, np.ndarray] = {}
     if joints:
         pj = pred.joints[:, joints].reshape(b, h, len(joints), 3)

@@ -29,7 +29,7 @@ from dposer_cli.engine.baselines import BaselinePrior
 from dposer_cli.engine.loss import EpsFn, dposer_loss
 from dposer_cli.engine.optimize import T_RANGES, PriorSchedule, Stage, Step, optimize
 from dposer_cli.engine.prior import DPoserPrior
-from dposer_cli.engine.sde import VESDE, VPSDE
+from dposer_cli.engine.sde import SDE
 from dposer_cli.metrics import apd, mpjpe
 
 Progress = Callable[[int, int], None] | None
@@ -224,7 +224,7 @@ class _NormalisedPrior:
 
     nfe_per_call = 1
 
-    def __init__(self, eps_fn: EpsFn, sde: VPSDE | VESDE, part: Part | None = None) -> None:
+    def __init__(self, eps_fn: EpsFn, sde: SDE, part: Part | None = None) -> None:
         self.eps_fn, self.sde, self.part = eps_fn, sde, part
 
     def loss(self, x: Float[Tensor, "*batch D"], t: float | Tensor = 0.1, *, weighting: str = "snr",
@@ -241,7 +241,7 @@ def completion_stages(iterations: int = ITERATIONS, steps_per_iter: int = 100, l
 
 
 def dposer_complete(eps_fn: EpsFn, x: Float[Tensor, "*batch D"], mask: Bool[Tensor, "*#batch D"],
-                    y: Float[Tensor, "*#batch D"], *, sde: VPSDE | VESDE, iterations: int = ITERATIONS,
+                    y: Float[Tensor, "*#batch D"], *, sde: SDE, iterations: int = ITERATIONS,
                     steps_per_iter: int = 100, t_range: tuple[float, float] = T_RANGES["completion"],
                     lr: float = 0.1, betas: tuple[float, float] = (0.9, 0.99), weighting: str = "snr",
                     generator: torch.Generator | None = None,
@@ -354,5 +354,5 @@ def _metric_joints(part: Part, body: BodyModel, dims: list[int]) -> tuple[Tensor
     for j in sorted({d // 3 for d in dims if d < 63}):
         name = spec.joint_names[j]
         picked.append(body22[b22_names.index(name)])
-    idx = list(dict.fromkeys(picked))
-    return torch.tensor(idx, device=body.joint_set("body22").device), [body.joint_names[i] for i in idx]
+    ids = list(dict.fromkeys(picked))
+    return torch.tensor(ids, device=body.joint_set("body22").device), [body.joint_names[i] for i in ids]

@@ -150,7 +150,7 @@ def hidden_joints(occluded: tuple[str, ...] = (), visible: tuple[str, ...] = (),
 def denoise_motion(
     prior: MotionPrior,
     body: BodyModel,
-    observations: Float[Tensor, "T 22 3"],
+    observations: Float[Tensor, "T J 3"],  # J = 22, checked below (an InputError naming the shape)
     visible: Bool[Tensor, "T 22"] | Bool[Tensor, "22"] | None = None,
     *,
     noise_std: float = DEFAULT_NOISE_STD,
