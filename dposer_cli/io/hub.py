@@ -53,7 +53,7 @@ from dposer_cli.core.errors import (
     MissingAssetError,
     UnavailableError,
 )
-from dposer_cli.core.parts import PARTS, Part
+from dposer_cli.core.parts import FLAME_FILES, PARTS, Part
 from dposer_cli.core.paths import (
     HUB_REPO,
     body_model_dirs,
@@ -83,14 +83,14 @@ BODY_MODEL_FILES: dict[str, tuple[tuple[str, ...], ...]] = {
     "smplx": (("smplx/SMPLX_NEUTRAL.npz", "smplx/SMPLX_NEUTRAL.pkl"), ("smplx/SMPL-X__FLAME_vertex_ids.npy",),
               ("smplx/MANO_SMPLX_vertex_ids.pkl",)),
     "mano": (("mano/MANO_RIGHT.pkl",), ("mano/MANO_LEFT.pkl",)),
-    "flame": (("flame/FLAME_NEUTRAL.pkl",), ("flame/flame_static_embedding.pkl",)),
+    "flame": tuple((f"flame/{f}",) for f in FLAME_FILES),
 }
 BODY_MODEL_SITES = {"smplx": "https://smpl-x.is.tue.mpg.de", "mano": "https://mano.is.tue.mpg.de",
                     "flame": "https://flame.is.tue.mpg.de"}
 _BODY_MODEL_WHAT = {
     "smplx": "SMPL-X (SMPLX_NEUTRAL.npz) and the 'MANO and FLAME vertex indices' correspondences",
     "mano": "MANO (MANO_RIGHT.pkl, MANO_LEFT.pkl)",
-    "flame": "FLAME 2020 (FLAME_NEUTRAL.pkl, flame_static_embedding.pkl)",
+    "flame": f"FLAME 2020 ({', '.join(FLAME_FILES)})",
 }
 
 

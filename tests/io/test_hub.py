@@ -43,3 +43,20 @@ def test_check_decides_what_is_installed(repo, tmp_path):
     assert not assets[1].path.exists() and assets[1].path.with_name(assets[1].path.name + ".invalid").is_file()
     assert seen == [("checkpoint", True), ("normalizer", True)]
     assert staging is not None and not staging.exists()  # the context removes the staging folder
+
+
+def test_flame_needs_every_file_the_loader_reads(tmp_path):
+    from dposer_cli.core.parts import FLAME_FILES
+
+    assert hub.BODY_MODEL_FILES["flame"] == tuple((f"flame/{f}",) for f in FLAME_FILES)
+    assert "flame/flame_dynamic_embedding.npy" in {alt for (alt,) in hub.BODY_MODEL_FILES["flame"]}
+    (tmp_path / "flame").mkdir()
+    for name in FLAME_FILES[:-1]:
+        (tmp_path / "flame" / name).write_bytes(b"x")
+    flame = hub.body_models([tmp_path])["flame"]
+    assert not flame["present"]
+    assert "missing flame/flame_dynamic_embedding.npy" in flame["instruction"]
+    assert all(name in flame["instruction"] for name in FLAME_FILES)  # the "download ..." list names all three
+    (tmp_path / "flame" / FLAME_FILES[-1]).write_bytes(b"x")
+    flame = hub.body_models([tmp_path])["flame"]
+    assert flame["present"] and "instruction" not in flame
