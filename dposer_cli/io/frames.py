@@ -1,5 +1,6 @@
 """The file side of fitting to pictures: image ↔ keypoint-file pairing, the persons of each frame as arrays,
-and starting parameters from `--init` npz files.
+starting parameters from `--init` npz files (finite, of the fit's widths), the pictures of the frames
+(`frame_images`) and, for videos, one track per person with its output name (`video_tracks`).
 
 Images are single files, folders of video frames (sorted by name) or video files (decoded one frame at a
 time, `io.media.read_video_frames`); keypoints are found beside each image, in `predictions/` next to an
