@@ -153,6 +153,7 @@ ThreadsOpt = Annotated[
     typer.Option(
         "--threads",
         min=1,
+        metavar="N",
         help="CPU threads for torch. Default: $DPOSER_THREADS, else $OMP_NUM_THREADS, else 1 (small batches "
         "run fastest on one thread) or every core for batches of 1000 and more.",
     ),

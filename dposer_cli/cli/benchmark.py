@@ -13,6 +13,7 @@ from dposer_cli.cli._options import (
     NormalizerOpt,
     QuietOpt,
     SeedOpt,
+    ThreadsOpt,
     choice,
     sampler_choice,
 )
@@ -67,6 +68,7 @@ def command(
                                                                  "dposer_out/benchmark-NAME.json].")] = None,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
+    threads: ThreadsOpt = None,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -77,8 +79,10 @@ def command(
     Example: dposer benchmark generation --reference poses.npz --statistics statistics.npz -n 5000
     """
     from dposer_cli.cli._console import console, emit, progress, run_staged
+    from dposer_cli.core.device import configure_threads
     from dposer_cli.services import benchmark as svc
 
+    configure_threads(threads, work_items=None)
     req = svc.BenchmarkRequest(name=name, data_dir=data_dir, part=part, prior=prior, checkpoint=checkpoint,
                                normalizer=normalizer, body_model=body_model, limit=limit, n=n, reference=reference,
                                statistics=statistics, train_poses=train_poses, gmm_components=gmm_components,

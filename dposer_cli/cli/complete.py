@@ -17,6 +17,7 @@ from dposer_cli.cli._options import (
     QuietOpt,
     RendererOpt,
     SeedOpt,
+    ThreadsOpt,
     check_masks,
     choice,
     mask_help,
@@ -59,6 +60,7 @@ def command(
     out: OutOpt = Path("dposer_out"),
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
+    threads: ThreadsOpt = None,
     checkpoint: CheckpointOpt = None,
     normalizer: NormalizerOpt = None,
     render: Annotated[bool, typer.Option("--render", help="Also draw DIR/completed.png (all hypotheses).")] = False,
@@ -76,8 +78,10 @@ def command(
     """
     check_masks(part, _names(mask), param="--mask")
     from dposer_cli.cli._console import emit, progress, run_staged
+    from dposer_cli.core.device import configure_threads
     from dposer_cli.services import complete as svc
 
+    configure_threads(threads, work_items=None)
     req = svc.CompleteRequest(input=input, part=part, masks=_names(mask), mask_joints=_ints(mask_joints), hypo=hypo,
                               out=out, mode=mode, steps=steps, seed=seed, device=device, checkpoint=checkpoint,
                               normalizer=normalizer, render=render, renderer=renderer, body_model=body_model,

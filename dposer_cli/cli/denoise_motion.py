@@ -16,6 +16,7 @@ from dposer_cli.cli._options import (
     QuietOpt,
     RendererOpt,
     SeedOpt,
+    ThreadsOpt,
     check_masks,
     choice,
 )
@@ -46,6 +47,7 @@ def command(
         help="Smoothness term on: auto (vertices when the body model has a mesh), vertices or joints (faster).")] = "auto",
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
+    threads: ThreadsOpt = None,
     checkpoint: CheckpointOpt = None,
     normalizer: NormalizerOpt = None,
     no_render: Annotated[bool, typer.Option("--no-render", help="Skip DIR/comparison.mp4.")] = False,
@@ -64,8 +66,10 @@ def command(
     check_masks(Part.body, _names(occluded_part), param="--occluded-part")
     check_masks(Part.body, _names(visible_part), param="--visible-part")
     from dposer_cli.cli._console import emit, progress, run_staged
+    from dposer_cli.core.device import configure_threads
     from dposer_cli.services import denoise_motion as svc
 
+    configure_threads(threads, work_items=None)
     req = svc.DenoiseRequest(input=input, out=out, noise_std=noise_std, occluded=_names(occluded_part),
                              visible=_names(visible_part), fps=fps, temporal=temporal, seed=seed, device=device,
                              checkpoint=checkpoint, normalizer=normalizer, render=not no_render, renderer=renderer,

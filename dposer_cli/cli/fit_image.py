@@ -16,6 +16,7 @@ from dposer_cli.cli._options import (
     QuietOpt,
     RendererOpt,
     SeedOpt,
+    ThreadsOpt,
     choice,
     part_choice,
 )
@@ -64,6 +65,7 @@ def command(
     export: ExportOpt = None,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
+    threads: ThreadsOpt = None,
     checkpoint: CheckpointOpt = None,
     normalizer: NormalizerOpt = None,
     body_model: BodyModelOpt = None,
@@ -81,8 +83,10 @@ def command(
     Example: dposer fit-image clip.mp4 --export bvh --out clip_fit/
     """
     from dposer_cli.cli._console import emit, progress, run_staged
+    from dposer_cli.core.device import configure_threads
     from dposer_cli.services import fit_image as svc
 
+    configure_threads(threads, work_items=None)
     req = svc.FitImageRequest(
         images=tuple(images), out=out, part=Part(part), keypoints=tuple(keypoints or ()), keypoint_format=keypoint_format,
         person=person, init=tuple(init or ()), focal=focal, steps=steps, prior=prior, body_model=body_model,

@@ -17,6 +17,7 @@ from dposer_cli.cli._options import (
     QuietOpt,
     RendererOpt,
     SeedOpt,
+    ThreadsOpt,
     sampler_choice,
 )
 from dposer_cli.core.parts import Part
@@ -36,6 +37,7 @@ def command(
     steps: Annotated[int | None, typer.Option(help="Sampler steps (= network evaluations). Default per sampler.")] = None,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
+    threads: ThreadsOpt = None,
     checkpoint: CheckpointOpt = None,
     normalizer: NormalizerOpt = None,
     no_render: Annotated[bool, typer.Option("--no-render", help="Skip the grid.png contact sheet.")] = False,
@@ -60,8 +62,10 @@ def command(
     Example: dposer generate --part body -n 6 --process-video --out process/
     """
     from dposer_cli.cli._console import emit, progress, run_staged
+    from dposer_cli.core.device import configure_threads
     from dposer_cli.services import generate as svc
 
+    configure_threads(threads, work_items=n)
     req = svc.GenerateRequest(part=part, n=n, out=out, sampler=sampler, steps=steps, seed=seed, device=device,
                               checkpoint=checkpoint, normalizer=normalizer, render=not no_render, renderer=renderer,
                               body_model=body_model, poses_json=poses_json,

@@ -17,6 +17,7 @@ from dposer_cli.cli._options import (
     QuietOpt,
     RendererOpt,
     SeedOpt,
+    ThreadsOpt,
     choice,
     part_choice,
 )
@@ -58,6 +59,7 @@ def command(
         "--shape-checkpoint", help="--part face: face-shape prior checkpoint (default: official, else demo).")] = None,
     normalizer: NormalizerOpt = None,
     device: DeviceOpt = "auto",
+    threads: ThreadsOpt = None,
     seed: SeedOpt = 0,
     render: Annotated[bool, typer.Option(
         "--render", help="Also draw DIR/ik.png: for the first 8 solves, the recovered joints against the targets "
@@ -80,8 +82,10 @@ def command(
                           f"{suggest(ik_type, list(IK_TYPES[kind]))}", param_hint="--type",
                           hint="choose from " + ", ".join(IK_TYPES[kind]))
     from dposer_cli.cli._console import emit, progress, run_staged
+    from dposer_cli.core.device import configure_threads
     from dposer_cli.services import ik as svc
 
+    configure_threads(threads, work_items=None)
     req = svc.IKRequest(part=kind, targets=targets, out=out, ik_type=ik_type, noise_std=noise_std, steps=steps,
                         prior=prior, solve_orient=solve_orient, body_model=body_model, checkpoint=checkpoint,
                         shape_checkpoint=shape_checkpoint, normalizer=normalizer, device=device, seed=seed,

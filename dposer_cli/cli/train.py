@@ -5,7 +5,16 @@ from typing import Annotated
 
 import typer
 
-from dposer_cli.cli._options import DeviceOpt, JsonOpt, NormalizerOpt, PartOpt, QuietOpt, SeedOpt, choice
+from dposer_cli.cli._options import (
+    DeviceOpt,
+    JsonOpt,
+    NormalizerOpt,
+    PartOpt,
+    QuietOpt,
+    SeedOpt,
+    ThreadsOpt,
+    choice,
+)
 from dposer_cli.core.parts import T_WEIGHTINGS, Part
 
 
@@ -48,6 +57,7 @@ def command(
     normalizer: NormalizerOpt = None,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
+    threads: ThreadsOpt = None,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -61,8 +71,10 @@ def command(
     """
     from dposer_cli.cli._console import emit, progress, progress_interval
     from dposer_cli.core.config import TrainConfig
+    from dposer_cli.core.device import configure_threads
     from dposer_cli.services import train as svc
 
+    configure_threads(threads, work_items=batch_size)
     tc = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup=warmup, ema_rate=ema_rate, seed=seed,
                      ckpt_every=ckpt_every, val_every=val_every, t_weighting=t_weighting)
     priors = {k: v for k, v in (("body", body_prior), ("hand", hand_prior), ("face", face_prior)) if v is not None}

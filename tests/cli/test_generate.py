@@ -156,3 +156,43 @@ def test_grid_count_in_the_json_and_grid_n_chooses_it(tmp_path, capsys):
     assert code == 0 and json.loads(out)["grid_count"] == 0 and "grid" not in json.loads(out)["outputs"]
     code, _, err = run(capsys, *base, "--grid", "-1", "--out", str(tmp_path / "e"))
     assert code == 2 and "--grid" in err
+
+
+@pytest.fixture
+def keep_threads():
+    import torch
+
+    before = torch.get_num_threads()
+    yield torch
+    torch.set_num_threads(before)
+
+
+def test_threads_option_and_environment(tmp_path, capsys, monkeypatch, keep_threads):
+    torch = keep_threads
+    ckpt = write_tiny_prior(tmp_path / "p.pt", Part.body)
+    base = ["generate", "-n", "2", "--steps", "2", "--checkpoint", str(ckpt), "--no-render", "--json", "--device",
+            "cpu"]
+    code, out, err = run(capsys, *base, "--out", str(tmp_path / "a"), "--threads", "1")
+    assert code == 0, err
+    one = np.load(json.loads(out)["outputs"]["poses"])["body_pose"]
+    assert torch.get_num_threads() == 1
+    monkeypatch.setenv("DPOSER_THREADS", "2")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # $DPOSER_THREADS beats it
+    code, out, err = run(capsys, *base, "--out", str(tmp_path / "b"))
+    assert code == 0, err
+    assert torch.get_num_threads() == 2
+    np.testing.assert_allclose(np.load(json.loads(out)["outputs"]["poses"])["body_pose"], one, atol=1e-5)
+    code, _, err = run(capsys, *base, "--out", str(tmp_path / "c"), "--threads", "1")
+    assert code == 0 and torch.get_num_threads() == 1, err  # --threads beats $DPOSER_THREADS
+    monkeypatch.setenv("DPOSER_THREADS", "many")
+    code, out, err = run(capsys, *base, "--out", str(tmp_path / "d"))
+    assert code == 1 and "DPOSER_THREADS" in err and err.count("error:") == 1
+    assert json.loads(out)["status"] == "error"
+
+
+@pytest.mark.parametrize("value", ["0", "-3"])
+@pytest.mark.parametrize("command", ["generate", "complete", "denoise-motion", "fit-image", "ik", "benchmark",
+                                     "train"])
+def test_threads_below_one_is_a_usage_error(capsys, command, value):
+    code, _, err = run(capsys, command, "--threads", value)
+    assert code == 2 and "Invalid value for '--threads'" in err and "Traceback" not in err
