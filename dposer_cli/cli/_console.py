@@ -10,7 +10,7 @@ from types import TracebackType
 
 from rich.console import Console
 from rich.logging import RichHandler
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import TaskID, BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from dposer_cli import __version__
 from dposer_cli.cli._staging import run_staged
@@ -140,7 +140,7 @@ class progress:
         self.unit = unit
         self.lines = lines
         self._progress: Progress | None = None
-        self._task: int | None = None
+        self._task: TaskID | None = None
         self._lines: _ProgressLines | None = None
 
     def __enter__(self) -> Callable[[int, int], None]:

@@ -197,7 +197,7 @@ class Staging:
 
 def remove_orphans(parent: Path, label: str | None = None) -> list[Path]:
     """Delete `.<label>.partial-<pid>` folders in `parent` whose process is gone (killed runs)."""
-    removed = []
+    removed: list[Path] = []
     try:
         entries = list(Path(parent).iterdir())
     except OSError:

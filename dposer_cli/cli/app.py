@@ -4,6 +4,7 @@ import contextlib
 import importlib
 import os
 import sys
+from typing import NoReturn
 
 import typer
 from typer.core import TyperCommand, TyperGroup
@@ -130,12 +131,13 @@ def _run(argv: list[str] | None) -> None:
             _fail(console, command, f"out of memory: {first}",
                   "ask for fewer samples (-n / --hypo), fewer --steps or a shorter input", int(ExitCode.INPUT),
                   as_json)
-        if not (hasattr(exc, "show") and hasattr(exc, "exit_code")):  # Typer/Click usage errors (exit 2)
+        show, code = getattr(exc, "show", None), getattr(exc, "exit_code", None)
+        if show is None or code is None:  # not a Typer/Click usage error (exit 2)
             _internal(console, args, exc, as_json)
-        exc.show()
+        show()
         if as_json and hasattr(exc, "format_message"):  # --json: an error object on stdout for these too
-            _json_error(command, exc.format_message(), getattr(exc, "hint", None), int(exc.exit_code))
-        sys.exit(int(exc.exit_code))
+            _json_error(command, exc.format_message(), getattr(exc, "hint", None), int(code))
+        sys.exit(int(code))
     sys.exit(0)
 
 
@@ -168,7 +170,7 @@ def _stdout_closed(console, exc: BaseException) -> None:  # type: ignore[no-unty
     sys.exit(int(ExitCode.INPUT))
 
 
-def _internal(console, args: list[str], exc: BaseException, as_json: bool) -> None:  # type: ignore[no-untyped-def]
+def _internal(console, args: list[str], exc: BaseException, as_json: bool) -> NoReturn:  # type: ignore[no-untyped-def]
     """Last resort: one line, exit 70; DPOSER_DEBUG=1 re-raises for the traceback."""
     if os.environ.get("DPOSER_DEBUG"):
         raise exc
@@ -177,7 +179,7 @@ def _internal(console, args: list[str], exc: BaseException, as_json: bool) -> No
     _fail(console, _command_name(args), msg, None, int(ExitCode.INTERNAL), as_json)
 
 
-def _fail(console, command: str, message: str, hint: str | None, code: int, as_json: bool) -> None:  # type: ignore[no-untyped-def]
+def _fail(console, command: str, message: str, hint: str | None, code: int, as_json: bool) -> NoReturn:  # type: ignore[no-untyped-def]
     console.print(f"[red]error:[/red] {message}", markup=True, highlight=False)
     if hint:
         console.print(f"hint: {hint}", markup=False)

@@ -48,18 +48,24 @@ T_RANGES: dict[str, tuple[float, float]] = {
 
 
 @runtime_checkable
-class PosePrior(Protocol):
-    """What the optimiser needs of a prior: its part and a per-sample, differentiable loss of raw poses.
+class LossPrior(Protocol):
+    """What the optimiser needs of a prior: a per-sample, differentiable loss of poses at diffusion time t.
 
-    `DPoserPrior` and the baselines of `engine.baselines` (none, l2, gmm, vposer) all satisfy it.
     `nfe_per_call` is the number of network evaluations one `loss` call costs (0 for the baselines).
     """
 
-    part: Part
     nfe_per_call: int
 
     def loss(self, pose: Float[Tensor, "*batch D"], t: float | Tensor = ..., *, weighting: str = ...,
              generator: torch.Generator | None = ...) -> Float[Tensor, "*batch"]: ...
+
+
+@runtime_checkable
+class PosePrior(LossPrior, Protocol):
+    """A `LossPrior` of one part over raw poses: `DPoserPrior` and the baselines of `engine.baselines` (none, l2,
+    gmm, vposer) all satisfy it; tasks read `part` to check the prior fits the data."""
+
+    part: Part
 
 
 @dataclass(frozen=True)
@@ -70,7 +76,7 @@ class PriorSchedule:
     stages that use the prior in this `optimize` call); steps past the horizon keep t_min.
     """
 
-    prior: PosePrior
+    prior: LossPrior
     t_range: tuple[float, float] = T_RANGES["fitting"]
     weighting: str = "snr"
     generator: torch.Generator | None = None
