@@ -13,7 +13,7 @@ from dposer_cli.core.parts import Part
 from dposer_cli.core.paths import demo_checkpoint
 from dposer_cli.engine.prior import DPoserPrior
 from dposer_cli.engine.samplers import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLERS
-from dposer_cli.metrics import fid, gaussian_stats, prdc
+from dposer_cli.metrics import fid, fid_from_stats, gaussian_stats, prdc
 
 N = 2000
 # EM-1000 on the demo body prior (bench/results/sampler_study.json, "demo-body" summary "em-1000")
@@ -64,10 +64,13 @@ def test_no_divergence_at_few_steps(body):
 
 @pytest.mark.slow
 def test_default_sampler_matches_live_em_1000(body):
-    """Both samplers run here from the same seed (1000 samples, ~2 min on one core)."""
+    """Both samplers run here from the same seed (1000 samples each, ~2 min on one core): precision and recall
+    within 0.05, and the two-sample FID between them at the level of EM-1000 against other EM-1000 seeds
+    (0.06 and 0.13 at 1000 samples here; 0.038 at 2000, bench/results/sampler_study.json)."""
     prior, reference = body
-    em = _quality(prior, reference, "em", 1000, n=1000, seed=5)
-    fast = _quality(prior, reference, DEFAULT_SAMPLER, DEFAULT_STEPS[DEFAULT_SAMPLER], n=1000, seed=5)
-    assert abs(fast["precision"] - em["precision"]) <= 0.05, (fast, em)
-    assert abs(fast["recall"] - em["recall"]) <= 0.05, (fast, em)
-    assert abs(fast["fid"] - em["fid"]) <= 0.1, (fast, em)
+    em = prior.sample(1000, sampler="em", steps=1000, generator=torch.Generator().manual_seed(5)).double().numpy()
+    fast = prior.sample(1000, generator=torch.Generator().manual_seed(5)).double().numpy()  # the default
+    q_em, q_fast = prdc(reference, em, k=3), prdc(reference, fast, k=3)
+    assert abs(q_fast["precision"] - q_em["precision"]) <= 0.05, (q_fast, q_em)
+    assert abs(q_fast["recall"] - q_em["recall"]) <= 0.05, (q_fast, q_em)
+    assert fid_from_stats(*gaussian_stats(fast), *gaussian_stats(em)) <= 0.2
