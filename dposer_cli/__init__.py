@@ -56,7 +56,33 @@ if TYPE_CHECKING:  # editors and type checkers see the real names; at run time t
     from dposer_cli.tasks.ik import IKProblem, IKResult, solve_ik
     from dposer_cli.tasks.sample import SampleResult, sample
 
-__all__ = ["__version__", *_LAZY]
+__all__ = [
+    "__version__",
+    "Part",
+    "PARTS",
+    "DposerError",
+    "DPoserPrior",
+    "load_prior",
+    "build_prior",
+    "load_body",
+    "optimize",
+    "Stage",
+    "PriorSchedule",
+    "T_RANGES",
+    "sample",
+    "SampleResult",
+    "complete",
+    "resolve_masking",
+    "CompleteResult",
+    "denoise_motion",
+    "MotionResult",
+    "IKProblem",
+    "solve_ik",
+    "IKResult",
+    "fit",
+    "FitInput",
+    "FitResult",
+]
 
 
 def __getattr__(name: str) -> Any:

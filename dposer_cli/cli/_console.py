@@ -10,7 +10,7 @@ from types import TracebackType
 
 from rich.console import Console
 from rich.logging import RichHandler
-from rich.progress import TaskID, BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from dposer_cli import __version__
 from dposer_cli.cli._staging import run_staged
