@@ -52,8 +52,8 @@ def command(
                                                                           "(default: the shared reference set).")] = None,
     gmm_components: Annotated[int, typer.Option("--gmm-components", help="GMM components.")] = 8,
     sampler: Annotated[str, typer.Option(metavar="NAME", callback=sampler_choice,
-                                         help="Generation sampler: dpm2m (fast, default), dpm2m-sde, ddim or em "
-                                              "(official Euler–Maruyama, 1000 steps).")] = "dpm2m",
+                                         help="Generation sampler: dpm2m-sde (default, 50 steps), dpm2m, ddim or em "
+                                              "(official Euler–Maruyama, 1000 steps).")] = "dpm2m-sde",
     steps: Annotated[int | None, typer.Option(help="Sampler / optimisation steps (default: each task's official "
                                                    "count).")] = None,
     hypo: Annotated[int, typer.Option("--hypo", "-H", help="Hypotheses per input (completion).")] = 10,

@@ -1,7 +1,7 @@
 """`DPoserPrior`: network + SDE + normaliser behind one object (the public Python API).
 
     prior = DPoserPrior.load("body")              # official weights if downloaded, else the demo prior
-    poses = prior.sample(10, sampler="dpm2m")      # (10, 63) axis-angle
+    poses = prior.sample(10)                       # (10, 63) axis-angle, SDE-DPM-Solver++(2M), 50 NFE
     loss = prior.loss(poses, t=0.1)               # (10,) per-sample prior loss, differentiable in `poses`
 """
 

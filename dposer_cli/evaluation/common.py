@@ -31,6 +31,7 @@ from dposer_cli.core.paths import shared_data_dir
 from dposer_cli.engine.optimize import PosePrior
 from dposer_cli.engine.prior import DPoserPrior
 from dposer_cli.engine.priors import build_prior
+from dposer_cli.engine.samplers import DEFAULT_SAMPLER
 from dposer_cli.io.poses import read_poses
 from dposer_cli.tasks.denoise_motion import MotionSchedule
 
@@ -62,7 +63,7 @@ class BenchmarkRequest:
     statistics: Path | None = None  # generation: FID statistics (mu, sigma)
     train_poses: Path | None = None  # gmm baseline: poses to fit (default: the shared reference of the part)
     gmm_components: int = 8
-    sampler: str = "dpm2m"
+    sampler: str = DEFAULT_SAMPLER
     steps: int | None = None  # sampler / optimisation steps (None → each task's official count)
     hypo: int = 10
     settings: tuple[str, ...] = ()  # evaluation-specific settings (masks, noise levels, IK types)

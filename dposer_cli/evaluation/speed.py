@@ -45,6 +45,7 @@ from dposer_cli.core.paths import atomic_write
 from dposer_cli.engine.baselines import BaselinePrior
 from dposer_cli.engine.optimize import PosePrior
 from dposer_cli.engine.prior import DPoserPrior
+from dposer_cli.engine.samplers import DEFAULT_SAMPLER
 from dposer_cli.evaluation.common import Context, FileFit, FitFiles, Outcome, scaled_schedule
 from dposer_cli.io.media import save_image
 from dposer_cli.tasks import denoise_motion as dm
@@ -121,7 +122,7 @@ def synthetic_poses(n: int, dim: int, *, seed: int = 0, scale: float = 0.3,
     return (scale * torch.randn(n, dim, generator=g)).to(device)
 
 
-def sampling(prior: DPoserPrior | SamplingPrior, n: int, *, sampler: str = "dpm2m", steps: int | None = None, seed: int = 0,
+def sampling(prior: DPoserPrior | SamplingPrior, n: int, *, sampler: str = DEFAULT_SAMPLER, steps: int | None = None, seed: int = 0,
              device: torch.device | str = "cpu") -> Workload:
     """Draw `n` samples in one batch (`tasks.sample`)."""
     steps = steps or DEFAULT_STEPS.get(sampler, 25)

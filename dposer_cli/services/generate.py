@@ -18,6 +18,7 @@ from dposer_cli.core.parts import PARTS, Part
 from dposer_cli.core.paths import atomic_write, ensure_out_dir
 from dposer_cli.core.result import Result
 from dposer_cli.engine.prior import DPoserPrior
+from dposer_cli.engine.samplers import DEFAULT_SAMPLER
 from dposer_cli.io.export import write_bvh, write_meshes
 from dposer_cli.io.media import save_video
 from dposer_cli.io.poses import write_poses
@@ -41,7 +42,7 @@ class GenerateRequest:
     part: Part
     n: int = 10
     out: Path = Path("dposer_out")
-    sampler: str = "dpm2m"
+    sampler: str = DEFAULT_SAMPLER
     steps: int | None = None
     seed: int = 0
     device: str = "auto"

@@ -40,7 +40,7 @@ def test_generation_fid_equals_direct_scipy_computation(tmp_path, shared_data):
     assert m["coverage"] == pytest.approx((d.min(1) < r_rad).mean())
     assert 0 < m["apd_cm"] and m["dnn"] > 0
     info = report.info
-    assert info["settings"]["sampler"] == "dpm2m" and info["settings"]["steps"] == 3
+    assert info["settings"]["sampler"] == "dpm2m-sde" and info["settings"]["steps"] == 3
     assert info["paper"]["body"]["rows"]["DPoser"][1] == 0.07 and info["versions"]["torch"] == torch.__version__
 
 
