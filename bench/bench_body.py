@@ -79,11 +79,15 @@ def _inputs(batch: int, seed: int = 0) -> dict[str, torch.Tensor]:
     }
 
 
-def _call(model: torch.nn.Module, params: dict[str, torch.Tensor], mode: str, pass_: str) -> Callable[[], None]:
+def _call(
+    model: torch.nn.Module, params: dict[str, torch.Tensor], mode: str, pass_: str
+) -> Callable[[], None]:
     vertices = mode == "vertices"
 
     def run() -> None:
-        grads = {"fwd": (), "fwd+bwd pose": ("global_orient", "body_pose", "transl")}.get(pass_, tuple(params))
+        grads = {"fwd": (), "fwd+bwd pose": ("global_orient", "body_pose", "transl")}.get(
+            pass_, tuple(params)
+        )
         p = {k: v.clone().requires_grad_(k in grads) for k, v in params.items()}
         with torch.set_grad_enabled(bool(grads)):
             out = model(**p, return_vertices=vertices)

@@ -44,13 +44,16 @@ def _prior(checkpoint: Path | None) -> tuple[DPoserPrior, bool]:
         return DPoserPrior.load(Part.body, checkpoint), True
     except DposerError:
         spec = PARTS[Part.body]
-        cfg = PriorConfig(part="body", net=NetConfig(dim=63, hidden_dim=spec.official_hidden,
-                                                     embed_dim=spec.official_embed))
+        cfg = PriorConfig(
+            part="body", net=NetConfig(dim=63, hidden_dim=spec.official_hidden, embed_dim=spec.official_embed)
+        )
         norm = Normalizer.for_part(Part.body, torch.zeros(63), torch.full((63,), 0.3))
         return DPoserPrior(cfg, build_net(cfg.net), norm, source="untrained official-size network"), False
 
 
-def bench_completion(prior: DPoserPrior, n: int, hypo: int, loop_samples: int, official_loop: bool = False) -> dict:
+def bench_completion(
+    prior: DPoserPrior, n: int, hypo: int, loop_samples: int, official_loop: bool = False
+) -> dict:
     data = np.load(shared_data_dir() / PARTS[Part.body].reference)["poses"].astype(np.float32)
     poses = torch.as_tensor(data[-n:])  # the tail of the file
     dims = mask_dims(Part.body, ["legs"])
@@ -73,7 +76,9 @@ def bench_completion(prior: DPoserPrior, n: int, hypo: int, loop_samples: int, o
         for i in range(loop_samples):
             parts: list[torch.Tensor] = []
             for h in range(hypo):
-                nfe += speed.completion(prior, poses[i:i + 1], observed[i:i + 1], hypo=1, seed=1 + h, out=parts)()[1]
+                nfe += speed.completion(
+                    prior, poses[i : i + 1], observed[i : i + 1], hypo=1, seed=1 + h, out=parts
+                )()[1]
             rows.append(torch.cat(parts, 1))
         done.append(torch.cat(rows, 0))
         return loop_samples * hypo, nfe
@@ -85,22 +90,42 @@ def bench_completion(prior: DPoserPrior, n: int, hypo: int, loop_samples: int, o
     per_hyp_l = sec_l / (loop_samples * hypo)
     official: dict | None = None
     if official_loop:  # official shape: batch of poses, one call per hypothesis
+
         def per_hypothesis() -> tuple[int, int]:
             nfe = sum(speed.completion(prior, poses, observed, hypo=1, seed=2 + h)()[1] for h in range(hypo))
             return n * hypo, nfe
 
         h = speed.timed(dev, per_hypothesis)
-        official = {"seconds": h["seconds"], "nfe": int(h["nfe"]), "seconds_per_hypothesis": h["seconds"] / (n * hypo),
-                    "speedup_of_batched": h["seconds"] / sec_b}
+        official = {
+            "seconds": h["seconds"],
+            "nfe": int(h["nfe"]),
+            "seconds_per_hypothesis": h["seconds"] / (n * hypo),
+            "speedup_of_batched": h["seconds"] / sec_b,
+        }
     return {
-        "n": n, "hypo": hypo, "mask": "legs", "steps": DEFAULT_STEPS["dposer"],
-        "batched": {"seconds": sec_b, "nfe": nfe_b, "seconds_per_hypothesis": per_hyp_b,
-                    "metrics": evaluate(batched, poses), "metrics_on_loop_subset": evaluate(batched[sub], poses[sub])},
-        "per_sample_loop": {"samples_timed": loop_samples, "seconds": sec_l, "nfe": nfe_l,
-                            "seconds_per_hypothesis": per_hyp_l, "metrics": evaluate(looped, poses[sub]),
-                            "extrapolated_seconds_for_all": per_hyp_l * n * hypo},
+        "n": n,
+        "hypo": hypo,
+        "mask": "legs",
+        "steps": DEFAULT_STEPS["dposer"],
+        "batched": {
+            "seconds": sec_b,
+            "nfe": nfe_b,
+            "seconds_per_hypothesis": per_hyp_b,
+            "metrics": evaluate(batched, poses),
+            "metrics_on_loop_subset": evaluate(batched[sub], poses[sub]),
+        },
+        "per_sample_loop": {
+            "samples_timed": loop_samples,
+            "seconds": sec_l,
+            "nfe": nfe_l,
+            "seconds_per_hypothesis": per_hyp_l,
+            "metrics": evaluate(looped, poses[sub]),
+            "extrapolated_seconds_for_all": per_hyp_l * n * hypo,
+        },
         "per_hypothesis_loop": official,
-        "official_nfe_for_same_work": 200 * hypo * math.ceil(n / 100),  # tester: batch 100, one call per hypothesis
+        "official_nfe_for_same_work": 200
+        * hypo
+        * math.ceil(n / 100),  # tester: batch 100, one call per hypothesis
         "speedup_per_hypothesis_vs_per_sample_loop": per_hyp_l / per_hyp_b,
     }
 
@@ -116,14 +141,24 @@ def bench_denoise(prior: DPoserPrior, frames: int) -> dict:
     obs = gt + 0.04 * torch.randn(gt.shape, generator=g)
     vis = torch.ones(frames, 22, dtype=torch.bool)
     schedule = dm.pick_schedule(0.04)
-    out: dict = {"frames": frames, "noise_std_m": 0.04, "schedule": schedule.name, "body_model": body.kind,
-                 "official_nfe": schedule.steps}
+    out: dict = {
+        "frames": frames,
+        "noise_std_m": 0.04,
+        "schedule": schedule.name,
+        "body_model": body.kind,
+        "official_nfe": schedule.steps,
+    }
     for term in ("vertices", "joints"):
         fits: list[dm.MotionResult] = []
-        m = speed.timed(device(), speed.denoising(prior, body, obs, vis, schedule=schedule, temporal=term, out=fits))
-        out[f"temporal_{term}"] = {"seconds": m["seconds"], "nfe": int(m["nfe"]),
-                                   "frames_per_second": frames / m["seconds"],
-                                   **dm.motion_metrics(obs, fits[0].joints, gt, vis, False)}
+        m = speed.timed(
+            device(), speed.denoising(prior, body, obs, vis, schedule=schedule, temporal=term, out=fits)
+        )
+        out[f"temporal_{term}"] = {
+            "seconds": m["seconds"],
+            "nfe": int(m["nfe"]),
+            "frames_per_second": frames / m["seconds"],
+            **dm.motion_metrics(obs, fits[0].joints, gt, vis, False),
+        }
     return out
 
 
@@ -132,7 +167,9 @@ def main() -> None:
     p.add_argument("--checkpoint", type=Path, default=None)
     p.add_argument("--n", type=int, default=None, help="poses to complete (default 1000; --quick 100)")
     p.add_argument("--hypo", type=int, default=10)
-    p.add_argument("--loop-samples", type=int, default=None, help="poses timed in the per-sample loop (default 20)")
+    p.add_argument(
+        "--loop-samples", type=int, default=None, help="poses timed in the per-sample loop (default 20)"
+    )
     p.add_argument("--frames", type=int, default=None, help="frames to denoise (default 240; --quick 60)")
     p.add_argument("--official-loop", action="store_true", help="also time one batched call per hypothesis")
     args = p.parse_args()
@@ -140,10 +177,14 @@ def main() -> None:
     prior, trained = _prior(args.checkpoint)
     n, loop_samples, frames = (100, 3, 60) if args.quick else (1000, 20, 240)
     n, loop_samples, frames = args.n or n, args.loop_samples or loop_samples, args.frames or frames
-    report = {"benchmark": "complete", "env": environment(), "checkpoint": prior.source,
-              "errors_meaningful": trained,
-              "completion": bench_completion(prior, n, args.hypo, loop_samples, args.official_loop),
-              "denoise_motion": bench_denoise(prior, frames)}
+    report = {
+        "benchmark": "complete",
+        "env": environment(),
+        "checkpoint": prior.source,
+        "errors_meaningful": trained,
+        "completion": bench_completion(prior, n, args.hypo, loop_samples, args.official_loop),
+        "denoise_motion": bench_denoise(prior, frames),
+    }
     write(report, args.out)
 
 

@@ -38,11 +38,14 @@ def _prior(folder: Path) -> tuple[DPoserPrior, str]:
     if demo_checkpoint(Part.body).is_file():
         return DPoserPrior.load(Part.body), "demo"
     spec = PARTS[Part.body]
-    cfg = PriorConfig(part="body", net=NetConfig(dim=spec.dim, hidden_dim=spec.demo_hidden, embed_dim=spec.demo_embed))
+    cfg = PriorConfig(
+        part="body", net=NetConfig(dim=spec.dim, hidden_dim=spec.demo_hidden, embed_dim=spec.demo_embed)
+    )
     net = build_net(cfg.net)
     stats = {"mean": torch.zeros(spec.dim), "std": torch.full((spec.dim,), 0.3)}
-    path = save_checkpoint(folder / "body.pt", part=Part.body, config=cfg, model=net.state_dict(), ema=None,
-                           normalizer=stats)
+    path = save_checkpoint(
+        folder / "body.pt", part=Part.body, config=cfg, model=net.state_dict(), ema=None, normalizer=stats
+    )
     return DPoserPrior.load(Part.body, path), "untrained, demo width"
 
 
@@ -50,7 +53,9 @@ def _rows(inputs: FitInput, rows: slice) -> FitInput:
     return FitInput(inputs.keypoints[rows], inputs.focal[rows], inputs.center[rows], inputs.image_size[rows])
 
 
-def _best_fit(body: BodyModel, prior: DPoserPrior | None, inputs: FitInput, steps: int, repeat: int) -> FitResult:
+def _best_fit(
+    body: BodyModel, prior: DPoserPrior | None, inputs: FitInput, steps: int, repeat: int
+) -> FitResult:
     """The run with the shortest optimisation time of `repeat` runs."""
     done: list[FitResult] = []
     for _ in range(repeat):
@@ -61,14 +66,23 @@ def _best_fit(body: BodyModel, prior: DPoserPrior | None, inputs: FitInput, step
 def main() -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=10, help="Adam iterations per stage (default 10)")
-    p.add_argument("--singles", type=int, default=4, help="persons fitted one at a time per size (extrapolated)")
-    p.add_argument("--repeat", type=int, default=2, help="runs per measurement; the fastest counts (shared CPUs)")
+    p.add_argument(
+        "--singles", type=int, default=4, help="persons fitted one at a time per size (extrapolated)"
+    )
+    p.add_argument(
+        "--repeat", type=int, default=2, help="runs per measurement; the fastest counts (shared CPUs)"
+    )
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     sizes = [1, 16] if args.quick else [1, 16, 128]
     steps = 4 if args.quick else args.steps
-    report: dict = {"benchmark": "fit_image", "environment": environment(), "steps_per_stage": steps,
-                    "iterations_per_fit": steps // 2 + steps + 5 * steps, "results": []}
+    report: dict = {
+        "benchmark": "fit_image",
+        "environment": environment(),
+        "steps_per_stage": steps,
+        "iterations_per_fit": steps // 2 + steps + 5 * steps,
+        "results": [],
+    }
     with tempfile.TemporaryDirectory(prefix="dposer-bench-fit-") as tmp:
         tmp = Path(tmp)
         prior, report["prior"] = _prior(tmp)
@@ -81,17 +95,31 @@ def main() -> None:
                 speed.fitting(body, None, inputs, steps=1)()  # warm-up (allocator, first-call costs)
                 batched = _best_fit(body, prior, inputs, steps, args.repeat)
                 plain = _best_fit(body, None, inputs, steps, args.repeat)
-                singles = [_best_fit(body, prior, _rows(inputs, slice(i, i + 1)), steps, args.repeat).fit_seconds
-                           for i in range(min(n, args.singles))]
+                singles = [
+                    _best_fit(body, prior, _rows(inputs, slice(i, i + 1)), steps, args.repeat).fit_seconds
+                    for i in range(min(n, args.singles))
+                ]
                 single_s = float(np.mean(singles))
                 folder = tmp / f"{name}-{n}"
                 images, keypoints = speed.write_people(folder, inputs)
-                job = FileFit(tuple(images), tuple(keypoints), folder / "out", Part.body, steps, prior, body_model,
-                              str(device()), 0)
-                io = min((speed.timed(device(), speed.fitting_files(fit_files, job)) for _ in range(args.repeat)),
-                         key=lambda m: m["seconds"])
+                job = FileFit(
+                    tuple(images),
+                    tuple(keypoints),
+                    folder / "out",
+                    Part.body,
+                    steps,
+                    prior,
+                    body_model,
+                    str(device()),
+                    0,
+                )
+                io = min(
+                    (speed.timed(device(), speed.fitting_files(fit_files, job)) for _ in range(args.repeat)),
+                    key=lambda m: m["seconds"],
+                )
                 row = {
-                    "body": name, "persons": n,
+                    "body": name,
+                    "persons": n,
                     "batched_seconds": batched.fit_seconds,
                     "batched_fits_per_second": n / batched.fit_seconds,
                     "one_at_a_time_seconds_per_fit": single_s,
@@ -106,11 +134,13 @@ def main() -> None:
                     "with_io_fits_per_second": n / io["seconds"],
                 }
                 report["results"].append(row)
-                print(f"{name:14s} {n:4d} persons: {row['batched_fits_per_second']:.3f} fits/s batched "
-                      f"({row['with_io_fits_per_second']:.3f} with file I/O), "
-                      f"{row['one_at_a_time_fits_per_second']:.3f} one at a time "
-                      f"(×{row['speedup_batched_vs_one_at_a_time']:.1f}), prior {100 * row['prior_share_of_iteration']:.0f}%",
-                      flush=True)
+                print(
+                    f"{name:14s} {n:4d} persons: {row['batched_fits_per_second']:.3f} fits/s batched "
+                    f"({row['with_io_fits_per_second']:.3f} with file I/O), "
+                    f"{row['one_at_a_time_fits_per_second']:.3f} one at a time "
+                    f"(×{row['speedup_batched_vs_one_at_a_time']:.1f}), prior {100 * row['prior_share_of_iteration']:.0f}%",
+                    flush=True,
+                )
     write(report, args.out)
 
 

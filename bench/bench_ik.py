@@ -34,13 +34,21 @@ def main() -> None:
     batches = [1, 100] if args.quick else [1, 500]
     body = load_body("hand", args.body_model)
     prior = build_prior("dposer", Part.hand, checkpoint=args.checkpoint)
-    priors = {"dposer": prior, "none": None, "l2": ik.ik_prior(Part.hand, {Part.hand: build_prior("l2", Part.hand)},
-                                                               scale=ik.PRIOR_SCALES["l2"])}
+    priors = {
+        "dposer": prior,
+        "none": None,
+        "l2": ik.ik_prior(Part.hand, {Part.hand: build_prior("l2", Part.hand)}, scale=ik.PRIOR_SCALES["l2"]),
+    }
     data = np.load(shared_data_dir() / "poses" / "hand_reference_train.npz")["poses"]
     rng = np.random.default_rng(0)
-    report: dict = {"benchmark": "ik", "env": environment(), "checkpoint": prior.source, "body_model": body.kind,
-                    "note": "errors are on poses from hand_reference_train.npz (the prior's own training data)",
-                    "runs": []}
+    report: dict = {
+        "benchmark": "ik",
+        "env": environment(),
+        "checkpoint": prior.source,
+        "body_model": body.kind,
+        "note": "errors are on poses from hand_reference_train.npz (the prior's own training data)",
+        "runs": [],
+    }
     for batch in batches:
         poses = torch.as_tensor(data[rng.choice(len(data), batch, replace=False)])
         base = ik.problem_from_params(Part.hand, body, {"hand_pose": poses})
@@ -51,15 +59,25 @@ def main() -> None:
                         continue  # speed at batch 1 is the prior's; baselines only for the error table
                     problem = ik.apply_type(base, ik_type, generator=torch.Generator().manual_seed(0))
                     results: list[ik.IKResult] = []
-                    m = speed.timed(device(), speed.ik_solve(problem, body, term, ik_type=ik_type, steps=steps,
-                                                             out=results))
+                    m = speed.timed(
+                        device(),
+                        speed.ik_solve(problem, body, term, ik_type=ik_type, steps=steps, out=results),
+                    )
                     sec = m["seconds"]
                     errors = ik.evaluate_ik(problem, body, results[0])
-                    report["runs"].append({
-                        "batch": batch, "type": ik_type, "steps": steps, "prior": kind, "nfe": int(m["nfe"]),
-                        "seconds": sec, "solves_per_s": batch / sec, "ms_per_step": 1000 * sec / steps,
-                        **{k: v for k, v in errors.items() if k != "target_error_mm"},
-                    })
+                    report["runs"].append(
+                        {
+                            "batch": batch,
+                            "type": ik_type,
+                            "steps": steps,
+                            "prior": kind,
+                            "nfe": int(m["nfe"]),
+                            "seconds": sec,
+                            "solves_per_s": batch / sec,
+                            "ms_per_step": 1000 * sec / steps,
+                            **{k: v for k, v in errors.items() if k != "target_error_mm"},
+                        }
+                    )
     # the prior's share of one step at the largest batch: one network evaluation vs the whole step
     x = torch.zeros(batches[-1], 45)
     t0 = time.perf_counter()

@@ -38,8 +38,12 @@ from dposer_cli.tasks.sample import sample
 
 HELD_OUT = slice(6000, 8000)
 FIT = slice(0, 6000)
-GRID = {"em": (10, 25, 50, 100, 250, 1000), "ddim": (10, 25, 50, 100), "dpm2m": (10, 25, 50, 100),
-        "dpm2m-sde": (10, 25, 50, 100)}
+GRID = {
+    "em": (10, 25, 50, 100, 250, 1000),
+    "ddim": (10, 25, 50, 100),
+    "dpm2m": (10, 25, 50, 100),
+    "dpm2m-sde": (10, 25, 50, 100),
+}
 SEEDS = 3  # for the headline cells
 FORMER_DEFAULT = ("dpm2m", 25)
 METRICS = ("fid", "precision", "recall", "density", "coverage", "apd_cm", "dnn", "fid_to_em1000")
@@ -54,18 +58,36 @@ def load(spec: str) -> tuple[str, DPoserPrior, Part, np.ndarray, np.ndarray, str
     name, _, path = spec.partition("=")
     kind, part = name.split("-", 1)
     part = Part(part)
-    poses = np.load(shared_data_dir() / "poses" / f"{part.value}_reference_train.npz")["poses"].astype(np.float64)
+    poses = np.load(shared_data_dir() / "poses" / f"{part.value}_reference_train.npz")["poses"].astype(
+        np.float64
+    )
     reference = poses[HELD_OUT]
     if kind == "demo":
         prior = DPoserPrior.load(part)
-        return name, prior, part, reference, poses, "reference rows 6000:8000 are in the demo prior's training data"
+        return (
+            name,
+            prior,
+            part,
+            reference,
+            poses,
+            "reference rows 6000:8000 are in the demo prior's training data",
+        )
     prior = DPoserPrior.from_checkpoint(Path(path), part)
-    return name, prior, part, reference, poses[FIT], "reference rows 6000:8000 are held out (trained on rows 0:6000)"
+    return (
+        name,
+        prior,
+        part,
+        reference,
+        poses[FIT],
+        "reference rows 6000:8000 are held out (trained on rows 0:6000)",
+    )
 
 
 def body_apd(body, part: Part, x: np.ndarray) -> float:
     with torch.no_grad():
-        joints = body(**part_params(part, torch.as_tensor(x, dtype=torch.float32)), return_vertices=False).joints
+        joints = body(
+            **part_params(part, torch.as_tensor(x, dtype=torch.float32)), return_vertices=False
+        ).joints
     return float(apd(joints[:, body.joint_set("hand21" if part is Part.hand else "body22")])) * 100
 
 
@@ -103,11 +125,14 @@ def summarise(cells: list[dict]) -> dict:
         out[f"{sampler}-{nfe}"] = row
     if em and len(em) > 1:
         fids = np.array([m["fid"] for m in em])
-        out["em_seed_spread"] = {k: float(np.ptp([m[k] for m in em])) for k in METRICS if all(k in m for m in em)}
+        out["em_seed_spread"] = {
+            k: float(np.ptp([m[k] for m in em])) for k in METRICS if all(k in m for m in em)
+        }
         for row in out.values():
             if "d_fid" in row:
-                row["fid_within_em_spread"] = bool(fids.min() <= row["fid"] <= fids.max()
-                                                   or abs(row["d_fid"]) <= float(np.ptp(fids)))
+                row["fid_within_em_spread"] = bool(
+                    fids.min() <= row["fid"] <= fids.max() or abs(row["d_fid"]) <= float(np.ptp(fids))
+                )
                 row["pr_within_0.05"] = bool(abs(row["d_precision"]) <= 0.05 and abs(row["d_recall"]) <= 0.05)
     return out
 
@@ -116,15 +141,22 @@ def add_fid_to_em(entry: dict, name: str, cache: Path, n: int) -> None:
     """FID of every cached cell's samples to EM-1000's samples (mean over EM seeds, other seeds only for
     EM-1000 itself): how far a sampler's distribution is from the official one, beside the sampling noise
     that EM-1000 against itself shows."""
+
     def stats(sampler: str, steps: int, seed: int):
         f = cache / f"{name}_{sampler}_{steps}_s{seed}_n{n}.npy"
         return gaussian_stats(np.load(f)) if f.is_file() else None
 
-    em = {c["seed"]: stats("em", 1000, c["seed"]) for c in entry["cells"] if (c["sampler"], c["nfe"]) == ("em", 1000)}
+    em = {
+        c["seed"]: stats("em", 1000, c["seed"])
+        for c in entry["cells"]
+        if (c["sampler"], c["nfe"]) == ("em", 1000)
+    }
     em = {k: v for k, v in em.items() if v is not None}
     for c in entry["cells"]:
         st = stats(c["sampler"], c["nfe"], c["seed"]) if c["metrics"].get("finite") else None
-        others = [v for k, v in em.items() if not ((c["sampler"], c["nfe"]) == ("em", 1000) and k == c["seed"])]
+        others = [
+            v for k, v in em.items() if not ((c["sampler"], c["nfe"]) == ("em", 1000) and k == c["seed"])
+        ]
         if st is not None and others:
             c["metrics"]["fid_to_em1000"] = float(np.mean([fid_from_stats(*st, *o) for o in others]))
 
@@ -137,7 +169,9 @@ def plot(report: dict, path: Path) -> None:
 
     priors = list(report["priors"])
     shown = ("fid", "fid_to_em1000", "precision", "recall", "apd_cm", "dnn")
-    fig, axes = plt.subplots(len(priors), len(shown), figsize=(4 * len(shown), 3.2 * len(priors)), squeeze=False)
+    fig, axes = plt.subplots(
+        len(priors), len(shown), figsize=(4 * len(shown), 3.2 * len(priors)), squeeze=False
+    )
     colours = {"em": "k", "ddim": "tab:green", "dpm2m": "tab:red", "dpm2m-sde": "tab:blue"}
     for r, name in enumerate(priors):
         summ = report["priors"][name]["summary"]
@@ -145,11 +179,23 @@ def plot(report: dict, path: Path) -> None:
         for c, k in enumerate(shown):
             ax = axes[r][c]
             for sampler, colour in colours.items():
-                rows = sorted((v for v in summ.values()
-                               if isinstance(v, dict) and v.get("sampler") == sampler and k in v),
-                              key=lambda v: v["nfe"])
+                rows = sorted(
+                    (
+                        v
+                        for v in summ.values()
+                        if isinstance(v, dict) and v.get("sampler") == sampler and k in v
+                    ),
+                    key=lambda v: v["nfe"],
+                )
                 if rows:
-                    ax.plot([v["nfe"] for v in rows], [v[k] for v in rows], "o-", color=colour, label=sampler, ms=3)
+                    ax.plot(
+                        [v["nfe"] for v in rows],
+                        [v[k] for v in rows],
+                        "o-",
+                        color=colour,
+                        label=sampler,
+                        ms=3,
+                    )
                     for v in rows:
                         if k + "_sd" in v:
                             ax.errorbar(v["nfe"], v[k], yerr=v[k + "_sd"], color=colour, capsize=3)
@@ -173,7 +219,9 @@ def plot(report: dict, path: Path) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--prior", action="append", required=True, help="demo-body, demo-hand or official-body=PATH")
+    p.add_argument(
+        "--prior", action="append", required=True, help="demo-body, demo-hand or official-body=PATH"
+    )
     p.add_argument("--out", type=Path, default=Path("bench/results/sampler_study.json"))
     p.add_argument("--png", type=Path, default=None, help="default: --out with .png")
     p.add_argument("--n", type=int, default=2000)
@@ -184,12 +232,18 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     report = json.loads(args.out.read_text()) if args.out.is_file() else {}
-    report.update({"benchmark": "sampler_study", "env": environment(), "n": args.n,
-                   "reference": "rows 6000:8000 (2000 poses) of ../shared/data/poses/<part>_reference_train.npz",
-                   "metrics": "spec §8.1 on raw axis-angle: FID vs the reference Gaussian, PRDC k=3 vs the "
-                              "reference, APD (cm) and dNN (rad, rotation) of the first 500 samples",
-                   "seeds": f"{SEEDS} for {sorted(headline_cells())}, 1 elsewhere; seed s = the same start noise "
-                            "for every sampler"})
+    report.update(
+        {
+            "benchmark": "sampler_study",
+            "env": environment(),
+            "n": args.n,
+            "reference": "rows 6000:8000 (2000 poses) of ../shared/data/poses/<part>_reference_train.npz",
+            "metrics": "spec §8.1 on raw axis-angle: FID vs the reference Gaussian, PRDC k=3 vs the "
+            "reference, APD (cm) and dNN (rad, rotation) of the first 500 samples",
+            "seeds": f"{SEEDS} for {sorted(headline_cells())}, 1 elsewhere; seed s = the same start noise "
+            "for every sampler",
+        }
+    )
     report.setdefault("priors", {})
     notes = dict(n.split("=", 1) for n in args.note)
     for spec in args.prior:
@@ -197,17 +251,30 @@ def main() -> None:
             break
         name, prior, part, reference, train, note = load(spec)
         entry = report["priors"].setdefault(name, {"cells": []})
-        entry.update({"checkpoint": prior.source, "part": part.value, "reference_note": note,
-                      "network": {k: v for k, v in vars(prior.config.net).items()
-                                  if k in ("hidden_dim", "embed_dim", "scale_by_sigma", "gaussian_skip", "dropout")}})
+        entry.update(
+            {
+                "checkpoint": prior.source,
+                "part": part.value,
+                "reference_note": note,
+                "network": {
+                    k: v
+                    for k, v in vars(prior.config.net).items()
+                    if k in ("hidden_dim", "embed_dim", "scale_by_sigma", "gaussian_skip", "dropout")
+                },
+            }
+        )
         if name in notes:
             entry["note"] = notes[name]
         stats = gaussian_stats(reference)
         body = load_body("hand" if part is Part.hand else "body")
         done = {(c["sampler"], c["nfe"], c["seed"]) for c in entry["cells"]}
         heads = headline_cells()
-        todo = [(s, k, seed) for s, ks in GRID.items() for k in ks
-                for seed in range(SEEDS if (s, k) in heads else 1)]
+        todo = [
+            (s, k, seed)
+            for s, ks in GRID.items()
+            for k in ks
+            for seed in range(SEEDS if (s, k) in heads else 1)
+        ]
         todo.sort(key=lambda c: (c[2], c[1] == 1000, c[1]))  # seed 0 first, cheap cells first
         for sampler, steps, seed in todo:
             if (sampler, steps, seed) in done:
@@ -217,18 +284,31 @@ def main() -> None:
             if cached is not None and cached.is_file():
                 s, seconds = np.load(cached), None
             else:
-                res = sample(prior, args.n, sampler=sampler, steps=steps, generator=torch.Generator().manual_seed(seed))
+                res = sample(
+                    prior, args.n, sampler=sampler, steps=steps, generator=torch.Generator().manual_seed(seed)
+                )
                 s, seconds = res.poses.numpy().astype(np.float64), res.seconds
                 if cached is not None:
                     cached.parent.mkdir(parents=True, exist_ok=True)
                     np.save(cached, s)
             m = score(s, reference, train, stats, body, part)
-            entry["cells"].append({"sampler": sampler, "nfe": steps, "seed": seed, "sample_seconds": seconds,
-                                   "metric_seconds": time.perf_counter() - t0 - (seconds or 0), "metrics": m})
+            entry["cells"].append(
+                {
+                    "sampler": sampler,
+                    "nfe": steps,
+                    "seed": seed,
+                    "sample_seconds": seconds,
+                    "metric_seconds": time.perf_counter() - t0 - (seconds or 0),
+                    "metrics": m,
+                }
+            )
             entry["summary"] = summarise(entry["cells"])
             write(report, args.out)
-            print(f"{name} {sampler}-{steps} s{seed}: " + ", ".join(f"{k} {m[k]:.3f}" for k in METRICS if k in m),
-                  flush=True)
+            print(
+                f"{name} {sampler}-{steps} s{seed}: "
+                + ", ".join(f"{k} {m[k]:.3f}" for k in METRICS if k in m),
+                flush=True,
+            )
         if args.cache is not None:
             add_fid_to_em(entry, name, args.cache, args.n)
         entry["summary"] = summarise(entry["cells"])

@@ -43,11 +43,21 @@ def main() -> None:
             for sampler, steps in configs.items():
                 if b == 2000 and sampler == "em" and args.quick:
                     continue
-                m = speed.best_of(device(), speed.sampling(prior, b, sampler=sampler, steps=steps), repeat=1, warmup=0)
+                m = speed.best_of(
+                    device(), speed.sampling(prior, b, sampler=sampler, steps=steps), repeat=1, warmup=0
+                )
                 sec, nfe = m["seconds"], int(m["nfe"])
-                out["speed"].append({"batch": b, "sampler": sampler, "nfe": nfe, "seconds": sec,
-                                     "samples_per_s": b / sec, "net_seconds_per_eval": net_s,
-                                     "loop_overhead": sec / (nfe * net_s) - 1.0})
+                out["speed"].append(
+                    {
+                        "batch": b,
+                        "sampler": sampler,
+                        "nfe": nfe,
+                        "seconds": sec,
+                        "samples_per_s": b / sec,
+                        "net_seconds_per_eval": net_s,
+                        "loop_overhead": sec / (nfe * net_s) - 1.0,
+                    }
+                )
         ref_path = shared_data_dir() / PARTS[part].reference
         if ref_path.is_file():
             ref = np.load(ref_path)["poses"] if "poses" in np.load(ref_path) else None
@@ -59,9 +69,14 @@ def main() -> None:
                     t0 = time.perf_counter()
                     s = sample(prior, n, sampler=sampler, steps=steps, generator=g).poses.numpy()
                     pr = prdc(ref[:n], s, k=3)
-                    out["quality"][sampler] = {"nfe": steps, "fid_vs_train_reference": fid(s, mu=mu, sigma=sigma),
-                                               "precision": pr["precision"], "recall": pr["recall"],
-                                               "n": n, "seconds": time.perf_counter() - t0}
+                    out["quality"][sampler] = {
+                        "nfe": steps,
+                        "fid_vs_train_reference": fid(s, mu=mu, sigma=sigma),
+                        "precision": pr["precision"],
+                        "recall": pr["recall"],
+                        "n": n,
+                        "seconds": time.perf_counter() - t0,
+                    }
         report["parts"][name] = out
     write(report, args.out)
 

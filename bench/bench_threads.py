@@ -61,7 +61,10 @@ def _cases(quick: bool) -> list[tuple[str, int, Callable[[], None]]]:
 
         cases.append(("prior loss+grad", b, loss))
     for b in [1, 10] if quick else [1, 10, 100]:
-        params = {"body_pose": torch.randn(b, 63, generator=g) * 0.3, "betas": torch.randn(b, 10, generator=g)}
+        params = {
+            "body_pose": torch.randn(b, 63, generator=g) * 0.3,
+            "betas": torch.randn(b, 10, generator=g),
+        }
 
         def fit_body(params: dict[str, torch.Tensor] = params) -> None:
             p = {k: v.clone().requires_grad_(True) for k, v in params.items()}
@@ -100,7 +103,9 @@ def _wall(fn: Callable[[], None], seconds: float) -> float:
 
 def main() -> None:
     p = parser(__doc__)
-    p.add_argument("--max-threads", type=int, default=2, help="largest thread count tried (capped at the cores)")
+    p.add_argument(
+        "--max-threads", type=int, default=2, help="largest thread count tried (capped at the cores)"
+    )
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds per case (best kept)")
     args = p.parse_args()
     counts = sorted({1, *range(2, min(args.max_threads, max(_cores(), 2)) + 1)})

@@ -16,8 +16,9 @@ from dposer_cli.engine.nets import TimeFC
 from dposer_cli.engine.sde import SDE, build_sde
 
 
-def _measure(sde: SDE, data: torch.Tensor, hidden: int, embed: int, batch: int, steps: int,
-             device: torch.device) -> tuple[float, float]:
+def _measure(
+    sde: SDE, data: torch.Tensor, hidden: int, embed: int, batch: int, steps: int, device: torch.device
+) -> tuple[float, float]:
     """Seconds per training step and per data-indexing step (best of 2 runs of `steps`)."""
     net = TimeFC(63, 63, hidden, embed).to(device)
     opt = torch.optim.RAdam(net.parameters(), lr=2e-4)
@@ -58,10 +59,26 @@ def main() -> None:
     for hidden, embed in widths:
         for batch in batches:
             sec, idx = _measure(sde, data, hidden, embed, batch, args.steps, device)
-            rows.append({"hidden": hidden, "embed": embed, "batch": batch, "seconds_per_step": sec,
-                         "steps_per_s": 1 / sec, "data_indexing_share": idx / sec})
-    write({"benchmark": "train", "env": environment(), "device": str(device), "rows": rows,
-           "when": time.strftime("%Y-%m-%d %H:%M")}, args.out)
+            rows.append(
+                {
+                    "hidden": hidden,
+                    "embed": embed,
+                    "batch": batch,
+                    "seconds_per_step": sec,
+                    "steps_per_s": 1 / sec,
+                    "data_indexing_share": idx / sec,
+                }
+            )
+    write(
+        {
+            "benchmark": "train",
+            "env": environment(),
+            "device": str(device),
+            "rows": rows,
+            "when": time.strftime("%Y-%m-%d %H:%M"),
+        },
+        args.out,
+    )
 
 
 if __name__ == "__main__":

@@ -12,7 +12,15 @@ from pathlib import Path
 
 from dposer_cli.services import benchmark
 
-BENCHES = ["bench_sampling", "bench_bodies", "bench_render", "bench_train", "bench_complete", "bench_fit", "bench_ik"]
+BENCHES = [
+    "bench_sampling",
+    "bench_bodies",
+    "bench_render",
+    "bench_train",
+    "bench_complete",
+    "bench_fit",
+    "bench_ik",
+]
 
 
 def speed(out: Path, quick: bool) -> None:

@@ -46,7 +46,9 @@ def save(picture: Path | np.ndarray, name: str) -> Path:
     GALLERY.mkdir(parents=True, exist_ok=True)
     path = GALLERY / f"{name}.png"
     for colors in (256, 128, 64, 32):
-        img.quantize(colors, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(path, optimize=True)
+        img.quantize(colors, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(
+            path, optimize=True
+        )
         if path.stat().st_size <= MAX_BYTES:
             break
     print(f"  -> {path.relative_to(ROOT)} ({img.width}x{img.height}, {path.stat().st_size // 1024} KB)")
@@ -73,8 +75,19 @@ def complete(tmp: Path) -> None:
     data = np.load(shared_data_dir() / "official" / "examples" / "toy_body_data.npz")["pose_samples"][:3]
     np.savez(tmp / "toy3.npz", pose_samples=data)
     out = tmp / "complete"
-    dposer("complete", str(tmp / "toy3.npz"), "--mask", "legs", "--hypo", "4", "--render", "--seed", "0",
-           "--out", str(out))
+    dposer(
+        "complete",
+        str(tmp / "toy3.npz"),
+        "--mask",
+        "legs",
+        "--hypo",
+        "4",
+        "--render",
+        "--seed",
+        "0",
+        "--out",
+        str(out),
+    )
     save(out / "completed.png", "complete_legs")
 
 
@@ -82,28 +95,56 @@ def denoise(tmp: Path) -> None:
     data = np.load(shared_data_dir() / "official" / "examples" / "Gestures_3_poses_batch005.npz")
     np.savez(tmp / "gestures60.npz", pose_body=data["pose_body"][:60], root_orient=data["root_orient"][:60])
     out = tmp / "denoise"
-    dposer("denoise-motion", str(tmp / "gestures60.npz"), "--noise-std", "0.04", "--seed", "0", "--out", str(out))
+    dposer(
+        "denoise-motion", str(tmp / "gestures60.npz"), "--noise-std", "0.04", "--seed", "0", "--out", str(out)
+    )
     save(video_frame(out / "comparison.mp4", 30), "denoise_motion")
 
 
 def fit(tmp: Path) -> None:
     out = tmp / "fit"
-    dposer("fit-image", "examples/fit/three_people.png", "--keypoints", "examples/fit/three_people.json",
-           "--seed", "0", "--out", str(out))
+    dposer(
+        "fit-image",
+        "examples/fit/three_people.png",
+        "--keypoints",
+        "examples/fit/three_people.json",
+        "--seed",
+        "0",
+        "--out",
+        str(out),
+    )
     save(out / "three_people_fit.png", "fit_three_people")
 
 
 def ik(tmp: Path) -> None:
     poses = np.load(shared_data_dir() / "poses" / "hand_reference_train.npz")["poses"]
-    np.savez(tmp / "hands.npz", hand_pose=poses[np.random.default_rng(0).choice(len(poses), 8, replace=False)])
+    np.savez(
+        tmp / "hands.npz", hand_pose=poses[np.random.default_rng(0).choice(len(poses), 8, replace=False)]
+    )
     out = tmp / "ik"
-    dposer("ik", "--part", "hand", "--targets", str(tmp / "hands.npz"), "--type", "sparse", "--render", "--seed", "0",
-           "--out", str(out))
+    dposer(
+        "ik",
+        "--part",
+        "hand",
+        "--targets",
+        str(tmp / "hands.npz"),
+        "--type",
+        "sparse",
+        "--render",
+        "--seed",
+        "0",
+        "--out",
+        str(out),
+    )
     save(out / "ik.png", "ik_hand")
 
 
 PICTURES: dict[str, Callable[[Path], None]] = {
-    "generate": generate, "complete": complete, "denoise": denoise, "fit": fit, "ik": ik,
+    "generate": generate,
+    "complete": complete,
+    "denoise": denoise,
+    "fit": fit,
+    "ik": ik,
 }
 
 

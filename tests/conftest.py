@@ -19,7 +19,9 @@ torch.set_num_threads(1)
 UNCHECKED: dict[str, str] = {}
 # The hook matches names as prefixes, so it is given leaf modules only (package __init__s just re-export).
 _PACKAGE = Path(__file__).resolve().parent.parent / "dposer_cli"
-_MODULES = (".".join(("dposer_cli", *p.relative_to(_PACKAGE).with_suffix("").parts)) for p in _PACKAGE.rglob("*.py"))
+_MODULES = (
+    ".".join(("dposer_cli", *p.relative_to(_PACKAGE).with_suffix("").parts)) for p in _PACKAGE.rglob("*.py")
+)
 CHECKED = sorted(m for m in _MODULES if not m.endswith("__init__") and m not in UNCHECKED)
 if os.environ.get("DPOSER_NO_TYPECHECK") != "1":
     # is_pep484_tower: an int is a valid `float` (PEP 484, as mypy reads it)

@@ -8,9 +8,11 @@ import pytest
 
 
 def test_importing_the_cli_does_not_import_torch():
-    code = ("import sys, dposer_cli.cli.app as a; a.make_app(); "
-            "bad = [m for m in ('torch', 'numpy', 'smplx', 'pyrender') if m in sys.modules]; "
-            "assert not bad, bad")
+    code = (
+        "import sys, dposer_cli.cli.app as a; a.make_app(); "
+        "bad = [m for m in ('torch', 'numpy', 'smplx', 'pyrender') if m in sys.modules]; "
+        "assert not bad, bad"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

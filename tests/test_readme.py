@@ -40,8 +40,9 @@ def test_readme_example_runs(index, tmp_path):
     ro.chmod(0o555)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     try:
-        proc = subprocess.run([sys.executable, "-c", code], cwd=ro, env=env, capture_output=True, text=True,
-                              timeout=300)
+        proc = subprocess.run(
+            [sys.executable, "-c", code], cwd=ro, env=env, capture_output=True, text=True, timeout=300
+        )
     finally:
         ro.chmod(0o755)
     assert proc.returncode == 0, proc.stderr[-3000:]

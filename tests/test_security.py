@@ -52,12 +52,16 @@ def run(capsys, *args):
     return exc.value.code, out.out, out.err
 
 
-def assert_refused(code, err, marker: Path, out: Path, *, exit_code: int = 4, why: tuple[str, ...] = ("could run code",)):
+def assert_refused(
+    code, err, marker: Path, out: Path, *, exit_code: int = 4, why: tuple[str, ...] = ("could run code",)
+):
     assert not marker.exists(), "the payload ran"
     assert code == exit_code, err
     assert any(w in err for w in why) and "Traceback" not in err, err
     assert sum(line.startswith("error:") for line in err.splitlines()) == 1, err
-    assert not out.exists() and not list(out.parent.glob(f".{out.name}.partial-*")), "outputs were left behind"
+    assert not out.exists() and not list(out.parent.glob(f".{out.name}.partial-*")), (
+        "outputs were left behind"
+    )
 
 
 # ------------------------------------------------------------------------------------------------ fixtures
@@ -72,11 +76,15 @@ def root(tmp_path_factory):
     np.savez(root / "smplx_unused" / "smplx" / "SMPLX_NEUTRAL.npz", **arrays, notes=evil_array(marker))
     # ... and in a required one
     (root / "smplx_required" / "smplx").mkdir(parents=True)
-    np.savez(root / "smplx_required" / "smplx" / "SMPLX_NEUTRAL.npz", **{**arrays, "v_template": evil_array(marker)})
+    np.savez(
+        root / "smplx_required" / "smplx" / "SMPLX_NEUTRAL.npz",
+        **{**arrays, "v_template": evil_array(marker)},
+    )
     # MANO as the official pickle and as an npz
     (root / "mano_pkl" / "mano").mkdir(parents=True)
     (root / "mano_pkl" / "mano" / "MANO_RIGHT.pkl").write_bytes(
-        pickle.dumps({**mano_arrays(), "hands_mean": Payload(marker)}, protocol=2))
+        pickle.dumps({**mano_arrays(), "hands_mean": Payload(marker)}, protocol=2)
+    )
     (root / "mano_npz" / "mano").mkdir(parents=True)
     mano = {k: v for k, v in mano_arrays().items() if isinstance(v, np.ndarray)}
     np.savez(root / "mano_npz" / "mano" / "MANO_RIGHT.npz", **mano, extra=evil_array(marker))
@@ -84,9 +92,11 @@ def root(tmp_path_factory):
     for case in ("flame_model", "flame_static", "flame_dynamic"):
         write_flame(root / case / "flame")
     (root / "flame_model" / "flame" / "FLAME_NEUTRAL.pkl").write_bytes(
-        pickle.dumps({**flame_arrays(), "weights": Payload(marker)}, protocol=2))
+        pickle.dumps({**flame_arrays(), "weights": Payload(marker)}, protocol=2)
+    )
     (root / "flame_static" / "flame" / "flame_static_embedding.pkl").write_bytes(
-        pickle.dumps({"lmk_face_idx": Payload(marker), "lmk_b_coords": np.zeros((51, 3))}, protocol=2))
+        pickle.dumps({"lmk_face_idx": Payload(marker), "lmk_b_coords": np.zeros((51, 3))}, protocol=2)
+    )
     dyn = np.empty((), dtype=object)
     dyn[()] = {"lmk_face_idx": Payload(marker), "lmk_b_coords": np.zeros((79, 17, 3))}
     np.save(root / "flame_dynamic" / "flame" / "flame_dynamic_embedding.npy", dyn, allow_pickle=True)
@@ -96,15 +106,21 @@ def root(tmp_path_factory):
     write_tiny_prior(root / "face.pt", Part.face)
     write_tiny_prior(root / "shape.pt", Part.face_shape)
     write_official_ckpt(root / "official_hand.ckpt", Part.hand)
-    torch.save({"format": "dposer/1", "part": "body", "config": {}, "model": {"w": Payload(marker)}},
-               root / "evil.pt")
+    torch.save(
+        {"format": "dposer/1", "part": "body", "config": {}, "model": {"w": Payload(marker)}},
+        root / "evil.pt",
+    )
     buf = io.BytesIO()
-    torch.save({"state_dict": {"model.pre_dense.weight": torch.zeros(2)}, "hyper_parameters": Payload(marker)}, buf)
+    torch.save(
+        {"state_dict": {"model.pre_dense.weight": torch.zeros(2)}, "hyper_parameters": Payload(marker)}, buf
+    )
     (root / "evil_official.ckpt").write_bytes(buf.getvalue())
     torch.save({"mean_poses": Payload(marker), "std_poses": torch.ones(45)}, root / "evil_norm.pt")
     (root / "vposer" / "snapshots").mkdir(parents=True)
-    torch.save({"state_dict": {"vp_model.encoder_net.2.weight": Payload(marker)}},
-               root / "vposer" / "snapshots" / "V02_05_epoch=08_val_loss=0.03.ckpt")
+    torch.save(
+        {"state_dict": {"vp_model.encoder_net.2.weight": Payload(marker)}},
+        root / "vposer" / "snapshots" / "V02_05_epoch=08_val_loss=0.03.ckpt",
+    )
     # user data files whose arrays are pickled objects
     rng = np.random.default_rng(0)
     np.savez(root / "poses.npz", pose_body=evil_array(marker))
@@ -142,13 +158,50 @@ def no_models(tmp_path, monkeypatch):
 
 # ------------------------------------------------------------------------- body models, every search route
 BODY_COMMANDS = {  # commands that load the SMPL-X body (args after the command name; OUT is replaced)
-    "generate": lambda r: ["generate", "-n", "2", "--steps", "2", "--checkpoint", r / "body.pt", "--renderer", "soft"],
-    "complete": lambda r: ["complete", r / "clean_poses.npz", "--mask", "legs", "--steps", "2", "--checkpoint",
-                           r / "body.pt", "--render", "--renderer", "soft"],
-    "denoise-motion": lambda r: ["denoise-motion", r / "seq.npz", "--checkpoint", r / "body.pt", "--no-render",
-                                 "--temporal", "joints"],
-    "fit-image": lambda r: ["fit-image", r / "photo.png", "--keypoints", r / "photo.json", "--steps", "2",
-                            "--prior", "none", "--no-overlay"],
+    "generate": lambda r: [
+        "generate",
+        "-n",
+        "2",
+        "--steps",
+        "2",
+        "--checkpoint",
+        r / "body.pt",
+        "--renderer",
+        "soft",
+    ],
+    "complete": lambda r: [
+        "complete",
+        r / "clean_poses.npz",
+        "--mask",
+        "legs",
+        "--steps",
+        "2",
+        "--checkpoint",
+        r / "body.pt",
+        "--render",
+        "--renderer",
+        "soft",
+    ],
+    "denoise-motion": lambda r: [
+        "denoise-motion",
+        r / "seq.npz",
+        "--checkpoint",
+        r / "body.pt",
+        "--no-render",
+        "--temporal",
+        "joints",
+    ],
+    "fit-image": lambda r: [
+        "fit-image",
+        r / "photo.png",
+        "--keypoints",
+        r / "photo.json",
+        "--steps",
+        "2",
+        "--prior",
+        "none",
+        "--no-overlay",
+    ],
 }
 
 
@@ -175,8 +228,9 @@ ROUTES = ("--body-model FILE", "--body-model DIR", "DPOSER_BODY_MODELS", "models
 
 @pytest.mark.parametrize("route", ROUTES)
 @pytest.mark.parametrize("case", ["smplx_unused", "smplx_required"])
-def test_smplx_npz_payload_never_runs_on_any_route(capsys, tmp_path, monkeypatch, root, marker, no_models,
-                                                   route, case):
+def test_smplx_npz_payload_never_runs_on_any_route(
+    capsys, tmp_path, monkeypatch, root, marker, no_models, route, case
+):
     extra = _route(route, root / case, monkeypatch, tmp_path)
     out = tmp_path / "o"
     code, _, err = run(capsys, *BODY_COMMANDS["generate"](root), "--out", out, "--device", "cpu", *extra)
@@ -187,46 +241,112 @@ def test_smplx_npz_payload_never_runs_on_any_route(capsys, tmp_path, monkeypatch
 @pytest.mark.parametrize("command", ["complete", "denoise-motion", "fit-image"])
 def test_smplx_npz_payload_never_runs_in_any_command(capsys, tmp_path, root, marker, no_models, command):
     out = tmp_path / "o"
-    code, _, err = run(capsys, *BODY_COMMANDS[command](root), "--out", out, "--device", "cpu",
-                       "--body-model", root / "smplx_unused")
+    code, _, err = run(
+        capsys,
+        *BODY_COMMANDS[command](root),
+        "--out",
+        out,
+        "--device",
+        "cpu",
+        "--body-model",
+        root / "smplx_unused",
+    )
     assert_refused(code, err, marker, out)
 
 
-@pytest.mark.parametrize("case,part,what", [
-    ("mano_pkl", "hand", "MANO_RIGHT.pkl"),
-    ("mano_npz", "hand", "MANO_RIGHT.npz"),
-    ("flame_model", "face", "FLAME_NEUTRAL.pkl"),
-    ("flame_static", "face", "flame_static_embedding.pkl"),
-    ("flame_dynamic", "face", "flame_dynamic_embedding.npy"),
-])
+@pytest.mark.parametrize(
+    "case,part,what",
+    [
+        ("mano_pkl", "hand", "MANO_RIGHT.pkl"),
+        ("mano_npz", "hand", "MANO_RIGHT.npz"),
+        ("flame_model", "face", "FLAME_NEUTRAL.pkl"),
+        ("flame_static", "face", "flame_static_embedding.pkl"),
+        ("flame_dynamic", "face", "flame_dynamic_embedding.npy"),
+    ],
+)
 def test_mano_and_flame_payloads_never_run(capsys, tmp_path, root, marker, no_models, case, part, what):
     out = tmp_path / "o"
     targets = root / "hand_gt.npz" if part == "hand" else _face_targets(tmp_path)
-    priors = (["--checkpoint", root / "hand.pt"] if part == "hand" else
-              ["--checkpoint", root / "face.pt", "--shape-checkpoint", root / "shape.pt"])
-    code, _, err = run(capsys, "ik", "--part", part, "--targets", targets, *priors, "--steps", "2", "--out", out,
-                       "--device", "cpu", "--body-model", root / case)
+    priors = (
+        ["--checkpoint", root / "hand.pt"]
+        if part == "hand"
+        else ["--checkpoint", root / "face.pt", "--shape-checkpoint", root / "shape.pt"]
+    )
+    code, _, err = run(
+        capsys,
+        "ik",
+        "--part",
+        part,
+        "--targets",
+        targets,
+        *priors,
+        "--steps",
+        "2",
+        "--out",
+        out,
+        "--device",
+        "cpu",
+        "--body-model",
+        root / case,
+    )
     assert_refused(code, err, marker, out)
     assert what in err
 
 
 def _face_targets(tmp_path: Path) -> Path:
     rng = np.random.default_rng(1)
-    np.savez(tmp_path / "face_gt.npz", jaw_pose=0.1 * rng.standard_normal((2, 3)),
-             expression=rng.standard_normal((2, 100)), betas=rng.standard_normal((2, 50)))
+    np.savez(
+        tmp_path / "face_gt.npz",
+        jaw_pose=0.1 * rng.standard_normal((2, 3)),
+        expression=rng.standard_normal((2, 100)),
+        betas=rng.standard_normal((2, 50)),
+    )
     return tmp_path / "face_gt.npz"
 
 
 # -------------------------------------------------------------------------------- weights and normalisers
-@pytest.mark.parametrize("args,what", [
-    (lambda r: ["generate", "--checkpoint", r / "evil.pt"], "evil.pt"),
-    (lambda r: ["generate", "--part", "hand", "--checkpoint", r / "evil_official.ckpt"], "evil_official.ckpt"),
-    (lambda r: ["generate", "--part", "hand", "--checkpoint", r / "official_hand.ckpt", "--normalizer",
-                r / "evil_norm.pt"], "evil_norm.pt"),
-    (lambda r: ["complete", r / "clean_poses.npz", "--mask", "legs", "--checkpoint", r / "evil.pt"], "evil.pt"),
-    (lambda r: ["benchmark", "generation", "--prior", "vposer", "--checkpoint", r / "vposer", "-n", "4",
-                "--reference", r / "clean_poses.npz"], "V02_05"),
-], ids=["ours", "official", "normaliser", "complete", "vposer-folder"])
+@pytest.mark.parametrize(
+    "args,what",
+    [
+        (lambda r: ["generate", "--checkpoint", r / "evil.pt"], "evil.pt"),
+        (
+            lambda r: ["generate", "--part", "hand", "--checkpoint", r / "evil_official.ckpt"],
+            "evil_official.ckpt",
+        ),
+        (
+            lambda r: [
+                "generate",
+                "--part",
+                "hand",
+                "--checkpoint",
+                r / "official_hand.ckpt",
+                "--normalizer",
+                r / "evil_norm.pt",
+            ],
+            "evil_norm.pt",
+        ),
+        (
+            lambda r: ["complete", r / "clean_poses.npz", "--mask", "legs", "--checkpoint", r / "evil.pt"],
+            "evil.pt",
+        ),
+        (
+            lambda r: [
+                "benchmark",
+                "generation",
+                "--prior",
+                "vposer",
+                "--checkpoint",
+                r / "vposer",
+                "-n",
+                "4",
+                "--reference",
+                r / "clean_poses.npz",
+            ],
+            "V02_05",
+        ),
+    ],
+    ids=["ours", "official", "normaliser", "complete", "vposer-folder"],
+)
 def test_weight_file_payloads_never_run(capsys, tmp_path, root, marker, no_models, args, what):
     out = tmp_path / "o" if args(root)[0] != "benchmark" else tmp_path / "o" / "report.json"
     code, _, err = run(capsys, *args(root), "-q", "--out", out, "--device", "cpu")
@@ -238,19 +358,81 @@ def test_weight_file_payloads_never_run(capsys, tmp_path, root, marker, no_model
 PICKLED = ("holds pickled Python objects",)
 
 
-@pytest.mark.parametrize("args,exit_code,why", [
-    (lambda r: ["complete", r / "poses.npz", "--mask", "legs", "--checkpoint", r / "body.pt"], 4, PICKLED),
-    (lambda r: ["denoise-motion", r / "motion.npz", "--checkpoint", r / "body.pt", "--no-render"], 4, PICKLED),
-    (lambda r: ["ik", "--part", "hand", "--targets", r / "targets.npz", "--checkpoint", r / "hand.pt"], 4, PICKLED),
-    # io/frames.read_init passes on NumPy's "Object arrays cannot be loaded when allow_pickle=False" (exit 1)
-    (lambda r: ["fit-image", r / "photo.png", "--keypoints", r / "photo.json", "--init", r / "init.npz",
-                "--prior", "none", "--steps", "2"], 1, ("pickled", "allow_pickle=False")),
-    (lambda r: ["benchmark", "generation", "--checkpoint", r / "body.pt", "-n", "4", "--steps", "2",
-                "--reference", r / "reference.npz"], 4, PICKLED),
-    (lambda r: ["benchmark", "generation", "--checkpoint", r / "body.pt", "-n", "4", "--steps", "2",
-                "--reference", r / "clean_poses.npz", "--statistics", r / "statistics.npz"], 4, PICKLED),
-], ids=["complete-input", "denoise-input", "ik-targets", "fit-init", "bench-reference", "bench-statistics"])
-def test_pickled_objects_in_user_data_never_run(capsys, tmp_path, root, marker, no_models, args, exit_code, why):
+@pytest.mark.parametrize(
+    "args,exit_code,why",
+    [
+        (
+            lambda r: ["complete", r / "poses.npz", "--mask", "legs", "--checkpoint", r / "body.pt"],
+            4,
+            PICKLED,
+        ),
+        (
+            lambda r: ["denoise-motion", r / "motion.npz", "--checkpoint", r / "body.pt", "--no-render"],
+            4,
+            PICKLED,
+        ),
+        (
+            lambda r: ["ik", "--part", "hand", "--targets", r / "targets.npz", "--checkpoint", r / "hand.pt"],
+            4,
+            PICKLED,
+        ),
+        # io/frames.read_init passes on NumPy's "Object arrays cannot be loaded when allow_pickle=False" (exit 1)
+        (
+            lambda r: [
+                "fit-image",
+                r / "photo.png",
+                "--keypoints",
+                r / "photo.json",
+                "--init",
+                r / "init.npz",
+                "--prior",
+                "none",
+                "--steps",
+                "2",
+            ],
+            1,
+            ("pickled", "allow_pickle=False"),
+        ),
+        (
+            lambda r: [
+                "benchmark",
+                "generation",
+                "--checkpoint",
+                r / "body.pt",
+                "-n",
+                "4",
+                "--steps",
+                "2",
+                "--reference",
+                r / "reference.npz",
+            ],
+            4,
+            PICKLED,
+        ),
+        (
+            lambda r: [
+                "benchmark",
+                "generation",
+                "--checkpoint",
+                r / "body.pt",
+                "-n",
+                "4",
+                "--steps",
+                "2",
+                "--reference",
+                r / "clean_poses.npz",
+                "--statistics",
+                r / "statistics.npz",
+            ],
+            4,
+            PICKLED,
+        ),
+    ],
+    ids=["complete-input", "denoise-input", "ik-targets", "fit-init", "bench-reference", "bench-statistics"],
+)
+def test_pickled_objects_in_user_data_never_run(
+    capsys, tmp_path, root, marker, no_models, args, exit_code, why
+):
     a = args(root)
     out = tmp_path / "o" / "report.json" if a[0] == "benchmark" else tmp_path / "o"
     code, _, err = run(capsys, *a, "-q", "--out", out, "--device", "cpu")
@@ -265,15 +447,18 @@ def _loaders(root: Path):
     from dposer_cli.engine.vposer import VPoserPrior
 
     return {
-        "pickle_compat.load_pickle (benchmark vertex ids, MANO/FLAME)":
-            lambda: pickle_compat.load_pickle(root / "mano_pkl" / "mano" / "MANO_RIGHT.pkl"),
-        "pickle_compat.load_npy_object (FLAME embedding, ARCTIC vertices)":
-            lambda: pickle_compat.load_npy_object(root / "flame_dynamic" / "flame" / "flame_dynamic_embedding.npy"),
+        "pickle_compat.load_pickle (benchmark vertex ids, MANO/FLAME)": lambda: pickle_compat.load_pickle(
+            root / "mano_pkl" / "mano" / "MANO_RIGHT.pkl"
+        ),
+        "pickle_compat.load_npy_object (FLAME embedding, ARCTIC vertices)": lambda: (
+            pickle_compat.load_npy_object(root / "flame_dynamic" / "flame" / "flame_dynamic_embedding.npy")
+        ),
         "pickle_compat.read_npz_plain": lambda: pickle_compat.read_npz_plain(root / "poses.npz"),
         "checkpoint.read_checkpoint": lambda: read_checkpoint(root / "evil.pt"),
         "checkpoint.load_pickled": lambda: load_pickled(root / "evil_official.ckpt"),
-        "normalize.load_official_normalizer": lambda: load_official_normalizer(Part.hand, root / "evil_norm.pt",
-                                                                              root),
+        "normalize.load_official_normalizer": lambda: load_official_normalizer(
+            Part.hand, root / "evil_norm.pt", root
+        ),
         "VPoserPrior.load (folder)": lambda: VPoserPrior.load(root / "vposer"),
     }
 
@@ -306,19 +491,32 @@ def test_os_system_payload_is_named_in_the_message(tmp_path, marker):
 # ------------------------------------------------------------------------------------ hostile sizes
 def _png_header(width: int, height: int) -> bytes:
     """A PNG whose header declares `width`×`height` (only a few bytes of data: a decompression bomb's shape)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        )
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + \
-        chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 16))
+        + chunk(b"IEND", b"")
+    )
 
 
-@pytest.mark.parametrize("case,pattern", [
-    ("huge image", "megapixels"),
-    ("eps image", "not a recognised image format"),
-    ("deep json", "nested too deeply"),
-])
+@pytest.mark.parametrize(
+    "case,pattern",
+    [
+        ("huge image", "megapixels"),
+        ("eps image", "not a recognised image format"),
+        ("deep json", "nested too deeply"),
+    ],
+)
 def test_hostile_fit_image_inputs_are_one_line_exit_1(capsys, tmp_path, root, no_models, case, pattern):
     img, kp = root / "photo.png", root / "photo.json"
     if case == "huge image":
@@ -331,7 +529,20 @@ def test_hostile_fit_image_inputs_are_one_line_exit_1(capsys, tmp_path, root, no
         kp = tmp_path / "deep.json"
         kp.write_text("[" * 200_000 + "]" * 200_000)
     out = tmp_path / "o"
-    code, _, err = run(capsys, "fit-image", img, "--keypoints", kp, "--prior", "none", "--steps", "2", "--out", out,
-                       "--device", "cpu")
+    code, _, err = run(
+        capsys,
+        "fit-image",
+        img,
+        "--keypoints",
+        kp,
+        "--prior",
+        "none",
+        "--steps",
+        "2",
+        "--out",
+        out,
+        "--device",
+        "cpu",
+    )
     assert code == 1 and pattern in err and "Traceback" not in err, err
     assert not out.exists()

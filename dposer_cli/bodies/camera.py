@@ -142,7 +142,9 @@ def init_translation(
     """
     edge_depth, ok = depth_from_edges(joints, keypoints, edges, focal, conf_threshold=conf_threshold)
     if fallback_edges is not None:
-        more, more_ok = depth_from_edges(joints, keypoints, fallback_edges, focal, conf_threshold=conf_threshold)
+        more, more_ok = depth_from_edges(
+            joints, keypoints, fallback_edges, focal, conf_threshold=conf_threshold
+        )
         edge_depth, ok = torch.where(ok, edge_depth, more), ok | more_ok
     if depth is not None:
         edge_depth, ok = torch.where(depth > 0, depth, edge_depth), ok | (depth > 0)
@@ -169,13 +171,18 @@ def flip_about_up_axis(global_orient: Float[Tensor, "*batch 3"]) -> Float[Tensor
     return compose_axis_angle(global_orient, turn.expand_as(global_orient))
 
 
-def camera_orient(*batch: int, dtype: torch.dtype = torch.float32, device: "str | torch.device" = "cpu") -> Tensor:
+def camera_orient(
+    *batch: int, dtype: torch.dtype = torch.float32, device: "str | torch.device" = "cpu"
+) -> Tensor:
     """`CAMERA_ORIENT` broadcast to (*batch, 3): an upright body facing the camera."""
     return torch.tensor(CAMERA_ORIENT, dtype=dtype, device=device).expand(*batch, 3).clone()
 
 
 def planar_orientations(
-    points: Float[Tensor, "*batch N 3"], keypoints: Float[Tensor, "*batch N 3"], *, conf_threshold: float = 0.0
+    points: Float[Tensor, "*batch N 3"],
+    keypoints: Float[Tensor, "*batch N 3"],
+    *,
+    conf_threshold: float = 0.0,
 ) -> tuple[Float[Tensor, "*batch 2 3"], Float[Tensor, "*batch"], Bool[Tensor, "*batch"]]:
     """The two rotations that make a nearly planar point set look like its 2D keypoints (weak perspective).
 
@@ -188,7 +195,9 @@ def planar_orientations(
     an area).
     """
     dtype = points.dtype
-    w = torch.where(keypoints[..., 2] > conf_threshold, keypoints[..., 2], torch.zeros_like(keypoints[..., 2]))
+    w = torch.where(
+        keypoints[..., 2] > conf_threshold, keypoints[..., 2], torch.zeros_like(keypoints[..., 2])
+    )
     wsum = w.sum(-1, keepdim=True).clamp(min=1e-9)
     x3 = points - (w[..., None] * points).sum(-2, keepdim=True) / wsum[..., None]
     x2 = keypoints[..., :2] - (w[..., None] * keypoints[..., :2]).sum(-2, keepdim=True) / wsum[..., None]

@@ -183,8 +183,11 @@ def npz_object_members(path: Path) -> list[str]:
                     continue
                 with zf.open(info) as fh:
                     version = np.lib.format.read_magic(fh)
-                    read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                                   else np.lib.format.read_array_header_2_0)
+                    read_header = (
+                        np.lib.format.read_array_header_1_0
+                        if version == (1, 0)
+                        else np.lib.format.read_array_header_2_0
+                    )
                     _, _, dtype = read_header(fh)
                     if dtype.hasobject:
                         found.append(info.filename[: -len(".npy")])

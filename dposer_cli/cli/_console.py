@@ -16,8 +16,16 @@ from dposer_cli import __version__
 from dposer_cli.cli._staging import run_staged
 from dposer_cli.core.result import Result
 
-__all__ = ["StdoutClosed", "console", "emit", "progress", "progress_interval", "run_staged", "setup_logging",
-           "write_stdout"]
+__all__ = [
+    "StdoutClosed",
+    "console",
+    "emit",
+    "progress",
+    "progress_interval",
+    "run_staged",
+    "setup_logging",
+    "write_stdout",
+]
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -32,8 +40,9 @@ class _LineHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            console.print(f"{record.levelname:<8} {self.format(record)}", markup=False, highlight=False,
-                          soft_wrap=True)
+            console.print(
+                f"{record.levelname:<8} {self.format(record)}", markup=False, highlight=False, soft_wrap=True
+            )
         except Exception:  # noqa: BLE001 - logging must never raise
             self.handleError(record)
 
@@ -85,7 +94,13 @@ def _duration(seconds: float) -> str:
     if seconds != seconds or seconds == float("inf"):
         return "?"
     s = int(round(seconds))
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+    return (
+        f"{s // 3600}h{s % 3600 // 60:02d}m"
+        if s >= 3600
+        else f"{s // 60}m{s % 60:02d}s"
+        if s >= 60
+        else f"{s}s"
+    )
 
 
 class _ProgressLines:
@@ -150,8 +165,12 @@ class progress:
             self._lines = _ProgressLines(self.label, self.unit, progress_interval())
             return self._lines
         self._progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            console=console, transient=True,
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
         )
         self._progress.start()
         self._task = self._progress.add_task(self.label, total=None)
@@ -162,7 +181,9 @@ class progress:
 
         return update
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if self._progress is not None:
             self._progress.stop()
         if self._lines is not None and exc_type is None:

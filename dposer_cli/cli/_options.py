@@ -36,8 +36,11 @@ def check_choice(value: str, valid: Sequence[str], *, what: str, param: str) -> 
     """
     if value in valid:
         return value
-    raise ChoiceError(f"unknown {what} {value!r}{suggest(value, list(valid))}", param_hint=param,
-                      hint="choose from " + ", ".join(valid))
+    raise ChoiceError(
+        f"unknown {what} {value!r}{suggest(value, list(valid))}",
+        param_hint=param,
+        hint="choose from " + ", ".join(valid),
+    )
 
 
 def choice(valid: Sequence[str], *, what: str, param: str) -> Callable[[str], str]:
@@ -60,8 +63,11 @@ def part_choice(valid: Sequence[Part], message: str) -> Callable[[str], Part]:
     def check(value: str) -> Part:
         if value in names:
             return Part(value)
-        raise ChoiceError(message.format(listed=listed, value=value), param_hint="--part",
-                          hint="choose from " + ", ".join(names))
+        raise ChoiceError(
+            message.format(listed=listed, value=value),
+            param_hint="--part",
+            hint="choose from " + ", ".join(names),
+        )
 
     return check
 
@@ -71,11 +77,17 @@ def check_masks(part: Part, names: Sequence[str], *, param: str) -> None:
     valid = mask_names(part)
     for name in names:
         if not valid:
-            raise ChoiceError(f"--part {part.value} has no named masks", param_hint=param,
-                              hint="mark the missing values NaN in the input instead")
+            raise ChoiceError(
+                f"--part {part.value} has no named masks",
+                param_hint=param,
+                hint="mark the missing values NaN in the input instead",
+            )
         if name not in valid:
-            raise ChoiceError(f"unknown mask {name!r} for --part {part.value}{suggest(name, list(valid))}",
-                              param_hint=param, hint="choose from " + ", ".join(valid))
+            raise ChoiceError(
+                f"unknown mask {name!r} for --part {part.value}{suggest(name, list(valid))}",
+                param_hint=param,
+                hint="choose from " + ", ".join(valid),
+            )
 
 
 sampler_choice = choice(SAMPLER_NAMES, what="sampler", param="--sampler")
@@ -107,18 +119,33 @@ def _out_folder(value: Path) -> Path:
     return validate.output_folder("--out", value)
 
 
-PartOpt = Annotated[Part, typer.Option("--part", "-p", metavar="PART",
-                                       help="Which prior: body, hand, face, face-shape or wholebody.")]
+PartOpt = Annotated[
+    Part,
+    typer.Option(
+        "--part", "-p", metavar="PART", help="Which prior: body, hand, face, face-shape or wholebody."
+    ),
+]
 DeviceOpt = Annotated[
     str, typer.Option("--device", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N.")
 ]
-SeedOpt = Annotated[int, typer.Option("--seed", callback=_seed,
-                                      help="Random seed (0 .. 2^64−1); same seed + device gives the same files.")]
-OutOpt = Annotated[Path, typer.Option("--out", "-o", callback=_out_folder,
-                                      help="Output folder (created if missing; written all at once when the "
-                                           "run succeeds).")]
+SeedOpt = Annotated[
+    int,
+    typer.Option(
+        "--seed", callback=_seed, help="Random seed (0 .. 2^64−1); same seed + device gives the same files."
+    ),
+]
+OutOpt = Annotated[
+    Path,
+    typer.Option(
+        "--out",
+        "-o",
+        callback=_out_folder,
+        help="Output folder (created if missing; written all at once when the run succeeds).",
+    ),
+]
 JsonOpt = Annotated[
-    bool, typer.Option("--json", help="Print a machine-readable JSON summary on stdout (logs stay on stderr).")
+    bool,
+    typer.Option("--json", help="Print a machine-readable JSON summary on stdout (logs stay on stderr)."),
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or info logs on stderr.")]
 CheckpointOpt = Annotated[
@@ -145,8 +172,13 @@ BodyModelOpt = Annotated[
     ),
 ]
 RendererOpt = Annotated[
-    str, typer.Option("--renderer", metavar="NAME", callback=choice(RENDERERS, what="renderer", param="--renderer"),
-                      help="auto (pyrender if an OpenGL backend works, else soft), pyrender or soft.")
+    str,
+    typer.Option(
+        "--renderer",
+        metavar="NAME",
+        callback=choice(RENDERERS, what="renderer", param="--renderer"),
+        help="auto (pyrender if an OpenGL backend works, else soft), pyrender or soft.",
+    ),
 ]
 ThreadsOpt = Annotated[
     int | None,

@@ -98,8 +98,14 @@ def deferred_signals(*, swallow: bool) -> Iterator[None]:
 
 
 # ------------------------------------------------------------------------------------------------- runner
-def run_staged(run: Callable[..., Result], req: Any, *, progress: Callable[[int, int], None] | None = None,
-               output_file: Path | None = None, field: str | None = None) -> Result:
+def run_staged(
+    run: Callable[..., Result],
+    req: Any,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+    output_file: Path | None = None,
+    field: str | None = None,
+) -> Result:
     """Run `run(req, progress=progress)` with its outputs staged and committed all at once (see module doc).
 
     Args:
@@ -311,5 +317,6 @@ def _remap(result: Result, staging: Path, final: Path) -> Result:
             return {k: value(x) for k, x in v.items()}
         return v
 
-    return dataclasses.replace(result, outputs=value(result.outputs), info=value(result.info),
-                               lines=value(result.lines))
+    return dataclasses.replace(
+        result, outputs=value(result.outputs), info=value(result.info), lines=value(result.lines)
+    )

@@ -65,7 +65,9 @@ def make_app() -> typer.Typer:
 
     @app.callback()
     def root(
-        version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version."),
+        version: bool = typer.Option(
+            False, "--version", callback=_version, is_eager=True, help="Show the version."
+        ),
     ) -> None:
         """DPoser-X pose prior toolkit. Run `dposer COMMAND --help` for details."""
 
@@ -117,10 +119,23 @@ def _run(argv: list[str] | None) -> None:
     except KeyboardInterrupt:
         _interrupted(console, command, as_json)
     except RecursionError as exc:
-        _fail(console, command, f"input nested too deeply to process ({exc})", None, int(ExitCode.INPUT), as_json)
+        _fail(
+            console,
+            command,
+            f"input nested too deeply to process ({exc})",
+            None,
+            int(ExitCode.INPUT),
+            as_json,
+        )
     except MemoryError:
-        _fail(console, command, "out of memory", "ask for fewer samples (-n / --hypo) or a shorter input",
-              int(ExitCode.INPUT), as_json)
+        _fail(
+            console,
+            command,
+            "out of memory",
+            "ask for fewer samples (-n / --hypo) or a shorter input",
+            int(ExitCode.INPUT),
+            as_json,
+        )
     except Exception as exc:
         if isinstance(exc.__cause__, KeyboardInterrupt):  # Click turns Ctrl-C into Abort
             _interrupted(console, command, as_json)
@@ -128,9 +143,14 @@ def _run(argv: list[str] | None) -> None:
             _stdout_closed(console, exc)
         if _out_of_memory(exc):  # torch's allocator: a request too large for this machine (exit 1, not 70)
             first = str(exc).splitlines()[0][:300]
-            _fail(console, command, f"out of memory: {first}",
-                  "ask for fewer samples (-n / --hypo), fewer --steps or a shorter input", int(ExitCode.INPUT),
-                  as_json)
+            _fail(
+                console,
+                command,
+                f"out of memory: {first}",
+                "ask for fewer samples (-n / --hypo), fewer --steps or a shorter input",
+                int(ExitCode.INPUT),
+                as_json,
+            )
         show, code = getattr(exc, "show", None), getattr(exc, "exit_code", None)
         if show is None or code is None:  # not a Typer/Click usage error (exit 2)
             _internal(console, args, exc, as_json)
@@ -156,7 +176,9 @@ def _interrupted(console, command: str, as_json: bool) -> None:  # type: ignore[
 def _out_of_memory(exc: BaseException) -> bool:
     text = str(exc).lower()
     return isinstance(exc, RuntimeError) and any(
-        k in text for k in ("out of memory", "not enough memory", "can't allocate memory", "cannot allocate memory"))
+        k in text
+        for k in ("out of memory", "not enough memory", "can't allocate memory", "cannot allocate memory")
+    )
 
 
 def _stdout_closed(console, exc: BaseException) -> None:  # type: ignore[no-untyped-def]
@@ -165,8 +187,11 @@ def _stdout_closed(console, exc: BaseException) -> None:  # type: ignore[no-unty
 
     silence_stdout()
     with contextlib.suppress(Exception):
-        console.print("[red]error:[/red] stdout is closed; the --json summary was not written", markup=True,
-                      highlight=False)
+        console.print(
+            "[red]error:[/red] stdout is closed; the --json summary was not written",
+            markup=True,
+            highlight=False,
+        )
     sys.exit(int(ExitCode.INPUT))
 
 

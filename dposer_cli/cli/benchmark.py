@@ -25,47 +25,97 @@ def _names(values: list[str] | None) -> tuple[str, ...]:
 
 
 def command(
-    name: Annotated[str, typer.Argument(help=f"Evaluation: {', '.join(BENCHMARK_NAMES)}.",
-                                        callback=choice(BENCHMARK_NAMES, what="benchmark", param="NAME"),
-                                        metavar="NAME", show_default=False)],
-    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Dataset folder in its published layout "
-                                                                     "(EHF, FreiHAND, ARCTIC, AMASS-style npz "
-                                                                     "tree).")] = None,
-    part: Annotated[Part | None, typer.Option("--part", "-p", metavar="PART",
-                                              help="Prior part (generation: body, hand, face, face-shape, "
-                                                   "wholebody). Default per evaluation.",
-                                              show_default=False)] = None,
-    prior: Annotated[str, typer.Option(metavar="NAME", callback=choice(PRIOR_KINDS, what="--prior", param="--prior"),
-                                       help="Prior under test: dposer, or a baseline: none, l2, gmm (fitted on "
-                                            "--train-poses), vposer (body; its V02_05 weights via --checkpoint)."
-                                       )] = "dposer",
+    name: Annotated[
+        str,
+        typer.Argument(
+            help=f"Evaluation: {', '.join(BENCHMARK_NAMES)}.",
+            callback=choice(BENCHMARK_NAMES, what="benchmark", param="NAME"),
+            metavar="NAME",
+            show_default=False,
+        ),
+    ],
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--data-dir",
+            help="Dataset folder in its published layout (EHF, FreiHAND, ARCTIC, AMASS-style npz tree).",
+        ),
+    ] = None,
+    part: Annotated[
+        Part | None,
+        typer.Option(
+            "--part",
+            "-p",
+            metavar="PART",
+            help="Prior part (generation: body, hand, face, face-shape, wholebody). Default per evaluation.",
+            show_default=False,
+        ),
+    ] = None,
+    prior: Annotated[
+        str,
+        typer.Option(
+            metavar="NAME",
+            callback=choice(PRIOR_KINDS, what="--prior", param="--prior"),
+            help="Prior under test: dposer, or a baseline: none, l2, gmm (fitted on "
+            "--train-poses), vposer (body; its V02_05 weights via --checkpoint).",
+        ),
+    ] = "dposer",
     checkpoint: CheckpointOpt = None,
     normalizer: NormalizerOpt = None,
     body_model: BodyModelOpt = None,
     limit: Annotated[int | None, typer.Option(help="Evaluate the first N dataset items.")] = None,
-    n: Annotated[int | None, typer.Option("-n", "--num", help="Samples to draw (generation: default 50000).")] = None,
-    reference: Annotated[Path | None, typer.Option(help="Reference poses .npz: FID, precision/recall/density/"
-                                                        "coverage and dNN against them.")] = None,
-    statistics: Annotated[Path | None, typer.Option(help="FID statistics .npz (mu, sigma). Default: the official "
-                                                         "ones when downloaded.")] = None,
-    train_poses: Annotated[Path | None, typer.Option("--train-poses", help="Poses the gmm baseline is fitted on "
-                                                                          "(default: the shared reference set).")] = None,
+    n: Annotated[
+        int | None, typer.Option("-n", "--num", help="Samples to draw (generation: default 50000).")
+    ] = None,
+    reference: Annotated[
+        Path | None,
+        typer.Option(
+            help="Reference poses .npz: FID, precision/recall/density/coverage and dNN against them."
+        ),
+    ] = None,
+    statistics: Annotated[
+        Path | None,
+        typer.Option(help="FID statistics .npz (mu, sigma). Default: the official ones when downloaded."),
+    ] = None,
+    train_poses: Annotated[
+        Path | None,
+        typer.Option(
+            "--train-poses", help="Poses the gmm baseline is fitted on (default: the shared reference set)."
+        ),
+    ] = None,
     gmm_components: Annotated[int, typer.Option("--gmm-components", help="GMM components.")] = 8,
-    sampler: Annotated[str, typer.Option(metavar="NAME", callback=sampler_choice,
-                                         help="Generation sampler: dpm2m-sde (default, 50 steps), dpm2m, ddim or em "
-                                              "(official Euler–Maruyama, 1000 steps).")] = "dpm2m-sde",
-    steps: Annotated[int | None, typer.Option(help="Sampler / optimisation steps (default: each task's official "
-                                                   "count).")] = None,
+    sampler: Annotated[
+        str,
+        typer.Option(
+            metavar="NAME",
+            callback=sampler_choice,
+            help="Generation sampler: dpm2m-sde (default, 50 steps), dpm2m, ddim or em "
+            "(official Euler–Maruyama, 1000 steps).",
+        ),
+    ] = "dpm2m-sde",
+    steps: Annotated[
+        int | None, typer.Option(help="Sampler / optimisation steps (default: each task's official count).")
+    ] = None,
     hypo: Annotated[int, typer.Option("--hypo", "-H", help="Hypotheses per input (completion).")] = 10,
-    setting: Annotated[list[str] | None, typer.Option("--setting", "-s", metavar="NAME[,NAME]",
-                                                      help="Evaluation settings (masks, noise levels, IK types, speed "
-                                                           "tasks); default: the paper's.")] = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Items per batch (the unit dealt to "
-                                                                        "torchrun processes).")] = None,
+    setting: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--setting",
+            "-s",
+            metavar="NAME[,NAME]",
+            help="Evaluation settings (masks, noise levels, IK types, speed tasks); default: the paper's.",
+        ),
+    ] = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option("--batch-size", help="Items per batch (the unit dealt to torchrun processes)."),
+    ] = None,
     stride: Annotated[int, typer.Option(help="Keep every k-th frame of AMASS sequences.")] = 1,
     quick: Annotated[bool, typer.Option("--quick", help="speed: tiny sizes (smoke test).")] = False,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Report JSON path [default: "
-                                                                 "dposer_out/benchmark-NAME.json].")] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Report JSON path [default: dposer_out/benchmark-NAME.json]."),
+    ] = None,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
     threads: ThreadsOpt = None,
@@ -83,11 +133,31 @@ def command(
     from dposer_cli.services import benchmark as svc
 
     configure_threads(threads, work_items=None)
-    req = svc.BenchmarkRequest(name=name, data_dir=data_dir, part=part, prior=prior, checkpoint=checkpoint,
-                               normalizer=normalizer, body_model=body_model, limit=limit, n=n, reference=reference,
-                               statistics=statistics, train_poses=train_poses, gmm_components=gmm_components,
-                               sampler=sampler, steps=steps, hypo=hypo, settings=_names(setting),
-                               batch_size=batch_size, stride=stride, quick=quick, out=out, device=device, seed=seed)
+    req = svc.BenchmarkRequest(
+        name=name,
+        data_dir=data_dir,
+        part=part,
+        prior=prior,
+        checkpoint=checkpoint,
+        normalizer=normalizer,
+        body_model=body_model,
+        limit=limit,
+        n=n,
+        reference=reference,
+        statistics=statistics,
+        train_poses=train_poses,
+        gmm_components=gmm_components,
+        sampler=sampler,
+        steps=steps,
+        hypo=hypo,
+        settings=_names(setting),
+        batch_size=batch_size,
+        stride=stride,
+        quick=quick,
+        out=out,
+        device=device,
+        seed=seed,
+    )
     with progress(f"benchmark {name}", enabled=not (quiet or json_out), unit="batches") as cb:
         result = run_staged(svc.run, req, progress=cb, output_file=svc.report_path(req))
     if result.info.get("rank", 0) != 0:  # torchrun: only rank 0 reports
@@ -108,10 +178,19 @@ def _table(console, result) -> None:  # type: ignore[no-untyped-def]
     from rich.table import Table
 
     info = result.info
-    table = Table(title=f"benchmark {info['benchmark']} — {info['part']}, prior {info['prior']} "
-                        f"({info['items']} items, {info['device']})", title_justify="left")
-    for col, justify in (("setting", "left"), ("metric", "left"), ("ours", "right"), ("body", "left"),
-                         (f"paper: {info['paper_row']}", "right"), ("table", "left")):
+    table = Table(
+        title=f"benchmark {info['benchmark']} — {info['part']}, prior {info['prior']} "
+        f"({info['items']} items, {info['device']})",
+        title_justify="left",
+    )
+    for col, justify in (
+        ("setting", "left"),
+        ("metric", "left"),
+        ("ours", "right"),
+        ("body", "left"),
+        (f"paper: {info['paper_row']}", "right"),
+        ("table", "left"),
+    ):
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
     notes: list[str] = []
     for row in info["rows"]:
@@ -121,8 +200,14 @@ def _table(console, result) -> None:  # type: ignore[no-untyped-def]
             if note not in notes:
                 notes.append(note)
             paper = f"n/c ({notes.index(note) + 1})"
-        table.add_row(row["setting"], row["metric"], f"{row['value']:.4g}", row.get("body_model") or "—", paper,
-                      (row["table"] or "").split(" (")[0])
+        table.add_row(
+            row["setting"],
+            row["metric"],
+            f"{row['value']:.4g}",
+            row.get("body_model") or "—",
+            paper,
+            (row["table"] or "").split(" (")[0],
+        )
     console.print(table)
     for k, note in enumerate(notes, 1):
         console.print(f"({k}) {note}", markup=False)

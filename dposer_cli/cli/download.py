@@ -16,24 +16,40 @@ Target = Enum("PART", {**{p.name: p.value for p in Part}, "all": "all"}, type=st
 def command(
     parts: Annotated[
         list[Target] | None,  # type: ignore[valid-type]
-        typer.Argument(help="Priors to fetch: body, hand, face (also fetches face-shape), face-shape, wholebody "
-                            "or all. Default: all.", metavar="PART", show_choices=False,  # listed in the help text
-                            show_default=False),
+        typer.Argument(
+            help="Priors to fetch: body, hand, face (also fetches face-shape), face-shape, wholebody "
+            "or all. Default: all.",
+            metavar="PART",
+            show_choices=False,  # listed in the help text
+            show_default=False,
+        ),
     ] = None,
     models_dir: Annotated[
         Path | None,
-        typer.Option("--models-dir", help="Models folder (files go to DIR/official/). Default: $DPOSER_MODELS_DIR, "
-                                          "the checkout's models_cache/, else ~/.cache/dposer."),
+        typer.Option(
+            "--models-dir",
+            help="Models folder (files go to DIR/official/). Default: $DPOSER_MODELS_DIR, "
+            "the checkout's models_cache/, else ~/.cache/dposer.",
+        ),
     ] = None,
     revision: Annotated[
         str | None,
-        typer.Option("--revision", help="Hub revision of Moon-bow/DPoser-X: branch, tag or 40-hex commit (pass a "
-                                        "commit for reproducible installs). Default: dposer's pinned revision."),
+        typer.Option(
+            "--revision",
+            help="Hub revision of Moon-bow/DPoser-X: branch, tag or 40-hex commit (pass a "
+            "commit for reproducible installs). Default: dposer's pinned revision.",
+        ),
     ] = None,
-    force: Annotated[bool, typer.Option("--force", help="Fetch again even when the files are present.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Fetch again even when the files are present.")
+    ] = False,
     list_: Annotated[
-        bool, typer.Option("--list", help="Print (stdout) what is installed per part and which prior each "
-                                          "command uses; fetches nothing.")
+        bool,
+        typer.Option(
+            "--list",
+            help="Print (stdout) what is installed per part and which prior each "
+            "command uses; fetches nothing.",
+        ),
     ] = False,
     check: Annotated[
         bool, typer.Option("--check", help="Like --list, and also load every installed file to verify it.")
@@ -60,7 +76,9 @@ def command(
             _print_table(result.info)
         emit(result, as_json=json_out, quiet=quiet)
         return
-    req = svc.DownloadRequest(parts=names or (svc.ALL,), models_dir=models_dir, revision=revision, force=force)
+    req = svc.DownloadRequest(
+        parts=names or (svc.ALL,), models_dir=models_dir, revision=revision, force=force
+    )
     with progress("downloading", enabled=not (quiet or json_out), unit="bytes") as cb:
         result = svc.run(req, progress=cb)
     emit(result, as_json=json_out, quiet=quiet)
@@ -94,7 +112,9 @@ def _print_table(info: dict[str, Any]) -> None:
         bad = [n for n in norms if n.get("valid") is False]
         norm = "[red]invalid[/red]" if bad else "[red]missing[/red]" if missing else "[green]ok[/green]"
         demo = state(e["demo_prior"])
-        use = e["prior"] if e["usable"] else "[red]none[/red]" if e["prior"] == "none" else "[red]broken[/red]"
+        use = (
+            e["prior"] if e["usable"] else "[red]none[/red]" if e["prior"] == "none" else "[red]broken[/red]"
+        )
         kind = e["body_model"]
         body = f"[green]{kind} ok[/green]" if bodies[kind]["present"] else f"[yellow]{kind} missing[/yellow]"
         table.add_row(part, state(e["official_checkpoint"]), norm, demo, use, body)

@@ -9,7 +9,9 @@ from typing import Any, TypeVar
 
 from dposer_cli.core.errors import AssetMismatchError
 
-C = TypeVar("C", bound="_Config")  # not typing.Self: beartype (the test-time shape checker) rejects it on methods
+C = TypeVar(
+    "C", bound="_Config"
+)  # not typing.Self: beartype (the test-time shape checker) rejects it on methods
 
 
 class _Config:

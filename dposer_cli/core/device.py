@@ -18,13 +18,19 @@ def resolve_device(spec: str | torch.device = "auto") -> torch.device:
         return torch.device("cpu")
     if spec.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise UnavailableError(f"--device {spec}: CUDA is not available on this machine", hint="use --device cpu")
+            raise UnavailableError(
+                f"--device {spec}: CUDA is not available on this machine", hint="use --device cpu"
+            )
         try:
             dev = torch.device(spec)
         except RuntimeError:
-            raise InputError(f"--device {spec!r} is not a valid device (expected auto, cpu, cuda or cuda:N)") from None
+            raise InputError(
+                f"--device {spec!r} is not a valid device (expected auto, cpu, cuda or cuda:N)"
+            ) from None
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise UnavailableError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) present")
+            raise UnavailableError(
+                f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) present"
+            )
         return dev
     raise InputError(f"--device {spec!r} is not a valid device (expected auto, cpu, cuda or cuda:N)")
 
@@ -72,7 +78,9 @@ def configure_threads(requested: int | None, work_items: int | None = None) -> i
     """
     if requested is not None and requested < 1:
         raise InputError(f"--threads {requested}: need at least 1 thread")
-    threads = requested or _env_threads(THREADS_ENV, strict=True) or _env_threads("OMP_NUM_THREADS", strict=False)
+    threads = (
+        requested or _env_threads(THREADS_ENV, strict=True) or _env_threads("OMP_NUM_THREADS", strict=False)
+    )
     if threads is None:
         large = work_items is not None and work_items >= PARALLEL_MIN_ITEMS
         threads = available_cores() if large else 1
@@ -103,6 +111,10 @@ def init_distributed() -> tuple[int, int]:
     import torch.distributed as dist
 
     if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() and os.environ.get("DPOSER_DIST_BACKEND") != "gloo" else "gloo"
+        backend = (
+            "nccl"
+            if torch.cuda.is_available() and os.environ.get("DPOSER_DIST_BACKEND") != "gloo"
+            else "gloo"
+        )
         dist.init_process_group(backend=backend)
     return dist.get_rank(), dist.get_world_size()

@@ -214,8 +214,18 @@ def mask_dims(part: Part, names: "list[str] | tuple[str, ...]") -> tuple[int, ..
 # tests/cli/test_consistency.py keeps them equal.
 SAMPLER_NAMES = ("em", "ddim", "dpm2m", "dpm2m-sde")  # engine.samplers.SAMPLERS
 COMPLETE_MODES = ("dposer", "scoresde", "dps", "mcg")  # tasks.complete.MODES
-BENCHMARK_NAMES = ("generation", "speed", "completion", "denoise", "hand-ik", "face-ik", "ehf", "freihand",
-                   "arctic", "wholebody-completion")  # evaluation.runner.EVALUATIONS
+BENCHMARK_NAMES = (
+    "generation",
+    "speed",
+    "completion",
+    "denoise",
+    "hand-ik",
+    "face-ik",
+    "ehf",
+    "freihand",
+    "arctic",
+    "wholebody-completion",
+)  # evaluation.runner.EVALUATIONS
 PRIOR_KINDS = ("dposer", "none", "l2", "gmm", "vposer")  # engine.priors.PRIORS
 FIT_PRIORS = ("dposer", "none", "l2")  # services.fit_image.FIT_PRIORS and tasks.ik.PRIORS
 FIT_PARTS = (Part.body, Part.hand, Part.wholebody)  # what fit-image fits

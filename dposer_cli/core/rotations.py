@@ -29,7 +29,9 @@ def quaternion_to_axis_angle(q: Float[Tensor, "*batch 4"]) -> Float[Tensor, "*ba
     return v * k
 
 
-def quaternion_multiply(a: Float[Tensor, "*batch 4"], b: Float[Tensor, "*batch 4"]) -> Float[Tensor, "*batch 4"]:
+def quaternion_multiply(
+    a: Float[Tensor, "*batch 4"], b: Float[Tensor, "*batch 4"]
+) -> Float[Tensor, "*batch 4"]:
     """Hamilton product a ⊗ b (the rotation b first, then a)."""
     aw, ax, ay, az = a.unbind(-1)
     bw, bx, by, bz = b.unbind(-1)
@@ -44,9 +46,13 @@ def quaternion_multiply(a: Float[Tensor, "*batch 4"], b: Float[Tensor, "*batch 4
     )
 
 
-def compose_axis_angle(a: Float[Tensor, "*batch 3"], b: Float[Tensor, "*batch 3"]) -> Float[Tensor, "*batch 3"]:
+def compose_axis_angle(
+    a: Float[Tensor, "*batch 3"], b: Float[Tensor, "*batch 3"]
+) -> Float[Tensor, "*batch 3"]:
     """Axis-angle of R(a)·R(b) (b applied first)."""
-    return quaternion_to_axis_angle(quaternion_multiply(axis_angle_to_quaternion(a), axis_angle_to_quaternion(b)))
+    return quaternion_to_axis_angle(
+        quaternion_multiply(axis_angle_to_quaternion(a), axis_angle_to_quaternion(b))
+    )
 
 
 def matrix_to_axis_angle(rot: Float[Tensor, "*batch 3 3"]) -> Float[Tensor, "*batch 3"]:
@@ -80,8 +86,11 @@ def rot6d_to_matrix(x: Float[Tensor, "*batch 6"]) -> Float[Tensor, "*batch 3 3"]
 
 
 def rigid_registration(
-    src: Float[Tensor, "*batch N 3"], dst: Float[Tensor, "*batch N 3"], weights: Float[Tensor, "*batch N"] | None = None,
-    *, scaling: bool = False,
+    src: Float[Tensor, "*batch N 3"],
+    dst: Float[Tensor, "*batch N 3"],
+    weights: Float[Tensor, "*batch N"] | None = None,
+    *,
+    scaling: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Weighted Kabsch / Umeyama: (R, t, s) minimising Σ w‖s·R·src + t − dst‖² (roma.rigid_points_registration).
 

@@ -37,7 +37,9 @@ SAMPLER_COPIES = 8  # live (N, D) tensors in a sampler step: x, ε̂, x̂0, nois
 
 
 # ---------------------------------------------------------------------------------------------- scalars
-def integer(name: str, value: Any, *, lo: int | None = None, hi: int | None = None, hint: str | None = None) -> int:
+def integer(
+    name: str, value: Any, *, lo: int | None = None, hi: int | None = None, hint: str | None = None
+) -> int:
     """`value` as an int within [lo, hi].
 
     Raises:
@@ -53,8 +55,17 @@ def integer(name: str, value: Any, *, lo: int | None = None, hi: int | None = No
     return value
 
 
-def number(name: str, value: Any, *, lo: int | float | None = None, hi: int | float | None = None, lo_open: bool = False,
-           hi_open: bool = False, what: str = "number", hint: str | None = None) -> float:
+def number(
+    name: str,
+    value: Any,
+    *,
+    lo: int | float | None = None,
+    hi: int | float | None = None,
+    lo_open: bool = False,
+    hi_open: bool = False,
+    what: str = "number",
+    hint: str | None = None,
+) -> float:
     """`value` as a finite float within the given bounds (`lo_open`: strictly greater than `lo`).
 
     `what` completes the message: "--focal must be a positive number of pixels (got -1.0)".
@@ -71,9 +82,13 @@ def number(name: str, value: Any, *, lo: int | float | None = None, hi: int | fl
         if lo == 0:
             kind = "positive" if lo_open else "non-negative"
             raise InputError(f"{name} must be a {kind} {what} (got {value})", hint=hint)
-        raise InputError(f"{name} must be {'greater than' if lo_open else 'at least'} {lo} (got {value})", hint=hint)
+        raise InputError(
+            f"{name} must be {'greater than' if lo_open else 'at least'} {lo} (got {value})", hint=hint
+        )
     if hi is not None and (value >= hi if hi_open else value > hi):
-        raise InputError(f"{name} must be {'less than' if hi_open else 'at most'} {hi} (got {value})", hint=hint)
+        raise InputError(
+            f"{name} must be {'less than' if hi_open else 'at most'} {hi} (got {value})", hint=hint
+        )
     return value
 
 
@@ -130,8 +145,11 @@ def memory(what: str, nbytes: int | float, available: int | None = None, *, hint
     """
     free = available_memory() if available is None else available
     if free is not None and nbytes > free:
-        raise InputError(f"{what} would need about {human_bytes(nbytes)} of memory; about {human_bytes(free)} "
-                         "is available", hint=hint)
+        raise InputError(
+            f"{what} would need about {human_bytes(nbytes)} of memory; about {human_bytes(free)} "
+            "is available",
+            hint=hint,
+        )
 
 
 def sample_bytes(n: int, *, dim: int, width: int = 0, inner: int = 1, copies: int = SAMPLER_COPIES) -> int:
@@ -150,8 +168,11 @@ def image_size(where: str, width: int, height: int, limit: int = MAX_IMAGE_PIXEL
     if width <= 0 or height <= 0:
         raise InputError(f"{where}: image has size {width}×{height}")
     if width * height > limit:
-        raise InputError(f"{where}: image is {width}×{height} = {width * height / 1e6:.0f} megapixels; at most "
-                         f"{limit / 1e6:.0f} are read", hint="downscale the picture (keypoints scale with it)")
+        raise InputError(
+            f"{where}: image is {width}×{height} = {width * height / 1e6:.0f} megapixels; at most "
+            f"{limit / 1e6:.0f} are read",
+            hint="downscale the picture (keypoints scale with it)",
+        )
 
 
 def count(what: str, value: int, limit: int, *, hint: str | None = None) -> None:
@@ -170,10 +191,16 @@ def frames(where: str, n_frames: int, *, bytes_per_frame: int = 0, available: in
     Raises:
         InputError: too many frames, or more memory than is available.
     """
-    count(f"{where} has {n_frames} frames", n_frames, MAX_FRAMES, hint="split the sequence into shorter clips")
+    count(
+        f"{where} has {n_frames} frames", n_frames, MAX_FRAMES, hint="split the sequence into shorter clips"
+    )
     if bytes_per_frame:
-        memory(f"{where}: {n_frames} frames", n_frames * bytes_per_frame, available,
-               hint="split the sequence into shorter clips or use --temporal joints")
+        memory(
+            f"{where}: {n_frames} frames",
+            n_frames * bytes_per_frame,
+            available,
+            hint="split the sequence into shorter clips or use --temporal joints",
+        )
 
 
 def json_size(where: str, nbytes: int) -> None:
@@ -183,8 +210,10 @@ def json_size(where: str, nbytes: int) -> None:
         InputError: the file is too large.
     """
     if nbytes > MAX_JSON_BYTES:
-        raise InputError(f"{where}: JSON of {human_bytes(nbytes)} is larger than the {human_bytes(MAX_JSON_BYTES)} "
-                         "dposer reads")
+        raise InputError(
+            f"{where}: JSON of {human_bytes(nbytes)} is larger than the {human_bytes(MAX_JSON_BYTES)} "
+            "dposer reads"
+        )
 
 
 def load_json(text: str | bytes, where: str) -> Any:
@@ -197,9 +226,13 @@ def load_json(text: str | bytes, where: str) -> Any:
     try:
         return json.loads(text)
     except RecursionError:
-        raise InputError(f"{where}: JSON is nested too deeply (over {sys.getrecursionlimit()} levels)") from None
+        raise InputError(
+            f"{where}: JSON is nested too deeply (over {sys.getrecursionlimit()} levels)"
+        ) from None
     except json.JSONDecodeError as exc:
-        raise InputError(f"{where}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+        raise InputError(
+            f"{where}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
+        ) from None
     except UnicodeDecodeError as exc:
         raise InputError(f"{where}: not UTF-8 text ({exc.reason})") from None
 
@@ -264,8 +297,12 @@ def field(rule: Rule, value: Any) -> None:
     if rule.kind == "seed":
         seed(value, rule.flag)
     elif rule.kind == "int":
-        integer(rule.flag, value, lo=None if rule.lo is None else int(rule.lo),
-                hi=None if rule.hi is None else int(rule.hi))
+        integer(
+            rule.flag,
+            value,
+            lo=None if rule.lo is None else int(rule.lo),
+            hi=None if rule.hi is None else int(rule.hi),
+        )
     else:
         number(rule.flag, value, lo=rule.lo, hi=rule.hi, lo_open=rule.lo_open, what=rule.what)
 
@@ -292,5 +329,8 @@ def request(req: Any) -> None:
     n = getattr(req, "n", None)
     if isinstance(part, Part) and isinstance(n, int) and not isinstance(n, bool):
         hypo = getattr(req, "hypo", 1) or 1
-        memory(f"{n * hypo} {part.value} poses", sample_bytes(n * hypo, dim=PARTS[part].dim, copies=1),
-               hint="ask for fewer with -n")
+        memory(
+            f"{n * hypo} {part.value} poses",
+            sample_bytes(n * hypo, dim=PARTS[part].dim, copies=1),
+            hint="ask for fewer with -n",
+        )

@@ -55,9 +55,16 @@ class BaselinePrior(nn.Module):
     def denormalize(self, x: Float[Tensor, "*batch D"]) -> Float[Tensor, "*batch D"]:
         return x + self.mean_pose.to(x)
 
-    def loss(self, pose: Float[Tensor, "*batch D"], t: float | Tensor = 0.1, *, weighting: str = "snr",
-             generator: torch.Generator | None = None, normalized: bool = False,
-             noise: Tensor | None = None) -> Float[Tensor, "*batch"]:
+    def loss(
+        self,
+        pose: Float[Tensor, "*batch D"],
+        t: float | Tensor = 0.1,
+        *,
+        weighting: str = "snr",
+        generator: torch.Generator | None = None,
+        normalized: bool = False,
+        noise: Tensor | None = None,
+    ) -> Float[Tensor, "*batch"]:
         """Per-sample prior value of raw poses (`t`, `weighting`, `generator`, `noise` are ignored)."""
         raw = self.denormalize(pose) if normalized else pose
         return self.energy(raw)
@@ -65,11 +72,20 @@ class BaselinePrior(nn.Module):
     def energy(self, pose: Float[Tensor, "*batch D"]) -> Float[Tensor, "*batch"]:
         raise NotImplementedError
 
-    def complete(self, pose: Float[Tensor, "N D"], observed: Tensor, *, hypo: int = 1,
-                 generator: torch.Generator | None = None) -> Float[Tensor, "N H D"]:
+    def complete(
+        self,
+        pose: Float[Tensor, "N D"],
+        observed: Tensor,
+        *,
+        hypo: int = 1,
+        generator: torch.Generator | None = None,
+    ) -> Float[Tensor, "N H D"]:
         """Fill the dims where `observed` (D,) is False, `hypo` hypotheses per pose (observed dims unchanged)."""
-        raise InputError(f"the {self.kind} baseline cannot complete poses: without a prior the hidden joints "
-                         "are undetermined", hint="use --prior dposer, gmm or l2")
+        raise InputError(
+            f"the {self.kind} baseline cannot complete poses: without a prior the hidden joints "
+            "are undetermined",
+            hint="use --prior dposer, gmm or l2",
+        )
 
 
 class NoPrior(BaselinePrior):
@@ -89,10 +105,18 @@ class L2Prior(BaselinePrior):
     def energy(self, pose: Float[Tensor, "*batch D"]) -> Float[Tensor, "*batch"]:
         return pose.pow(2).sum(-1)
 
-    def complete(self, pose: Float[Tensor, "N D"], observed: Tensor, *, hypo: int = 1,
-                 generator: torch.Generator | None = None) -> Float[Tensor, "N H D"]:
+    def complete(
+        self,
+        pose: Float[Tensor, "N D"],
+        observed: Tensor,
+        *,
+        hypo: int = 1,
+        generator: torch.Generator | None = None,
+    ) -> Float[Tensor, "N H D"]:
         """The L2 minimiser: hidden dims at zero (rest pose / mean hand); all hypotheses equal."""
-        out = torch.where(observed.to(pose.device), pose, torch.zeros((), dtype=pose.dtype, device=pose.device))
+        out = torch.where(
+            observed.to(pose.device), pose, torch.zeros((), dtype=pose.dtype, device=pose.device)
+        )
         return out[:, None].expand(-1, hypo, -1).clone()
 
 
@@ -107,13 +131,26 @@ class GaussianMixturePrior(BaselinePrior):
     means_: Tensor  # buffer (K, D)
     covariances_: Tensor  # buffer (K, D, D)
 
-    def __init__(self, part: Part | str, n_components: int = 8, *, reg_covar: float = 1e-6, max_iter: int = 100,
-                 tol: float = 1e-3, seed: int = 0) -> None:
+    def __init__(
+        self,
+        part: Part | str,
+        n_components: int = 8,
+        *,
+        reg_covar: float = 1e-6,
+        max_iter: int = 100,
+        tol: float = 1e-3,
+        seed: int = 0,
+    ) -> None:
         super().__init__(part)
         if n_components < 1:
             raise InputError(f"a GMM needs at least 1 component (got {n_components})")
         self.n_components = int(n_components)
-        self.reg_covar, self.max_iter, self.tol, self.seed = float(reg_covar), int(max_iter), float(tol), int(seed)
+        self.reg_covar, self.max_iter, self.tol, self.seed = (
+            float(reg_covar),
+            int(max_iter),
+            float(tol),
+            int(seed),
+        )
         d = self.dim
         self.register_buffer("weights_", torch.full((n_components,), 1.0 / n_components, dtype=torch.float64))
         self.register_buffer("means_", torch.zeros(n_components, d, dtype=torch.float64))
@@ -132,7 +169,9 @@ class GaussianMixturePrior(BaselinePrior):
         x = self._check(x).to(self.means_.device)
         n, k = x.shape[0], self.n_components
         if n < k:
-            raise InputError(f"GMM: {n} training poses for {k} components; give more poses or fewer components")
+            raise InputError(
+                f"GMM: {n} training poses for {k} components; give more poses or fewer components"
+            )
         resp = self._kmeans_resp(x, torch.Generator(device="cpu").manual_seed(self.seed))
         self._m_step(x, resp)
         prev = -math.inf
@@ -165,7 +204,9 @@ class GaussianMixturePrior(BaselinePrior):
         return torch.exp(lp - torch.logsumexp(lp, dim=1, keepdim=True))
 
     @torch.no_grad()
-    def sample(self, n: int, *, generator: torch.Generator | None = None, **_: object) -> Float[Tensor, "n D"]:
+    def sample(
+        self, n: int, *, generator: torch.Generator | None = None, **_: object
+    ) -> Float[Tensor, "n D"]:
         """Draw `n` raw poses: a component per sample from the weights, then its Gaussian (float32)."""
         dev = self.means_.device
         comp = torch.multinomial(self.weights_.float(), n, replacement=True, generator=generator)
@@ -185,8 +226,14 @@ class GaussianMixturePrior(BaselinePrior):
         return nll.min(-1).values.to(pose.dtype)
 
     @torch.no_grad()
-    def complete(self, pose: Float[Tensor, "N D"], observed: Tensor, *, hypo: int = 1,
-                 generator: torch.Generator | None = None) -> Float[Tensor, "N H D"]:
+    def complete(
+        self,
+        pose: Float[Tensor, "N D"],
+        observed: Tensor,
+        *,
+        hypo: int = 1,
+        generator: torch.Generator | None = None,
+    ) -> Float[Tensor, "N H D"]:
         """Exact conditional sampling p(x_M | x_O): a component per hypothesis from its posterior given the
         observed dims, then the component's conditional Gaussian."""
         obs = observed.to(torch.bool).cpu()
@@ -226,8 +273,10 @@ class GaussianMixturePrior(BaselinePrior):
     def _check(self, x: Tensor) -> Tensor:
         x = torch.as_tensor(x).to(device=self.means_.device, dtype=torch.float64)
         if x.ndim != 2 or x.shape[1] != self.dim:
-            raise InputError(f"GMM for --part {self.part.value}: poses have shape {tuple(x.shape)}; "
-                             f"expected (N, {self.dim})")
+            raise InputError(
+                f"GMM for --part {self.part.value}: poses have shape {tuple(x.shape)}; "
+                f"expected (N, {self.dim})"
+            )
         if not torch.isfinite(x).all():
             raise InputError("GMM: the training poses contain NaN or infinite values")
         return x
@@ -236,7 +285,9 @@ class GaussianMixturePrior(BaselinePrior):
         """log w_k + log N(x | μ_k, Σ_k), (N, K)."""
         chol = torch.linalg.cholesky(self.covariances_)
         diff = x[:, None, :] - self.means_  # (N, K, D)
-        sol = torch.linalg.solve_triangular(chol, diff.transpose(0, 1).transpose(1, 2), upper=False)  # (K, D, N)
+        sol = torch.linalg.solve_triangular(
+            chol, diff.transpose(0, 1).transpose(1, 2), upper=False
+        )  # (K, D, N)
         maha = sol.pow(2).sum(1).T  # (N, K)
         logdet = 2 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
         return torch.log(self.weights_) - 0.5 * (self.dim * math.log(2 * math.pi) + logdet + maha)
@@ -258,7 +309,11 @@ class GaussianMixturePrior(BaselinePrior):
         centers = [x[first]]
         d2 = (x - centers[0]).pow(2).sum(-1)
         for _ in range(1, k):
-            probs = (d2 / d2.sum()).cpu() if float(d2.sum()) > 0 else torch.full((n,), 1.0 / n, dtype=torch.float64)
+            probs = (
+                (d2 / d2.sum()).cpu()
+                if float(d2.sum()) > 0
+                else torch.full((n,), 1.0 / n, dtype=torch.float64)
+            )
             idx = int(torch.multinomial(probs.float(), 1, generator=gen))
             centers.append(x[idx])
             d2 = torch.minimum(d2, (x - x[idx]).pow(2).sum(-1))

@@ -41,13 +41,58 @@ _ALLOWED: set[tuple[str, str]] = {
     ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
     ("numpy._core.multiarray", "scalar"), ("_codecs", "encode"),
 }  # fmt: skip
-_STORAGE_NAMES = {"FloatStorage", "DoubleStorage", "HalfStorage", "BFloat16Storage", "LongStorage", "IntStorage",
-                  "ShortStorage", "CharStorage", "ByteStorage", "BoolStorage", "UntypedStorage"}
+_STORAGE_NAMES = {
+    "FloatStorage",
+    "DoubleStorage",
+    "HalfStorage",
+    "BFloat16Storage",
+    "LongStorage",
+    "IntStorage",
+    "ShortStorage",
+    "CharStorage",
+    "ByteStorage",
+    "BoolStorage",
+    "UntypedStorage",
+}
 # modules whose members can execute code or touch the system: refused outright, never stubbed
-_DANGEROUS = ("os", "posix", "nt", "subprocess", "sys", "builtins", "importlib", "shutil", "socket", "runpy",
-              "pickle", "marshal", "types", "functools", "operator", "code", "pty", "ctypes", "webbrowser",
-              "torch", "numpy", "io", "pathlib", "tempfile", "multiprocessing", "threading", "signal", "codecs",
-              "_codecs", "__builtin__", "commands", "platform", "inspect", "asyncio", "http", "urllib")
+_DANGEROUS = (
+    "os",
+    "posix",
+    "nt",
+    "subprocess",
+    "sys",
+    "builtins",
+    "importlib",
+    "shutil",
+    "socket",
+    "runpy",
+    "pickle",
+    "marshal",
+    "types",
+    "functools",
+    "operator",
+    "code",
+    "pty",
+    "ctypes",
+    "webbrowser",
+    "torch",
+    "numpy",
+    "io",
+    "pathlib",
+    "tempfile",
+    "multiprocessing",
+    "threading",
+    "signal",
+    "codecs",
+    "_codecs",
+    "__builtin__",
+    "commands",
+    "platform",
+    "inspect",
+    "asyncio",
+    "http",
+    "urllib",
+)
 
 
 class InertObject:
@@ -76,7 +121,12 @@ class _RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in _ALLOWED:
             return super().find_class(module, name)
-        if module == "torch" and name in _STORAGE_NAMES or module == "torch.storage" and name == "TypedStorage":
+        if (
+            module == "torch"
+            and name in _STORAGE_NAMES
+            or module == "torch.storage"
+            and name == "TypedStorage"
+        ):
             return super().find_class(module, name)
         root = module.split(".")[0]
         if root in _DANGEROUS:
@@ -126,9 +176,21 @@ def _torch_load(path: Path) -> Any:
             f"refusing to load {path}: it contains a pickled reference to {exc} that could run code",
             hint="only load checkpoints from sources you trust; official and dposer checkpoints never contain this",
         ) from None
-    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, ValueError, TypeError,
-            AttributeError, KeyError, IndexError, UnicodeDecodeError) as exc:
-        raise AssetMismatchError(f"{path} is not a readable PyTorch checkpoint ({type(exc).__name__})") from None
+    except (
+        pickle.UnpicklingError,
+        zipfile.BadZipFile,
+        RuntimeError,
+        EOFError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        KeyError,
+        IndexError,
+        UnicodeDecodeError,
+    ) as exc:
+        raise AssetMismatchError(
+            f"{path} is not a readable PyTorch checkpoint ({type(exc).__name__})"
+        ) from None
 
 
 def load_pickled(path: Path) -> Any:
@@ -143,8 +205,11 @@ def load_pickled(path: Path) -> Any:
 
 
 def _part_from_dim(dim: int) -> Part | None:
-    return next((p for p, s in PARTS.items() if s.dim == dim and p is not Part.face_shape), None) if dim != 100 \
+    return (
+        next((p for p, s in PARTS.items() if s.dim == dim and p is not Part.face_shape), None)
+        if dim != 100
         else Part.face_shape
+    )
 
 
 def _check_part(path: Path, found: Part, wanted: Part | None) -> Part:
@@ -157,18 +222,23 @@ def _check_part(path: Path, found: Part, wanted: Part | None) -> Part:
     return found
 
 
-def _named_ema(config: PriorConfig, model: dict[str, Tensor], shadow: list[Tensor], path: Path) -> dict[str, Tensor]:
+def _named_ema(
+    config: PriorConfig, model: dict[str, Tensor], shadow: list[Tensor], path: Path
+) -> dict[str, Tensor]:
     """Map the positional official EMA list onto parameter names (registration order, trainable only)."""
     net = build_net(config.net)
     names = [n for n, p in net.named_parameters() if p.requires_grad]
     if len(shadow) != len(names):
-        raise AssetMismatchError(f"{path}: EMA list has {len(shadow)} tensors; the network has {len(names)} "
-                                 "trainable parameters")
+        raise AssetMismatchError(
+            f"{path}: EMA list has {len(shadow)} tensors; the network has {len(names)} trainable parameters"
+        )
     out = {}
     for name, tensor in zip(names, shadow, strict=True):
         if tuple(tensor.shape) != tuple(model[name].shape):
-            raise AssetMismatchError(f"{path}: EMA tensor for {name} has shape {tuple(tensor.shape)}, "
-                                     f"expected {tuple(model[name].shape)}")
+            raise AssetMismatchError(
+                f"{path}: EMA tensor for {name} has shape {tuple(tensor.shape)}, "
+                f"expected {tuple(model[name].shape)}"
+            )
         out[name] = tensor.float()
     return out
 
@@ -185,33 +255,49 @@ def _check_config(path: Path, config: PriorConfig, model: dict[str, Tensor], par
     """
     net, sde = config.net, config.sde
     if net.kind not in ("timefc", "wholebody"):
-        raise AssetMismatchError(f"{path}: config.net.kind {net.kind!r} is not a known network (timefc, wholebody)")
+        raise AssetMismatchError(
+            f"{path}: config.net.kind {net.kind!r} is not a known network (timefc, wholebody)"
+        )
     if net.dim != PARTS[part].dim:
-        raise AssetMismatchError(f"{path}: config.net.dim is {net.dim}; a {part.value} prior has {PARTS[part].dim}")
+        raise AssetMismatchError(
+            f"{path}: config.net.dim is {net.dim}; a {part.value} prior has {PARTS[part].dim}"
+        )
     try:
         inferred = infer_net_config(model)
     except (KeyError, IndexError) as exc:
-        raise AssetMismatchError(f"{path}: network weights lack {exc.args[0]!r} (not a TimeFC/whole-body prior)") from None
-    fields = ("kind", "hidden_dim", "embed_dim", "n_blocks") + (("part_hidden", "part_embed") if net.kind == "wholebody"
-                                                               else ())
+        raise AssetMismatchError(
+            f"{path}: network weights lack {exc.args[0]!r} (not a TimeFC/whole-body prior)"
+        ) from None
+    fields = ("kind", "hidden_dim", "embed_dim", "n_blocks") + (
+        ("part_hidden", "part_embed") if net.kind == "wholebody" else ()
+    )
     for name in fields:
         want, got = getattr(net, name), getattr(inferred, name)
         if (tuple(want) if isinstance(want, tuple | list) else want) != got:
-            raise AssetMismatchError(f"{path}: config.net.{name} is {want!r} but the saved weights have {got!r}")
+            raise AssetMismatchError(
+                f"{path}: config.net.{name} is {want!r} but the saved weights have {got!r}"
+            )
     for owner, name in (("sde", "num_scales"), ("net", "num_scales")):
         value = getattr(getattr(config, owner), name)
         if not isinstance(value, int) or not 2 <= value <= MAX_NUM_SCALES:
-            raise AssetMismatchError(f"{path}: config.{owner}.{name} is {value!r}; expected 2..{MAX_NUM_SCALES}")
+            raise AssetMismatchError(
+                f"{path}: config.{owner}.{name} is {value!r}; expected 2..{MAX_NUM_SCALES}"
+            )
     for key, tensor in model.items():
         if key.split(".")[-1] == "sigmas" and tuple(tensor.shape) != (net.num_scales,):
-            raise AssetMismatchError(f"{path}: config.net.num_scales is {net.num_scales} but {key} has shape "
-                                     f"{tuple(tensor.shape)}")
-    for owner, obj, names in (("sde", sde, ("beta_min", "beta_max", "sigma_min", "sigma_max")),
-                              ("net", net, ("sigma_min", "sigma_max", "dropout"))):
+            raise AssetMismatchError(
+                f"{path}: config.net.num_scales is {net.num_scales} but {key} has shape {tuple(tensor.shape)}"
+            )
+    for owner, obj, names in (
+        ("sde", sde, ("beta_min", "beta_max", "sigma_min", "sigma_max")),
+        ("net", net, ("sigma_min", "sigma_max", "dropout")),
+    ):
         for name in names:
             value = getattr(obj, name)
             if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
-                raise AssetMismatchError(f"{path}: config.{owner}.{name} is {value!r}; expected a finite number ≥ 0")
+                raise AssetMismatchError(
+                    f"{path}: config.{owner}.{name} is {value!r}; expected a finite number ≥ 0"
+                )
     if not net.dropout < 1:
         raise AssetMismatchError(f"{path}: config.net.dropout is {net.dropout!r}; expected 0 ≤ dropout < 1")
 
@@ -235,19 +321,34 @@ def read_checkpoint(path: Path, part: Part | str | None = None) -> Checkpoint:
         except (KeyError, ValueError, TypeError) as exc:
             raise AssetMismatchError(f"{path}: malformed dposer checkpoint ({exc})") from None
         _check_part(path, found, wanted)
-        if not isinstance(raw.get("model"), dict) or not all(isinstance(v, Tensor) for v in raw["model"].values()):
-            raise AssetMismatchError(f"{path}: malformed dposer checkpoint (`model` is not a dict of tensors)")
+        if not isinstance(raw.get("model"), dict) or not all(
+            isinstance(v, Tensor) for v in raw["model"].values()
+        ):
+            raise AssetMismatchError(
+                f"{path}: malformed dposer checkpoint (`model` is not a dict of tensors)"
+            )
         _check_config(path, config, raw["model"], found)
         model = {k: v.float() for k, v in raw["model"].items()}
         ema = {k: v.float() for k, v in raw["ema"].items()} if raw.get("ema") else None
-        extra = {k: v for k, v in raw.items() if k not in {"format", "part", "config", "model", "ema", "normalizer"}}
+        extra = {
+            k: v
+            for k, v in raw.items()
+            if k not in {"format", "part", "config", "model", "ema", "normalizer"}
+        }
         return Checkpoint(path, FORMAT, found, config, model, ema, raw.get("normalizer"), extra)
 
     if "state_dict" in raw:  # official Lightning checkpoint (spec §2.7)
-        model = {k[len("model."):]: v for k, v in raw["state_dict"].items()
-                 if isinstance(k, str) and k.startswith("model.") and isinstance(v, Tensor)}
+        model = {
+            k[len("model.") :]: v
+            for k, v in raw["state_dict"].items()
+            if isinstance(k, str) and k.startswith("model.") and isinstance(v, Tensor)
+        }
         fmt = "official-lightning"
-        shadow = (raw.get("model_ema") or {}).get("shadow_params") if isinstance(raw.get("model_ema"), dict) else None
+        shadow = (
+            (raw.get("model_ema") or {}).get("shadow_params")
+            if isinstance(raw.get("model_ema"), dict)
+            else None
+        )
     elif "model_state_dict" in raw:  # DPoser v1 .pth
         model = {k: v for k, v in raw["model_state_dict"].items() if isinstance(v, Tensor)}
         fmt = "dposer-v1"
@@ -259,7 +360,9 @@ def read_checkpoint(path: Path, part: Part | str | None = None) -> Checkpoint:
     try:
         net_cfg = infer_net_config(model)
     except KeyError as exc:
-        raise AssetMismatchError(f"{path}: network weights lack {exc.args[0]!r} (not a TimeFC/whole-body prior)") from None
+        raise AssetMismatchError(
+            f"{path}: network weights lack {exc.args[0]!r} (not a TimeFC/whole-body prior)"
+        ) from None
     by_dim = _part_from_dim(net_cfg.dim)
     if by_dim is None:
         raise AssetMismatchError(f"{path}: network dimension {net_cfg.dim} matches no part")
@@ -275,26 +378,48 @@ def read_checkpoint(path: Path, part: Part | str | None = None) -> Checkpoint:
         raise AssetMismatchError(f"{path}: weights do not match the {found.value} network ({detail})")
     for k, v in net.state_dict().items():
         if tuple(v.shape) != tuple(model[k].shape):
-            raise AssetMismatchError(f"{path}: {k} has shape {tuple(model[k].shape)}, expected {tuple(v.shape)}")
+            raise AssetMismatchError(
+                f"{path}: {k} has shape {tuple(model[k].shape)}, expected {tuple(v.shape)}"
+            )
     ema = _named_ema(config, model, list(shadow), path) if shadow else None
     return Checkpoint(path, fmt, found, config, {k: v.float() for k, v in model.items()}, ema, None, {})
 
 
-def save_checkpoint(path: Path, *, part: Part, config: PriorConfig, model: dict[str, Tensor],
-                    ema: dict[str, Tensor] | None, normalizer: dict[str, Tensor] | None,
-                    half: bool = False, **extra: Any) -> Path:
+def save_checkpoint(
+    path: Path,
+    *,
+    part: Part,
+    config: PriorConfig,
+    model: dict[str, Tensor],
+    ema: dict[str, Tensor] | None,
+    normalizer: dict[str, Tensor] | None,
+    half: bool = False,
+    **extra: Any,
+) -> Path:
     """Write our checkpoint format atomically (readable with `torch.load(weights_only=True)`)."""
     from dposer_cli.core.paths import atomic_write
 
     def cast(sd: dict[str, Tensor] | None) -> dict[str, Tensor] | None:
         if sd is None:
             return None
-        return {k: (v.detach().cpu().half() if half and v.is_floating_point() and k != "sigmas" and not k.endswith(".sigmas")
-                    else v.detach().cpu()) for k, v in sd.items()}
+        return {
+            k: (
+                v.detach().cpu().half()
+                if half and v.is_floating_point() and k != "sigmas" and not k.endswith(".sigmas")
+                else v.detach().cpu()
+            )
+            for k, v in sd.items()
+        }
 
-    payload = {"format": FORMAT, "part": Part(part).value, "config": config.to_dict(), "model": cast(model),
-               "ema": cast(ema), "normalizer": {k: v.detach().cpu() for k, v in normalizer.items()} if normalizer else None,
-               **extra}
+    payload = {
+        "format": FORMAT,
+        "part": Part(part).value,
+        "config": config.to_dict(),
+        "model": cast(model),
+        "ema": cast(ema),
+        "normalizer": {k: v.detach().cpu() for k, v in normalizer.items()} if normalizer else None,
+        **extra,
+    }
     with atomic_write(Path(path)) as fh:
         torch.save(payload, fh)
     return Path(path)

@@ -21,7 +21,11 @@ class EMA:
         torch._foreach_lerp_([self.shadow[n] for n in names], [params[n].detach() for n in names], 1 - decay)
 
     def state_dict(self) -> dict[str, Tensor | int | float]:
-        return {"rate": self.rate, "num_updates": self.num_updates, **{f"shadow.{k}": v for k, v in self.shadow.items()}}
+        return {
+            "rate": self.rate,
+            "num_updates": self.num_updates,
+            **{f"shadow.{k}": v for k, v in self.shadow.items()},
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.rate = float(state["rate"])

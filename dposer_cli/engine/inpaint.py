@@ -36,7 +36,9 @@ def _randn(x: Tensor, generator: torch.Generator | None) -> Tensor:
     return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
 
 
-def _replace(x: Tensor, mask: Tensor, y: Tensor, t: Tensor, sde: SDE, generator: torch.Generator | None) -> Tensor:
+def _replace(
+    x: Tensor, mask: Tensor, y: Tensor, t: Tensor, sde: SDE, generator: torch.Generator | None
+) -> Tensor:
     """x ← x·(1−m) + (α(t)·y + σ(t)·z')·m with fresh z' (ScoreSDE imputation)."""
     alpha, std = sde.marginal(t)
     noisy_y = append_dims(alpha, x.ndim) * y + append_dims(std, x.ndim) * _randn(x, generator)
@@ -53,9 +55,18 @@ def _em_step(x: Tensor, eps: Tensor, t: Tensor, dt: float, sde: SDE) -> tuple[Te
 
 
 @torch.no_grad()
-def score_sde_inpaint(eps_fn: EpsFn, x: Float[Tensor, "*batch D"], mask: Bool[Tensor, "*#batch D"],
-                      y: Float[Tensor, "*#batch D"], *, sde: SDE, steps: int = 1000, t_end: float = 1e-3,
-                      generator: torch.Generator | None = None, callback: Callback = None) -> Float[Tensor, "*batch D"]:
+def score_sde_inpaint(
+    eps_fn: EpsFn,
+    x: Float[Tensor, "*batch D"],
+    mask: Bool[Tensor, "*#batch D"],
+    y: Float[Tensor, "*#batch D"],
+    *,
+    sde: SDE,
+    steps: int = 1000,
+    t_end: float = 1e-3,
+    generator: torch.Generator | None = None,
+    callback: Callback = None,
+) -> Float[Tensor, "*batch D"]:
     """ScoreSDE inpainting by replacement (spec §5). `x` starts from the prior. NFE = steps.
 
     Returns the last predictor mean, whose observed dims are close to (not exactly) `y`, as in the
@@ -76,10 +87,21 @@ def score_sde_inpaint(eps_fn: EpsFn, x: Float[Tensor, "*batch D"], mask: Bool[Te
     return x_mean
 
 
-def guided_inpaint(eps_fn: EpsFn, x: Float[Tensor, "*batch D"], mask: Bool[Tensor, "*#batch D"],
-                   y: Float[Tensor, "*#batch D"], *, sde: SDE, steps: int = 1000, t_end: float = 1e-3,
-                   generator: torch.Generator | None = None, callback: Callback = None, step_size: float = 1.0,
-                   replace: bool = False, through_network: bool = True) -> Float[Tensor, "*batch D"]:
+def guided_inpaint(
+    eps_fn: EpsFn,
+    x: Float[Tensor, "*batch D"],
+    mask: Bool[Tensor, "*#batch D"],
+    y: Float[Tensor, "*#batch D"],
+    *,
+    sde: SDE,
+    steps: int = 1000,
+    t_end: float = 1e-3,
+    generator: torch.Generator | None = None,
+    callback: Callback = None,
+    step_size: float = 1.0,
+    replace: bool = False,
+    through_network: bool = True,
+) -> Float[Tensor, "*batch D"]:
     """DPS (`replace=False`) or MCG (`replace=True`) inpainting. NFE = steps (plus one backward each).
 
     Each step: ε̂ at x_t, x̂0 = (x_t − σε̂)/α, residual r = ‖m ⊙ (y − x̂0)‖ per sample; the Euler–Maruyama

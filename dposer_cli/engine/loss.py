@@ -15,6 +15,7 @@ from dposer_cli.engine.sde import SDE, append_dims
 
 EpsFn = Callable[[Tensor, Tensor], Tensor]
 
+
 def time_schedule(step: int, total: int, t_min: float, t_max: float) -> float:
     """Truncated linear annealing (time_strategy '3'): t_k = t_min + (S−k−1)/S·(t_max − t_min)."""
     return t_min + (total - step - 1) / total * (t_max - t_min)
@@ -35,8 +36,16 @@ def weight(alpha: Tensor, std: Tensor, kind: str) -> Tensor:
 WEIGHTINGS = ("snr", "snr2", "none")
 
 
-def dposer_loss(eps_fn: EpsFn, x0: Float[Tensor, "*batch D"], t: Tensor | float, *, sde: SDE, weighting: str = "snr",
-                generator: torch.Generator | None = None, noise: Tensor | None = None) -> Float[Tensor, "*batch"]:
+def dposer_loss(
+    eps_fn: EpsFn,
+    x0: Float[Tensor, "*batch D"],
+    t: Tensor | float,
+    *,
+    sde: SDE,
+    weighting: str = "snr",
+    generator: torch.Generator | None = None,
+    noise: Tensor | None = None,
+) -> Float[Tensor, "*batch"]:
     """Per-sample DPoser prior loss w(t)·Σ_d (x0 − sg[x̂0(x_t, t)])² in normalised space.
 
     `x0` may have any leading dims; they are flattened for the network. One network evaluation.
@@ -44,10 +53,16 @@ def dposer_loss(eps_fn: EpsFn, x0: Float[Tensor, "*batch D"], t: Tensor | float,
     """
     lead, dim = x0.shape[:-1], x0.shape[-1]
     flat = x0.reshape(-1, dim)
-    t_vec = torch.as_tensor(t, dtype=flat.dtype, device=flat.device).expand(flat.shape[0]).clone() \
-        if not torch.is_tensor(t) or t.ndim == 0 else t.reshape(-1).to(flat)
-    z = noise.reshape(-1, dim) if noise is not None else torch.randn(flat.shape, generator=generator,
-                                                                       device=flat.device, dtype=flat.dtype)
+    t_vec = (
+        torch.as_tensor(t, dtype=flat.dtype, device=flat.device).expand(flat.shape[0]).clone()
+        if not torch.is_tensor(t) or t.ndim == 0
+        else t.reshape(-1).to(flat)
+    )
+    z = (
+        noise.reshape(-1, dim)
+        if noise is not None
+        else torch.randn(flat.shape, generator=generator, device=flat.device, dtype=flat.dtype)
+    )
     alpha, std = sde.marginal(t_vec)
     with torch.no_grad():
         x_t = append_dims(alpha, 2) * flat.detach() + append_dims(std, 2) * z
@@ -56,8 +71,15 @@ def dposer_loss(eps_fn: EpsFn, x0: Float[Tensor, "*batch D"], t: Tensor | float,
     return per.reshape(lead)
 
 
-def dsm_loss(eps_fn: EpsFn, x0: Float[Tensor, "B D"], *, sde: SDE, generator: torch.Generator | None = None,
-             t_eps: float = 1e-5, loss_mask: Tensor | None = None) -> Float[Tensor, " B"]:
+def dsm_loss(
+    eps_fn: EpsFn,
+    x0: Float[Tensor, "B D"],
+    *,
+    sde: SDE,
+    generator: torch.Generator | None = None,
+    t_eps: float = 1e-5,
+    loss_mask: Tensor | None = None,
+) -> Float[Tensor, " B"]:
     """Denoising score matching, continuous subVP (spec §10.1): mean_d(mask·(ε̂(x_t,t) − z))², per sample."""
     b = x0.shape[0]
     t = torch.rand(b, generator=generator, device=x0.device) * (sde.T - t_eps) + t_eps

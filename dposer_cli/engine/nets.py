@@ -17,7 +17,9 @@ from dposer_cli.core.parts import WHOLEBODY_SPLIT
 def timestep_embedding(label: Float[Tensor, " B"], dim: int) -> Float[Tensor, "B E"]:
     """Sinusoidal embedding: [sin(label·f), cos(label·f)], f_k = exp(-k·ln(1e4)/(half-1)) (spec §2.2)."""
     half = dim // 2
-    freqs = torch.exp(torch.arange(half, device=label.device, dtype=torch.float32) * -(math.log(10000) / (half - 1)))
+    freqs = torch.exp(
+        torch.arange(half, device=label.device, dtype=torch.float32) * -(math.log(10000) / (half - 1))
+    )
     args = label.float()[:, None] * freqs[None]
     emb = torch.cat([torch.sin(args), torch.cos(args)], dim=1)
     if dim % 2 == 1:
@@ -30,7 +32,9 @@ def sigma_table(sigma_min: float, sigma_max: float, n: int) -> Tensor:
     return torch.exp(torch.linspace(math.log(sigma_max), math.log(sigma_min), n))
 
 
-def _gaussian_eps_scale(label: Tensor, num_scales: int, beta_min: float = 0.1, beta_max: float = 20.0) -> Tensor:
+def _gaussian_eps_scale(
+    label: Tensor, num_scales: int, beta_min: float = 0.1, beta_max: float = 20.0
+) -> Tensor:
     """σ/(α² + σ²) of the subVP SDE at t = label/(N−1): ε̂ = this·x_t is exact for N(0, I) data.
 
     With it as a skip connection the network only learns the deviation of the (normalised) pose
@@ -49,12 +53,29 @@ class TimeFC(nn.Module):
 
     sigmas: Tensor  # buffer (num_scales,): the descending VE σ table
 
-    def __init__(self, in_dim: int, out_dim: int, hidden: int = 1024, embed: int = 512, n_blocks: int = 2,
-                 dropout: float = 0.1, sigma_min: float = 0.01, sigma_max: float = 50.0, num_scales: int = 1000,
-                 scale_by_sigma: bool = True, gaussian_skip: bool = False) -> None:
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        hidden: int = 1024,
+        embed: int = 512,
+        n_blocks: int = 2,
+        dropout: float = 0.1,
+        sigma_min: float = 0.01,
+        sigma_max: float = 50.0,
+        num_scales: int = 1000,
+        scale_by_sigma: bool = True,
+        gaussian_skip: bool = False,
+    ) -> None:
         super().__init__()
         self.gaussian_skip = gaussian_skip
-        self.in_dim, self.out_dim, self.hidden, self.embed, self.n_blocks = in_dim, out_dim, hidden, embed, n_blocks
+        self.in_dim, self.out_dim, self.hidden, self.embed, self.n_blocks = (
+            in_dim,
+            out_dim,
+            hidden,
+            embed,
+            n_blocks,
+        )
         self.scale_by_sigma = scale_by_sigma
         # registration order == official parameter order (EMA shadow list is positional)
         self.register_buffer("sigmas", sigma_table(sigma_min, sigma_max, num_scales))
@@ -83,7 +104,9 @@ class TimeFC(nn.Module):
             h2 = self.dropout(self.act(blk("gnorm2")(blk("dense2")(h1) + blk("dense2_t")(temb))))
             h = h + h2
         out = self.post_dense(h)
-        if self.gaussian_skip:  # residual on the exact ε of N(0, I) data (normalised poses): see _gaussian_eps
+        if (
+            self.gaussian_skip
+        ):  # residual on the exact ε of N(0, I) data (normalised poses): see _gaussian_eps
             out = out + _gaussian_eps_scale(label, self.sigmas.shape[0])[:, None] * x
         if not self.scale_by_sigma:  # plain ε-output (our demo priors): one output scale for every t
             return out
@@ -98,10 +121,21 @@ class CombineWholebody(nn.Module):
     def __init__(self, cfg: NetConfig) -> None:
         super().__init__()
         (hb, hh, hf), (eb, eh, ef) = cfg.part_hidden, cfg.part_embed
+
         def part_net(dim: int, hidden: int, embed: int) -> TimeFC:
-            return TimeFC(dim, dim, hidden, embed, n_blocks=cfg.n_blocks, dropout=cfg.dropout,
-                          sigma_min=cfg.sigma_min, sigma_max=cfg.sigma_max, num_scales=cfg.num_scales,
-                          scale_by_sigma=cfg.scale_by_sigma, gaussian_skip=cfg.gaussian_skip)
+            return TimeFC(
+                dim,
+                dim,
+                hidden,
+                embed,
+                n_blocks=cfg.n_blocks,
+                dropout=cfg.dropout,
+                sigma_min=cfg.sigma_min,
+                sigma_max=cfg.sigma_max,
+                num_scales=cfg.num_scales,
+                scale_by_sigma=cfg.scale_by_sigma,
+                gaussian_skip=cfg.gaussian_skip,
+            )
 
         self.body_model = part_net(63, hb, eb)
         self.hand_model = part_net(45, hh, eh)
@@ -112,8 +146,15 @@ class CombineWholebody(nn.Module):
 
     def forward(self, x: Float[Tensor, "B 256"], label: Float[Tensor, " B"]) -> Float[Tensor, "B 256"]:
         xb, xl, xr, xf = self.split(x)
-        return torch.cat([self.body_model(xb, label), self.hand_model(xl, label), self.hand_model(xr, label),
-                          self.face_model(xf, label)], dim=-1)
+        return torch.cat(
+            [
+                self.body_model(xb, label),
+                self.hand_model(xl, label),
+                self.hand_model(xr, label),
+                self.face_model(xf, label),
+            ],
+            dim=-1,
+        )
 
 
 class FinetuneWholebody(nn.Module):
@@ -125,23 +166,41 @@ class FinetuneWholebody(nn.Module):
         for p in self.base_model.parameters():
             p.requires_grad_(False)
         feat = cfg.part_hidden[0] + 2 * cfg.part_hidden[1] + cfg.part_hidden[2]
-        self.mask_fc = TimeFC(feat, 256, cfg.hidden_dim, cfg.embed_dim, cfg.n_blocks, cfg.dropout,
-                              cfg.sigma_min, cfg.sigma_max, cfg.num_scales, cfg.scale_by_sigma)
+        self.mask_fc = TimeFC(
+            feat,
+            256,
+            cfg.hidden_dim,
+            cfg.embed_dim,
+            cfg.n_blocks,
+            cfg.dropout,
+            cfg.sigma_min,
+            cfg.sigma_max,
+            cfg.num_scales,
+            cfg.scale_by_sigma,
+        )
         self.output_linear = nn.Linear(256, 256)
         nn.init.zeros_(self.output_linear.weight)
         nn.init.zeros_(self.output_linear.bias)
         self.zero_linear = self.output_linear  # the official code registers the same module twice
 
-    def forward(self, x: Float[Tensor, "B 256"], label: Float[Tensor, " B"],
-                mask: Float[Tensor, "B 4"] | None = None) -> Float[Tensor, "B 256"]:
+    def forward(
+        self, x: Float[Tensor, "B 256"], label: Float[Tensor, " B"], mask: Float[Tensor, "B 4"] | None = None
+    ) -> Float[Tensor, "B 256"]:
         if mask is not None:  # masked parts become 0 = the data mean in normalised space
             sizes = torch.tensor(WHOLEBODY_SPLIT, device=x.device)
             x = x * torch.repeat_interleave(mask.to(x.dtype), sizes, dim=-1)
         base = self.base_model(x, label)
         xb, xl, xr, xf = self.base_model.split(x)
         bm = self.base_model
-        feats = torch.cat([bm.body_model.pre_dense(xb), bm.hand_model.pre_dense(xl), bm.hand_model.pre_dense(xr),
-                           bm.face_model.pre_dense(xf)], dim=-1)
+        feats = torch.cat(
+            [
+                bm.body_model.pre_dense(xb),
+                bm.hand_model.pre_dense(xl),
+                bm.hand_model.pre_dense(xr),
+                bm.face_model.pre_dense(xf),
+            ],
+            dim=-1,
+        )
         return base + self.output_linear(self.mask_fc(feats, label))
 
 
@@ -151,8 +210,19 @@ def build_net(cfg: NetConfig) -> nn.Module:
 
 
 def _timefc(cfg: NetConfig) -> TimeFC:
-    return TimeFC(cfg.dim, cfg.dim, cfg.hidden_dim, cfg.embed_dim, cfg.n_blocks, cfg.dropout,
-                  cfg.sigma_min, cfg.sigma_max, cfg.num_scales, cfg.scale_by_sigma, cfg.gaussian_skip)
+    return TimeFC(
+        cfg.dim,
+        cfg.dim,
+        cfg.hidden_dim,
+        cfg.embed_dim,
+        cfg.n_blocks,
+        cfg.dropout,
+        cfg.sigma_min,
+        cfg.sigma_max,
+        cfg.num_scales,
+        cfg.scale_by_sigma,
+        cfg.gaussian_skip,
+    )
 
 
 NETS = {"timefc": _timefc, "wholebody": FinetuneWholebody}
@@ -160,13 +230,15 @@ NETS = {"timefc": _timefc, "wholebody": FinetuneWholebody}
 
 def infer_net_config(state: dict[str, Tensor]) -> NetConfig:
     """Read network widths from weights (never assume them); raises KeyError on unknown layouts."""
+
     def blocks(prefix: str) -> int:
         return sum(1 for k in state if k.startswith(prefix + "b") and k.endswith("_dense1.weight"))
 
     if "base_model.body_model.pre_dense.weight" in state:
         parts = ("body_model", "hand_model", "face_model")
         return NetConfig(
-            kind="wholebody", dim=256,
+            kind="wholebody",
+            dim=256,
             hidden_dim=state["mask_fc.pre_dense.weight"].shape[0],
             embed_dim=state["mask_fc.pre_dense_t.weight"].shape[1],
             n_blocks=blocks("mask_fc."),
@@ -174,5 +246,10 @@ def infer_net_config(state: dict[str, Tensor]) -> NetConfig:
             part_embed=tuple(state[f"base_model.{p}.pre_dense_t.weight"].shape[1] for p in parts),  # type: ignore[arg-type]
         )
     w = state["pre_dense.weight"]
-    return NetConfig(kind="timefc", dim=w.shape[1], hidden_dim=w.shape[0],
-                     embed_dim=state["pre_dense_t.weight"].shape[1], n_blocks=blocks(""))
+    return NetConfig(
+        kind="timefc",
+        dim=w.shape[1],
+        hidden_dim=w.shape[0],
+        embed_dim=state["pre_dense_t.weight"].shape[1],
+        n_blocks=blocks(""),
+    )

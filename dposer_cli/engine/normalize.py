@@ -76,12 +76,16 @@ def check_statistics(mean: Tensor, std: Tensor, dim: int, where: str) -> None:
         bad = ~torch.isfinite(value.float().flatten())
         if bad.any():
             i = int(bad.nonzero()[0])
-            raise AssetMismatchError(f"{where}: {name} is not finite at dim {i} ({float(value.flatten()[i])})")
+            raise AssetMismatchError(
+                f"{where}: {name} is not finite at dim {i} ({float(value.flatten()[i])})"
+            )
     low = std.float().flatten() <= 0
     if low.any():
         i = int(low.nonzero()[0])
-        raise AssetMismatchError(f"{where}: std must be > 0 in every dim; dim {i} has {float(std.flatten()[i])} "
-                                 "(normalising would divide by zero)")
+        raise AssetMismatchError(
+            f"{where}: std must be > 0 in every dim; dim {i} has {float(std.flatten()[i])} "
+            "(normalising would divide by zero)"
+        )
 
 
 def _load_stats(file: Path, dim: int) -> tuple[Tensor, Tensor]:
@@ -99,7 +103,9 @@ def _load_stats(file: Path, dim: int) -> tuple[Tensor, Tensor]:
             ) from None
         raise AssetMismatchError(f"{file} is not a readable normaliser file ({type(exc).__name__})") from None
     if not isinstance(d, dict) or "mean_poses" not in d or "std_poses" not in d:
-        raise AssetMismatchError(f"{file}: expected keys mean_poses/std_poses (an official axis_normalize2.pt)")
+        raise AssetMismatchError(
+            f"{file}: expected keys mean_poses/std_poses (an official axis_normalize2.pt)"
+        )
     try:
         mean = torch.as_tensor(d["mean_poses"]).float().flatten()
         std = torch.as_tensor(d["std_poses"]).float().flatten()
@@ -112,8 +118,11 @@ def _load_stats(file: Path, dim: int) -> tuple[Tensor, Tensor]:
 def _segment_file(root: Path, relpath: str) -> list[Path]:
     """Candidate locations of one segment's axis_normalize2.pt under a user-given root."""
     rel = Path(relpath)
-    return [root / rel / "axis_normalize2.pt", root / rel.relative_to("data") / "axis_normalize2.pt",
-            root / rel.name / "axis_normalize2.pt"]
+    return [
+        root / rel / "axis_normalize2.pt",
+        root / rel.relative_to("data") / "axis_normalize2.pt",
+        root / rel.name / "axis_normalize2.pt",
+    ]
 
 
 def load_official_normalizer(part: Part, explicit: Path | None, cache_root: Path) -> Normalizer:
@@ -131,8 +140,10 @@ def load_official_normalizer(part: Part, explicit: Path | None, cache_root: Path
             if explicit.is_file() and len(spec.segments) == 1:
                 cands.append(explicit)
             elif explicit.is_file():
-                raise InputError(f"--normalizer {explicit}: --part {part.value} needs {len(spec.segments)} "
-                                 "normaliser files; give the official repository root (holding data/) instead")
+                raise InputError(
+                    f"--normalizer {explicit}: --part {part.value} needs {len(spec.segments)} "
+                    "normaliser files; give the official repository root (holding data/) instead"
+                )
             else:
                 if len(spec.segments) == 1:
                     cands.append(explicit / "axis_normalize2.pt")

@@ -56,8 +56,14 @@ class LossPrior(Protocol):
 
     nfe_per_call: int
 
-    def loss(self, pose: Float[Tensor, "*batch D"], t: float | Tensor = ..., *, weighting: str = ...,
-             generator: torch.Generator | None = ...) -> Float[Tensor, "*batch"]: ...
+    def loss(
+        self,
+        pose: Float[Tensor, "*batch D"],
+        t: float | Tensor = ...,
+        *,
+        weighting: str = ...,
+        generator: torch.Generator | None = ...,
+    ) -> Float[Tensor, "*batch"]: ...
 
 
 @runtime_checkable
@@ -187,7 +193,11 @@ def optimize(
     offset the progress callback when several calls make up one run.
     """
     total = total if total is not None else done + sum(s.iters for s in stages)
-    horizon = prior.horizon if prior is not None and prior.horizon is not None else prior_offset + prior_steps(stages)
+    horizon = (
+        prior.horizon
+        if prior is not None and prior.horizon is not None
+        else prior_offset + prior_steps(stages)
+    )
     term = _PriorTerm(prior)
     k_prior = prior_offset
     logs: list[StageLog] = []

@@ -1,8 +1,8 @@
 """`DPoserPrior`: network + SDE + normaliser behind one object (the public Python API).
 
-    prior = DPoserPrior.load("body")              # official weights if downloaded, else the demo prior
-    poses = prior.sample(10)                       # (10, 63) axis-angle, SDE-DPM-Solver++(2M), 50 NFE
-    loss = prior.loss(poses, t=0.1)               # (10,) per-sample prior loss, differentiable in `poses`
+prior = DPoserPrior.load("body")              # official weights if downloaded, else the demo prior
+poses = prior.sample(10)                       # (10, 63) axis-angle, SDE-DPM-Solver++(2M), 50 NFE
+loss = prior.loss(poses, t=0.1)               # (10,) per-sample prior loss, differentiable in `poses`
 """
 
 import logging
@@ -48,8 +48,15 @@ class DPoserPrior(nn.Module):
 
     # ---- construction -------------------------------------------------------------------------
     @classmethod
-    def from_checkpoint(cls, path: Path, part: Part | str | None = None, *, normalizer: Path | None = None,
-                        device: str | torch.device = "cpu", use_ema: bool = True) -> "DPoserPrior":
+    def from_checkpoint(
+        cls,
+        path: Path,
+        part: Part | str | None = None,
+        *,
+        normalizer: Path | None = None,
+        device: str | torch.device = "cpu",
+        use_ema: bool = True,
+    ) -> "DPoserPrior":
         """Load ours or an official checkpoint. Official ones need normaliser statistics (spec §1.3).
 
         Raises:
@@ -60,8 +67,15 @@ class DPoserPrior(nn.Module):
         return cls.from_loaded(ckpt, normalizer=normalizer, device=device, use_ema=use_ema)
 
     @classmethod
-    def from_loaded(cls, ckpt: Checkpoint, *, normalizer: Path | None = None, device: str | torch.device = "cpu",
-                    use_ema: bool = True, source: str | None = None) -> "DPoserPrior":
+    def from_loaded(
+        cls,
+        ckpt: Checkpoint,
+        *,
+        normalizer: Path | None = None,
+        device: str | torch.device = "cpu",
+        use_ema: bool = True,
+        source: str | None = None,
+    ) -> "DPoserPrior":
         """A prior from a checkpoint already read (`read_checkpoint`).
 
         Normaliser: the statistics a dposer checkpoint carries are the ones its network was trained
@@ -77,7 +91,9 @@ class DPoserPrior(nn.Module):
             net.load_state_dict(ckpt.model, strict=True)
         except RuntimeError as exc:
             first = str(exc).splitlines()[0][:200]
-            raise AssetMismatchError(f"{ckpt.path}: weights do not fit the configured network ({first})") from None
+            raise AssetMismatchError(
+                f"{ckpt.path}: weights do not fit the configured network ({first})"
+            ) from None
         if use_ema and ckpt.ema:
             params = dict(net.named_parameters())
             with torch.no_grad():
@@ -86,12 +102,18 @@ class DPoserPrior(nn.Module):
                         params[name].copy_(value)
         if ckpt.normalizer is not None:
             if normalizer is not None:
-                log.warning("--normalizer %s is ignored: %s carries the statistics its network was trained with "
-                            "(used)", normalizer, ckpt.path)
+                log.warning(
+                    "--normalizer %s is ignored: %s carries the statistics its network was trained with "
+                    "(used)",
+                    normalizer,
+                    ckpt.path,
+                )
             stats = ckpt.normalizer
             if not (isinstance(stats, dict) and "mean" in stats and "std" in stats):
                 raise AssetMismatchError(f"{ckpt.path}: malformed normaliser (expected mean and std tensors)")
-            norm = Normalizer.for_part(ckpt.part, stats["mean"], stats["std"], where=f"{ckpt.path}: normaliser")
+            norm = Normalizer.for_part(
+                ckpt.part, stats["mean"], stats["std"], where=f"{ckpt.path}: normaliser"
+            )
         else:
             cache = official_dir(models_dir())
             norm = load_official_normalizer(ckpt.part, normalizer, cache)
@@ -99,8 +121,14 @@ class DPoserPrior(nn.Module):
         return prior.to(resolve_device(device))
 
     @classmethod
-    def load(cls, part: Part | str, checkpoint: Path | None = None, *, normalizer: Path | None = None,
-             device: str | torch.device = "cpu") -> "DPoserPrior":
+    def load(
+        cls,
+        part: Part | str,
+        checkpoint: Path | None = None,
+        *,
+        normalizer: Path | None = None,
+        device: str | torch.device = "cpu",
+    ) -> "DPoserPrior":
         """Resolve `--checkpoint` > downloaded official weights > the bundled demo prior."""
         part = Part(part)
         if checkpoint is not None:
@@ -142,7 +170,9 @@ class DPoserPrior(nn.Module):
         self.nfe += 1
         return self.net(flat, self.sde.label(tt)).reshape(*lead, -1)
 
-    def denoise(self, x_t: Float[Tensor, "*batch D"], t: Float[Tensor, "*batch"]) -> Float[Tensor, "*batch D"]:
+    def denoise(
+        self, x_t: Float[Tensor, "*batch D"], t: Float[Tensor, "*batch"]
+    ) -> Float[Tensor, "*batch D"]:
         """Tweedie one-step estimate x̂0 = (x_t − σ ε̂)/α in normalised space."""
         alpha, std = self.sde.marginal(t)
         return (x_t - append_dims(std, x_t.ndim) * self.eps(x_t, t)) / append_dims(alpha, x_t.ndim)
@@ -155,10 +185,18 @@ class DPoserPrior(nn.Module):
 
     # ---- sampling -------------------------------------------------------------------------------
     @torch.no_grad()
-    def sample(self, n: int, *, sampler: str = smp.DEFAULT_SAMPLER, steps: int | None = None,
-               t_end: float = 1e-3, generator: torch.Generator | None = None,
-               progress: Callable[[int, int], None] | None = None, shape: tuple[int, ...] = (),
-               callback: Callable[[smp.SamplerStep], None] | None = None) -> Float[Tensor, "n *shape D"]:
+    def sample(
+        self,
+        n: int,
+        *,
+        sampler: str = smp.DEFAULT_SAMPLER,
+        steps: int | None = None,
+        t_end: float = 1e-3,
+        generator: torch.Generator | None = None,
+        progress: Callable[[int, int], None] | None = None,
+        shape: tuple[int, ...] = (),
+        callback: Callable[[smp.SamplerStep], None] | None = None,
+    ) -> Float[Tensor, "n *shape D"]:
         """Draw `n` raw poses (axis-angle / coefficients); `shape` adds inner dims, e.g. (T,) for motions.
 
         Args:
@@ -173,8 +211,10 @@ class DPoserPrior(nn.Module):
         if sampler not in smp.SAMPLERS:
             from dposer_cli.core.errors import suggest
 
-            raise InputError(f"unknown sampler {sampler!r}{suggest(sampler, list(smp.SAMPLERS))}",
-                             hint="samplers: " + ", ".join(smp.SAMPLERS))
+            raise InputError(
+                f"unknown sampler {sampler!r}{suggest(sampler, list(smp.SAMPLERS))}",
+                hint="samplers: " + ", ".join(smp.SAMPLERS),
+            )
         steps = steps or smp.DEFAULT_STEPS[sampler]
         x = self.sde.prior_sampling((n, *shape, self.dim), generator, self.device)
 
@@ -184,14 +224,28 @@ class DPoserPrior(nn.Module):
             if progress is not None:
                 progress(s.i + 1, s.steps)
 
-        x0 = smp.SAMPLERS[sampler](self.eps, x, sde=self.sde, steps=steps, t_end=t_end, generator=generator,
-                                   callback=on_step if progress is not None or callback is not None else None)
+        x0 = smp.SAMPLERS[sampler](
+            self.eps,
+            x,
+            sde=self.sde,
+            steps=steps,
+            t_end=t_end,
+            generator=generator,
+            callback=on_step if progress is not None or callback is not None else None,
+        )
         return self.denormalize(x0)
 
     # ---- the prior as a loss --------------------------------------------------------------------
-    def loss(self, pose: Float[Tensor, "*batch D"], t: float | Tensor = 0.1, *, weighting: str = "snr",
-             generator: torch.Generator | None = None, normalized: bool = False,
-             noise: Tensor | None = None) -> Float[Tensor, "*batch"]:
+    def loss(
+        self,
+        pose: Float[Tensor, "*batch D"],
+        t: float | Tensor = 0.1,
+        *,
+        weighting: str = "snr",
+        generator: torch.Generator | None = None,
+        normalized: bool = False,
+        noise: Tensor | None = None,
+    ) -> Float[Tensor, "*batch"]:
         """Per-sample DPoser loss (spec §6.1) of raw poses (or normalised ones with `normalized=True`).
 
         Differentiable w.r.t. `pose` only (stop-gradient target, one network evaluation).
@@ -206,7 +260,9 @@ class DPoserPrior(nn.Module):
         else:
             validate.diffusion_time(t)
         x0 = pose if normalized else self.normalize(pose)
-        return dposer_loss(self.eps, x0, t, sde=self.sde, weighting=weighting, generator=generator, noise=noise)
+        return dposer_loss(
+            self.eps, x0, t, sde=self.sde, weighting=weighting, generator=generator, noise=noise
+        )
 
     @staticmethod
     def time_at(step: int, total: int, task: str | tuple[float, float] = "completion") -> float:
@@ -215,8 +271,13 @@ class DPoserPrior(nn.Module):
         return time_schedule(step, total, t_min, t_max)
 
 
-def load_prior(part: Part | str, checkpoint: Path | None = None, *, normalizer: Path | None = None,
-               device: str | torch.device = "cpu") -> DPoserPrior:
+def load_prior(
+    part: Part | str,
+    checkpoint: Path | None = None,
+    *,
+    normalizer: Path | None = None,
+    device: str | torch.device = "cpu",
+) -> DPoserPrior:
     """Convenience alias of `DPoserPrior.load`."""
     return DPoserPrior.load(part, checkpoint, normalizer=normalizer, device=device)
 
@@ -233,5 +294,9 @@ def _check_sample(prior: DPoserPrior, n: int, shape: tuple[int, ...]) -> None:
         free, _ = torch.cuda.mem_get_info(prior.device)
     else:
         free = validate.available_memory()
-    validate.memory(f"sampling {n * inner} {prior.part.value} poses", validate.sample_bytes(
-        n, dim=prior.dim, width=width, inner=inner), free, hint="ask for fewer samples (-n)")
+    validate.memory(
+        f"sampling {n * inner} {prior.part.value} poses",
+        validate.sample_bytes(n, dim=prior.dim, width=width, inner=inner),
+        free,
+        hint="ask for fewer samples (-n)",
+    )

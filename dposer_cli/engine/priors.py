@@ -44,17 +44,29 @@ def check_prior(kind: str, part: Part | str | None = None, allowed: tuple[str, .
     """
     kinds = tuple(k for k in prior_kinds(None) if allowed is None or k in allowed)
     if kind not in kinds:
-        raise InputError(f"unknown --prior {kind!r}{suggest(kind, list(kinds))}", hint="priors: " + ", ".join(kinds))
+        raise InputError(
+            f"unknown --prior {kind!r}{suggest(kind, list(kinds))}", hint="priors: " + ", ".join(kinds)
+        )
     if kind not in prior_kinds(part):
-        raise InputError(f"{'VPoser' if kind == 'vposer' else kind} is a body prior; there is none for --part "
-                         f"{Part(part).value}",
-                         hint="priors for this part: " + ", ".join(k for k in prior_kinds(part) if k in kinds))
+        raise InputError(
+            f"{'VPoser' if kind == 'vposer' else kind} is a body prior; there is none for --part "
+            f"{Part(part).value}",
+            hint="priors for this part: " + ", ".join(k for k in prior_kinds(part) if k in kinds),
+        )
     return kind
 
 
-def build_prior(kind: str, part: Part | str, *, checkpoint: Path | None = None, normalizer: Path | None = None,
-                device: str | torch.device = "cpu", train: Tensor | None = None, n_components: int = 8,
-                seed: int = 0) -> DPoserPrior | BaselinePrior:
+def build_prior(
+    kind: str,
+    part: Part | str,
+    *,
+    checkpoint: Path | None = None,
+    normalizer: Path | None = None,
+    device: str | torch.device = "cpu",
+    train: Tensor | None = None,
+    n_components: int = 8,
+    seed: int = 0,
+) -> DPoserPrior | BaselinePrior:
     """The prior `kind` of `part` on `device`.
 
     `checkpoint`/`normalizer` name the DPoser weights (or, for vposer, the VPoser weights folder/file);

@@ -41,8 +41,16 @@ def _tvec(t: Tensor | float, x: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def euler_maruyama(eps_fn: EpsFn, x: Tensor, *, sde, steps: int = 1000, t_end: float = 1e-3,
-                   generator: torch.Generator | None = None, callback: Callback = None) -> Tensor:
+def euler_maruyama(
+    eps_fn: EpsFn,
+    x: Tensor,
+    *,
+    sde,
+    steps: int = 1000,
+    t_end: float = 1e-3,
+    generator: torch.Generator | None = None,
+    callback: Callback = None,
+) -> Tensor:
     """Official PC sampler, predictor Euler–Maruyama, no corrector, noise-free last step (spec §5).
 
     Grid `linspace(1, t_end, steps)` with dt = −1/steps (ScoreSDE's convention, not the grid spacing).
@@ -62,7 +70,9 @@ def euler_maruyama(eps_fn: EpsFn, x: Tensor, *, sde, steps: int = 1000, t_end: f
         f, g = sde.sde(x, t)
         g = append_dims(g, x.ndim)
         x_mean = x + (f - g**2 * score) * dt
-        x = x_mean + g * (-dt) ** 0.5 * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        x = x_mean + g * (-dt) ** 0.5 * torch.randn(
+            x.shape, generator=generator, device=x.device, dtype=x.dtype
+        )
     return x_mean
 
 
@@ -87,8 +97,16 @@ def logsnr_grid(sde, steps: int, t_end: float, device: torch.device) -> Tensor:
 
 
 @torch.no_grad()
-def ddim(eps_fn: EpsFn, x: Tensor, *, sde, steps: int = 50, t_end: float = 1e-3,
-         generator: torch.Generator | None = None, callback: Callback = None) -> Tensor:
+def ddim(
+    eps_fn: EpsFn,
+    x: Tensor,
+    *,
+    sde,
+    steps: int = 50,
+    t_end: float = 1e-3,
+    generator: torch.Generator | None = None,
+    callback: Callback = None,
+) -> Tensor:
     """Deterministic DDIM (η = 0): first-order probability-flow solver in (x/α, σ/α). NFE = steps."""
     ts = logsnr_grid(sde, steps, t_end, x.device)
     for i in range(steps):
@@ -102,8 +120,17 @@ def ddim(eps_fn: EpsFn, x: Tensor, *, sde, steps: int = 50, t_end: float = 1e-3,
 
 
 @torch.no_grad()
-def _dpm_solver_pp_2m(eps_fn: EpsFn, x: Tensor, *, sde, steps: int, t_end: float, eta: float,
-                      generator: torch.Generator | None, callback: Callback) -> Tensor:
+def _dpm_solver_pp_2m(
+    eps_fn: EpsFn,
+    x: Tensor,
+    *,
+    sde,
+    steps: int,
+    t_end: float,
+    eta: float,
+    generator: torch.Generator | None,
+    callback: Callback,
+) -> Tensor:
     """DPM-Solver++(2M) in data prediction on the uniform-λ grid; `eta` = 0: the probability-flow ODE,
     `eta` = 1: the reverse SDE (Lu et al. 2022, arXiv:2211.01095, §4 and App. "SDE-DPM-Solver++";
     k-diffusion's `sample_dpmpp_2m_sde`, midpoint form). With h = λ_{i+1} − λ_i and D the (extrapolated) x̂0:
@@ -133,7 +160,8 @@ def _dpm_solver_pp_2m(eps_fn: EpsFn, x: Tensor, *, sde, steps: int, t_end: float
             r = (lams[i] - lams[i - 1]) / h
             d = x0 + (x0 - x0_prev) / (2 * r)
         x = (sigmas[i + 1] / sigmas[i]) * torch.exp(-eta * h) * x - (
-            alphas[i + 1] * torch.expm1(-(1 + eta) * h) * d)
+            alphas[i + 1] * torch.expm1(-(1 + eta) * h) * d
+        )
         if eta > 0 and not last:
             noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
             x = x + sigmas[i + 1] * torch.sqrt(-torch.expm1(-2 * eta * h)) * noise
@@ -141,20 +169,37 @@ def _dpm_solver_pp_2m(eps_fn: EpsFn, x: Tensor, *, sde, steps: int, t_end: float
     return x
 
 
-def dpm_solver_2m(eps_fn: EpsFn, x: Tensor, *, sde, steps: int = 25, t_end: float = 1e-3,
-                  generator: torch.Generator | None = None, callback: Callback = None) -> Tensor:
+def dpm_solver_2m(
+    eps_fn: EpsFn,
+    x: Tensor,
+    *,
+    sde,
+    steps: int = 25,
+    t_end: float = 1e-3,
+    generator: torch.Generator | None = None,
+    callback: Callback = None,
+) -> Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, arXiv:2211.01095): deterministic probability-flow ODE solver,
     second-order multistep, data prediction, uniform-λ grid. Returns x at `t_end` (no extra NFE).
 
     Fast but, with an imperfect network, its ODE samples are more spread than the official SDE's:
     lower precision, higher recall than EM-1000 (bench/results/sampler_study.json). NFE = steps.
     """
-    return _dpm_solver_pp_2m(eps_fn, x, sde=sde, steps=steps, t_end=t_end, eta=0.0, generator=generator,
-                             callback=callback)
+    return _dpm_solver_pp_2m(
+        eps_fn, x, sde=sde, steps=steps, t_end=t_end, eta=0.0, generator=generator, callback=callback
+    )
 
 
-def dpm_solver_2m_sde(eps_fn: EpsFn, x: Tensor, *, sde, steps: int = 50, t_end: float = 1e-3,
-                      generator: torch.Generator | None = None, callback: Callback = None) -> Tensor:
+def dpm_solver_2m_sde(
+    eps_fn: EpsFn,
+    x: Tensor,
+    *,
+    sde,
+    steps: int = 50,
+    t_end: float = 1e-3,
+    generator: torch.Generator | None = None,
+    callback: Callback = None,
+) -> Tensor:
     """SDE-DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++: Fast Solver for Guided Sampling of Diffusion
     Probabilistic Models", arXiv:2211.01095): the default sampler.
 
@@ -166,8 +211,9 @@ def dpm_solver_2m_sde(eps_fn: EpsFn, x: Tensor, *, sde, steps: int = 50, t_end: 
     official-parameterisation prior, whose DPM-Solver++(2M)-25 is 41 % off), and its samples are as far from
     EM-1000's as another EM-1000 seed's (bench/results/sampler_study.json). NFE = steps.
     """
-    return _dpm_solver_pp_2m(eps_fn, x, sde=sde, steps=steps, t_end=t_end, eta=1.0, generator=generator,
-                             callback=callback)
+    return _dpm_solver_pp_2m(
+        eps_fn, x, sde=sde, steps=steps, t_end=t_end, eta=1.0, generator=generator, callback=callback
+    )
 
 
 SAMPLERS = {"em": euler_maruyama, "ddim": ddim, "dpm2m": dpm_solver_2m, "dpm2m-sde": dpm_solver_2m_sde}

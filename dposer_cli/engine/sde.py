@@ -42,7 +42,9 @@ class SDE(Protocol):
         """The network's time conditioning for time `t`."""
         ...
 
-    def prior_sampling(self, shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> Tensor:
+    def prior_sampling(
+        self, shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device
+    ) -> Tensor:
         """A draw from the terminal distribution p_T."""
         ...
 
@@ -74,7 +76,9 @@ class VPSDE:
         """Network conditioning: 999·t for continuous VP-family models (spec §4)."""
         return t * (self.N - 1)
 
-    def prior_sampling(self, shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> Tensor:
+    def prior_sampling(
+        self, shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device
+    ) -> Tensor:
         return torch.randn(shape, generator=generator, device=device)
 
 
@@ -105,12 +109,16 @@ class VESDE:
 
     def sde(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         sigma = self.sigma_min * (self.sigma_max / self.sigma_min) ** t
-        return torch.zeros_like(x), sigma * math.sqrt(2 * (math.log(self.sigma_max) - math.log(self.sigma_min)))
+        return torch.zeros_like(x), sigma * math.sqrt(
+            2 * (math.log(self.sigma_max) - math.log(self.sigma_min))
+        )
 
     def label(self, t: Tensor) -> Tensor:
         return self.marginal(t)[1]
 
-    def prior_sampling(self, shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> Tensor:
+    def prior_sampling(
+        self, shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device
+    ) -> Tensor:
         return torch.randn(shape, generator=generator, device=device) * self.sigma_max
 
 

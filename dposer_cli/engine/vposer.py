@@ -37,8 +37,10 @@ from dposer_cli.engine.optimize import Stage, Step, optimize
 
 JOINTS = 21
 PREFIX = "vp_model."
-WEIGHTS_HINT = ("VPoser v2.0 is licensed with SMPL-X: download 'VPoser v2.0' (V02_05) from "
-                "https://smpl-x.is.tue.mpg.de and pass its folder or its snapshots/*.ckpt with --checkpoint")
+WEIGHTS_HINT = (
+    "VPoser v2.0 is licensed with SMPL-X: download 'VPoser v2.0' (V02_05) from "
+    "https://smpl-x.is.tue.mpg.de and pass its folder or its snapshots/*.ckpt with --checkpoint"
+)
 COMPLETE_STEPS = 300
 COMPLETE_LR = 0.05
 COMPLETE_LATENT_WEIGHT = 1e-3
@@ -71,11 +73,25 @@ class VPoserPrior(BaselinePrior):
         n = JOINTS * 3
         self.latent = latent
         self.encoder_net = nn.Sequential(
-            nn.Flatten(), nn.BatchNorm1d(n), nn.Linear(n, hidden), nn.LeakyReLU(), nn.BatchNorm1d(hidden),
-            nn.Dropout(0.1), nn.Linear(hidden, hidden), nn.Linear(hidden, hidden), _Heads(hidden, latent))
+            nn.Flatten(),
+            nn.BatchNorm1d(n),
+            nn.Linear(n, hidden),
+            nn.LeakyReLU(),
+            nn.BatchNorm1d(hidden),
+            nn.Dropout(0.1),
+            nn.Linear(hidden, hidden),
+            nn.Linear(hidden, hidden),
+            _Heads(hidden, latent),
+        )
         self.decoder_net = nn.Sequential(
-            nn.Linear(latent, hidden), nn.LeakyReLU(), nn.Dropout(0.1), nn.Linear(hidden, hidden), nn.LeakyReLU(),
-            nn.Linear(hidden, JOINTS * 6), _Rot6D())
+            nn.Linear(latent, hidden),
+            nn.LeakyReLU(),
+            nn.Dropout(0.1),
+            nn.Linear(hidden, hidden),
+            nn.LeakyReLU(),
+            nn.Linear(hidden, JOINTS * 6),
+            _Rot6D(),
+        )
         self.eval()
         self.requires_grad_(False)
 
@@ -95,23 +111,29 @@ class VPoserPrior(BaselinePrior):
         state = raw.get("state_dict", raw) if isinstance(raw, dict) else None
         if not isinstance(state, dict):
             raise AssetMismatchError(f"{file} holds no state dict; expected a VPoser v2 checkpoint")
-        state = {k[len(PREFIX):] if k.startswith(PREFIX) else k: v for k, v in state.items()}
+        state = {k[len(PREFIX) :] if k.startswith(PREFIX) else k: v for k, v in state.items()}
         state = {k: v for k, v in state.items() if k.startswith(("encoder_net.", "decoder_net."))}
         try:
             hidden, latent = state["encoder_net.2.weight"].shape[0], state["decoder_net.0.weight"].shape[1]
         except (KeyError, AttributeError, IndexError):
-            raise AssetMismatchError(f"{file} is not a VPoser v2 checkpoint (no encoder_net.2 / decoder_net.0 "
-                                     "weights)", hint=WEIGHTS_HINT) from None
+            raise AssetMismatchError(
+                f"{file} is not a VPoser v2 checkpoint (no encoder_net.2 / decoder_net.0 weights)",
+                hint=WEIGHTS_HINT,
+            ) from None
         model = cls(int(hidden), int(latent))
         expected = model.state_dict()
         missing = [k for k in expected if k not in state and k != "mean_pose"]
         if missing:
-            raise AssetMismatchError(f"{file} is not a VPoser v2 checkpoint: missing {missing[0]}"
-                                     f"{f' and {len(missing) - 1} more' if len(missing) > 1 else ''}")
+            raise AssetMismatchError(
+                f"{file} is not a VPoser v2 checkpoint: missing {missing[0]}"
+                f"{f' and {len(missing) - 1} more' if len(missing) > 1 else ''}"
+            )
         wrong = [k for k in state if k in expected and tuple(state[k].shape) != tuple(expected[k].shape)]
         if wrong:
-            raise AssetMismatchError(f"{file}: {wrong[0]} has shape {tuple(state[wrong[0]].shape)}, expected "
-                                     f"{tuple(expected[wrong[0]].shape)} (a VPoser for 21 body joints)")
+            raise AssetMismatchError(
+                f"{file}: {wrong[0]} has shape {tuple(state[wrong[0]].shape)}, expected "
+                f"{tuple(expected[wrong[0]].shape)} (a VPoser for 21 body joints)"
+            )
         model.load_state_dict({**state, "mean_pose": expected["mean_pose"]})
         model = model.to(device)
         with torch.no_grad():
@@ -136,12 +158,20 @@ class VPoserPrior(BaselinePrior):
         return mu.pow(2).sum(-1).reshape(pose.shape[:-1]).to(pose.dtype)
 
     @torch.no_grad()
-    def sample(self, n: int, *, generator: torch.Generator | None = None, **_: object) -> Float[Tensor, "n 63"]:
+    def sample(
+        self, n: int, *, generator: torch.Generator | None = None, **_: object
+    ) -> Float[Tensor, "n 63"]:
         z = torch.randn(n, self.latent, generator=generator, device=self.device)
         return self.decode(z)
 
-    def complete(self, pose: Float[Tensor, "N D"], observed: Tensor, *, hypo: int = 1,
-                 generator: torch.Generator | None = None) -> Float[Tensor, "N H D"]:
+    def complete(
+        self,
+        pose: Float[Tensor, "N D"],
+        observed: Tensor,
+        *,
+        hypo: int = 1,
+        generator: torch.Generator | None = None,
+    ) -> Float[Tensor, "N H D"]:
         """Per hypothesis a latent code from N(0, I), fitted by Adam (`engine.optimize`, one stage of
         COMPLETE_STEPS) to ‖decode(z)_O − x_O‖² + λ‖z‖²; observed dims are kept."""
         obs = observed.to(device=self.device, dtype=torch.bool)
@@ -165,10 +195,15 @@ def _checkpoint_file(path: Path) -> Path:
         raise MissingAssetError(f"VPoser weights not found: {path}", hint=WEIGHTS_HINT)
     if path.is_file():
         return path
-    candidates = sorted((path / "snapshots").glob("*.ckpt")) or sorted(path.glob("*.ckpt")) or sorted(path.glob("*.pt"))
+    candidates = (
+        sorted((path / "snapshots").glob("*.ckpt"))
+        or sorted(path.glob("*.ckpt"))
+        or sorted(path.glob("*.pt"))
+    )
     if not candidates:
-        raise MissingAssetError(f"no VPoser checkpoint in {path} (looked for snapshots/*.ckpt, *.ckpt, *.pt)",
-                                hint=WEIGHTS_HINT)
+        raise MissingAssetError(
+            f"no VPoser checkpoint in {path} (looked for snapshots/*.ckpt, *.ckpt, *.pt)", hint=WEIGHTS_HINT
+        )
     return candidates[-1]
 
 
@@ -179,6 +214,8 @@ def load_vposer(part: Part | str, path: Path | None, device: Any = "cpu") -> VPo
         InputError: a part other than body.
     """
     if Part(part) is not Part.body:
-        raise InputError(f"VPoser is a body prior; there is none for --part {Part(part).value}",
-                         hint="baselines for this part: none, l2, gmm")
+        raise InputError(
+            f"VPoser is a body prior; there is none for --part {Part(part).value}",
+            hint="baselines for this part: none, l2, gmm",
+        )
     return VPoserPrior.load(path, device)

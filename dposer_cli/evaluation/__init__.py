@@ -12,5 +12,16 @@ body models, batching and torchrun sharding) and `paper` the published numbers (
 from dposer_cli.evaluation.common import PRIORS, BenchmarkRequest, FileFit, FitFiles
 from dposer_cli.evaluation.runner import EVALUATIONS, Evaluation, Report, lookup, names_hint, run, validate
 
-__all__ = ["EVALUATIONS", "PRIORS", "BenchmarkRequest", "Evaluation", "FileFit", "FitFiles", "Report", "lookup",
-           "names_hint", "run", "validate"]
+__all__ = [
+    "EVALUATIONS",
+    "PRIORS",
+    "BenchmarkRequest",
+    "Evaluation",
+    "FileFit",
+    "FitFiles",
+    "Report",
+    "lookup",
+    "names_hint",
+    "run",
+    "validate",
+]

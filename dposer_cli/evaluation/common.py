@@ -118,14 +118,24 @@ class Outcome:
 class Context:
     """One benchmark run: request, device, rank/world, progress; loads priors and body models once."""
 
-    def __init__(self, req: BenchmarkRequest, *, part: Part, progress: Progress | None = None,
-                 fit_files: FitFiles | None = None) -> None:
+    def __init__(
+        self,
+        req: BenchmarkRequest,
+        *,
+        part: Part,
+        progress: Progress | None = None,
+        fit_files: FitFiles | None = None,
+    ) -> None:
         self.req = req
         self.part = part
         self.rank, self.world = init_distributed()
         spec = req.device
-        if self.world > 1 and spec == "auto" and torch.cuda.is_available() \
-                and os.environ.get("DPOSER_DIST_BACKEND") != "gloo":
+        if (
+            self.world > 1
+            and spec == "auto"
+            and torch.cuda.is_available()
+            and os.environ.get("DPOSER_DIST_BACKEND") != "gloo"
+        ):
             spec = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
         self.device = resolve_device(spec)
         self.progress = progress
@@ -173,19 +183,31 @@ class Context:
     def _load_prior(self, part: Part) -> PosePrior:
         kind = self.req.prior
         if kind not in PRIORS:
-            raise InputError(f"unknown --prior {kind!r}{suggest(kind, list(PRIORS))}", hint="priors: " + ", ".join(PRIORS))
+            raise InputError(
+                f"unknown --prior {kind!r}{suggest(kind, list(PRIORS))}", hint="priors: " + ", ".join(PRIORS)
+            )
         if kind == "dposer":
             # --checkpoint/--normalizer name the prior of --part; other parts (speed, face shape) use their defaults
-            ckpt = self.req.shape_checkpoint if part is Part.face_shape else \
-                (self.req.checkpoint if part is self.part else None)
+            ckpt = (
+                self.req.shape_checkpoint
+                if part is Part.face_shape
+                else (self.req.checkpoint if part is self.part else None)
+            )
             norm = self.req.normalizer if part is self.part else None
             prior = DPoserPrior.load(part, ckpt, normalizer=norm, device=self.device)
             log.info("%s prior: %s", part.value, prior.source)
             return prior
         train = self.train_poses(part) if kind == "gmm" else None
         weights = self.req.checkpoint if kind == "vposer" else None  # --checkpoint: the weights under test
-        return build_prior(kind, part, checkpoint=weights, device=self.device, train=train,
-                           n_components=self.req.gmm_components, seed=self.req.seed)
+        return build_prior(
+            kind,
+            part,
+            checkpoint=weights,
+            device=self.device,
+            train=train,
+            n_components=self.req.gmm_components,
+            seed=self.req.seed,
+        )
 
     def mean_pose(self, part: Part) -> Tensor | None:
         """Where fits start for the priors without a mean pose of their own (none, l2): the DPoser prior's
@@ -194,8 +216,9 @@ class Context:
             return None
         if part not in self._means:
             try:
-                dposer = DPoserPrior.load(part, self.req.checkpoint, normalizer=self.req.normalizer,
-                                          device=self.device)
+                dposer = DPoserPrior.load(
+                    part, self.req.checkpoint, normalizer=self.req.normalizer, device=self.device
+                )
                 self._means[part] = dposer.normalizer.mean
             except DposerError as exc:
                 log.info("no prior for the initial mean pose (%s); starting from the zero pose", exc.message)
@@ -208,8 +231,10 @@ class Context:
         if path is None:
             path = shared_data_dir() / PARTS[part].reference
             if not path.is_file():
-                raise InputError(f"--prior gmm needs training poses to fit; {path} is not there",
-                                 hint="pass --train-poses POSES.npz")
+                raise InputError(
+                    f"--prior gmm needs training poses to fit; {path} is not there",
+                    hint="pass --train-poses POSES.npz",
+                )
         return torch.as_tensor(np.asarray(read_poses(path, part).poses, dtype=np.float64))
 
     def steps(self, default: int) -> int:
@@ -225,7 +250,9 @@ class Context:
             return min(n, self.req.limit)
         return n
 
-    def map_batches(self, n_items: int, fn: Callable[[int, slice], T], *, default_batch: int = 100) -> list[T]:
+    def map_batches(
+        self, n_items: int, fn: Callable[[int, slice], T], *, default_batch: int = 100
+    ) -> list[T]:
         """Run `fn(batch_index, item_slice)` for this rank's batches; every rank gets all results, in order."""
         size = self.req.batch_size if self.req.batch_size is not None else default_batch
         if size < 1:
@@ -249,7 +276,11 @@ class Context:
 
 # --------------------------------------------------------------------------------------- evaluation files
 SMPLX_VERTICES = 10475
-HAND_IDS_FILE, FACE_IDS_FILE, J14_FILE = "MANO_SMPLX_vertex_ids.pkl", "SMPL-X__FLAME_vertex_ids.npy", "SMPLX_to_J14.pkl"
+HAND_IDS_FILE, FACE_IDS_FILE, J14_FILE = (
+    "MANO_SMPLX_vertex_ids.pkl",
+    "SMPL-X__FLAME_vertex_ids.npy",
+    "SMPLX_to_J14.pkl",
+)
 HAND_SIDES = ("left", "right")
 
 
@@ -257,7 +288,9 @@ def eval_file_folders(body: BodyModel, data_dir: Path | None) -> list[Path]:
     """Where evaluation-only model files (vertex ids, regressors, segmentations) are looked for: beside the
     body model file, then in --data-dir."""
     path = getattr(body, "path", None)
-    return ([Path(path).parent] if path is not None else []) + ([Path(data_dir)] if data_dir is not None else [])
+    return ([Path(path).parent] if path is not None else []) + (
+        [Path(data_dir)] if data_dir is not None else []
+    )
 
 
 def find_eval_file(name: str, body: BodyModel, data_dir: Path | None) -> Path | None:
@@ -280,9 +313,11 @@ def smplx_eval_files(body: BodyModel, data_dir: Path | None, device: torch.devic
     found = {name: find_eval_file(name, body, data_dir) for name in (HAND_IDS_FILE, FACE_IDS_FILE, J14_FILE)}
     missing = [n for n in (HAND_IDS_FILE, FACE_IDS_FILE) if found[n] is None]
     if missing:
-        raise MissingAssetError(f"benchmark arctic needs {' and '.join(missing)} (looked in {where})",
-                                hint="download 'MANO and FLAME vertex indices' from https://smpl-x.is.tue.mpg.de "
-                                     "and put them beside SMPLX_NEUTRAL.npz")
+        raise MissingAssetError(
+            f"benchmark arctic needs {' and '.join(missing)} (looked in {where})",
+            hint="download 'MANO and FLAME vertex indices' from https://smpl-x.is.tue.mpg.de "
+            "and put them beside SMPLX_NEUTRAL.npz",
+        )
     hand_path, face_path = found[HAND_IDS_FILE], found[FACE_IDS_FILE]
     assert hand_path is not None and face_path is not None
     hand = load_pickle(hand_path)
@@ -290,9 +325,16 @@ def smplx_eval_files(body: BodyModel, data_dir: Path | None, device: torch.devic
 
     def ids(value: Any, path: Path, what: str) -> Tensor:
         arr = np.asarray(value)
-        if arr.ndim != 1 or arr.size == 0 or not np.issubdtype(arr.dtype, np.integer) \
-                or arr.min() < 0 or arr.max() >= SMPLX_VERTICES:
-            raise InputError(f"{path}: {what} must be a list of SMPL-X vertex indices (0–{SMPLX_VERTICES - 1})")
+        if (
+            arr.ndim != 1
+            or arr.size == 0
+            or not np.issubdtype(arr.dtype, np.integer)
+            or arr.min() < 0
+            or arr.max() >= SMPLX_VERTICES
+        ):
+            raise InputError(
+                f"{path}: {what} must be a list of SMPL-X vertex indices (0–{SMPLX_VERTICES - 1})"
+            )
         return torch.as_tensor(arr.astype(np.int64), device=device)
 
     if not isinstance(hand, dict) or not {"left_hand", "right_hand"} <= set(hand):
@@ -304,8 +346,9 @@ def smplx_eval_files(body: BodyModel, data_dir: Path | None, device: torch.devic
     if j14_path is not None:
         j14 = np.asarray(load_pickle(j14_path), dtype=np.float64)
         if j14.ndim != 2 or j14.shape[1] != SMPLX_VERTICES or not np.isfinite(j14).all():
-            raise InputError(f"{j14_path}: expected a (14, {SMPLX_VERTICES}) joint regressor, "
-                             f"got shape {j14.shape}")
+            raise InputError(
+                f"{j14_path}: expected a (14, {SMPLX_VERTICES}) joint regressor, got shape {j14.shape}"
+            )
         out["j14"] = torch.as_tensor(j14, dtype=torch.float32, device=device)
     return out
 

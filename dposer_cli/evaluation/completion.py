@@ -58,9 +58,11 @@ SEGMENTATION_FILE = "smplx_vert_segmentation.json"
 # spec §8.2 BodySegIndices: body mask → segments of the SMPL-X segmentation and the published vertex count
 _LEG, _ARM = ("Leg", "UpLeg", "Foot", "ToeBase"), ("Arm", "ForeArm")
 BODY_SEGMENTS: dict[str, tuple[tuple[str, ...], int]] = {
-    "left_leg": (tuple(f"left{s}" for s in _LEG), 690), "right_leg": (tuple(f"right{s}" for s in _LEG), 690),
+    "left_leg": (tuple(f"left{s}" for s in _LEG), 690),
+    "right_leg": (tuple(f"right{s}" for s in _LEG), 690),
     "legs": (tuple(f"{side}{s}" for side in ("left", "right") for s in _LEG), 1380),
-    "left_arm": (tuple(f"left{s}" for s in _ARM), 512), "right_arm": (tuple(f"right{s}" for s in _ARM), 512),
+    "left_arm": (tuple(f"left{s}" for s in _ARM), 512),
+    "right_arm": (tuple(f"right{s}" for s in _ARM), 512),
     "arms": (tuple(f"{side}{s}" for side in ("left", "right") for s in _ARM), 1024),
     "trunk": (("spine1", "spine2", "leftShoulder", "rightShoulder"), 1098),
     "hands": (("leftHand", "rightHand"), 648),
@@ -86,8 +88,10 @@ def _run(ctx: Context, part: Part, settings: tuple[str, ...], name: str) -> Outc
     prior = ctx.prior(part)
     body = ctx.body("body")
     if "face" in settings and not int(getattr(body, "num_expression", 0) or 0):
-        raise InputError(f"scoring face completion needs a body model with a face (SMPL-X); the {body.kind} has none",
-                         hint="pass --body-model with smplx/SMPLX_NEUTRAL.npz")
+        raise InputError(
+            f"scoring face completion needs a body model with a face (SMPL-X); the {body.kind} has none",
+            hint="pass --body-model with smplx/SMPLX_NEUTRAL.npz",
+        )
     official = _official_vertex_sets(ctx, body, part, settings)
     steps = ctx.steps(STEPS)
     if req.prior == "dposer":  # DPoserComp splits the steps evenly over its outer iterations
@@ -98,14 +102,23 @@ def _run(ctx: Context, part: Part, settings: tuple[str, ...], name: str) -> Outc
     nfe = 0
     for k, setting in enumerate(settings):
         masks = ("lhand", "rhand") if setting == "one_hand" else (_mask_name(part, setting, None),)
-        unmeasured = {m: _unmeasurable(part, body, m, poses[:1], official.get(m, (None, ""))[0]) for m in masks}
+        unmeasured = {
+            m: _unmeasurable(part, body, m, poses[:1], official.get(m, (None, ""))[0]) for m in masks
+        }
         for m, families in unmeasured.items():
             for family in families:
-                ctx.notes.append(f"{setting}: {family} not reported — the points it is taken over do not move with "
-                                 f"the parameters of mask {m} on the {body.kind} body (it would read a perfect 0)")
+                ctx.notes.append(
+                    f"{setting}: {family} not reported — the points it is taken over do not move with "
+                    f"the parameters of mask {m} on the {body.kind} body (it would read a perfect 0)"
+                )
 
-        def batch(b: int, sl: slice, setting: str = setting, k: int = k,
-                  unmeasured: dict[str, tuple[str, ...]] = unmeasured) -> dict[str, np.ndarray]:
+        def batch(
+            b: int,
+            sl: slice,
+            setting: str = setting,
+            k: int = k,
+            unmeasured: dict[str, tuple[str, ...]] = unmeasured,
+        ) -> dict[str, np.ndarray]:
             gen = ctx.generator(b + 1_000_003 * k)
             mask = _mask_name(part, setting, gen)
             dims = list(mask_dims(part, [mask]))
@@ -113,13 +126,16 @@ def _run(ctx: Context, part: Part, settings: tuple[str, ...], name: str) -> Outc
             observed = torch.ones(x.shape[-1], dtype=torch.bool, device=x.device)
             observed[dims] = False
             if req.prior == "dposer":
-                out = complete(prior, x, observed.expand_as(x), hypo=hypo, mode="dposer", steps=steps,
-                               generator=gen).poses
+                out = complete(
+                    prior, x, observed.expand_as(x), hypo=hypo, mode="dposer", steps=steps, generator=gen
+                ).poses
             else:
                 out = prior.complete(x, observed, hypo=hypo, generator=gen)
             per = _per_sample(part, body, mask, out, x, official.get(mask, (None, ""))[0])
             skip = unmeasured[mask]
-            return {key: (np.full_like(v, np.nan) if key.split("_")[0] in skip else v) for key, v in per.items()}
+            return {
+                key: (np.full_like(v, np.nan) if key.split("_")[0] in skip else v) for key, v in per.items()
+            }
 
         prior.nfe = 0
         per = concat(ctx.map_batches(n, batch))
@@ -128,17 +144,36 @@ def _run(ctx: Context, part: Part, settings: tuple[str, ...], name: str) -> Outc
         entry = paper_for(name, setting)
         if entry:
             paper[setting] = entry
-    vertex_set = "skinning-weight segment of the masked joints" if _skin_weights(body) is not None \
+    vertex_set = (
+        "skinning-weight segment of the masked joints"
+        if _skin_weights(body) is not None
         else "all vertices (this body model exposes no skinning weights)"
+    )
     if official:
         files = ", ".join(sorted({src for _, src in official.values()}))
-        vertex_set = f"official sets from {files} for {', '.join(sorted(official))}; other masks: {vertex_set}"
+        vertex_set = (
+            f"official sets from {files} for {', '.join(sorted(official))}; other masks: {vertex_set}"
+        )
     return Outcome(
-        metrics=metrics, paper=paper, items=n, info={"nfe": nfe}, body_model=body.kind,
-        settings={"part": part.value, "masks": list(settings), "hypotheses": hypo, "steps": steps,
-                  "mode": "DPoserComp (lr 0.1, t 0.15→0.05)" if req.prior == "dposer" else req.prior,
-                  "stride": req.stride, "poses": n, "body_model": body.kind, "vertex_set": vertex_set,
-                  "std": "population std over hypotheses", "data_dir": str(req.data_dir), "source": prior.source},
+        metrics=metrics,
+        paper=paper,
+        items=n,
+        info={"nfe": nfe},
+        body_model=body.kind,
+        settings={
+            "part": part.value,
+            "masks": list(settings),
+            "hypotheses": hypo,
+            "steps": steps,
+            "mode": "DPoserComp (lr 0.1, t 0.15→0.05)" if req.prior == "dposer" else req.prior,
+            "stride": req.stride,
+            "poses": n,
+            "body_model": body.kind,
+            "vertex_set": vertex_set,
+            "std": "population std over hypotheses",
+            "data_dir": str(req.data_dir),
+            "source": prior.source,
+        },
         lines=[f"completed {n} {part.value} poses × {hypo} hypotheses for masks {', '.join(settings)}"],
     )
 
@@ -165,7 +200,9 @@ def _part_joints(part: Part, body: BodyModel, mask: str) -> list[int]:
     return [b22[j + 1] for j in sorted({d // 3 for d in dims if d < 63})]
 
 
-def _unmeasurable(part: Part, body: BodyModel, mask: str, sample: Tensor, verts: Tensor | None) -> tuple[str, ...]:
+def _unmeasurable(
+    part: Part, body: BodyModel, mask: str, sample: Tensor, verts: Tensor | None
+) -> tuple[str, ...]:
     """Metric families ("mpjpe" with "apd", "mpvpe") whose points stay put when the mask's parameters move."""
     if len(sample) == 0:
         return ()
@@ -186,12 +223,15 @@ def _unmeasurable(part: Part, body: BodyModel, mask: str, sample: Tensor, verts:
     return tuple(out)
 
 
-def _official_vertex_sets(ctx: Context, body: BodyModel, part: Part, settings: tuple[str, ...]
-                          ) -> dict[str, tuple[Tensor, str]]:
+def _official_vertex_sets(
+    ctx: Context, body: BodyModel, part: Part, settings: tuple[str, ...]
+) -> dict[str, tuple[Tensor, str]]:
     """mask → (vertex ids, source file) for the masks the official files cover (SMPL-X only)."""
     if getattr(body, "kind", "") != "smplx" or getattr(body, "path", None) is None:
         return {}
-    masks = {m for s in settings for m in (("lhand", "rhand") if s == "one_hand" else (_mask_name(part, s, None),))}
+    masks = {
+        m for s in settings for m in (("lhand", "rhand") if s == "one_hand" else (_mask_name(part, s, None),))
+    }
     out: dict[str, tuple[Tensor, str]] = {}
     if part is Part.body:
         seg_path = find_eval_file(SEGMENTATION_FILE, body, ctx.req.data_dir)
@@ -205,8 +245,10 @@ def _official_vertex_sets(ctx: Context, body: BodyModel, part: Part, settings: t
             except (KeyError, TypeError, ValueError):
                 raise InputError(f"{seg_path}: expected lists of vertex ids for {', '.join(names)}") from None
             if len(ids) != published:
-                ctx.notes.append(f"{SEGMENTATION_FILE}: mask {mask} has {len(ids)} vertices; the official "
-                                 f"evaluator's set has {published}")
+                ctx.notes.append(
+                    f"{SEGMENTATION_FILE}: mask {mask} has {len(ids)} vertices; the official "
+                    f"evaluator's set has {published}"
+                )
             out[mask] = (torch.tensor(ids, device=ctx.device), SEGMENTATION_FILE)
     elif masks & {"lhand", "rhand"}:
         try:
@@ -218,8 +260,9 @@ def _official_vertex_sets(ctx: Context, body: BodyModel, part: Part, settings: t
     return out
 
 
-def _per_sample(part: Part, body: BodyModel, mask: str, out: Tensor, truth: Tensor,
-                verts: Tensor | None = None) -> dict[str, np.ndarray]:
+def _per_sample(
+    part: Part, body: BodyModel, mask: str, out: Tensor, truth: Tensor, verts: Tensor | None = None
+) -> dict[str, np.ndarray]:
     b, h, _ = out.shape
     joints = _part_joints(part, body, mask)
     with torch.no_grad():
@@ -245,8 +288,11 @@ def _per_sample(part: Part, body: BodyModel, mask: str, out: Tensor, truth: Tens
 
 
 def _summary(name: str, err: Tensor) -> dict[str, np.ndarray]:
-    return {f"{name}_min_mm": to_numpy(err.min(1).values), f"{name}_mean_mm": to_numpy(err.mean(1)),
-            f"{name}_std_mm": to_numpy(err.std(1, unbiased=False))}
+    return {
+        f"{name}_min_mm": to_numpy(err.min(1).values),
+        f"{name}_mean_mm": to_numpy(err.mean(1)),
+        f"{name}_std_mm": to_numpy(err.std(1, unbiased=False)),
+    }
 
 
 def _vertex_ids(body: BodyModel, joints: list[int], part: Part, mask: str, num_vertices: int) -> Tensor:

@@ -55,16 +55,29 @@ def run(ctx: Context) -> Outcome:
     for k, setting in enumerate(settings):
         partial = setting in PARTIAL
         schedule = schedule_for(setting, req.steps)
-        schedules[setting] = {"name": schedule.name, "steps": schedule.steps, "t_range": list(schedule.t_range),
-                              "noise_std_m": 0.0 if partial else NOISE[setting]}
+        schedules[setting] = {
+            "name": schedule.name,
+            "steps": schedule.steps,
+            "t_range": list(schedule.t_range),
+            "noise_std_m": 0.0 if partial else NOISE[setting],
+        }
         hidden = torch.zeros(22, dtype=torch.bool, device=ctx.device)
         if partial:  # body joint j ↔ body22 joint j + 1
             hidden[sorted({d // 3 + 1 for d in mask_dims(Part.body, [setting])})] = True
 
-        def batch(b: int, sl: slice, k: int = k, partial: bool = partial, hidden: torch.Tensor = hidden,
-                  schedule: Any = schedule, setting: str = setting) -> dict[str, np.ndarray]:
+        def batch(
+            b: int,
+            sl: slice,
+            k: int = k,
+            partial: bool = partial,
+            hidden: torch.Tensor = hidden,
+            schedule: Any = schedule,
+            setting: str = setting,
+        ) -> dict[str, np.ndarray]:
             rows = []
-            for i in range(sl.start, sl.stop):  # one optimisation per clip (the temporal term spans its frames)
+            for i in range(
+                sl.start, sl.stop
+            ):  # one optimisation per clip (the temporal term spans its frames)
                 gen = ctx.generator(i + 1_000_003 * k)  # per clip: independent of batching and sharding
                 pose = torch.as_tensor(clips[i].body_pose, device=ctx.device)
                 with torch.no_grad():
@@ -91,10 +104,20 @@ def run(ctx: Context) -> Outcome:
         if entry:
             paper[setting] = entry
     return Outcome(
-        metrics=metrics, paper=paper, items=n, info={"nfe": nfe}, body_model=body.kind,
-        settings={"clips": n, "clip_frames": CLIP_FRAMES, "schedules": schedules, "body_model": body.kind,
-                  "temporal_term": "vertices" if body.faces is not None else "joints",
-                  "data_dir": str(req.data_dir), "source": prior.source,
-                  "units": "mm (Table S-7 publishes cm; its numbers are shown ×10)"},
+        metrics=metrics,
+        paper=paper,
+        items=n,
+        info={"nfe": nfe},
+        body_model=body.kind,
+        settings={
+            "clips": n,
+            "clip_frames": CLIP_FRAMES,
+            "schedules": schedules,
+            "body_model": body.kind,
+            "temporal_term": "vertices" if body.faces is not None else "joints",
+            "data_dir": str(req.data_dir),
+            "source": prior.source,
+            "units": "mm (Table S-7 publishes cm; its numbers are shown ×10)",
+        },
         lines=[f"denoised {n} clips of {CLIP_FRAMES} frames ({', '.join(settings)})"],
     )

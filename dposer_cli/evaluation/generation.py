@@ -31,8 +31,13 @@ DEFAULT_N = 50_000  # the official eval_generation sample count (spec §7.1)
 APD_SAMPLES = 500
 SAMPLE_BATCH = 10_000  # samples per shard batch
 PRDC_K = 3
-DNN_MEASURE = {Part.body: "rotation", Part.hand: "rotation", Part.face: "absolute", Part.face_shape: "absolute",
-               Part.wholebody: "absolute"}  # spec §8.1
+DNN_MEASURE = {
+    Part.body: "rotation",
+    Part.hand: "rotation",
+    Part.face: "absolute",
+    Part.face_shape: "absolute",
+    Part.wholebody: "absolute",
+}  # spec §8.1
 BODY_INDEPENDENT = ("fid", "fid_reference", "precision", "recall", "density", "coverage", "dnn")
 
 
@@ -41,9 +46,13 @@ def read_statistics(path: Path) -> tuple[np.ndarray, np.ndarray]:
     with open_npz(Path(path), "statistics file") as npz:
         missing = [k for k in ("mu", "sigma") if k not in npz.files]
         if missing:
-            raise InputError(f"{path}: no {' and '.join(missing)} (keys: {', '.join(npz.files)}); "
-                             "expected FID statistics with `mu` (D,) and `sigma` (D, D)")
-        return np.asarray(load_key(npz, "mu", path), np.float64), np.asarray(load_key(npz, "sigma", path), np.float64)
+            raise InputError(
+                f"{path}: no {' and '.join(missing)} (keys: {', '.join(npz.files)}); "
+                "expected FID statistics with `mu` (D,) and `sigma` (D, D)"
+            )
+        return np.asarray(load_key(npz, "mu", path), np.float64), np.asarray(
+            load_key(npz, "sigma", path), np.float64
+        )
 
 
 def _statistics_path(ctx: Context, part: Part) -> Path | None:
@@ -58,14 +67,18 @@ def _statistics_path(ctx: Context, part: Part) -> Path | None:
 def run(ctx: Context) -> Outcome:
     req, part = ctx.req, ctx.part
     if req.prior in ("none", "l2"):
-        raise InputError(f"--prior {req.prior} cannot generate poses; generation compares dposer, gmm and vposer",
-                         hint="use --prior dposer, gmm or vposer")
+        raise InputError(
+            f"--prior {req.prior} cannot generate poses; generation compares dposer, gmm and vposer",
+            hint="use --prior dposer, gmm or vposer",
+        )
     stats_path = _statistics_path(ctx, part)
     if stats_path is None and req.reference is None:
-        raise InputError(f"generation needs FID statistics or reference poses: no --statistics, no --reference, and "
-                         f"no downloaded official statistics at {official_dir() / PARTS[part].statistics}",
-                         hint=f"run `dposer download {part.value}` or pass --statistics statistics.npz / "
-                              "--reference POSES.npz")
+        raise InputError(
+            f"generation needs FID statistics or reference poses: no --statistics, no --reference, and "
+            f"no downloaded official statistics at {official_dir() / PARTS[part].statistics}",
+            hint=f"run `dposer download {part.value}` or pass --statistics statistics.npz / "
+            "--reference POSES.npz",
+        )
     n = req.n if req.n is not None else DEFAULT_N
     if n < 2:
         raise InputError(f"-n must be at least 2 for generation metrics (got {n})")
@@ -107,19 +120,34 @@ def run(ctx: Context) -> Outcome:
 
     key = part.value
     settings: dict[str, Any] = {
-        "part": part.value, "n": n, "sampler": req.sampler if req.prior == "dposer" else req.prior, "steps": steps,
+        "part": part.value,
+        "n": n,
+        "sampler": req.sampler if req.prior == "dposer" else req.prior,
+        "steps": steps,
         "statistics": str(stats_path) if stats_path else None,
-        "reference": str(req.reference) if req.reference else None, "reference_size": None if reference is None
-        else len(reference), "prdc_k": PRDC_K, "dnn_measure": DNN_MEASURE[part], "apd_samples": min(n, APD_SAMPLES),
+        "reference": str(req.reference) if req.reference else None,
+        "reference_size": None if reference is None else len(reference),
+        "prdc_k": PRDC_K,
+        "dnn_measure": DNN_MEASURE[part],
+        "apd_samples": min(n, APD_SAMPLES),
         "apd_body_model": apd_model,
-        "fid_space": "raw axis-angle / coefficient vectors (spec §8.1)", "source": prior.source,
+        "fid_space": "raw axis-angle / coefficient vectors (spec §8.1)",
+        "source": prior.source,
     }
     entry = paper_for("generation", key)
     return Outcome(
-        metrics={key: m}, settings=settings, paper={key: entry} if entry else {}, arrays={"samples": samples},
-        info={"nfe": nfe}, items=n, body_model=apd_model, body_role="hand" if part is Part.hand else "body",
+        metrics={key: m},
+        settings=settings,
+        paper={key: entry} if entry else {},
+        arrays={"samples": samples},
+        info={"nfe": nfe},
+        items=n,
+        body_model=apd_model,
+        body_role="hand" if part is Part.hand else "body",
         body_independent=BODY_INDEPENDENT,
-        lines=[f"sampled {n} {part.value} poses with {settings['sampler']} ({steps} steps) from {prior.source}"],
+        lines=[
+            f"sampled {n} {part.value} poses with {settings['sampler']} ({steps} steps) from {prior.source}"
+        ],
     )
 
 

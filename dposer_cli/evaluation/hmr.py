@@ -75,8 +75,9 @@ def _rodrigues(aa: tuple[float, float, float]) -> np.ndarray:
     return np.eye(3) + math.sin(theta) * kx + (1 - math.cos(theta)) * kx @ kx
 
 
-def fit_input(keypoints: np.ndarray, image_size: np.ndarray, device: torch.device,
-              focal: float | None = None) -> FitInput:
+def fit_input(
+    keypoints: np.ndarray, image_size: np.ndarray, device: torch.device, focal: float | None = None
+) -> FitInput:
     """One row per image: keypoints (B, K, 3) as read, (H, W) sizes (B, 2); focal length `focal`, else the
     image diagonal (spec §7.6); principal point at the image centre; low-confidence keypoints unused."""
     kp = torch.as_tensor(keypoints, dtype=torch.float32, device=device)
@@ -91,27 +92,59 @@ def fit_input(keypoints: np.ndarray, image_size: np.ndarray, device: torch.devic
     )
 
 
-def _fit(ctx: Context, part: Part, keypoints: np.ndarray, layout: str, image_size: np.ndarray, b: int,
-         focal: float | None = None) -> FitResult:
+def _fit(
+    ctx: Context,
+    part: Part,
+    keypoints: np.ndarray,
+    layout: str,
+    image_size: np.ndarray,
+    b: int,
+    focal: float | None = None,
+) -> FitResult:
     """One batched fit of batch `b` (seeded seed + b) with the prior under test."""
     inputs = fit_input(keypoints, image_size, ctx.device, focal)
-    result = fit(ctx.body(fit_spec(part).body), ctx.prior(part), inputs, part=part, keypoint_layout=layout,
-                 steps=ctx.steps(FIT_STEPS), generator=ctx.generator(b), mean_pose=ctx.mean_pose(part))
+    result = fit(
+        ctx.body(fit_spec(part).body),
+        ctx.prior(part),
+        inputs,
+        part=part,
+        keypoint_layout=layout,
+        steps=ctx.steps(FIT_STEPS),
+        generator=ctx.generator(b),
+        mean_pose=ctx.mean_pose(part),
+    )
     ctx.nfe += result.nfe
     return result
 
 
-def _fit_files(ctx: Context, part: Part, images: Sequence[Path], keypoints: Sequence[Path], b: int,
-               focal: float | None = None) -> FitResult:
+def _fit_files(
+    ctx: Context,
+    part: Part,
+    images: Sequence[Path],
+    keypoints: Sequence[Path],
+    b: int,
+    focal: float | None = None,
+) -> FitResult:
     """Person 0 of each keypoint file (read with `io.frames`, image sizes from the images), fitted in one batch."""
     spec = fit_spec(part)
-    frames = [Frame(Path(img), Path(kp), f"{i}", -1) for i, (img, kp) in enumerate(zip(images, keypoints, strict=True))]
-    persons = read_persons(frames, part=part.value, person=PERSON, conf_threshold=CONF_THRESHOLD,
-                           min_keypoints=spec.min_keypoints, counted_keypoints=spec.counted_keypoints)
+    frames = [
+        Frame(Path(img), Path(kp), f"{i}", -1)
+        for i, (img, kp) in enumerate(zip(images, keypoints, strict=True))
+    ]
+    persons = read_persons(
+        frames,
+        part=part.value,
+        person=PERSON,
+        conf_threshold=CONF_THRESHOLD,
+        min_keypoints=spec.min_keypoints,
+        counted_keypoints=spec.counted_keypoints,
+    )
     return _fit(ctx, part, persons.keypoints, persons.layout, persons.image_size, b, focal)
 
 
-def _pose(body: BodyModel, params: dict[str, Tensor], keys: Sequence[str], rows: slice | None = None) -> BodyOutput:
+def _pose(
+    body: BodyModel, params: dict[str, Tensor], keys: Sequence[str], rows: slice | None = None
+) -> BodyOutput:
     picked = {k: v if rows is None else v[rows] for k, v in params.items() if k in keys}
     with torch.no_grad():
         return body(**picked, return_vertices=True)
@@ -127,8 +160,10 @@ def run_ehf(ctx: Context) -> Outcome:
     body = ctx.body("body")
     regressor = getattr(getattr(body, "model", None), "J_regressor", None)
     if regressor is None:
-        raise InputError(f"benchmark ehf needs an SMPL-X model (the {body.kind} body has no joint regressor)",
-                         hint="pass --body-model with smplx/SMPLX_NEUTRAL.npz")
+        raise InputError(
+            f"benchmark ehf needs an SMPL-X model (the {body.kind} body has no joint regressor)",
+            hint="pass --body-model with smplx/SMPLX_NEUTRAL.npz",
+        )
     rot = torch.as_tensor(_rodrigues(EHF_CAMERA_ROTATION), dtype=torch.float32, device=ctx.device)
     ctx.nfe = 0
 
@@ -138,12 +173,17 @@ def run_ehf(ctx: Context) -> Outcome:
         rows: dict[str, list[float]] = {"pa_mpjpe_mm": [], "mpjpe_mm": []}
         for i, it in enumerate(chunk):
             gt_v = torch.as_tensor(read_ply_vertices(it.mesh), dtype=torch.float32, device=ctx.device) @ rot.T
-            out = _pose(body, fitted.params, ("global_orient", "body_pose", "betas", "transl"), slice(i, i + 1))
+            out = _pose(
+                body, fitted.params, ("global_orient", "body_pose", "betas", "transl"), slice(i, i + 1)
+            )
             assert out.vertices is not None
             pred_v = out.vertices[0]
             if pred_v.shape != gt_v.shape:
-                raise InputError(f"{it.mesh}: {gt_v.shape[0]} vertices, but the body model has {pred_v.shape[0]}; "
-                                 "EHF meshes are SMPL-X (10,475 vertices)", hint="pass --body-model (SMPL-X)")
+                raise InputError(
+                    f"{it.mesh}: {gt_v.shape[0]} vertices, but the body model has {pred_v.shape[0]}; "
+                    "EHF meshes are SMPL-X (10,475 vertices)",
+                    hint="pass --body-model (SMPL-X)",
+                )
             reg = regressor.to(pred_v)
             pj, gj = (reg @ pred_v)[:22], (reg @ gt_v)[:22]
             rows["pa_mpjpe_mm"].append(float(mpjpe(pj, gj, align="procrustes")) * 1000)
@@ -153,12 +193,21 @@ def run_ehf(ctx: Context) -> Outcome:
     per = concat(ctx.map_batches(n, batch))
     entry = paper_for("ehf", "ehf")
     return Outcome(
-        metrics={"ehf": mean_of(per)}, paper={"ehf": entry} if entry else {}, items=n,
-        info={"nfe": ctx.nfe}, body_model=body.kind,
-        settings={"images": n, "steps_per_stage": ctx.steps(FIT_STEPS), "keypoints": "vitpose_keypoints/predictions",
-                  "joints": "SMPL-X J_regressor on both meshes, first 22", "mpjpe_alignment": "pelvis",
-                  "camera_rotation": list(EHF_CAMERA_ROTATION), "body_model": body.kind,
-                  "data_dir": str(req.data_dir)},
+        metrics={"ehf": mean_of(per)},
+        paper={"ehf": entry} if entry else {},
+        items=n,
+        info={"nfe": ctx.nfe},
+        body_model=body.kind,
+        settings={
+            "images": n,
+            "steps_per_stage": ctx.steps(FIT_STEPS),
+            "keypoints": "vitpose_keypoints/predictions",
+            "joints": "SMPL-X J_regressor on both meshes, first 22",
+            "mpjpe_alignment": "pelvis",
+            "camera_rotation": list(EHF_CAMERA_ROTATION),
+            "body_model": body.kind,
+            "data_dir": str(req.data_dir),
+        },
         lines=[f"fitted {n} EHF images with --prior {req.prior}"],
     )
 
@@ -175,8 +224,11 @@ def f_score(pred: Tensor, gt: Tensor, threshold: float) -> Tensor:
     d = torch.cdist(pred, gt)
     precision = (d.min(-1).values < threshold).double().mean(-1)
     recall = (d.min(-2).values < threshold).double().mean(-1)
-    return torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall).clamp_min(1e-12),
-                       torch.zeros_like(precision))
+    return torch.where(
+        precision + recall > 0,
+        2 * precision * recall / (precision + recall).clamp_min(1e-12),
+        torch.zeros_like(precision),
+    )
 
 
 def run_freihand(ctx: Context) -> Outcome:
@@ -199,12 +251,16 @@ def run_freihand(ctx: Context) -> Outcome:
         gt_j = torch.as_tensor(data.xyz[sl], dtype=torch.float32, device=ctx.device)
         if out.vertices is None or out.vertices.shape[1:] != gt_v.shape[1:]:
             got = "no mesh" if out.vertices is None else f"{out.vertices.shape[1]} vertices"
-            raise InputError(f"FreiHAND vertices are MANO's 778, but the {body.kind} hand has {got}",
-                             hint="pass --body-model with mano/MANO_RIGHT.pkl")
+            raise InputError(
+                f"FreiHAND vertices are MANO's 778, but the {body.kind} hand has {got}",
+                hint="pass --body-model with mano/MANO_RIGHT.pkl",
+            )
         pj = out.joints[:, body.joint_set("hand21")]
         aligned_v = procrustes_align(out.vertices, gt_v)
-        res = {"pa_mpjpe_mm": mpjpe(pj, gt_j, align="procrustes") * 1000,
-               "pa_mpvpe_mm": mpjpe(aligned_v, gt_v) * 1000}
+        res = {
+            "pa_mpjpe_mm": mpjpe(pj, gt_j, align="procrustes") * 1000,
+            "pa_mpvpe_mm": mpjpe(aligned_v, gt_v) * 1000,
+        }
         for th in F_THRESHOLDS_MM:
             res[f"f_at_{th:g}mm"] = f_score(aligned_v, gt_v, th / 1000)
         return {k: to_numpy(v) for k, v in res.items()}
@@ -212,12 +268,21 @@ def run_freihand(ctx: Context) -> Outcome:
     per = concat(ctx.map_batches(n, batch))
     entry = paper_for("freihand", "freihand")
     return Outcome(
-        metrics={"freihand": mean_of(per)}, paper={"freihand": entry} if entry else {}, items=n,
-        info={"nfe": ctx.nfe}, body_model=body.kind, body_role="hand",
-        settings={"images": n, "steps_per_stage": ctx.steps(FIT_STEPS), "keypoints": "ground truth projected with K",
-                  "focal": "median (fx+fy)/2 per batch; principal point at the image centre",
-                  "f_score_thresholds_mm": list(F_THRESHOLDS_MM), "body_model": body.kind,
-                  "data_dir": str(req.data_dir)},
+        metrics={"freihand": mean_of(per)},
+        paper={"freihand": entry} if entry else {},
+        items=n,
+        info={"nfe": ctx.nfe},
+        body_model=body.kind,
+        body_role="hand",
+        settings={
+            "images": n,
+            "steps_per_stage": ctx.steps(FIT_STEPS),
+            "keypoints": "ground truth projected with K",
+            "focal": "median (fx+fy)/2 per batch; principal point at the image centre",
+            "f_score_thresholds_mm": list(F_THRESHOLDS_MM),
+            "body_model": body.kind,
+            "data_dir": str(req.data_dir),
+        },
         lines=[f"fitted {n} FreiHAND images with --prior {req.prior}"],
     )
 
@@ -227,11 +292,21 @@ ARCTIC_SETTINGS = ("gt-intrinsic",)
 PELVIS, NECK, WRIST = 0, 12, {"left": 20, "right": 21}
 # 21-joint hand regressors of the official evaluator (spec §8.2): wrist, then per finger (thumb, index, middle,
 # ring, pinky) three SMPL-X joints and the finger-tip vertex
-_FINGER_JOINTS = {"left": ((37, 38, 39), (25, 26, 27), (28, 29, 30), (34, 35, 36), (31, 32, 33)),
-                  "right": ((52, 53, 54), (40, 41, 42), (43, 44, 45), (49, 50, 51), (46, 47, 48))}
+_FINGER_JOINTS = {
+    "left": ((37, 38, 39), (25, 26, 27), (28, 29, 30), (34, 35, 36), (31, 32, 33)),
+    "right": ((52, 53, 54), (40, 41, 42), (43, 44, 45), (49, 50, 51), (46, 47, 48)),
+}
 FINGER_TIPS = {"left": (5361, 4933, 5058, 5169, 5286), "right": (8079, 7669, 7794, 7905, 8022)}
-WHOLEBODY_KEYS = ("global_orient", "body_pose", "left_hand_pose", "right_hand_pose", "jaw_pose", "expression",
-                  "betas", "transl")
+WHOLEBODY_KEYS = (
+    "global_orient",
+    "body_pose",
+    "left_hand_pose",
+    "right_hand_pose",
+    "jaw_pose",
+    "expression",
+    "betas",
+    "transl",
+)
 
 
 def hand_regressor(j_regressor: Tensor, side: str) -> Tensor:
@@ -245,7 +320,9 @@ def hand_regressor(j_regressor: Tensor, side: str) -> Tensor:
     return torch.cat(rows)
 
 
-def wholebody_mesh_errors(pred: Tensor, gt: Tensor, j_regressor: Tensor, files: dict[str, Any]) -> dict[str, Tensor]:
+def wholebody_mesh_errors(
+    pred: Tensor, gt: Tensor, j_regressor: Tensor, files: dict[str, Any]
+) -> dict[str, Tensor]:
     """Per-sample errors (mm) of `eval_arctic_wholebody` (spec §8.2) for SMPL-X meshes (B, V, 3)."""
     mm = 1000.0
     reg = j_regressor.to(pred)
@@ -254,7 +331,10 @@ def wholebody_mesh_errors(pred: Tensor, gt: Tensor, j_regressor: Tensor, files: 
     def at(points_p: Tensor, points_g: Tensor, joint: int) -> Tensor:
         return mpjpe(points_p - jp[:, joint, None] + jg[:, joint, None], points_g)
 
-    out = {"pa_mpvpe_all_mm": mpjpe(pred, gt, align="procrustes") * mm, "mpvpe_all_mm": at(pred, gt, PELVIS) * mm}
+    out = {
+        "pa_mpvpe_all_mm": mpjpe(pred, gt, align="procrustes") * mm,
+        "mpvpe_all_mm": at(pred, gt, PELVIS) * mm,
+    }
     pa_hand, hand, pa_joints = [], [], []
     for side, wrist in WRIST.items():
         ids = files["hand"][side]
@@ -289,16 +369,22 @@ class _ArcticVertices:
             try:
                 verts = data["cam_coord"]["verts.smplx"]
             except (KeyError, TypeError, IndexError):
-                raise InputError(f"{path}: expected a dict with cam_coord → verts.smplx (ARCTIC processed "
-                                 "vertices; scripts_data/process_seqs.py --export_verts)") from None
+                raise InputError(
+                    f"{path}: expected a dict with cam_coord → verts.smplx (ARCTIC processed "
+                    "vertices; scripts_data/process_seqs.py --export_verts)"
+                ) from None
             verts = np.asarray(verts)
             if verts.ndim != 4 or verts.shape[1] <= self.view or verts.shape[2:] != (SMPLX_VERTICES, 3):
-                raise InputError(f"{path}: verts.smplx has shape {verts.shape}; expected (frames, cameras, "
-                                 f"{SMPLX_VERTICES}, 3) with camera {self.view}")
+                raise InputError(
+                    f"{path}: verts.smplx has shape {verts.shape}; expected (frames, cameras, "
+                    f"{SMPLX_VERTICES}, 3) with camera {self.view}"
+                )
             self._action, self._verts = action, verts[:, self.view]
         assert self._verts is not None
         if not 0 <= frame < len(self._verts):
-            raise InputError(f"{path}: no frame {frame} (it has {len(self._verts)}); check meta/misc.json ioi_offset")
+            raise InputError(
+                f"{path}: no frame {frame} (it has {len(self._verts)}); check meta/misc.json ioi_offset"
+            )
         return self._verts[frame]
 
 
@@ -306,13 +392,16 @@ def run_arctic(ctx: Context) -> Outcome:
     req = ctx.req
     assert req.data_dir is not None
     data = read_arctic(req.data_dir)
-    items = data.items[:ctx.limit(len(data.items))]
+    items = data.items[: ctx.limit(len(data.items))]
     n = len(items)
     body = ctx.body("body")
     regressor = getattr(getattr(body, "model", None), "J_regressor", None)
     if regressor is None or getattr(body, "kind", "") != "smplx":
-        raise InputError(f"benchmark arctic needs an SMPL-X model (the {body.kind} body cannot be compared with "
-                         "ARCTIC's SMPL-X meshes)", hint="pass --body-model with smplx/SMPLX_NEUTRAL.npz")
+        raise InputError(
+            f"benchmark arctic needs an SMPL-X model (the {body.kind} body cannot be compared with "
+            "ARCTIC's SMPL-X meshes)",
+            hint="pass --body-model with smplx/SMPLX_NEUTRAL.npz",
+        )
     files = smplx_eval_files(body, req.data_dir, ctx.device)
     gt_verts = _ArcticVertices(data.verts, data.view)
     gt_intrinsic = "gt-intrinsic" in req.settings
@@ -321,30 +410,45 @@ def run_arctic(ctx: Context) -> Outcome:
 
     def batch(b: int, sl: slice) -> dict[str, np.ndarray]:
         chunk = items[sl]
-        fitted = _fit_files(ctx, Part.wholebody, [it.image for it in chunk], [it.keypoints for it in chunk], b,
-                            focal=focal)
+        fitted = _fit_files(
+            ctx, Part.wholebody, [it.image for it in chunk], [it.keypoints for it in chunk], b, focal=focal
+        )
         out = _pose(body, fitted.params, WHOLEBODY_KEYS)
         assert out.vertices is not None
-        gt = torch.as_tensor(np.stack([gt_verts(it.action, it.frame) for it in chunk]), dtype=torch.float32,
-                             device=ctx.device)
+        gt = torch.as_tensor(
+            np.stack([gt_verts(it.action, it.frame) for it in chunk]), dtype=torch.float32, device=ctx.device
+        )
         return {k: to_numpy(v) for k, v in wholebody_mesh_errors(out.vertices, gt, regressor, files).items()}
 
     per = concat(ctx.map_batches(n, batch))
     entry = paper_for("arctic", "arctic")
-    lines = [f"fitted {n} ARCTIC frames ({len({it.action for it in items})} actions) with --prior {req.prior}"]
+    lines = [
+        f"fitted {n} ARCTIC frames ({len({it.action for it in items})} actions) with --prior {req.prior}"
+    ]
     if files["j14"] is None:
         note = f"pa_mpjpe_body_mm not reported: {J14_FILE} not found beside the SMPL-X model or in --data-dir"
         ctx.notes.append(note)
         lines.append(note)
     return Outcome(
-        metrics={"arctic": mean_of(per)}, paper={"arctic": entry} if entry else {}, items=n,
-        info={"nfe": ctx.nfe}, body_model=body.kind,
-        settings={"frames": n, "subject": data.subject, "camera": data.view,
-                  "frames_per_action": f"sorted(jpgs)[1:][{ARCTIC_EVERY - 1}::{ARCTIC_EVERY}]",
-                  "ioi_offset": data.ioi_offset, "steps_per_stage": ctx.steps(FIT_STEPS),
-                  "focal": f"misc.json camera {data.view}: {focal:.1f} px (principal point at the image centre)"
-                  if focal is not None else "estimated from the image size (fit-image default)",
-                  "keypoints": "keypoints/mmpose_keypoints (COCO-WholeBody 133)", "body_model": body.kind,
-                  "evaluation_files": files["files"], "data_dir": str(req.data_dir)},
+        metrics={"arctic": mean_of(per)},
+        paper={"arctic": entry} if entry else {},
+        items=n,
+        info={"nfe": ctx.nfe},
+        body_model=body.kind,
+        settings={
+            "frames": n,
+            "subject": data.subject,
+            "camera": data.view,
+            "frames_per_action": f"sorted(jpgs)[1:][{ARCTIC_EVERY - 1}::{ARCTIC_EVERY}]",
+            "ioi_offset": data.ioi_offset,
+            "steps_per_stage": ctx.steps(FIT_STEPS),
+            "focal": f"misc.json camera {data.view}: {focal:.1f} px (principal point at the image centre)"
+            if focal is not None
+            else "estimated from the image size (fit-image default)",
+            "keypoints": "keypoints/mmpose_keypoints (COCO-WholeBody 133)",
+            "body_model": body.kind,
+            "evaluation_files": files["files"],
+            "data_dir": str(req.data_dir),
+        },
         lines=lines,
     )

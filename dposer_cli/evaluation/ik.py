@@ -38,7 +38,7 @@ FACE_DEFAULT = ("noisy-1mm", "noisy-2mm", "noisy-5mm", "half_face")
 def parse_setting(setting: str) -> tuple[str, float | None]:
     """`noisy-5mm` → ("noisy", 0.005); other names are IK types without noise."""
     if setting.startswith("noisy-") and setting.endswith("mm"):
-        return "noisy", float(setting[len("noisy-"):-2]) / 1000
+        return "noisy", float(setting[len("noisy-") : -2]) / 1000
     return setting, None
 
 
@@ -58,8 +58,10 @@ def _ground_truth(ctx: Context, part: Part) -> dict[str, torch.Tensor]:
     dev = ctx.device
     if part is Part.hand:
         return {"hand_pose": torch.as_tensor(poses[:n], device=dev)}
-    params = {"jaw_pose": torch.as_tensor(poses[:n, :3], device=dev),
-              "expression": torch.as_tensor(poses[:n, 3:], device=dev)}
+    params = {
+        "jaw_pose": torch.as_tensor(poses[:n, :3], device=dev),
+        "expression": torch.as_tensor(poses[:n, 3:], device=dev),
+    }
     try:
         betas = read_amass_poses(req.data_dir, Part.face_shape, stride=req.stride)
     except InputError:
@@ -90,13 +92,15 @@ def _run(ctx: Context, part: Part, settings: tuple[str, ...], name: str) -> Outc
         ik_type, noise = parse_setting(setting)
         steps[setting] = req.steps or spec.steps
 
-        def batch(b: int, sl: slice, k: int = k, ik_type: str = ik_type,
-                  noise: float | None = noise) -> dict[str, np.ndarray]:
+        def batch(
+            b: int, sl: slice, k: int = k, ik_type: str = ik_type, noise: float | None = noise
+        ) -> dict[str, np.ndarray]:
             gen = ctx.generator(b + 1_000_003 * k)
             problem = ik.problem_from_params(part, body, {key: v[sl] for key, v in gt.items()})
             problem = ik.apply_type(problem, ik_type, noise_std=noise, generator=gen)
-            result = ik.solve_ik(problem, body, prior, ik_type=ik_type, noise_std=noise, steps=req.steps,
-                                 generator=gen)
+            result = ik.solve_ik(
+                problem, body, prior, ik_type=ik_type, noise_std=noise, steps=req.steps, generator=gen
+            )
             return per_sample(problem, body, result)
 
         for p in priors.values():
@@ -108,10 +112,21 @@ def _run(ctx: Context, part: Part, settings: tuple[str, ...], name: str) -> Outc
         if entry:
             paper[setting] = entry
     return Outcome(
-        metrics=metrics, paper=paper, items=n, info={"nfe": nfe}, body_model=body.kind, body_role=spec.body,
-        settings={"part": part.value, "ik_settings": list(settings), "steps": steps, "body_model": body.kind,
-                  "joint_order": spec.joint_set, "data_dir": str(req.data_dir),
-                  "source": [p.source for p in priors.values()]},
+        metrics=metrics,
+        paper=paper,
+        items=n,
+        info={"nfe": nfe},
+        body_model=body.kind,
+        body_role=spec.body,
+        settings={
+            "part": part.value,
+            "ik_settings": list(settings),
+            "steps": steps,
+            "body_model": body.kind,
+            "joint_order": spec.joint_set,
+            "data_dir": str(req.data_dir),
+            "source": [p.source for p in priors.values()],
+        },
         lines=[f"solved {n} {part.value} IK targets per setting ({', '.join(settings)})"],
     )
 
@@ -122,14 +137,22 @@ def per_sample(problem: ik.IKProblem, body: BodyModel, result: ik.IKResult) -> d
     vis = problem.visible
     hidden = ~vis
     err = (result.joints - problem.gt["joints"]).norm(dim=-1) * 1000  # (N, J)
-    occluded = torch.where(hidden.any(-1), (err * hidden).sum(-1) / hidden.sum(-1).clamp_min(1),
-                           torch.full_like(err[:, 0], float("nan")))
-    out = {"mpjpe_visible_mm": to_numpy((err * vis).sum(-1) / vis.sum(-1)), "mpjpe_occluded_mm": to_numpy(occluded),
-           "mpjpe_all_mm": to_numpy(err.mean(-1))}
+    occluded = torch.where(
+        hidden.any(-1),
+        (err * hidden).sum(-1) / hidden.sum(-1).clamp_min(1),
+        torch.full_like(err[:, 0], float("nan")),
+    )
+    out = {
+        "mpjpe_visible_mm": to_numpy((err * vis).sum(-1) / vis.sum(-1)),
+        "mpjpe_occluded_mm": to_numpy(occluded),
+        "mpjpe_all_mm": to_numpy(err.mean(-1)),
+    }
     if "vertices" in problem.gt:
         keys = {key for key, _ in ik.IK[problem.part].gt_keys} | {"transl"}
         with torch.no_grad():
-            verts = body(**{key: v for key, v in result.params.items() if key in keys}, return_vertices=True).vertices
+            verts = body(
+                **{key: v for key, v in result.params.items() if key in keys}, return_vertices=True
+            ).vertices
         if verts is not None:
             out["mpvpe_mm"] = to_numpy(mpjpe(verts, problem.gt["vertices"]) * 1000)
     return out

@@ -115,7 +115,7 @@ EVALUATIONS: dict[str, Evaluation] = {
         "needs SMPL-X",
         parts=(Part.wholebody,),
         data="ARCTIC folder: images/s05/<action>/4/*.jpg, keypoints/mmpose_keypoints/s05/<action>/4/*.json, "
-             "processed_verts/seqs/s05/<action>.npy, meta/misc.json",
+        "processed_verts/seqs/s05/<action>.npy, meta/misc.json",
         settings=hmr.ARCTIC_SETTINGS,
         priors=NON_BODY_PRIORS,
     ),
@@ -165,28 +165,44 @@ def validate(req: BenchmarkRequest) -> tuple[Evaluation, Part]:
     ev = lookup(req.name)
     part = Part(req.part) if req.part is not None else ev.parts[0]
     if part not in ev.parts:
-        raise InputError(f"benchmark {req.name} takes --part {', '.join(p.value for p in ev.parts)}, "
-                         f"not {part.value}")
+        raise InputError(
+            f"benchmark {req.name} takes --part {', '.join(p.value for p in ev.parts)}, not {part.value}"
+        )
     if req.prior not in ev.priors:
-        raise InputError(f"benchmark {req.name} compares --prior {', '.join(ev.priors)}, not {req.prior!r}"
-                         f"{suggest(req.prior, list(ev.priors))}")
+        raise InputError(
+            f"benchmark {req.name} compares --prior {', '.join(ev.priors)}, not {req.prior!r}"
+            f"{suggest(req.prior, list(ev.priors))}"
+        )
     if ev.data and req.data_dir is None:
         raise InputError(f"benchmark {req.name} needs --data-dir ({ev.data})")
     for s in req.settings:
         if s not in ev.settings:
             valid = list(ev.settings)
-            raise InputError(f"unknown --setting {s!r} for benchmark {req.name}{suggest(s, valid)}",
-                             hint="settings: " + (", ".join(valid) if valid else "none"))
-    for flag, value in (("--limit", req.limit), ("-n", req.n), ("--hypo", req.hypo), ("--batch-size", req.batch_size),
-                        ("--stride", req.stride), ("--gmm-components", req.gmm_components)):
+            raise InputError(
+                f"unknown --setting {s!r} for benchmark {req.name}{suggest(s, valid)}",
+                hint="settings: " + (", ".join(valid) if valid else "none"),
+            )
+    for flag, value in (
+        ("--limit", req.limit),
+        ("-n", req.n),
+        ("--hypo", req.hypo),
+        ("--batch-size", req.batch_size),
+        ("--stride", req.stride),
+        ("--gmm-components", req.gmm_components),
+    ):
         if value is not None and value < 1:
             raise InputError(f"{flag} must be at least 1 (got {value})")
     return ev, part
 
 
 def versions() -> dict[str, str]:
-    out = {"dposer": __version__, "torch": torch.__version__, "numpy": np.__version__,
-           "python": sys.version.split()[0], "platform": platform.platform()}
+    out = {
+        "dposer": __version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+    }
     try:
         out["smplx"] = metadata.version("smplx")  # the optional extra, when installed
     except metadata.PackageNotFoundError:
@@ -210,8 +226,15 @@ def rows(outcome: Outcome, prior: str) -> tuple[list[dict[str, Any]], list[str]]
                 continue
             body = None if metric in outcome.body_independent else outcome.body_model
             published = paper_value(entry, row, metric)
-            r: dict[str, Any] = {"setting": setting, "metric": metric, "value": float(value), "paper": published,
-                                 "paper_row": row, "table": entry["table"] if entry else None, "body_model": body}
+            r: dict[str, Any] = {
+                "setting": setting,
+                "metric": metric,
+                "value": float(value),
+                "paper": published,
+                "paper_row": row,
+                "table": entry["table"] if entry else None,
+                "body_model": body,
+            }
             if published is not None and body is not None and theirs is not None and body != theirs:
                 r["paper"] = None
                 r["paper_note"] = f"not comparable: computed on the {body} body model, the paper on {theirs}"
@@ -219,12 +242,16 @@ def rows(outcome: Outcome, prior: str) -> tuple[list[dict[str, Any]], list[str]]
             out.append(r)
     notes = []
     if withheld:
-        notes.append(f"paper column left empty in {withheld} row(s): computed on the {outcome.body_model} body "
-                     f"model, the paper's numbers on {theirs} (pass --body-model to compare)")
+        notes.append(
+            f"paper column left empty in {withheld} row(s): computed on the {outcome.body_model} body "
+            f"model, the paper's numbers on {theirs} (pass --body-model to compare)"
+        )
     return out, notes
 
 
-def run(req: BenchmarkRequest, progress: Progress | None = None, *, fit_files: FitFiles | None = None) -> Report:
+def run(
+    req: BenchmarkRequest, progress: Progress | None = None, *, fit_files: FitFiles | None = None
+) -> Report:
     """Run one evaluation on tensors (no files written).
 
     `progress(done, total)` is called after every batch (every task for `speed`); `fit_files` runs the
@@ -242,17 +269,47 @@ def run(req: BenchmarkRequest, progress: Progress | None = None, *, fit_files: F
     finally:
         ctx.close()
     if ctx.rank != 0:
-        return Report(req.name, part, ctx.rank, {}, {"benchmark": req.name, "rank": ctx.rank},
-                      seconds=time.perf_counter() - t0)
+        return Report(
+            req.name,
+            part,
+            ctx.rank,
+            {},
+            {"benchmark": req.name, "rank": ctx.rank},
+            seconds=time.perf_counter() - t0,
+        )
     table, notes = rows(outcome, req.prior)
     notes = ctx.notes + notes
     info = {
-        "benchmark": req.name, "part": part.value, "prior": req.prior, "items": outcome.items,
-        "settings": {**outcome.settings, "seed": req.seed, "limit": req.limit, "batch_size": req.batch_size,
-                     "prior": req.prior},
-        "paper": outcome.paper, "paper_row": PAPER_ROW.get(req.prior, req.prior), "body_model": outcome.body_model,
-        "rows": table, "notes": notes, "versions": versions(), "device": str(ctx.device),
-        "world_size": ctx.world, "rank": ctx.rank, **outcome.info, "nfe": nfe,
+        "benchmark": req.name,
+        "part": part.value,
+        "prior": req.prior,
+        "items": outcome.items,
+        "settings": {
+            **outcome.settings,
+            "seed": req.seed,
+            "limit": req.limit,
+            "batch_size": req.batch_size,
+            "prior": req.prior,
+        },
+        "paper": outcome.paper,
+        "paper_row": PAPER_ROW.get(req.prior, req.prior),
+        "body_model": outcome.body_model,
+        "rows": table,
+        "notes": notes,
+        "versions": versions(),
+        "device": str(ctx.device),
+        "world_size": ctx.world,
+        "rank": ctx.rank,
+        **outcome.info,
+        "nfe": nfe,
     }
-    return Report(req.name, part, ctx.rank, outcome.metrics, info, outcome.lines + notes[len(ctx.notes):],
-                  outcome.arrays, time.perf_counter() - t0)
+    return Report(
+        req.name,
+        part,
+        ctx.rank,
+        outcome.metrics,
+        info,
+        outcome.lines + notes[len(ctx.notes) :],
+        outcome.arrays,
+        time.perf_counter() - t0,
+    )

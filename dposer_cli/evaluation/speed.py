@@ -68,8 +68,14 @@ SIZES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "face-ik": ({"n": 100, "steps": 200}, {"n": 3, "steps": 3}),
     "fit-image": ({"n": 8, "steps": 100}, {"n": 1, "steps": 1}),
 }
-UNIT = {"generation": "samples_per_second", "completion": "hypotheses_per_second", "denoise": "frames_per_second",
-        "hand-ik": "fits_per_second", "face-ik": "fits_per_second", "fit-image": "fits_per_second"}
+UNIT = {
+    "generation": "samples_per_second",
+    "completion": "hypotheses_per_second",
+    "denoise": "frames_per_second",
+    "hand-ik": "fits_per_second",
+    "face-ik": "fits_per_second",
+    "fit-image": "fits_per_second",
+}
 IMAGE_SIZE = (480, 640)  # (H, W) of the synthetic fitting images
 OPENPOSE_KEYPOINTS = 135  # the layout fit-image reads OpenPose JSON into (25 body keypoints + hands + face)
 
@@ -115,32 +121,52 @@ def rate(m: dict[str, float], unit: str) -> dict[str, float]:
 
 
 # ------------------------------------------------------------------------------------------------ workloads
-def synthetic_poses(n: int, dim: int, *, seed: int = 0, scale: float = 0.3,
-                    device: torch.device | str = "cpu") -> Float[Tensor, "B D"]:
+def synthetic_poses(
+    n: int, dim: int, *, seed: int = 0, scale: float = 0.3, device: torch.device | str = "cpu"
+) -> Float[Tensor, "B D"]:
     """`n` seeded Gaussian pose vectors (drawn on the CPU, so every device gets the same poses)."""
     g = torch.Generator().manual_seed(seed)
     return (scale * torch.randn(n, dim, generator=g)).to(device)
 
 
-def sampling(prior: DPoserPrior | SamplingPrior, n: int, *, sampler: str = DEFAULT_SAMPLER, steps: int | None = None, seed: int = 0,
-             device: torch.device | str = "cpu") -> Workload:
+def sampling(
+    prior: DPoserPrior | SamplingPrior,
+    n: int,
+    *,
+    sampler: str = DEFAULT_SAMPLER,
+    steps: int | None = None,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+) -> Workload:
     """Draw `n` samples in one batch (`tasks.sample`)."""
     steps = steps or DEFAULT_STEPS.get(sampler, 25)
 
     def go() -> tuple[int, int]:
-        res = sample(prior, n, sampler=sampler, steps=steps, generator=make_generator(seed, torch.device(device)))
+        res = sample(
+            prior, n, sampler=sampler, steps=steps, generator=make_generator(seed, torch.device(device))
+        )
         return n, res.nfe
 
     return go
 
 
-def completion(prior: DPoserPrior | BaselinePrior, poses: Float[Tensor, "B D"], observed: Bool[Tensor, "*#batch D"], *,
-               hypo: int = 10, steps: int | None = None, seed: int = 0, out: list[Tensor] | None = None) -> Workload:
+def completion(
+    prior: DPoserPrior | BaselinePrior,
+    poses: Float[Tensor, "B D"],
+    observed: Bool[Tensor, "*#batch D"],
+    *,
+    hypo: int = 10,
+    steps: int | None = None,
+    seed: int = 0,
+    out: list[Tensor] | None = None,
+) -> Workload:
     """Complete every pose with `hypo` hypotheses in one batched run (`tasks.complete`); items = hypotheses.
     The completed poses are appended to `out` when given."""
 
     def go() -> tuple[int, int]:
-        res = complete(prior, poses, observed, hypo=hypo, steps=steps, generator=make_generator(seed, poses.device))
+        res = complete(
+            prior, poses, observed, hypo=hypo, steps=steps, generator=make_generator(seed, poses.device)
+        )
         if out is not None:
             out.append(res.poses)
         return len(poses) * hypo, res.nfe
@@ -148,13 +174,29 @@ def completion(prior: DPoserPrior | BaselinePrior, poses: Float[Tensor, "B D"], 
     return go
 
 
-def denoising(prior: dm.MotionPrior, body: BodyModel, observations: Float[Tensor, "T 22 3"],
-              visible: Bool[Tensor, "T 22"], *, schedule: dm.MotionSchedule, temporal: str = "auto", seed: int = 0,
-              out: list[dm.MotionResult] | None = None) -> Workload:
+def denoising(
+    prior: dm.MotionPrior,
+    body: BodyModel,
+    observations: Float[Tensor, "T 22 3"],
+    visible: Bool[Tensor, "T 22"],
+    *,
+    schedule: dm.MotionSchedule,
+    temporal: str = "auto",
+    seed: int = 0,
+    out: list[dm.MotionResult] | None = None,
+) -> Workload:
     """Denoise one sequence (`tasks.denoise_motion`); items = frames."""
 
     def go() -> tuple[int, int]:
-        res = dm.denoise_motion(prior, body, observations, visible, schedule=schedule, temporal=temporal, generator=make_generator(seed, observations.device))
+        res = dm.denoise_motion(
+            prior,
+            body,
+            observations,
+            visible,
+            schedule=schedule,
+            temporal=temporal,
+            generator=make_generator(seed, observations.device),
+        )
         if out is not None:
             out.append(res)
         return len(observations), res.nfe
@@ -162,13 +204,27 @@ def denoising(prior: dm.MotionPrior, body: BodyModel, observations: Float[Tensor
     return go
 
 
-def ik_solve(problem: ik.IKProblem, body: BodyModel, prior: PosePrior | None, *, ik_type: str = "full",
-             steps: int | None = None, seed: int = 0, out: list[ik.IKResult] | None = None) -> Workload:
+def ik_solve(
+    problem: ik.IKProblem,
+    body: BodyModel,
+    prior: PosePrior | None,
+    *,
+    ik_type: str = "full",
+    steps: int | None = None,
+    seed: int = 0,
+    out: list[ik.IKResult] | None = None,
+) -> Workload:
     """Solve every target of `problem` in one batched run (`tasks.ik.solve_ik`); items = targets."""
 
     def go() -> tuple[int, int]:
-        res = ik.solve_ik(problem, body, prior, ik_type=ik_type, steps=steps,
-                          generator=make_generator(seed, problem.targets.device))
+        res = ik.solve_ik(
+            problem,
+            body,
+            prior,
+            ik_type=ik_type,
+            steps=steps,
+            generator=make_generator(seed, problem.targets.device),
+        )
         if out is not None:
             out.append(res)
         return problem.n, res.nfe
@@ -176,13 +232,27 @@ def ik_solve(problem: ik.IKProblem, body: BodyModel, prior: PosePrior | None, *,
     return go
 
 
-def fitting(body: BodyModel, prior: PosePrior | None, inputs: FitInput, *, part: Part = Part.body,
-            steps: int = 100, seed: int = 0, out: list[Any] | None = None) -> Workload:
+def fitting(
+    body: BodyModel,
+    prior: PosePrior | None,
+    inputs: FitInput,
+    *,
+    part: Part = Part.body,
+    steps: int = 100,
+    seed: int = 0,
+    out: list[Any] | None = None,
+) -> Workload:
     """Fit every row of `inputs` in one batched run (`tasks.fit.fit`, OpenPose-135 keypoints); items = persons."""
 
     def go() -> tuple[int, int]:
-        res = fit(body, prior, inputs, part=part, steps=steps,
-                  generator=make_generator(seed, inputs.keypoints.device))
+        res = fit(
+            body,
+            prior,
+            inputs,
+            part=part,
+            steps=steps,
+            generator=make_generator(seed, inputs.keypoints.device),
+        )
         if out is not None:
             out.append(res)
         return len(inputs.focal), res.nfe
@@ -196,23 +266,38 @@ def fitting_files(fit_files: FitFiles, job: FileFit) -> Workload:
 
 
 # ------------------------------------------------------------------------------------------------ inputs
-def synthetic_people(body: BodyModel, n: int, *, seed: int = 0, image_size: tuple[int, int] = IMAGE_SIZE,
-                     device: torch.device | str = "cpu") -> FitInput:
+def synthetic_people(
+    body: BodyModel,
+    n: int,
+    *,
+    seed: int = 0,
+    image_size: tuple[int, int] = IMAGE_SIZE,
+    device: torch.device | str = "cpu",
+) -> FitInput:
     """`n` upright bodies (seeded poses, 3 m in front of the camera), each in its own (H, W) image with the
     default focal length: their projected OpenPose-25 joints as keypoints (confidence 1) in the OpenPose-135
     layout fit-image reads OpenPose JSON into."""
     h, w = image_size
     pose = synthetic_poses(n, 63, seed=seed, scale=0.1, device=device)
     with torch.no_grad():
-        out = body(body_pose=pose, global_orient=cam.camera_orient(n, device=pose.device),
-                   transl=torch.tensor([0.0, 0.2, 3.0], device=pose.device).expand(n, 3), return_vertices=False)
+        out = body(
+            body_pose=pose,
+            global_orient=cam.camera_orient(n, device=pose.device),
+            transl=torch.tensor([0.0, 0.2, 3.0], device=pose.device).expand(n, 3),
+            return_vertices=False,
+        )
     focal = torch.full((n,), float(cam.estimate_focal(w, h)), device=pose.device)
     center = torch.tensor([w / 2, h / 2], device=pose.device).expand(n, 2)
     uv = cam.perspective_project(out.joints[:, body.joint_set("openpose25")], focal, center)
     kp = torch.zeros(n, OPENPOSE_KEYPOINTS, 3, device=pose.device)
     kp[:, :25, :2] = uv
     kp[:, :25, 2] = 1.0
-    return FitInput(kp, focal, center.clone(), torch.tensor([[float(h), float(w)]], device=pose.device).expand(n, 2).clone())
+    return FitInput(
+        kp,
+        focal,
+        center.clone(),
+        torch.tensor([[float(h), float(w)]], device=pose.device).expand(n, 2).clone(),
+    )
 
 
 def write_people(folder: Path, inputs: FitInput) -> tuple[list[Path], list[Path]]:
@@ -259,31 +344,52 @@ def run(ctx: Context) -> Outcome:
         metrics["fit-image"].update(_fit_with_io(ctx, sizes["fit-image"]))
     return Outcome(
         metrics=metrics,
-        settings={"tasks": list(tasks), "sizes": sizes, "quick": req.quick, "sampler": req.sampler,
-                  "memory": peak_memory_mb(ctx.device)[1], "threads": torch.get_num_threads(),
-                  "fit_image_io": "fits_per_second_with_io: the fit-image service on files (read images and "
-                                  "keypoint JSON, load the body model, fit, write npz; no overlays)"},
+        settings={
+            "tasks": list(tasks),
+            "sizes": sizes,
+            "quick": req.quick,
+            "sampler": req.sampler,
+            "memory": peak_memory_mb(ctx.device)[1],
+            "threads": torch.get_num_threads(),
+            "fit_image_io": "fits_per_second_with_io: the fit-image service on files (read images and "
+            "keypoint JSON, load the body model, fit, write npz; no overlays)",
+        },
         info={"skipped": skipped},
         items=len(metrics),
-        lines=[f"{t}: {m[UNIT[t]]:.1f} {UNIT[t].replace('_', ' ')}, {int(m['nfe'])} network evaluations, "
-               f"peak {m['peak_memory_mb']:.0f} MiB" for t, m in metrics.items()]
-        + ([f"fit-image with file I/O: {metrics['fit-image']['fits_per_second_with_io']:.2f} fits per second"]
-           if "fits_per_second_with_io" in metrics.get("fit-image", {}) else [])
+        lines=[
+            f"{t}: {m[UNIT[t]]:.1f} {UNIT[t].replace('_', ' ')}, {int(m['nfe'])} network evaluations, "
+            f"peak {m['peak_memory_mb']:.0f} MiB"
+            for t, m in metrics.items()
+        ]
+        + (
+            [
+                f"fit-image with file I/O: {metrics['fit-image']['fits_per_second_with_io']:.2f} fits per second"
+            ]
+            if "fits_per_second_with_io" in metrics.get("fit-image", {})
+            else []
+        )
         + [f"{t}: skipped ({why})" for t, why in skipped.items()],
     )
 
 
 def _generation(ctx: Context, size: dict[str, Any]) -> Workload:
-    return sampling(ctx.prior(Part.body), size["n"], sampler=ctx.req.sampler, steps=size["steps"],
-                    seed=ctx.req.seed, device=ctx.device)
+    return sampling(
+        ctx.prior(Part.body),
+        size["n"],
+        sampler=ctx.req.sampler,
+        steps=size["steps"],
+        seed=ctx.req.seed,
+        device=ctx.device,
+    )
 
 
 def _completion(ctx: Context, size: dict[str, Any]) -> Workload:
     poses = synthetic_poses(size["n"], 63, seed=ctx.req.seed, device=ctx.device)
     observed = torch.ones_like(poses, dtype=torch.bool)
     observed[:, list(mask_dims(Part.body, ["legs"]))] = False
-    return completion(ctx.prior(Part.body), poses, observed, hypo=size["hypo"], steps=size["steps"],
-                      seed=ctx.req.seed)
+    return completion(
+        ctx.prior(Part.body), poses, observed, hypo=size["hypo"], steps=size["steps"], seed=ctx.req.seed
+    )
 
 
 def _denoise(ctx: Context, size: dict[str, Any]) -> Workload:
@@ -294,8 +400,14 @@ def _denoise(ctx: Context, size: dict[str, Any]) -> Workload:
         gt = body(body_pose=pose, return_vertices=False).joints[:, b22]
     obs = gt + 0.04 * torch.randn(gt.shape, generator=ctx.generator(0), device=ctx.device)
     visible = torch.ones(gt.shape[:2], dtype=torch.bool, device=ctx.device)
-    return denoising(ctx.prior(Part.body), body, obs, visible, schedule=scaled_schedule(dm.SCHEDULES[0.04],
-                     size["steps"]), seed=ctx.req.seed)
+    return denoising(
+        ctx.prior(Part.body),
+        body,
+        obs,
+        visible,
+        schedule=scaled_schedule(dm.SCHEDULES[0.04], size["steps"]),
+        seed=ctx.req.seed,
+    )
 
 
 def _ik(part: Part) -> Callable[[Context, dict[str, Any]], Workload]:
@@ -303,8 +415,13 @@ def _ik(part: Part) -> Callable[[Context, dict[str, Any]], Workload]:
         spec = ik.IK[part]
         body = ctx.body(spec.body)
         prior = ik.ik_prior(part, {p: ctx.prior(p) for p in spec.prior_parts})
-        params = {k: synthetic_poses(size["n"], d, seed=ctx.req.seed, scale=0.2 if k.endswith("pose") else 0.5,
-                                     device=ctx.device) for k, d in spec.gt_keys if k not in dict(spec.known)}
+        params = {
+            k: synthetic_poses(
+                size["n"], d, seed=ctx.req.seed, scale=0.2 if k.endswith("pose") else 0.5, device=ctx.device
+            )
+            for k, d in spec.gt_keys
+            if k not in dict(spec.known)
+        }
         kind = "sparse" if part is Part.hand else "noisy"
         problem = ik.apply_type(ik.problem_from_params(part, body, params), kind, generator=ctx.generator(0))
         return ik_solve(problem, body, prior, ik_type=kind, steps=size["steps"], seed=ctx.req.seed)
@@ -321,12 +438,23 @@ def _fit_image(ctx: Context, size: dict[str, Any]) -> Workload:
 def _fit_with_io(ctx: Context, size: dict[str, Any]) -> dict[str, float]:
     """The fit-image service on the same people written to files (when the caller provides the service)."""
     if ctx.fit_files is None:
-        ctx.notes.append("fit-image with file I/O not measured: evaluation.run was given no fit_files service")
+        ctx.notes.append(
+            "fit-image with file I/O not measured: evaluation.run was given no fit_files service"
+        )
         return {}
     folder = ctx.tempdir()
     images, keypoints = write_people(folder, synthetic_people(ctx.body("body"), size["n"], seed=ctx.req.seed))
-    job = FileFit(tuple(images), tuple(keypoints), folder / "out", Part.body, size["steps"], ctx.prior(Part.body),
-                  ctx.req.body_model, str(ctx.device), ctx.req.seed)
+    job = FileFit(
+        tuple(images),
+        tuple(keypoints),
+        folder / "out",
+        Part.body,
+        size["steps"],
+        ctx.prior(Part.body),
+        ctx.req.body_model,
+        str(ctx.device),
+        ctx.req.seed,
+    )
     if not ctx.req.quick:  # warm-up (body model load, allocator) with one step per stage
         fitting_files(ctx.fit_files, replace(job, steps=1, out=folder / "warm-up"))()
     m = timed(ctx.device, fitting_files(ctx.fit_files, job))

@@ -137,8 +137,10 @@ def _json_array(path: Path, shape: tuple[int, ...], n: int) -> np.ndarray:
     if arr.ndim == len(shape) + 2 and arr.shape[1] == 1:  # evaluation_mano.json: [[61 values]] per image
         arr = arr[:, 0]
     if arr.shape != (n, *shape):
-        raise InputError(f"{path}: holds an array of shape {arr.shape}; expected ({n}, "
-                         f"{', '.join(map(str, shape))}) for the {n} images in the rgb folder")
+        raise InputError(
+            f"{path}: holds an array of shape {arr.shape}; expected ({n}, "
+            f"{', '.join(map(str, shape))}) for the {n} images in the rgb folder"
+        )
     if not np.isfinite(arr).all():
         raise InputError(f"{path}: contains NaN or infinite values")
     return arr
@@ -197,8 +199,9 @@ class ArcticSet:
     view: int
 
 
-def read_arctic(root: Path, subject: str = ARCTIC_SUBJECT, view: int = ARCTIC_VIEW,
-                keypoints_dir: Path = ARCTIC_KEYPOINTS) -> ArcticSet:
+def read_arctic(
+    root: Path, subject: str = ARCTIC_SUBJECT, view: int = ARCTIC_VIEW, keypoints_dir: Path = ARCTIC_KEYPOINTS
+) -> ArcticSet:
     """The ARCTIC whole-body HMR frames: every action of `subject` seen by camera `view`, frames
     `sorted(jpgs)[1:][19::20]`, each with its keypoint file; the processed vertex file of each action.
 
@@ -213,8 +216,10 @@ def read_arctic(root: Path, subject: str = ARCTIC_SUBJECT, view: int = ARCTIC_VI
         offset = int(entry["ioi_offset"])
         intrinsics = np.asarray(entry["intris_mat"][view - 1], dtype=np.float64)
     except (KeyError, IndexError, TypeError, ValueError):
-        raise InputError(f"{misc_path}: expected {subject}.ioi_offset and {subject}.intris_mat (one 3x3 matrix "
-                         f"per camera 1–8)") from None
+        raise InputError(
+            f"{misc_path}: expected {subject}.ioi_offset and {subject}.intris_mat (one 3x3 matrix "
+            f"per camera 1–8)"
+        ) from None
     if intrinsics.shape != (3, 3) or not np.isfinite(intrinsics).all():
         raise InputError(f"{misc_path}: {subject}.intris_mat[{view - 1}] is not a finite 3x3 matrix")
     subject_dir = root / "images" / subject
@@ -222,23 +227,30 @@ def read_arctic(root: Path, subject: str = ARCTIC_SUBJECT, view: int = ARCTIC_VI
         raise InputError(f"ARCTIC: missing folder {subject_dir}")
     actions = sorted(d.name for d in subject_dir.iterdir() if (d / str(view)).is_dir())
     if not actions:
-        raise InputError(f"ARCTIC: missing folder {subject_dir / '<action>' / str(view)} (no action seen by "
-                         f"camera {view} in {subject_dir})")
+        raise InputError(
+            f"ARCTIC: missing folder {subject_dir / '<action>' / str(view)} (no action seen by "
+            f"camera {view} in {subject_dir})"
+        )
     items, verts = [], {}
     for action in actions:
         jpgs = sorted((subject_dir / action / str(view)).glob("*.jpg"))
-        chosen = jpgs[1:][ARCTIC_EVERY - 1::ARCTIC_EVERY]
+        chosen = jpgs[1:][ARCTIC_EVERY - 1 :: ARCTIC_EVERY]
         if not chosen:
             continue
         verts[action] = _require_file(root / "processed_verts" / "seqs" / subject / f"{action}.npy", "ARCTIC")
         for img in chosen:
             if not img.stem.isdigit():
-                raise InputError(f"ARCTIC: image name {img.name} is not a frame number (expected e.g. 00020.jpg)")
-            kp = _require_file(root / keypoints_dir / subject / action / str(view) / f"{img.stem}.json", "ARCTIC")
+                raise InputError(
+                    f"ARCTIC: image name {img.name} is not a frame number (expected e.g. 00020.jpg)"
+                )
+            kp = _require_file(
+                root / keypoints_dir / subject / action / str(view) / f"{img.stem}.json", "ARCTIC"
+            )
             items.append(ArcticItem(action, img, kp, int(img.stem) - offset))
     if not items:
-        raise InputError(f"ARCTIC: fewer than {ARCTIC_EVERY + 1} images per action in {subject_dir}; "
-                         "nothing to evaluate")
+        raise InputError(
+            f"ARCTIC: fewer than {ARCTIC_EVERY + 1} images per action in {subject_dir}; nothing to evaluate"
+        )
     return ArcticSet(items, verts, intrinsics, offset, subject, view)
 
 

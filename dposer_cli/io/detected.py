@@ -22,13 +22,15 @@ log = logging.getLogger(__name__)
 
 
 def no_keypoints(frame: Frame) -> str:
-    """"no keypoints for …" naming the frame and where keypoint files were looked for."""
+    """ "no keypoints for …" naming the frame and where keypoint files were looked for."""
     if frame.video_frame >= 0:
         return f"no keypoints for frame {frame.video_frame} of {frame.image}"
     return f"no keypoints for {frame.image} (looked for {', '.join(map(str, frame.searched))})"
 
 
-def keypoint_file(frame: Frame, out: Path, save_keypoints: Path | None, *, detected: int, sequences: int) -> Path:
+def keypoint_file(
+    frame: Frame, out: Path, save_keypoints: Path | None, *, detected: int, sequences: int
+) -> Path:
     """Where the detection of `frame` is saved (module docstring); `detected` frames are detected in all, of
     `sequences` videos.
 
@@ -42,8 +44,11 @@ def keypoint_file(frame: Frame, out: Path, save_keypoints: Path | None, *, detec
             return out / f"{frame.stem}.keypoints.json"
         if target.suffix.lower() == ".json":
             if detected > 1:
-                raise InputError(f"--save-keypoints {target} names one file, but keypoints are detected for "
-                                 f"{detected} images", hint="give a folder")
+                raise InputError(
+                    f"--save-keypoints {target} names one file, but keypoints are detected for "
+                    f"{detected} images",
+                    hint="give a folder",
+                )
             return target
         return target / name
     folder = target if target is not None else out / "keypoints"
@@ -52,8 +57,9 @@ def keypoint_file(frame: Frame, out: Path, save_keypoints: Path | None, *, detec
     return folder / name
 
 
-def detect_missing(frames: Sequence[Frame], out: Path, *, save_keypoints: Path | None = None,
-                   hand: bool = False) -> list[Path]:
+def detect_missing(
+    frames: Sequence[Frame], out: Path, *, save_keypoints: Path | None = None, hand: bool = False
+) -> list[Path]:
     """Detect the keypoints of the frames that have none, write them (see `keypoint_file`) and set each such
     frame's `keypoints` to its file; returns the files written. A video frame without a person gets an
     empty file (`read_persons` skips the frame).
@@ -66,8 +72,10 @@ def detect_missing(frames: Sequence[Frame], out: Path, *, save_keypoints: Path |
     if not missing:
         return []
     if hand:
-        raise InputError(f"{no_keypoints(missing[0])}; detection finds whole-body keypoints, not hand crops",
-                         hint="pass --keypoints (MMPose hand JSON), or fit the whole body with --part wholebody")
+        raise InputError(
+            f"{no_keypoints(missing[0])}; detection finds whole-body keypoints, not hand crops",
+            hint="pass --keypoints (MMPose hand JSON), or fit the whole body with --part wholebody",
+        )
     sequences = len({f.sequence for f in frames})
     written: list[Path] = []
     for frame, image in frame_images(missing):
@@ -77,8 +85,10 @@ def detect_missing(frames: Sequence[Frame], out: Path, *, save_keypoints: Path |
             raise InputError(f"{no_keypoints(frame)}, and {exc.message}", hint=DETECT_HINT) from None
         except InputError:
             if frame.sequence < 0:
-                raise InputError(f"{no_keypoints(frame)}, and MediaPipe found no person in it",
-                                 hint="pass --keypoints from another detector") from None
+                raise InputError(
+                    f"{no_keypoints(frame)}, and MediaPipe found no person in it",
+                    hint="pass --keypoints from another detector",
+                ) from None
             found = Keypoints2D(np.zeros((0, 135, 3), np.float32), "openpose135", DETECTOR, None, frame.image)
         path = keypoint_file(frame, out, save_keypoints, detected=len(missing), sequences=sequences)
         frame.keypoints = write_coco_wholebody(path, found, image_size=image.shape[:2])

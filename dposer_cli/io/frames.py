@@ -81,24 +81,33 @@ def _json_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() == ".json" and p.is_file())
 
 
-def _video_frames(video: Path, kp_dir: Path | None, sequence: int, prefix: str, max_frames: int | None
-                  ) -> list[Frame]:
+def _video_frames(
+    video: Path, kp_dir: Path | None, sequence: int, prefix: str, max_frames: int | None
+) -> list[Frame]:
     info = video_info(video)
     count = info.frames if max_frames is None else min(info.frames, max_frames)
     files: list[Path | None] = [None] * count
     if kp_dir is not None:
         found = _json_files(kp_dir)
         if len(found) < count:
-            raise InputError(f"{kp_dir} holds {len(found)} keypoint file(s) for {count} frame(s) of {video}; "
-                             "give one JSON per frame (taken in name order)")
+            raise InputError(
+                f"{kp_dir} holds {len(found)} keypoint file(s) for {count} frame(s) of {video}; "
+                "give one JSON per frame (taken in name order)"
+            )
         files = list(found[:count])
-    return [Frame(video, kp, f"{prefix}{i:06d}", sequence, info.height, info.width, video_frame=i,
-                  fps=info.fps)
-            for i, kp in enumerate(files)]
+    return [
+        Frame(video, kp, f"{prefix}{i:06d}", sequence, info.height, info.width, video_frame=i, fps=info.fps)
+        for i, kp in enumerate(files)
+    ]
 
 
-def resolve_frames(images: Sequence[Path], keypoints: Sequence[Path], *, missing_ok: bool = False,
-                   max_frames: int | None = None) -> list[Frame]:
+def resolve_frames(
+    images: Sequence[Path],
+    keypoints: Sequence[Path],
+    *,
+    missing_ok: bool = False,
+    max_frames: int | None = None,
+) -> list[Frame]:
     """Pair images (or folders of frames, or video files) with keypoint files.
 
     Args:
@@ -112,8 +121,9 @@ def resolve_frames(images: Sequence[Path], keypoints: Sequence[Path], *, missing
         InputError: no images, missing files, a count mismatch or a keypoint file that cannot be found.
     """
     if not images:
-        raise InputError("no images given",
-                         hint="dposer fit-image photo.jpg --keypoints photo.json --out fits/")
+        raise InputError(
+            "no images given", hint="dposer fit-image photo.jpg --keypoints photo.json --out fits/"
+        )
     frames: list[Frame] = []
     folders = [Path(p) for p in images if Path(p).is_dir() or is_video(Path(p))]
     if folders and len(folders) != len(images):
@@ -139,16 +149,18 @@ def resolve_frames(images: Sequence[Path], keypoints: Sequence[Path], *, missing
             for img in files[:max_frames]:
                 found, tried = _keypoints_beside(img, kp_dir)
                 if found is None and not missing_ok:
-                    raise InputError(f"no keypoints for frame {img} (looked for "
-                                     f"{', '.join(map(str, tried))})",
-                                     hint="pass the keypoint folder with --keypoints")
+                    raise InputError(
+                        f"no keypoints for frame {img} (looked for {', '.join(map(str, tried))})",
+                        hint="pass the keypoint folder with --keypoints",
+                    )
                 # several videos: the folder name keeps the stems apart
                 stem = img.stem if len(folders) == 1 else f"{folder.name}_{img.stem}"
                 frames.append(Frame(img, found, stem, s, searched=tuple(tried) if found is None else ()))
         return frames
     if keypoints and len(keypoints) != len(images):
-        raise InputError(f"{len(images)} image(s) but {len(keypoints)} keypoint file(s); "
-                         "give one --keypoints per image")
+        raise InputError(
+            f"{len(images)} image(s) but {len(keypoints)} keypoint file(s); give one --keypoints per image"
+        )
     for i, img in enumerate(images):
         img = Path(img)
         if not img.exists():
@@ -162,9 +174,10 @@ def resolve_frames(images: Sequence[Path], keypoints: Sequence[Path], *, missing
         else:
             kp, tried = _keypoints_beside(img, None)
             if kp is None and not missing_ok:
-                raise InputError(f"no keypoints for {img} (looked for {', '.join(map(str, tried))})",
-                                 hint="pass --keypoints KP.json (OpenPose, ViTPose/COCO-WholeBody or MMPose "
-                                 "JSON)")
+                raise InputError(
+                    f"no keypoints for {img} (looked for {', '.join(map(str, tried))})",
+                    hint="pass --keypoints KP.json (OpenPose, ViTPose/COCO-WholeBody or MMPose JSON)",
+                )
         frames.append(Frame(img, kp, img.stem, -1, searched=tuple(tried) if kp is None else ()))
     stems = [f.stem for f in frames]
     if len(set(stems)) != len(stems):
@@ -190,9 +203,16 @@ def parse_person(spec: str) -> int | None:
     return index
 
 
-def read_persons(frames: list[Frame], *, keypoint_format: str = "auto", part: str = "body",
-                 person: int | None = None, conf_threshold: float = 0.2, min_keypoints: int = 4,
-                 counted_keypoints: int | None = None) -> FramePersons:
+def read_persons(
+    frames: list[Frame],
+    *,
+    keypoint_format: str = "auto",
+    part: str = "body",
+    person: int | None = None,
+    conf_threshold: float = 0.2,
+    min_keypoints: int = 4,
+    counted_keypoints: int | None = None,
+) -> FramePersons:
     """Read every keypoint file and image size (set on the frames), select persons, stack the rows.
 
     A person needs `min_keypoints` keypoints with confidence ≥ `conf_threshold` among the first
@@ -217,14 +237,19 @@ def read_persons(frames: list[Frame], *, keypoint_format: str = "auto", part: st
             frame.height, frame.width = int(image.shape[0]), int(image.shape[1])
             del image
         if frame.keypoints is None:
-            raise InputError(f"no keypoints for {frame.image} (looked for {', '.join(map(str, frame.searched))})")
+            raise InputError(
+                f"no keypoints for {frame.image} (looked for {', '.join(map(str, frame.searched))})"
+            )
         try:
             read = read_keypoints(frame.keypoints, keypoint_format, part=part)
         except InputError as exc:
             # a video frame without detections is normal: skip it (format errors still stop the run)
             if video and ("no persons found" in exc.message or "confidence 0" in exc.message):
-                log.warning("frame %s skipped: %s", frame.stem if frame.video_frame >= 0 else frame.image.name,
-                            exc.message)
+                log.warning(
+                    "frame %s skipped: %s",
+                    frame.stem if frame.video_frame >= 0 else frame.image.name,
+                    exc.message,
+                )
                 per_frame[f_idx] = 0
                 continue
             raise
@@ -232,8 +257,10 @@ def read_persons(frames: list[Frame], *, keypoint_format: str = "auto", part: st
         arr = np.asarray(read.keypoints, dtype=np.float32)
         rows = range(arr.shape[0]) if person is None else [person]
         if person is not None and person >= arr.shape[0]:
-            raise InputError(f"--person {person}: {frame.keypoints} has only {arr.shape[0]} person(s) "
-                             f"(0..{arr.shape[0] - 1})")
+            raise InputError(
+                f"--person {person}: {frame.keypoints} has only {arr.shape[0]} person(s) "
+                f"(0..{arr.shape[0] - 1})"
+            )
         n_here = 0
         for p in rows:
             used = arr[p, :counted_keypoints]
@@ -261,19 +288,29 @@ def read_persons(frames: list[Frame], *, keypoint_format: str = "auto", part: st
     if not kps:
         raise InputError("no person with usable keypoints in any frame")
     if len(layouts) > 1:
-        raise InputError(f"the keypoint files mix layouts ({', '.join(sorted(layouts))}); "
-                         "fit them separately")
+        raise InputError(
+            f"the keypoint files mix layouts ({', '.join(sorted(layouts))}); fit them separately"
+        )
     track_ids = {t: i for i, t in enumerate(dict.fromkeys(tracks))}
     return FramePersons(
-        keypoints=np.stack(kps), image_size=np.array(sizes, dtype=np.int64),
-        frame=np.array(frame_ids, dtype=np.int64), person=np.array(person_ids, dtype=np.int64),
-        track=np.array([track_ids[t] for t in tracks], dtype=np.int64), layout=layouts.pop(),
+        keypoints=np.stack(kps),
+        image_size=np.array(sizes, dtype=np.int64),
+        frame=np.array(frame_ids, dtype=np.int64),
+        person=np.array(person_ids, dtype=np.int64),
+        track=np.array([track_ids[t] for t in tracks], dtype=np.int64),
+        layout=layouts.pop(),
         per_frame=per_frame,
     )
 
 
-def read_init(paths: Sequence[Path], num_frames: int, frame: np.ndarray, person: np.ndarray, *,
-              widths: Mapping[str, int] | None = None) -> dict[str, np.ndarray]:
+def read_init(
+    paths: Sequence[Path],
+    num_frames: int,
+    frame: np.ndarray,
+    person: np.ndarray,
+    *,
+    widths: Mapping[str, int] | None = None,
+) -> dict[str, np.ndarray]:
     """Starting parameters from `--init` npz files (one per frame, rows = persons of its keypoint file).
 
     Returns one row per (frame[i], person[i]) pair, float32. A file's `person_index` array (as fit-image
@@ -319,8 +356,9 @@ def read_init(paths: Sequence[Path], num_frames: int, frame: np.ndarray, person:
             if k == "person_index":
                 continue
             if row < 0 or row >= arr.shape[0]:
-                raise InputError(f"--init file {paths[f_idx]}: no row for person {p} in {k!r} "
-                                 f"({arr.shape[0]} rows)")
+                raise InputError(
+                    f"--init file {paths[f_idx]}: no row for person {p} in {k!r} ({arr.shape[0]} rows)"
+                )
             out.setdefault(k, []).append(arr[row])
     return {k: np.stack(v) for k, v in out.items()}
 
@@ -363,7 +401,7 @@ class VideoTrack:
 
 
 def video_prefix(frames: Sequence[Frame], sequence: int) -> str:
-    """"" for one video, else "<video or folder name>_" (file names of several videos stay apart)."""
+    """ "" for one video, else "<video or folder name>_" (file names of several videos stay apart)."""
     if len({f.sequence for f in frames}) == 1:
         return ""
     frame = next(f for f in frames if f.sequence == sequence)
@@ -389,9 +427,15 @@ def video_tracks(persons: FramePersons, frames: Sequence[Frame]) -> list[VideoTr
         rows = rows[np.argsort(persons.frame[rows], kind="stable")]
         first = frames[int(persons.frame[rows[0]])]
         seq = first.sequence
-        people = {int(p) for p, f in zip(persons.person, persons.frame, strict=True) if frames[int(f)].sequence == seq}
-        name = (f"{video_prefix(frames, seq)}motion"
-                + (f"_person{int(persons.person[rows[0]])}" if len(people) > 1 else ""))
-        tracks.append(VideoTrack(name, seq, rows, first.fps or 30.0, numbers[persons.frame[rows]],
-                                 persons.person[rows]))
+        people = {
+            int(p)
+            for p, f in zip(persons.person, persons.frame, strict=True)
+            if frames[int(f)].sequence == seq
+        }
+        name = f"{video_prefix(frames, seq)}motion" + (
+            f"_person{int(persons.person[rows[0]])}" if len(people) > 1 else ""
+        )
+        tracks.append(
+            VideoTrack(name, seq, rows, first.fps or 30.0, numbers[persons.frame[rows]], persons.person[rows])
+        )
     return tracks

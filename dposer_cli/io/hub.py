@@ -80,13 +80,19 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 # body-model files per kind, relative to a body-model folder; a tuple lists alternatives (spec §12.2)
 BODY_MODEL_FILES: dict[str, tuple[tuple[str, ...], ...]] = {
-    "smplx": (("smplx/SMPLX_NEUTRAL.npz", "smplx/SMPLX_NEUTRAL.pkl"), ("smplx/SMPL-X__FLAME_vertex_ids.npy",),
-              ("smplx/MANO_SMPLX_vertex_ids.pkl",)),
+    "smplx": (
+        ("smplx/SMPLX_NEUTRAL.npz", "smplx/SMPLX_NEUTRAL.pkl"),
+        ("smplx/SMPL-X__FLAME_vertex_ids.npy",),
+        ("smplx/MANO_SMPLX_vertex_ids.pkl",),
+    ),
     "mano": (("mano/MANO_RIGHT.pkl",), ("mano/MANO_LEFT.pkl",)),
     "flame": tuple((f"flame/{f}",) for f in FLAME_FILES),
 }
-BODY_MODEL_SITES = {"smplx": "https://smpl-x.is.tue.mpg.de", "mano": "https://mano.is.tue.mpg.de",
-                    "flame": "https://flame.is.tue.mpg.de"}
+BODY_MODEL_SITES = {
+    "smplx": "https://smpl-x.is.tue.mpg.de",
+    "mano": "https://mano.is.tue.mpg.de",
+    "flame": "https://flame.is.tue.mpg.de",
+}
 _BODY_MODEL_WHAT = {
     "smplx": "SMPL-X (SMPLX_NEUTRAL.npz) and the 'MANO and FLAME vertex indices' correspondences",
     "mano": "MANO (MANO_RIGHT.pkl, MANO_LEFT.pkl)",
@@ -110,13 +116,20 @@ def plan(parts: Iterable[Part], root: Path | None = None) -> list[Asset]:
     assets: dict[str, Asset] = {}
     for part in parts:
         spec = PARTS[part]
-        assets[spec.official_ckpt] = Asset("checkpoint", spec.official_ckpt, official_checkpoint(part, root), (part,))
+        assets[spec.official_ckpt] = Asset(
+            "checkpoint", spec.official_ckpt, official_checkpoint(part, root), (part,)
+        )
         for seg in spec.segments:
             name = f"{seg.normalizer}/{NORMALIZER_FILE}"
             prev = assets.get(name)
             users = prev.parts if prev else ()
-            assets[name] = Asset("normalizer", name, official_normalizer_file(seg.normalizer, root),
-                                 users if part in users else (*users, part), seg.dim)
+            assets[name] = Asset(
+                "normalizer",
+                name,
+                official_normalizer_file(seg.normalizer, root),
+                users if part in users else (*users, part),
+                seg.dim,
+            )
     return list(assets.values())
 
 
@@ -168,17 +181,30 @@ class HubSource:
     timeout: float = TIMEOUT_S  # seconds per connection attempt
 
     @classmethod
-    def from_env(cls, *, revision: str | None = None, endpoint: str | None = None,
-                 normalizer_url: str | None = None, offline: bool | None = None, cache_dir: Path | None = None,
-                 timeout: float = TIMEOUT_S) -> "HubSource":
+    def from_env(
+        cls,
+        *,
+        revision: str | None = None,
+        endpoint: str | None = None,
+        normalizer_url: str | None = None,
+        offline: bool | None = None,
+        cache_dir: Path | None = None,
+        timeout: float = TIMEOUT_S,
+    ) -> "HubSource":
         """None: `DEFAULT_REVISION`, $HF_ENDPOINT, $DPOSER_NORMALIZER_URL (else `NORMALIZER_URL`), $HF_HUB_OFFLINE
         or $TRANSFORMERS_OFFLINE; read now, not at import (huggingface_hub freezes HF_ENDPOINT when imported)."""
-        return cls(revision=revision or DEFAULT_REVISION,
-                   endpoint=(endpoint or os.environ.get("HF_ENDPOINT") or "").rstrip("/") or None,
-                   normalizer_url=(normalizer_url or os.environ.get(NORMALIZER_URL_ENV) or NORMALIZER_URL).rstrip("/"),
-                   offline=offline if offline is not None else (_env_true("HF_HUB_OFFLINE")
-                                                                or _env_true("TRANSFORMERS_OFFLINE")),
-                   cache_dir=cache_dir, timeout=timeout)
+        return cls(
+            revision=revision or DEFAULT_REVISION,
+            endpoint=(endpoint or os.environ.get("HF_ENDPOINT") or "").rstrip("/") or None,
+            normalizer_url=(normalizer_url or os.environ.get(NORMALIZER_URL_ENV) or NORMALIZER_URL).rstrip(
+                "/"
+            ),
+            offline=offline
+            if offline is not None
+            else (_env_true("HF_HUB_OFFLINE") or _env_true("TRANSFORMERS_OFFLINE")),
+            cache_dir=cache_dir,
+            timeout=timeout,
+        )
 
 
 class Fetcher:
@@ -189,8 +215,15 @@ class Fetcher:
     `<name>.invalid` and reported as an `AssetMismatchError`.
     """
 
-    def __init__(self, source: HubSource, root: Path, check: Callable[[Asset, Path], str | None], *,
-                 force: bool = False, progress: Callable[[int, int], None] | None = None) -> None:
+    def __init__(
+        self,
+        source: HubSource,
+        root: Path,
+        check: Callable[[Asset, Path], str | None],
+        *,
+        force: bool = False,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> None:
         self.source, self.root, self.check, self.force, self.progress = source, root, check, force, progress
         self.revision, self.offline, self.endpoint = source.revision, source.offline, source.endpoint
         self.base = source.normalizer_url
@@ -215,7 +248,9 @@ class Fetcher:
                 # per-process folder next to the targets: same volume for os.replace, no clash between runs
                 self.staging = Path(tempfile.mkdtemp(prefix=".download-", dir=official))
             except OSError as exc:
-                raise InputError(f"cannot write to the models folder {official}: {exc.strerror or exc}") from None
+                raise InputError(
+                    f"cannot write to the models folder {official}: {exc.strerror or exc}"
+                ) from None
         return self.staging
 
     def __enter__(self) -> "Fetcher":
@@ -231,25 +266,32 @@ class Fetcher:
 
     def unavailable(self) -> UnavailableError:
         hosts = sorted({h for _, _, h in self.unfetched})
-        why = ("offline: HF_HUB_OFFLINE is set" if self.offline
-               else "cannot reach " + ", ".join(f"{h} ({self.down.get(h, 'unreachable')})" for h in hosts))
+        why = (
+            "offline: HF_HUB_OFFLINE is set"
+            if self.offline
+            else "cannot reach " + ", ".join(f"{h} ({self.down.get(h, 'unreachable')})" for h in hosts)
+        )
         manual = "; ".join(f"{url} -> {a.path}" for a, url, _ in self.unfetched)
         return UnavailableError(
             f"could not fetch {len(self.unfetched)} file(s) ({why}); place them by hand: {manual}",
             hint="or re-run `dposer download` with network access (files already present are kept); "
-                 f"HF_ENDPOINT and {NORMALIZER_URL_ENV} select mirrors",
+            f"HF_ENDPOINT and {NORMALIZER_URL_ENV} select mirrors",
         )
 
     def _install(self, asset: Asset, staged: Path) -> None:
         asset.path.parent.mkdir(parents=True, exist_ok=True)
         os.replace(staged, asset.path)
-        asset.path.with_name(asset.path.name + ".invalid").unlink(missing_ok=True)  # stale reject, now superseded
+        asset.path.with_name(asset.path.name + ".invalid").unlink(
+            missing_ok=True
+        )  # stale reject, now superseded
 
     def _reject(self, asset: Asset, staged: Path, why: str, hint: str) -> AssetMismatchError:
         bad = asset.path.with_name(asset.path.name + ".invalid")
         bad.parent.mkdir(parents=True, exist_ok=True)
         os.replace(staged, bad)
-        return AssetMismatchError(f"downloaded {asset.name} is not usable: {why}; moved it aside to {bad}", hint=hint)
+        return AssetMismatchError(
+            f"downloaded {asset.name} is not usable: {why}; moved it aside to {bad}", hint=hint
+        )
 
     def fetch(self, asset: Asset) -> dict[str, Any]:
         """Fetch, verify and install one asset; returns its record ("status": downloaded | resumed | copied |
@@ -275,8 +317,9 @@ class Fetcher:
         try:
             # one HEAD without retries: a dead host fails in milliseconds (huggingface_hub's own download
             # retries a missing network for ~20 s), and the ETag is the sha256 we verify against
-            meta = get_hf_file_metadata(url, token=token, timeout=self.source.timeout, endpoint=self.endpoint,
-                                        library_name="dposer")
+            meta = get_hf_file_metadata(
+                url, token=token, timeout=self.source.timeout, endpoint=self.endpoint, library_name="dposer"
+            )
         except Exception as exc:  # noqa: BLE001 - every Hub failure is mapped in _hub_error
             if self._is_network(exc):
                 self.down[host] = _reason(exc)
@@ -286,13 +329,21 @@ class Fetcher:
         self.total_bytes += size
         log.info("downloading %s (%.1f MB) from %s", asset.name, size / 1e6, HUB_REPO)
         try:
-            staged = Path(hf_hub_download(
-                repo_id=HUB_REPO, filename=asset.name,
-                revision=meta.commit_hash or self.revision,  # the exact commit the HEAD saw
-                local_dir=self._stage_dir(), cache_dir=self.source.cache_dir, endpoint=self.endpoint, token=token,
-                force_download=self.force, etag_timeout=self.source.timeout, library_name="dposer",
-                tqdm_class=self._bar_class(),
-            ))
+            staged = Path(
+                hf_hub_download(
+                    repo_id=HUB_REPO,
+                    filename=asset.name,
+                    revision=meta.commit_hash or self.revision,  # the exact commit the HEAD saw
+                    local_dir=self._stage_dir(),
+                    cache_dir=self.source.cache_dir,
+                    endpoint=self.endpoint,
+                    token=token,
+                    force_download=self.force,
+                    etag_timeout=self.source.timeout,
+                    library_name="dposer",
+                    tqdm_class=self._bar_class(),
+                )
+            )
         except Exception as exc:  # noqa: BLE001
             if self._is_network(exc):
                 self.down[host] = _reason(exc)
@@ -302,17 +353,28 @@ class Fetcher:
         etag = (meta.etag or "").lower()
         digest = _sha256(staged)
         if _SHA256.fullmatch(etag) and digest != etag:
-            raise self._reject(asset, staged, f"its sha256 {digest[:12]}… differs from the {etag[:12]}… the Hub lists",
-                               hint="run the command again (the transfer was corrupted); if it persists, the "
-                                    "endpoint serves a different file than it advertises")
+            raise self._reject(
+                asset,
+                staged,
+                f"its sha256 {digest[:12]}… differs from the {etag[:12]}… the Hub lists",
+                hint="run the command again (the transfer was corrupted); if it persists, the "
+                "endpoint serves a different file than it advertises",
+            )
         self._verify(asset, staged)
         self._install(asset, staged)
-        return {"status": "downloaded", "source": url, "bytes": asset.path.stat().st_size, "sha256": digest,
-                "commit": meta.commit_hash}
+        return {
+            "status": "downloaded",
+            "source": url,
+            "bytes": asset.path.stat().st_size,
+            "sha256": digest,
+            "commit": meta.commit_hash,
+        }
 
     def _from_hf_cache(self, asset: Asset, url: str, host: str) -> dict[str, Any]:
         """Offline / no network: reuse a copy from the Hugging Face cache, else record it as unfetched."""
-        cached = try_to_load_from_cache(HUB_REPO, asset.name, cache_dir=self.source.cache_dir, revision=self.revision)
+        cached = try_to_load_from_cache(
+            HUB_REPO, asset.name, cache_dir=self.source.cache_dir, revision=self.revision
+        )
         if not isinstance(cached, str):
             self.unfetched.append((asset, url, host))
             return {"status": "unavailable", "source": url}
@@ -321,7 +383,12 @@ class Fetcher:
         self._verify(asset, staged)
         self._install(asset, staged)
         log.info("copied %s from the Hugging Face cache (%s)", asset.name, cached)
-        return {"status": "copied", "source": cached, "bytes": asset.path.stat().st_size, "sha256": _sha256(asset.path)}
+        return {
+            "status": "copied",
+            "source": cached,
+            "bytes": asset.path.stat().st_size,
+            "sha256": _sha256(asset.path),
+        }
 
     def _verify(self, asset: Asset, staged: Path) -> None:
         why = self.check(asset, staged)
@@ -330,8 +397,10 @@ class Fetcher:
         if asset.kind == "checkpoint":
             hint = f"try another --revision, or place a valid file at {asset.path}"
         else:
-            hint = (f"check {NORMALIZER_URL_ENV} (now {self.base}); the official files are "
-                    "data/*_data/*_normalizer/axis_normalize2.pt")
+            hint = (
+                f"check {NORMALIZER_URL_ENV} (now {self.base}); the official files are "
+                "data/*_data/*_normalizer/axis_normalize2.pt"
+            )
         raise self._reject(asset, staged, why, hint=hint)
 
     def _bar_class(self) -> type:
@@ -354,32 +423,50 @@ class Fetcher:
         """True for 'could not talk to the host' failures (as opposed to an answer we did not like)."""
         if isinstance(exc, HfHubHTTPError):
             return False
-        return isinstance(exc, httpx2.TransportError | OfflineModeIsEnabled | LocalEntryNotFoundError
-                          | ConnectionError | TimeoutError)
+        return isinstance(
+            exc,
+            httpx2.TransportError
+            | OfflineModeIsEnabled
+            | LocalEntryNotFoundError
+            | ConnectionError
+            | TimeoutError,
+        )
 
     def _hub_error(self, exc: BaseException, asset: Asset, url: str) -> DposerError:
         """Map a huggingface_hub / HTTP failure to one-line DposerError (they must never leak)."""
         manual = f"or place the file by hand at {asset.path} (from {url})"
         if isinstance(exc, RevisionNotFoundError):
-            return InputError(f"revision {self.revision!r} not found in the Hub repository {HUB_REPO}",
-                              hint=f"pass --revision main or a commit of https://huggingface.co/{HUB_REPO}/commits/main")
+            return InputError(
+                f"revision {self.revision!r} not found in the Hub repository {HUB_REPO}",
+                hint=f"pass --revision main or a commit of https://huggingface.co/{HUB_REPO}/commits/main",
+            )
         if isinstance(exc, EntryNotFoundError):
-            return MissingAssetError(f"{asset.name} not found in {HUB_REPO} at revision {self.revision} (HTTP 404 "
-                                     f"from {url})", hint=f"check --revision and HF_ENDPOINT, {manual}")
+            return MissingAssetError(
+                f"{asset.name} not found in {HUB_REPO} at revision {self.revision} (HTTP 404 from {url})",
+                hint=f"check --revision and HF_ENDPOINT, {manual}",
+            )
         if isinstance(exc, GatedRepoError | RepositoryNotFoundError):
-            return UnavailableError(f"cannot access the Hub repository {HUB_REPO} at {url} ({_first_line(exc)})",
-                                    hint="if it needs a login run `hf auth login` or set HF_TOKEN; check HF_ENDPOINT")
+            return UnavailableError(
+                f"cannot access the Hub repository {HUB_REPO} at {url} ({_first_line(exc)})",
+                hint="if it needs a login run `hf auth login` or set HF_TOKEN; check HF_ENDPOINT",
+            )
         if isinstance(exc, HfHubHTTPError):
             status = getattr(getattr(exc, "response", None), "status_code", "?")
-            return UnavailableError(f"could not download {asset.name} from {url}: HTTP {status}",
-                                    hint=f"try again later, {manual}")
+            return UnavailableError(
+                f"could not download {asset.name} from {url}: HTTP {status}",
+                hint=f"try again later, {manual}",
+            )
         if isinstance(exc, ValueError):  # invalid repo id / revision strings, inconsistent flags
             return InputError(f"cannot download {asset.name}: {_first_line(exc)}")
         if isinstance(exc, OSError):  # size mismatch after retries, disk full, permissions
-            return UnavailableError(f"could not download {asset.name} from {url}: {_first_line(exc)}",
-                                    hint=f"run the command again, {manual}")
-        return UnavailableError(f"could not download {asset.name} from {url}: {type(exc).__name__}: "
-                                f"{_first_line(exc)}", hint=f"run the command again, {manual}")
+            return UnavailableError(
+                f"could not download {asset.name} from {url}: {_first_line(exc)}",
+                hint=f"run the command again, {manual}",
+            )
+        return UnavailableError(
+            f"could not download {asset.name} from {url}: {type(exc).__name__}: {_first_line(exc)}",
+            hint=f"run the command again, {manual}",
+        )
 
     # -- normalisers: plain HTTP(S) GET, resumable with Range --------------------------------------------------
     def _normalizer(self, asset: Asset) -> dict[str, Any]:
@@ -409,12 +496,18 @@ class Fetcher:
                 log.warning("connection to %s dropped (%s); resuming", host, last)
                 time.sleep(0.2 * (attempt + 1))
         else:
-            raise UnavailableError(f"download of {url} kept breaking off ({last}); the partial file {part_file} is "
-                                   "kept", hint="run the command again to resume it")
+            raise UnavailableError(
+                f"download of {url} kept breaking off ({last}); the partial file {part_file} is kept",
+                hint="run the command again to resume it",
+            )
         self._verify(asset, part_file)
         self._install(asset, part_file)
-        return {"status": "resumed" if resumed else "downloaded", "source": url,
-                "bytes": asset.path.stat().st_size, "sha256": _sha256(asset.path)}
+        return {
+            "status": "resumed" if resumed else "downloaded",
+            "source": url,
+            "bytes": asset.path.stat().st_size,
+            "sha256": _sha256(asset.path),
+        }
 
     def _get(self, asset: Asset, url: str, part_file: Path) -> None:
         """GET `url` into `part_file`, continuing after the bytes it already holds."""
@@ -423,18 +516,24 @@ class Fetcher:
         if offset:
             headers["Range"] = f"bytes={offset}-"
         try:
-            resp = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=self.source.timeout)
+            resp = urllib.request.urlopen(
+                urllib.request.Request(url, headers=headers), timeout=self.source.timeout
+            )
         except urllib.error.HTTPError as exc:
             exc.close()
             if exc.code == 416 and offset:  # the .part is longer than the file: start over
                 part_file.unlink(missing_ok=True)
                 raise _Dropped("stale partial file") from None
             if exc.code == 404:
-                raise MissingAssetError(f"{asset.name} not found at {url} (HTTP 404)",
-                                        hint=f"check {NORMALIZER_URL_ENV} (now {self.base}), or place the file by "
-                                             f"hand at {asset.path}") from None
-            raise UnavailableError(f"could not download {url}: HTTP {exc.code} {exc.reason}",
-                                   hint=f"try again later, or place the file by hand at {asset.path}") from None
+                raise MissingAssetError(
+                    f"{asset.name} not found at {url} (HTTP 404)",
+                    hint=f"check {NORMALIZER_URL_ENV} (now {self.base}), or place the file by "
+                    f"hand at {asset.path}",
+                ) from None
+            raise UnavailableError(
+                f"could not download {url}: HTTP {exc.code} {exc.reason}",
+                hint=f"try again later, or place the file by hand at {asset.path}",
+            ) from None
         except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
             raise _Unreachable(_reason(exc)) from None
         with resp:
@@ -463,7 +562,9 @@ class Fetcher:
                     fh.flush()
                     os.fsync(fh.fileno())
         size = part_file.stat().st_size
-        if total is not None and size < total:  # http.client returns b"" on an early close rather than raising
+        if (
+            total is not None and size < total
+        ):  # http.client returns b"" on an early close rather than raising
             raise _Dropped(f"got {size} of {total} bytes")
 
 
@@ -483,11 +584,17 @@ def body_models(dirs: list[Path] | None = None) -> dict[str, dict[str, Any]]:
     for kind in BODY_MODEL_FILES:
         files = _find_body_files(kind, dirs)
         missing = [f["file"] for f in files if f["path"] is None]
-        entry: dict[str, Any] = {"present": not missing, "files": files, "searched": dirs,
-                                 "register": BODY_MODEL_SITES[kind]}
+        entry: dict[str, Any] = {
+            "present": not missing,
+            "files": files,
+            "searched": dirs,
+            "register": BODY_MODEL_SITES[kind],
+        }
         if missing:
-            entry["instruction"] = (f"{kind}: missing {', '.join(missing)}; register at {BODY_MODEL_SITES[kind]}, "
-                                    f"download {_BODY_MODEL_WHAT[kind]} and put the files in {dirs[0]} as "
-                                    f"{', '.join(m.split(' | ')[0] for m in missing)}")
+            entry["instruction"] = (
+                f"{kind}: missing {', '.join(missing)}; register at {BODY_MODEL_SITES[kind]}, "
+                f"download {_BODY_MODEL_WHAT[kind]} and put the files in {dirs[0]} as "
+                f"{', '.join(m.split(' | ')[0] for m in missing)}"
+            )
         out[kind] = entry
     return out

@@ -52,13 +52,23 @@ def _read_npz(path: Path, used: set[str]) -> dict[str, np.ndarray]:
     return out
 
 
-def _array(data: Mapping[str, np.ndarray], key: str, path: Path, dim: int | None, n: int | None,
-           *, up_to: bool = False) -> np.ndarray:
+def _array(
+    data: Mapping[str, np.ndarray],
+    key: str,
+    path: Path,
+    dim: int | None,
+    n: int | None,
+    *,
+    up_to: bool = False,
+) -> np.ndarray:
     arr = np.asarray(data[key])
     if arr.ndim == 1 and dim is not None and n is None:
         arr = arr[None]
-    ok = arr.ndim == 2 and (n is None or arr.shape[0] == n) and (
-        dim is None or arr.shape[1] == dim or (up_to and 0 < arr.shape[1] <= dim))
+    ok = (
+        arr.ndim == 2
+        and (n is None or arr.shape[0] == n)
+        and (dim is None or arr.shape[1] == dim or (up_to and 0 < arr.shape[1] <= dim))
+    )
     if not ok or not np.issubdtype(arr.dtype, np.number):
         want = f"(N, {'≤' if up_to else ''}{dim})" if n is None else f"({n}, {'≤' if up_to else ''}{dim})"
         raise InputError(f"{path}: {key} has shape {arr.shape}; expected {want}")
@@ -67,12 +77,21 @@ def _array(data: Mapping[str, np.ndarray], key: str, path: Path, dim: int | None
     return arr.astype(np.float32)
 
 
-def _read_joints(data: Mapping[str, np.ndarray], path: Path, part: str, joint_set: str, num_joints: int,
-                 known: Mapping[str, int], up_to: Sequence[str]) -> IKTargets:
+def _read_joints(
+    data: Mapping[str, np.ndarray],
+    path: Path,
+    part: str,
+    joint_set: str,
+    num_joints: int,
+    known: Mapping[str, int],
+    up_to: Sequence[str],
+) -> IKTargets:
     joints = np.asarray(data["joints"])
     if joints.ndim != 3 or joints.shape[1:] != (num_joints, 3) or joints.shape[0] == 0:
-        raise InputError(f"{path}: joints has shape {joints.shape}; expected (N, {num_joints}, 3) for "
-                         f"--part {part} ({joint_set} joint order)")
+        raise InputError(
+            f"{path}: joints has shape {joints.shape}; expected (N, {num_joints}, 3) for "
+            f"--part {part} ({joint_set} joint order)"
+        )
     if not np.issubdtype(joints.dtype, np.number):
         raise InputError(f"{path}: joints must be numbers, got dtype {joints.dtype}")
     n = joints.shape[0]
@@ -86,16 +105,26 @@ def _read_joints(data: Mapping[str, np.ndarray], path: Path, part: str, joint_se
     bad = ~np.isfinite(joints).all(-1) & visible
     if bad.any():
         i, j = np.argwhere(bad)[0]
-        raise InputError(f"{path}: joints has NaN or infinite values at sample {i}, joint {j} "
-                         f"({int(bad.sum())} visible joint(s) in all)",
-                         hint="fix the values or mark those joints False in `visible`")
+        raise InputError(
+            f"{path}: joints has NaN or infinite values at sample {i}, joint {j} "
+            f"({int(bad.sum())} visible joint(s) in all)",
+            hint="fix the values or mark those joints False in `visible`",
+        )
     fixed = {k: _array(data, k, path, d, n, up_to=k in up_to) for k, d in known.items() if k in data}
     return IKTargets(joints=np.nan_to_num(joints.astype(np.float32)), visible=visible, known=fixed)
 
 
-def read_ik_targets(path: Path, *, part: str, joint_set: str, num_joints: int, known: Mapping[str, int],
-                    params: Mapping[str, int], pose_keys: Sequence[str],
-                    up_to: Sequence[str] = ("betas", "expression")) -> IKTargets:
+def read_ik_targets(
+    path: Path,
+    *,
+    part: str,
+    joint_set: str,
+    num_joints: int,
+    known: Mapping[str, int],
+    params: Mapping[str, int],
+    pose_keys: Sequence[str],
+    up_to: Sequence[str] = ("betas", "expression"),
+) -> IKTargets:
     """Read and validate a targets file.
 
     `known`: fixed parameters that may come with joint targets (key → width); `params`: the ground-truth
@@ -117,16 +146,17 @@ def read_ik_targets(path: Path, *, part: str, joint_set: str, num_joints: int, k
         poses = _array(data, "poses", path, width, None)
         start = 0
         for k in pose_keys:
-            gt[k] = poses[:, start:start + params[k]]
+            gt[k] = poses[:, start : start + params[k]]
             start += params[k]
     for k, d in params.items():
         if k in data and k not in gt:
             gt[k] = _array(data, k, path, d, None, up_to=k in up_to)
     if not gt:
         keys = ", ".join(["joints", "poses", *params])
-        raise InputError(f"{path} holds none of the keys {keys} (found: {', '.join(data) or 'nothing'})",
-                         hint=f"give `joints` (N, {num_joints}, 3) in {joint_set} order, or ground-truth "
-                              "parameters")
+        raise InputError(
+            f"{path} holds none of the keys {keys} (found: {', '.join(data) or 'nothing'})",
+            hint=f"give `joints` (N, {num_joints}, 3) in {joint_set} order, or ground-truth parameters",
+        )
     sizes = {v.shape[0] for v in gt.values()}
     if len(sizes) != 1 or 0 in sizes:
         shapes = ", ".join(f"{k} {v.shape}" for k, v in gt.items())

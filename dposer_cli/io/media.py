@@ -187,8 +187,11 @@ def read_image(path: Path) -> UInt8[np.ndarray, "H W 3"]:
                 validate.image_size(str(path), *im.size)
                 return np.asarray(im.convert("RGB"))
     except Image.DecompressionBombError:  # Pillow's own check (same limit) fired first, while opening
-        raise InputError(f"{path}: image is larger than {validate.MAX_IMAGE_PIXELS / 1e6:.0f} megapixels; "
-                         "refused before decoding", hint="downscale the picture (keypoints scale with it)") from None
+        raise InputError(
+            f"{path}: image is larger than {validate.MAX_IMAGE_PIXELS / 1e6:.0f} megapixels; "
+            "refused before decoding",
+            hint="downscale the picture (keypoints scale with it)",
+        ) from None
     except UnidentifiedImageError:
         raise InputError(
             f"cannot read image {path}: not a recognised image format (expected PNG or JPEG)"
@@ -225,7 +228,9 @@ def _ffmpeg(path: Path) -> ModuleType:
 def _check_video_path(path: Path) -> Path:
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"video not found: {path}" if not path.exists() else f"cannot read video {path}: not a file")
+        raise InputError(
+            f"video not found: {path}" if not path.exists() else f"cannot read video {path}: not a file"
+        )
     return path
 
 

@@ -44,7 +44,9 @@ def _first(npz, keys: tuple[str, ...]) -> str | None:
     return next((k for k in keys if k in npz.files), None)
 
 
-def _optional(npz, key: str | None, path: Path, shape: tuple[int | None, ...], stride: int) -> np.ndarray | None:
+def _optional(
+    npz, key: str | None, path: Path, shape: tuple[int | None, ...], stride: int
+) -> np.ndarray | None:
     """`_array` of `key`, or None when the file has no such key (`key` is None)."""
     return None if key is None else _array(npz, key, path, shape, stride)
 
@@ -91,7 +93,9 @@ def read_motion(path: Path, *, fps: float | None = None) -> Motion:
             if body_key is not None:
                 fmt = "pose_body" if body_key == "pose_body" else "dposer"
                 body = _array(npz, body_key, path, (None, 63), stride)
-                orient = _optional(npz, _first(npz, ("root_orient", "global_orient")), path, (None, 3), stride)
+                orient = _optional(
+                    npz, _first(npz, ("root_orient", "global_orient")), path, (None, 3), stride
+                )
                 transl = _optional(npz, _first(npz, ("trans", "transl")), path, (None, 3), stride)
         joints = _array(npz, "joints", path, (None, None, 3), stride) if "joints" in npz.files else None
         if body is None and joints is None:

@@ -359,7 +359,9 @@ def _extras(npz, path: Path, *, exclude: set[str], stride: int, n_frames: int) -
 
 
 # ---------------------------------------------------------------------------------------------------- public
-def read_poses(path: Path | str, part: Part, *, allow_nan: bool = False, fps: float | None = None) -> PoseFile:
+def read_poses(
+    path: Path | str, part: Part, *, allow_nan: bool = False, fps: float | None = None
+) -> PoseFile:
     """Read one npz into (N, D) part vectors (see the module docstring for the accepted layouts).
 
     Args:

@@ -91,8 +91,10 @@ def exclusive(out: Path) -> Iterator[None]:
         except OSError:
             fh.seek(0)
             owner = fh.read().strip() or "?"
-            raise InputError(f"{out} is in use by another dposer train (pid {owner})",
-                             hint="wait for it to finish, or give this run another --out") from None
+            raise InputError(
+                f"{out} is in use by another dposer train (pid {owner})",
+                hint="wait for it to finish, or give this run another --out",
+            ) from None
         fh.seek(0)
         fh.truncate()
         fh.write(str(os.getpid()))

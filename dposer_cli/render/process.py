@@ -36,8 +36,12 @@ def video_timing(process_frames: int, max_frames: int = MAX_VIDEO_FRAMES) -> tup
 
 def _corners(items: Sequence[Item]) -> np.ndarray:
     """The 8 corners of the axis-aligned box around every finite point of `items`."""
-    pts = np.concatenate([np.asarray(it["vertices"] if "vertices" in it else it["joints"], np.float64).reshape(-1, 3)
-                          for it in items])
+    pts = np.concatenate(
+        [
+            np.asarray(it["vertices"] if "vertices" in it else it["joints"], np.float64).reshape(-1, 3)
+            for it in items
+        ]
+    )
     pts = pts[np.isfinite(pts).all(axis=1)]
     if len(pts) == 0:
         raise InputError("process video: a frame has no finite vertices or joints")
@@ -78,7 +82,9 @@ def process_frames(
     if len(captions) != n_frames:
         raise InputError(f"process video: {len(captions)} captions for {n_frames} frames")
     if cols < 1 or int(cell) < 16 or hold < 0:
-        raise InputError(f"process video: need cols >= 1, cell >= 16 px and hold >= 0 (got {cols}, {cell}, {hold})")
+        raise InputError(
+            f"process video: need cols >= 1, cell >= 16 px and hold >= 0 (got {cols}, {cell}, {hold})"
+        )
     cell = int(cell)
     per_frame = len(frames[0])
     rows = math.ceil(per_frame / cols)
@@ -105,7 +111,9 @@ def process_frames(
     out = np.empty((n_frames + hold, band + grid_h, width, 3), np.uint8)
     for k in range(n_frames):
         # row colours go to meshes only (skeletons keep their depth-cued bones)
-        items = [{**it, "colors": colors[i // cols]} if "vertices" in it else it for i, it in enumerate(frames[k])]
+        items = [
+            {**it, "colors": colors[i // cols]} if "vertices" in it else it for i, it in enumerate(frames[k])
+        ]
         try:
             grid = contact_sheet(items, cols=cols, cell=cell, renderer=backend, framing=framing)
         except InputError as exc:
@@ -115,7 +123,9 @@ def process_frames(
         frame[band:] = background_image(width, grid_h)
         frame[band:, : grid.shape[1]] = grid
         frame[band - 1] = 200  # a thin rule under the caption
-        label(frame, str(captions[k]), max(4, px_caption // 2), max(1, (band - px_caption) // 2 - 1), px_caption)
+        label(
+            frame, str(captions[k]), max(4, px_caption // 2), max(1, (band - px_caption) // 2 - 1), px_caption
+        )
         for r, text in enumerate(row_labels or []):
             label(frame, str(text), px_row // 2, band + r * cell + px_row // 3, px_row)
     out[n_frames:] = out[n_frames - 1]

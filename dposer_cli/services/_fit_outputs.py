@@ -24,9 +24,19 @@ log = logging.getLogger(__name__)
 OVERLAY_VIDEO_SIDE = 640  # overlay.mp4 frames are downsampled (by an integer factor) to at most this side
 
 
-def write_images(out: Path, frames: list[Frame], persons: FramePersons, inputs: FitInput, model: BodyModel,
-                 fitted: FitResult, *, labels: dict[str, str], overlay: bool, renderer: str, conf_threshold: float
-                 ) -> tuple[dict[str, Path | list[Path]], list[dict]]:
+def write_images(
+    out: Path,
+    frames: list[Frame],
+    persons: FramePersons,
+    inputs: FitInput,
+    model: BodyModel,
+    fitted: FitResult,
+    *,
+    labels: dict[str, str],
+    overlay: bool,
+    renderer: str,
+    conf_threshold: float,
+) -> tuple[dict[str, Path | list[Path]], list[dict]]:
     """`<stem>.npz` (the fitted persons, sorted by person index, and the `labels` as strings) per image that
     has fitted persons, with `<stem>_overlay.png` and `<stem>_fit.png` for single images (`overlay`); the
     outputs and the per-image summary entries."""
@@ -42,21 +52,46 @@ def write_images(out: Path, frames: list[Frame], persons: FramePersons, inputs: 
         rows = rows[np.argsort(persons.person[rows], kind="stable")]
         index = torch.as_tensor(rows, device=fitted.joints.device)
         arrays = {k: v[index].cpu().numpy() for k, v in fitted.params.items()}
-        arrays.update(focal=inputs.focal[index].cpu().numpy(), center=inputs.center[index].cpu().numpy(),
-                      image_size=np.array([frame.height, frame.width]), person_index=persons.person[rows],
-                      keypoints=persons.keypoints[rows][:, keep], joints=fitted.joints[index].cpu().numpy(),
-                      reprojection_error_px=px[rows], reprojection_loss=data[rows], part=np.array(labels["part"]),
-                      body_model=np.array(model.kind), prior=np.array(labels["prior"]))
+        arrays.update(
+            focal=inputs.focal[index].cpu().numpy(),
+            center=inputs.center[index].cpu().numpy(),
+            image_size=np.array([frame.height, frame.width]),
+            person_index=persons.person[rows],
+            keypoints=persons.keypoints[rows][:, keep],
+            joints=fitted.joints[index].cpu().numpy(),
+            reprojection_error_px=px[rows],
+            reprojection_loss=data[rows],
+            part=np.array(labels["part"]),
+            body_model=np.array(model.kind),
+            prior=np.array(labels["prior"]),
+        )
         path = out / f"{frame.stem}.npz"
         with atomic_write(path, "wb") as fh:
             np.savez(fh, **arrays)
-        per_person = [{"person": int(p), "reprojection_error_px": float(e), "loss": float(lo)}
-                      for p, e, lo in zip(arrays["person_index"], px[rows], data[rows], strict=True)]
-        entry.update({"npz": path, "reprojection_error_px": float(px[rows].mean()),
-                      "loss": float(data[rows].mean()), "per_person": per_person})
+        per_person = [
+            {"person": int(p), "reprojection_error_px": float(e), "loss": float(lo)}
+            for p, e, lo in zip(arrays["person_index"], px[rows], data[rows], strict=True)
+        ]
+        entry.update(
+            {
+                "npz": path,
+                "reprojection_error_px": float(px[rows].mean()),
+                "loss": float(data[rows].mean()),
+                "per_person": per_person,
+            }
+        )
         if overlay and frame.sequence < 0:  # videos: overlay.mp4 (`write_video`)
-            photo, views = fit_pictures(read_image(frame.image), model, fitted, inputs, index, arrays["keypoints"],
-                                        per_person, renderer=renderer, conf_threshold=conf_threshold)
+            photo, views = fit_pictures(
+                read_image(frame.image),
+                model,
+                fitted,
+                inputs,
+                index,
+                arrays["keypoints"],
+                per_person,
+                renderer=renderer,
+                conf_threshold=conf_threshold,
+            )
             entry["overlay"] = save_image(out / f"{frame.stem}_overlay.png", photo)
             entry["views"] = save_image(out / f"{frame.stem}_fit.png", views)
     outputs: dict[str, Path | list[Path]] = {"npz": [e["npz"] for e in images if "npz" in e]}
@@ -66,15 +101,38 @@ def write_images(out: Path, frames: list[Frame], persons: FramePersons, inputs: 
     return outputs, images
 
 
-def write_video(out: Path, frames: list[Frame], persons: FramePersons, inputs: FitInput, model: BodyModel,
-                fitted: FitResult, tracks: list[VideoTrack], motions: list[TrackMotion], *, overlay: bool,
-                renderer: str, conf_threshold: float) -> dict[str, Path | list[Path]]:
+def write_video(
+    out: Path,
+    frames: list[Frame],
+    persons: FramePersons,
+    inputs: FitInput,
+    model: BodyModel,
+    fitted: FitResult,
+    tracks: list[VideoTrack],
+    motions: list[TrackMotion],
+    *,
+    overlay: bool,
+    renderer: str,
+    conf_threshold: float,
+) -> dict[str, Path | list[Path]]:
     """motion.npz per person and video; overlay.mp4 per video (the written motions over the frames,
     downsampled to OVERLAY_VIDEO_SIDE), skipped with a warning when no renderer works."""
-    outputs: dict[str, Path | list[Path]] = {"motion": [
-        write_motion(out / f"{t.name}.npz", **motion_arrays(m, fps=t.fps, model_kind=model.kind, inputs=inputs,
-                                                            frame_index=t.frame_index, person_index=t.person_index))
-        for t, m in zip(tracks, motions, strict=True)]}
+    outputs: dict[str, Path | list[Path]] = {
+        "motion": [
+            write_motion(
+                out / f"{t.name}.npz",
+                **motion_arrays(
+                    m,
+                    fps=t.fps,
+                    model_kind=model.kind,
+                    inputs=inputs,
+                    frame_index=t.frame_index,
+                    person_index=t.person_index,
+                ),
+            )
+            for t, m in zip(tracks, motions, strict=True)
+        ]
+    }
     if not overlay:
         return outputs
     params, keep = merged_params(fitted, motions), fitted.layout.kp_keep.cpu().numpy()
@@ -87,11 +145,27 @@ def write_video(out: Path, frames: list[Frame], persons: FramePersons, inputs: F
             pictures = []
             for frame, image in frame_images(chosen):
                 rows = np.flatnonzero(persons.frame == position[id(frame)])
-                pictures.append(fit_video_frame(image, model, params, inputs, rows, persons.keypoints[rows][:, keep],
-                                                fitted.layout.edges, step=step, renderer=renderer,
-                                                conf_threshold=conf_threshold))
-            videos.append(save_video(out / f"{video_prefix(frames, seq)}overlay.mp4", np.stack(pictures),
-                                     fps=chosen[0].fps or 30.0))
+                pictures.append(
+                    fit_video_frame(
+                        image,
+                        model,
+                        params,
+                        inputs,
+                        rows,
+                        persons.keypoints[rows][:, keep],
+                        fitted.layout.edges,
+                        step=step,
+                        renderer=renderer,
+                        conf_threshold=conf_threshold,
+                    )
+                )
+            videos.append(
+                save_video(
+                    out / f"{video_prefix(frames, seq)}overlay.mp4",
+                    np.stack(pictures),
+                    fps=chosen[0].fps or 30.0,
+                )
+            )
         except (UnavailableError, MissingAssetError) as exc:
             log.warning("no overlay video: %s", exc.message)
     if videos:
@@ -99,8 +173,16 @@ def write_video(out: Path, frames: list[Frame], persons: FramePersons, inputs: F
     return outputs
 
 
-def write_exports(out: Path, formats: tuple[str, ...], frames: list[Frame], persons: FramePersons, model: BodyModel,
-            fitted: FitResult, tracks: list[VideoTrack], motions: list[TrackMotion]) -> dict[str, Path | list[Path]]:
+def write_exports(
+    out: Path,
+    formats: tuple[str, ...],
+    frames: list[Frame],
+    persons: FramePersons,
+    model: BodyModel,
+    fitted: FitResult,
+    tracks: list[VideoTrack],
+    motions: list[TrackMotion],
+) -> dict[str, Path | list[Path]]:
     """--export: images: `<stem>.<fmt>` per image (BVH: one per person); videos: `motion.<fmt>` per person and
     video. Upright (y up, as viewers expect; the fits are in camera coordinates, y down)."""
     written: dict[str, list[Path]] = {f"export_{fmt}": [] for fmt in formats}
@@ -108,14 +190,16 @@ def write_exports(out: Path, formats: tuple[str, ...], frames: list[Frame], pers
     for f_idx, frame in enumerate(frames):
         rows = np.flatnonzero(persons.frame == f_idx)
         if frame.sequence < 0 and len(rows):
-            index = torch.as_tensor(rows[np.argsort(persons.person[rows], kind="stable")], device=fitted.joints.device)
+            index = torch.as_tensor(
+                rows[np.argsort(persons.person[rows], kind="stable")], device=fitted.joints.device
+            )
             jobs.append((frame.stem, {k: v[index] for k, v in fitted.params.items()}, 0.0))
     for name, params, fps in jobs:
         chosen, people = list(formats), len(params["transl"])
         if fps == 0.0 and "bvh" in formats and people > 1:  # a BVH holds one skeleton: a file per person
             chosen.remove("bvh")
             for p in range(people):
-                motion = skeleton_motion(model, {k: v[p:p + 1] for k, v in params.items()}, upright=True)
+                motion = skeleton_motion(model, {k: v[p : p + 1] for k, v in params.items()}, upright=True)
                 written["export_bvh"].append(write_bvh(out / f"{name}_person{p}.bvh", *motion.bvh_args()))
         for fmt, data in export_data(model, params, chosen, fps=fps or 30.0, upright=True, name=name).items():
             if isinstance(data, SkeletonMotion):

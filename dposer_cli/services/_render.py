@@ -29,9 +29,18 @@ def _flame(body_model: Path | None, device: torch.device) -> BodyModel | None:
         return None
 
 
-def render_sheet(part: Part, poses: Tensor, path: Path, *, body_model: Path | None, renderer: str,
-                 device: torch.device, cell: int = 256, max_items: int = GRID_MAX, title: str | None = None
-                 ) -> Path | None:
+def render_sheet(
+    part: Part,
+    poses: Tensor,
+    path: Path,
+    *,
+    body_model: Path | None,
+    renderer: str,
+    device: torch.device,
+    cell: int = 256,
+    max_items: int = GRID_MAX,
+    title: str | None = None,
+) -> Path | None:
     """Draw the first `max_items` poses into one PNG as `part` needs them (`tasks.pictures.pose_sheet`);
     None when there are none. Faces without FLAME are drawn as charts."""
     poses = poses[:max_items]
@@ -44,9 +53,21 @@ def render_sheet(part: Part, poses: Tensor, path: Path, *, body_model: Path | No
     return save_image(path, image)
 
 
-def completion_sheet(part: Part, inputs: Tensor, completed: Tensor, hidden: Tensor, *, truth: bool,
-                     path: Path, body_model: Path | None, renderer: str, device: torch.device,
-                     max_rows: int = 16, cell: int = 224, title: str | None = None) -> Path | None:
+def completion_sheet(
+    part: Part,
+    inputs: Tensor,
+    completed: Tensor,
+    hidden: Tensor,
+    *,
+    truth: bool,
+    path: Path,
+    body_model: Path | None,
+    renderer: str,
+    device: torch.device,
+    max_rows: int = 16,
+    cell: int = 224,
+    title: str | None = None,
+) -> Path | None:
     """`tasks.pictures.completion_sheet` of the first `max_rows` inputs as a PNG; None (with a warning) when
     the part's body model is missing."""
     try:
@@ -54,6 +75,15 @@ def completion_sheet(part: Part, inputs: Tensor, completed: Tensor, hidden: Tens
     except MissingAssetError as exc:
         log.warning("no picture for --part %s: %s", part.value, exc.message)
         return None
-    image = pictures.completion_sheet(part, inputs[:max_rows], completed[:max_rows], hidden[:max_rows], body,
-                                      truth=truth, renderer=renderer, cell=cell, title=title)
+    image = pictures.completion_sheet(
+        part,
+        inputs[:max_rows],
+        completed[:max_rows],
+        hidden[:max_rows],
+        body,
+        truth=truth,
+        renderer=renderer,
+        cell=cell,
+        title=title,
+    )
     return save_image(path, image)

@@ -29,9 +29,21 @@ def report_path(req: BenchmarkRequest) -> Path:
 
 def fit_files(job: FileFit) -> tuple[int, int]:
     """fit-image on files, no overlays → (persons fitted, network evaluations)."""
-    result = fit_image.run(fit_image.FitImageRequest(
-        images=job.images, keypoints=job.keypoints, out=job.out, part=job.part, steps=job.steps, prior="dposer",
-        prior_model=job.prior, body_model=job.body_model, overlay=False, device=job.device, seed=job.seed))
+    result = fit_image.run(
+        fit_image.FitImageRequest(
+            images=job.images,
+            keypoints=job.keypoints,
+            out=job.out,
+            part=job.part,
+            steps=job.steps,
+            prior="dposer",
+            prior_model=job.prior,
+            body_model=job.body_model,
+            overlay=False,
+            device=job.device,
+            seed=job.seed,
+        )
+    )
     return int(result.info["persons"]), int(result.info["nfe"])
 
 
@@ -44,10 +56,17 @@ def run(req: BenchmarkRequest, progress: Callable[[int, int], None] | None = Non
     path = report_path(req)
     outputs: dict[str, Path | list[Path]] = {"report": path}
     if "samples" in report.arrays:
-        outputs["samples"] = write_poses(path.with_name(path.stem + ".samples.npz"), report.part,
-                                         report.arrays["samples"])
-    result = Result(command="benchmark", outputs=outputs, metrics=report.metrics, info=report.info,
-                    seconds=time.perf_counter() - t0, lines=report.lines)
+        outputs["samples"] = write_poses(
+            path.with_name(path.stem + ".samples.npz"), report.part, report.arrays["samples"]
+        )
+    result = Result(
+        command="benchmark",
+        outputs=outputs,
+        metrics=report.metrics,
+        info=report.info,
+        seconds=time.perf_counter() - t0,
+        lines=report.lines,
+    )
     with atomic_write(path, "w") as fh:
         json.dump(result_dict(result, __version__), fh, indent=2)
         fh.write("\n")

@@ -60,8 +60,12 @@ class CompleteRequest:
     export: tuple[str, ...] = ()  # also write completed.glb / .obj / .ply / .bvh (N × H bodies, input-major)
 
 
-def run(req: CompleteRequest, progress: Callable[[int, int], None] | None = None, *,
-        prior: DPoserPrior | BaselinePrior | None = None) -> Result:
+def run(
+    req: CompleteRequest,
+    progress: Callable[[int, int], None] | None = None,
+    *,
+    prior: DPoserPrior | BaselinePrior | None = None,
+) -> Result:
     """Run the command; `prior` overrides --checkpoint (Python API: any prior of the right part)."""
     t0 = time.perf_counter()
     check_options(req.mode, req.hypo, req.steps)
@@ -72,8 +76,9 @@ def run(req: CompleteRequest, progress: Callable[[int, int], None] | None = None
     if poses.ndim != 2 or poses.shape[0] == 0:
         raise InputError(f"{req.input}: no poses to complete (shape {tuple(poses.shape)})")
     _check_memory(req, len(poses))
-    masking = resolve_masking(req.part, poses, tuple(req.masks), tuple(req.mask_joints), where=str(req.input),
-                              keys=tuple(pf.keys))
+    masking = resolve_masking(
+        req.part, poses, tuple(req.masks), tuple(req.mask_joints), where=str(req.input), keys=tuple(pf.keys)
+    )
     out_dir = ensure_out_dir(req.out)
     if prior is None:
         prior = DPoserPrior.load(req.part, req.checkpoint, normalizer=req.normalizer, device=device)
@@ -83,8 +88,16 @@ def run(req: CompleteRequest, progress: Callable[[int, int], None] | None = None
     export_body = load_part_body(req.part, req.body_model, device) if formats else None  # a face needs FLAME
 
     t_run = time.perf_counter()
-    res = complete(prior, poses, masking.observed, hypo=req.hypo, mode=req.mode, steps=req.steps,
-                   generator=make_generator(req.seed, device), progress=progress)
+    res = complete(
+        prior,
+        poses,
+        masking.observed,
+        hypo=req.hypo,
+        mode=req.mode,
+        steps=req.steps,
+        generator=make_generator(req.seed, device),
+        progress=progress,
+    )
     run_seconds = time.perf_counter() - t_run
     completed = res.poses
     if not torch.isfinite(completed).all():
@@ -93,15 +106,22 @@ def run(req: CompleteRequest, progress: Callable[[int, int], None] | None = None
     n, h, dim = completed.shape
     array = completed.cpu().numpy()
     outputs: dict[str, Path | list[Path]] = {
-        "completed": write_poses(out_dir / "completed.npz", req.part, array if h > 1 else array[:, 0],
-                                 extras=pf.extras, keys_like=pf),
+        "completed": write_poses(
+            out_dir / "completed.npz",
+            req.part,
+            array if h > 1 else array[:, 0],
+            extras=pf.extras,
+            keys_like=pf,
+        ),
     }
     if export_body is not None:  # --export: every hypothesis of every input (row i·H + h)
         flat = part_params(req.part, completed.reshape(n * h, dim))
         for fmt, data in export_data(export_body, flat, formats, name="completed").items():
-            outputs[f"export_{fmt}"] = (write_bvh(out_dir / "completed.bvh", *data.bvh_args())
-                                        if isinstance(data, SkeletonMotion)
-                                        else write_meshes(out_dir / "completed", data.vertices, data.faces, fmt))
+            outputs[f"export_{fmt}"] = (
+                write_bvh(out_dir / "completed.bvh", *data.bvh_args())
+                if isinstance(data, SkeletonMotion)
+                else write_meshes(out_dir / "completed", data.vertices, data.faces, fmt)
+            )
     metrics: dict[str, float] = {}
     info: dict = {}
     if masking.has_truth:
@@ -111,25 +131,51 @@ def run(req: CompleteRequest, progress: Callable[[int, int], None] | None = None
     metrics["hypotheses_per_second"] = n * h / max(run_seconds, 1e-9)
     if req.render:
         hidden = (~masking.observed).expand(n, dim)
-        what = ", ".join(req.masks) or (f"joints {','.join(map(str, req.mask_joints))}" if req.mask_joints
-                                        else "the NaN entries")
-        grid = completion_sheet(req.part, poses, completed, hidden, truth=masking.has_truth,
-                                path=out_dir / "completed.png", body_model=req.body_model, renderer=req.renderer,
-                                device=device, title=f"complete --part {req.part.value}: {what} missing, "
-                                f"{h} hypothes{'is' if h == 1 else 'es'} per input")
+        what = ", ".join(req.masks) or (
+            f"joints {','.join(map(str, req.mask_joints))}" if req.mask_joints else "the NaN entries"
+        )
+        grid = completion_sheet(
+            req.part,
+            poses,
+            completed,
+            hidden,
+            truth=masking.has_truth,
+            path=out_dir / "completed.png",
+            body_model=req.body_model,
+            renderer=req.renderer,
+            device=device,
+            title=f"complete --part {req.part.value}: {what} missing, "
+            f"{h} hypothes{'is' if h == 1 else 'es'} per input",
+        )
         if grid is not None:
             outputs["grid"] = grid
     masked = int((~masking.observed).sum())
-    lines = [(f"completed {n} {req.part.value} pose(s) × {h} hypothes{'is' if h == 1 else 'es'} with --mode "
-             f"{req.mode} ({res.nfe} network evaluations, {masked} masked entries) from {prior.source}")]
+    lines = [
+        (
+            f"completed {n} {req.part.value} pose(s) × {h} hypothes{'is' if h == 1 else 'es'} with --mode "
+            f"{req.mode} ({res.nfe} network evaluations, {masked} masked entries) from {prior.source}"
+        )
+    ]
     return Result(
         command="complete",
         outputs=outputs,
         metrics=metrics,
-        info={"part": req.part.value, "n": n, "hypo": h, "mode": req.mode, "steps": res.steps, "nfe": res.nfe,
-              "mask": list(req.masks) or None, "mask_joints": list(req.mask_joints) or None,
-              "mask_source": masking.source, "masked_entries": masked, "checkpoint": prior.source,
-              "seed": req.seed, "device": str(device), **info},
+        info={
+            "part": req.part.value,
+            "n": n,
+            "hypo": h,
+            "mode": req.mode,
+            "steps": res.steps,
+            "nfe": res.nfe,
+            "mask": list(req.masks) or None,
+            "mask_joints": list(req.mask_joints) or None,
+            "mask_source": masking.source,
+            "masked_entries": masked,
+            "checkpoint": prior.source,
+            "seed": req.seed,
+            "device": str(device),
+            **info,
+        },
         seconds=time.perf_counter() - t0,
         lines=lines,
     )
@@ -140,6 +186,9 @@ def _check_memory(req: CompleteRequest, n: int) -> None:
     working set (`tasks.complete.CHUNK` vectors; network width: the part's widest prior) must fit."""
     spec, h = PARTS[req.part], req.hypo
     chunk = min(n, max(1, CHUNK // h)) * h
-    validate.memory(f"{n}×{h} hypotheses", validate.sample_bytes(chunk, dim=spec.dim, width=spec.official_hidden)
-                    + validate.sample_bytes(n * h, dim=spec.dim, copies=2),
-                    hint="complete fewer poses at once, or ask for fewer --hypo")
+    validate.memory(
+        f"{n}×{h} hypotheses",
+        validate.sample_bytes(chunk, dim=spec.dim, width=spec.official_hidden)
+        + validate.sample_bytes(n * h, dim=spec.dim, copies=2),
+        hint="complete fewer poses at once, or ask for fewer --hypo",
+    )

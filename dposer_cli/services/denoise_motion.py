@@ -64,8 +64,12 @@ class DenoiseRequest:
     export: tuple[str, ...] = ()  # also write denoised.glb / .obj / .ply (a mesh per frame) / .bvh
 
 
-def run(req: DenoiseRequest, progress: Callable[[int, int], None] | None = None, *,
-        prior: DPoserPrior | None = None) -> Result:
+def run(
+    req: DenoiseRequest,
+    progress: Callable[[int, int], None] | None = None,
+    *,
+    prior: DPoserPrior | None = None,
+) -> Result:
     """Run the command; `prior` overrides --checkpoint (Python API: any DPoserPrior of the right part)."""
     t0 = time.perf_counter()
     if req.noise_std is not None and not (math.isfinite(req.noise_std) and req.noise_std >= 0):
@@ -81,8 +85,10 @@ def run(req: DenoiseRequest, progress: Callable[[int, int], None] | None = None,
         raise InputError(f"{req.input}: no body poses (pose_body/body_pose) and no joints to denoise")
     frames = len(joints_in) if joints_in is not None else len(pose_in)
     if frames < 2:
-        raise InputError(f"{req.input}: the sequence has {frames} frame; denoising needs at least 2 "
-                         "(the temporal term compares neighbouring frames)")
+        raise InputError(
+            f"{req.input}: the sequence has {frames} frame; denoising needs at least 2 "
+            "(the temporal term compares neighbouring frames)"
+        )
     device = resolve_device(req.device)
     gen = make_generator(req.seed, device)
 
@@ -104,8 +110,13 @@ def run(req: DenoiseRequest, progress: Callable[[int, int], None] | None = None,
     if world:
         obs = _select_body22(_tensor(joints_in, device), body, b22, str(req.input))
         if pose_in is not None:
-            gt = _joints(body, b22, _tensor(pose_in, device), _tensor(motion.global_orient, device),
-                         _tensor(motion.transl, device))
+            gt = _joints(
+                body,
+                b22,
+                _tensor(pose_in, device),
+                _tensor(motion.global_orient, device),
+                _tensor(motion.transl, device),
+            )
         added = 0.0
     else:
         gt = _joints(body, b22, _tensor(pose_in, device), None, None)  # body frame (spec §7.4)
@@ -116,25 +127,44 @@ def run(req: DenoiseRequest, progress: Callable[[int, int], None] | None = None,
 
     # ---- optimisation -------------------------------------------------------------------------------
     t_opt = time.perf_counter()
-    fit = task.denoise_motion(prior, body, obs, ~hidden, noise_std=noise_std, occluded=req.occluded, world=world,
-                              temporal=req.temporal, generator=gen, progress=progress)
+    fit = task.denoise_motion(
+        prior,
+        body,
+        obs,
+        ~hidden,
+        noise_std=noise_std,
+        occluded=req.occluded,
+        world=world,
+        temporal=req.temporal,
+        generator=gen,
+        progress=progress,
+    )
     opt_seconds = time.perf_counter() - t_opt
     schedule = fit.schedule
 
     # ---- outputs ----------------------------------------------------------------------------------------
     observed = torch.where(fit.visible[..., None], obs, torch.nan)
-    arrays = {key: fit.params[key].cpu().numpy() for key in ("body_pose", "global_orient", "transl")
-              if key in fit.params}
+    arrays = {
+        key: fit.params[key].cpu().numpy()
+        for key in ("body_pose", "global_orient", "transl")
+        if key in fit.params
+    }
     arrays.update(joints=fit.joints.cpu().numpy(), observed_joints=observed.cpu().numpy())
     if not world and motion.global_orient is not None:
-        arrays["global_orient"] = np.asarray(motion.global_orient, dtype=np.float32)  # passed through unchanged
+        arrays["global_orient"] = np.asarray(
+            motion.global_orient, dtype=np.float32
+        )  # passed through unchanged
     fps = float(req.fps or motion.fps or 30.0)
-    outputs: dict[str, Path | list[Path]] = {"denoised": write_motion(out_dir / "denoised.npz", fps=fps, **arrays)}
+    outputs: dict[str, Path | list[Path]] = {
+        "denoised": write_motion(out_dir / "denoised.npz", fps=fps, **arrays)
+    }
     result_params = {k: _tensor(arrays.get(k), device) for k in ("body_pose", "global_orient", "transl")}
     for fmt, data in export_data(body, result_params, formats, fps=fps, name="denoised").items():  # --export
-        outputs[f"export_{fmt}"] = (write_bvh(out_dir / "denoised.bvh", *data.bvh_args())
-                                    if isinstance(data, SkeletonMotion)
-                                    else write_meshes(out_dir / "denoised", data.vertices, data.faces, fmt))
+        outputs[f"export_{fmt}"] = (
+            write_bvh(out_dir / "denoised.bvh", *data.bvh_args())
+            if isinstance(data, SkeletonMotion)
+            else write_meshes(out_dir / "denoised", data.vertices, data.faces, fmt)
+        )
 
     metrics: dict[str, float] = {}
     if gt is not None:
@@ -145,25 +175,52 @@ def run(req: DenoiseRequest, progress: Callable[[int, int], None] | None = None,
             result = body(**fit.params)
             # pose input: the input itself is the ground truth (noise and occlusion were applied here)
             clean = None if world else body(body_pose=_tensor(pose_in, device)).vertices
-        video = _render(out_dir / "comparison.mp4", obs, fit.visible, result, body, fps, req.renderer, gt=gt,
-                        clean=clean, hidden_parts=req.occluded or ())
+        video = _render(
+            out_dir / "comparison.mp4",
+            obs,
+            fit.visible,
+            result,
+            body,
+            fps,
+            req.renderer,
+            gt=gt,
+            clean=clean,
+            hidden_parts=req.occluded or (),
+        )
         if video is not None:
             outputs["comparison"] = video
 
-    lines = [(f"denoised {frames} frames with {schedule.steps} steps ({fit.nfe} network evaluations, schedule "
-             f"{schedule.name}) from {prior.source}")]
+    lines = [
+        (
+            f"denoised {frames} frames with {schedule.steps} steps ({fit.nfe} network evaluations, schedule "
+            f"{schedule.name}) from {prior.source}"
+        )
+    ]
     if "mpjpe_mm" in metrics:
-        lines.append(f"MPJPE {metrics['mpjpe_input_mm']:.1f} mm (observations) → {metrics['mpjpe_mm']:.1f} mm")
+        lines.append(
+            f"MPJPE {metrics['mpjpe_input_mm']:.1f} mm (observations) → {metrics['mpjpe_mm']:.1f} mm"
+        )
     return Result(
         command="denoise-motion",
         outputs=outputs,
         metrics=metrics,
-        info={"frames": frames, "fps": fps, "input_kind": "joints" if world else "poses",
-              "noise_std_m": noise_std, "noise_added_m": added, "schedule": schedule.name,
-              "steps": schedule.steps, "t_range": list(schedule.t_range), "nfe": fit.nfe,
-              "occluded_joints": [n for n, h in zip(task.BODY22, hidden.tolist(), strict=True) if h] or None,
-              "temporal_term": fit.temporal_term, "body_model": body.kind,
-              "checkpoint": prior.source, "seed": req.seed, "device": str(device)},
+        info={
+            "frames": frames,
+            "fps": fps,
+            "input_kind": "joints" if world else "poses",
+            "noise_std_m": noise_std,
+            "noise_added_m": added,
+            "schedule": schedule.name,
+            "steps": schedule.steps,
+            "t_range": list(schedule.t_range),
+            "nfe": fit.nfe,
+            "occluded_joints": [n for n, h in zip(task.BODY22, hidden.tolist(), strict=True) if h] or None,
+            "temporal_term": fit.temporal_term,
+            "body_model": body.kind,
+            "checkpoint": prior.source,
+            "seed": req.seed,
+            "device": str(device),
+        },
         seconds=time.perf_counter() - t0,
         lines=lines,
     )
@@ -182,7 +239,9 @@ def _tensor(value: np.ndarray | None, device: torch.device) -> Tensor | None:
     return None if value is None else torch.as_tensor(np.asarray(value), dtype=torch.float32, device=device)
 
 
-def _joints(body: BodyModel, b22: Tensor, pose: Tensor, orient: Tensor | None, transl: Tensor | None) -> Tensor:
+def _joints(
+    body: BodyModel, b22: Tensor, pose: Tensor, orient: Tensor | None, transl: Tensor | None
+) -> Tensor:
     with torch.no_grad():
         return body(body_pose=pose, global_orient=orient, transl=transl, return_vertices=False).joints[:, b22]
 
@@ -194,16 +253,30 @@ def _select_body22(joints: Tensor, body: BodyModel, b22: Tensor, where: str) -> 
         return joints
     if joints.shape[1] == len(body.joint_names):
         return joints[:, b22]
-    raise InputError(f"{where}: joints have {joints.shape[1]} joints per frame; expected 22 (pelvis + 21 body "
-                     f"joints, SMPL-X order) or the body model's {len(body.joint_names)}")
+    raise InputError(
+        f"{where}: joints have {joints.shape[1]} joints per frame; expected 22 (pelvis + 21 body "
+        f"joints, SMPL-X order) or the body model's {len(body.joint_names)}"
+    )
 
 
-def _render(path: Path, obs: Tensor, visible: Tensor, result: BodyOutput, body: BodyModel, fps: float,
-            renderer: str, *, gt: Tensor | None, clean: Tensor | None, hidden_parts: tuple[str, ...]) -> Path | None:
+def _render(
+    path: Path,
+    obs: Tensor,
+    visible: Tensor,
+    result: BodyOutput,
+    body: BodyModel,
+    fps: float,
+    renderer: str,
+    *,
+    gt: Tensor | None,
+    clean: Tensor | None,
+    hidden_parts: tuple[str, ...],
+) -> Path | None:
     """comparison.mp4 (`tasks.pictures.comparison_frames`); None (with a warning) without a renderer."""
     try:
-        frames = comparison_frames(obs, visible, result, body, renderer=renderer, gt=gt, clean=clean,
-                                   hidden_parts=hidden_parts)
+        frames = comparison_frames(
+            obs, visible, result, body, renderer=renderer, gt=gt, clean=clean, hidden_parts=hidden_parts
+        )
         return save_video(path, frames, fps)
     except (UnavailableError, MissingAssetError) as exc:
         log.warning("no comparison video: %s", exc.message)

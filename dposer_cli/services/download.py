@@ -39,7 +39,9 @@ class DownloadRequest:
     """What to fetch and from where; None fields resolve from the environment when `run` is called."""
 
     parts: tuple[str, ...] = (ALL,)  # Part values and/or "all"
-    models_dir: Path | None = None  # default: $DPOSER_MODELS_DIR, the checkout's models_cache/, ~/.cache/dposer
+    models_dir: Path | None = (
+        None  # default: $DPOSER_MODELS_DIR, the checkout's models_cache/, ~/.cache/dposer
+    )
     revision: str | None = None  # Hub branch/tag/commit; default DEFAULT_REVISION
     force: bool = False  # fetch again even when present
     endpoint: str | None = None  # Hub endpoint; default $HF_ENDPOINT, else huggingface.co
@@ -65,7 +67,9 @@ def resolve_parts(names: Iterable[str]) -> tuple[Part, ...]:
             part = Part(name)
         except ValueError:
             valid = [p.value for p in Part] + [ALL]
-            raise InputError(f"unknown part {name!r}{suggest(name, valid)}", hint="parts: " + ", ".join(valid)) from None
+            raise InputError(
+                f"unknown part {name!r}{suggest(name, valid)}", hint="parts: " + ", ".join(valid)
+            ) from None
         wanted.add(part)
         wanted.update(_IMPLIED.get(part, ()))
     return tuple(p for p in PARTS if p in wanted)
@@ -85,11 +89,25 @@ def run(req: DownloadRequest, progress: Callable[[int, int], None] | None = None
     t0 = time.perf_counter()
     parts = resolve_parts(req.parts)
     root = Path(req.models_dir).expanduser() if req.models_dir is not None else models_dir()
-    source = HubSource.from_env(revision=req.revision, endpoint=req.endpoint, normalizer_url=req.normalizer_url,
-                                offline=req.offline, cache_dir=req.cache_dir, timeout=req.timeout)
+    source = HubSource.from_env(
+        revision=req.revision,
+        endpoint=req.endpoint,
+        normalizer_url=req.normalizer_url,
+        offline=req.offline,
+        cache_dir=req.cache_dir,
+        timeout=req.timeout,
+    )
     assets = plan(parts, root)
-    records = {a.name: {"kind": a.kind, "name": a.name, "path": a.path, "parts": [p.value for p in a.parts],
-                        "status": "present"} for a in assets}
+    records = {
+        a.name: {
+            "kind": a.kind,
+            "name": a.name,
+            "path": a.path,
+            "parts": [p.value for p in a.parts],
+            "status": "present",
+        }
+        for a in assets
+    }
     # check files first: when everything is here, no connection is made at all
     todo = [a for a in assets if req.force or not a.path.is_file()]
     written: list[Path] = []
@@ -109,16 +127,28 @@ def run(req: DownloadRequest, progress: Callable[[int, int], None] | None = None
             counts[status] = counts.get(status, 0) + 1
         lines = [f"{official_dir(root)}: " + ", ".join(f"{n} {status}" for status, n in counts.items())]
     else:
-        lines = [(f"all {len(assets)} files for {', '.join(p.value for p in parts)} already present in "
-                  f"{official_dir(root)} (use --force to fetch them again)")]
+        lines = [
+            (
+                f"all {len(assets)} files for {', '.join(p.value for p in parts)} already present in "
+                f"{official_dir(root)} (use --force to fetch them again)"
+            )
+        ]
     if req.models_dir is not None and root.resolve() != models_dir().resolve():
-        lines.append(f"note: other commands look in {models_dir()}; set DPOSER_MODELS_DIR={root} to use these files")
+        lines.append(
+            f"note: other commands look in {models_dir()}; set DPOSER_MODELS_DIR={root} to use these files"
+        )
     return Result(
         command="download",
         outputs={"files": written} if written else {},
-        info={"models_dir": root, "official_dir": official_dir(root), "hub_repo": HUB_REPO,
-              "revision": source.revision, "normalizer_url": source.normalizer_url, "parts": [p.value for p in parts],
-              "files": list(records.values())},
+        info={
+            "models_dir": root,
+            "official_dir": official_dir(root),
+            "hub_repo": HUB_REPO,
+            "revision": source.revision,
+            "normalizer_url": source.normalizer_url,
+            "parts": [p.value for p in parts],
+            "files": list(records.values()),
+        },
         lines=lines,
         seconds=time.perf_counter() - t0,
     )
@@ -132,7 +162,9 @@ def _check_file(asset: Asset, path: Path) -> str | None:
         try:
             read_checkpoint(path, part)
         except (AssetMismatchError, InputError) as exc:
-            return f"it does not load as the {part.value} prior ({exc.message.replace(str(path), asset.name)})"
+            return (
+                f"it does not load as the {part.value} prior ({exc.message.replace(str(path), asset.name)})"
+            )
         return None
     try:
         with warnings.catch_warnings():
@@ -161,10 +193,14 @@ def inventory(names: Iterable[str] = (), models_root: Path | None = None, *, che
         ckpt = official_checkpoint(part, root)
         entry: dict[str, Any] = {
             "official_checkpoint": {"file": spec.official_ckpt, "path": ckpt, "present": ckpt.is_file()},
-            "normalizers": [{"file": f"{s.normalizer}/{NORMALIZER_FILE}",
-                             "path": official_normalizer_file(s.normalizer, root),
-                             "present": official_normalizer_file(s.normalizer, root).is_file()}
-                            for s in _unique_segments(part)],
+            "normalizers": [
+                {
+                    "file": f"{s.normalizer}/{NORMALIZER_FILE}",
+                    "path": official_normalizer_file(s.normalizer, root),
+                    "present": official_normalizer_file(s.normalizer, root).is_file(),
+                }
+                for s in _unique_segments(part)
+            ],
             "demo_prior": {"path": demo_checkpoint(part), "present": demo_checkpoint(part).is_file()},
             "body_model": spec.body_kind,
             "body_model_present": bodies[spec.body_kind]["present"],
@@ -176,11 +212,21 @@ def inventory(names: Iterable[str] = (), models_root: Path | None = None, *, che
     lines = [b["instruction"] for b in bodies.values() if not b["present"]]
     lines += [f"{p}: {e['note']}" for p, e in table.items() if e.get("note")]
     if root.resolve() != models_dir().resolve():
-        lines.append(f"note: other commands look in {models_dir()}; set DPOSER_MODELS_DIR={root} to use {root}")
-    return Result(command="download",
-                  info={"models_dir": root, "official_dir": official_dir(root), "checked": check, "parts": table,
-                        "body_models": bodies},
-                  lines=lines, seconds=time.perf_counter() - t0)
+        lines.append(
+            f"note: other commands look in {models_dir()}; set DPOSER_MODELS_DIR={root} to use {root}"
+        )
+    return Result(
+        command="download",
+        info={
+            "models_dir": root,
+            "official_dir": official_dir(root),
+            "checked": check,
+            "parts": table,
+            "body_models": bodies,
+        },
+        lines=lines,
+        seconds=time.perf_counter() - t0,
+    )
 
 
 def _unique_segments(part: Part) -> list[Any]:
@@ -207,7 +253,10 @@ def _check_files(part: Part, entry: dict[str, Any]) -> None:
         if item["present"]:
             try:
                 data = torch.load(item["path"], map_location="cpu", weights_only=True)
-                ok = all(int(torch.as_tensor(data[k]).numel()) == dims[item["file"]] for k in ("mean_poses", "std_poses"))
+                ok = all(
+                    int(torch.as_tensor(data[k]).numel()) == dims[item["file"]]
+                    for k in ("mean_poses", "std_poses")
+                )
                 item["valid"] = ok
                 if not ok:
                     item["error"] = f"statistics are not {dims[item['file']]}-dimensional"
@@ -221,13 +270,22 @@ def _prior_choice(part: Part, entry: dict[str, Any]) -> dict[str, Any]:
     norms_ok = all(n["present"] and n.get("valid", True) for n in entry["normalizers"])
     if ckpt["present"]:
         if not ckpt.get("valid", True):
-            return {"prior": "official", "usable": False,
-                    "note": f"the official checkpoint is invalid ({ckpt['error']}); run `dposer download {part.value} --force`"}
+            return {
+                "prior": "official",
+                "usable": False,
+                "note": f"the official checkpoint is invalid ({ckpt['error']}); run `dposer download {part.value} --force`",
+            }
         if not norms_ok:
-            return {"prior": "official", "usable": False,
-                    "note": f"the official checkpoint needs its normaliser; run `dposer download {part.value}`"}
+            return {
+                "prior": "official",
+                "usable": False,
+                "note": f"the official checkpoint needs its normaliser; run `dposer download {part.value}`",
+            }
         return {"prior": "official", "usable": True, "note": None}
     if demo["present"] and demo.get("valid", True):
         return {"prior": "demo", "usable": True, "note": None}
-    return {"prior": "none", "usable": False,
-            "note": f"no prior installed; run `dposer download {part.value}` or pass --checkpoint"}
+    return {
+        "prior": "none",
+        "usable": False,
+        "note": f"no prior installed; run `dposer download {part.value}` or pass --checkpoint",
+    }

@@ -96,35 +96,42 @@ def _validate(req: FitImageRequest) -> None:
     if req.max_frames is not None and req.max_frames < 1:
         raise InputError(f"--max-frames must be at least 1 (got {req.max_frames})")
     if req.keypoint_format not in KEYPOINT_FORMATS:
-        raise InputError(f"unknown --keypoint-format {req.keypoint_format!r}"
-                         f"{suggest(req.keypoint_format, list(KEYPOINT_FORMATS))}",
-                         hint="formats: " + ", ".join(KEYPOINT_FORMATS))
+        raise InputError(
+            f"unknown --keypoint-format {req.keypoint_format!r}"
+            f"{suggest(req.keypoint_format, list(KEYPOINT_FORMATS))}",
+            hint="formats: " + ", ".join(KEYPOINT_FORMATS),
+        )
 
 
 def _check_length(req: FitImageRequest, frames: list[Frame]) -> None:
     """Videos are fitted in one batch: refuse more than MAX_VIDEO_FRAMES frames unless --max-frames asks."""
     if req.max_frames is None and len(frames) > MAX_VIDEO_FRAMES:
-        raise InputError(f"{frames[0].image if frames[0].video_frame >= 0 else frames[0].image.parent}: "
-                         f"{len(frames)} frames; fit-image fits at most {MAX_VIDEO_FRAMES} video frames at once "
-                         "(one batch, one body shape)",
-                         hint="pass --max-frames N to fit the first N frames (more takes longer and more "
-                              "memory), or cut the video")
+        raise InputError(
+            f"{frames[0].image if frames[0].video_frame >= 0 else frames[0].image.parent}: "
+            f"{len(frames)} frames; fit-image fits at most {MAX_VIDEO_FRAMES} video frames at once "
+            "(one batch, one body shape)",
+            hint="pass --max-frames N to fit the first N frames (more takes longer and more "
+            "memory), or cut the video",
+        )
 
 
-def _load_prior(req: FitImageRequest, device: torch.device
-                ) -> tuple[PosePrior, torch.Tensor | None, str | None]:
+def _load_prior(
+    req: FitImageRequest, device: torch.device
+) -> tuple[PosePrior, torch.Tensor | None, str | None]:
     """The prior, the starting mean pose and the checkpoint label: `prior_model` if given, else `--prior`
     (none/l2 still start from the DPoser prior's mean pose when one is found)."""
     if req.prior_model is not None:
         part = getattr(req.prior_model, "part", None)
         if part is not None and Part(part) is not req.part:
-            raise InputError(f"the given prior is a {Part(part).value} prior, but the fit is "
-                             f"--part {req.part.value}")
+            raise InputError(
+                f"the given prior is a {Part(part).value} prior, but the fit is --part {req.part.value}"
+            )
         prior = req.prior_model.to(device) if hasattr(req.prior_model, "to") else req.prior_model
         return prior, None, getattr(prior, "source", None)
     if req.prior == "dposer":
-        prior = build_prior("dposer", req.part, checkpoint=req.checkpoint, normalizer=req.normalizer,
-                            device=device)
+        prior = build_prior(
+            "dposer", req.part, checkpoint=req.checkpoint, normalizer=req.normalizer, device=device
+        )
         return prior, None, prior.source
     try:
         dposer = DPoserPrior.load(req.part, req.checkpoint, normalizer=req.normalizer, device=device)
@@ -165,9 +172,15 @@ def run(req: FitImageRequest, progress: Callable[[int, int], None] | None = None
     device = resolve_device(req.device)
     out = ensure_out_dir(req.out)
     detected = detect_missing(frames, out, save_keypoints=req.save_keypoints, hand=req.part is Part.hand)
-    persons = read_persons(frames, keypoint_format=req.keypoint_format, part=req.part.value,
-                           person=parse_person(req.person), conf_threshold=req.conf_threshold,
-                           min_keypoints=spec.min_keypoints, counted_keypoints=spec.counted_keypoints)
+    persons = read_persons(
+        frames,
+        keypoint_format=req.keypoint_format,
+        part=req.part.value,
+        person=parse_person(req.person),
+        conf_threshold=req.conf_threshold,
+        min_keypoints=spec.min_keypoints,
+        counted_keypoints=spec.counted_keypoints,
+    )
     check_keypoint_layout(req.part, persons.layout)
     # --init before the body model and the prior (bad files fail fast); shape widths once the model is known
     init = read_init(req.init, len(frames), persons.frame, persons.person, widths=init_widths(req.part))
@@ -178,47 +191,124 @@ def run(req: FitImageRequest, progress: Callable[[int, int], None] | None = None
     prior, mean_pose, source = _load_prior(req, device)
     if source is not None:
         log.info("%s prior: %s", req.part.value, source)
-    inputs = FitInput.for_images(persons.keypoints, persons.image_size, focal=req.focal,
-                                 conf_threshold=req.conf_threshold, track=persons.track if video else None,
-                                 frame=persons.frame, device=device)
-    fitted = fit(model, prior, inputs, part=req.part, keypoint_layout=persons.layout,
-                 steps=req.steps, init={k: torch.as_tensor(v, device=device) for k, v in init.items()},
-                 temporal=req.temporal, generator=make_generator(req.seed, device), progress=progress,
-                 mean_pose=mean_pose)
-    outputs, images = write_images(out, frames, persons, inputs, model, fitted, overlay=req.overlay,
-                                   labels={"part": req.part.value, "prior": req.prior}, renderer=req.renderer,
-                                   conf_threshold=req.conf_threshold)
+    inputs = FitInput.for_images(
+        persons.keypoints,
+        persons.image_size,
+        focal=req.focal,
+        conf_threshold=req.conf_threshold,
+        track=persons.track if video else None,
+        frame=persons.frame,
+        device=device,
+    )
+    fitted = fit(
+        model,
+        prior,
+        inputs,
+        part=req.part,
+        keypoint_layout=persons.layout,
+        steps=req.steps,
+        init={k: torch.as_tensor(v, device=device) for k, v in init.items()},
+        temporal=req.temporal,
+        generator=make_generator(req.seed, device),
+        progress=progress,
+        mean_pose=mean_pose,
+    )
+    outputs, images = write_images(
+        out,
+        frames,
+        persons,
+        inputs,
+        model,
+        fitted,
+        overlay=req.overlay,
+        labels={"part": req.part.value, "prior": req.prior},
+        renderer=req.renderer,
+        conf_threshold=req.conf_threshold,
+    )
     n, px, fit_seconds = len(persons.frame), fitted.reprojection_px, fitted.fit_seconds
-    metrics = {"reprojection_error_px": float(px.mean()), "reprojection_loss": float(fitted.data_loss.mean()),
-               "fits_per_second": n / max(fit_seconds, 1e-9)}
-    info: dict[str, object] = {"part": req.part.value, "prior": req.prior, "checkpoint": source, "body_model": model.kind,
-                               "persons": n, "frames": len(frames), "steps": req.steps, "nfe": fitted.nfe,
-                               "fit_seconds": round(fit_seconds, 4), "prior_seconds": round(fitted.prior_seconds, 4),
-                               "device": str(device), "seed": req.seed, "stage_losses": fitted.stage_losses,
-                               "images": images}
-    lines = [(f"fitted {n} {'hand' if req.part is Part.hand else 'person'}(s) in {len(frames)} image(s) "
-              f"with {req.prior} prior in {fit_seconds:.1f} s ({fitted.nfe} network evaluations); mean "
-              f"reprojection error {float(px.mean()):.1f} px")]
+    metrics = {
+        "reprojection_error_px": float(px.mean()),
+        "reprojection_loss": float(fitted.data_loss.mean()),
+        "fits_per_second": n / max(fit_seconds, 1e-9),
+    }
+    info: dict[str, object] = {
+        "part": req.part.value,
+        "prior": req.prior,
+        "checkpoint": source,
+        "body_model": model.kind,
+        "persons": n,
+        "frames": len(frames),
+        "steps": req.steps,
+        "nfe": fitted.nfe,
+        "fit_seconds": round(fit_seconds, 4),
+        "prior_seconds": round(fitted.prior_seconds, 4),
+        "device": str(device),
+        "seed": req.seed,
+        "stage_losses": fitted.stage_losses,
+        "images": images,
+    }
+    lines = [
+        (
+            f"fitted {n} {'hand' if req.part is Part.hand else 'person'}(s) in {len(frames)} image(s) "
+            f"with {req.prior} prior in {fit_seconds:.1f} s ({fitted.nfe} network evaluations); mean "
+            f"reprojection error {float(px.mean()):.1f} px"
+        )
+    ]
     if detected:
         info["detected_keypoints"] = detected
         outputs["keypoints"] = detected
-        lines.insert(0, f"no keypoint files for {len(detected)} image(s): detected them with MediaPipe (one person "
-                        "per image, the most prominent; pass --keypoints for several people), saved as "
-                        f"COCO-WholeBody JSON ({detected[0].name}{', ...' if len(detected) > 1 else ''})")
+        lines.insert(
+            0,
+            f"no keypoint files for {len(detected)} image(s): detected them with MediaPipe (one person "
+            "per image, the most prominent; pass --keypoints for several people), saved as "
+            f"COCO-WholeBody JSON ({detected[0].name}{', ...' if len(detected) > 1 else ''})",
+        )
     tracks, motions = video_tracks(persons, frames) if video else [], []
     if video:
-        motions = smooth_tracks(model, _motion_prior(req, prior, device), fitted, inputs, [t.rows for t in tracks],
-                                part=req.part, generator=make_generator(req.seed, device), progress=progress)
-        outputs.update(write_video(out, frames, persons, inputs, model, fitted, tracks, motions, overlay=req.overlay,
-                                   renderer=req.renderer, conf_threshold=req.conf_threshold))
+        motions = smooth_tracks(
+            model,
+            _motion_prior(req, prior, device),
+            fitted,
+            inputs,
+            [t.rows for t in tracks],
+            part=req.part,
+            generator=make_generator(req.seed, device),
+            progress=progress,
+        )
+        outputs.update(
+            write_video(
+                out,
+                frames,
+                persons,
+                inputs,
+                model,
+                fitted,
+                tracks,
+                motions,
+                overlay=req.overlay,
+                renderer=req.renderer,
+                conf_threshold=req.conf_threshold,
+            )
+        )
         jitter = motion_metrics(motions)
         metrics.update(jitter)
         if jitter:
-            lines.append(f"jitter (mean joint acceleration): {jitter['jitter_before_mm']:.1f} mm/frame² per-frame fits"
-                         + (f" → {jitter['jitter_after_mm']:.1f} mm/frame² after the motion prior pass (reprojection "
-                            f"error {jitter['motion_reprojection_error_px']:.1f} px)"
-                            if "motion_reprojection_error_px" in jitter else " (no motion prior pass)"))
+            lines.append(
+                f"jitter (mean joint acceleration): {jitter['jitter_before_mm']:.1f} mm/frame² per-frame fits"
+                + (
+                    f" → {jitter['jitter_after_mm']:.1f} mm/frame² after the motion prior pass (reprojection "
+                    f"error {jitter['motion_reprojection_error_px']:.1f} px)"
+                    if "motion_reprojection_error_px" in jitter
+                    else " (no motion prior pass)"
+                )
+            )
         info["motion_prior"] = any(m.smoothed for m in motions)
     outputs.update(write_exports(out, formats, frames, persons, model, fitted, tracks, motions))
-    return Result(command="fit-image", outputs=outputs, metrics=metrics, info=info,
-                  seconds=time.perf_counter() - t0, lines=lines)
+    return Result(
+        command="fit-image",
+        outputs=outputs,
+        metrics=metrics,
+        info=info,
+        seconds=time.perf_counter() - t0,
+        lines=lines,
+    )

@@ -70,23 +70,39 @@ def run(req: GenerateRequest, progress: Callable[[int, int], None] | None = None
     formats = check_formats(req.export, part=req.part)
     if req.process_video:  # x_t and x̂0 of the first samples at every recorded step, float64 at most
         rows = min(req.n, VIDEO_SAMPLES)
-        validate.memory(f"the sampling trajectory ({rows} samples × {PROCESS_FRAMES} frames)",
-                        rows * PROCESS_FRAMES * PARTS[req.part].dim * 8 * 2, hint="leave out --process-video")
+        validate.memory(
+            f"the sampling trajectory ({rows} samples × {PROCESS_FRAMES} frames)",
+            rows * PROCESS_FRAMES * PARTS[req.part].dim * 8 * 2,
+            hint="leave out --process-video",
+        )
     out = ensure_out_dir(req.out)
     device = resolve_device(req.device)
     prior = DPoserPrior.load(req.part, req.checkpoint, normalizer=req.normalizer, device=device)
     body = load_part_body(req.part, req.body_model, device) if formats else None  # a face needs FLAME
     log.info("using %s prior (%s)", req.part.value, prior.source)
-    res = sample(prior, req.n, sampler=req.sampler, steps=req.steps, t_end=req.t_end,
-                 generator=make_generator(req.seed, device), progress=progress,
-                 return_trajectory=req.process_video, max_frames=PROCESS_FRAMES, trajectory_samples=VIDEO_SAMPLES)
+    res = sample(
+        prior,
+        req.n,
+        sampler=req.sampler,
+        steps=req.steps,
+        t_end=req.t_end,
+        generator=make_generator(req.seed, device),
+        progress=progress,
+        return_trajectory=req.process_video,
+        max_frames=PROCESS_FRAMES,
+        trajectory_samples=VIDEO_SAMPLES,
+    )
     poses = res.poses
     if not torch.isfinite(poses).all():
         raise InputError("sampling produced non-finite values; try another --sampler or more --steps")
 
-    outputs: dict[str, Path | list[Path]] = {"poses": write_poses(out / "poses.npz", req.part, poses.cpu().numpy())}
-    lines = [f"sampled {req.n} {req.part.value} poses with {req.sampler} ({res.nfe} network evaluations) "
-             f"from {prior.source}"]
+    outputs: dict[str, Path | list[Path]] = {
+        "poses": write_poses(out / "poses.npz", req.part, poses.cpu().numpy())
+    }
+    lines = [
+        f"sampled {req.n} {req.part.value} poses with {req.sampler} ({res.nfe} network evaluations) "
+        f"from {prior.source}"
+    ]
     if req.poses_json:
         slices = PARTS[req.part].slices()
         data = {k: poses[:, s].cpu().numpy() for k, s in slices.items()}
@@ -97,17 +113,29 @@ def run(req: GenerateRequest, progress: Callable[[int, int], None] | None = None
     if shown:
         if shown < req.n:
             lines.append(f"grid.png shows the first {shown} of {req.n} poses (--grid N to change)")
-        title = (f"{req.part.value}: {'the first ' if shown < req.n else ''}{shown} of {req.n} samples"
-                 f"{' (--grid N for more)' if shown < req.n else ''}")
-        grid = render_sheet(req.part, poses, out / "grid.png", body_model=req.body_model, renderer=req.renderer,
-                            device=device, max_items=shown, title=title)
+        title = (
+            f"{req.part.value}: {'the first ' if shown < req.n else ''}{shown} of {req.n} samples"
+            f"{' (--grid N for more)' if shown < req.n else ''}"
+        )
+        grid = render_sheet(
+            req.part,
+            poses,
+            out / "grid.png",
+            body_model=req.body_model,
+            renderer=req.renderer,
+            device=device,
+            max_items=shown,
+            title=title,
+        )
         if grid is not None:
             outputs["grid"] = grid
     if body is not None:  # --export: a mesh per pose / a BVH with a frame per pose
         for fmt, data in export_data(body, part_params(req.part, poses), formats, name="poses").items():
-            outputs[f"export_{fmt}"] = (write_bvh(out / "poses.bvh", *data.bvh_args())
-                                        if isinstance(data, SkeletonMotion)
-                                        else write_meshes(out / "poses", data.vertices, data.faces, fmt))
+            outputs[f"export_{fmt}"] = (
+                write_bvh(out / "poses.bvh", *data.bvh_args())
+                if isinstance(data, SkeletonMotion)
+                else write_meshes(out / "poses", data.vertices, data.faces, fmt)
+            )
     if res.trajectory is not None:
         video = _process_video(req, res.trajectory, out / "process.mp4", device, lines)
         if video is not None:
@@ -116,9 +144,17 @@ def run(req: GenerateRequest, progress: Callable[[int, int], None] | None = None
         command="generate",
         outputs=outputs,
         metrics={"samples_per_second": res.samples_per_second},
-        info={"part": req.part.value, "n": req.n, "checkpoint": prior.source, "sampler": req.sampler,
-              "steps": res.steps, "nfe": res.nfe, "seed": req.seed, "device": str(device),
-              "grid_count": shown if "grid" in outputs else 0},
+        info={
+            "part": req.part.value,
+            "n": req.n,
+            "checkpoint": prior.source,
+            "sampler": req.sampler,
+            "steps": res.steps,
+            "nfe": res.nfe,
+            "seed": req.seed,
+            "device": str(device),
+            "grid_count": shown if "grid" in outputs else 0,
+        },
         seconds=time.perf_counter() - t0,
         lines=lines,
     )
@@ -140,15 +176,16 @@ class _PosedFrames(Sequence[list[dict]]):
     def __getitem__(self, k: int) -> list[dict]:  # type: ignore[override]  # frames are read one by one
         start = k - k % self.chunk
         if self._cached[0] != start:
-            block = self.poses[start:start + self.chunk]
+            block = self.poses[start : start + self.chunk]
             items = pose_items(self.part, block.reshape(-1, block.shape[-1]), self.body)
             self._cached = (start, items)
         m = self.poses.shape[1]
-        return self._cached[1][(k - start) * m:(k - start + 1) * m]
+        return self._cached[1][(k - start) * m : (k - start + 1) * m]
 
 
-def _process_video(req: GenerateRequest, traj: Trajectory, path: Path, device: torch.device,
-                   lines: list[str]) -> Path | None:
+def _process_video(
+    req: GenerateRequest, traj: Trajectory, path: Path, device: torch.device, lines: list[str]
+) -> Path | None:
     """process.mp4: the first samples side by side, x_t over x̂0, from pure noise to the result; None (with a
     warning) for parts without a body model to picture them (the face without FLAME)."""
     try:
@@ -162,11 +199,21 @@ def _process_video(req: GenerateRequest, traj: Trajectory, path: Path, device: t
     if req.n > m:
         log.info("process video shows the first %d of %d samples", m, req.n)
     steps, times = traj.step.tolist(), traj.t.tolist()
-    captions = [f"{req.sampler} · step {s}/{traj.steps} · t = {t:.3f}" + (" · result" if s == traj.steps else "")
-                for s, t in zip(steps, times)]
+    captions = [
+        f"{req.sampler} · step {s}/{traj.steps} · t = {t:.3f}" + (" · result" if s == traj.steps else "")
+        for s, t in zip(steps, times)
+    ]
     fps, hold = video_timing(len(frames), MAX_VIDEO_FRAMES)
     log.info("rendering the sampling process: %d frames of %d samples", len(frames) + hold, m)
-    video = process_frames(frames, captions=captions, cols=m, row_labels=["x_t · noisy state", "x0 · denoised estimate"],
-                           row_colors=[NOISY_COLOR, BODY_COLOR], cell=min(256, max(128, 1280 // m)),
-                           renderer=req.renderer, view=view_for(req.part), hold=hold)
+    video = process_frames(
+        frames,
+        captions=captions,
+        cols=m,
+        row_labels=["x_t · noisy state", "x0 · denoised estimate"],
+        row_colors=[NOISY_COLOR, BODY_COLOR],
+        cell=min(256, max(128, 1280 // m)),
+        renderer=req.renderer,
+        view=view_for(req.part),
+        hold=hold,
+    )
     return save_video(path, np.asarray(video), fps=fps)

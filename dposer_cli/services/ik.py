@@ -77,12 +77,22 @@ def read_targets(path: Path, part: Part) -> IKTargets:
             joints more than `MAX_TARGET_M` metres from the origin.
     """
     spec = part_ik(part)
-    data = read_ik_targets(path, part=part.value, joint_set=spec.joint_set, num_joints=spec.num_joints,
-                           known=dict(spec.known), params=dict(spec.gt_keys), pose_keys=spec.priors[0][1])
+    data = read_ik_targets(
+        path,
+        part=part.value,
+        joint_set=spec.joint_set,
+        num_joints=spec.num_joints,
+        known=dict(spec.known),
+        params=dict(spec.gt_keys),
+        pose_keys=spec.priors[0][1],
+    )
     far = float(np.abs(data.joints).max()) if data.joints is not None and data.joints.size else 0.0
     if far > MAX_TARGET_M:
-        raise InputError(f"targets file {path}: a target joint lies {far:.4g} m from the origin; targets are in "
-                         f"metres (at most {MAX_TARGET_M:g} m)", hint="convert millimetres to metres (÷ 1000)")
+        raise InputError(
+            f"targets file {path}: a target joint lies {far:.4g} m from the origin; targets are in "
+            f"metres (at most {MAX_TARGET_M:g} m)",
+            hint="convert millimetres to metres (÷ 1000)",
+        )
     return data
 
 
@@ -98,16 +108,26 @@ def load_problem(path: Path, part: Part, body: BodyModel, device: torch.device) 
 def _problem(data: IKTargets, part: Part, body: BodyModel, device: torch.device) -> IKProblem:
     if data.joints is not None and data.visible is not None:
         known = {k: torch.as_tensor(v, device=device) for k, v in data.known.items()}
-        return IKProblem(part, torch.as_tensor(data.joints, device=device),
-                         torch.as_tensor(data.visible, device=device), known)
+        return IKProblem(
+            part,
+            torch.as_tensor(data.joints, device=device),
+            torch.as_tensor(data.visible, device=device),
+            known,
+        )
     # evaluation mode: ground-truth parameters → targets through the body model
     params = {k: torch.as_tensor(v, device=device) for k, v in data.params.items()}
     return problem_from_params(part, body, params)
 
 
-def load_priors(part: Part, checkpoint: Path | None = None, *, kind: str = "dposer",
-                shape_checkpoint: Path | None = None, normalizer: Path | None = None,
-                device: torch.device | str = "cpu") -> dict[Part, PosePrior]:
+def load_priors(
+    part: Part,
+    checkpoint: Path | None = None,
+    *,
+    kind: str = "dposer",
+    shape_checkpoint: Path | None = None,
+    normalizer: Path | None = None,
+    device: torch.device | str = "cpu",
+) -> dict[Part, PosePrior]:
     """The prior(s) of `kind` a part's IK needs (face: the pose/expression prior and the shape prior).
 
     `checkpoint`/`normalizer` name the first (pose) prior's weights, `shape_checkpoint` the face shape
@@ -116,8 +136,13 @@ def load_priors(part: Part, checkpoint: Path | None = None, *, kind: str = "dpos
     check_prior(kind, part, allowed=PRIORS)
     out: dict[Part, PosePrior] = {}
     for i, p in enumerate(part_ik(part).prior_parts):
-        out[p] = build_prior(kind, p, checkpoint=checkpoint if i == 0 else shape_checkpoint,
-                             normalizer=normalizer if i == 0 else None, device=device)
+        out[p] = build_prior(
+            kind,
+            p,
+            checkpoint=checkpoint if i == 0 else shape_checkpoint,
+            normalizer=normalizer if i == 0 else None,
+            device=device,
+        )
     return out
 
 
@@ -149,16 +174,31 @@ def run(req: IKRequest, progress: Progress | None = None) -> Result:
     problem = apply_type(problem, req.ik_type, noise_std=req.noise_std, generator=gen)
     prior, sources = None, []
     if req.prior != "none":
-        priors = load_priors(req.part, req.checkpoint, kind=req.prior, shape_checkpoint=req.shape_checkpoint,
-                             normalizer=req.normalizer, device=device)
+        priors = load_priors(
+            req.part,
+            req.checkpoint,
+            kind=req.prior,
+            shape_checkpoint=req.shape_checkpoint,
+            normalizer=req.normalizer,
+            device=device,
+        )
         prior = ik_prior(req.part, priors, scale=PRIOR_SCALES.get(req.prior, 1.0))
         if req.prior == "dposer":
             sources = [str(getattr(p, "source", "")) for p in priors.values()]
             for p, source in zip(priors, sources, strict=True):
                 log.info("using %s prior (%s)", p.value, source)
     t_solve = time.perf_counter()
-    result = solve_ik(problem, body, prior, ik_type=req.ik_type, noise_std=req.noise_std, steps=req.steps,
-                      solve_orient=req.solve_orient, generator=gen, progress=progress)
+    result = solve_ik(
+        problem,
+        body,
+        prior,
+        ik_type=req.ik_type,
+        noise_std=req.noise_std,
+        steps=req.steps,
+        solve_orient=req.solve_orient,
+        generator=gen,
+        progress=progress,
+    )
     solve_seconds = time.perf_counter() - t_solve
     if not all(torch.isfinite(v).all() for v in (*result.params.values(), result.joints)):
         raise InputError("the IK solve produced non-finite values; check the targets' units (metres)")
@@ -174,30 +214,51 @@ def run(req: IKRequest, progress: Progress | None = None) -> Result:
     extras["visible"] = problem.visible.cpu().numpy()
     path = write_poses(out_dir / "ik.npz", req.part, poses, extras=extras)
     outputs: dict[str, Path | list[Path]] = {"ik": path}
-    for fmt, data in export_data(body, result.params, check_formats(req.export), name="ik").items():  # --export
+    for fmt, data in export_data(
+        body, result.params, check_formats(req.export), name="ik"
+    ).items():  # --export
         if isinstance(data, BodyMeshes):
             outputs[f"export_{fmt}"] = write_meshes(out_dir / "ik", data.vertices, data.faces, fmt)
     if req.render:
         known = problem.gt["joints"] if problem.gt is not None and "joints" in problem.gt else None
         hidden_at = known if known is not None else torch.full_like(problem.targets, torch.nan)
         shown = torch.where(problem.visible[..., None], problem.targets, hidden_at)
-        picture = ik_sheet(spec.joint_set, result.joints, shown, problem.visible, renderer=req.renderer,
-                           side=getattr(body, "side", "right"),
-                           title=f"ik --part {req.part.value} --type {req.ik_type}: the first {min(problem.n, 8)} "
-                                 f"of {problem.n}")
+        picture = ik_sheet(
+            spec.joint_set,
+            result.joints,
+            shown,
+            problem.visible,
+            renderer=req.renderer,
+            side=getattr(body, "side", "right"),
+            title=f"ik --part {req.part.value} --type {req.ik_type}: the first {min(problem.n, 8)} "
+            f"of {problem.n}",
+        )
         outputs["picture"] = save_image(out_dir / "ik.png", picture)
     noise_std = spec.noise(req.ik_type, req.noise_std) if req.ik_type == "noisy" else None
-    summary = (f"solved {problem.n} {req.part.value} IK target set(s) (--type {req.ik_type}, prior {req.prior}, "
-               f"{result.steps} steps, {result.nfe} network evaluations) with the {body.kind} model")
+    summary = (
+        f"solved {problem.n} {req.part.value} IK target set(s) (--type {req.ik_type}, prior {req.prior}, "
+        f"{result.steps} steps, {result.nfe} network evaluations) with the {body.kind} model"
+    )
     return Result(
         command="ik",
         outputs=outputs,
         metrics=metrics,
-        info={"part": req.part.value, "type": req.ik_type, "n": problem.n, "prior": req.prior,
-              "checkpoint": sources, "body_model": body.kind, "joint_order": spec.joint_set,
-              "steps": result.steps, "nfe": result.nfe, "noise_std": noise_std,
-              "solve_orient": req.solve_orient, "evaluation": problem.gt is not None, "seed": req.seed,
-              "device": str(device)},
+        info={
+            "part": req.part.value,
+            "type": req.ik_type,
+            "n": problem.n,
+            "prior": req.prior,
+            "checkpoint": sources,
+            "body_model": body.kind,
+            "joint_order": spec.joint_set,
+            "steps": result.steps,
+            "nfe": result.nfe,
+            "noise_std": noise_std,
+            "solve_orient": req.solve_orient,
+            "evaluation": problem.gt is not None,
+            "seed": req.seed,
+            "device": str(device),
+        },
         seconds=time.perf_counter() - t0,
         lines=[summary],
     )

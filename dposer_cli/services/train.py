@@ -61,9 +61,13 @@ class TrainRequest:
     fps: float | None = None  # AMASS frame subsampling
     eval_samples: int = 500  # held-out FID/APD at the end (0 = off)
     half: bool = False  # store the exported prior.pt in float16
-    stop_after: int | None = None  # stop after this many steps in this invocation (checkpointed; re-run resumes)
+    stop_after: int | None = (
+        None  # stop after this many steps in this invocation (checkpointed; re-run resumes)
+    )
     force_resume: bool = False  # resume last.pt although the data or settings differ from its run
-    heartbeat_s: float | None = HEARTBEAT_S  # progress log line interval (None: off, e.g. a progress bar shows)
+    heartbeat_s: float | None = (
+        HEARTBEAT_S  # progress log line interval (None: off, e.g. a progress bar shows)
+    )
 
 
 def check_request(req: TrainRequest) -> None:
@@ -77,16 +81,22 @@ def check_request(req: TrainRequest) -> None:
     if req.hidden_dim is not None:
         v.integer("--hidden-dim", req.hidden_dim, lo=32, hi=MAX_WIDTH)
         if req.hidden_dim % 32:
-            raise InputError(f"--hidden-dim must be a multiple of 32, the GroupNorm group count (got {req.hidden_dim})")
+            raise InputError(
+                f"--hidden-dim must be a multiple of 32, the GroupNorm group count (got {req.hidden_dim})"
+            )
     if req.embed_dim is not None:
         v.integer("--embed-dim", req.embed_dim, lo=4, hi=MAX_WIDTH)
     v.number("--dropout", req.dropout, lo=0, hi=1, hi_open=True, what="probability")
     if req.fps is not None:
         v.number("--fps", req.fps, lo=0, hi=v.MAX_FPS, lo_open=True, what="frame rate")
     v.integer("--eval-samples", req.eval_samples, lo=0, hi=v.MAX_COUNT)
-    v.memory(f"--eval-samples {req.eval_samples}", v.sample_bytes(req.eval_samples, dim=PARTS[req.part].dim,
-                                                                    width=req.hidden_dim or PARTS[req.part].demo_hidden),
-             hint="ask for fewer --eval-samples")
+    v.memory(
+        f"--eval-samples {req.eval_samples}",
+        v.sample_bytes(
+            req.eval_samples, dim=PARTS[req.part].dim, width=req.hidden_dim or PARTS[req.part].demo_hidden
+        ),
+        hint="ask for fewer --eval-samples",
+    )
     if req.stop_after is not None:
         v.integer("--stop-after", req.stop_after, lo=1, hi=task.MAX_TRAIN_STEPS)
     if req.heartbeat_s is not None:
@@ -131,8 +141,15 @@ def run(req: TrainRequest, progress: Callable[[int, int], None] | None = None) -
         restore()
 
 
-def _run(req: TrainRequest, progress: Callable[[int, int], None] | None, stop: task.StopFlag, rank: int,
-         world: int, device: torch.device, t0: float) -> Result:
+def _run(
+    req: TrainRequest,
+    progress: Callable[[int, int], None] | None,
+    stop: task.StopFlag,
+    rank: int,
+    world: int,
+    device: torch.device,
+    t0: float,
+) -> Result:
     """Read the data, build or resume the run, train up to `--steps` / `--stop-after`, export and check."""
     tc, out, part = req.train, Path(req.out), req.part
     x, avail = _read_data(req)
@@ -141,7 +158,10 @@ def _run(req: TrainRequest, progress: Callable[[int, int], None] | None, stop: t
         raise InputError(f"only {len(train_idx)} training poses for {world} processes")
     priors = None
     if part is Part.wholebody:
-        paths = {n: Path((req.part_priors or {}).get(n) or demo_checkpoint(Part(n))) for n in ("body", "hand", "face")}
+        paths = {
+            n: Path((req.part_priors or {}).get(n) or demo_checkpoint(Part(n)))
+            for n in ("body", "hand", "face")
+        }
         priors = {n: read_checkpoint(path, Part(n)) for n, path in paths.items()}
     if req.normalizer is not None and part is not Part.wholebody:
         normalizer = load_official_normalizer(part, req.normalizer, official_dir(models_dir()))
@@ -149,9 +169,17 @@ def _run(req: TrainRequest, progress: Callable[[int, int], None] | None, stop: t
         normalizer = task.make_normalizer(part, x[train_idx], priors)
     normalizer = normalizer.to(device)
     data_fp = task.fingerprint(x, avail)
-    cfg, net = task.build_model(part, hidden_dim=req.hidden_dim, embed_dim=req.embed_dim, dropout=req.dropout,
-                           scale_by_sigma=req.scale_by_sigma, gaussian_skip=req.gaussian_skip, part_priors=priors,
-                           seed=tc.seed, device=device)
+    cfg, net = task.build_model(
+        part,
+        hidden_dim=req.hidden_dim,
+        embed_dim=req.embed_dim,
+        dropout=req.dropout,
+        scale_by_sigma=req.scale_by_sigma,
+        gaussian_skip=req.gaussian_skip,
+        part_priors=priors,
+        seed=tc.seed,
+        device=device,
+    )
     last, logf = out / "last.pt", out / "log.jsonl"
     resume = read_checkpoint(last, part) if last.is_file() else None
     if resume is not None:
@@ -159,29 +187,62 @@ def _run(req: TrainRequest, progress: Callable[[int, int], None] | None, stop: t
         if conflict is not None:
             why, fatal = conflict
             if fatal:
-                raise InputError(f"cannot resume from {last}: {why}; its weights only fit the network they were "
-                                 f"trained with", hint=f"use another --out, or delete {last} to start over")
+                raise InputError(
+                    f"cannot resume from {last}: {why}; its weights only fit the network they were "
+                    f"trained with",
+                    hint=f"use another --out, or delete {last} to start over",
+                )
             if not req.force_resume:
-                raise InputError(f"cannot resume from {last}: {why}", hint="re-run with the same --data and "
-                                 "settings, use another --out, or pass --force-resume to continue with the new ones")
+                raise InputError(
+                    f"cannot resume from {last}: {why}",
+                    hint="re-run with the same --data and "
+                    "settings, use another --out, or pass --force-resume to continue with the new ones",
+                )
             log.warning("--force-resume: continuing %s although %s", last, why)
         if rank == 0:
             trim_log(logf, int(resume.extra["step"]))
         log.info("resuming from %s at step %d", last, int(resume.extra["step"]))
 
     def save(state: task.TrainState, kind: task.SaveKind) -> None:
-        extra = dict(step=state.step, best_val=state.best, train=tc.to_dict(), data_fingerprint=data_fp,
-                     data_poses=len(x), **(state.resumable() if kind == "last" else {}))
-        save_checkpoint(out / f"{kind}.pt", part=part, config=cfg, model=state.net.state_dict(),
-                        ema=state.ema.weights(state.net), normalizer=normalizer.state(), **extra)
+        extra = dict(
+            step=state.step,
+            best_val=state.best,
+            train=tc.to_dict(),
+            data_fingerprint=data_fp,
+            data_poses=len(x),
+            **(state.resumable() if kind == "last" else {}),
+        )
+        save_checkpoint(
+            out / f"{kind}.pt",
+            part=part,
+            config=cfg,
+            model=state.net.state_dict(),
+            ema=state.ema.weights(state.net),
+            normalizer=normalizer.state(),
+            **extra,
+        )
 
     def record(entry: dict[str, float]) -> None:
         append_record(logf, {**entry, "seconds": round(time.perf_counter() - t0, 2)})
 
     data = task.TrainData(x, avail, train_idx, val_idx)
-    done = task.train(net, cfg, tc, data, normalizer, save=save, record=record, resume=resume,
-                      stop_after=req.stop_after, stop=stop, progress=progress, heartbeat_s=req.heartbeat_s,
-                      rank=rank, world=world, device=device)
+    done = task.train(
+        net,
+        cfg,
+        tc,
+        data,
+        normalizer,
+        save=save,
+        record=record,
+        resume=resume,
+        stop_after=req.stop_after,
+        stop=stop,
+        progress=progress,
+        heartbeat_s=req.heartbeat_s,
+        rank=rank,
+        world=world,
+        device=device,
+    )
     step, reasons = done.state.step, done.reasons
     result = Result(command="train", seconds=time.perf_counter() - t0)
     if stop.signum is not None:
@@ -200,15 +261,25 @@ def _run(req: TrainRequest, progress: Callable[[int, int], None] | None, stop: t
     checks = ["warmup", "val_loss"]
 
     def write_prior() -> None:
-        save_checkpoint(export, part=part, config=cfg, model=ema.weights(net), ema=None,
-                        normalizer=normalizer.state(), half=req.half, step=step, healthy=not reasons,
-                        health_reasons=list(reasons))
+        save_checkpoint(
+            export,
+            part=part,
+            config=cfg,
+            model=ema.weights(net),
+            ema=None,
+            normalizer=normalizer.state(),
+            half=req.half,
+            step=step,
+            healthy=not reasons,
+            health_reasons=list(reasons),
+        )
 
     write_prior()
     if req.eval_samples > 0:
         prior = DPoserPrior.from_checkpoint(export, part, device=device)
-        found, more = task.check_samples(prior, part, x[val_idx], x[train_idx], req.eval_samples,
-                                         seed=tc.seed, device=device)
+        found, more = task.check_samples(
+            prior, part, x[val_idx], x[train_idx], req.eval_samples, seed=tc.seed, device=device
+        )
         metrics.update(found)
         reasons += more
         for reason in more:
@@ -217,11 +288,21 @@ def _run(req: TrainRequest, progress: Callable[[int, int], None] | None, stop: t
         write_prior()
     result.outputs = {"last": last, "best": out / "best.pt", "prior": export, "log": logf}
     result.metrics = metrics
-    result.info = {"part": part.value, "world_size": world, "effective_batch": done.effective_batch,
-                   "steps": step, "warmup": done.warmup, "network": cfg.net.to_dict(), "healthy": not reasons,
-                   "reasons": reasons, "health_checks": checks}
-    result.lines = [f"trained {part.value} prior for {step} steps (effective batch {done.effective_batch}, "
-                    f"{world} process(es))"]
+    result.info = {
+        "part": part.value,
+        "world_size": world,
+        "effective_batch": done.effective_batch,
+        "steps": step,
+        "warmup": done.warmup,
+        "network": cfg.net.to_dict(),
+        "healthy": not reasons,
+        "reasons": reasons,
+        "health_checks": checks,
+    }
+    result.lines = [
+        f"trained {part.value} prior for {step} steps (effective batch {done.effective_batch}, "
+        f"{world} process(es))"
+    ]
     result.lines += [f"warning: the prior looks unhealthy: {r}" for r in reasons]
     return result
 
@@ -230,16 +311,24 @@ def _stopped(stop: task.StopFlag, last: Path, *, graceful: bool = False) -> Inte
     """The one-line error for a stop by signal; exit 143 for SIGTERM, else 130."""
     held = f"{last} holds step {stop.saved}" if stop.saved is not None else "no checkpoint was written"
     if graceful:
-        err = Interrupted(f"interrupted at step {stop.step}; checkpoint saved to {last}",
-                          hint="re-run the same command to resume")
+        err = Interrupted(
+            f"interrupted at step {stop.step}; checkpoint saved to {last}",
+            hint="re-run the same command to resume",
+        )
     elif stop.phase == "setup":
         held = f"{last} is unchanged" if last.is_file() else "nothing was trained"
-        err = Interrupted(f"interrupted before training started; {held}", hint="re-run the same command to start")
+        err = Interrupted(
+            f"interrupted before training started; {held}", hint="re-run the same command to start"
+        )
     elif stop.phase == "loop":
-        err = Interrupted(f"interrupted during step {stop.step + 1}; {held}",
-                          hint="re-run the same command to resume from it")
+        err = Interrupted(
+            f"interrupted during step {stop.step + 1}; {held}",
+            hint="re-run the same command to resume from it",
+        )
     else:
-        err = Interrupted(f"interrupted after the last step, before prior.pt and its evaluation were written; "
-                          f"{held}", hint="re-run the same command to export prior.pt")
+        err = Interrupted(
+            f"interrupted after the last step, before prior.pt and its evaluation were written; {held}",
+            hint="re-run the same command to export prior.pt",
+        )
     err.exit_code = ExitCode.TERMINATED if stop.signum == signal.SIGTERM else ExitCode.INTERRUPTED
     return err

@@ -59,17 +59,28 @@ def joint_mask_dims(part: Part, joints: tuple[int, ...]) -> tuple[int, ...]:
     """
     names = PARTS[part].joint_names
     if not names:
-        raise InputError(f"--mask-joints: --part {part.value} has no joints (it is a coefficient vector)",
-                         hint="use NaN entries in the input to mark missing coefficients")
+        raise InputError(
+            f"--mask-joints: --part {part.value} has no joints (it is a coefficient vector)",
+            hint="use NaN entries in the input to mark missing coefficients",
+        )
     bad = [j for j in joints if not 0 <= j < len(names)]
     if bad:
-        raise InputError(f"--mask-joints: joint index {bad[0]} is out of range for --part {part.value} "
-                         f"(0..{len(names) - 1})", hint="joints: " + ", ".join(f"{i}={n}" for i, n in enumerate(names)))
+        raise InputError(
+            f"--mask-joints: joint index {bad[0]} is out of range for --part {part.value} "
+            f"(0..{len(names) - 1})",
+            hint="joints: " + ", ".join(f"{i}={n}" for i, n in enumerate(names)),
+        )
     return tuple(3 * j + k for j in joints for k in range(3))
 
 
-def resolve_masking(part: Part, poses: Float[Tensor, "N D"], masks: tuple[str, ...] = (), joints: tuple[int, ...] = (),
-                    where: str = "input", keys: tuple[str, ...] = ()) -> Masking:
+def resolve_masking(
+    part: Part,
+    poses: Float[Tensor, "N D"],
+    masks: tuple[str, ...] = (),
+    joints: tuple[int, ...] = (),
+    where: str = "input",
+    keys: tuple[str, ...] = (),
+) -> Masking:
     """Observed entries from mask group names / joint indices, else from the NaN entries of `poses`.
 
     `where` and `keys` (the input file's key names) only make the error messages name the entry.
@@ -81,27 +92,40 @@ def resolve_masking(part: Part, poses: Float[Tensor, "N D"], masks: tuple[str, .
     n, dim = poses.shape
     nan = torch.isnan(poses)
     if masks or joints:
-        dims = tuple(sorted(set(mask_dims(part, list(masks)) if masks else ()) | set(joint_mask_dims(part, joints))))
+        dims = tuple(
+            sorted(set(mask_dims(part, list(masks)) if masks else ()) | set(joint_mask_dims(part, joints)))
+        )
         if len(dims) == dim:
-            raise InputError(f"the mask covers all {dim} dims of --part {part.value}: nothing is left to "
-                             "condition on", hint="mask fewer joints, or use `dposer generate` for unconditional poses")
+            raise InputError(
+                f"the mask covers all {dim} dims of --part {part.value}: nothing is left to condition on",
+                hint="mask fewer joints, or use `dposer generate` for unconditional poses",
+            )
         hidden = torch.zeros(dim, dtype=torch.bool, device=poses.device)
         hidden[list(dims)] = True
         stray = nan & ~hidden
         if stray.any():
             row, d = (int(v) for v in stray.nonzero()[0])
-            raise InputError(f"{where}: row {row}, {_entry_name(part, d, keys)} is NaN but outside the mask "
-                             f"({int(stray.sum())} such entries)",
-                             hint="add the joint to --mask/--mask-joints, or leave out --mask to use NaN entries as the mask")
-        return Masking(~hidden.expand(n, dim).clone(), has_truth=not bool(nan.any()), dims=dims, source="mask")
+            raise InputError(
+                f"{where}: row {row}, {_entry_name(part, d, keys)} is NaN but outside the mask "
+                f"({int(stray.sum())} such entries)",
+                hint="add the joint to --mask/--mask-joints, or leave out --mask to use NaN entries as the mask",
+            )
+        return Masking(
+            ~hidden.expand(n, dim).clone(), has_truth=not bool(nan.any()), dims=dims, source="mask"
+        )
     if not nan.any():
-        raise InputError(f"{where}: nothing to complete: no --mask/--mask-joints given and no NaN entries",
-                         hint="pass --mask NAME (e.g. " + ", ".join(sorted(PARTS[part].mask_groups)[:4])
-                              + ") or mark missing entries with NaN")
+        raise InputError(
+            f"{where}: nothing to complete: no --mask/--mask-joints given and no NaN entries",
+            hint="pass --mask NAME (e.g. "
+            + ", ".join(sorted(PARTS[part].mask_groups)[:4])
+            + ") or mark missing entries with NaN",
+        )
     full = nan.all(dim=1)
     if full.any():
         row = int(full.nonzero()[0])
-        raise InputError(f"{where}: row {row} is entirely NaN ({int(full.sum())} such rows): nothing to condition on")
+        raise InputError(
+            f"{where}: row {row} is entirely NaN ({int(full.sum())} such rows): nothing to condition on"
+        )
     return Masking(~nan, has_truth=False, dims=(), source="nan")
 
 
@@ -122,7 +146,9 @@ def _entry_name(part: Part, dim: int, keys: tuple[str, ...]) -> str:
 class CompleteResult:
     poses: Float[Tensor, "N H D"]  # raw poses; visible entries are the input's own values
     nfe: int  # network evaluations (0 for baseline priors)
-    steps: int  # solver steps per hypothesis (DPoserComp: rounded up to a multiple of ITERATIONS; 0: baseline)
+    steps: (
+        int  # solver steps per hypothesis (DPoserComp: rounded up to a multiple of ITERATIONS; 0: baseline)
+    )
     mode: str
 
 
@@ -133,7 +159,9 @@ def check_options(mode: str = "dposer", hypo: int = 1, steps: int | None = None)
         InputError: unknown mode (with the nearest one), hypo < 1, steps < 1.
     """
     if mode not in MODES:
-        raise InputError(f"unknown --mode {mode!r}{suggest(mode, list(MODES))}", hint="modes: " + ", ".join(MODES))
+        raise InputError(
+            f"unknown --mode {mode!r}{suggest(mode, list(MODES))}", hint="modes: " + ", ".join(MODES)
+        )
     if hypo < 1:
         raise InputError(f"--hypo must be at least 1 (got {hypo})")
     if steps is not None and steps < 1:
@@ -146,9 +174,17 @@ def solver_steps(mode: str = "dposer", steps: int | None = None) -> int:
     return ITERATIONS * math.ceil(steps / ITERATIONS) if mode == "dposer" else steps
 
 
-def complete(prior: DPoserPrior | BaselinePrior, poses: Float[Tensor, "N D"], observed: Bool[Tensor, "*#batch D"], *,
-             hypo: int = 1, mode: str = "dposer", steps: int | None = None, generator: torch.Generator | None = None,
-             progress: Progress = None) -> CompleteResult:
+def complete(
+    prior: DPoserPrior | BaselinePrior,
+    poses: Float[Tensor, "N D"],
+    observed: Bool[Tensor, "*#batch D"],
+    *,
+    hypo: int = 1,
+    mode: str = "dposer",
+    steps: int | None = None,
+    generator: torch.Generator | None = None,
+    progress: Progress = None,
+) -> CompleteResult:
     """Complete raw poses (N, D) (NaN allowed where not observed) → (N, H, D) raw, visible entries unchanged.
 
     `mode="dposer"` is DPoserComp (spec §6.4: Adam lr 0.1, betas (0.9, 0.99), 2 × steps/2 iterations,
@@ -162,12 +198,16 @@ def complete(prior: DPoserPrior | BaselinePrior, poses: Float[Tensor, "N D"], ob
     check_options(mode, hypo, steps)
     dim = PARTS[prior.part].dim
     if poses.ndim != 2 or poses.shape[1] != dim:
-        raise InputError(f"poses have shape {tuple(poses.shape)}; expected (N, {dim}) for --part {prior.part.value}")
+        raise InputError(
+            f"poses have shape {tuple(poses.shape)}; expected (N, {dim}) for --part {prior.part.value}"
+        )
     observed = observed.to(device=poses.device, dtype=torch.bool).expand_as(poses)
     if isinstance(prior, BaselinePrior):
         if mode != "dposer":
-            raise InputError(f"--mode {mode} needs the DPoser prior; the {prior.kind} baseline has its own completion",
-                             hint="leave out --mode")
+            raise InputError(
+                f"--mode {mode} needs the DPoser prior; the {prior.kind} baseline has its own completion",
+                hint="leave out --mode",
+            )
         return CompleteResult(_baseline_complete(prior, poses, observed, hypo, generator), 0, 0, mode)
     steps = solver_steps(mode, steps)
     filled = torch.where(observed, poses, torch.zeros((), dtype=poses.dtype, device=poses.device))
@@ -184,12 +224,21 @@ def complete(prior: DPoserPrior | BaselinePrior, poses: Float[Tensor, "N D"], ob
         if mode == "dposer":
             noise = torch.randn(shape, generator=generator, device=y.device, dtype=y.dtype)
             x = torch.where(oc, yc, noise)  # masked dims start from N(0, 1) in normalised space (spec §6.4)
-            out, used = dposer_complete(prior.eps, x, oc, yc, sde=prior.sde, steps_per_iter=steps // ITERATIONS,
-                                        generator=generator, progress=cb)
+            out, used = dposer_complete(
+                prior.eps,
+                x,
+                oc,
+                yc,
+                sde=prior.sde,
+                steps_per_iter=steps // ITERATIONS,
+                generator=generator,
+                progress=cb,
+            )
         else:
             x = prior.sde.prior_sampling(shape, generator, y.device)
-            out = inpaint.INPAINTERS[mode](prior.eps, x, oc, yc, sde=prior.sde, steps=steps, generator=generator,
-                                           callback=cb)
+            out = inpaint.INPAINTERS[mode](
+                prior.eps, x, oc, yc, sde=prior.sde, steps=steps, generator=generator, callback=cb
+            )
             used = steps  # one batched network evaluation per sampler step
         nfe += used
         with torch.no_grad():
@@ -198,8 +247,9 @@ def complete(prior: DPoserPrior | BaselinePrior, poses: Float[Tensor, "N D"], ob
     return CompleteResult(torch.cat(outs, 0), nfe, steps, mode)
 
 
-def _baseline_complete(prior: BaselinePrior, poses: Tensor, observed: Tensor, hypo: int,
-                       generator: torch.Generator | None) -> Tensor:
+def _baseline_complete(
+    prior: BaselinePrior, poses: Tensor, observed: Tensor, hypo: int, generator: torch.Generator | None
+) -> Tensor:
     """`prior.complete` once per distinct observed pattern (baselines take one (D,) mask per call)."""
     filled = torch.where(observed, poses, torch.zeros((), dtype=poses.dtype, device=poses.device))
     patterns, owner = torch.unique(observed, dim=0, return_inverse=True)
@@ -227,25 +277,58 @@ class _NormalisedPrior:
     def __init__(self, eps_fn: EpsFn, sde: SDE, part: Part | None = None) -> None:
         self.eps_fn, self.sde, self.part = eps_fn, sde, part
 
-    def loss(self, x: Float[Tensor, "*batch D"], t: float | Tensor = 0.1, *, weighting: str = "snr",
-             generator: torch.Generator | None = None) -> Float[Tensor, "*batch"]:
-        return dposer_loss(self.eps_fn, x, t, sde=self.sde, weighting=weighting, generator=generator) / x.shape[-1]
+    def loss(
+        self,
+        x: Float[Tensor, "*batch D"],
+        t: float | Tensor = 0.1,
+        *,
+        weighting: str = "snr",
+        generator: torch.Generator | None = None,
+    ) -> Float[Tensor, "*batch"]:
+        return (
+            dposer_loss(self.eps_fn, x, t, sde=self.sde, weighting=weighting, generator=generator)
+            / x.shape[-1]
+        )
 
 
-def completion_stages(iterations: int = ITERATIONS, steps_per_iter: int = 100, lr: float = 0.1,
-                      betas: tuple[float, float] = (0.9, 0.99)) -> list[Stage]:
+def completion_stages(
+    iterations: int = ITERATIONS,
+    steps_per_iter: int = 100,
+    lr: float = 0.1,
+    betas: tuple[float, float] = (0.9, 0.99),
+) -> list[Stage]:
     """DPoserComp's outer iterations as one Adam run (spec §6.4): iteration `it` weighs the data term
     100/(1+it) and the prior 0.1·(1+it); the prior's time is annealed over all of them."""
-    return [Stage(f"iteration {it}", steps_per_iter, {"x": lr}, {"data": 100.0 / (1 + it), "prior": 0.1 * (1 + it)},
-                  reset=False, uses_prior=True, betas=betas) for it in range(iterations)]
+    return [
+        Stage(
+            f"iteration {it}",
+            steps_per_iter,
+            {"x": lr},
+            {"data": 100.0 / (1 + it), "prior": 0.1 * (1 + it)},
+            reset=False,
+            uses_prior=True,
+            betas=betas,
+        )
+        for it in range(iterations)
+    ]
 
 
-def dposer_complete(eps_fn: EpsFn, x: Float[Tensor, "*batch D"], mask: Bool[Tensor, "*#batch D"],
-                    y: Float[Tensor, "*#batch D"], *, sde: SDE, iterations: int = ITERATIONS,
-                    steps_per_iter: int = 100, t_range: tuple[float, float] = T_RANGES["completion"],
-                    lr: float = 0.1, betas: tuple[float, float] = (0.9, 0.99), weighting: str = "snr",
-                    generator: torch.Generator | None = None,
-                    progress: Progress = None) -> tuple[Float[Tensor, "*batch D"], int]:
+def dposer_complete(
+    eps_fn: EpsFn,
+    x: Float[Tensor, "*batch D"],
+    mask: Bool[Tensor, "*#batch D"],
+    y: Float[Tensor, "*#batch D"],
+    *,
+    sde: SDE,
+    iterations: int = ITERATIONS,
+    steps_per_iter: int = 100,
+    t_range: tuple[float, float] = T_RANGES["completion"],
+    lr: float = 0.1,
+    betas: tuple[float, float] = (0.9, 0.99),
+    weighting: str = "snr",
+    generator: torch.Generator | None = None,
+    progress: Progress = None,
+) -> tuple[Float[Tensor, "*batch D"], int]:
     """DPoserComp (spec §6.4) of every vector in `x` at once, in normalised space; returns (x, NFE) with x = y on
     observed dims.
 
@@ -267,8 +350,13 @@ def dposer_complete(eps_fn: EpsFn, x: Float[Tensor, "*batch D"], mask: Bool[Tens
     params = {"x": x.detach().clone()}
     schedule = PriorSchedule(_NormalisedPrior(eps_fn, sde), t_range, weighting, generator)
     with torch.enable_grad():
-        res = optimize(params, completion_stages(iterations, steps_per_iter, lr, betas), loss_fn, prior=schedule,
-                       progress=progress)
+        res = optimize(
+            params,
+            completion_stages(iterations, steps_per_iter, lr, betas),
+            loss_fn,
+            prior=schedule,
+            progress=progress,
+        )
     return torch.where(mask, y, params["x"].detach()), res.nfe
 
 
@@ -281,8 +369,13 @@ def metric_body(part: Part, dims: tuple[int, ...]) -> str | None:
     return METRIC_BODY[part] if _joint_dims(part, dims) else None
 
 
-def completion_metrics(part: Part, completed: Float[Tensor, "N H D"], truth: Float[Tensor, "N D"],
-                       dims: tuple[int, ...], body: BodyModel | None = None) -> tuple[dict[str, float], dict]:
+def completion_metrics(
+    part: Part,
+    completed: Float[Tensor, "N H D"],
+    truth: Float[Tensor, "N D"],
+    dims: tuple[int, ...],
+    body: BodyModel | None = None,
+) -> tuple[dict[str, float], dict]:
     """MPJPE (mm, min/mean over hypotheses) and APD (cm) on the masked part's joints; per-dim L2 where no joints.
 
     Joints: body → the masked body joints among body22 (official protocol: BodyPartIndices + 1); whole-body
@@ -318,8 +411,10 @@ def completion_metrics(part: Part, completed: Float[Tensor, "N H D"], truth: Flo
             x, h = completed[..., sel], completed.shape[1]
             pair = (x[:, :, None] - x[:, None]).norm(dim=-1)  # (N, H, H), zero diagonal
             metrics["param_apd"] = float((pair.sum((1, 2)) / (h * (h - 1))).mean())
-        info["param_metric"] = (f"L2 norm over {len(param_dims)} masked dims without joints "
-                                "(axis-angle radians / expression or shape coefficients)")
+        info["param_metric"] = (
+            f"L2 norm over {len(param_dims)} masked dims without joints "
+            "(axis-angle radians / expression or shape coefficients)"
+        )
     return metrics, info
 
 

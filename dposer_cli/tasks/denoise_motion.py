@@ -40,7 +40,15 @@ from dposer_cli.core.rotations import matrix_to_axis_angle, rigid_registration
 from dposer_cli.engine.optimize import T_RANGES, PosePrior, PriorSchedule, Stage, Step, optimize
 
 BODY22 = ("pelvis", *PARTS[Part.body].joint_names)  # observation joint order: pelvis + the 21 body joints
-TORSO = ("pelvis", "left_hip", "right_hip", "spine1", "spine2", "spine3", "neck")  # rigid-ish, for the rigid init
+TORSO = (
+    "pelvis",
+    "left_hip",
+    "right_hip",
+    "spine1",
+    "spine2",
+    "spine3",
+    "neck",
+)  # rigid-ish, for the rigid init
 DEFAULT_NOISE_STD = 0.04  # metres: the paper's headline setting
 LR = 0.03
 TEMPORAL_VERTICES = 3000  # vertices used by the temporal term (a uniform subsample of the mesh)
@@ -83,10 +91,22 @@ class MotionSchedule:
             if self.partial:
                 weights = {"temporal": 20.0 if it >= 2 else 0.0, "data": 100.0, "prior": self.sds * (1 + it)}
             else:
-                weights = {"temporal": 10.0 * (1 + it), "data": 100.0 / (1 + it**2),
-                           "prior": 0.1 * (1 + it) * self.sds}
-            stages.append(Stage(f"{self.name}/{it + 1}", self.steps_per_iter, dict.fromkeys(free, LR), weights,
-                                reset=False, uses_prior=True, eps=1e-6 if self.partial else 1e-8))
+                weights = {
+                    "temporal": 10.0 * (1 + it),
+                    "data": 100.0 / (1 + it**2),
+                    "prior": 0.1 * (1 + it) * self.sds,
+                }
+            stages.append(
+                Stage(
+                    f"{self.name}/{it + 1}",
+                    self.steps_per_iter,
+                    dict.fromkeys(free, LR),
+                    weights,
+                    reset=False,
+                    uses_prior=True,
+                    eps=1e-6 if self.partial else 1e-8,
+                )
+            )
         return stages
 
 
@@ -132,8 +152,9 @@ def pick_schedule(noise_std: float, occluded: tuple[str, ...] | None = None) -> 
     return min(SCHEDULES.items(), key=lambda kv: abs(math.log(noise_std / kv[0])))[1]
 
 
-def hidden_joints(occluded: tuple[str, ...] = (), visible: tuple[str, ...] = (),
-                  device: torch.device | str = "cpu") -> Bool[Tensor, "22"]:
+def hidden_joints(
+    occluded: tuple[str, ...] = (), visible: tuple[str, ...] = (), device: torch.device | str = "cpu"
+) -> Bool[Tensor, "22"]:
     """Body22 joints hidden by body mask groups: those of `occluded`, or all but the pelvis and `visible`'s.
 
     Body joint k is body22 joint k + 1. Unknown group names raise `InputError` with a suggestion.
@@ -186,11 +207,15 @@ def denoise_motion(
     if temporal not in TEMPORAL_TERMS:
         raise InputError(f"unknown temporal term {temporal!r} ({', '.join(TEMPORAL_TERMS)})")
     if observations.ndim != 3 or observations.shape[1:] != (22, 3):
-        raise InputError(f"observations have shape {tuple(observations.shape)}; expected (T, 22, 3) in metres")
+        raise InputError(
+            f"observations have shape {tuple(observations.shape)}; expected (T, 22, 3) in metres"
+        )
     frames = observations.shape[0]
     if frames < 2:
-        raise InputError(f"the sequence has {frames} frame; denoising needs at least 2 "
-                         "(the temporal term compares neighbouring frames)")
+        raise InputError(
+            f"the sequence has {frames} frame; denoising needs at least 2 "
+            "(the temporal term compares neighbouring frames)"
+        )
     device = observations.device
     vis = ~torch.isnan(observations).any(-1)
     if visible is not None:
@@ -217,8 +242,12 @@ def denoise_motion(
 
     def loss(p: dict[str, Tensor], step: Step) -> Tensor:
         w = step.stage.weights
-        out = body(body_pose=p["body_pose"], global_orient=p.get("global_orient"), transl=p.get("transl"),
-                   return_vertices=use_vertices)
+        out = body(
+            body_pose=p["body_pose"],
+            global_orient=p.get("global_orient"),
+            transl=p.get("transl"),
+            return_vertices=use_vertices,
+        )
         # mean over frames and the 22 joints (hidden ones contribute 0, as the official 1e-20 mask)
         data = ((out.joints[:, b22] - obs).norm(dim=-1) * weight).mean()
         value = w["data"] * data
@@ -228,21 +257,33 @@ def denoise_motion(
         return value + w["prior"] * step.prior(p["body_pose"]).mean()  # prior: sum over dims / T
 
     weighting = "snr" if schedule.partial else "none"
-    run = optimize(params, schedule.stages(tuple(params)), loss,
-                   prior=PriorSchedule(prior, schedule.t_range, weighting=weighting, generator=generator),
-                   progress=progress)
+    run = optimize(
+        params,
+        schedule.stages(tuple(params)),
+        loss,
+        prior=PriorSchedule(prior, schedule.t_range, weighting=weighting, generator=generator),
+        progress=progress,
+    )
     if schedule.partial:
         params["body_pose"] = gaussian_smooth(params["body_pose"], window=5, sigma=3.0, keep=2)
     if not torch.isfinite(params["body_pose"]).all():
         raise InputError("denoising produced non-finite poses; check the input joints (units must be metres)")
     with torch.no_grad():
-        joints = body(body_pose=params["body_pose"], global_orient=params.get("global_orient"),
-                      transl=params.get("transl"), return_vertices=False).joints[:, b22]
+        joints = body(
+            body_pose=params["body_pose"],
+            global_orient=params.get("global_orient"),
+            transl=params.get("transl"),
+            return_vertices=False,
+        ).joints[:, b22]
     return MotionResult(params, joints, vis, schedule, run.nfe, "vertices" if use_vertices else "joints")
 
 
-def rigid_init(body: BodyModel, pose: Float[Tensor, "T 63"], observations: Float[Tensor, "T 22 3"],
-               visible: Bool[Tensor, "T 22"]) -> tuple[Float[Tensor, "T 3"], Float[Tensor, "T 3"]]:
+def rigid_init(
+    body: BodyModel,
+    pose: Float[Tensor, "T 63"],
+    observations: Float[Tensor, "T 22 3"],
+    visible: Bool[Tensor, "T 22"],
+) -> tuple[Float[Tensor, "T 3"], Float[Tensor, "T 3"]]:
     """Per-frame global orientation and translation that place `pose` on the observations.
 
     Orientation: weighted Kabsch of the visible torso joints (`TORSO`; identity where fewer than 3 are
@@ -263,8 +304,9 @@ def rigid_init(body: BodyModel, pose: Float[Tensor, "T 63"], observations: Float
     return orient.clone(), transl.clone()
 
 
-def gaussian_smooth(x: Float[Tensor, "T D"], *, window: int = 5, sigma: float = 3.0,
-                    keep: int = 2) -> Float[Tensor, "T D"]:
+def gaussian_smooth(
+    x: Float[Tensor, "T D"], *, window: int = 5, sigma: float = 3.0, keep: int = 2
+) -> Float[Tensor, "T D"]:
     """Gaussian filter along time (dim 0) with edge padding; the first and last `keep` frames are kept."""
     if x.shape[0] <= 2 * keep:
         return x
@@ -272,14 +314,19 @@ def gaussian_smooth(x: Float[Tensor, "T D"], *, window: int = 5, sigma: float = 
     k = torch.exp(-0.5 * (torch.arange(-half, half + 1, device=x.device, dtype=x.dtype) / sigma) ** 2)
     k = k / k.sum()
     padded = torch.cat([x[:1].expand(half, -1), x, x[-1:].expand(half, -1)], 0)
-    smooth = torch.stack([padded[i:i + x.shape[0]] for i in range(window)], 0)  # (window, T, D)
+    smooth = torch.stack([padded[i : i + x.shape[0]] for i in range(window)], 0)  # (window, T, D)
     out = (k[:, None, None] * smooth).sum(0)
     out[:keep], out[-keep:] = x[:keep], x[-keep:]
     return out
 
 
-def motion_metrics(obs: Float[Tensor, "T 22 3"], pred: Float[Tensor, "T 22 3"], gt: Float[Tensor, "T 22 3"],
-                   visible: Bool[Tensor, "T 22"], partial: bool) -> dict[str, float]:
+def motion_metrics(
+    obs: Float[Tensor, "T 22 3"],
+    pred: Float[Tensor, "T 22 3"],
+    gt: Float[Tensor, "T 22 3"],
+    visible: Bool[Tensor, "T 22"],
+    partial: bool,
+) -> dict[str, float]:
     """MPJPE in mm over frames × joints (spec §7.4 reports cm; ×10 to compare): of the observations
     (visible joints), of the result, and with `partial` of its visible and hidden joints."""
     vis = visible.to(obs.dtype)

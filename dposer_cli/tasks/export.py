@@ -68,7 +68,14 @@ class SkeletonMotion:
 
     def bvh_args(self) -> tuple:
         """(joint_names, parents, offsets, rotations_aa, root_translation, fps) for `write_bvh(path, *args)`."""
-        return (self.joint_names, self.parents, self.offsets, self.rotations_aa, self.root_translation, self.fps)
+        return (
+            self.joint_names,
+            self.parents,
+            self.offsets,
+            self.rotations_aa,
+            self.root_translation,
+            self.fps,
+        )
 
 
 def check_formats(formats: Sequence[str], *, part: Part | None = None, what: str = "") -> tuple[str, ...]:
@@ -86,13 +93,17 @@ def check_formats(formats: Sequence[str], *, part: Part | None = None, what: str
     for fmt in formats:
         fmt = str(fmt).lower().lstrip(".")
         if fmt not in EXPORT_FORMATS:
-            raise InputError(f"unknown --export format {fmt!r}{suggest(fmt, list(EXPORT_FORMATS))}",
-                             hint="formats: " + ", ".join(EXPORT_FORMATS))
+            raise InputError(
+                f"unknown --export format {fmt!r}{suggest(fmt, list(EXPORT_FORMATS))}",
+                hint="formats: " + ", ".join(EXPORT_FORMATS),
+            )
         if fmt not in out:
             out.append(fmt)
     if "bvh" in out and part is not None and Part(part) not in BVH_PARTS:
-        raise InputError(f"--export bvh writes body motions; {what or Part(part).value + ' poses'} have no "
-                         "body skeleton", hint="use --export glb, obj or ply for meshes")
+        raise InputError(
+            f"--export bvh writes body motions; {what or Part(part).value + ' poses'} have no body skeleton",
+            hint="use --export glb, obj or ply for meshes",
+        )
     return tuple(out)
 
 
@@ -124,7 +135,9 @@ def upright_params(params: Mapping[str, Tensor], root_rest: Float[Tensor, " 3"])
     out["global_orient"] = compose_axis_angle(flip, orient)
     transl = params.get("transl")
     root = root_rest.to(ref) + (transl if transl is not None else 0.0)
-    out["transl"] = root * torch.tensor([1.0, -1.0, -1.0], dtype=ref.dtype, device=ref.device) - root_rest.to(ref)
+    out["transl"] = root * torch.tensor([1.0, -1.0, -1.0], dtype=ref.dtype, device=ref.device) - root_rest.to(
+        ref
+    )
     return out
 
 
@@ -135,15 +148,18 @@ def _root_rest(body: BodyModel, params: Mapping[str, Tensor]) -> Tensor:
     return rest.reshape(-1, rest.shape[-2], 3)[0, 0]
 
 
-def body_meshes(body: BodyModel, params: Mapping[str, Tensor], *, upright: bool = False,
-                chunk: int = MESH_CHUNK) -> BodyMeshes:
+def body_meshes(
+    body: BodyModel, params: Mapping[str, Tensor], *, upright: bool = False, chunk: int = MESH_CHUNK
+) -> BodyMeshes:
     """The model's meshes at B rows of parameters (any model keywords, one row each), float32.
 
     Raises:
         InputError: the model has no mesh, or the rows disagree.
     """
     if body.faces is None:
-        raise InputError(f"the {body.kind} model has no mesh to export", hint="use --export bvh for a skeleton")
+        raise InputError(
+            f"the {body.kind} model has no mesh to export", hint="use --export bvh for a skeleton"
+        )
     params = {k: v for k, v in params.items() if v is not None}
     n = _rows(params)
     if upright:
@@ -151,15 +167,16 @@ def body_meshes(body: BodyModel, params: Mapping[str, Tensor], *, upright: bool 
     parts = []
     with torch.no_grad():
         for start in range(0, n, chunk):
-            out = body(**{k: v[start:start + chunk] for k, v in params.items()}, return_vertices=True)
+            out = body(**{k: v[start : start + chunk] for k, v in params.items()}, return_vertices=True)
             if out.vertices is None:
                 raise InputError(f"the {body.kind} model returned no vertices to export")
             parts.append(out.vertices.detach().to(torch.float32).cpu().numpy())
     return BodyMeshes(np.concatenate(parts, 0), body.faces.detach().cpu().numpy().astype(np.int64))
 
 
-def skeleton_motion(body: BodyModel, params: Mapping[str, Tensor], *, fps: float = 30.0,
-                    upright: bool = False) -> SkeletonMotion:
+def skeleton_motion(
+    body: BodyModel, params: Mapping[str, Tensor], *, fps: float = 30.0, upright: bool = False
+) -> SkeletonMotion:
     """The BVH skeleton of `body` and T rows of `body_pose` (+ `global_orient`, `transl`, `betas`) as its motion.
 
     Raises:
@@ -187,9 +204,14 @@ def skeleton_motion(body: BodyModel, params: Mapping[str, Tensor], *, fps: float
     rotations = torch.cat([orient[:, None], pose.reshape(t, BVH_JOINTS - 1, 3)], dim=1)
     transl = params.get("transl")
     transl = torch.zeros(t, 3, dtype=pose.dtype, device=pose.device) if transl is None else transl
-    return SkeletonMotion(tuple(str(n) for n in body.joint_names[:BVH_JOINTS]), tuple(parents), offsets,
-                          rotations.detach().double().cpu().numpy(), transl.detach().double().cpu().numpy(),
-                          float(fps))
+    return SkeletonMotion(
+        tuple(str(n) for n in body.joint_names[:BVH_JOINTS]),
+        tuple(parents),
+        offsets,
+        rotations.detach().double().cpu().numpy(),
+        transl.detach().double().cpu().numpy(),
+        float(fps),
+    )
 
 
 def glb_bytes(count: int, num_vertices: int, num_faces: int) -> int:
@@ -197,8 +219,15 @@ def glb_bytes(count: int, num_vertices: int, num_faces: int) -> int:
     return count * (num_vertices * 12 + num_faces * 12)
 
 
-def export_data(body: BodyModel, params: Mapping[str, Tensor], formats: Sequence[str], *, fps: float = 30.0,
-                upright: bool = False, name: str = "bodies") -> dict[str, BodyMeshes | SkeletonMotion]:
+def export_data(
+    body: BodyModel,
+    params: Mapping[str, Tensor],
+    formats: Sequence[str],
+    *,
+    fps: float = 30.0,
+    upright: bool = False,
+    name: str = "bodies",
+) -> dict[str, BodyMeshes | SkeletonMotion]:
     """Per format (of `check_formats`): the meshes (posed once for every mesh format) or the skeleton motion.
 
     Logs a warning recommending BVH when a GLB of the meshes would be large (`GLB_WARN_BYTES`); `name` is
@@ -216,6 +245,10 @@ def export_data(body: BodyModel, params: Mapping[str, Tensor], formats: Sequence
         count, num_vertices = meshes.vertices.shape[:2]
         size = glb_bytes(count, num_vertices, len(meshes.faces))
         if size >= GLB_WARN_BYTES:
-            log.warning("%s.glb holds %d meshes (about %.0f MB); for long motions --export bvh is far smaller",
-                        name, count, size / 2**20)
+            log.warning(
+                "%s.glb holds %d meshes (about %.0f MB); for long motions --export bvh is far smaller",
+                name,
+                count,
+                size / 2**20,
+            )
     return out

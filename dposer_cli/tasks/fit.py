@@ -123,8 +123,11 @@ class FitSpec:
 
 
 # per-stage weights (spec §7.6 body, §7.7 hand, §7.8 whole body); prior/shape/angle weights are squared
-BODY_WEIGHTS = {"prior": (50.0, 20.0, 10.0, 5.0, 2.0), "shape": (50.0, 20.0, 10.0, 5.0, 2.0),
-                "angle": (150.0, 50.0, 30.0, 15.0, 5.0)}
+BODY_WEIGHTS = {
+    "prior": (50.0, 20.0, 10.0, 5.0, 2.0),
+    "shape": (50.0, 20.0, 10.0, 5.0, 2.0),
+    "angle": (150.0, 50.0, 30.0, 15.0, 5.0),
+}
 _BODY = dict(
     body="body", keypoint_layout="openpose135", keypoint_what="body keypoints", layout_hint="use --part hand for 21-point hand keypoints",
     core_joints="body22", smooth_joints=22, min_keypoints=4,
@@ -195,22 +198,37 @@ class FitInput:
     frame: Int[Tensor, " B"] | None = None  # frame index along the track (temporal pass)
 
     @classmethod
-    def for_image(cls, keypoints: Float[Tensor, "B K 3"], image_size: tuple[int, int],
-                  focal: float | None = None, conf_threshold: float = CONF_THRESHOLD) -> "FitInput":
+    def for_image(
+        cls,
+        keypoints: Float[Tensor, "B K 3"],
+        image_size: tuple[int, int],
+        focal: float | None = None,
+        conf_threshold: float = CONF_THRESHOLD,
+    ) -> "FitInput":
         """All rows from one (H, W) image, keypoints as detected (`confident_keypoints` applied); focal
         length default: the image diagonal (spec §7.6)."""
         h, w = image_size
         n, dev = keypoints.shape[0], keypoints.device
         f = float(focal) if focal is not None else float(cam.estimate_focal(float(w), float(h)))
-        return cls(confident_keypoints(keypoints, conf_threshold), torch.full((n,), f, device=dev),
-                   torch.tensor([[w / 2, h / 2]], device=dev).expand(n, 2).clone(),
-                   torch.tensor([[float(h), float(w)]], device=dev).expand(n, 2).clone())
+        return cls(
+            confident_keypoints(keypoints, conf_threshold),
+            torch.full((n,), f, device=dev),
+            torch.tensor([[w / 2, h / 2]], device=dev).expand(n, 2).clone(),
+            torch.tensor([[float(h), float(w)]], device=dev).expand(n, 2).clone(),
+        )
 
     @classmethod
-    def for_images(cls, keypoints: Float[np.ndarray, "B K 3"], image_size: Int[np.ndarray, "B 2"], *,
-                   focal: float | None = None, conf_threshold: float = CONF_THRESHOLD,
-                   track: Int[np.ndarray, " B"] | None = None, frame: Int[np.ndarray, " B"] | None = None,
-                   device: torch.device | str = "cpu") -> "FitInput":
+    def for_images(
+        cls,
+        keypoints: Float[np.ndarray, "B K 3"],
+        image_size: Int[np.ndarray, "B 2"],
+        *,
+        focal: float | None = None,
+        conf_threshold: float = CONF_THRESHOLD,
+        track: Int[np.ndarray, " B"] | None = None,
+        frame: Int[np.ndarray, " B"] | None = None,
+        device: torch.device | str = "cpu",
+    ) -> "FitInput":
         """Rows from several images: keypoints as detected (`confident_keypoints` applied), each row's (H, W)
         image size; focal length default: each image's diagonal (spec §7.6)."""
         kp = torch.as_tensor(keypoints, dtype=torch.float32, device=device)
@@ -226,8 +244,9 @@ class FitInput:
         )
 
 
-def confident_keypoints(keypoints: Float[Tensor, "*batch K 3"], threshold: float = CONF_THRESHOLD
-                        ) -> Float[Tensor, "*batch K 3"]:
+def confident_keypoints(
+    keypoints: Float[Tensor, "*batch K 3"], threshold: float = CONF_THRESHOLD
+) -> Float[Tensor, "*batch K 3"]:
     """Float32 copy with confidences below `threshold` set to 0 (unused) and NaN/inf coordinates made finite."""
     kp = keypoints.to(torch.float32).clone()
     kp[..., 2] = torch.where(kp[..., 2] >= threshold, kp[..., 2], torch.zeros_like(kp[..., 2]))
@@ -264,9 +283,10 @@ def check_keypoint_layout(part: Part, keypoint_layout: str) -> None:
     """Raises InputError when keypoints in `keypoint_layout` cannot be fitted with `part`."""
     spec = fit_spec(part)
     if keypoint_layout != spec.keypoint_layout:
-        raise InputError(f"--part {Part(part).value} needs {spec.keypoint_what}; these keypoints are "
-                         f"{keypoint_layout}",
-                         hint=spec.layout_hint)
+        raise InputError(
+            f"--part {Part(part).value} needs {spec.keypoint_what}; these keypoints are {keypoint_layout}",
+            hint=spec.layout_hint,
+        )
 
 
 def fit_spec(part: Part | str) -> FitSpec:
@@ -326,8 +346,9 @@ def side_view(kp: Float[Tensor, "B K 3"]) -> Tensor:
     hips = kp[:, [OP_LHIP, OP_RHIP, OP_MIDHIP]]
     hw = hips[..., 2:]
     hip_c = (hips[..., :2] * hw).sum(1) / hw.sum(1).clamp(min=1e-9)
-    torso = torch.where(hw.sum((1, 2)) > 0, ((ls[:, :2] + rs[:, :2]) / 2 - hip_c).norm(dim=-1),
-                        torch.zeros_like(dist))
+    torso = torch.where(
+        hw.sum((1, 2)) > 0, ((ls[:, :2] + rs[:, :2]) / 2 - hip_c).norm(dim=-1), torch.zeros_like(dist)
+    )
     return both & ((dist < SIDE_VIEW_PX) | (dist < SIDE_VIEW_RATIO * torso))
 
 
@@ -382,8 +403,16 @@ class FitState:
 class Fitter:
     """Loss terms and stage schedules of one part, read from its `FitSpec`."""
 
-    def __init__(self, part: Part, model: BodyModel, layout: KeypointLayout, inputs: FitInput, steps: int,
-                 free_keys: tuple[str, ...], shared_shape: bool) -> None:
+    def __init__(
+        self,
+        part: Part,
+        model: BodyModel,
+        layout: KeypointLayout,
+        inputs: FitInput,
+        steps: int,
+        free_keys: tuple[str, ...],
+        shared_shape: bool,
+    ) -> None:
         self.part, self.spec = part, FIT_SPECS[part]
         self.model, self.layout, self.inputs = model, layout, inputs
         self.steps, self.free_keys, self.shared_shape = steps, free_keys, shared_shape
@@ -485,8 +514,10 @@ class Fitter:
     def camera_stages(self) -> tuple[Stage, Stage]:
         """Translation (half the steps), then orientation + translation (spec §7.6–§7.8)."""
         n, spec = self.steps, self.spec
-        return (Stage("translation", max(1, n // 2), {"transl": spec.translation_lr}),
-                Stage("orientation", n, dict(spec.orientation_lrs)))
+        return (
+            Stage("translation", max(1, n // 2), {"transl": spec.translation_lr}),
+            Stage("orientation", n, dict(spec.orientation_lrs)),
+        )
 
     def pose_stages(self) -> list[Stage]:
         """Five pose stages, one Adam run with changing weights (the last may change learning rates)."""
@@ -498,15 +529,19 @@ class Fitter:
             weights = {"index": float(i)}
             weights.update({k: v[i] for k, v in spec.weights.items() if k in ("prior", "shape", "angle")})
             stage_lrs = {**lrs, **spec.last_stage_lrs} if i == count - 1 else lrs
-            stages.append(Stage(f"{spec.stage_prefix}-{i + 1}", n, stage_lrs, weights, reset=i == 0,
-                                uses_prior=True))
+            stages.append(
+                Stage(f"{spec.stage_prefix}-{i + 1}", n, stage_lrs, weights, reset=i == 0, uses_prior=True)
+            )
         return stages
 
     def temporal_stage(self) -> Stage:
         lrs = dict.fromkeys(("global_orient", *self.free_keys, "betas"), 1e-2)
         lrs["transl"] = 1e-3
-        weights = {"index": float(len(self.spec.weights["prior"]) - 1), **self.spec.temporal_weights,
-                   "temporal": TEMPORAL_WEIGHT}
+        weights = {
+            "index": float(len(self.spec.weights["prior"]) - 1),
+            **self.spec.temporal_weights,
+            "temporal": TEMPORAL_WEIGHT,
+        }
         return Stage("temporal", self.steps, lrs, weights, uses_prior=True)
 
     def reprojection(self, state: FitState) -> tuple[Tensor, Tensor, Tensor]:
@@ -537,9 +572,15 @@ def init_widths(part: Part | str, body: BodyModel | None = None) -> dict[str, in
     return widths
 
 
-def _initial_params(spec: FitSpec, part: Part, model: BodyModel, mean: Tensor | None, n: int,
-                    init: Mapping[str, Tensor], device: torch.device
-                    ) -> tuple[dict[str, Tensor], tuple[str, ...]]:
+def _initial_params(
+    spec: FitSpec,
+    part: Part,
+    model: BodyModel,
+    mean: Tensor | None,
+    n: int,
+    init: Mapping[str, Tensor],
+    device: torch.device,
+) -> tuple[dict[str, Tensor], tuple[str, ...]]:
     """Per-sample starting parameters and the names of the fitted pose parameters.
 
     Body pose: `init`, else the prior's mean pose, else zeros; hands, jaw and expression start at zero
@@ -562,8 +603,9 @@ def _initial_params(spec: FitSpec, part: Part, model: BodyModel, mean: Tensor | 
     return params, tuple(widths)
 
 
-def _initial_state(fitter: Fitter, params: dict[str, Tensor], init: Mapping[str, Tensor], track: Tensor
-                   ) -> FitState:
+def _initial_state(
+    fitter: Fitter, params: dict[str, Tensor], init: Mapping[str, Tensor], track: Tensor
+) -> FitState:
     """Orientation hypotheses (upright facing the camera for bodies, two palm solutions for hands) and the
     translation from the keypoints (spec §7.6/§7.7 camera init)."""
     spec, model, layout, inputs = fitter.spec, fitter.model, fitter.layout, fitter.inputs
@@ -581,14 +623,19 @@ def _initial_state(fitter: Fitter, params: dict[str, Tensor], init: Mapping[str,
     if "global_orient" not in init:
         if spec.orientation == "palm":
             with torch.no_grad():
-                rest = model(**{k: v for k, v in params.items() if k not in ("global_orient", "transl")},
-                             betas=betas[track], return_vertices=False).joints
+                rest = model(
+                    **{k: v for k, v in params.items() if k not in ("global_orient", "transl")},
+                    betas=betas[track],
+                    return_vertices=False,
+                ).joints
             palm = list(spec.palm)
             pts = rest[:, layout.model_idx[palm]] - rest[:, layout.model_idx[:1]]
             cands, scale, ok = cam.planar_orientations(pts, kp[:, palm])
             depth = torch.where(ok, inputs.focal / scale.clamp(min=1e-6), torch.zeros_like(scale))
-            fallback = torch.stack([torch.zeros(n, 3, device=device),
-                                    cam.flip_about_up_axis(torch.zeros(n, 3, device=device))], 1)
+            fallback = torch.stack(
+                [torch.zeros(n, 3, device=device), cam.flip_about_up_axis(torch.zeros(n, 3, device=device))],
+                1,
+            )
             cands = torch.where(ok[:, None, None], cands, fallback)
             rows = torch.arange(n, device=device).repeat_interleave(2)
             depth = depth[rows]
@@ -611,13 +658,28 @@ def _initial_state(fitter: Fitter, params: dict[str, Tensor], init: Mapping[str,
         edges = torch.tensor(spec.depth_edges, device=device)
         r = state.row
         limbs = torch.tensor(layout.edges, device=device)
-        state.params["transl"] = cam.init_translation(joints, kp[r], edges, inputs.focal[r], inputs.center[r],
-                                                      inputs.image_size[r], depth=depth, fallback_edges=limbs)
+        state.params["transl"] = cam.init_translation(
+            joints,
+            kp[r],
+            edges,
+            inputs.focal[r],
+            inputs.center[r],
+            inputs.image_size[r],
+            depth=depth,
+            fallback_edges=limbs,
+        )
     return state
 
 
-def _run_stages(fitter: Fitter, state: FitState, schedule: PriorSchedule | None, *, temporal: bool,
-                hypotheses: bool, progress: Progress | None) -> tuple[FitState, dict[str, float], int, float]:
+def _run_stages(
+    fitter: Fitter,
+    state: FitState,
+    schedule: PriorSchedule | None,
+    *,
+    temporal: bool,
+    hypotheses: bool,
+    progress: Progress | None,
+) -> tuple[FitState, dict[str, float], int, float]:
     """All stages on the batch. Returns one row per sample (best hypothesis), the stage losses, NFE and the
     seconds spent in the prior."""
     n = len(fitter.inputs.focal)
@@ -645,12 +707,15 @@ def _run_stages(fitter: Fitter, state: FitState, schedule: PriorSchedule | None,
         extra = torch.nonzero(side_view(fitter.kp)[state.row]).flatten()
         if len(extra):
             log.info("%d person(s) seen from the side: fitting both facings, keeping the better", len(extra))
-            state = state.take(torch.cat([torch.arange(len(state.row), device=extra.device), extra]),
-                               fitter.shared_shape)
-            state.params["global_orient"][-len(extra):] = cam.flip_about_up_axis(
-                state.params["global_orient"][-len(extra):])
-    res = optimize(state.params, pose_stages, pose_loss, prior=schedule, progress=progress, done=done,
-                   total=total)
+            state = state.take(
+                torch.cat([torch.arange(len(state.row), device=extra.device), extra]), fitter.shared_shape
+            )
+            state.params["global_orient"][-len(extra) :] = cam.flip_about_up_axis(
+                state.params["global_orient"][-len(extra) :]
+            )
+    res = optimize(
+        state.params, pose_stages, pose_loss, prior=schedule, progress=progress, done=done, total=total
+    )
     nfe, prior_seconds = res.nfe, res.prior_seconds
     done += sum(s.iters for s in pose_stages)
     losses.update({f"{lg.name}_loss": lg.loss for lg in res.logs})
@@ -662,18 +727,36 @@ def _run_stages(fitter: Fitter, state: FitState, schedule: PriorSchedule | None,
         assert fitter.inputs.frame is not None
         fitter.neighbours = track_neighbours(state.track, fitter.inputs.frame[state.row])
         # the prior stays at the end of its annealing (t_min)
-        res = optimize(state.params, [fitter.temporal_stage()], pose_loss, prior=schedule,
-                       prior_offset=res.prior_steps, progress=progress, done=done, total=total)
+        res = optimize(
+            state.params,
+            [fitter.temporal_stage()],
+            pose_loss,
+            prior=schedule,
+            prior_offset=res.prior_steps,
+            progress=progress,
+            done=done,
+            total=total,
+        )
         nfe, prior_seconds = nfe + res.nfe, prior_seconds + res.prior_seconds
         losses["temporal_loss"] = res.logs[0].loss
         fitter.neighbours = None
     return state, losses, nfe, prior_seconds
 
 
-def fit(body: BodyModel, prior: PosePrior | None, inputs: FitInput, *, part: Part = Part.body,
-        keypoint_layout: str = "openpose135", steps: int = 100, init: Mapping[str, Tensor] | None = None,
-        temporal: bool = False, generator: torch.Generator | None = None, progress: Progress | None = None,
-        mean_pose: Tensor | None = None) -> FitResult:
+def fit(
+    body: BodyModel,
+    prior: PosePrior | None,
+    inputs: FitInput,
+    *,
+    part: Part = Part.body,
+    keypoint_layout: str = "openpose135",
+    steps: int = 100,
+    init: Mapping[str, Tensor] | None = None,
+    temporal: bool = False,
+    generator: torch.Generator | None = None,
+    progress: Progress | None = None,
+    mean_pose: Tensor | None = None,
+) -> FitResult:
     """Fit `body` to the keypoints of every row of `inputs` in one batched optimisation (spec §7.6–§7.8).
 
     Args:
@@ -702,14 +785,17 @@ def fit(body: BodyModel, prior: PosePrior | None, inputs: FitInput, *, part: Par
         raise InputError(f"--steps must be at least 1 (got {steps})")
     prior_part = getattr(prior, "part", None)
     if prior_part is not None and Part(prior_part) is not part:
-        raise InputError(f"the given prior is a {Part(prior_part).value} prior, but the fit is "
-                         f"--part {part.value}")
+        raise InputError(
+            f"the given prior is a {Part(prior_part).value} prior, but the fit is --part {part.value}"
+        )
     if temporal and (inputs.track is None or inputs.frame is None):
         raise InputError("the temporal pass needs a track and a frame index per row (a video)")
     layout = build_layout(part, body, keypoint_layout)
     if inputs.keypoints.shape[1] <= int(layout.kp_keep.max()):
-        raise InputError(f"--part {part.value} needs {int(layout.kp_keep.max()) + 1} keypoints per person in "
-                         f"the {keypoint_layout} layout, got {inputs.keypoints.shape[1]}")
+        raise InputError(
+            f"--part {part.value} needs {int(layout.kp_keep.max()) + 1} keypoints per person in "
+            f"the {keypoint_layout} layout, got {inputs.keypoints.shape[1]}"
+        )
     device = inputs.keypoints.device
     n = len(inputs.focal)
     init = {k: v.to(device) for k, v in (init or {}).items()}
@@ -725,16 +811,31 @@ def fit(body: BodyModel, prior: PosePrior | None, inputs: FitInput, *, part: Par
     state = _initial_state(fitter, params, init, track)
     schedule = None
     if prior is not None:
-        schedule = PriorSchedule(prior, T_RANGES["fitting"], weighting=PRIOR_WEIGHTING, generator=generator,
-                                 horizon=prior_steps(fitter.pose_stages()))
+        schedule = PriorSchedule(
+            prior,
+            T_RANGES["fitting"],
+            weighting=PRIOR_WEIGHTING,
+            generator=generator,
+            horizon=prior_steps(fitter.pose_stages()),
+        )
     t0 = time.perf_counter()
-    state, losses, nfe, prior_seconds = _run_stages(fitter, state, schedule, temporal=temporal,
-                                                    hypotheses="global_orient" not in init, progress=progress)
+    state, losses, nfe, prior_seconds = _run_stages(
+        fitter, state, schedule, temporal=temporal, hypotheses="global_orient" not in init, progress=progress
+    )
     fit_seconds = time.perf_counter() - t0
     data, px, joints = fitter.reprojection(state)
     order = torch.argsort(state.row)  # one row per sample already; input order
     params = {k: v.detach()[order] for k, v in state.params.items() if k != "betas"}
     params["betas"] = state.params["betas"].detach()[state.track[order]]
     core = body.joint_set(spec.core_joints)
-    return FitResult(params, joints[order][:, core], px[order], data[order], losses, nfe, fit_seconds,
-                     prior_seconds, layout)
+    return FitResult(
+        params,
+        joints[order][:, core],
+        px[order],
+        data[order],
+        losses,
+        nfe,
+        fit_seconds,
+        prior_seconds,
+        layout,
+    )

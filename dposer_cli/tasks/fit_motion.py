@@ -51,8 +51,9 @@ class ShapedBody:
 
     def __call__(self, *, return_vertices: bool = True, **params: Tensor | None) -> BodyOutput:
         rows = next(v.shape[:-1] for v in params.values() if v is not None)
-        return self.model(**params, betas=self.betas.expand(*rows, self.betas.shape[-1]),
-                          return_vertices=return_vertices)
+        return self.model(
+            **params, betas=self.betas.expand(*rows, self.betas.shape[-1]), return_vertices=return_vertices
+        )
 
     def joint_set(self, name: str) -> Tensor:
         return self.model.joint_set(name)
@@ -78,8 +79,14 @@ def motion_schedule(joints: Float[Tensor, "T J 3"]) -> MotionSchedule:
     return MotionSchedule(base.name, base.iterations + 1, base.steps_per_iter)
 
 
-def reprojection_px(model: BodyModel, params: Mapping[str, Tensor], fitted: FitResult, inputs: FitInput,
-                    rows: Tensor, part: Part) -> float:
+def reprojection_px(
+    model: BodyModel,
+    params: Mapping[str, Tensor],
+    fitted: FitResult,
+    inputs: FitInput,
+    rows: Tensor,
+    part: Part,
+) -> float:
     """Mean pixel distance of the model's projected joints to the keypoints the fit used (as the fit's own
     `reprojection_px`: confident keypoints, not the ones the part ignores)."""
     with torch.no_grad():
@@ -91,9 +98,17 @@ def reprojection_px(model: BodyModel, params: Mapping[str, Tensor], fitted: FitR
     return float(((proj - kp[..., :2]).norm(dim=-1) * used).sum() / used.sum().clamp(min=1))
 
 
-def smooth_tracks(model: BodyModel, prior: MotionPrior | None, fitted: FitResult, inputs: FitInput,
-                  tracks: Sequence[np.ndarray], *, part: Part, generator: torch.Generator | None = None,
-                  progress: Progress | None = None) -> list[TrackMotion]:
+def smooth_tracks(
+    model: BodyModel,
+    prior: MotionPrior | None,
+    fitted: FitResult,
+    inputs: FitInput,
+    tracks: Sequence[np.ndarray],
+    *,
+    part: Part,
+    generator: torch.Generator | None = None,
+    progress: Progress | None = None,
+) -> list[TrackMotion]:
     """Per track (its batch rows in frame order): one body shape (the first frame's), then — with a body
     `prior` and at least 3 frames — the motion prior pass (`tasks.denoise_motion` on the fitted joints, with
     the schedule of the jitter's noise level). Tracks run in the given order, drawing from one `generator`."""
@@ -105,9 +120,16 @@ def smooth_tracks(model: BodyModel, prior: MotionPrior | None, fitted: FitResult
         params["betas"] = params["betas"][:1].expand_as(params["betas"])  # one shape along the video
         motion = TrackMotion(rows, params, fitted.joints[index], fitted.joints[index], False)
         if prior is not None and len(rows) >= 3:
-            res = denoise_motion(prior, ShapedBody(model, params["betas"][:1]), motion.joints_fit,
-                                 world=True, schedule=motion_schedule(motion.joints_fit), temporal="joints",
-                                 generator=generator, progress=progress)
+            res = denoise_motion(
+                prior,
+                ShapedBody(model, params["betas"][:1]),
+                motion.joints_fit,
+                world=True,
+                schedule=motion_schedule(motion.joints_fit),
+                temporal="joints",
+                generator=generator,
+                progress=progress,
+            )
             motion.params = {**params, **{k: v.detach() for k, v in res.params.items()}}
             motion.joints, motion.smoothed, motion.schedule = res.joints.detach(), True, res.schedule.name
             motion.reprojection_px = reprojection_px(model, motion.params, fitted, inputs, index, part)
@@ -125,12 +147,15 @@ def motion_metrics(motions: Sequence[TrackMotion]) -> dict[str, float]:
     ok = np.isfinite(before)
     if not ok.any():
         return {}
-    out = {"jitter_before_mm": float(np.average(before[ok], weights=weights[ok])),
-           "jitter_after_mm": float(np.average(after[ok], weights=weights[ok]))}
+    out = {
+        "jitter_before_mm": float(np.average(before[ok], weights=weights[ok])),
+        "jitter_after_mm": float(np.average(after[ok], weights=weights[ok])),
+    }
     smoothed = [m for m in motions if m.smoothed]
     if smoothed:
-        out["motion_reprojection_error_px"] = float(np.average([m.reprojection_px for m in smoothed],
-                                                               weights=[len(m.rows) for m in smoothed]))
+        out["motion_reprojection_error_px"] = float(
+            np.average([m.reprojection_px for m in smoothed], weights=[len(m.rows) for m in smoothed])
+        )
     return out
 
 
@@ -144,8 +169,15 @@ def merged_params(fitted: FitResult, motions: Sequence[TrackMotion]) -> dict[str
     return params
 
 
-def motion_arrays(m: TrackMotion, *, fps: float, model_kind: str, inputs: FitInput, frame_index: np.ndarray,
-                  person_index: np.ndarray) -> dict[str, np.ndarray]:
+def motion_arrays(
+    m: TrackMotion,
+    *,
+    fps: float,
+    model_kind: str,
+    inputs: FitInput,
+    frame_index: np.ndarray,
+    person_index: np.ndarray,
+) -> dict[str, np.ndarray]:
     """motion.npz: AMASS-style keys (poses (T, 165) SMPL-X order, trans, betas, mocap_frame_rate, gender) and
     ours (the fitted parameters, joints before/after the motion pass, frame_index, camera)."""
     p = {k: v.detach().cpu().numpy().astype(np.float32) for k, v in m.params.items()}
@@ -154,17 +186,32 @@ def motion_arrays(m: TrackMotion, *, fps: float, model_kind: str, inputs: FitInp
     if "body_pose" in p:
         zeros = np.zeros((t, 3), np.float32)
         arrays["poses"] = np.concatenate(
-            [p["global_orient"], p["body_pose"], p.get("jaw_pose", zeros), np.zeros((t, 6), np.float32),
-             p.get("left_hand_pose", np.zeros((t, 45), np.float32)),
-             p.get("right_hand_pose", np.zeros((t, 45), np.float32))], axis=1)
+            [
+                p["global_orient"],
+                p["body_pose"],
+                p.get("jaw_pose", zeros),
+                np.zeros((t, 6), np.float32),
+                p.get("left_hand_pose", np.zeros((t, 45), np.float32)),
+                p.get("right_hand_pose", np.zeros((t, 45), np.float32)),
+            ],
+            axis=1,
+        )
         arrays["trans"] = p["transl"]
     index = torch.as_tensor(m.rows, device=inputs.focal.device)
     arrays.update(
-        betas=p["betas"][0], mocap_frame_rate=np.array(fps), fps=np.array(fps), gender=np.array("neutral"),
-        surface_model_type=np.array(model_kind), joints=m.joints.cpu().numpy(),
-        joints_per_frame_fit=m.joints_fit.cpu().numpy(), frame_index=frame_index, person_index=person_index,
-        focal=inputs.focal[index].cpu().numpy(), center=inputs.center[index].cpu().numpy(),
+        betas=p["betas"][0],
+        mocap_frame_rate=np.array(fps),
+        fps=np.array(fps),
+        gender=np.array("neutral"),
+        surface_model_type=np.array(model_kind),
+        joints=m.joints.cpu().numpy(),
+        joints_per_frame_fit=m.joints_fit.cpu().numpy(),
+        frame_index=frame_index,
+        person_index=person_index,
+        focal=inputs.focal[index].cpu().numpy(),
+        center=inputs.center[index].cpu().numpy(),
         image_size=inputs.image_size[index].cpu().numpy(),
-        coordinates=np.array("camera: x right, y down, z forward, metres"), motion_prior=np.array(m.smoothed),
+        coordinates=np.array("camera: x right, y down, z forward, metres"),
+        motion_prior=np.array(m.smoothed),
     )
     return arrays

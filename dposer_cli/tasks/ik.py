@@ -180,9 +180,10 @@ def check_type(part: Part | str, ik_type: str) -> str:
     """
     types = part_ik(part).types
     if ik_type not in types:
-        raise InputError(f"--type {ik_type} is not available for --part {Part(part).value}"
-                         f"{suggest(ik_type, list(types))}",
-                         hint="types: " + ", ".join(types))
+        raise InputError(
+            f"--type {ik_type} is not available for --part {Part(part).value}{suggest(ik_type, list(types))}",
+            hint="types: " + ", ".join(types),
+        )
     return ik_type
 
 
@@ -224,12 +225,18 @@ def problem_from_params(part: Part | str, body: BodyModel, params: Mapping[str, 
         gt["vertices"] = out.vertices
     n, dev = gt["joints"].shape[0], gt["joints"].device
     known = {k: gt[k] for k, _ in spec.known if k in gt}
-    return IKProblem(part, gt["joints"].clone(), torch.ones(n, spec.num_joints, dtype=torch.bool, device=dev),
-                     known, gt)
+    return IKProblem(
+        part, gt["joints"].clone(), torch.ones(n, spec.num_joints, dtype=torch.bool, device=dev), known, gt
+    )
 
 
-def apply_type(problem: IKProblem, ik_type: str, *, noise_std: float | None = None,
-               generator: torch.Generator | None = None) -> IKProblem:
+def apply_type(
+    problem: IKProblem,
+    ik_type: str,
+    *,
+    noise_std: float | None = None,
+    generator: torch.Generator | None = None,
+) -> IKProblem:
     """Hide joints / add noise for one official setting, with a seeded mask drawn per sample (spec §7.9–7.10).
 
     Raises:
@@ -264,8 +271,11 @@ def apply_type(problem: IKProblem, ik_type: str, *, noise_std: float | None = No
     visible = problem.visible & ~hide
     empty = (~visible.any(-1)).nonzero()
     if len(empty):
-        raise InputError(f"sample {int(empty[0])} has no visible joints after --type {ik_type} "
-                         f"({len(empty)} sample(s) in all)", hint="mark at least one joint visible per sample")
+        raise InputError(
+            f"sample {int(empty[0])} has no visible joints after --type {ik_type} "
+            f"({len(empty)} sample(s) in all)",
+            hint="mark at least one joint visible per sample",
+        )
     return replace(problem, targets=targets, visible=visible)
 
 
@@ -289,13 +299,19 @@ class ConcatPrior:
     def parts(self) -> tuple[Part, ...]:
         return tuple(p.part for p in self.priors)
 
-    def loss(self, pose: Float[Tensor, "*batch D"], t: float | Tensor = 0.1, *, weighting: str = "snr",
-             generator: torch.Generator | None = None) -> Float[Tensor, "*batch"]:
+    def loss(
+        self,
+        pose: Float[Tensor, "*batch D"],
+        t: float | Tensor = 0.1,
+        *,
+        weighting: str = "snr",
+        generator: torch.Generator | None = None,
+    ) -> Float[Tensor, "*batch"]:
         """Σ_k scale·prior_k.loss(pose[..., slice_k], t) per sample (same t, weighting and noise source)."""
         total: Tensor | None = None
         start = 0
         for prior, width in zip(self.priors, self.widths, strict=True):
-            value = prior.loss(pose[..., start:start + width], t, weighting=weighting, generator=generator)
+            value = prior.loss(pose[..., start : start + width], t, weighting=weighting, generator=generator)
             if self.scale != 1.0:
                 value = self.scale * value
             total = value if total is None else total + value
@@ -324,14 +340,21 @@ def _check_prior(spec: PartIK, part: Part, prior: PosePrior) -> None:
     parts = prior.parts if isinstance(prior, ConcatPrior) else (prior.part,)
     if tuple(parts) != spec.prior_parts:
         want = " + ".join(p.value for p in spec.prior_parts)
-        raise InputError(f"IK of --part {part.value} needs a prior of {want}, got "
-                         f"{' + '.join(p.value for p in parts)}",
-                         hint="combine the part priors with tasks.ik.ik_prior(part, {part: prior, ...})")
+        raise InputError(
+            f"IK of --part {part.value} needs a prior of {want}, got {' + '.join(p.value for p in parts)}",
+            hint="combine the part priors with tasks.ik.ik_prior(part, {part: prior, ...})",
+        )
 
 
 # --------------------------------------------------------------------------------------------------- solving
-def ik_stages(part: Part | str, ik_type: str = "full", *, noise_std: float | None = None,
-              steps: int | None = None, solve_orient: bool = False) -> list[Stage]:
+def ik_stages(
+    part: Part | str,
+    ik_type: str = "full",
+    *,
+    noise_std: float | None = None,
+    steps: int | None = None,
+    solve_orient: bool = False,
+) -> list[Stage]:
     """The official outer iterations as optimiser stages (spec §7.9–7.10).
 
     `min(10, steps)` stages with `reset=False` (one Adam run); Adam step k belongs to outer iteration
@@ -347,20 +370,35 @@ def ik_stages(part: Part | str, ik_type: str = "full", *, noise_std: float | Non
         counts[k * iterations // steps] += 1
     variables = spec.variables + (ORIENT_VARIABLES if solve_orient else ())
     lrs = {v.key: v.lr for v in variables}
-    return [Stage(f"iteration {i}", iters, lrs, {"data": w.data_weight(i), "prior": w.prior_weight(i, noise)},
-                  reset=False, uses_prior=True) for i, iters in enumerate(counts)]
+    return [
+        Stage(
+            f"iteration {i}",
+            iters,
+            lrs,
+            {"data": w.data_weight(i), "prior": w.prior_weight(i, noise)},
+            reset=False,
+            uses_prior=True,
+        )
+        for i, iters in enumerate(counts)
+    ]
 
 
-def ik_prior_schedule(part: Part | str, ik_type: str, prior: PosePrior, *,
-                      generator: torch.Generator | None = None) -> PriorSchedule:
+def ik_prior_schedule(
+    part: Part | str, ik_type: str, prior: PosePrior, *, generator: torch.Generator | None = None
+) -> PriorSchedule:
     """The prior as a loss term of a solve: the part's weighting and the setting's `T_RANGES` entry."""
     spec = part_ik(part)
-    return PriorSchedule(prior, T_RANGES[spec.weights(ik_type).t_range], weighting=spec.weighting,
-                         generator=generator)
+    return PriorSchedule(
+        prior, T_RANGES[spec.weights(ik_type).t_range], weighting=spec.weighting, generator=generator
+    )
 
 
-def _init_orient(problem: IKProblem, joints_of: Callable[[Mapping[str, Tensor]], Tensor],
-                 params: Mapping[str, Tensor], targets: Tensor) -> dict[str, Tensor]:
+def _init_orient(
+    problem: IKProblem,
+    joints_of: Callable[[Mapping[str, Tensor]], Tensor],
+    params: Mapping[str, Tensor],
+    targets: Tensor,
+) -> dict[str, Tensor]:
     """global_orient by a weighted Kabsch fit of the visible joints, then the weighted mean's translation."""
     with torch.no_grad():
         rest = joints_of(params)
@@ -372,9 +410,18 @@ def _init_orient(problem: IKProblem, joints_of: Callable[[Mapping[str, Tensor]],
     return {"global_orient": orient.clone(), "transl": transl.clone()}
 
 
-def solve_ik(problem: IKProblem, body: BodyModel, prior: PosePrior | None, *, ik_type: str = "full",
-             noise_std: float | None = None, steps: int | None = None, solve_orient: bool = False,
-             generator: torch.Generator | None = None, progress: Progress | None = None) -> IKResult:
+def solve_ik(
+    problem: IKProblem,
+    body: BodyModel,
+    prior: PosePrior | None,
+    *,
+    ik_type: str = "full",
+    noise_std: float | None = None,
+    steps: int | None = None,
+    solve_orient: bool = False,
+    generator: torch.Generator | None = None,
+    progress: Progress | None = None,
+) -> IKResult:
     """Batched Adam IK (spec §7.9–7.10) of all targets of `problem` with the official weights of `ik_type`.
 
     `prior`: the part's prior (`DPoserPrior` / a baseline for the hand; `ik_prior(...)` for the face's two
@@ -398,8 +445,11 @@ def solve_ik(problem: IKProblem, body: BodyModel, prior: PosePrior | None, *, ik
     fixed = dict(problem.known)
     free: dict[str, Tensor] = {}
     for v in spec.variables:
-        free[v.key] = (v.init_std * torch.randn(n, v.dim, generator=generator, device=dev) if v.init_std
-                       else torch.zeros(n, v.dim, device=dev))
+        free[v.key] = (
+            v.init_std * torch.randn(n, v.dim, generator=generator, device=dev)
+            if v.init_std
+            else torch.zeros(n, v.dim, device=dev)
+        )
 
     def joints_of(params: Mapping[str, Tensor]) -> Tensor:
         return body(**params, return_vertices=False).joints[..., jset, :]
@@ -412,9 +462,12 @@ def solve_ik(problem: IKProblem, body: BodyModel, prior: PosePrior | None, *, ik
             start = joints_of({**fixed, **free})
             far = ((start - targets).norm(dim=-1) * problem.visible).sum() / problem.visible.sum()
         if far > 0.1:
-            log.warning("targets are %.0f mm from the model on average: are they in the model frame "
-                        "(%s, wrist/root at the origin)? --solve-orient also solves rotation and translation",
-                        1000 * float(far), spec.joint_set)
+            log.warning(
+                "targets are %.0f mm from the model on average: are they in the model frame "
+                "(%s, wrist/root at the origin)? --solve-orient also solves rotation and translation",
+                1000 * float(far),
+                spec.joint_set,
+            )
 
     numel = targets.numel()
     prior_keys = spec.prior_keys
@@ -462,7 +515,9 @@ def evaluate_ik(problem: IKProblem, body: BodyModel, result: IKResult) -> dict[s
     if "vertices" in problem.gt:
         keys = {k for k, _ in part_ik(problem.part).gt_keys} | {"transl"}
         with torch.no_grad():
-            verts = body(**{k: v for k, v in result.params.items() if k in keys}, return_vertices=True).vertices
+            verts = body(
+                **{k: v for k, v in result.params.items() if k in keys}, return_vertices=True
+            ).vertices
         if verts is not None:
             out["mpvpe_mm"] = 1000 * float(mpjpe(verts, problem.gt["vertices"]).mean())
     return out

@@ -53,7 +53,13 @@ log = logging.getLogger(__name__)
 GRID_MAX = 64  # default number of poses drawn in a picture (the first ones)
 GRID_DEFAULT = {Part.wholebody: 16}  # parts whose pictures are bigger per pose
 # which body model pictures each part (load_body kind)
-BODY_KINDS = {Part.body: "body", Part.wholebody: "body", Part.hand: "hand", Part.face: "face", Part.face_shape: "face"}
+BODY_KINDS = {
+    Part.body: "body",
+    Part.wholebody: "body",
+    Part.hand: "hand",
+    Part.face: "face",
+    Part.face_shape: "face",
+}
 # camera per part for single-view pictures other than "front" (none: hands are turned palm to the camera)
 _VIEW: dict[Part, str] = {}
 _FINGERS = ("thumb", "index", "middle", "ring", "pinky")
@@ -83,7 +89,9 @@ def _joint(body: BodyModel, name: str) -> int:
     return body.joint_names.index(name)
 
 
-def upright(points: np.ndarray, joints: np.ndarray, body: BodyModel, side: str, prefix: str = "") -> np.ndarray:
+def upright(
+    points: np.ndarray, joints: np.ndarray, body: BodyModel, side: str, prefix: str = ""
+) -> np.ndarray:
     """(N, P, 3) points of N hands moved to their wrist and turned by `draw.palm_frame`: palm facing +z,
     fingers up; `joints` (N, J, 3) in `body.joint_names` order, `prefix` e.g. "left_" on a whole body."""
     w, i, m, p = (_joint(body, prefix + n) for n in ("wrist", "index1", "middle1", "pinky1"))
@@ -113,8 +121,16 @@ def pose_items(part: Part, poses: Tensor, body: BodyModel) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------------------------- grids
-def pose_sheet(part: Part, poses: Tensor, body: BodyModel | None, *, renderer: str, cell: int = 256,
-               flame: BodyModel | None = None, title: str | None = None) -> np.ndarray:
+def pose_sheet(
+    part: Part,
+    poses: Tensor,
+    body: BodyModel | None,
+    *,
+    renderer: str,
+    cell: int = 256,
+    flame: BodyModel | None = None,
+    title: str | None = None,
+) -> np.ndarray:
     """Draw the poses (N, D) as `part` needs them (module docstring). `body` is the part's model (FLAME for
     faces; None for a face without FLAME: charts of the numbers, with a note); `flame` draws the faces of
     whole bodies (None: a jaw/expression chart)."""
@@ -154,13 +170,16 @@ def _hand_sheet(items: list[dict], renderer: str, cell: int = 160, per_row: int 
     """Each hand upright, palm then back, centred in its cell, every hand at one scale."""
     pairs = [x for it in items for x in (_turned(it), _turned(it, back=True))]
     labels = [f"{i + 1} {v}" for i in range(len(items)) for v in ("palm", "back")]
-    return contact_sheet(pairs, cols=2 * min(per_row, len(items)), cell=cell, renderer=renderer, labels=labels,
-                         center=True)
+    return contact_sheet(
+        pairs, cols=2 * min(per_row, len(items)), cell=cell, renderer=renderer, labels=labels, center=True
+    )
 
 
 def _cells(sheet: np.ndarray, n: int, cols: int, size: tuple[int, int]) -> list[np.ndarray]:
     w, h = size
-    return [sheet[(i // cols) * h:(i // cols + 1) * h, (i % cols) * w:(i % cols + 1) * w] for i in range(n)]
+    return [
+        sheet[(i // cols) * h : (i // cols + 1) * h, (i % cols) * w : (i % cols + 1) * w] for i in range(n)
+    ]
 
 
 def _hand_region(body: BodyModel, side: str) -> tuple[np.ndarray, np.ndarray]:
@@ -176,7 +195,7 @@ def _hand_region(body: BodyModel, side: str) -> tuple[np.ndarray, np.ndarray]:
     in_hand = np.array([n in hand for n in names])
     nearest = np.empty(len(v), np.int64)
     for s in range(0, len(v), 4096):  # (chunk, J) distances
-        nearest[s:s + 4096] = np.linalg.norm(v[s:s + 4096, None] - skeleton[None], axis=-1).argmin(1)
+        nearest[s : s + 4096] = np.linalg.norm(v[s : s + 4096, None] - skeleton[None], axis=-1).argmin(1)
     wrist, elbow = j[_joint(body, f"{side}_wrist")], j[_joint(body, f"{side}_elbow")]
     axis = (wrist - elbow) / np.linalg.norm(wrist - elbow)
     keep = in_hand[nearest] & ((v - wrist) @ axis > -0.02)
@@ -187,8 +206,9 @@ def _hand_region(body: BodyModel, side: str) -> tuple[np.ndarray, np.ndarray]:
     return ids, remap[faces[inside]]
 
 
-def _wholebody_sheet(poses: Tensor, body: BodyModel, flame: BodyModel | None, renderer: str,
-                     per_row: int = 4) -> np.ndarray:
+def _wholebody_sheet(
+    poses: Tensor, body: BodyModel, flame: BodyModel | None, renderer: str, per_row: int = 4
+) -> np.ndarray:
     """Per sample: the body, then close-ups of the left and right hand (upright, back of the hand) and of the
     face (FLAME) or its jaw and expression as a chart."""
     params = part_params(Part.wholebody, poses.to(body.parents.device))
@@ -207,12 +227,16 @@ def _wholebody_sheet(poses: Tensor, body: BodyModel, flame: BodyModel | None, re
     hand_cells = {}
     for side in ("left", "right"):
         if verts is None:
-            items = [{"joints": j, "parents": np.full(len(j), -1)} for j in
-                     upright(joints[:, [_joint(body, f"{side}_wrist")]], joints, body, side, f"{side}_")]
+            items = [
+                {"joints": j, "parents": np.full(len(j), -1)}
+                for j in upright(joints[:, [_joint(body, f"{side}_wrist")]], joints, body, side, f"{side}_")
+            ]
         else:
             ids, hand_faces = _hand_region(body, side)
-            items = [{"vertices": v, "faces": hand_faces}
-                     for v in upright(verts[:, ids], joints, body, side, f"{side}_")]
+            items = [
+                {"vertices": v, "faces": hand_faces}
+                for v in upright(verts[:, ids], joints, body, side, f"{side}_")
+            ]
         items = [_turned(it) for it in items]  # the palm
         sheet = contact_sheet(items, cols=cols, cell=small, renderer=renderer, center=True)
         hand_cells[side] = _cells(sheet, n, cols, small)
@@ -229,19 +253,24 @@ def _wholebody_sheet(poses: Tensor, body: BodyModel, flame: BodyModel | None, re
     return tile(blocks, cols=min(per_row, n), gap=4)
 
 
-def _face_closeups(params: dict[str, Tensor], flame: BodyModel | None, renderer: str,
-                   size: tuple[int, int]) -> list[np.ndarray]:
+def _face_closeups(
+    params: dict[str, Tensor], flame: BodyModel | None, renderer: str, size: tuple[int, int]
+) -> list[np.ndarray]:
     """The FLAME face at each jaw pose and expression, or (no FLAME) a chart of them."""
     jaw, expression = params["jaw_pose"], params["expression"]
     if flame is None:
         lim = _limit(expression.cpu().numpy())
-        return [face_chart(j, e, size=size, title="face (no FLAME)", limit=lim) for j, e in
-                zip(jaw.cpu().numpy(), expression.cpu().numpy(), strict=True)]
+        return [
+            face_chart(j, e, size=size, title="face (no FLAME)", limit=lim)
+            for j, e in zip(jaw.cpu().numpy(), expression.cpu().numpy(), strict=True)
+        ]
     with torch.no_grad():
         verts, faces = _mesh(flame(jaw_pose=jaw, expression=expression), flame)
     items = [{"vertices": v, "faces": faces} for v in verts]
     cols = min(8, len(items))
-    sheet = contact_sheet(items, cols=cols, cell=size, renderer=renderer, center=True, labels=["face"] * len(items))
+    sheet = contact_sheet(
+        items, cols=cols, cell=size, renderer=renderer, center=True, labels=["face"] * len(items)
+    )
     return _cells(sheet, len(items), cols, size)
 
 
@@ -251,8 +280,9 @@ def _limit(values: np.ndarray) -> float:
     return max(0.5, np.ceil(top * 2) / 2)
 
 
-def _face_sheet(part: Part, poses: Tensor, flame: BodyModel | None, renderer: str,
-                cell: int) -> tuple[np.ndarray, str | None]:
+def _face_sheet(
+    part: Part, poses: Tensor, flame: BodyModel | None, renderer: str, cell: int
+) -> tuple[np.ndarray, str | None]:
     """FLAME meshes (centred, one scale); without FLAME, per sample a chart of the numbers and a note."""
     if flame is not None:
         items = pose_items(part, poses, flame)
@@ -263,13 +293,17 @@ def _face_sheet(part: Part, poses: Tensor, flame: BodyModel | None, renderer: st
     if part is Part.face:
         sl = PARTS[part].slices()
         lim = _limit(data[:, sl["expression"]])
-        charts = [face_chart(x[sl["jaw_pose"]], x[sl["expression"]], size=cell, title=f"{i + 1}", limit=lim)
-                  for i, x in enumerate(data)]
+        charts = [
+            face_chart(x[sl["jaw_pose"]], x[sl["expression"]], size=cell, title=f"{i + 1}", limit=lim)
+            for i, x in enumerate(data)
+        ]
         what = "jaw rotation and expression coefficients"
     else:
         lim = _limit(data)
-        charts = [bar_chart(x, size=(cell, cell // 2), title=f"{i + 1} · shape coefficients (betas)", limit=lim)
-                  for i, x in enumerate(data)]
+        charts = [
+            bar_chart(x, size=(cell, cell // 2), title=f"{i + 1} · shape coefficients (betas)", limit=lim)
+            for i, x in enumerate(data)
+        ]
         what = "shape coefficients"
     note = f"no FLAME model found, so the {what} are drawn as numbers; meshes need FLAME (--body-model)"
     return tile(charts, cols=min(len(charts), 4), gap=4), note
@@ -285,8 +319,18 @@ def moved_vertices(part: Part, body: BodyModel, poses: Tensor, hidden: Tensor) -
     return np.linalg.norm(a - b, axis=-1) > _MOVED_M
 
 
-def completion_sheet(part: Part, inputs: Tensor, completed: Tensor, hidden: Tensor, body: BodyModel, *,
-                     truth: bool, renderer: str, cell: int = 224, title: str | None = None) -> np.ndarray:
+def completion_sheet(
+    part: Part,
+    inputs: Tensor,
+    completed: Tensor,
+    hidden: Tensor,
+    body: BodyModel,
+    *,
+    truth: bool,
+    renderer: str,
+    cell: int = 224,
+    title: str | None = None,
+) -> np.ndarray:
     """One row per input: the input with its missing part greyed (posed at zero), the hypotheses with the
     completed part highlighted, and (`truth`: the input was complete) the ground truth.
 
@@ -296,8 +340,14 @@ def completion_sheet(part: Part, inputs: Tensor, completed: Tensor, hidden: Tens
     n, h, _ = completed.shape
     given = torch.where(hidden, torch.zeros_like(inputs), torch.nan_to_num(inputs))
     if body.faces is None:  # a model without a mesh: skeletons, completed joints not coloured
-        rows = [pose_items(part, torch.cat([given[i:i + 1], completed[i]] + ([inputs[i:i + 1]] if truth else [])),
-                           body) for i in range(n)]
+        rows = [
+            pose_items(
+                part,
+                torch.cat([given[i : i + 1], completed[i]] + ([inputs[i : i + 1]] if truth else [])),
+                body,
+            )
+            for i in range(n)
+        ]
     else:
         poses = torch.cat([given[:, None], completed] + ([inputs[:, None]] if truth else []), dim=1)
         with torch.no_grad():
@@ -320,7 +370,10 @@ def completion_sheet(part: Part, inputs: Tensor, completed: Tensor, hidden: Tens
     labels = (["input"] + [f"{k + 1}" for k in range(h)] + (["truth"] if truth else [])) * n
     items = [it for row in rows for it in row]
     sheet = contact_sheet(items, cols=cols, cell=cell, renderer=renderer, labels=labels, view=view_for(part))
-    entries = [("square", GHOST_COLOR, "missing in the input"), ("square", HIGHLIGHT_COLOR, "completed by the prior")]
+    entries = [
+        ("square", GHOST_COLOR, "missing in the input"),
+        ("square", HIGHLIGHT_COLOR, "completed by the prior"),
+    ]
     if truth:
         entries.append(("square", TRUTH_COLOR, "ground truth"))
     image = np.concatenate([legend(entries, width=sheet.shape[1], px=14), sheet], axis=0)
@@ -336,8 +389,18 @@ IK_PARENTS = {
 _HAND21_PALM = (0, 5, 9, 17)  # wrist, index1, middle1, pinky1 in hand21 order
 
 
-def ik_sheet(joint_set: str, joints: Tensor, targets: Tensor, visible: Tensor, *, renderer: str,
-             side: str = "right", max_items: int = 8, cell: int = 256, title: str | None = None) -> np.ndarray:
+def ik_sheet(
+    joint_set: str,
+    joints: Tensor,
+    targets: Tensor,
+    visible: Tensor,
+    *,
+    renderer: str,
+    side: str = "right",
+    max_items: int = 8,
+    cell: int = 256,
+    title: str | None = None,
+) -> np.ndarray:
     """Targets against recovered joints for the first `max_items` solves: recovered skeleton, targets the
     solver saw as filled dots, hidden ones (where known; NaN = unknown) as rings, each joined to its joint.
 
@@ -359,12 +422,22 @@ def ik_sheet(joint_set: str, joints: Tensor, targets: Tensor, visible: Tensor, *
         seen_mm = f"seen {np.nanmean(err[vis[k]]):.1f} mm" if vis[k].any() else "nothing seen"
         hid = ~vis[k] & np.isfinite(err)
         labels.append(f"{k + 1} · {seen_mm}" + (f" · hidden {err[hid].mean():.1f} mm" if hid.any() else ""))
-        item = {"joints": j[k], "parents": parents, "targets": t[k], "target_visible": vis[k],
-                "colors": (0.25, 0.36, 0.6)}
+        item = {
+            "joints": j[k],
+            "parents": parents,
+            "targets": t[k],
+            "target_visible": vis[k],
+            "colors": (0.25, 0.36, 0.6),
+        }
         items.append(_turned(item, tilt=15.0) if joint_set == "hand21" else item)
-    sheet = contact_sheet(items, cols=min(4, len(items)), cell=cell, renderer=renderer, labels=labels, center=True)
-    entries = [("dot", TARGET_COLOR, "target the solver saw"), ("ring", HIDDEN_TARGET_COLOR, "target hidden from it"),
-               ("line", (64, 92, 153), "recovered joints")]
+    sheet = contact_sheet(
+        items, cols=min(4, len(items)), cell=cell, renderer=renderer, labels=labels, center=True
+    )
+    entries = [
+        ("dot", TARGET_COLOR, "target the solver saw"),
+        ("ring", HIDDEN_TARGET_COLOR, "target hidden from it"),
+        ("line", (64, 92, 153), "recovered joints"),
+    ]
     image = np.concatenate([legend(entries, width=sheet.shape[1], px=14), sheet], axis=0)
     return titled(image, title) if title else image
 
@@ -376,9 +449,18 @@ def _dark(color: tuple[float, float, float]) -> tuple[int, int, int]:
     return r, g, b
 
 
-def fit_pictures(image: np.ndarray, model: BodyModel, fitted: FitResult, inputs: FitInput, rows: Tensor,
-                 keypoints: np.ndarray, per_person: Sequence[dict], *, renderer: str, conf_threshold: float
-                 ) -> tuple[np.ndarray, np.ndarray]:
+def fit_pictures(
+    image: np.ndarray,
+    model: BodyModel,
+    fitted: FitResult,
+    inputs: FitInput,
+    rows: Tensor,
+    keypoints: np.ndarray,
+    per_person: Sequence[dict],
+    *,
+    renderer: str,
+    conf_threshold: float,
+) -> tuple[np.ndarray, np.ndarray]:
     """The overlay and the views picture of the fitted persons `rows` of one photo (`image`, uint8 RGB).
 
     Overlay: meshes over the photo (camera coordinates = model output: the camera rotation is the identity),
@@ -392,16 +474,24 @@ def fit_pictures(image: np.ndarray, model: BodyModel, fitted: FitResult, inputs:
     center = tuple(float(c) for c in inputs.center[rows[0]])
     verts = posed.vertices.cpu().numpy() if posed.vertices is not None and model.faces is not None else None
     if verts is not None:
-        image = overlay_mesh(image, list(verts), model.faces.cpu().numpy(), focal=focal, center=center,
-                             alpha=0.7, renderer=renderer)
+        image = overlay_mesh(
+            image,
+            list(verts),
+            model.faces.cpu().numpy(),
+            focal=focal,
+            center=center,
+            alpha=0.7,
+            renderer=renderer,
+        )
     joints = posed.joints[:, fitted.layout.model_idx].cpu().numpy()  # (P, K, 3), one per kept keypoint
     projected = joints[..., :2] / joints[..., 2:] * focal + np.asarray(center)
     seen = keypoints[..., 2] >= conf_threshold
     colors = [_dark(PERSON_COLORS[i % len(PERSON_COLORS)]) for i in range(len(keypoints))]
     for p, color in enumerate(colors):
         image = draw_segments(image, keypoints[p, seen[p], :2], projected[p, seen[p]], color=(255, 255, 255))
-        image = draw_keypoints(image, keypoints[p], edges=fitted.layout.edges, conf_threshold=conf_threshold,
-                               color=color)
+        image = draw_keypoints(
+            image, keypoints[p], edges=fitted.layout.edges, conf_threshold=conf_threshold, color=color
+        )
         rings = np.concatenate([projected[p], seen[p, :, None].astype(np.float64)], axis=-1)
         image = draw_keypoints(image, rings, conf_threshold=0.5, color=color, marker="ring")
 
@@ -410,20 +500,43 @@ def fit_pictures(image: np.ndarray, model: BodyModel, fitted: FitResult, inputs:
     names = [f"{entry['person']}: {d:.2f} m" for entry, d in zip(per_person, depth, strict=True)]
     panels = [image]
     if verts is not None:  # under the photo, as wide: people keep (about) their left-right place
-        panels.append(overhead_view(list(verts), model.faces.cpu().numpy(), size=(w, max(96, round(0.45 * h))),
-                                    labels=names, half_fov=w / 2 / focal, renderer=renderer))
+        panels.append(
+            overhead_view(
+                list(verts),
+                model.faces.cpu().numpy(),
+                size=(w, max(96, round(0.45 * h))),
+                labels=names,
+                half_fov=w / 2 / focal,
+                renderer=renderer,
+            )
+        )
     picture = np.concatenate(panels, axis=0)
     entries = [("dot", (90, 90, 90), "keypoints (input)"), ("ring", (90, 90, 90), "model joints (projected)")]
-    entries += [("square", PERSON_COLORS[i % len(PERSON_COLORS)],
-                 f"person {e['person']}: {e['reprojection_error_px']:.1f} px, depth {d:.2f} m")
-                for i, (e, d) in enumerate(zip(per_person, depth, strict=True))]
+    entries += [
+        (
+            "square",
+            PERSON_COLORS[i % len(PERSON_COLORS)],
+            f"person {e['person']}: {e['reprojection_error_px']:.1f} px, depth {d:.2f} m",
+        )
+        for i, (e, d) in enumerate(zip(per_person, depth, strict=True))
+    ]
     band = legend(entries, width=picture.shape[1], px=max(13, min(24, picture.shape[1] // 55)))
     return image, np.concatenate([picture, band], axis=0)
 
 
-def fit_video_frame(image: np.ndarray, model: BodyModel, params: dict[str, Tensor], inputs: FitInput,
-                    rows: np.ndarray, keypoints: np.ndarray, edges: Sequence[tuple[int, int]], *, step: int,
-                    renderer: str, conf_threshold: float) -> np.ndarray:
+def fit_video_frame(
+    image: np.ndarray,
+    model: BodyModel,
+    params: dict[str, Tensor],
+    inputs: FitInput,
+    rows: np.ndarray,
+    keypoints: np.ndarray,
+    edges: Sequence[tuple[int, int]],
+    *,
+    step: int,
+    renderer: str,
+    conf_threshold: float,
+) -> np.ndarray:
     """One frame of a fit's overlay video: the bodies of batch `rows` (at `params`) and their keypoints
     ((P, K, 3), the kept ones) over the picture, downsampled by the integer `step`."""
     image = np.ascontiguousarray(image[::step, ::step])
@@ -435,9 +548,15 @@ def fit_video_frame(image: np.ndarray, model: BodyModel, params: dict[str, Tenso
         posed = body_vertices(model, {k: v[index] for k, v in params.items()}, vertices=faces is not None)
     cx, cy = (float(c) / step for c in inputs.center[index[0]])
     if posed.vertices is not None and faces is not None:
-        image = overlay_mesh(image, list(posed.vertices.cpu().numpy()), faces,
-                             focal=float(inputs.focal[index[0]]) / step, center=(cx, cy), alpha=0.7,
-                             renderer=renderer)
+        image = overlay_mesh(
+            image,
+            list(posed.vertices.cpu().numpy()),
+            faces,
+            focal=float(inputs.focal[index[0]]) / step,
+            center=(cx, cy),
+            alpha=0.7,
+            renderer=renderer,
+        )
     kp = keypoints.copy()
     kp[..., :2] /= step
     return draw_keypoints(image, kp, edges=list(edges), conf_threshold=conf_threshold)
@@ -450,9 +569,18 @@ def _frame_errors_mm(a: Tensor, b: Tensor, mask: Tensor) -> np.ndarray:
     return (1000 * d / mask.sum(-1)).cpu().numpy()  # 0/0 → NaN
 
 
-def comparison_frames(obs: Tensor, visible: Tensor, result: BodyOutput, body: BodyModel, *, renderer: str,
-                      gt: Tensor | None = None, clean: Tensor | None = None, hidden_parts: tuple[str, ...] = (),
-                      cell: tuple[int, int] = (224, 288)) -> np.ndarray:
+def comparison_frames(
+    obs: Tensor,
+    visible: Tensor,
+    result: BodyOutput,
+    body: BodyModel,
+    *,
+    renderer: str,
+    gt: Tensor | None = None,
+    clean: Tensor | None = None,
+    hidden_parts: tuple[str, ...] = (),
+    cell: tuple[int, int] = (224, 288),
+) -> np.ndarray:
     """(T, H, W, 3) frames: [the input pose (mesh `clean`), when it is the ground truth,] the observed joints
     (T, 22, 3; hidden ones left out) and the denoised body `result`, all through one fixed camera and scale,
     over a plot of the joint error per frame (against `gt` when there is one, else the observations)."""
@@ -463,8 +591,10 @@ def comparison_frames(obs: Tensor, visible: Tensor, result: BodyOutput, body: Bo
     clean_v = clean.cpu().numpy() if clean is not None and verts is not None else None
     joints = result.joints[:, :22].cpu().numpy()
     if gt is not None:
-        series = {"observed": _frame_errors_mm(obs, gt, visible),
-                  "denoised": _frame_errors_mm(result.joints[:, :22], gt, torch.ones_like(visible))}
+        series = {
+            "observed": _frame_errors_mm(obs, gt, visible),
+            "denoised": _frame_errors_mm(result.joints[:, :22], gt, torch.ones_like(visible)),
+        }
         title = "joint error per frame vs ground truth"
     else:
         series = {"denoised vs observed": _frame_errors_mm(result.joints[:, :22], obs, visible)}
@@ -475,15 +605,24 @@ def comparison_frames(obs: Tensor, visible: Tensor, result: BodyOutput, body: Bo
         pts.append(joints.reshape(-1, 3))
     framing = frame_points(np.concatenate(pts), "front", cell)
     hidden_note = f" ({', '.join(hidden_parts)} hidden)" if hidden_parts else ""
-    labels = (["input (ground truth)"] if clean_v is not None else []) + [f"observed joints{hidden_note}", "denoised"]
+    labels = (["input (ground truth)"] if clean_v is not None else []) + [
+        f"observed joints{hidden_note}",
+        "denoised",
+    ]
     out = np.empty((0, 0, 0, 3), np.uint8)
     for t in range(len(noisy)):
         items = [{"vertices": clean_v[t], "faces": faces}] if clean_v is not None else []
-        items.append({"joints": np.where(vis[t][:, None], noisy[t], np.nan), "parents": parents,
-                      "hidden": ~vis[t]})
-        items.append({"vertices": verts[t], "faces": faces} if verts is not None
-                     else {"joints": joints[t], "parents": parents})
-        panels = contact_sheet(items, cols=len(items), cell=cell, renderer=renderer, labels=labels, framing=framing)
+        items.append(
+            {"joints": np.where(vis[t][:, None], noisy[t], np.nan), "parents": parents, "hidden": ~vis[t]}
+        )
+        items.append(
+            {"vertices": verts[t], "faces": faces}
+            if verts is not None
+            else {"joints": joints[t], "parents": parents}
+        )
+        panels = contact_sheet(
+            items, cols=len(items), cell=cell, renderer=renderer, labels=labels, framing=framing
+        )
         plot = line_plot(series, size=(panels.shape[1], 120), cursor=t, title=title, unit="mm")
         frame = np.concatenate([panels, plot], axis=0)
         if t == 0:

@@ -32,8 +32,18 @@ from dposer_cli.engine.samplers import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLERS,
 
 DEFAULT_MAX_FRAMES = 100  # trajectory frames (recorded steps + the final samples) unless asked otherwise
 
-__all__ = ["DEFAULT_SAMPLER", "DEFAULT_STEPS", "SAMPLERS", "SampleResult", "SamplerStep", "SamplingPrior",
-           "Trajectory", "check_sampler", "frame_steps", "sample"]
+__all__ = [
+    "DEFAULT_SAMPLER",
+    "DEFAULT_STEPS",
+    "SAMPLERS",
+    "SampleResult",
+    "SamplerStep",
+    "SamplingPrior",
+    "Trajectory",
+    "check_sampler",
+    "frame_steps",
+    "sample",
+]
 
 
 @runtime_checkable
@@ -88,8 +98,10 @@ def check_sampler(name: str) -> str:
         InputError: unknown name (with the nearest valid one).
     """
     if name not in SAMPLERS:
-        raise InputError(f"unknown sampler {name!r}{suggest(name, list(SAMPLERS))}",
-                         hint="samplers: " + ", ".join(SAMPLERS))
+        raise InputError(
+            f"unknown sampler {name!r}{suggest(name, list(SAMPLERS))}",
+            hint="samplers: " + ", ".join(SAMPLERS),
+        )
     return name
 
 
@@ -122,11 +134,21 @@ class _Recorder:
             self.forward(s)
 
 
-def sample(prior: DPoserPrior | SamplingPrior, n: int, *, sampler: str = DEFAULT_SAMPLER,
-           steps: int | None = None, t_end: float = 1e-3, generator: torch.Generator | None = None,
-           batch_size: int | None = None, progress: Callable[[int, int], None] | None = None,
-           callback: Callable[[SamplerStep], None] | None = None, return_trajectory: bool = False,
-           max_frames: int = DEFAULT_MAX_FRAMES, trajectory_samples: int | None = None) -> SampleResult:
+def sample(
+    prior: DPoserPrior | SamplingPrior,
+    n: int,
+    *,
+    sampler: str = DEFAULT_SAMPLER,
+    steps: int | None = None,
+    t_end: float = 1e-3,
+    generator: torch.Generator | None = None,
+    batch_size: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    callback: Callable[[SamplerStep], None] | None = None,
+    return_trajectory: bool = False,
+    max_frames: int = DEFAULT_MAX_FRAMES,
+    trajectory_samples: int | None = None,
+) -> SampleResult:
     """Draw `n` raw poses from `prior`.
 
     Args:
@@ -170,6 +192,7 @@ def sample(prior: DPoserPrior | SamplingPrior, n: int, *, sampler: str = DEFAULT
     nfe0 = prior.nfe
     t0 = time.perf_counter()
     for b, size in enumerate(sizes):
+
         def step_progress(done: int, total: int, b: int = b) -> None:
             if progress is not None:
                 progress(b * steps + done, len(sizes) * steps)
@@ -179,13 +202,28 @@ def sample(prior: DPoserPrior | SamplingPrior, n: int, *, sampler: str = DEFAULT
             on_step = _Recorder(keep, min(rows_left, size), callback)
             recorders.append(on_step)
             rows_left -= on_step.rows
-        chunks.append(prior.sample(size, sampler=sampler, steps=steps, t_end=t_end, generator=generator,
-                                   progress=step_progress if progress is not None else None, callback=on_step))
+        chunks.append(
+            prior.sample(
+                size,
+                sampler=sampler,
+                steps=steps,
+                t_end=t_end,
+                generator=generator,
+                progress=step_progress if progress is not None else None,
+                callback=on_step,
+            )
+        )
     poses = chunks[0] if len(chunks) == 1 else torch.cat(chunks)
     seconds = time.perf_counter() - t0
     trajectory = _trajectory(recorders, chunks, steps, t_end) if return_trajectory else None
-    return SampleResult(poses=poses, nfe=prior.nfe - nfe0, sampler=sampler, steps=steps, seconds=seconds,
-                        trajectory=trajectory)
+    return SampleResult(
+        poses=poses,
+        nfe=prior.nfe - nfe0,
+        sampler=sampler,
+        steps=steps,
+        seconds=seconds,
+        trajectory=trajectory,
+    )
 
 
 def _batches(n: int, batch_size: int | None) -> list[int]:
@@ -199,22 +237,32 @@ def _trajectory(recorders: list[_Recorder], chunks: list[Tensor], steps: int, t_
     first = used[0][0]
     final = torch.cat([c[: r.rows] for r, c in used])
     x = torch.stack([torch.cat([r.x[k] for r, _ in used]) for k in range(len(first.step))] + [final])
-    denoised = torch.stack([torch.cat([r.denoised[k] for r, _ in used]) for k in range(len(first.step))] + [final])
+    denoised = torch.stack(
+        [torch.cat([r.denoised[k] for r, _ in used]) for k in range(len(first.step))] + [final]
+    )
     device = final.device
     t = torch.stack([*(v.to(device) for v in first.t), torch.tensor(float(t_end), device=device)])
     step = torch.tensor([*first.step, steps], dtype=torch.long, device=device)
     return Trajectory(step=step, t=t, x=x, denoised=denoised, steps=steps)
 
 
-def _sample_baseline(prior: SamplingPrior, n: int, generator: torch.Generator | None, batch_size: int | None,
-                     progress: Callable[[int, int], None] | None,
-                     callback: Callable[[SamplerStep], None] | None, return_trajectory: bool) -> SampleResult:
+def _sample_baseline(
+    prior: SamplingPrior,
+    n: int,
+    generator: torch.Generator | None,
+    batch_size: int | None,
+    progress: Callable[[int, int], None] | None,
+    callback: Callable[[SamplerStep], None] | None,
+    return_trajectory: bool,
+) -> SampleResult:
     kind = str(getattr(prior, "kind", "") or type(prior).__name__)
     if not callable(getattr(prior, "sample", None)):
         raise InputError(f"the {kind} prior cannot generate poses", hint="sample from dposer, gmm or vposer")
     if return_trajectory or callback is not None:
-        raise InputError(f"the {kind} prior samples in one shot: there is no sampling trajectory to record",
-                         hint="trajectories come from the DPoser prior's diffusion samplers")
+        raise InputError(
+            f"the {kind} prior samples in one shot: there is no sampling trajectory to record",
+            hint="trajectories come from the DPoser prior's diffusion samplers",
+        )
     sizes = _batches(n, batch_size)
     t0 = time.perf_counter()
     chunks = []

@@ -54,7 +54,9 @@ log = logging.getLogger(__name__)
 
 MAX_TRAIN_STEPS = 10_000_000  # official runs are 100k–400k steps (spec §10.2)
 T_WEIGHTINGS = ("uniform", "adaptive")
-WARMUP_FRACTION = TrainConfig().warmup / TrainConfig().steps  # a too-long warm-up is scaled to this share of the run
+WARMUP_FRACTION = (
+    TrainConfig().warmup / TrainConfig().steps
+)  # a too-long warm-up is scaled to this share of the run
 FID_LIMIT = 10.0  # unhealthy: held-out FID above this many times the held-out data's total variance
 ANGLE_LIMIT = 0.01  # unhealthy: more than this share of sampled joint rotations beyond any in the data
 DDP_STOP_SYNC = 10  # steps between the ranks' agreement on a stop request (one tiny all-reduce)
@@ -63,10 +65,19 @@ VAL_SEED = 12345  # the validation noise: fixed, so validation losses are compar
 SLOT_OF_PART: Mapping[Part, tuple[int, ...]] = {Part.body: (0,), Part.hand: (2, 1), Part.face: (3,)}
 # TrainConfig / NetConfig field → command-line flag, for messages
 FLAGS: Mapping[str, str] = {
-    "steps": "--steps", "batch_size": "--batch-size", "lr": "--lr", "warmup": "--warmup",
-    "ema_rate": "--ema-rate", "seed": "--seed", "t_weighting": "--t-weighting", "hidden_dim": "--hidden-dim",
-    "embed_dim": "--embed-dim", "dropout": "--dropout", "scale_by_sigma": "--sigma-scaling",
-    "gaussian_skip": "--gaussian-skip"}
+    "steps": "--steps",
+    "batch_size": "--batch-size",
+    "lr": "--lr",
+    "warmup": "--warmup",
+    "ema_rate": "--ema-rate",
+    "seed": "--seed",
+    "t_weighting": "--t-weighting",
+    "hidden_dim": "--hidden-dim",
+    "embed_dim": "--embed-dim",
+    "dropout": "--dropout",
+    "scale_by_sigma": "--sigma-scaling",
+    "gaussian_skip": "--gaussian-skip",
+}
 CADENCE = ("ckpt_every", "val_every")  # how often last is saved / validation runs: never changes weights
 
 SaveKind = Literal["last", "best"]
@@ -123,8 +134,9 @@ def split(n: int, tc: TrainConfig) -> tuple[Int[Tensor, " _"], Int[Tensor, " _"]
     return perm[:n_val], perm[n_val:]
 
 
-def stack_parts(part: Part, blocks: Sequence[tuple[Part, Float[Tensor, "_ _"]]]
-                ) -> tuple[Float[Tensor, "B D"], Float[Tensor, "B 4"]]:
+def stack_parts(
+    part: Part, blocks: Sequence[tuple[Part, Float[Tensor, "_ _"]]]
+) -> tuple[Float[Tensor, "B D"], Float[Tensor, "B 4"]]:
     """Training vectors and part availability from blocks of poses, each of `part` or (whole-body) of one part.
 
     Whole-body "mixed" training (spec §10.3): a body, hand or face block fills its slot of zero vectors and
@@ -152,7 +164,7 @@ def stack_parts(part: Part, blocks: Sequence[tuple[Part, Float[Tensor, "_ _"]]]
             block = arr[rows]
             if slot == 1:  # left slot stores left-hand convention: mirror the right-hand data
                 block = block * mirror_mask(Part.wholebody)[63:108]
-            full[rows, offs[slot]:offs[slot + 1]] = block
+            full[rows, offs[slot] : offs[slot + 1]] = block
             av[rows, slot] = 1.0
         xs.append(full)
         avails.append(av)
@@ -178,10 +190,18 @@ def fingerprint(x: Float[Tensor, "B D"], avail: Float[Tensor, "B 4"] | None = No
 PART_NETS = (("body", "body_model"), ("hand", "hand_model"), ("face", "face_model"))
 
 
-def build_model(part: Part, *, hidden_dim: int | None = None, embed_dim: int | None = None,
-                dropout: float = 0.1, scale_by_sigma: bool = True, gaussian_skip: bool = False,
-                part_priors: Mapping[str, Checkpoint] | None = None, seed: int = 0,
-                device: torch.device | str = "cpu") -> tuple[PriorConfig, nn.Module]:
+def build_model(
+    part: Part,
+    *,
+    hidden_dim: int | None = None,
+    embed_dim: int | None = None,
+    dropout: float = 0.1,
+    scale_by_sigma: bool = True,
+    gaussian_skip: bool = False,
+    part_priors: Mapping[str, Checkpoint] | None = None,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+) -> tuple[PriorConfig, nn.Module]:
     """The score network to train and its config; seeds torch's global RNG with `seed` first (the weight
     init and dropout draw from it). Widths default to the part's demo widths.
 
@@ -196,20 +216,38 @@ def build_model(part: Part, *, hidden_dim: int | None = None, embed_dim: int | N
     hidden = hidden_dim or spec.demo_hidden
     embed = embed_dim or spec.demo_embed
     if part is not Part.wholebody:
-        cfg = PriorConfig(part=part.value, sde=SDEConfig(), net=NetConfig(
-            dim=spec.dim, hidden_dim=hidden, embed_dim=embed, dropout=dropout, scale_by_sigma=scale_by_sigma,
-            gaussian_skip=gaussian_skip))
+        cfg = PriorConfig(
+            part=part.value,
+            sde=SDEConfig(),
+            net=NetConfig(
+                dim=spec.dim,
+                hidden_dim=hidden,
+                embed_dim=embed,
+                dropout=dropout,
+                scale_by_sigma=scale_by_sigma,
+                gaussian_skip=gaussian_skip,
+            ),
+        )
         return cfg, build_net(cfg.net).to(device)
     priors = dict(part_priors or {})
-    cfg = PriorConfig(part="wholebody", net=NetConfig(
-        kind="wholebody", dim=256, hidden_dim=hidden, embed_dim=embed, dropout=dropout,
-        scale_by_sigma=priors["body"].config.net.scale_by_sigma,
-        gaussian_skip=priors["body"].config.net.gaussian_skip,
-        part_hidden=tuple(priors[n].config.net.hidden_dim for n, _ in PART_NETS),  # type: ignore[arg-type]
-        part_embed=tuple(priors[n].config.net.embed_dim for n, _ in PART_NETS),  # type: ignore[arg-type]
-    ))
+    cfg = PriorConfig(
+        part="wholebody",
+        net=NetConfig(
+            kind="wholebody",
+            dim=256,
+            hidden_dim=hidden,
+            embed_dim=embed,
+            dropout=dropout,
+            scale_by_sigma=priors["body"].config.net.scale_by_sigma,
+            gaussian_skip=priors["body"].config.net.gaussian_skip,
+            part_hidden=tuple(priors[n].config.net.hidden_dim for n, _ in PART_NETS),  # type: ignore[arg-type]
+            part_embed=tuple(priors[n].config.net.embed_dim for n, _ in PART_NETS),  # type: ignore[arg-type]
+        ),
+    )
     if len({(priors[n].config.net.scale_by_sigma, priors[n].config.net.gaussian_skip) for n in priors}) > 1:
-        raise AssetMismatchError("the body, hand and face priors mix output parameterisations (scale_by_sigma)")
+        raise AssetMismatchError(
+            "the body, hand and face priors mix output parameterisations (scale_by_sigma)"
+        )
     net = build_net(cfg.net)
     for name, attr in PART_NETS:
         c = priors[name]
@@ -220,8 +258,9 @@ def build_model(part: Part, *, hidden_dim: int | None = None, embed_dim: int | N
     return cfg, net.to(device)
 
 
-def make_normalizer(part: Part, train_x: Float[Tensor, "B D"],
-                    part_priors: Mapping[str, Checkpoint] | None = None) -> Normalizer:
+def make_normalizer(
+    part: Part, train_x: Float[Tensor, "B D"], part_priors: Mapping[str, Checkpoint] | None = None
+) -> Normalizer:
     """Statistics of the training split, or (whole-body) the part priors' own, so the frozen nets fit.
 
     Raises:
@@ -241,8 +280,14 @@ def make_normalizer(part: Part, train_x: Float[Tensor, "B D"],
 
 
 # ------------------------------------------------------------------------------------------------ resume
-def resume_conflict(ck: Checkpoint, cfg: PriorConfig, tc: TrainConfig, data_fp: str, n_poses: int,
-                    normalizer: Mapping[str, Tensor]) -> tuple[str, bool] | None:
+def resume_conflict(
+    ck: Checkpoint,
+    cfg: PriorConfig,
+    tc: TrainConfig,
+    data_fp: str,
+    n_poses: int,
+    normalizer: Mapping[str, Tensor],
+) -> tuple[str, bool] | None:
     """Why `ck` cannot simply be continued with `cfg`, `tc` and these data, or None.
 
     Returns:
@@ -252,19 +297,28 @@ def resume_conflict(ck: Checkpoint, cfg: PriorConfig, tc: TrainConfig, data_fp: 
     changed = _config_difference(ck.config, cfg)
     if changed is not None:
         key, then, now = changed
-        name = FLAGS.get(key.split(".")[-1], f"PriorConfig.{key}") if key.startswith("net.") else f"PriorConfig.{key}"
+        name = (
+            FLAGS.get(key.split(".")[-1], f"PriorConfig.{key}")
+            if key.startswith("net.")
+            else f"PriorConfig.{key}"
+        )
         return f"{name} is {then!r} there but {now!r} now", True
     saved_train = ck.extra.get("train")
     saved_train = saved_train if isinstance(saved_train, dict) else {}
     for key, value in tc.to_dict().items():
         if key not in CADENCE and key in saved_train and saved_train[key] != value:
-            return f"{FLAGS.get(key, 'TrainConfig.' + key)} is {saved_train[key]!r} there but {value!r} now", False
+            return (
+                f"{FLAGS.get(key, 'TrainConfig.' + key)} is {saved_train[key]!r} there but {value!r} now",
+                False,
+            )
     if ck.extra.get("data_fingerprint", data_fp) != data_fp:
         then = ck.extra.get("data_poses")
         return "the training data differ from the data it was trained on (" + (
-            f"{then} poses then, {n_poses} now)" if then != n_poses else f"{n_poses} poses, different values)"), False
+            f"{then} poses then, {n_poses} now)" if then != n_poses else f"{n_poses} poses, different values)"
+        ), False
     if ck.normalizer is not None and not all(
-            torch.equal(ck.normalizer[k].float().cpu(), normalizer[k].float().cpu()) for k in ("mean", "std")):
+        torch.equal(ck.normalizer[k].float().cpu(), normalizer[k].float().cpu()) for k in ("mean", "std")
+    ):
         return "the normaliser statistics differ from the ones it was trained with (--normalizer)", False
     return None
 
@@ -311,8 +365,11 @@ class StopFlag:
         first = self.signum is None
         self.signum = signum
         if self.phase == "loop" and first:
-            log.warning("stopping at the end of step %d (signal %d); send it again to stop at once",
-                        self.step + 1, signum)
+            log.warning(
+                "stopping at the end of step %d (signal %d); send it again to stop at once",
+                self.step + 1,
+                signum,
+            )
             return
         raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
@@ -343,15 +400,28 @@ class Heartbeat:
         self.last = now
         rate = (step - self.step0) / max(now - self.t0, 1e-9)
         eta = (self.total - step) / rate if rate > 0 else float("inf")
-        log.info("step %d/%d (%d%%)  %.1f steps/s  ETA %s  loss %.4f", step, self.total, 100 * step // self.total,
-                 rate, _duration(eta), float(loss))
+        log.info(
+            "step %d/%d (%d%%)  %.1f steps/s  ETA %s  loss %.4f",
+            step,
+            self.total,
+            100 * step // self.total,
+            rate,
+            _duration(eta),
+            float(loss),
+        )
 
 
 def _duration(seconds: float) -> str:
     if not math.isfinite(seconds):
         return "?"
     s = int(round(seconds))
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+    return (
+        f"{s // 3600}h{s % 3600 // 60:02d}m"
+        if s >= 3600
+        else f"{s // 60}m{s % 60:02d}s"
+        if s >= 60
+        else f"{s}s"
+    )
 
 
 # ------------------------------------------------------------------------------------------------ the loop
@@ -386,9 +456,14 @@ class TrainState:
         rngs: dict[str, Tensor] = {"gen": self.gen.get_state(), "torch": torch.get_rng_state()}
         if self.device.type == "cuda":
             rngs["cuda"] = torch.cuda.get_rng_state(self.device)
-        return dict(optimizer=self.opt.state_dict(), ema_state=self.ema.state_dict(),
-                    rng={str(self.rank): rngs}, t_bins=self.t_bins.cpu(), loss_sum=self.loss_sum.cpu(),
-                    loss_count=self.loss_count)
+        return dict(
+            optimizer=self.opt.state_dict(),
+            ema_state=self.ema.state_dict(),
+            rng={str(self.rank): rngs},
+            t_bins=self.t_bins.cpu(),
+            loss_sum=self.loss_sum.cpu(),
+            loss_count=self.loss_count,
+        )
 
     def restore(self, ck: Checkpoint) -> None:
         """Continue from a checkpoint written with `resumable()` (and the model weights)."""
@@ -408,7 +483,9 @@ class TrainState:
         if rng is not None:
             self.gen.set_state(rng["gen"].to("cpu") if self.device.type != "cuda" else rng["gen"])
             torch.set_rng_state(rng["torch"])
-            if self.device.type == "cuda" and "cuda" in rng:  # dropout on the GPU draws from the CUDA generator
+            if (
+                self.device.type == "cuda" and "cuda" in rng
+            ):  # dropout on the GPU draws from the CUDA generator
                 torch.cuda.set_rng_state(rng["cuda"], self.device)
 
 
@@ -425,12 +502,24 @@ class TrainOutcome:
     effective_batch: int  # per-rank batch × world size
 
 
-def train(net: nn.Module, cfg: PriorConfig, tc: TrainConfig, data: TrainData, normalizer: Normalizer, *,
-          save: Callable[[TrainState, SaveKind], None],
-          record: Callable[[dict[str, float]], None] | None = None, resume: Checkpoint | None = None,
-          stop_after: int | None = None, stop: StopFlag | None = None, progress: Progress | None = None,
-          heartbeat_s: float | None = None, rank: int = 0, world: int = 1,
-          device: torch.device | None = None) -> TrainOutcome:
+def train(
+    net: nn.Module,
+    cfg: PriorConfig,
+    tc: TrainConfig,
+    data: TrainData,
+    normalizer: Normalizer,
+    *,
+    save: Callable[[TrainState, SaveKind], None],
+    record: Callable[[dict[str, float]], None] | None = None,
+    resume: Checkpoint | None = None,
+    stop_after: int | None = None,
+    stop: StopFlag | None = None,
+    progress: Progress | None = None,
+    heartbeat_s: float | None = None,
+    rank: int = 0,
+    world: int = 1,
+    device: torch.device | None = None,
+) -> TrainOutcome:
     """Train `net` (from `build_model`) for `tc.steps` steps, or `stop_after` more, or until `stop` is set.
 
     Args:
@@ -459,15 +548,24 @@ def train(net: nn.Module, cfg: PriorConfig, tc: TrainConfig, data: TrainData, no
     sde = build_sde(cfg.sde)
     params = [p for p in net.parameters() if p.requires_grad]
     opt = torch.optim.RAdam(params, lr=tc.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=tc.weight_decay)
-    state = TrainState(net=net, ema=EMA(net, tc.ema_rate), opt=opt, device=device, rank=rank,
-                       gen=torch.Generator(device=device).manual_seed(tc.seed + 7919 * rank),
-                       t_bins=torch.ones(50, device=device), loss_sum=torch.zeros((), device=device))
+    state = TrainState(
+        net=net,
+        ema=EMA(net, tc.ema_rate),
+        opt=opt,
+        device=device,
+        rank=rank,
+        gen=torch.Generator(device=device).manual_seed(tc.seed + 7919 * rank),
+        t_bins=torch.ones(50, device=device),
+        loss_sum=torch.zeros((), device=device),
+    )
     t_bins, loss_sum = state.t_bins, state.loss_sum
     warmup = effective_warmup(tc)
     reasons: list[str] = []
     if warmup != tc.warmup:
-        reasons.append(f"the warm-up ({tc.warmup} steps) is not shorter than the run ({tc.steps} steps), so it was "
-                       f"scaled to {warmup}; a run this short is a smoke test, not a usable prior")
+        reasons.append(
+            f"the warm-up ({tc.warmup} steps) is not shorter than the run ({tc.steps} steps), so it was "
+            f"scaled to {warmup}; a run this short is a smoke test, not a usable prior"
+        )
         if rank == 0:
             log.warning("%s", reasons[-1])
     if resume is not None:
@@ -479,8 +577,9 @@ def train(net: nn.Module, cfg: PriorConfig, tc: TrainConfig, data: TrainData, no
         ids = [device.index] if device.type == "cuda" else None
         model = nn.parallel.DistributedDataParallel(net, device_ids=ids)
 
-    def eps_fn(x: Tensor, t: Tensor, mask: Tensor | None = None,
-               weights: dict[str, Tensor] | None = None) -> Tensor:
+    def eps_fn(
+        x: Tensor, t: Tensor, mask: Tensor | None = None, weights: dict[str, Tensor] | None = None
+    ) -> Tensor:
         args = (x, sde.label(t), mask) if cfg.net.kind == "wholebody" else (x, sde.label(t))
         if weights is None:
             return model(*args)
@@ -492,8 +591,11 @@ def train(net: nn.Module, cfg: PriorConfig, tc: TrainConfig, data: TrainData, no
     train_n = len(train_idx)
     steps_per_epoch = max(1, (train_n // world) // per_rank_batch)
     if rank == 0 and per_rank_batch > train_n // world:
-        log.warning("--batch-size %d is larger than the %d training poses; each step uses all of them",
-                    tc.batch_size, train_n)
+        log.warning(
+            "--batch-size %d is larger than the %d training poses; each step uses all of them",
+            tc.batch_size,
+            train_n,
+        )
 
     def save_last() -> None:
         save(state, "last")
@@ -507,8 +609,10 @@ def train(net: nn.Module, cfg: PriorConfig, tc: TrainConfig, data: TrainData, no
         weights = state.ema.weights(net)
         with torch.no_grad():
             # the bare module, not the DDP wrapper: only rank 0 validates (no collectives allowed here)
-            vals = [dsm_loss(lambda x, t: eps_fn(x, t, weights=weights), vx, sde=sde, generator=vg).mean()
-                    for _ in range(4)]
+            vals = [
+                dsm_loss(lambda x, t: eps_fn(x, t, weights=weights), vx, sde=sde, generator=vg).mean()
+                for _ in range(4)
+            ]
         net.train()
         return float(torch.stack(vals).mean())
 
@@ -517,14 +621,23 @@ def train(net: nn.Module, cfg: PriorConfig, tc: TrainConfig, data: TrainData, no
     gen = state.gen
     stop_at = tc.steps if stop_after is None else min(tc.steps, step + stop_after)
     if rank == 0:
-        log.info("training a %s prior: steps %d → %d of %d, batch %d, %d training / %d validation poses, %s",
-                 cfg.part, step, stop_at, tc.steps, per_rank_batch * world, train_n, len(val_idx), device)
+        log.info(
+            "training a %s prior: steps %d → %d of %d, batch %d, %d training / %d validation poses, %s",
+            cfg.part,
+            step,
+            stop_at,
+            tc.steps,
+            per_rank_batch * world,
+            train_n,
+            len(val_idx),
+            device,
+        )
     beat = Heartbeat(heartbeat_s if rank == 0 else None, step, tc.steps)
     stop.phase, stop.step = "loop", step
     while step < stop_at and not stop.requested(step, world, device):
         epoch, within = divmod(step, steps_per_epoch)
         shard = shard_indices(train_n, epoch, rank, world, tc.seed)
-        idx = train_idx[shard[within * per_rank_batch:(within + 1) * per_rank_batch]].to(device)
+        idx = train_idx[shard[within * per_rank_batch : (within + 1) * per_rank_batch]].to(device)
         x0 = x_all[idx]
         mask_in = loss_mask = None
         if cfg.net.kind == "wholebody":
@@ -571,8 +684,12 @@ def train(net: nn.Module, cfg: PriorConfig, tc: TrainConfig, data: TrainData, no
         beat(step, loss.detach())
         if rank == 0 and (step % tc.val_every == 0 or step == tc.steps):
             val = validate()
-            rec = {"step": step, "train_loss": float(loss_sum) / max(state.loss_count, 1), "val_loss": val,
-                   "lr": opt.param_groups[0]["lr"]}
+            rec = {
+                "step": step,
+                "train_loss": float(loss_sum) / max(state.loss_count, 1),
+                "val_loss": val,
+                "lr": opt.param_groups[0]["lr"],
+            }
             loss_sum.zero_()
             state.loss_count = 0
             log.info("step %d  train %.4f  val %.4f", step, rec["train_loss"], val)
@@ -585,8 +702,14 @@ def train(net: nn.Module, cfg: PriorConfig, tc: TrainConfig, data: TrainData, no
             save_last()
     stop.phase = "finish"
 
-    done = TrainOutcome(state=state, complete=step >= tc.steps and stop.signum is None, val_loss=None,
-                        reasons=reasons, warmup=warmup, effective_batch=per_rank_batch * world)
+    done = TrainOutcome(
+        state=state,
+        complete=step >= tc.steps and stop.signum is None,
+        val_loss=None,
+        reasons=reasons,
+        warmup=warmup,
+        effective_batch=per_rank_batch * world,
+    )
     if not done.complete:  # stopped at a step boundary, or stop_after
         if rank == 0 and stop.saved != step:
             save_last()
@@ -600,9 +723,16 @@ def train(net: nn.Module, cfg: PriorConfig, tc: TrainConfig, data: TrainData, no
 
 
 # ------------------------------------------------------------------------------------------------ health
-def check_samples(prior: DPoserPrior, part: Part, held_out: Float[Tensor, "_ D"], train_x: Float[Tensor, "_ D"],
-                  n: int, *, seed: int = 0,
-                  device: torch.device | str = "cpu") -> tuple[dict[str, float], list[str]]:
+def check_samples(
+    prior: DPoserPrior,
+    part: Part,
+    held_out: Float[Tensor, "_ D"],
+    train_x: Float[Tensor, "_ D"],
+    n: int,
+    *,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+) -> tuple[dict[str, float], list[str]]:
     """Sample a trained prior: held-out FID (raw vectors, spec §8.1) and joint angles against the data.
 
     Returns:
@@ -618,20 +748,25 @@ def check_samples(prior: DPoserPrior, part: Part, held_out: Float[Tensor, "_ D"]
     reasons = []
     joints = len(PARTS[part].joint_names)
     if joints:
+
         def angles(x: Tensor) -> Tensor:
-            return x[:, :3 * joints].reshape(len(x), joints, 3).norm(dim=-1)
+            return x[:, : 3 * joints].reshape(len(x), joints, 3).norm(dim=-1)
 
         limit = max(math.pi, float(angles(train_x).max()))
         share = float((angles(samples) > limit).float().mean())
         metrics["absurd_angle_fraction"] = share
         if share > ANGLE_LIMIT:
-            reasons.append(f"{share:.1%} of the sampled joint rotations exceed {limit:.2f} rad, more than any in the "
-                           "training data")
+            reasons.append(
+                f"{share:.1%} of the sampled joint rotations exceed {limit:.2f} rad, more than any in the "
+                "training data"
+            )
     if len(held_out) >= 10:
         mu, sigma = gaussian_stats(held_out.numpy())
         metrics["fid_heldout"] = value = float(fid(samples.numpy(), mu=mu, sigma=sigma))
         scale = float(np.trace(sigma))
         if not value <= FID_LIMIT * scale:
-            reasons.append(f"the held-out FID {value:.4g} is over {FID_LIMIT:g}× the held-out data's total variance "
-                           f"({scale:.3g}): the samples do not look like the data")
+            reasons.append(
+                f"the held-out FID {value:.4g} is over {FID_LIMIT:g}× the held-out data's total variance "
+                f"({scale:.3g}): the samples do not look like the data"
+            )
     return metrics, reasons

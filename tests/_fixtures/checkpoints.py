@@ -19,14 +19,30 @@ from dposer_cli.engine.nets import FinetuneWholebody, TimeFC
 def tiny_net(part: Part, hidden: int = 32, embed: int = 16, seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
     if part is Part.wholebody:
-        return FinetuneWholebody(NetConfig(kind="wholebody", dim=256, hidden_dim=hidden, embed_dim=embed,
-                                           part_hidden=(hidden,) * 3, part_embed=(embed,) * 3))
+        return FinetuneWholebody(
+            NetConfig(
+                kind="wholebody",
+                dim=256,
+                hidden_dim=hidden,
+                embed_dim=embed,
+                part_hidden=(hidden,) * 3,
+                part_embed=(embed,) * 3,
+            )
+        )
     dim = PARTS[part].dim
     return TimeFC(dim, dim, hidden, embed)
 
 
-def write_official_ckpt(path: Path, part: Part, *, hidden: int = 32, embed: int = 16, seed: int = 0,
-                        ema_offset: float = 0.5, extra_state: bool = True) -> Path:
+def write_official_ckpt(
+    path: Path,
+    part: Part,
+    *,
+    hidden: int = 32,
+    embed: int = 16,
+    seed: int = 0,
+    ema_offset: float = 0.5,
+    extra_state: bool = True,
+) -> Path:
     """Write `last.ckpt` with `model.*` weights, a positional EMA list (weights + ema_offset) and a foreign config."""
     net = tiny_net(Part(part), hidden, embed, seed)
     state = {f"model.{k}": v.clone() for k, v in net.state_dict().items()}
@@ -45,8 +61,15 @@ def write_official_ckpt(path: Path, part: Part, *, hidden: int = 32, embed: int 
     sys.modules["ml_collections_fake"] = mod
     try:
         ckpt = {
-            "epoch": 3, "global_step": 1234, "pytorch-lightning_version": "2.1.0", "state_dict": state,
-            "loops": {}, "callbacks": {}, "optimizer_states": [], "lr_schedulers": [], "hparams_name": "kwargs",
+            "epoch": 3,
+            "global_step": 1234,
+            "pytorch-lightning_version": "2.1.0",
+            "state_dict": state,
+            "loops": {},
+            "callbacks": {},
+            "optimizer_states": [],
+            "lr_schedulers": [],
+            "hparams_name": "kwargs",
             "hyper_parameters": {"config": ConfigDict({"model": {"HIDDEN_DIM": hidden}}), "N_POSES": 21},
             "model_ema": {"decay": 0.9999, "num_updates": 1234, "shadow_params": shadow},
         }
@@ -66,5 +89,9 @@ class _Evil:
 
 def write_malicious_ckpt(path: Path) -> Path:
     """A checkpoint whose unpickling would call os.system."""
-    torch.save({"state_dict": {"model.x": torch.zeros(1)}, "payload": _Evil()}, path, pickle_protocol=pickle.HIGHEST_PROTOCOL)
+    torch.save(
+        {"state_dict": {"model.x": torch.zeros(1)}, "payload": _Evil()},
+        path,
+        pickle_protocol=pickle.HIGHEST_PROTOCOL,
+    )
     return Path(path)

@@ -36,8 +36,14 @@ class Seen:
 class FakeHub:
     """Threaded HTTP server on 127.0.0.1 (port 0); use as a context manager."""
 
-    def __init__(self, hub_files: dict[str, bytes], raw_files: dict[str, bytes], *, repo: str = HUB_REPO,
-                 commit: str = COMMIT) -> None:
+    def __init__(
+        self,
+        hub_files: dict[str, bytes],
+        raw_files: dict[str, bytes],
+        *,
+        repo: str = HUB_REPO,
+        commit: str = COMMIT,
+    ) -> None:
         self.hub_files = dict(hub_files)
         self.raw_files = dict(raw_files)
         self.repo, self.commit = repo, commit
@@ -65,8 +71,9 @@ class FakeHub:
     def start(self) -> "FakeHub":
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
         self._thread.start()
         return self
 
@@ -118,7 +125,7 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             path = self.path.split("?", 1)[0]
             hub._record(Seen(self.command, path, self.headers.get("Range")))
             if path.startswith(prefix):
-                revision, _, name = path[len(prefix):].partition("/")
+                revision, _, name = path[len(prefix) :].partition("/")
                 if revision not in ("main", hub.commit):
                     return self._not_found("RevisionNotFound")
                 data = hub.hub_files.get(name)
@@ -131,7 +138,7 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                 extra = {"ETag": f'"{digest}"', "X-Repo-Commit": hub.commit}
             elif path.startswith("/raw/"):
                 key = path
-                data = hub.raw_files.get(path[len("/raw/"):])
+                data = hub.raw_files.get(path[len("/raw/") :])
                 if data is None:
                     return self._not_found(None)
                 extra = {"ETag": f'"{hashlib.sha1(data).hexdigest()}"'}
@@ -143,7 +150,7 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             start = 0
             rng = self.headers.get("Range")
             if rng and rng.startswith("bytes="):
-                first, _, last = rng[len("bytes="):].partition("-")
+                first, _, last = rng[len("bytes=") :].partition("-")
                 start = int(first or 0)
                 if start >= len(data):
                     self.send_response(416)
@@ -152,7 +159,7 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                     self.end_headers()
                     return
                 end = int(last) if last else len(data) - 1
-                chunk = data[start:end + 1]
+                chunk = data[start : end + 1]
                 self.send_response(206)
                 self.send_header("Content-Range", f"bytes {start}-{start + len(chunk) - 1}/{len(data)}")
             else:
@@ -185,7 +192,9 @@ def normalizer_names() -> dict[str, int]:
     return {f"{s.normalizer}/axis_normalize2.pt": s.dim for spec in PARTS.values() for s in spec.segments}
 
 
-def build_repo(workdir: Path, parts: "tuple[Part, ...] | None" = None) -> tuple[dict[str, bytes], dict[str, bytes]]:
+def build_repo(
+    workdir: Path, parts: "tuple[Part, ...] | None" = None
+) -> tuple[dict[str, bytes], dict[str, bytes]]:
     """Tiny official-format checkpoints (Hub files) and the normaliser files (raw files).
 
     Normalisers come from ../shared/data/official when present, else synthetic ones of the right size.

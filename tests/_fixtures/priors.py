@@ -15,10 +15,21 @@ def write_tiny_prior(path: Path, part: Part, *, seed: int = 0, width: int = 32) 
     part = Part(part)
     net = tiny_net(part, width, 16, seed)
     if part is Part.wholebody:
-        cfg = PriorConfig(part=part.value, net=NetConfig(kind="wholebody", dim=256, hidden_dim=width, embed_dim=16,
-                                                         part_hidden=(width,) * 3, part_embed=(16, 16, 16)))
+        cfg = PriorConfig(
+            part=part.value,
+            net=NetConfig(
+                kind="wholebody",
+                dim=256,
+                hidden_dim=width,
+                embed_dim=16,
+                part_hidden=(width,) * 3,
+                part_embed=(16, 16, 16),
+            ),
+        )
     else:
         cfg = PriorConfig(part=part.value, net=NetConfig(dim=PARTS[part].dim, hidden_dim=width, embed_dim=16))
     dim = PARTS[part].dim
     stats = {"mean": torch.zeros(dim), "std": torch.full((dim,), 0.2)}
-    return save_checkpoint(Path(path), part=part, config=cfg, model=net.state_dict(), ema=None, normalizer=stats)
+    return save_checkpoint(
+        Path(path), part=part, config=cfg, model=net.state_dict(), ema=None, normalizer=stats
+    )

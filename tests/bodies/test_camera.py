@@ -19,7 +19,9 @@ def _random_aa(n: int, seed: int = 0, max_angle: float = math.pi) -> torch.Tenso
 
 def test_projection_matches_pinhole_formula_with_square_and_separate_focals():
     g = torch.Generator().manual_seed(1)
-    pts = torch.randn(4, 7, 3, generator=g, dtype=torch.float64) + torch.tensor([0, 0, 5.0], dtype=torch.float64)
+    pts = torch.randn(4, 7, 3, generator=g, dtype=torch.float64) + torch.tensor(
+        [0, 0, 5.0], dtype=torch.float64
+    )
     focal = torch.tensor([500.0, 800.0, 1200.0, 90.0], dtype=torch.float64)
     center = torch.tensor([[320.0, 240.0], [0.0, 0.0], [10.0, 20.0], [5.0, 6.0]], dtype=torch.float64)
     p, f, c = pts.numpy(), focal.numpy(), center.numpy()
@@ -27,7 +29,9 @@ def test_projection_matches_pinhole_formula_with_square_and_separate_focals():
     np.testing.assert_allclose(cam.perspective_project(pts, focal, center).numpy(), expected, rtol=1e-12)
     fxy = torch.stack([focal, 2 * focal], -1)
     out = cam.perspective_project(pts, fxy, center).numpy()
-    np.testing.assert_allclose(out[..., 1], p[..., 1] / p[..., 2] * 2 * f[:, None] + c[:, None, 1], rtol=1e-12)
+    np.testing.assert_allclose(
+        out[..., 1], p[..., 1] / p[..., 2] * 2 * f[:, None] + c[:, None, 1], rtol=1e-12
+    )
 
 
 def test_projection_gradient_stays_finite_behind_the_camera():
@@ -42,8 +46,12 @@ def test_focal_is_the_image_diagonal():
 
 
 def test_bbox_covers_confident_keypoints_with_crop_aspect_and_margin():
-    kp = torch.tensor([[[100.0, 50.0, 0.9], [300.0, 450.0, 0.8], [1000.0, 1000.0, 0.0]],
-                       [[5.0, 5.0, 0.9], [0.0, 0.0, 0.0], [9.0, 9.0, 0.0]]])
+    kp = torch.tensor(
+        [
+            [[100.0, 50.0, 0.9], [300.0, 450.0, 0.8], [1000.0, 1000.0, 0.0]],
+            [[5.0, 5.0, 0.9], [0.0, 0.0, 0.0], [9.0, 9.0, 0.0]],
+        ]
+    )
     center, scale, valid = cam.bbox_from_keypoints(kp, rescale=1.1)
     np.testing.assert_allclose(center[0].numpy(), [200.0, 250.0])
     # w = 200, h = 400: max(200·256/192, 400) = 400 → 400 / 200 · 1.1
@@ -79,31 +87,53 @@ def test_depth_from_fronto_parallel_edges_is_exact_and_falls_back_without_edges(
 
 def test_initial_translation_reprojects_onto_the_keypoints():
     g = torch.Generator().manual_seed(4)
-    joints = torch.randn(6, 10, 3, generator=g, dtype=torch.float64) * torch.tensor([0.3, 0.6, 0.02],
-                                                                                     dtype=torch.float64)
-    transl = torch.tensor([[0.5, -0.2, 4.0], [-1.0, 0.3, 6.0], [0.0, 0.0, 3.0], [1.5, 1.0, 9.0],
-                           [0.2, 0.2, 2.5], [-0.4, 0.1, 5.0]], dtype=torch.float64)
+    joints = torch.randn(6, 10, 3, generator=g, dtype=torch.float64) * torch.tensor(
+        [0.3, 0.6, 0.02], dtype=torch.float64
+    )
+    transl = torch.tensor(
+        [
+            [0.5, -0.2, 4.0],
+            [-1.0, 0.3, 6.0],
+            [0.0, 0.0, 3.0],
+            [1.5, 1.0, 9.0],
+            [0.2, 0.2, 2.5],
+            [-0.4, 0.1, 5.0],
+        ],
+        dtype=torch.float64,
+    )
     focal = torch.full((6,), 1500.0, dtype=torch.float64)
     center = torch.tensor([[640.0, 360.0]], dtype=torch.float64).expand(6, 2)
     uv = cam.perspective_project(joints + transl[:, None], focal, center)
     kp = torch.cat([uv, torch.ones(6, 10, 1, dtype=torch.float64)], -1)
-    est = cam.init_translation(joints, kp, torch.tensor([[0, 1], [2, 3], [4, 5]]), focal, center,
-                               torch.tensor([[720.0, 1280.0]], dtype=torch.float64).expand(6, 2))
+    est = cam.init_translation(
+        joints,
+        kp,
+        torch.tensor([[0, 1], [2, 3], [4, 5]]),
+        focal,
+        center,
+        torch.tensor([[720.0, 1280.0]], dtype=torch.float64).expand(6, 2),
+    )
     assert (est[:, 2] / transl[:, 2] - 1).abs().max() < 0.1
     reproj = cam.perspective_project(joints + est[:, None], focal, center)
     assert (reproj.mean(1) - uv.mean(1)).norm(dim=-1).max() < 5.0  # px
 
 
 def test_axis_angle_quaternion_matrix_round_trips_including_half_turns():
-    aa = torch.cat([_random_aa(500), torch.tensor([[math.pi, 0, 0], [0, 0, 0], [0, 1e-8, 0]], dtype=torch.float64)])
+    aa = torch.cat(
+        [_random_aa(500), torch.tensor([[math.pi, 0, 0], [0, 0, 0], [0, 1e-8, 0]], dtype=torch.float64)]
+    )
     rot = batch_rodrigues(aa)
     back = cam.matrix_to_axis_angle(rot)
     np.testing.assert_allclose(batch_rodrigues(back).numpy(), rot.numpy(), atol=1e-9)
-    np.testing.assert_allclose(cam.quaternion_to_axis_angle(cam.axis_angle_to_quaternion(aa[:500])).numpy(),
-                               aa[:500].numpy(), atol=1e-9)
+    np.testing.assert_allclose(
+        cam.quaternion_to_axis_angle(cam.axis_angle_to_quaternion(aa[:500])).numpy(),
+        aa[:500].numpy(),
+        atol=1e-9,
+    )
     b = _random_aa(503, seed=9)
-    np.testing.assert_allclose(batch_rodrigues(cam.compose_axis_angle(aa, b)).numpy(),
-                               (rot @ batch_rodrigues(b)).numpy(), atol=1e-9)
+    np.testing.assert_allclose(
+        batch_rodrigues(cam.compose_axis_angle(aa, b)).numpy(), (rot @ batch_rodrigues(b)).numpy(), atol=1e-9
+    )
 
 
 def test_quaternion_of_zero_rotation_has_finite_gradient():
@@ -126,8 +156,9 @@ def _named(model, out, name):
 def test_camera_orient_shows_an_upright_body_facing_the_camera(mannequin):
     """y-up model → OpenCV camera: head above pelvis in the image, its left shoulder on the image's right,
     nose nearer the camera than the head joint."""
-    out = mannequin(global_orient=cam.camera_orient(1), transl=torch.tensor([[0.0, 0.0, 3.0]]),
-                    return_vertices=False)
+    out = mannequin(
+        global_orient=cam.camera_orient(1), transl=torch.tensor([[0.0, 0.0, 3.0]]), return_vertices=False
+    )
     uv = cam.perspective_project(out.joints, torch.tensor([1000.0]), torch.tensor([[500.0, 500.0]]))[0]
     idx = {n: mannequin.joint_names.index(n) for n in ("head", "pelvis", "left_shoulder", "right_shoulder")}
     assert uv[idx["head"], 1] < uv[idx["pelvis"], 1] - 100  # head higher up in the picture
@@ -146,8 +177,9 @@ def test_flip_turns_the_body_away_and_keeps_it_upright(mannequin):
 def test_planar_orientations_recover_the_rotation_of_a_plane():
     g = torch.Generator().manual_seed(5)
     n = 300
-    pts = torch.randn(n, 6, 3, generator=g, dtype=torch.float64) * torch.tensor([0.05, 0.08, 0.0],
-                                                                                 dtype=torch.float64)
+    pts = torch.randn(n, 6, 3, generator=g, dtype=torch.float64) * torch.tensor(
+        [0.05, 0.08, 0.0], dtype=torch.float64
+    )
     aa = _random_aa(n, seed=6, max_angle=0.95 * math.pi)
     rot = batch_rodrigues(aa)
     xy = (pts @ rot.transpose(-1, -2))[..., :2] * 900 + 50  # orthographic camera, any scale and offset

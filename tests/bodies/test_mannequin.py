@@ -284,7 +284,10 @@ def test_statistics_in_order_path_equals_the_reference(mannequin64, monkeypatch)
 
 def test_fitting_path_with_free_betas_equals_the_grad_free_path(mannequin32):
     g = torch.Generator().manual_seed(6)
-    params = {"body_pose": torch.randn(4, 63, generator=g) * 0.3, "global_orient": torch.randn(4, 3, generator=g)}
+    params = {
+        "body_pose": torch.randn(4, 63, generator=g) * 0.3,
+        "global_orient": torch.randn(4, 3, generator=g),
+    }
     betas = torch.randn(4, 10, generator=g)
     free = mannequin32(**params, betas=betas.clone().requires_grad_(True), return_vertices=False).joints
     with torch.no_grad():

@@ -32,10 +32,27 @@ def _errors(err: str) -> list[str]:
 def test_generation_prints_table_and_writes_report(tmp_path, capsys, shared_data):
     ckpt = write_tiny_prior(tmp_path / "hand.pt", Part.hand)
     report = tmp_path / "r" / "gen.json"
-    code, out, err = run(capsys, "benchmark", "generation", "--part", "hand", "--checkpoint", str(ckpt), "-n", "30",
-                         "--steps", "2", "--reference", str(shared_data / "poses/hand_reference_train.npz"),
-                         "--statistics", str(shared_data / "official/data/hand_data/statistics.npz"),
-                         "--out", str(report), "--device", "cpu")
+    code, out, err = run(
+        capsys,
+        "benchmark",
+        "generation",
+        "--part",
+        "hand",
+        "--checkpoint",
+        str(ckpt),
+        "-n",
+        "30",
+        "--steps",
+        "2",
+        "--reference",
+        str(shared_data / "poses/hand_reference_train.npz"),
+        "--statistics",
+        str(shared_data / "official/data/hand_data/statistics.npz"),
+        "--out",
+        str(report),
+        "--device",
+        "cpu",
+    )
     assert code == 0, err
     assert out == ""  # stdout only carries --json
     assert "benchmark generation" in err and "Table S-8" in err and "fid" in err
@@ -48,23 +65,40 @@ def test_generation_prints_table_and_writes_report(tmp_path, capsys, shared_data
 
 
 def test_json_summary_equals_report(tmp_path, capsys, shared_data):
-    code, out, err = run(capsys, "benchmark", "generation", "--checkpoint",
-                         str(write_tiny_prior(tmp_path / "b.pt", Part.body)), "-n", "10", "--steps", "2",
-                         "--reference", str(shared_data / "poses/body_reference_train.npz"), "--json",
-                         "--out", str(tmp_path / "g.json"), "--device", "cpu")
+    code, out, err = run(
+        capsys,
+        "benchmark",
+        "generation",
+        "--checkpoint",
+        str(write_tiny_prior(tmp_path / "b.pt", Part.body)),
+        "-n",
+        "10",
+        "--steps",
+        "2",
+        "--reference",
+        str(shared_data / "poses/body_reference_train.npz"),
+        "--json",
+        "--out",
+        str(tmp_path / "g.json"),
+        "--device",
+        "cpu",
+    )
     assert code == 0, err
     summary = json.loads(out)
     assert summary["metrics"] == json.loads((tmp_path / "g.json").read_text())["metrics"]
 
 
-@pytest.mark.parametrize("args,code,pattern", [
-    (["generaton"], 2, "unknown benchmark 'generaton' (did you mean 'generation'?)"),
-    (["completion"], 1, "benchmark completion needs --data-dir"),
-    (["ehf", "--data-dir", "/nonexistent/EHF"], 1, "EHF folder not found: /nonexistent/EHF"),
-    (["speed", "--setting", "gen"], 1, "unknown --setting 'gen' for benchmark speed"),
-    (["generation", "--prior", "l2"], 1, "compares --prior dposer, gmm, vposer"),
-    (["generation", "--part", "elbow"], 2, "elbow"),
-])
+@pytest.mark.parametrize(
+    "args,code,pattern",
+    [
+        (["generaton"], 2, "unknown benchmark 'generaton' (did you mean 'generation'?)"),
+        (["completion"], 1, "benchmark completion needs --data-dir"),
+        (["ehf", "--data-dir", "/nonexistent/EHF"], 1, "EHF folder not found: /nonexistent/EHF"),
+        (["speed", "--setting", "gen"], 1, "unknown --setting 'gen' for benchmark speed"),
+        (["generation", "--prior", "l2"], 1, "compares --prior dposer, gmm, vposer"),
+        (["generation", "--part", "elbow"], 2, "elbow"),
+    ],
+)
 def test_bad_input_is_one_error_line(tmp_path, capsys, args, code, pattern):
     got, _, err = run(capsys, "benchmark", *args, "--out", str(tmp_path / "x.json"), "--device", "cpu")
     assert got == code, err
@@ -86,8 +120,19 @@ def test_wrong_ehf_layout_names_the_missing_file(tmp_path, capsys):
     models = write_body_models_tree(tmp_path / "models")
     root = write_ehf(tmp_path / "EHF", models, np.zeros((2, 63), np.float32))
     (root / "vitpose_keypoints" / "predictions" / "02_img.json").unlink()
-    code, _, err = run(capsys, "benchmark", "ehf", "--data-dir", str(root), "--body-model", str(models),
-                         "--out", str(tmp_path / "x.json"), "--device", "cpu")
+    code, _, err = run(
+        capsys,
+        "benchmark",
+        "ehf",
+        "--data-dir",
+        str(root),
+        "--body-model",
+        str(models),
+        "--out",
+        str(tmp_path / "x.json"),
+        "--device",
+        "cpu",
+    )
     assert code == 1
     (line,) = _errors(err)
     assert str(root / "vitpose_keypoints" / "predictions" / "02_img.json") in line.replace("\n", "")
@@ -97,8 +142,19 @@ def test_speed_quick_reports_every_task(tmp_path, capsys):
     from tests._fixtures.body_models import write_body_models_tree
 
     models = write_body_models_tree(tmp_path / "models")
-    code, out, err = run(capsys, "benchmark", "speed", "--quick", "--body-model", str(models), "--json",
-                         "--out", str(tmp_path / "s.json"), "--device", "cpu")
+    code, out, err = run(
+        capsys,
+        "benchmark",
+        "speed",
+        "--quick",
+        "--body-model",
+        str(models),
+        "--json",
+        "--out",
+        str(tmp_path / "s.json"),
+        "--device",
+        "cpu",
+    )
     assert code == 0, err
     data = json.loads(out)
     assert set(data["metrics"]) == {"generation", "completion", "denoise", "hand-ik", "face-ik", "fit-image"}
@@ -122,19 +178,65 @@ def test_two_gloo_processes_give_the_one_process_metrics(tmp_path, shared_data):
     (tmp_path / "amass").mkdir()
     np.savez(tmp_path / "amass" / "a.npz", pose_body=poses)
     ckpt = write_tiny_prior(tmp_path / "b.pt", Part.body)
-    common = ["-m", "dposer_cli", "benchmark", "completion", "--data-dir", str(tmp_path / "amass"), "--checkpoint",
-              str(ckpt), "--steps", "2", "-H", "2", "--batch-size", "2", "--setting", "legs", "--device", "cpu",
-              "--quiet"]
+    common = [
+        "-m",
+        "dposer_cli",
+        "benchmark",
+        "completion",
+        "--data-dir",
+        str(tmp_path / "amass"),
+        "--checkpoint",
+        str(ckpt),
+        "--steps",
+        "2",
+        "-H",
+        "2",
+        "--batch-size",
+        "2",
+        "--setting",
+        "legs",
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DPOSER_DIST_BACKEND": "gloo", "PYTHONPATH": str(ROOT)}
     env.pop("WORLD_SIZE", None)
-    dist = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
-                           str(_free_port()), *common, "--out", str(tmp_path / "two.json"), "--json"],
-                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=240, check=False)
+    dist = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            "2",
+            "--master-port",
+            str(_free_port()),
+            *common,
+            "--out",
+            str(tmp_path / "two.json"),
+            "--json",
+        ],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
     assert dist.returncode == 0, dist.stderr[-2000:]
-    one = subprocess.run([sys.executable, *common, "--out", str(tmp_path / "one.json")], env=env, cwd=ROOT,
-                         capture_output=True, text=True, timeout=240, check=False)
+    one = subprocess.run(
+        [sys.executable, *common, "--out", str(tmp_path / "one.json")],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
     assert one.returncode == 0, one.stderr[-2000:]
-    two, single = json.loads((tmp_path / "two.json").read_text()), json.loads((tmp_path / "one.json").read_text())
+    two, single = (
+        json.loads((tmp_path / "two.json").read_text()),
+        json.loads((tmp_path / "one.json").read_text()),
+    )
     assert two["world_size"] == 2 and single["world_size"] == 1
     assert two["metrics"] == single["metrics"] and two["items"] == single["items"] == 7
     assert two["nfe"] == single["nfe"] == 4 * 2  # 4 batches × 2 steps, summed over both ranks

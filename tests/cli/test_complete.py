@@ -31,9 +31,27 @@ def poses(tmp_path):
 
 def test_json_names_files_that_load_with_hypotheses_axis(tmp_path, capsys, ckpt, poses):
     src, _data = poses
-    code, out, err = run(capsys, "complete", str(src), "--mask", "legs,left_arm", "--hypo", "3", "--steps", "6",
-                         "--checkpoint", ckpt, "--out", str(tmp_path / "o"), "--device", "cpu", "--json", "--render",
-                         "--renderer", "soft")
+    code, out, err = run(
+        capsys,
+        "complete",
+        str(src),
+        "--mask",
+        "legs,left_arm",
+        "--hypo",
+        "3",
+        "--steps",
+        "6",
+        "--checkpoint",
+        ckpt,
+        "--out",
+        str(tmp_path / "o"),
+        "--device",
+        "cpu",
+        "--json",
+        "--render",
+        "--renderer",
+        "soft",
+    )
     assert code == 0, err
     summary = json.loads(out)
     assert summary["command"] == "complete" and summary["hypo"] == 3 and summary["nfe"] == 6
@@ -52,8 +70,20 @@ def test_one_hypothesis_keeps_the_input_shape_and_nan_marks_missing(tmp_path, ca
     data[0, :6] = np.nan
     data[2, 30:33] = np.nan
     np.savez(tmp_path / "nan.npz", body_pose=data)
-    code, out, err = run(capsys, "complete", str(tmp_path / "nan.npz"), "--steps", "4", "--checkpoint", ckpt,
-                         "--out", str(tmp_path / "o"), "--device", "cpu", "--json")
+    code, out, err = run(
+        capsys,
+        "complete",
+        str(tmp_path / "nan.npz"),
+        "--steps",
+        "4",
+        "--checkpoint",
+        ckpt,
+        "--out",
+        str(tmp_path / "o"),
+        "--device",
+        "cpu",
+        "--json",
+    )
     assert code == 0, err
     summary = json.loads(out)
     done = np.load(summary["outputs"]["completed"])["body_pose"]
@@ -65,25 +95,54 @@ def test_one_hypothesis_keeps_the_input_shape_and_nan_marks_missing(tmp_path, ca
 
 def test_mode_scoresde_and_mask_joints(tmp_path, capsys, ckpt, poses):
     src, _data = poses
-    code, out, err = run(capsys, "complete", str(src), "--mask-joints", "0,3", "--mode", "scoresde", "--steps", "5",
-                         "--checkpoint", ckpt, "--out", str(tmp_path / "o"), "--device", "cpu", "--json")
+    code, out, err = run(
+        capsys,
+        "complete",
+        str(src),
+        "--mask-joints",
+        "0,3",
+        "--mode",
+        "scoresde",
+        "--steps",
+        "5",
+        "--checkpoint",
+        ckpt,
+        "--out",
+        str(tmp_path / "o"),
+        "--device",
+        "cpu",
+        "--json",
+    )
     assert code == 0, err
     summary = json.loads(out)
     assert summary["nfe"] == 5 and summary["mask_joints"] == [0, 3]
     assert summary["metric_joints"] == ["left_hip", "left_knee"]
 
 
-@pytest.mark.parametrize("args,exit_code,pattern", [
-    (["--mask", "leftleg"], 2, "unknown mask 'leftleg' for --part body (did you mean 'left_leg'?)"),
-    (["--mask-joints", ",".join(str(i) for i in range(21))], 1, "the mask covers all 63 dims"),
-    (["--mask-joints", "0,x"], 2, "not a joint index"),
-    (["--mask", "legs", "--mode", "ddpm"], 2, "unknown --mode 'ddpm'"),
-    (["--mask", "legs", "--hypo", "0"], 1, "--hypo must be at least 1"),
-    ([], 1, "nothing to complete"),
-])
+@pytest.mark.parametrize(
+    "args,exit_code,pattern",
+    [
+        (["--mask", "leftleg"], 2, "unknown mask 'leftleg' for --part body (did you mean 'left_leg'?)"),
+        (["--mask-joints", ",".join(str(i) for i in range(21))], 1, "the mask covers all 63 dims"),
+        (["--mask-joints", "0,x"], 2, "not a joint index"),
+        (["--mask", "legs", "--mode", "ddpm"], 2, "unknown --mode 'ddpm'"),
+        (["--mask", "legs", "--hypo", "0"], 1, "--hypo must be at least 1"),
+        ([], 1, "nothing to complete"),
+    ],
+)
 def test_bad_options_are_one_error_line(tmp_path, capsys, ckpt, poses, args, exit_code, pattern):
-    code, _out, err = run(capsys, "complete", str(poses[0]), "--checkpoint", ckpt, "--out", str(tmp_path / "o"),
-                         "--device", "cpu", *args)
+    code, _out, err = run(
+        capsys,
+        "complete",
+        str(poses[0]),
+        "--checkpoint",
+        ckpt,
+        "--out",
+        str(tmp_path / "o"),
+        "--device",
+        "cpu",
+        *args,
+    )
     assert code == exit_code
     assert pattern in err and "Traceback" not in err
     if exit_code == 1:
@@ -94,20 +153,34 @@ def test_nan_outside_mask_names_row_and_key(tmp_path, capsys, ckpt):
     data = np.zeros((3, 63), np.float32)
     data[1, 40] = np.nan  # right_elbow (joint 13), not a leg
     np.savez(tmp_path / "x.npz", pose_body=data)
-    code, out, err = run(capsys, "complete", str(tmp_path / "x.npz"), "--mask", "legs", "--checkpoint", ckpt,
-                         "--out", str(tmp_path / "o"), "--json")
+    code, out, err = run(
+        capsys,
+        "complete",
+        str(tmp_path / "x.npz"),
+        "--mask",
+        "legs",
+        "--checkpoint",
+        ckpt,
+        "--out",
+        str(tmp_path / "o"),
+        "--json",
+    )
     assert code == 1 and "row 1, pose_body[40] is NaN but outside the mask" in err
     assert json.loads(out)["status"] == "error"
 
 
-@pytest.mark.parametrize("make,pattern", [
-    (lambda p: np.savez(p, body_pose=np.zeros((3, 60), np.float32)), "60"),
-    (lambda p: None, "not found"),
-    (lambda p: p.write_bytes(b"not an npz"), "not a readable .npz"),
-])
+@pytest.mark.parametrize(
+    "make,pattern",
+    [
+        (lambda p: np.savez(p, body_pose=np.zeros((3, 60), np.float32)), "60"),
+        (lambda p: None, "not found"),
+        (lambda p: p.write_bytes(b"not an npz"), "not a readable .npz"),
+    ],
+)
 def test_bad_input_files(tmp_path, capsys, ckpt, make, pattern):
     path = tmp_path / "bad.npz"
     make(path)
-    code, _, err = run(capsys, "complete", str(path), "--mask", "legs", "--checkpoint", ckpt,
-                       "--out", str(tmp_path / "o"))
+    code, _, err = run(
+        capsys, "complete", str(path), "--mask", "legs", "--checkpoint", ckpt, "--out", str(tmp_path / "o")
+    )
     assert code == 1 and pattern in err and err.count("error:") == 1 and "Traceback" not in err

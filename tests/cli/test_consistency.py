@@ -98,16 +98,20 @@ UNKNOWN = {
     "sampler": (["generate", "--sampler", "dpm"], parts.SAMPLER_NAMES),
     "renderer": (["generate", "--renderer", "gl"], parts.RENDERERS),
     "mask": (["complete", "x.npz", "--mask", "leftleg"], mask_names(Part.body)),
-    "wholebody-mask": (["complete", "x.npz", "--part", "wholebody", "--mask", "body_legz"],
-                       mask_names(Part.wholebody)),
+    "wholebody-mask": (
+        ["complete", "x.npz", "--part", "wholebody", "--mask", "body_legz"],
+        mask_names(Part.wholebody),
+    ),
     "mode": (["complete", "x.npz", "--mask", "legs", "--mode", "ddpm"], parts.COMPLETE_MODES),
     "occluded": (["denoise-motion", "x.npz", "--occluded-part", "leggs"], mask_names(Part.body)),
     "visible": (["denoise-motion", "x.npz", "--visible-part", "armz"], mask_names(Part.body)),
     "temporal": (["denoise-motion", "x.npz", "--temporal", "mesh"], parts.TEMPORAL_TERMS),
     "ik-part": (["ik", "--targets", "x.npz", "--part", "body"], ["hand", "face"]),
     "ik-type": (["ik", "--targets", "x.npz", "--type", "left_face"], parts.IK_TYPES[Part.hand]),
-    "ik-face-type": (["ik", "--targets", "x.npz", "--part", "face", "--type", "fingertip"],
-                     parts.IK_TYPES[Part.face]),
+    "ik-face-type": (
+        ["ik", "--targets", "x.npz", "--part", "face", "--type", "fingertip"],
+        parts.IK_TYPES[Part.face],
+    ),
     "ik-prior": (["ik", "--targets", "x.npz", "--prior", "gmm"], parts.FIT_PRIORS),
     "fit-part": (["fit-image", "x.png", "--part", "face"], ["body", "hand", "wholebody"]),
     "fit-prior": (["fit-image", "x.png", "--prior", "vposer"], parts.FIT_PRIORS),
@@ -140,8 +144,14 @@ print(json.dumps(results))
 def unknown_results(tmp_path_factory):
     """Every case in one fresh interpreter: `torch` must still be unimported after all of them."""
     cases = {name: args for name, (args, _) in UNKNOWN.items()}
-    proc = subprocess.run([sys.executable, "-c", _PROBE, json.dumps(cases)], capture_output=True, text=True,
-                          timeout=300, cwd=tmp_path_factory.mktemp("cwd"), env={**os.environ, "COLUMNS": "80"})
+    proc = subprocess.run(
+        [sys.executable, "-c", _PROBE, json.dumps(cases)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path_factory.mktemp("cwd"),
+        env={**os.environ, "COLUMNS": "80"},
+    )
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
 
@@ -162,7 +172,9 @@ def test_json_usage_error_is_an_error_object_with_the_valid_values(capsys):
     code, out, err = run(capsys, "benchmark", "nope", "--json")
     assert code == 2 and "Invalid value" in err
     data = json.loads(out)
-    assert data["status"] == "error" and data["exit_code"] == 2 and "unknown benchmark 'nope'" in data["error"]
+    assert (
+        data["status"] == "error" and data["exit_code"] == 2 and "unknown benchmark 'nope'" in data["error"]
+    )
     assert all(name in data["hint"] for name in parts.BENCHMARK_NAMES)
 
 
@@ -185,8 +197,10 @@ def split_words(narrow: str, wide: str) -> list[str]:
 
 def test_split_words_are_detected():
     wide = "│ --part  -p  <body|hand|face|face-shape|wholebody>  Which prior: body, hand, face, face-shape │"
-    narrow = ("│ --part  -p  <body|hand|face|face-shap  Which prior: body, hand,   │\n"
-              "│              e|wholebody>               face, face-shape or        │")
+    narrow = (
+        "│ --part  -p  <body|hand|face|face-shap  Which prior: body, hand,   │\n"
+        "│              e|wholebody>               face, face-shape or        │"
+    )
     assert split_words(narrow, wide.replace(" │", " or │")) == ["<body|hand|face|face-shap", "e|wholebody>"]
 
 
@@ -202,16 +216,25 @@ def test_help_has_no_bool_noise_and_no_split_words(capsys, monkeypatch, command)
     assert not split_words(narrow, wide)
 
 
-@pytest.mark.parametrize("command,values", [
-    ("generate", parts.SAMPLER_NAMES),
-    ("complete", [*parts.COMPLETE_MODES, *[m for p in Part for m in mask_names(p) if not m.startswith("body_")],
-                  "body_<any body mask>"]),
-    ("denoise-motion", [*mask_names(Part.body), *parts.TEMPORAL_TERMS]),
-    ("ik", [*parts.IK_TYPES[Part.hand], *parts.IK_TYPES[Part.face], *parts.FIT_PRIORS]),
-    ("fit-image", [*parts.KEYPOINT_FORMATS, *parts.FIT_PRIORS, "body", "hand", "wholebody"]),
-    ("benchmark", [*parts.BENCHMARK_NAMES, *parts.PRIOR_KINDS, *parts.SAMPLER_NAMES]),
-    ("train", parts.T_WEIGHTINGS),
-])
+@pytest.mark.parametrize(
+    "command,values",
+    [
+        ("generate", parts.SAMPLER_NAMES),
+        (
+            "complete",
+            [
+                *parts.COMPLETE_MODES,
+                *[m for p in Part for m in mask_names(p) if not m.startswith("body_")],
+                "body_<any body mask>",
+            ],
+        ),
+        ("denoise-motion", [*mask_names(Part.body), *parts.TEMPORAL_TERMS]),
+        ("ik", [*parts.IK_TYPES[Part.hand], *parts.IK_TYPES[Part.face], *parts.FIT_PRIORS]),
+        ("fit-image", [*parts.KEYPOINT_FORMATS, *parts.FIT_PRIORS, "body", "hand", "wholebody"]),
+        ("benchmark", [*parts.BENCHMARK_NAMES, *parts.PRIOR_KINDS, *parts.SAMPLER_NAMES]),
+        ("train", parts.T_WEIGHTINGS),
+    ],
+)
 def test_help_lists_every_choice_whole(capsys, command, values):
     text = " ".join(line.strip("│ ") for line in _help(capsys, command).splitlines())
     for value in values:
@@ -226,10 +249,13 @@ def _option_row(text: str, flag: str) -> str:
     return " ".join(" ".join(line.strip("│╰─╯ ").split()) for line in lines[start:end])
 
 
-@pytest.mark.parametrize("command,offered,not_offered", [
-    ("ik", "Which prior: hand or face.", ("body", "face-shape", "wholebody")),
-    ("fit-image", "Which prior: body, hand or wholebody.", ("face,", "face-shape")),
-])
+@pytest.mark.parametrize(
+    "command,offered,not_offered",
+    [
+        ("ik", "Which prior: hand or face.", ("body", "face-shape", "wholebody")),
+        ("fit-image", "Which prior: body, hand or wholebody.", ("face,", "face-shape")),
+    ],
+)
 def test_part_option_offers_only_supported_parts(capsys, command, offered, not_offered):
     row = _option_row(_help(capsys, command), "--part")
     assert offered in row and "[default: " in row, row

@@ -29,9 +29,24 @@ def _seq(tmp_path, frames=6, name="seq.npz"):
 
 
 def test_json_names_npz_and_video_that_load(tmp_path, capsys, ckpt):
-    code, out, err = run(capsys, "denoise-motion", _seq(tmp_path), "--noise-std", "0.02", "--checkpoint", ckpt,
-                         "--out", str(tmp_path / "o"), "--device", "cpu", "--json", "--renderer", "soft",
-                         "--temporal", "joints")
+    code, out, err = run(
+        capsys,
+        "denoise-motion",
+        _seq(tmp_path),
+        "--noise-std",
+        "0.02",
+        "--checkpoint",
+        ckpt,
+        "--out",
+        str(tmp_path / "o"),
+        "--device",
+        "cpu",
+        "--json",
+        "--renderer",
+        "soft",
+        "--temporal",
+        "joints",
+    )
     assert code == 0, err
     summary = json.loads(out)
     m = summary["metrics"]
@@ -47,9 +62,25 @@ def test_json_names_npz_and_video_that_load(tmp_path, capsys, ckpt):
 
 
 def test_no_render_and_partial_visibility(tmp_path, capsys, ckpt):
-    code, out, err = run(capsys, "denoise-motion", _seq(tmp_path), "--visible-part", "arms", "--no-render",
-                         "--noise-std", "0", "--checkpoint", ckpt, "--out", str(tmp_path / "o"), "--device", "cpu",
-                         "--json", "--temporal", "joints")
+    code, out, err = run(
+        capsys,
+        "denoise-motion",
+        _seq(tmp_path),
+        "--visible-part",
+        "arms",
+        "--no-render",
+        "--noise-std",
+        "0",
+        "--checkpoint",
+        ckpt,
+        "--out",
+        str(tmp_path / "o"),
+        "--device",
+        "cpu",
+        "--json",
+        "--temporal",
+        "joints",
+    )
     assert code == 0, err
     summary = json.loads(out)
     assert "comparison" not in summary["outputs"]
@@ -57,14 +88,26 @@ def test_no_render_and_partial_visibility(tmp_path, capsys, ckpt):
     assert "left_knee" in summary["occluded_joints"] and "left_elbow" not in summary["occluded_joints"]
 
 
-@pytest.mark.parametrize("args,exit_code,pattern", [
-    (["--occluded-part", "leggs"], 2, "unknown mask 'leggs' for --part body (did you mean 'legs'?)"),
-    (["--occluded-part", "legs", "--visible-part", "arms"], 1, "not both"),
-    (["--noise-std", "-1"], 1, "--noise-std must be a non-negative"),
-])
+@pytest.mark.parametrize(
+    "args,exit_code,pattern",
+    [
+        (["--occluded-part", "leggs"], 2, "unknown mask 'leggs' for --part body (did you mean 'legs'?)"),
+        (["--occluded-part", "legs", "--visible-part", "arms"], 1, "not both"),
+        (["--noise-std", "-1"], 1, "--noise-std must be a non-negative"),
+    ],
+)
 def test_bad_options_are_one_error_line(tmp_path, capsys, ckpt, args, exit_code, pattern):
-    code, _, err = run(capsys, "denoise-motion", _seq(tmp_path), "--checkpoint", ckpt, "--out", str(tmp_path / "o"),
-                       "--no-render", *args)
+    code, _, err = run(
+        capsys,
+        "denoise-motion",
+        _seq(tmp_path),
+        "--checkpoint",
+        ckpt,
+        "--out",
+        str(tmp_path / "o"),
+        "--no-render",
+        *args,
+    )
     assert code == exit_code and pattern in err and "Traceback" not in err
     if exit_code == 1:
         assert err.count("error:") == 1
@@ -72,16 +115,20 @@ def test_bad_options_are_one_error_line(tmp_path, capsys, ckpt, args, exit_code,
         assert "Invalid value" in err
 
 
-@pytest.mark.parametrize("make,pattern", [
-    (lambda p: np.savez(p, pose_body=np.zeros((1, 63))), "1 frame"),
-    (lambda p: np.savez(p, pose_body=np.zeros((5, 60))), "(T, 63)"),
-    (lambda p: None, "not found"),
-    (lambda p: np.savez(p, something=np.zeros(3)), "no motion found"),
-])
+@pytest.mark.parametrize(
+    "make,pattern",
+    [
+        (lambda p: np.savez(p, pose_body=np.zeros((1, 63))), "1 frame"),
+        (lambda p: np.savez(p, pose_body=np.zeros((5, 60))), "(T, 63)"),
+        (lambda p: None, "not found"),
+        (lambda p: np.savez(p, something=np.zeros(3)), "no motion found"),
+    ],
+)
 def test_bad_sequences(tmp_path, capsys, ckpt, make, pattern):
     path = tmp_path / "bad.npz"
     make(path)
-    code, out, err = run(capsys, "denoise-motion", str(path), "--checkpoint", ckpt, "--out", str(tmp_path / "o"),
-                         "--json")
+    code, out, err = run(
+        capsys, "denoise-motion", str(path), "--checkpoint", ckpt, "--out", str(tmp_path / "o"), "--json"
+    )
     assert code == 1 and pattern in err and err.count("error:") == 1 and "Traceback" not in err
     assert json.loads(out)["status"] == "error"

@@ -64,24 +64,104 @@ def assets(tmp_path_factory):
 
 # command → (arguments, files of a successful run, output is one file instead of a folder)
 COMMANDS = {
-    "generate": (lambda a: ["generate", "-n", "8", "--sampler", "ddim", "--steps", "1000000", "--checkpoint",
-                            a / "body.pt", "--no-render"], ["poses.npz"], False),
-    "complete": (lambda a: ["complete", a / "in.npz", "--mask", "legs", "--steps", "1000000", "--checkpoint",
-                            a / "body.pt"], ["completed.npz"], False),
-    "denoise-motion": (lambda a: ["denoise-motion", a / "seq.npz", "--checkpoint", a / "body.pt", "--no-render",
-                                  "--temporal", "joints"], ["denoised.npz"], False),
-    "ik": (lambda a: ["ik", "--part", "hand", "--targets", a / "hand_gt.npz", "--checkpoint", a / "hand.pt",
-                      "--steps", "1000000"], ["ik.npz"], False),
-    "fit-image": (lambda a: ["fit-image", a / "photo.png", "--keypoints", a / "photo.json", "--steps", "1000000",
-                             "--prior", "none", "--no-overlay"], ["photo.npz"], False),
-    "benchmark": (lambda a: ["benchmark", "generation", "--part", "body", "--checkpoint", a / "body.pt", "-n",
-                             "100000", "--steps", "1000", "--reference", a / "reference.npz"],
-                  ["report.json", "report.samples.npz"], True),
+    "generate": (
+        lambda a: [
+            "generate",
+            "-n",
+            "8",
+            "--sampler",
+            "ddim",
+            "--steps",
+            "1000000",
+            "--checkpoint",
+            a / "body.pt",
+            "--no-render",
+        ],
+        ["poses.npz"],
+        False,
+    ),
+    "complete": (
+        lambda a: [
+            "complete",
+            a / "in.npz",
+            "--mask",
+            "legs",
+            "--steps",
+            "1000000",
+            "--checkpoint",
+            a / "body.pt",
+        ],
+        ["completed.npz"],
+        False,
+    ),
+    "denoise-motion": (
+        lambda a: [
+            "denoise-motion",
+            a / "seq.npz",
+            "--checkpoint",
+            a / "body.pt",
+            "--no-render",
+            "--temporal",
+            "joints",
+        ],
+        ["denoised.npz"],
+        False,
+    ),
+    "ik": (
+        lambda a: [
+            "ik",
+            "--part",
+            "hand",
+            "--targets",
+            a / "hand_gt.npz",
+            "--checkpoint",
+            a / "hand.pt",
+            "--steps",
+            "1000000",
+        ],
+        ["ik.npz"],
+        False,
+    ),
+    "fit-image": (
+        lambda a: [
+            "fit-image",
+            a / "photo.png",
+            "--keypoints",
+            a / "photo.json",
+            "--steps",
+            "1000000",
+            "--prior",
+            "none",
+            "--no-overlay",
+        ],
+        ["photo.npz"],
+        False,
+    ),
+    "benchmark": (
+        lambda a: [
+            "benchmark",
+            "generation",
+            "--part",
+            "body",
+            "--checkpoint",
+            a / "body.pt",
+            "-n",
+            "100000",
+            "--steps",
+            "1000",
+            "--reference",
+            a / "reference.npz",
+        ],
+        ["report.json", "report.samples.npz"],
+        True,
+    ),
 }
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+    }
 
 
 def previous_state(folder: Path, command: str, is_file: bool) -> None:
@@ -92,8 +172,9 @@ def previous_state(folder: Path, command: str, is_file: bool) -> None:
         (folder / "report.json").write_text('{"previous": true}')
         return
     (folder / "stale.npz").write_bytes(b"written by the previous run only")
-    (folder / _staging.MANIFEST).write_text(json.dumps(
-        {"format": _staging.MANIFEST_FORMAT, "version": "0", "runs": {command: ["stale.npz"]}}))
+    (folder / _staging.MANIFEST).write_text(
+        json.dumps({"format": _staging.MANIFEST_FORMAT, "version": "0", "runs": {command: ["stale.npz"]}})
+    )
 
 
 @pytest.mark.slow
@@ -105,12 +186,31 @@ def test_signal_at_a_random_point_leaves_the_previous_state(tmp_path, assets, co
     previous_state(folder, command, is_file)
     before = snapshot(folder)
     out = folder / "report.json" if is_file else folder
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "DPOSER_MODELS_DIR": str(tmp_path / "cache"),
-           "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "DPOSER_MODELS_DIR": str(tmp_path / "cache"),
+        "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+    }
     env.pop("DPOSER_BODY_MODELS", None)
-    proc = subprocess.Popen([sys.executable, "-m", "dposer_cli", *map(str, args(assets)), "--out", str(out),
-                             "--device", "cpu", "-q"], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                            text=True, env=env, cwd=tmp_path)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "dposer_cli",
+            *map(str, args(assets)),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "-q",
+        ],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
     staging = tmp_path / f".{folder.name}.partial-{proc.pid}"
     deadline = time.monotonic() + 120
     while proc.poll() is None and not staging.exists() and time.monotonic() < deadline:
@@ -134,23 +234,28 @@ def test_signal_at_a_random_point_leaves_the_previous_state(tmp_path, assets, co
 
 
 # ---------------------------------------------------------------------------------- bad values, exit 1
-@pytest.mark.parametrize("args,code,pattern", [
-    (["generate", "-n", "1000000000"], 1, "poses would need about"),
-    (["generate", "-n", str(10**15)], 1, "-n must be at most"),
-    (["generate", "--steps", str(10**12)], 1, "--steps must be at most 1000000"),
-    (["generate", "--seed", str(2**64)], 1, "--seed must be an integer between 0 and 2^64 − 1"),
-    (["generate", "--seed", "-1"], 1, "--seed must be an integer between 0 and 2^64 − 1"),
-    (["complete", "IN", "--mask", "legs", "--hypo", str(10**13)], 1, "--hypo must be at most"),
-    (["denoise-motion", "SEQ", "--noise-std", "nan"], 1, "--noise-std must be a finite number"),
-    (["denoise-motion", "SEQ", "--fps", "inf"], 1, "--fps must be a finite frame rate"),
-    (["fit-image", "PHOTO", "--focal", "nan"], 1, "--focal must be a finite number of pixels"),
-    (["fit-image", "PHOTO", "--focal", "-3"], 1, "--focal must be a positive number of pixels"),
-])
+@pytest.mark.parametrize(
+    "args,code,pattern",
+    [
+        (["generate", "-n", "1000000000"], 1, "poses would need about"),
+        (["generate", "-n", str(10**15)], 1, "-n must be at most"),
+        (["generate", "--steps", str(10**12)], 1, "--steps must be at most 1000000"),
+        (["generate", "--seed", str(2**64)], 1, "--seed must be an integer between 0 and 2^64 − 1"),
+        (["generate", "--seed", "-1"], 1, "--seed must be an integer between 0 and 2^64 − 1"),
+        (["complete", "IN", "--mask", "legs", "--hypo", str(10**13)], 1, "--hypo must be at most"),
+        (["denoise-motion", "SEQ", "--noise-std", "nan"], 1, "--noise-std must be a finite number"),
+        (["denoise-motion", "SEQ", "--fps", "inf"], 1, "--fps must be a finite frame rate"),
+        (["fit-image", "PHOTO", "--focal", "nan"], 1, "--focal must be a finite number of pixels"),
+        (["fit-image", "PHOTO", "--focal", "-3"], 1, "--focal must be a positive number of pixels"),
+    ],
+)
 def test_bad_values_are_one_line_exit_1(tmp_path, capsys, assets, monkeypatch, args, code, pattern):
     monkeypatch.setenv("DPOSER_MODELS_DIR", str(tmp_path / "cache"))
     subst = {"IN": assets / "in.npz", "SEQ": assets / "seq.npz", "PHOTO": assets / "photo.png"}
     args = [subst.get(a, a) for a in args]
-    got, _, err = run(capsys, *args, "--checkpoint", assets / ("body.pt"), "--out", tmp_path / "o", "--device", "cpu")
+    got, _, err = run(
+        capsys, *args, "--checkpoint", assets / ("body.pt"), "--out", tmp_path / "o", "--device", "cpu"
+    )
     assert got == code, err
     assert pattern in err and len(errors(err)) == 1 and "Traceback" not in err
     assert not (tmp_path / "o").exists()
@@ -161,8 +266,19 @@ def test_output_paths_of_the_wrong_kind(tmp_path, capsys, assets):
     got, _, err = run(capsys, "generate", "--checkpoint", assets / "body.pt", "--out", tmp_path / "file")
     assert got == 1 and "is an existing file; give a folder" in err
     (tmp_path / "folder").mkdir()
-    got, _, err = run(capsys, "benchmark", "generation", "--checkpoint", assets / "body.pt", "--reference",
-                      assets / "reference.npz", "--out", tmp_path / "folder", "--device", "cpu")
+    got, _, err = run(
+        capsys,
+        "benchmark",
+        "generation",
+        "--checkpoint",
+        assets / "body.pt",
+        "--reference",
+        assets / "reference.npz",
+        "--out",
+        tmp_path / "folder",
+        "--device",
+        "cpu",
+    )
     assert got == 1 and "is an existing folder; give a file path" in err
 
 
@@ -171,17 +287,26 @@ def _checkpoint_with_config(path: Path, **net) -> Path:
 
     cfg = PriorConfig(part="body", net=NetConfig(dim=63, hidden_dim=32, embed_dim=16, **net))
     stats = {"mean": torch.zeros(63), "std": torch.full((63,), 0.2)}
-    return save_checkpoint(path, part=Part.body, config=cfg, model=tiny_net(Part.body, 32, 16).state_dict(),
-                           ema=None, normalizer=stats)
+    return save_checkpoint(
+        path,
+        part=Part.body,
+        config=cfg,
+        model=tiny_net(Part.body, 32, 16).state_dict(),
+        ema=None,
+        normalizer=stats,
+    )
 
 
-@pytest.mark.parametrize("kind,pattern", [
-    ("huge width", "config.net.hidden_dim is 10000000000 but the saved weights have 32"),
-    ("huge table", "config.net.num_scales is 1000000000000"),
-    ("nan beta", "config.sde.beta_max is nan"),
-    ("zero std", "std must be > 0 in every dim"),
-    ("nan std", "std is not finite at dim 0"),
-])
+@pytest.mark.parametrize(
+    "kind,pattern",
+    [
+        ("huge width", "config.net.hidden_dim is 10000000000 but the saved weights have 32"),
+        ("huge table", "config.net.num_scales is 1000000000000"),
+        ("nan beta", "config.sde.beta_max is nan"),
+        ("zero std", "std must be > 0 in every dim"),
+        ("nan std", "std is not finite at dim 0"),
+    ],
+)
 def test_absurd_checkpoint_configs_and_statistics_are_exit_4(tmp_path, capsys, kind, pattern):
     from dataclasses import replace
 
@@ -226,7 +351,9 @@ def test_python_api_checks_t_and_n(assets):
         prior.sample(10**12)
 
 
-def test_normalizer_given_with_a_checkpoint_that_has_one_is_named_not_silently_ignored(tmp_path, caplog, assets):
+def test_normalizer_given_with_a_checkpoint_that_has_one_is_named_not_silently_ignored(
+    tmp_path, caplog, assets
+):
     import logging
 
     from dposer_cli.engine.prior import DPoserPrior
@@ -235,30 +362,70 @@ def test_normalizer_given_with_a_checkpoint_that_has_one_is_named_not_silently_i
     with caplog.at_level(logging.WARNING, logger="dposer_cli"):
         prior = DPoserPrior.from_checkpoint(assets / "body.pt", Part.body, normalizer=tmp_path / "n.pt")
     assert "--normalizer" in caplog.text and "is ignored" in caplog.text and "(used)" in caplog.text
-    torch.testing.assert_close(prior.normalizer.std, torch.full((63,), 0.2))  # the checkpoint's own statistics
+    torch.testing.assert_close(
+        prior.normalizer.std, torch.full((63,), 0.2)
+    )  # the checkpoint's own statistics
 
 
 # -------------------------------------------------------------------------------------------- stdout
 def test_json_with_stdout_closed_exits_like_a_broken_pipe(tmp_path, assets):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    proc = subprocess.run([sys.executable, "-m", "dposer_cli", "generate", "-n", "2", "--steps", "2", "--checkpoint",
-                           str(assets / "body.pt"), "--no-render", "--out", str(tmp_path / "o"), "--json",
-                           "--device", "cpu"], stderr=subprocess.PIPE, text=True, env=env, timeout=120,
-                          preexec_fn=lambda: os.close(1))
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dposer_cli",
+            "generate",
+            "-n",
+            "2",
+            "--steps",
+            "2",
+            "--checkpoint",
+            str(assets / "body.pt"),
+            "--no-render",
+            "--out",
+            str(tmp_path / "o"),
+            "--json",
+            "--device",
+            "cpu",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        timeout=120,
+        preexec_fn=lambda: os.close(1),
+    )
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr and errors(proc.stderr) == [
-        "error: stdout is closed; the --json summary was not written"]
+        "error: stdout is closed; the --json summary was not written"
+    ]
     assert (tmp_path / "o" / "poses.npz").is_file()  # the run itself succeeded
 
 
 # ------------------------------------------------------------------------------------------- staging
 def test_rerun_replaces_the_previous_runs_files_and_keeps_everything_else(tmp_path, capsys, assets):
     out = tmp_path / "o"
-    base = ["generate", "-n", "2", "--steps", "2", "--checkpoint", assets / "body.pt", "--no-render", "--out", out,
-            "--device", "cpu", "--json"]
+    base = [
+        "generate",
+        "-n",
+        "2",
+        "--steps",
+        "2",
+        "--checkpoint",
+        assets / "body.pt",
+        "--no-render",
+        "--out",
+        out,
+        "--device",
+        "cpu",
+        "--json",
+    ]
     code, stdout, err = run(capsys, *base, "--poses-json")
     assert code == 0, err
-    assert json.loads(stdout)["outputs"] == {"poses": str(out / "poses.npz"), "poses_json": str(out / "poses.json")}
+    assert json.loads(stdout)["outputs"] == {
+        "poses": str(out / "poses.npz"),
+        "poses_json": str(out / "poses.json"),
+    }
     (out / "mine.txt").write_text("not dposer's")
     code, stdout, err = run(capsys, *base)  # no --poses-json this time: poses.json is stale
     assert code == 0, err
@@ -270,11 +437,37 @@ def test_rerun_replaces_the_previous_runs_files_and_keeps_everything_else(tmp_pa
 
 def test_another_commands_files_and_this_runs_inputs_are_never_removed(tmp_path, capsys, assets):
     out = tmp_path / "o"
-    code, _, err = run(capsys, "generate", "-n", "3", "--steps", "2", "--checkpoint", assets / "body.pt",
-                       "--no-render", "--out", out, "--device", "cpu")
+    code, _, err = run(
+        capsys,
+        "generate",
+        "-n",
+        "3",
+        "--steps",
+        "2",
+        "--checkpoint",
+        assets / "body.pt",
+        "--no-render",
+        "--out",
+        out,
+        "--device",
+        "cpu",
+    )
     assert code == 0, err
-    code, _, err = run(capsys, "complete", out / "poses.npz", "--mask", "legs", "--steps", "2", "--checkpoint",
-                       assets / "body.pt", "--out", out, "--device", "cpu")
+    code, _, err = run(
+        capsys,
+        "complete",
+        out / "poses.npz",
+        "--mask",
+        "legs",
+        "--steps",
+        "2",
+        "--checkpoint",
+        assets / "body.pt",
+        "--out",
+        out,
+        "--device",
+        "cpu",
+    )
     assert code == 0, err
     assert {"poses.npz", "completed.npz"} <= {p.name for p in out.iterdir()}
     runs = json.loads((out / _staging.MANIFEST).read_text())["runs"]
@@ -301,11 +494,25 @@ def test_orphans_of_killed_runs_are_removed_and_live_ones_kept(tmp_path):
 
 def test_json_reports_name_the_final_path_not_the_staging_folder(tmp_path, capsys, assets):
     report = tmp_path / "r" / "gen.json"
-    code, stdout, err = run(capsys, "benchmark", "generation", "--checkpoint", assets / "body.pt", "-n", "8",
-                            "--steps", "2", "--reference", assets / "reference.npz", "--out", report,
-                            "--device", "cpu", "--json")
+    code, stdout, err = run(
+        capsys,
+        "benchmark",
+        "generation",
+        "--checkpoint",
+        assets / "body.pt",
+        "-n",
+        "8",
+        "--steps",
+        "2",
+        "--reference",
+        assets / "reference.npz",
+        "--out",
+        report,
+        "--device",
+        "cpu",
+        "--json",
+    )
     assert code == 0, err
     data = json.loads(report.read_text())
     assert data["outputs"]["report"] == str(report) and json.loads(stdout)["outputs"]["report"] == str(report)
     assert ".partial-" not in report.read_text() and Path(data["outputs"]["samples"]).is_file()
-

@@ -29,8 +29,24 @@ def _inputs(tmp_path, scene, name="photo", fmt="openpose"):
 
 def test_json_summary_names_npz_and_overlay_that_exist_and_load(tmp_path, capsys, scene):
     img, kp = _inputs(tmp_path, scene)
-    code, out, err = run(capsys, "fit-image", str(img), "--keypoints", str(kp), "--out", str(tmp_path / "o"),
-                         "--steps", "3", "--prior", "l2", "--renderer", "soft", "--device", "cpu", "--json")
+    code, out, err = run(
+        capsys,
+        "fit-image",
+        str(img),
+        "--keypoints",
+        str(kp),
+        "--out",
+        str(tmp_path / "o"),
+        "--steps",
+        "3",
+        "--prior",
+        "l2",
+        "--renderer",
+        "soft",
+        "--device",
+        "cpu",
+        "--json",
+    )
     assert code == 0, err
     summary = json.loads(out)
     assert summary["command"] == "fit-image" and summary["status"] == "ok" and summary["persons"] == 2
@@ -53,11 +69,29 @@ def test_keypoints_are_found_in_predictions_beside_images(tmp_path, capsys, scen
     (tmp_path / "predictions").mkdir()
     img = write_blank_image(tmp_path / "images" / "a.png", scene.width, scene.height)
     write_keypoints(tmp_path / "predictions" / "a.json", scene.keypoints, "vitpose")
-    code, out, err = run(capsys, "fit-image", str(img), "--out", str(tmp_path / "o"), "--steps", "2", "--prior",
-                         "none", "--no-overlay", "--person", "1", "--device", "cpu", "--json")
+    code, out, err = run(
+        capsys,
+        "fit-image",
+        str(img),
+        "--out",
+        str(tmp_path / "o"),
+        "--steps",
+        "2",
+        "--prior",
+        "none",
+        "--no-overlay",
+        "--person",
+        "1",
+        "--device",
+        "cpu",
+        "--json",
+    )
     assert code == 0, err
     summary = json.loads(out)
-    assert summary["images"][0]["keypoints"].endswith("predictions/a.json") and "overlays" not in summary["outputs"]
+    assert (
+        summary["images"][0]["keypoints"].endswith("predictions/a.json")
+        and "overlays" not in summary["outputs"]
+    )
     assert np.load(summary["outputs"]["npz"][0])["person_index"].tolist() == [1]
 
 
@@ -96,12 +130,36 @@ def _bad(tmp_path, scene, case):
     raise ValueError(case)
 
 
-@pytest.mark.parametrize("case", ["format", "zero-persons", "zero-confidence", "missing-image", "unreadable-image",
-                                  "count-mismatch", "no-keypoints", "hand-keypoints-for-body", "person"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "format",
+        "zero-persons",
+        "zero-confidence",
+        "missing-image",
+        "unreadable-image",
+        "count-mismatch",
+        "no-keypoints",
+        "hand-keypoints-for-body",
+        "person",
+    ],
+)
 def test_bad_input_is_one_error_line_and_exit_1(tmp_path, capsys, scene, case):
     args, pattern = _bad(tmp_path, scene, case)
-    code, out, err = run(capsys, "fit-image", "--out", str(tmp_path / "o"), "--steps", "1", "--prior", "none",
-                         "--no-overlay", "--device", "cpu", *args)  # the case's options come last and win
+    code, out, err = run(
+        capsys,
+        "fit-image",
+        "--out",
+        str(tmp_path / "o"),
+        "--steps",
+        "1",
+        "--prior",
+        "none",
+        "--no-overlay",
+        "--device",
+        "cpu",
+        *args,
+    )  # the case's options come last and win
     assert code == 1, err
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and pattern in errors[0], err
@@ -111,8 +169,20 @@ def test_bad_input_is_one_error_line_and_exit_1(tmp_path, capsys, scene, case):
 @pytest.mark.parametrize("case", ["part-face", "prior"])
 def test_unknown_choices_are_usage_errors_exit_2(tmp_path, capsys, scene, case):
     args, pattern = _bad(tmp_path, scene, case)
-    code, out, err = run(capsys, "fit-image", "--out", str(tmp_path / "o"), "--steps", "1", "--prior", "none",
-                         "--no-overlay", "--device", "cpu", *args)  # the case's options come last and win
+    code, out, err = run(
+        capsys,
+        "fit-image",
+        "--out",
+        str(tmp_path / "o"),
+        "--steps",
+        "1",
+        "--prior",
+        "none",
+        "--no-overlay",
+        "--device",
+        "cpu",
+        *args,
+    )  # the case's options come last and win
     assert code == 2, err
     assert "Invalid value" in err and pattern in err.replace("\n", " ")
     assert "Traceback" not in err and out == ""

@@ -21,8 +21,24 @@ def run(capsys, *args):
 @pytest.mark.parametrize("part", list(Part))
 def test_generate_writes_npz_with_smplx_keys_and_json_summary(tmp_path, capsys, part):
     ckpt = write_tiny_prior(tmp_path / "p.pt", part)
-    code, out, err = run(capsys, "generate", "--part", part.value, "-n", "3", "--out", str(tmp_path / "o"),
-                         "--checkpoint", str(ckpt), "--steps", "4", "--no-render", "--json", "--device", "cpu")
+    code, out, err = run(
+        capsys,
+        "generate",
+        "--part",
+        part.value,
+        "-n",
+        "3",
+        "--out",
+        str(tmp_path / "o"),
+        "--checkpoint",
+        str(ckpt),
+        "--steps",
+        "4",
+        "--no-render",
+        "--json",
+        "--device",
+        "cpu",
+    )
     assert code == 0, err
     summary = json.loads(out)
     assert summary["command"] == "generate" and summary["nfe"] == 4 and summary["sampler"] == "dpm2m-sde"
@@ -37,8 +53,24 @@ def test_same_seed_same_file_different_seed_differs(tmp_path, capsys):
     ckpt = write_tiny_prior(tmp_path / "p.pt", Part.body)
     files = []
     for i, seed in enumerate([1, 1, 2]):
-        code, out, _ = run(capsys, "generate", "-n", "2", "--out", str(tmp_path / f"o{i}"), "--checkpoint", str(ckpt),
-                           "--steps", "3", "--seed", str(seed), "--no-render", "--json", "--device", "cpu")
+        code, out, _ = run(
+            capsys,
+            "generate",
+            "-n",
+            "2",
+            "--out",
+            str(tmp_path / f"o{i}"),
+            "--checkpoint",
+            str(ckpt),
+            "--steps",
+            "3",
+            "--seed",
+            str(seed),
+            "--no-render",
+            "--json",
+            "--device",
+            "cpu",
+        )
         files.append(np.load(json.loads(out)["outputs"]["poses"])["body_pose"])
     np.testing.assert_array_equal(files[0], files[1])
     assert not np.allclose(files[0], files[2])
@@ -46,8 +78,20 @@ def test_same_seed_same_file_different_seed_differs(tmp_path, capsys):
 
 def test_default_sampler_is_dpm2m_sde_with_50_evaluations(tmp_path, capsys):
     ckpt = write_tiny_prior(tmp_path / "p.pt", Part.body)
-    code, out, err = run(capsys, "generate", "-n", "2", "--out", str(tmp_path / "o"), "--checkpoint", str(ckpt),
-                         "--no-render", "--json", "--device", "cpu")
+    code, out, err = run(
+        capsys,
+        "generate",
+        "-n",
+        "2",
+        "--out",
+        str(tmp_path / "o"),
+        "--checkpoint",
+        str(ckpt),
+        "--no-render",
+        "--json",
+        "--device",
+        "cpu",
+    )
     assert code == 0, err
     summary = json.loads(out)
     assert summary["sampler"] == "dpm2m-sde" and summary["nfe"] == 50
@@ -55,36 +99,63 @@ def test_default_sampler_is_dpm2m_sde_with_50_evaluations(tmp_path, capsys):
 
 def test_official_checkpoint_with_normalizer_and_em_sampler(tmp_path, capsys, shared_data):
     ckpt = write_official_ckpt(tmp_path / "last.ckpt", Part.hand)
-    code, out, err = run(capsys, "generate", "--part", "hand", "-n", "2", "--out", str(tmp_path / "o"),
-                         "--checkpoint", str(ckpt), "--normalizer", str(shared_data / "official"), "--sampler", "em",
-                         "--steps", "5", "--no-render", "--json", "--device", "cpu")
+    code, out, err = run(
+        capsys,
+        "generate",
+        "--part",
+        "hand",
+        "-n",
+        "2",
+        "--out",
+        str(tmp_path / "o"),
+        "--checkpoint",
+        str(ckpt),
+        "--normalizer",
+        str(shared_data / "official"),
+        "--sampler",
+        "em",
+        "--steps",
+        "5",
+        "--no-render",
+        "--json",
+        "--device",
+        "cpu",
+    )
     assert code == 0, err
     assert json.loads(out)["nfe"] == 5
 
 
-@pytest.mark.parametrize("args,code,pattern", [
-    (["--part", "elbow"], 2, "elbow"),
-    (["-n", "0"], 1, "-n must be at least 1"),
-    (["--sampler", "dpm"], 2, "unknown sampler 'dpm'"),
-    (["--device", "cuda:7"], 5, "CUDA is not available"),
-])
+@pytest.mark.parametrize(
+    "args,code,pattern",
+    [
+        (["--part", "elbow"], 2, "elbow"),
+        (["-n", "0"], 1, "-n must be at least 1"),
+        (["--sampler", "dpm"], 2, "unknown sampler 'dpm'"),
+        (["--device", "cuda:7"], 5, "CUDA is not available"),
+    ],
+)
 def test_bad_input_is_one_line(tmp_path, capsys, args, code, pattern):
     ckpt = write_tiny_prior(tmp_path / "p.pt", Part.body)
-    got, out, err = run(capsys, "generate", "--out", str(tmp_path / "o"), "--checkpoint", str(ckpt), "--no-render",
-                        *args)
+    got, out, err = run(
+        capsys, "generate", "--out", str(tmp_path / "o"), "--checkpoint", str(ckpt), "--no-render", *args
+    )
     assert got == code
     assert pattern in err and "Traceback" not in err
 
 
 def test_checkpoint_errors(tmp_path, capsys):
     hand = write_tiny_prior(tmp_path / "hand.pt", Part.hand)
-    code, _, err = run(capsys, "generate", "--part", "body", "--checkpoint", str(hand), "--out", str(tmp_path / "o"))
+    code, _, err = run(
+        capsys, "generate", "--part", "body", "--checkpoint", str(hand), "--out", str(tmp_path / "o")
+    )
     assert code == 4 and err.count("error:") == 1 and "not body" in err
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"garbage")
     code, _, err = run(capsys, "generate", "--checkpoint", str(bad), "--out", str(tmp_path / "o"), "--json")
     assert code == 4 and "not a readable" in err
-    code, _, err = run(capsys, "generate", "--checkpoint", str(tmp_path / "none.pt"), "--out", str(tmp_path / "o"))
+    code, _, err = run(
+        capsys, "generate", "--checkpoint", str(tmp_path / "none.pt"), "--out", str(tmp_path / "o")
+    )
     assert code == 1 and "not found" in err
 
 
@@ -92,7 +163,9 @@ def test_unwritable_out_is_one_line(tmp_path, capsys):
     ckpt = write_tiny_prior(tmp_path / "p.pt", Part.body)
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    code, _, err = run(capsys, "generate", "--checkpoint", str(ckpt), "--out", str(blocker / "sub"), "--no-render")
+    code, _, err = run(
+        capsys, "generate", "--checkpoint", str(ckpt), "--out", str(blocker / "sub"), "--no-render"
+    )
     assert code == 1 and "cannot write to output folder" in err
 
 
@@ -107,8 +180,25 @@ def test_process_video_decodes_with_the_expected_frames(tmp_path, capsys):
     from dposer_cli.render.process import video_timing
 
     ckpt = write_tiny_prior(tmp_path / "p.pt", Part.body)
-    code, out, err = run(capsys, "generate", "-n", "3", "--steps", "4", "--out", str(tmp_path / "o"), "--checkpoint",
-                         str(ckpt), "--no-render", "--renderer", "soft", "--process-video", "--json", "--device", "cpu")
+    code, out, err = run(
+        capsys,
+        "generate",
+        "-n",
+        "3",
+        "--steps",
+        "4",
+        "--out",
+        str(tmp_path / "o"),
+        "--checkpoint",
+        str(ckpt),
+        "--no-render",
+        "--renderer",
+        "soft",
+        "--process-video",
+        "--json",
+        "--device",
+        "cpu",
+    )
     assert code == 0, err
     summary = json.loads(out)
     assert summary["nfe"] == 4 and "grid" not in summary["outputs"]
@@ -129,20 +219,54 @@ def test_help_documents_process_video(capsys):
 @pytest.mark.slow
 def test_official_em_1000_process_video_keeps_the_frame_budget(tmp_path, capsys, shared_data):
     ckpt = write_official_ckpt(tmp_path / "last.ckpt", Part.hand)
-    code, out, err = run(capsys, "generate", "--part", "hand", "-n", "2", "--out", str(tmp_path / "o"),
-                         "--checkpoint", str(ckpt), "--normalizer", str(shared_data / "official"), "--sampler", "em",
-                         "--no-render", "--renderer", "soft", "--process-video", "--json", "--device", "cpu")
+    code, out, err = run(
+        capsys,
+        "generate",
+        "--part",
+        "hand",
+        "-n",
+        "2",
+        "--out",
+        str(tmp_path / "o"),
+        "--checkpoint",
+        str(ckpt),
+        "--normalizer",
+        str(shared_data / "official"),
+        "--sampler",
+        "em",
+        "--no-render",
+        "--renderer",
+        "soft",
+        "--process-video",
+        "--json",
+        "--device",
+        "cpu",
+    )
     assert code == 0, err
     summary = json.loads(out)
     assert summary["nfe"] == 1000 and summary["steps"] == 1000
     frames = read_video(summary["outputs"]["process_video"])
-    assert len(frames) == 120  # 90 recorded frames (89 of the 1000 steps + the result) and a 1 s hold at 30 fps
+    assert (
+        len(frames) == 120
+    )  # 90 recorded frames (89 of the 1000 steps + the result) and a 1 s hold at 30 fps
 
 
 def test_grid_count_in_the_json_and_grid_n_chooses_it(tmp_path, capsys):
     ckpt = write_tiny_prior(tmp_path / "body.pt", Part.body)
-    base = ["generate", "--part", "body", "--checkpoint", str(ckpt), "--steps", "2", "--device", "cpu",
-            "--renderer", "soft", "--json"]
+    base = [
+        "generate",
+        "--part",
+        "body",
+        "--checkpoint",
+        str(ckpt),
+        "--steps",
+        "2",
+        "--device",
+        "cpu",
+        "--renderer",
+        "soft",
+        "--json",
+    ]
     code, out, err = run(capsys, *base, "-n", "70", "--out", str(tmp_path / "a"))
     assert code == 0, err
     summary = json.loads(out)
@@ -170,8 +294,19 @@ def keep_threads():
 def test_threads_option_and_environment(tmp_path, capsys, monkeypatch, keep_threads):
     torch = keep_threads
     ckpt = write_tiny_prior(tmp_path / "p.pt", Part.body)
-    base = ["generate", "-n", "2", "--steps", "2", "--checkpoint", str(ckpt), "--no-render", "--json", "--device",
-            "cpu"]
+    base = [
+        "generate",
+        "-n",
+        "2",
+        "--steps",
+        "2",
+        "--checkpoint",
+        str(ckpt),
+        "--no-render",
+        "--json",
+        "--device",
+        "cpu",
+    ]
     code, out, err = run(capsys, *base, "--out", str(tmp_path / "a"), "--threads", "1")
     assert code == 0, err
     one = np.load(json.loads(out)["outputs"]["poses"])["body_pose"]
@@ -191,8 +326,9 @@ def test_threads_option_and_environment(tmp_path, capsys, monkeypatch, keep_thre
 
 
 @pytest.mark.parametrize("value", ["0", "-3"])
-@pytest.mark.parametrize("command", ["generate", "complete", "denoise-motion", "fit-image", "ik", "benchmark",
-                                     "train"])
+@pytest.mark.parametrize(
+    "command", ["generate", "complete", "denoise-motion", "fit-image", "ik", "benchmark", "train"]
+)
 def test_threads_below_one_is_a_usage_error(capsys, command, value):
     code, _, err = run(capsys, command, "--threads", value)
     assert code == 2 and "Invalid value for '--threads'" in err and "Traceback" not in err

@@ -44,7 +44,9 @@ def assets(tmp_path_factory):
     for name in ("a", "b"):
         Image.new("RGB", (64, 48), (128, 128, 128)).save(root / f"{name}.png")
         kp = np.concatenate([rng.uniform(10, 40, (25, 2)), np.ones((25, 1))], 1)
-        (root / f"{name}.json").write_text(json.dumps({"people": [{"pose_keypoints_2d": kp.reshape(-1).tolist()}]}))
+        (root / f"{name}.json").write_text(
+            json.dumps({"people": [{"pose_keypoints_2d": kp.reshape(-1).tolist()}]})
+        )
     write_tiny_prior(root / "body.pt", Part.body)
     write_tiny_prior(root / "hand.pt", Part.hand)
     return root
@@ -64,40 +66,95 @@ def no_body_model(*args, **kwargs):
 def test_denoise_motion_refuses_more_frames_than_supported(tmp_path, capsys, assets, monkeypatch):
     monkeypatch.setattr(validate, "MAX_FRAMES", 5)
     out = tmp_path / "o"
-    code, _, err = run(capsys, "denoise-motion", assets / "seq.npz", "--checkpoint", assets / "body.pt", "--out", out,
-                       "--no-render", "--device", "cpu")
+    code, _, err = run(
+        capsys,
+        "denoise-motion",
+        assets / "seq.npz",
+        "--checkpoint",
+        assets / "body.pt",
+        "--out",
+        out,
+        "--no-render",
+        "--device",
+        "cpu",
+    )
     assert_refused(code, err, r"seq\.npz has 10 frames: 10 items; at most 5", out)
 
 
 def test_denoise_motion_refuses_a_motion_that_does_not_fit_in_memory(tmp_path, capsys, assets, monkeypatch):
     monkeypatch.setattr(validate, "available_memory", lambda: 4096)
     out = tmp_path / "o"
-    code, _, err = run(capsys, "denoise-motion", assets / "seq.npz", "--checkpoint", assets / "body.pt", "--out", out,
-                       "--no-render", "--device", "cpu")
-    assert_refused(code, err, r"seq\.npz: 10 frames would need about .* of memory; about 4\.0 KiB is available", out)
+    code, _, err = run(
+        capsys,
+        "denoise-motion",
+        assets / "seq.npz",
+        "--checkpoint",
+        assets / "body.pt",
+        "--out",
+        out,
+        "--no-render",
+        "--device",
+        "cpu",
+    )
+    assert_refused(
+        code, err, r"seq\.npz: 10 frames would need about .* of memory; about 4\.0 KiB is available", out
+    )
 
 
 # ---------------------------------------------------------------------------------------------- fit-image
 def fit_args(assets, out, *extra):
-    return ("fit-image", assets / "a.png", "--keypoints", assets / "a.json", "--out", out, "--steps", "1",
-            "--prior", "none", "--no-overlay", "--device", "cpu", *extra)
+    return (
+        "fit-image",
+        assets / "a.png",
+        "--keypoints",
+        assets / "a.json",
+        "--out",
+        out,
+        "--steps",
+        "1",
+        "--prior",
+        "none",
+        "--no-overlay",
+        "--device",
+        "cpu",
+        *extra,
+    )
 
 
 def test_fit_image_refuses_more_images_than_supported(tmp_path, capsys, assets, monkeypatch):
     monkeypatch.setattr(validate, "MAX_FILES", 1)
     out = tmp_path / "o"
-    code, _, err = run(capsys, "fit-image", assets / "a.png", assets / "b.png", "--keypoints", assets / "a.json",
-                       "--keypoints", assets / "b.json", "--out", out, "--prior", "none", "--device", "cpu")
+    code, _, err = run(
+        capsys,
+        "fit-image",
+        assets / "a.png",
+        assets / "b.png",
+        "--keypoints",
+        assets / "a.json",
+        "--keypoints",
+        assets / "b.json",
+        "--out",
+        out,
+        "--prior",
+        "none",
+        "--device",
+        "cpu",
+    )
     assert_refused(code, err, r"images: 2 items; at most 1 are supported", out)
 
 
-@pytest.mark.parametrize("key,width,pattern", [
-    ("body_pose", 60, r"'body_pose' has 60 values per person; the fit takes 63"),
-    ("global_orient", 4, r"'global_orient' has 4 values per person; the fit takes 3"),
-    ("transl", 2, r"'transl' has 2 values per person; the fit takes 3"),
-], ids=["body_pose", "global_orient", "transl"])
+@pytest.mark.parametrize(
+    "key,width,pattern",
+    [
+        ("body_pose", 60, r"'body_pose' has 60 values per person; the fit takes 63"),
+        ("global_orient", 4, r"'global_orient' has 4 values per person; the fit takes 3"),
+        ("transl", 2, r"'transl' has 2 values per person; the fit takes 3"),
+    ],
+    ids=["body_pose", "global_orient", "transl"],
+)
 def test_fit_image_refuses_init_arrays_of_the_wrong_width_before_the_body_model(
-        tmp_path, capsys, assets, monkeypatch, key, width, pattern):
+    tmp_path, capsys, assets, monkeypatch, key, width, pattern
+):
     monkeypatch.setattr("dposer_cli.services.fit_image.load_body", no_body_model)
     np.savez(tmp_path / "init.npz", **{key: np.zeros((1, width), np.float32)})
     out = tmp_path / "o"
@@ -113,7 +170,9 @@ def test_fit_image_refuses_init_betas_of_another_width_than_the_body_model(tmp_p
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf], ids=["nan", "inf"])
-def test_fit_image_refuses_non_finite_init_values_before_the_body_model(tmp_path, capsys, assets, monkeypatch, bad):
+def test_fit_image_refuses_non_finite_init_values_before_the_body_model(
+    tmp_path, capsys, assets, monkeypatch, bad
+):
     monkeypatch.setattr("dposer_cli.services.fit_image.load_body", no_body_model)
     pose = np.zeros((1, 63), np.float32)
     pose[0, 5] = bad
@@ -127,8 +186,19 @@ def test_fit_image_reads_the_keypoints_before_the_body_model(tmp_path, capsys, a
     monkeypatch.setattr("dposer_cli.services.fit_image.load_body", no_body_model)
     (tmp_path / "bad.json").write_text("{not json")
     out = tmp_path / "o"
-    code, _, err = run(capsys, "fit-image", assets / "a.png", "--keypoints", tmp_path / "bad.json", "--out", out,
-                       "--prior", "none", "--device", "cpu")
+    code, _, err = run(
+        capsys,
+        "fit-image",
+        assets / "a.png",
+        "--keypoints",
+        tmp_path / "bad.json",
+        "--out",
+        out,
+        "--prior",
+        "none",
+        "--device",
+        "cpu",
+    )
     assert_refused(code, err, r"bad\.json", out)
 
 
@@ -149,18 +219,45 @@ def test_fit_task_refuses_init_of_the_wrong_width():
 def test_complete_refuses_hypotheses_that_do_not_fit_in_memory(tmp_path, capsys, assets, monkeypatch):
     monkeypatch.setattr(validate, "available_memory", lambda: 4096)
     out = tmp_path / "o"
-    code, _, err = run(capsys, "complete", assets / "in.npz", "--mask", "legs", "--hypo", "3", "--checkpoint",
-                       assets / "body.pt", "--out", out, "--device", "cpu")
-    assert_refused(code, err, r"4×3 hypotheses would need about .* of memory; about 4\.0 KiB is available", out)
+    code, _, err = run(
+        capsys,
+        "complete",
+        assets / "in.npz",
+        "--mask",
+        "legs",
+        "--hypo",
+        "3",
+        "--checkpoint",
+        assets / "body.pt",
+        "--out",
+        out,
+        "--device",
+        "cpu",
+    )
+    assert_refused(
+        code, err, r"4×3 hypotheses would need about .* of memory; about 4\.0 KiB is available", out
+    )
 
 
 # ---------------------------------------------------------------------------------------------- generate
-def test_generate_refuses_a_process_video_trajectory_that_does_not_fit_in_memory(tmp_path, capsys, assets,
-                                                                                 monkeypatch):
+def test_generate_refuses_a_process_video_trajectory_that_does_not_fit_in_memory(
+    tmp_path, capsys, assets, monkeypatch
+):
     monkeypatch.setattr(validate, "available_memory", lambda: 16384)  # the poses (1 × 63 floats) fit
     out = tmp_path / "o"
-    code, _, err = run(capsys, "generate", "-n", "1", "--process-video", "--checkpoint", assets / "body.pt",
-                       "--out", out, "--device", "cpu")
+    code, _, err = run(
+        capsys,
+        "generate",
+        "-n",
+        "1",
+        "--process-video",
+        "--checkpoint",
+        assets / "body.pt",
+        "--out",
+        out,
+        "--device",
+        "cpu",
+    )
     assert_refused(code, err, r"the sampling trajectory \(1 samples × \d+ frames\) would need about", out)
 
 
@@ -168,23 +265,55 @@ def test_generate_refuses_a_process_video_trajectory_that_does_not_fit_in_memory
 def test_ik_refuses_targets_far_beyond_metres_before_the_body_model(tmp_path, capsys, assets, monkeypatch):
     monkeypatch.setattr("dposer_cli.services.ik.load_body", no_body_model)
     out = tmp_path / "o"
-    code, _, err = run(capsys, "ik", "--part", "hand", "--targets", assets / "targets_mm.npz", "--checkpoint",
-                       assets / "hand.pt", "--out", out, "--device", "cpu")
-    assert_refused(code, err, r"targets_mm\.npz: a target joint lies [\d.]+ m from the origin; targets are in "
-                              r"metres \(at most 100 m\)", out)
+    code, _, err = run(
+        capsys,
+        "ik",
+        "--part",
+        "hand",
+        "--targets",
+        assets / "targets_mm.npz",
+        "--checkpoint",
+        assets / "hand.pt",
+        "--out",
+        out,
+        "--device",
+        "cpu",
+    )
+    assert_refused(
+        code,
+        err,
+        r"targets_mm\.npz: a target joint lies [\d.]+ m from the origin; targets are in "
+        r"metres \(at most 100 m\)",
+        out,
+    )
 
 
 def test_ik_reads_the_targets_before_the_face_model(tmp_path, capsys, assets):
     """A bad targets file is named even when FLAME is missing too (exit 1, not the missing model's 3)."""
     out = tmp_path / "o"
-    code, _, err = run(capsys, "ik", "--part", "face", "--targets", tmp_path / "missing.npz", "--out", out,
-                       "--device", "cpu")
+    code, _, err = run(
+        capsys, "ik", "--part", "face", "--targets", tmp_path / "missing.npz", "--out", out, "--device", "cpu"
+    )
     assert_refused(code, err, r"missing\.npz", out)
 
 
 def test_ik_accepts_targets_in_metres(tmp_path, capsys, assets):
     out = tmp_path / "o"
-    code, _, err = run(capsys, "ik", "--part", "hand", "--targets", assets / "targets.npz", "--checkpoint",
-                       assets / "hand.pt", "--steps", "2", "--out", out, "--device", "cpu")
+    code, _, err = run(
+        capsys,
+        "ik",
+        "--part",
+        "hand",
+        "--targets",
+        assets / "targets.npz",
+        "--checkpoint",
+        assets / "hand.pt",
+        "--steps",
+        "2",
+        "--out",
+        out,
+        "--device",
+        "cpu",
+    )
     assert code == 0, err
     assert (out / "ik.npz").is_file()

@@ -59,24 +59,97 @@ def every_update(monkeypatch):
 
 # command → (arguments, progress label, unit)
 COMMANDS = {
-    "generate": (lambda a: ["generate", "-n", "4", "--sampler", "ddim", "--steps", "3", "--checkpoint", a / "body.pt",
-                            "--no-render"], "sampling", "steps"),
-    "complete": (lambda a: ["complete", a / "in.npz", "--mask", "legs", "--steps", "3", "--checkpoint",
-                            a / "body.pt"], "completing", "steps"),
-    "denoise-motion": (lambda a: ["denoise-motion", a / "seq.npz", "--checkpoint", a / "body.pt", "--no-render",
-                                  "--temporal", "joints"], "denoising", "steps"),
-    "ik": (lambda a: ["ik", "--part", "hand", "--targets", a / "hand_gt.npz", "--checkpoint", a / "hand.pt",
-                      "--steps", "3"], "solving", "steps"),
-    "fit-image": (lambda a: ["fit-image", a / "photo.png", "--keypoints", a / "photo.json", "--steps", "2",
-                             "--prior", "none", "--no-overlay"], "fitting", "steps"),
-    "benchmark": (lambda a: ["benchmark", "generation", "--part", "body", "--checkpoint", a / "body.pt", "-n", "8",
-                             "--steps", "2", "--batch-size", "4", "--reference", a / "reference.npz"],
-                  "benchmark generation", "batches"),
+    "generate": (
+        lambda a: [
+            "generate",
+            "-n",
+            "4",
+            "--sampler",
+            "ddim",
+            "--steps",
+            "3",
+            "--checkpoint",
+            a / "body.pt",
+            "--no-render",
+        ],
+        "sampling",
+        "steps",
+    ),
+    "complete": (
+        lambda a: ["complete", a / "in.npz", "--mask", "legs", "--steps", "3", "--checkpoint", a / "body.pt"],
+        "completing",
+        "steps",
+    ),
+    "denoise-motion": (
+        lambda a: [
+            "denoise-motion",
+            a / "seq.npz",
+            "--checkpoint",
+            a / "body.pt",
+            "--no-render",
+            "--temporal",
+            "joints",
+        ],
+        "denoising",
+        "steps",
+    ),
+    "ik": (
+        lambda a: [
+            "ik",
+            "--part",
+            "hand",
+            "--targets",
+            a / "hand_gt.npz",
+            "--checkpoint",
+            a / "hand.pt",
+            "--steps",
+            "3",
+        ],
+        "solving",
+        "steps",
+    ),
+    "fit-image": (
+        lambda a: [
+            "fit-image",
+            a / "photo.png",
+            "--keypoints",
+            a / "photo.json",
+            "--steps",
+            "2",
+            "--prior",
+            "none",
+            "--no-overlay",
+        ],
+        "fitting",
+        "steps",
+    ),
+    "benchmark": (
+        lambda a: [
+            "benchmark",
+            "generation",
+            "--part",
+            "body",
+            "--checkpoint",
+            a / "body.pt",
+            "-n",
+            "8",
+            "--steps",
+            "2",
+            "--batch-size",
+            "4",
+            "--reference",
+            a / "reference.npz",
+        ],
+        "benchmark generation",
+        "batches",
+    ),
 }
 
 
 @pytest.mark.parametrize("command", list(COMMANDS))
-def test_each_long_command_reports_progress_without_a_terminal(tmp_path, capsys, assets, every_update, command):
+def test_each_long_command_reports_progress_without_a_terminal(
+    tmp_path, capsys, assets, every_update, command
+):
     make, label, unit = COMMANDS[command]
     out = tmp_path / ("report.json" if command == "benchmark" else "o")
     code, _, err = run(capsys, *make(assets), "--out", out, "--device", "cpu", "--json")  # --json: lines stay
@@ -97,12 +170,41 @@ def test_quiet_hides_the_lines_and_a_long_interval_bounds_them(tmp_path, capsys,
 
 
 def test_train_prints_its_heartbeat_once(tmp_path, capsys, assets, every_update):
-    code, _, err = run(capsys, "train", "--part", "hand", "--batch-size", "16", "--hidden-dim", "32", "--embed-dim",
-                       "16", "--warmup", "2", "--eval-samples", "0", "--device", "cpu", "--data",
-                       assets / "hands.npz", "--out", tmp_path / "run", "--steps", "4", "--json")
+    code, _, err = run(
+        capsys,
+        "train",
+        "--part",
+        "hand",
+        "--batch-size",
+        "16",
+        "--hidden-dim",
+        "32",
+        "--embed-dim",
+        "16",
+        "--warmup",
+        "2",
+        "--eval-samples",
+        "0",
+        "--device",
+        "cpu",
+        "--data",
+        assets / "hands.npz",
+        "--out",
+        tmp_path / "run",
+        "--steps",
+        "4",
+        "--json",
+    )
     assert code == 0, err
-    beats = [x for x in err.splitlines() if re.fullmatch(r"INFO +step \d+/4 \(\d+%\)  [\d.]+ steps/s  ETA \S+  "
-                                                         r"loss [\d.]+", x)]
+    beats = [
+        x
+        for x in err.splitlines()
+        if re.fullmatch(
+            r"INFO +step \d+/4 \(\d+%\)  [\d.]+ steps/s  ETA \S+  "
+            r"loss [\d.]+",
+            x,
+        )
+    ]
     assert beats and "step 4/4 (100%)" in beats[-1], err
     assert not lines(err, "training"), err  # no second, generic line
 
@@ -150,19 +252,37 @@ def test_no_line_for_short_runs_and_none_after_an_error(monkeypatch, records):
     assert [r.getMessage().split("  ")[0] for r in records] == ["sampling 1/3 (33%)"]  # no last line after it
 
 
-@pytest.mark.parametrize("raw,expected", [("", 10.0), ("0", 0.0), ("2.5", 2.5), ("-1", 10.0), ("soon", 10.0),
-                                          ("nan", 10.0), ("inf", 10.0)])
+@pytest.mark.parametrize(
+    "raw,expected",
+    [("", 10.0), ("0", 0.0), ("2.5", 2.5), ("-1", 10.0), ("soon", 10.0), ("nan", 10.0), ("inf", 10.0)],
+)
 def test_interval_from_the_environment(monkeypatch, raw, expected):
     monkeypatch.setenv("DPOSER_PROGRESS_INTERVAL", raw)
     assert _console.progress_interval() == expected
 
 
 def test_log_lines_do_not_wrap_and_repeated_info_shows_once(tmp_path, capsys, assets, monkeypatch):
-    deep = tmp_path.joinpath(*["a_rather_long_folder_name"] * 6)  # the search path makes the line > 80 columns
+    deep = tmp_path.joinpath(
+        *["a_rather_long_folder_name"] * 6
+    )  # the search path makes the line > 80 columns
     monkeypatch.setenv("DPOSER_MODELS_DIR", str(deep))
     monkeypatch.delenv("DPOSER_BODY_MODELS", raising=False)
-    code, _, err = run(capsys, "complete", assets / "in.npz", "--mask", "legs", "--steps", "2", "--checkpoint",
-                       assets / "body.pt", "--render", "--renderer", "soft", "--out", tmp_path / "o")
+    code, _, err = run(
+        capsys,
+        "complete",
+        assets / "in.npz",
+        "--mask",
+        "legs",
+        "--steps",
+        "2",
+        "--checkpoint",
+        assets / "body.pt",
+        "--render",
+        "--renderer",
+        "soft",
+        "--out",
+        tmp_path / "o",
+    )
     assert code == 0, err
     body = [x for x in err.splitlines() if "body model:" in x]
     assert len(body) == 1, err  # completion and the picture both load the body model: said once

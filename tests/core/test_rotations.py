@@ -22,7 +22,12 @@ def test_matrix_to_axis_angle_inverts_rodrigues_including_near_zero_and_pi():
     assert torch.allclose(back[:60], aa[:60], atol=1e-4)
     # float32 input, many random rotations
     aa = torch.randn(500, 3, generator=torch.Generator().manual_seed(1))
-    aa = aa / aa.norm(dim=-1, keepdim=True) * torch.rand(500, 1, generator=torch.Generator().manual_seed(2)) * 3.0
+    aa = (
+        aa
+        / aa.norm(dim=-1, keepdim=True)
+        * torch.rand(500, 1, generator=torch.Generator().manual_seed(2))
+        * 3.0
+    )
     back = matrix_to_axis_angle(_rodrigues(aa).float())
     torch.testing.assert_close(_rodrigues(back).float(), _rodrigues(aa).float(), atol=1e-4, rtol=0)
 
@@ -30,8 +35,9 @@ def test_matrix_to_axis_angle_inverts_rodrigues_including_near_zero_and_pi():
 def test_compose_axis_angle_is_the_matrix_product():
     g = torch.Generator().manual_seed(4)
     a, b = torch.randn(20, 3, generator=g), torch.randn(20, 3, generator=g)
-    np.testing.assert_allclose(_rodrigues(compose_axis_angle(a, b)).numpy(),
-                               (_rodrigues(a) @ _rodrigues(b)).numpy(), atol=1e-5)
+    np.testing.assert_allclose(
+        _rodrigues(compose_axis_angle(a, b)).numpy(), (_rodrigues(a) @ _rodrigues(b)).numpy(), atol=1e-5
+    )
 
 
 def test_rot6d_gives_gram_schmidt_rotations():

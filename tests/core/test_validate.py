@@ -18,13 +18,16 @@ def one_line(exc: pytest.ExceptionInfo) -> str:
     return msg
 
 
-@pytest.mark.parametrize("value,pattern", [
-    (0, "-n must be at least 1 (got 0)"),
-    (11, "-n must be at most 10 (got 11)"),
-    (2.0, "-n must be an integer (got 2.0)"),
-    (True, "-n must be an integer (got True)"),
-    ("3", "-n must be an integer (got '3')"),
-])
+@pytest.mark.parametrize(
+    "value,pattern",
+    [
+        (0, "-n must be at least 1 (got 0)"),
+        (11, "-n must be at most 10 (got 11)"),
+        (2.0, "-n must be an integer (got 2.0)"),
+        (True, "-n must be an integer (got True)"),
+        ("3", "-n must be an integer (got '3')"),
+    ],
+)
 def test_integer_range_and_type(value, pattern):
     with pytest.raises(InputError) as err:
         validate.integer("-n", value, lo=1, hi=10)
@@ -37,15 +40,18 @@ def test_integer_accepts_numpy_ints_and_returns_int():
     assert validate.integer("-n", np.int64(3), lo=1) == 3 and type(validate.integer("-n", np.int64(3))) is int
 
 
-@pytest.mark.parametrize("value,kwargs,pattern", [
-    (math.nan, {}, "--focal must be a finite number of pixels (got nan)"),
-    (math.inf, {}, "--focal must be a finite number of pixels (got inf)"),
-    (0.0, {"lo": 0.0, "lo_open": True}, "--focal must be a positive number of pixels (got 0.0)"),
-    (-1.0, {"lo": 0.0}, "--focal must be a non-negative number of pixels (got -1.0)"),
-    (5.0, {"hi": 4.0}, "--focal must be at most 4.0 (got 5.0)"),
-    (4.0, {"hi": 4.0, "hi_open": True}, "--focal must be less than 4.0 (got 4.0)"),
-    ("x", {}, "--focal must be a number of pixels (got 'x')"),
-])
+@pytest.mark.parametrize(
+    "value,kwargs,pattern",
+    [
+        (math.nan, {}, "--focal must be a finite number of pixels (got nan)"),
+        (math.inf, {}, "--focal must be a finite number of pixels (got inf)"),
+        (0.0, {"lo": 0.0, "lo_open": True}, "--focal must be a positive number of pixels (got 0.0)"),
+        (-1.0, {"lo": 0.0}, "--focal must be a non-negative number of pixels (got -1.0)"),
+        (5.0, {"hi": 4.0}, "--focal must be at most 4.0 (got 5.0)"),
+        (4.0, {"hi": 4.0, "hi_open": True}, "--focal must be less than 4.0 (got 4.0)"),
+        ("x", {}, "--focal must be a number of pixels (got 'x')"),
+    ],
+)
 def test_number_finite_and_bounds(value, kwargs, pattern):
     with pytest.raises(InputError) as err:
         validate.number("--focal", value, what="number of pixels", **kwargs)
@@ -150,15 +156,18 @@ class _Req:
     out: Path = Path("o")
 
 
-@pytest.mark.parametrize("fields,pattern", [
-    ({"n": 0}, "-n must be at least 1 (got 0)"),
-    ({"steps": 0}, "--steps must be at least 1 (got 0)"),
-    ({"steps": validate.MAX_STEPS + 1}, f"--steps must be at most {validate.MAX_STEPS}"),
-    ({"seed": -3}, "--seed must be an integer between 0 and 2^64 − 1 (got -3)"),
-    ({"noise_std": -1.0}, "--noise-std must be a non-negative number of metres (got -1.0)"),
-    ({"noise_std": math.nan}, "--noise-std must be a finite number of metres (got nan)"),
-    ({"n": validate.MAX_COUNT}, "poses would need about"),
-])
+@pytest.mark.parametrize(
+    "fields,pattern",
+    [
+        ({"n": 0}, "-n must be at least 1 (got 0)"),
+        ({"steps": 0}, "--steps must be at least 1 (got 0)"),
+        ({"steps": validate.MAX_STEPS + 1}, f"--steps must be at most {validate.MAX_STEPS}"),
+        ({"seed": -3}, "--seed must be an integer between 0 and 2^64 − 1 (got -3)"),
+        ({"noise_std": -1.0}, "--noise-std must be a non-negative number of metres (got -1.0)"),
+        ({"noise_std": math.nan}, "--noise-std must be a finite number of metres (got nan)"),
+        ({"n": validate.MAX_COUNT}, "poses would need about"),
+    ],
+)
 def test_request_checks_every_known_field(fields, pattern, monkeypatch):
     monkeypatch.setattr(validate, "available_memory", lambda: 2**30)
     with pytest.raises(InputError) as err:
@@ -173,5 +182,15 @@ def test_request_leaves_valid_and_unknown_fields_alone():
 
 def test_rules_cover_the_flags_the_commands_document():
     flags = {r.flag for r in validate.FIELDS.values()}
-    assert {"-n", "--hypo", "--steps", "--seed", "--noise-std", "--focal", "--fps", "--limit", "--batch-size"} <= flags
+    assert {
+        "-n",
+        "--hypo",
+        "--steps",
+        "--seed",
+        "--noise-std",
+        "--focal",
+        "--fps",
+        "--limit",
+        "--batch-size",
+    } <= flags
     json.dumps({k: v.flag for k, v in validate.FIELDS.items()})

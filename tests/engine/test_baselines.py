@@ -18,7 +18,9 @@ def _mixture(n: int = 3000, seed: int = 0, with_labels: bool = False):
     a = rng.normal(size=(45, 45)) * 0.05
     cov = a @ a.T + 0.04 * np.eye(45)
     labels = rng.random(n) < 0.3
-    x = np.where(labels[:, None], rng.multivariate_normal(means[0], cov, n), rng.multivariate_normal(means[1], cov, n))
+    x = np.where(
+        labels[:, None], rng.multivariate_normal(means[0], cov, n), rng.multivariate_normal(means[1], cov, n)
+    )
     if with_labels:
         return torch.as_tensor(x), labels
     return torch.as_tensor(x), means, cov
@@ -37,8 +39,11 @@ def test_em_recovers_weights_means_and_covariances():
         xs = x.numpy()[members]
         np.testing.assert_allclose(gmm.weights_[order[k]].item(), members.mean(), atol=1e-6)
         np.testing.assert_allclose(gmm.means_[order[k]].numpy(), xs.mean(0), atol=1e-6)
-        np.testing.assert_allclose(gmm.covariances_[order[k]].numpy(), np.cov(xs, rowvar=False, bias=True) +
-                                   1e-6 * np.eye(45), atol=1e-6)
+        np.testing.assert_allclose(
+            gmm.covariances_[order[k]].numpy(),
+            np.cov(xs, rowvar=False, bias=True) + 1e-6 * np.eye(45),
+            atol=1e-6,
+        )
     # the mean pose is the mixture mean
     np.testing.assert_allclose(gmm.mean_pose.numpy(), x.mean(0).numpy(), atol=0.02)
 
@@ -48,7 +53,9 @@ def test_score_samples_and_loss_match_scipy():
     gmm = GaussianMixturePrior(Part.hand, 3, seed=0).fit(x)
     q = x[:20]
     w, mu, cov = gmm.weights_.numpy(), gmm.means_.numpy(), gmm.covariances_.numpy()
-    logs = np.stack([np.log(w[k]) + multivariate_normal(mu[k], cov[k]).logpdf(q.numpy()) for k in range(3)], 1)
+    logs = np.stack(
+        [np.log(w[k]) + multivariate_normal(mu[k], cov[k]).logpdf(q.numpy()) for k in range(3)], 1
+    )
     np.testing.assert_allclose(gmm.score_samples(q).numpy(), np.logaddexp.reduce(logs, axis=1), rtol=1e-9)
     assert gmm.score(q) == pytest.approx(float(np.logaddexp.reduce(logs, axis=1).mean()))
     # SMPLify max-mixture loss: min_k −log(w_k N_k) without the 2π constant
@@ -68,8 +75,11 @@ def test_loss_is_differentiable_and_has_the_prior_interface():
     assert gmm.nfe == 0 and gmm.dim == 45 and gmm.part is Part.hand and "gmm" in gmm.source
     # normalize / denormalize are a shift by the mean pose: denormalize(0) is the mean pose
     np.testing.assert_allclose(gmm.denormalize(torch.zeros(45)).numpy(), gmm.mean_pose.numpy())
-    np.testing.assert_allclose(gmm.loss(gmm.normalize(x[:3].float()), normalized=True).numpy(),
-                               gmm.loss(x[:3].float()).numpy(), rtol=1e-5)
+    np.testing.assert_allclose(
+        gmm.loss(gmm.normalize(x[:3].float()), normalized=True).numpy(),
+        gmm.loss(x[:3].float()).numpy(),
+        rtol=1e-5,
+    )
 
 
 def test_samples_follow_the_mixture():

@@ -11,8 +11,17 @@ from dposer_cli.engine.nets import TimeFC, build_net
 from dposer_cli.engine.prior import DPoserPrior
 from tests._fixtures.checkpoints import tiny_net, write_malicious_ckpt, write_official_ckpt
 
-OFFICIAL_KEYS_TIMEFC = ["sigmas", "pre_dense.weight", "pre_dense.bias", "pre_dense_t.weight", "pre_dense_t.bias",
-                        "pre_gnorm.weight", "pre_gnorm.bias", "shared_time_embed.0.weight", "shared_time_embed.0.bias"]
+OFFICIAL_KEYS_TIMEFC = [
+    "sigmas",
+    "pre_dense.weight",
+    "pre_dense.bias",
+    "pre_dense_t.weight",
+    "pre_dense_t.bias",
+    "pre_gnorm.weight",
+    "pre_gnorm.bias",
+    "shared_time_embed.0.weight",
+    "shared_time_embed.0.bias",
+]
 
 
 def test_timefc_has_official_keys_shapes_and_parameter_count():
@@ -93,8 +102,15 @@ def test_official_normalizer_from_shared_data(tmp_path, shared_data):
 def test_our_format_round_trip_and_weights_only(tmp_path):
     net = tiny_net(Part.hand)
     cfg = PriorConfig(part="hand", net=NetConfig(dim=45, hidden_dim=32, embed_dim=16))
-    p = save_checkpoint(tmp_path / "p.pt", part=Part.hand, config=cfg, model=net.state_dict(), ema=None,
-                        normalizer={"mean": torch.zeros(45), "std": torch.ones(45)}, step=3)
+    p = save_checkpoint(
+        tmp_path / "p.pt",
+        part=Part.hand,
+        config=cfg,
+        model=net.state_dict(),
+        ema=None,
+        normalizer={"mean": torch.zeros(45), "std": torch.ones(45)},
+        step=3,
+    )
     raw = torch.load(p, weights_only=True)
     assert raw["format"] == "dposer/1" and raw["part"] == "hand"
     prior = DPoserPrior.from_checkpoint(p, "hand")

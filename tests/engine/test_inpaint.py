@@ -79,8 +79,17 @@ def test_guided_inpaint_official_variant_ignores_network_jacobian():
     x = SDE.prior_sampling((50, D), torch.Generator().manual_seed(8), torch.device("cpu"))
 
     def one_step(step_size: float, through: bool) -> torch.Tensor:
-        return ip.guided_inpaint(CountingEps(), x, OBS, Y, sde=SDE, steps=1, step_size=step_size,
-                                 generator=torch.Generator().manual_seed(9), through_network=through)
+        return ip.guided_inpaint(
+            CountingEps(),
+            x,
+            OBS,
+            Y,
+            sde=SDE,
+            steps=1,
+            step_size=step_size,
+            generator=torch.Generator().manual_seed(9),
+            through_network=through,
+        )
 
     plain = one_step(0.0, True)
     official, dps = one_step(1.0, False) - plain, one_step(1.0, True) - plain

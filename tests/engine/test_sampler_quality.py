@@ -31,8 +31,9 @@ def body():
     return DPoserPrior.load(Part.body, demo_checkpoint(Part.body)), reference
 
 
-def _quality(prior: DPoserPrior, reference: np.ndarray, sampler: str, steps: int, n: int = N,
-             seed: int = 0) -> dict[str, float]:
+def _quality(
+    prior: DPoserPrior, reference: np.ndarray, sampler: str, steps: int, n: int = N, seed: int = 0
+) -> dict[str, float]:
     g = torch.Generator().manual_seed(seed)
     x = prior.sample(n, sampler=sampler, steps=steps, generator=g).double().numpy()
     assert np.isfinite(x).all(), f"{sampler}-{steps} produced non-finite samples"
@@ -68,7 +69,11 @@ def test_default_sampler_matches_live_em_1000(body):
     within 0.05, and the two-sample FID between them at the level of EM-1000 against other EM-1000 seeds
     (0.06 and 0.13 at 1000 samples here; 0.038 at 2000, bench/results/sampler_study.json)."""
     prior, reference = body
-    em = prior.sample(1000, sampler="em", steps=1000, generator=torch.Generator().manual_seed(5)).double().numpy()
+    em = (
+        prior.sample(1000, sampler="em", steps=1000, generator=torch.Generator().manual_seed(5))
+        .double()
+        .numpy()
+    )
     fast = prior.sample(1000, generator=torch.Generator().manual_seed(5)).double().numpy()  # the default
     q_em, q_fast = prdc(reference, em, k=3), prdc(reference, fast, k=3)
     assert abs(q_fast["precision"] - q_em["precision"]) <= 0.05, (q_fast, q_em)

@@ -13,10 +13,12 @@ MU, S = 0.7, 0.4
 
 def gaussian_eps(sde, mu=MU, s=S):
     """Exact ε(x, t) for data N(mu, s² I): ε = σ (x − α mu) / (α² s² + σ²)."""
+
     def eps(x, t):
         alpha, std = sde.marginal(t)
         a, sd = append_dims(alpha, x.ndim), append_dims(std, x.ndim)
         return sd * (x - a * mu) / (a**2 * s**2 + sd**2)
+
     return eps
 
 
@@ -51,8 +53,9 @@ def test_sde_solver_is_exact_first_step_of_the_reverse_sde():
     eps = gaussian_eps(sde)
     x = torch.randn(4, 3, generator=torch.Generator().manual_seed(0))
     seen = []
-    out = smp.dpm_solver_2m_sde(eps, x, sde=sde, steps=2, generator=torch.Generator().manual_seed(9),
-                                callback=seen.append)
+    out = smp.dpm_solver_2m_sde(
+        eps, x, sde=sde, steps=2, generator=torch.Generator().manual_seed(9), callback=seen.append
+    )
     ts = smp.logsnr_grid(sde, 2, 1e-3, x.device)
     a, s = sde.marginal(ts)
     lam = torch.log(a / s)
@@ -61,7 +64,9 @@ def test_sde_solver_is_exact_first_step_of_the_reverse_sde():
     x1 = s[1] / s[0] * torch.exp(-h0) * x + a[1] * (1 - torch.exp(-2 * h0)) * seen[0].denoised
     x1 = x1 + s[1] * torch.sqrt(1 - torch.exp(-2 * h0)) * z
     torch.testing.assert_close(seen[1].x, x1)
-    x2 = s[2] / s[1] * torch.exp(-h1) * x1 + a[2] * (1 - torch.exp(-2 * h1)) * seen[1].denoised  # noise-free last
+    x2 = (
+        s[2] / s[1] * torch.exp(-h1) * x1 + a[2] * (1 - torch.exp(-2 * h1)) * seen[1].denoised
+    )  # noise-free last
     torch.testing.assert_close(out, x2)
 
 
@@ -89,9 +94,12 @@ def test_samplers_agree_for_pose_and_motion_layouts():
     g = torch.Generator().manual_seed(2)
     x = torch.randn(6, 5, 4, generator=g)
     for name in smp.SAMPLERS:
-        seq = smp.SAMPLERS[name](gaussian_eps(sde), x, sde=sde, steps=20, generator=torch.Generator().manual_seed(3))
-        flat = smp.SAMPLERS[name](gaussian_eps(sde), x.reshape(30, 4), sde=sde, steps=20,
-                                  generator=torch.Generator().manual_seed(3))
+        seq = smp.SAMPLERS[name](
+            gaussian_eps(sde), x, sde=sde, steps=20, generator=torch.Generator().manual_seed(3)
+        )
+        flat = smp.SAMPLERS[name](
+            gaussian_eps(sde), x.reshape(30, 4), sde=sde, steps=20, generator=torch.Generator().manual_seed(3)
+        )
         torch.testing.assert_close(seq.reshape(30, 4), flat, atol=1e-5, rtol=1e-5)
 
 
@@ -134,7 +142,9 @@ def test_dsm_loss_zero_noise_error_for_exact_score():
     g = torch.Generator().manual_seed(0)
     x0 = MU + S * torch.randn(20000, 2, generator=g)
     exact = dsm_loss(gaussian_eps(sde), x0, sde=sde, generator=g).mean()
-    wrong = dsm_loss(gaussian_eps(sde, mu=0.0), x0, sde=sde, generator=torch.Generator().manual_seed(0)).mean()
+    wrong = dsm_loss(
+        gaussian_eps(sde, mu=0.0), x0, sde=sde, generator=torch.Generator().manual_seed(0)
+    ).mean()
     assert exact < wrong
 
 
@@ -165,8 +175,9 @@ def test_callback_sees_every_step_and_changes_nothing(name):
     eps = gaussian_eps(sde)
     x = torch.randn(5, 3, generator=torch.Generator().manual_seed(4))
     seen = []
-    with_cb = smp.SAMPLERS[name](eps, x, sde=sde, steps=12, generator=torch.Generator().manual_seed(1),
-                                 callback=seen.append)
+    with_cb = smp.SAMPLERS[name](
+        eps, x, sde=sde, steps=12, generator=torch.Generator().manual_seed(1), callback=seen.append
+    )
     plain = smp.SAMPLERS[name](eps, x, sde=sde, steps=12, generator=torch.Generator().manual_seed(1))
     assert torch.equal(with_cb, plain)
     assert [s.i for s in seen] == list(range(12)) and all(s.steps == 12 for s in seen)
@@ -209,7 +220,9 @@ def test_em_1000_on_official_checkpoint_is_bit_identical(tmp_path, shared_data):
     expected = prior.denormalize(_em_reference(prior.eps, x, prior.sde, 1000, 1e-3, g))
     steps = []
     for callback in (None, steps.append):
-        got = prior.sample(3, sampler="em", steps=1000, generator=torch.Generator().manual_seed(7), callback=callback)
+        got = prior.sample(
+            3, sampler="em", steps=1000, generator=torch.Generator().manual_seed(7), callback=callback
+        )
         assert torch.equal(got, expected)
     assert len(steps) == 1000 and steps[0].x.shape == (3, 45)
     torch.testing.assert_close(steps[0].x, prior.denormalize(x))  # handed over in raw pose space

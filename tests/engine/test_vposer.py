@@ -15,8 +15,9 @@ from tests._fixtures.vposer import vposer_state, write_vposer
 
 def _ref_encode(sd, x):
     def bn(h, p):
-        return F.batch_norm(h, sd[f"{p}.running_mean"], sd[f"{p}.running_var"], sd[f"{p}.weight"], sd[f"{p}.bias"],
-                            eps=1e-5)
+        return F.batch_norm(
+            h, sd[f"{p}.running_mean"], sd[f"{p}.running_var"], sd[f"{p}.weight"], sd[f"{p}.bias"], eps=1e-5
+        )
 
     def lin(h, p):
         return h @ sd[f"{p}.weight"].T + sd[f"{p}.bias"]
@@ -46,14 +47,18 @@ def vposer(tmp_path):
 def test_loads_the_v02_05_folder_and_matches_a_functional_reference(vposer, shared_data):
     sd = vposer_state()
     assert vposer.latent == 8 and "V02_05_epoch=13" in vposer.source
-    poses = torch.as_tensor(np.load(shared_data / "poses/body_reference_train.npz")["poses"][:16], dtype=torch.float32)
+    poses = torch.as_tensor(
+        np.load(shared_data / "poses/body_reference_train.npz")["poses"][:16], dtype=torch.float32
+    )
     mu = _ref_encode(sd, poses)
     np.testing.assert_allclose(vposer.energy(poses).numpy(), mu.pow(2).sum(-1).numpy(), rtol=1e-4)
     z = torch.randn(5, 8, generator=torch.Generator().manual_seed(1))
     aa = vposer.decode(z).double().numpy().reshape(-1, 3)
     np.testing.assert_allclose(Rotation.from_rotvec(aa).as_matrix(), _ref_decode_matrices(sd, z), atol=1e-5)
     # the mean pose is decode(0); the loss is the energy and is differentiable in the pose
-    np.testing.assert_allclose(vposer.mean_pose.numpy(), vposer.decode(torch.zeros(1, 8))[0].numpy(), atol=1e-6)
+    np.testing.assert_allclose(
+        vposer.mean_pose.numpy(), vposer.decode(torch.zeros(1, 8))[0].numpy(), atol=1e-6
+    )
     p = poses.clone().requires_grad_(True)
     vposer.loss(p, 0.1).sum().backward()
     assert p.grad is not None and p.grad.abs().sum() > 0
@@ -70,8 +75,14 @@ def test_samples_are_seeded_and_completion_keeps_observed_dims(vposer):
     assert out.shape == (4, 3, 63)
     assert torch.equal(out[..., observed], truth[:, None, observed].expand(-1, 3, -1))
     filled = (out[..., ~observed] - truth[:, None, ~observed]).abs().mean()
-    unrelated = (vposer.sample(12, generator=torch.Generator().manual_seed(6)).reshape(4, 3, 63)[..., ~observed]
-                 - truth[:, None, ~observed]).abs().mean()
+    unrelated = (
+        (
+            vposer.sample(12, generator=torch.Generator().manual_seed(6)).reshape(4, 3, 63)[..., ~observed]
+            - truth[:, None, ~observed]
+        )
+        .abs()
+        .mean()
+    )
     assert filled < 0.5 * unrelated, (filled, unrelated)
 
 

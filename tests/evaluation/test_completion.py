@@ -24,8 +24,17 @@ def _amass(tmp_path, poses: np.ndarray):
 
 def test_completion_l2_matches_closed_form(tmp_path, shared_data):
     poses = np.load(shared_data / "poses/body_reference_train.npz")["poses"][:5]
-    report = evaluation.run(req(tmp_path, "completion", data_dir=_amass(tmp_path, poses), prior="l2", hypo=2,
-                                settings=("legs",), batch_size=2))
+    report = evaluation.run(
+        req(
+            tmp_path,
+            "completion",
+            data_dir=_amass(tmp_path, poses),
+            prior="l2",
+            hypo=2,
+            settings=("legs",),
+            batch_size=2,
+        )
+    )
     m = report.metrics["legs"]
     body = load_body("body")  # the mannequin: the same default the benchmark used
     filled = poses.copy()
@@ -47,11 +56,29 @@ def test_completion_l2_matches_closed_form(tmp_path, shared_data):
 def test_completion_dposer_reports_min_below_mean(tmp_path, shared_data):
     ckpt = write_tiny_prior(tmp_path / "body.pt", Part.body)
     (tmp_path / "amass").mkdir()
-    np.savez(tmp_path / "amass" / "x.npz",
-             poses=np.concatenate([np.zeros((4, 3)), np.load(shared_data / "poses/body_reference_train.npz")["poses"][:4],
-                                   np.zeros((4, 90))], 1), mocap_framerate=60.0)
-    report = evaluation.run(req(tmp_path, "completion", data_dir=tmp_path / "amass", checkpoint=ckpt, hypo=3,
-                                steps=4, settings=("left_leg", "torso")))
+    np.savez(
+        tmp_path / "amass" / "x.npz",
+        poses=np.concatenate(
+            [
+                np.zeros((4, 3)),
+                np.load(shared_data / "poses/body_reference_train.npz")["poses"][:4],
+                np.zeros((4, 90)),
+            ],
+            1,
+        ),
+        mocap_framerate=60.0,
+    )
+    report = evaluation.run(
+        req(
+            tmp_path,
+            "completion",
+            data_dir=tmp_path / "amass",
+            checkpoint=ckpt,
+            hypo=3,
+            steps=4,
+            settings=("left_leg", "torso"),
+        )
+    )
     for s in ("left_leg", "torso"):
         m = report.metrics[s]
         assert m["mpjpe_min_mm"] <= m["mpjpe_mean_mm"] and m["apd_cm"] > 0 and m["mpvpe_min_mm"] > 0
@@ -63,8 +90,16 @@ def test_a_mask_the_joint_error_cannot_see_reports_no_perfect_zero(tmp_path, sha
     """`hands` rotates the wrists: the wrist joints the MPJPE is taken over do not move, so MPJPE (and APD) are
     left out with a note; the MPVPE over the hand vertices does measure it."""
     poses = np.load(shared_data / "poses/body_reference_train.npz")["poses"][:3]
-    report = evaluation.run(req(tmp_path, "completion", data_dir=_amass(tmp_path, poses), prior="l2", hypo=2,
-                                settings=("hands", "legs")))
+    report = evaluation.run(
+        req(
+            tmp_path,
+            "completion",
+            data_dir=_amass(tmp_path, poses),
+            prior="l2",
+            hypo=2,
+            settings=("hands", "legs"),
+        )
+    )
     assert not any(k.startswith(("mpjpe", "apd")) for k in report.metrics["hands"])
     assert report.metrics["hands"]["mpvpe_min_mm"] > 0
     assert report.metrics["legs"]["mpjpe_min_mm"] > 0  # other masks keep theirs
@@ -75,8 +110,16 @@ def test_wholebody_completion_l2_matches_closed_form(tmp_path, shared_data):
     toy = np.load(shared_data / "official/examples/toy_wholebody_data.npz")
     (tmp_path / "wb").mkdir()
     np.savez(tmp_path / "wb" / "x.npz", **{k: toy[k][:4] for k in toy.files})
-    report = evaluation.run(req(tmp_path, "wholebody-completion", data_dir=tmp_path / "wb", prior="l2", hypo=2,
-                                settings=("lhand",)))
+    report = evaluation.run(
+        req(
+            tmp_path,
+            "wholebody-completion",
+            data_dir=tmp_path / "wb",
+            prior="l2",
+            hypo=2,
+            settings=("lhand",),
+        )
+    )
     body = load_body("body")
     lhand = body.joint_set("lhand21")
     keys = ("body_pose", "left_hand_pose", "right_hand_pose")
@@ -90,8 +133,9 @@ def test_wholebody_completion_l2_matches_closed_form(tmp_path, shared_data):
     assert m["mpjpe_min_mm"] == pytest.approx(float(err.mean()) * 1000, rel=1e-5)
     assert m["mpjpe_std_mm"] == pytest.approx(0, abs=1e-6)
     with pytest.raises(InputError, match="needs a body model with a face"):
-        evaluation.run(req(tmp_path, "wholebody-completion", data_dir=tmp_path / "wb", prior="l2",
-                           settings=("face",)))
+        evaluation.run(
+            req(tmp_path, "wholebody-completion", data_dir=tmp_path / "wb", prior="l2", settings=("face",))
+        )
 
 
 def test_vposer_baseline_completes_keeping_the_observed_joints(tmp_path, shared_data):
@@ -99,8 +143,17 @@ def test_vposer_baseline_completes_keeping_the_observed_joints(tmp_path, shared_
 
     weights = write_vposer(tmp_path)
     data = _amass(tmp_path, np.load(shared_data / "poses/body_reference_train.npz")["poses"][:3])
-    report = evaluation.run(req(tmp_path, "completion", data_dir=data, prior="vposer", checkpoint=weights, hypo=2,
-                                settings=("left_arm",)))
+    report = evaluation.run(
+        req(
+            tmp_path,
+            "completion",
+            data_dir=data,
+            prior="vposer",
+            checkpoint=weights,
+            hypo=2,
+            settings=("left_arm",),
+        )
+    )
     m = report.metrics["left_arm"]
     assert 0 < m["mpjpe_min_mm"] <= m["mpjpe_mean_mm"] and report.info["paper_row"] == "VPoser"
     with pytest.raises(InputError, match="compares --prior dposer, none, l2, gmm, not 'vposer'"):
@@ -116,11 +169,29 @@ def test_completion_uses_the_official_vertex_sets_when_given(tmp_path, shared_da
     poses = np.load(shared_data / "poses/body_reference_train.npz")["poses"][:3]
     data = _amass(tmp_path, poses)
     rng = np.random.default_rng(0)
-    names = ["leftLeg", "leftUpLeg", "leftFoot", "leftToeBase", "rightLeg", "rightUpLeg", "rightFoot", "rightToeBase"]
+    names = [
+        "leftLeg",
+        "leftUpLeg",
+        "leftFoot",
+        "leftToeBase",
+        "rightLeg",
+        "rightUpLeg",
+        "rightFoot",
+        "rightToeBase",
+    ]
     seg = {name: rng.choice(10475, 40, replace=False).tolist() for name in names}
     (data / "smplx_vert_segmentation.json").write_text(json.dumps(seg))
-    report = evaluation.run(req(tmp_path, "completion", data_dir=data, prior="l2", hypo=2, settings=("legs",),
-                                body_model=body_tree))
+    report = evaluation.run(
+        req(
+            tmp_path,
+            "completion",
+            data_dir=data,
+            prior="l2",
+            hypo=2,
+            settings=("legs",),
+            body_model=body_tree,
+        )
+    )
     body = load_body("body", body_tree)
     ids = sorted({i for v in seg.values() for i in v})
     filled = poses.copy()
@@ -139,8 +210,17 @@ def test_completion_uses_the_official_vertex_sets_when_given(tmp_path, shared_da
     (tmp_path / "wb").mkdir()
     np.savez(tmp_path / "wb" / "x.npz", **{k: toy[k][:2] for k in toy.files})
     write_smplx_eval_files(tmp_path / "wb", j14=False)
-    wb = evaluation.run(req(tmp_path, "wholebody-completion", data_dir=tmp_path / "wb", prior="l2", hypo=1,
-                            settings=("rhand",), body_model=body_tree))
+    wb = evaluation.run(
+        req(
+            tmp_path,
+            "wholebody-completion",
+            data_dir=tmp_path / "wb",
+            prior="l2",
+            hypo=1,
+            settings=("rhand",),
+            body_model=body_tree,
+        )
+    )
     with open(tmp_path / "wb" / "MANO_SMPLX_vertex_ids.pkl", "rb") as fh:
         rh = pickle.load(fh)["right_hand"]
     keys = ("body_pose", "left_hand_pose", "right_hand_pose")
@@ -149,6 +229,8 @@ def test_completion_uses_the_official_vertex_sets_when_given(tmp_path, shared_da
     filled["body_pose"] = truth["body_pose"].clone()
     filled["body_pose"][:, 60:63] = 0  # the right wrist belongs to the hand mask
     with torch.no_grad():
-        err = np.linalg.norm(body(**filled).vertices.numpy()[:, rh] - body(**truth).vertices.numpy()[:, rh], axis=-1)
+        err = np.linalg.norm(
+            body(**filled).vertices.numpy()[:, rh] - body(**truth).vertices.numpy()[:, rh], axis=-1
+        )
     assert wb.metrics["rhand"]["mpvpe_min_mm"] == pytest.approx(err.mean(-1).mean() * 1000, rel=1e-4)
     assert "MANO_SMPLX_vertex_ids.pkl" in wb.info["settings"]["vertex_set"]

@@ -18,8 +18,9 @@ def test_generation_fid_equals_direct_scipy_computation(tmp_path, shared_data):
     ckpt = write_tiny_prior(tmp_path / "body.pt", Part.body)
     stats = shared_data / "official/data/body_data/version1/statistics.npz"
     ref_path = shared_data / "poses/body_reference_train.npz"
-    report = evaluation.run(req(tmp_path, "generation", checkpoint=ckpt, n=100, steps=3, statistics=stats,
-                                reference=ref_path))
+    report = evaluation.run(
+        req(tmp_path, "generation", checkpoint=ckpt, n=100, steps=3, statistics=stats, reference=ref_path)
+    )
     m = report.metrics["body"]
     samples = report.arrays["samples"].astype(np.float64)
     assert samples.shape == (100, 63)
@@ -41,14 +42,24 @@ def test_generation_fid_equals_direct_scipy_computation(tmp_path, shared_data):
     assert 0 < m["apd_cm"] and m["dnn"] > 0
     info = report.info
     assert info["settings"]["sampler"] == "dpm2m-sde" and info["settings"]["steps"] == 3
-    assert info["paper"]["body"]["rows"]["DPoser"][1] == 0.07 and info["versions"]["torch"] == torch.__version__
+    assert (
+        info["paper"]["body"]["rows"]["DPoser"][1] == 0.07 and info["versions"]["torch"] == torch.__version__
+    )
 
 
 def test_generation_rows_compare_only_what_the_body_model_does_not_change(tmp_path, shared_data):
     """On the default body (the mannequin) the APD row names its model and has no paper value; FID, precision,
     recall and dNN do not depend on a body model and keep the paper's."""
-    report = evaluation.run(req(tmp_path, "generation", checkpoint=write_tiny_prior(tmp_path / "b.pt", Part.body),
-                                n=20, steps=2, reference=shared_data / "poses/body_reference_train.npz"))
+    report = evaluation.run(
+        req(
+            tmp_path,
+            "generation",
+            checkpoint=write_tiny_prior(tmp_path / "b.pt", Part.body),
+            n=20,
+            steps=2,
+            reference=shared_data / "poses/body_reference_train.npz",
+        )
+    )
     rows = {r["metric"]: r for r in report.info["rows"]}
     assert rows["apd_cm"]["body_model"] == "mannequin" and rows["apd_cm"]["paper"] is None
     assert "not comparable" in rows["apd_cm"]["paper_note"] and "smplx" in rows["apd_cm"]["paper_note"]
@@ -59,8 +70,18 @@ def test_generation_rows_compare_only_what_the_body_model_does_not_change(tmp_pa
 def test_generation_with_gmm_baseline_and_errors(tmp_path, shared_data):
     train = tmp_path / "train.npz"
     np.savez(train, poses=np.load(shared_data / "poses/hand_reference_train.npz")["poses"][:300])
-    report = evaluation.run(req(tmp_path, "generation", part=Part.hand, prior="gmm", train_poses=train,
-                                gmm_components=2, n=60, reference=shared_data / "poses/hand_reference_train.npz"))
+    report = evaluation.run(
+        req(
+            tmp_path,
+            "generation",
+            part=Part.hand,
+            prior="gmm",
+            train_poses=train,
+            gmm_components=2,
+            n=60,
+            reference=shared_data / "poses/hand_reference_train.npz",
+        )
+    )
     m = report.metrics["hand"]
     assert {"fid_reference", "precision", "recall", "density", "coverage", "dnn", "apd_cm"} <= set(m)
     assert report.info["paper_row"] == "GMM" and "gmm" in report.info["settings"]["source"]
@@ -79,12 +100,25 @@ def test_vposer_baseline_generates_from_the_users_weights(tmp_path, shared_data,
     from tests._fixtures.vposer import write_vposer
 
     weights = write_vposer(tmp_path)
-    report = evaluation.run(req(tmp_path, "generation", prior="vposer", checkpoint=weights, n=40,
-                                body_model=body_tree, reference=shared_data / "poses/body_reference_train.npz"))
+    report = evaluation.run(
+        req(
+            tmp_path,
+            "generation",
+            prior="vposer",
+            checkpoint=weights,
+            n=40,
+            body_model=body_tree,
+            reference=shared_data / "poses/body_reference_train.npz",
+        )
+    )
     assert report.info["paper_row"] == "VPoser" and "vposer" in report.info["settings"]["source"]
-    assert any(r["metric"] == "apd_cm" and r["paper"] == 10.75 for r in report.info["rows"])  # Table 1, VPoser
+    assert any(
+        r["metric"] == "apd_cm" and r["paper"] == 10.75 for r in report.info["rows"]
+    )  # Table 1, VPoser
     # the same samples drawn directly (batch 0 is seeded `seed + 0`) give the reported FID against the reference
-    samples = VPoserPrior.load(weights).sample(40, generator=torch.Generator().manual_seed(0)).double().numpy()
+    samples = (
+        VPoserPrior.load(weights).sample(40, generator=torch.Generator().manual_seed(0)).double().numpy()
+    )
     reference = np.load(shared_data / "poses/body_reference_train.npz")["poses"].astype(np.float64)
     expected = fid_from_stats(*gaussian_stats(samples), *gaussian_stats(reference))
     assert report.metrics["body"]["fid_reference"] == pytest.approx(expected, rel=1e-3)

@@ -36,12 +36,21 @@ def test_hand_ik_equals_the_task_evaluator(tmp_path, shared_data):
     hands = np.load(shared_data / "poses/hand_reference_train.npz")["poses"][:6]
     (tmp_path / "hands").mkdir()
     np.savez(tmp_path / "hands" / "h.npz", hand_pose=hands)
-    report = evaluation.run(req(tmp_path, "hand-ik", data_dir=tmp_path / "hands", checkpoint=ckpt, steps=4,
-                                settings=("sparse", "noisy-5mm")))
+    report = evaluation.run(
+        req(
+            tmp_path,
+            "hand-ik",
+            data_dir=tmp_path / "hands",
+            checkpoint=ckpt,
+            steps=4,
+            settings=("sparse", "noisy-5mm"),
+        )
+    )
     body = load_body("hand")
     prior = DPoserPrior.load(Part.hand, ckpt)
-    ref = _ik_reference(Part.hand, {"hand_pose": torch.as_tensor(hands)}, body, "sparse", "dposer",
-                        {Part.hand: prior}, 4)
+    ref = _ik_reference(
+        Part.hand, {"hand_pose": torch.as_tensor(hands)}, body, "sparse", "dposer", {Part.hand: prior}, 4
+    )
     m = report.metrics["sparse"]
     for key in ("mpjpe_visible_mm", "mpjpe_occluded_mm", "mpjpe_all_mm", "mpvpe_mm"):
         assert m[key] == pytest.approx(ref[key], rel=1e-5), key
@@ -55,15 +64,31 @@ def test_face_ik_with_flame_equals_the_task_evaluator(tmp_path, shared_data, bod
     betas = np.load(shared_data / "poses/face_shape_reference_train.npz")["poses"][:4]
     (tmp_path / "faces").mkdir()
     np.savez(tmp_path / "faces" / "f.npz", jaw_pose=face[:, :3], expression=face[:, 3:], betas=betas)
-    report = evaluation.run(req(tmp_path, "face-ik", data_dir=tmp_path / "faces", prior="l2", steps=3,
-                                settings=("noisy-2mm",), body_model=body_tree))
+    report = evaluation.run(
+        req(
+            tmp_path,
+            "face-ik",
+            data_dir=tmp_path / "faces",
+            prior="l2",
+            steps=3,
+            settings=("noisy-2mm",),
+            body_model=body_tree,
+        )
+    )
     body = load_body("face", body_tree)
-    params = {"jaw_pose": torch.as_tensor(face[:, :3]), "expression": torch.as_tensor(face[:, 3:]),
-              "betas": torch.as_tensor(betas)}
+    params = {
+        "jaw_pose": torch.as_tensor(face[:, :3]),
+        "expression": torch.as_tensor(face[:, 3:]),
+        "betas": torch.as_tensor(betas),
+    }
     ref = _ik_reference(Part.face, params, body, "noisy-2mm", "l2", {}, 3)
     m = report.metrics["noisy-2mm"]
     assert m["mpjpe_all_mm"] == pytest.approx(ref["mpjpe_all_mm"], rel=1e-5)
     assert m["mpvpe_mm"] == pytest.approx(ref["mpvpe_mm"], rel=1e-5)
     row = next(r for r in report.info["rows"] if r["metric"] == "mpvpe_mm")
-    assert report.info["paper_row"] == "L2 prior" and row["paper"] == 1.626 and row["table"].startswith("Table S-13")
+    assert (
+        report.info["paper_row"] == "L2 prior"
+        and row["paper"] == 1.626
+        and row["table"].startswith("Table S-13")
+    )
     assert row["body_model"] == "flame"

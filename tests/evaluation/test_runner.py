@@ -26,8 +26,17 @@ def test_unknown_benchmark_name_suggests_and_lists():
 
 def test_paper_results_ship_as_data_with_every_table_complete():
     doc = paper_results()
-    assert set(doc["evaluations"]) == {"generation", "completion", "wholebody-completion", "denoise", "hand-ik",
-                                       "face-ik", "ehf", "arctic", "freihand"}
+    assert set(doc["evaluations"]) == {
+        "generation",
+        "completion",
+        "wholebody-completion",
+        "denoise",
+        "hand-ik",
+        "face-ik",
+        "ehf",
+        "arctic",
+        "freihand",
+    }
     for settings in doc["evaluations"].values():
         for entry in settings.values():
             assert entry["table"].startswith("Table")
@@ -36,8 +45,11 @@ def test_paper_results_ship_as_data_with_every_table_complete():
     assert paper_value(paper_for("denoise", "legs"), "w/o prior", "mpjpe_mm") == 55.2  # Table S-7, cm → mm
     assert paper_value(paper_for("completion", "legs"), "VPoser", "mpjpe_min_mm") is None  # an empty cell
     assert paper_value(paper_for("ehf", "ehf"), "NRDF", "pa_mpjpe_mm") == 57.38
-    assert (paper_body_model("body"), paper_body_model("hand"), paper_body_model("face")) == ("smplx", "mano",
-                                                                                              "flame")
+    assert (paper_body_model("body"), paper_body_model("hand"), paper_body_model("face")) == (
+        "smplx",
+        "mano",
+        "flame",
+    )
 
 
 def test_rows_keep_the_paper_value_only_on_the_papers_body_model():
@@ -50,8 +62,15 @@ def test_rows_keep_the_paper_value_only_on_the_papers_body_model():
     table, notes = rows(other, "dposer")
     assert table[0]["paper"] is None and "mannequin" in table[0]["paper_note"]
     assert table[1]["paper"] is None and "paper_note" not in table[1]  # the paper has no such column
-    assert notes == ["paper column left empty in 1 row(s): computed on the mannequin body model, the paper's "
-                     "numbers on smplx (pass --body-model to compare)"]
-    free = Outcome(metrics=metrics, settings={}, paper={"40mm": entry}, body_model="mannequin",
-                   body_independent=("mpjpe_mm",))
+    assert notes == [
+        "paper column left empty in 1 row(s): computed on the mannequin body model, the paper's "
+        "numbers on smplx (pass --body-model to compare)"
+    ]
+    free = Outcome(
+        metrics=metrics,
+        settings={},
+        paper={"40mm": entry},
+        body_model="mannequin",
+        body_independent=("mpjpe_mm",),
+    )
     assert rows(free, "dposer")[0][0]["paper"] == 19.87

@@ -12,7 +12,9 @@ from tests.evaluation._helpers import req
 def test_quick_speed_of_the_tasks_without_the_file_service(tmp_path):
     report = evaluation.run(req(tmp_path, "speed", quick=True, settings=("completion", "fit-image")))
     assert set(report.metrics) == {"completion", "fit-image"}
-    assert report.metrics["completion"]["nfe"] == 4 and report.metrics["completion"]["hypotheses_per_second"] > 0
+    assert (
+        report.metrics["completion"]["nfe"] == 4 and report.metrics["completion"]["hypotheses_per_second"] > 0
+    )
     assert report.metrics["fit-image"]["fits_per_second"] > 0
     assert "fits_per_second_with_io" not in report.metrics["fit-image"]
     assert any("fit-image with file I/O not measured" in note for note in report.info["notes"])
@@ -26,7 +28,9 @@ def test_fit_io_figure_uses_the_given_service_on_written_files(tmp_path):
         assert all(p.is_file() for p in job.images + job.keypoints)
         return len(job.images), 7
 
-    report = evaluation.run(req(tmp_path, "speed", quick=True, settings=("fit-image",)), fit_files=fake_service)
+    report = evaluation.run(
+        req(tmp_path, "speed", quick=True, settings=("fit-image",)), fit_files=fake_service
+    )
     m = report.metrics["fit-image"]
     assert len(calls) == 1 and m["fits_per_second_with_io"] > 0 and m["seconds_with_io"] > 0
 

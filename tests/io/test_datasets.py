@@ -33,11 +33,15 @@ def _rodrigues(aa) -> np.ndarray:
     return np.eye(3) + math.sin(t) * kx + (1 - math.cos(t)) * kx @ kx
 
 
-def write_ply(path: Path, verts: np.ndarray, faces: np.ndarray | None = None, *, binary: bool = False) -> Path:
+def write_ply(
+    path: Path, verts: np.ndarray, faces: np.ndarray | None = None, *, binary: bool = False
+) -> Path:
     faces = np.zeros((0, 3), int) if faces is None else faces
-    head = (f"ply\nformat {'binary_little_endian' if binary else 'ascii'} 1.0\ncomment synthetic\n"
-            f"element vertex {len(verts)}\nproperty float x\nproperty float y\nproperty float z\n"
-            f"element face {len(faces)}\nproperty list uchar int vertex_indices\nend_header\n")
+    head = (
+        f"ply\nformat {'binary_little_endian' if binary else 'ascii'} 1.0\ncomment synthetic\n"
+        f"element vertex {len(verts)}\nproperty float x\nproperty float y\nproperty float z\n"
+        f"element face {len(faces)}\nproperty list uchar int vertex_indices\nend_header\n"
+    )
     with open(path, "wb") as fh:
         fh.write(head.encode())
         if binary:
@@ -55,7 +59,9 @@ def _jpg(path: Path, width: int, height: int) -> None:
     Image.fromarray(np.full((height, width, 3), 120, np.uint8)).save(path, quality=80)
 
 
-def write_ehf(root: Path, body_models: Path, poses: np.ndarray, *, width: int = 320, height: int = 240) -> Path:
+def write_ehf(
+    root: Path, body_models: Path, poses: np.ndarray, *, width: int = 320, height: int = 240
+) -> Path:
     """EHF layout from SMPL-X poses: NN_img.jpg, NN_align.ply (un-rotated by the EHF camera rotation),
     vitpose_keypoints/predictions/NN_img.json (COCO-WholeBody 133, body + feet from the projected joints)."""
     from dposer_cli.bodies import camera as cam
@@ -65,11 +71,15 @@ def write_ehf(root: Path, body_models: Path, poses: np.ndarray, *, width: int = 
     body = load_body("body", body_models)
     n = len(poses)
     with torch.no_grad():
-        out = body(body_pose=torch.as_tensor(poses, dtype=torch.float32), global_orient=cam.camera_orient(n),
-                   transl=torch.tensor([0.0, 0.3, 6.0]).expand(n, 3))
+        out = body(
+            body_pose=torch.as_tensor(poses, dtype=torch.float32),
+            global_orient=cam.camera_orient(n),
+            transl=torch.tensor([0.0, 0.3, 6.0]).expand(n, 3),
+        )
     focal = torch.full((n,), float(cam.estimate_focal(width, height)))
-    uv = cam.perspective_project(out.joints[:, body.joint_set("openpose25")], focal,
-                                 torch.tensor([width / 2, height / 2]).expand(n, 2)).numpy()
+    uv = cam.perspective_project(
+        out.joints[:, body.joint_set("openpose25")], focal, torch.tensor([width / 2, height / 2]).expand(n, 2)
+    ).numpy()
     rot = _rodrigues(EHF_ROT)
     (root / "vitpose_keypoints" / "predictions").mkdir(parents=True, exist_ok=True)
     faces = body.faces.numpy()
@@ -83,7 +93,8 @@ def write_ehf(root: Path, body_models: Path, poses: np.ndarray, *, width: int = 
         coco = np.zeros((133, 3))
         coco[:17], coco[17:23] = merged[:17], merged[19:25]  # body 17 and feet 6 (COCO-WholeBody order)
         (root / "vitpose_keypoints" / "predictions" / f"{name}_img.json").write_text(
-            json.dumps([{"bbox": [0, 0, width, height, 1.0], "keypoints": coco.tolist()}]))
+            json.dumps([{"bbox": [0, 0, width, height, 1.0], "keypoints": coco.tolist()}])
+        )
     return root
 
 
@@ -96,8 +107,11 @@ def write_freihand(root: Path, body_models: Path, hand_poses: np.ndarray, *, foc
     g = torch.Generator().manual_seed(3)
     orient = 0.3 * torch.randn(n, 3, generator=g)
     with torch.no_grad():
-        out = body(hand_pose=torch.as_tensor(hand_poses, dtype=torch.float32), global_orient=orient,
-                   transl=torch.tensor([0.0, 0.0, 0.6]).expand(n, 3))
+        out = body(
+            hand_pose=torch.as_tensor(hand_poses, dtype=torch.float32),
+            global_orient=orient,
+            transl=torch.tensor([0.0, 0.0, 0.6]).expand(n, 3),
+        )
     xyz = out.joints[:, body.joint_set("hand21")].numpy()
     verts = out.vertices.numpy()
     k = np.array([[focal, 0, 112.0], [0, focal, 112.0], [0, 0, 1]])
@@ -116,8 +130,16 @@ ARCTIC_OFFSET = 20  # ioi_offset of the synthetic misc.json: image 00021 is grou
 ARCTIC_K = [[520.0, 0.0, 161.0], [0.0, 515.0, 119.0], [0.0, 0.0, 1.0]]
 
 
-def write_arctic(root: Path, body_models: Path, poses: dict[str, np.ndarray], images: dict[str, int], *,
-                 width: int = 320, height: int = 240, cameras: int = 5) -> dict[str, list[int]]:
+def write_arctic(
+    root: Path,
+    body_models: Path,
+    poses: dict[str, np.ndarray],
+    images: dict[str, int],
+    *,
+    width: int = 320,
+    height: int = 240,
+    cameras: int = 5,
+) -> dict[str, list[int]]:
     """ARCTIC layout for subject s05, camera 4: `images[action]` blank jpgs 00001…, MMPose COCO-WholeBody
     keypoints of the evaluated frames (sorted(jpgs)[1:][19::20]) projected from SMPL-X meshes posed with
     `poses` (whole-body arrays, one row per evaluated frame, in action order), their processed vertices and
@@ -129,15 +151,22 @@ def write_arctic(root: Path, body_models: Path, poses: dict[str, np.ndarray], im
     body = load_body("body", body_models)
     n = len(poses["body_pose"])
     with torch.no_grad():
-        out = body(**{k: torch.as_tensor(v, dtype=torch.float32) for k, v in poses.items()},
-                   global_orient=cam.camera_orient(n), transl=torch.tensor([0.0, 0.3, 6.0]).expand(n, 3))
+        out = body(
+            **{k: torch.as_tensor(v, dtype=torch.float32) for k, v in poses.items()},
+            global_orient=cam.camera_orient(n),
+            transl=torch.tensor([0.0, 0.3, 6.0]).expand(n, 3),
+        )
     focal = torch.full((n,), float(cam.estimate_focal(width, height)))
-    op = torch.cat([out.joints[:, body.joint_set(s)] for s in ("openpose25", "lhand21", "rhand21", "face68")], 1)
+    op = torch.cat(
+        [out.joints[:, body.joint_set(s)] for s in ("openpose25", "lhand21", "rhand21", "face68")], 1
+    )
     uv = cam.perspective_project(op, focal, torch.tensor([width / 2, height / 2]).expand(n, 2)).numpy()
     merged = np.zeros((n, 135, 3))
     merged[:, COCO_TO_OPENPOSE, :2] = uv
     merged[:, :, 2] = 0.9
-    coco = np.concatenate([merged[:, :17], merged[:, 19:25], merged[:, 67:135], merged[:, 25:46], merged[:, 46:67]], 1)
+    coco = np.concatenate(
+        [merged[:, :17], merged[:, 19:25], merged[:, 67:135], merged[:, 25:46], merged[:, 46:67]], 1
+    )
     rows: dict[str, list[int]] = {}
     row = 0
     for action, count in images.items():
@@ -152,12 +181,16 @@ def write_arctic(root: Path, body_models: Path, poses: dict[str, np.ndarray], im
         kp_dir.mkdir(parents=True)
         for stem, frame in zip(chosen, frames, strict=True):
             verts[frame, 4] = out.vertices[row].numpy()
-            (kp_dir / f"{stem}.json").write_text(json.dumps([{"bbox": [0, 0, width, height, 1.0],
-                                                              "keypoints": coco[row].tolist()}]))
+            (kp_dir / f"{stem}.json").write_text(
+                json.dumps([{"bbox": [0, 0, width, height, 1.0], "keypoints": coco[row].tolist()}])
+            )
             row += 1
         (root / "processed_verts" / "seqs" / "s05").mkdir(parents=True, exist_ok=True)
-        np.save(root / "processed_verts" / "seqs" / "s05" / f"{action}.npy",
-                np.array({"cam_coord": {"verts.smplx": verts}}, dtype=object), allow_pickle=True)
+        np.save(
+            root / "processed_verts" / "seqs" / "s05" / f"{action}.npy",
+            np.array({"cam_coord": {"verts.smplx": verts}}, dtype=object),
+            allow_pickle=True,
+        )
         rows[action] = frames
     assert row == n, "one pose per evaluated frame"
     (root / "meta").mkdir(exist_ok=True)
@@ -172,7 +205,10 @@ def write_smplx_eval_files(folder: Path, *, j14: bool = True, seed: int = 0) -> 
 
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
-    hands = {"left_hand": rng.choice(10475, 778, replace=False), "right_hand": rng.choice(10475, 778, replace=False)}
+    hands = {
+        "left_hand": rng.choice(10475, 778, replace=False),
+        "right_hand": rng.choice(10475, 778, replace=False),
+    }
     with open(folder / "MANO_SMPLX_vertex_ids.pkl", "wb") as fh:
         pickle.dump(hands, fh, protocol=2)
     np.save(folder / "SMPL-X__FLAME_vertex_ids.npy", rng.choice(10475, 5023, replace=False))
@@ -188,10 +224,18 @@ def write_amass_tree(root: Path, body_poses: np.ndarray) -> Path:
     (root / "Transitions" / "s1").mkdir(parents=True, exist_ok=True)
     half = len(body_poses) // 2
     t = half
-    np.savez(root / "Transitions" / "s1" / "a_poses.npz", mocap_framerate=120.0, trans=np.zeros((t, 3)),
-             poses=np.concatenate([np.zeros((t, 3)), body_poses[:half], np.zeros((t, 90))], 1), betas=np.zeros(16))
-    np.savez(root / "Transitions" / "b_poses.npz", pose_body=body_poses[half:], root_orient=np.zeros((len(body_poses)
-                                                                                                     - half, 3)))
+    np.savez(
+        root / "Transitions" / "s1" / "a_poses.npz",
+        mocap_framerate=120.0,
+        trans=np.zeros((t, 3)),
+        poses=np.concatenate([np.zeros((t, 3)), body_poses[:half], np.zeros((t, 90))], 1),
+        betas=np.zeros(16),
+    )
+    np.savez(
+        root / "Transitions" / "b_poses.npz",
+        pose_body=body_poses[half:],
+        root_orient=np.zeros((len(body_poses) - half, 3)),
+    )
     return root
 
 
@@ -241,8 +285,10 @@ def test_read_ply_vertices_ascii_and_binary(tmp_path, binary):
 
 def test_read_ply_vertices_big_endian_point_cloud(tmp_path):
     verts = np.random.default_rng(1).normal(size=(5, 3))
-    head = ("ply\nformat binary_big_endian 1.0\nelement vertex 5\nproperty double x\nproperty double y\n"
-            "property double z\nproperty uchar red\nend_header\n")
+    head = (
+        "ply\nformat binary_big_endian 1.0\nelement vertex 5\nproperty double x\nproperty double y\n"
+        "property double z\nproperty uchar red\nend_header\n"
+    )
     rows = np.zeros(5, [("x", ">f8"), ("y", ">f8"), ("z", ">f8"), ("red", "u1")])
     rows["x"], rows["y"], rows["z"] = verts.T
     (tmp_path / "p.ply").write_bytes(head.encode() + rows.tobytes())
@@ -265,8 +311,10 @@ def test_read_ply_rejects_non_ply(tmp_path):
     [
         ("element vertex 2\nproperty float x\nproperty float y\nend_header\n1 2\n3 4\n", "need x, y, z"),
         ("element face 1\nproperty list uchar int vertex_indices\nend_header\n3 0 1 2\n", "no vertices"),
-        ("element vertex 3\nproperty float x\nproperty float y\nproperty float z\nend_header\n1 2 3\n3 4\n",
-         "cannot read the PLY vertices"),
+        (
+            "element vertex 3\nproperty float x\nproperty float y\nproperty float z\nend_header\n1 2 3\n3 4\n",
+            "cannot read the PLY vertices",
+        ),
     ],
 )
 def test_read_ply_errors_are_one_line(tmp_path, body, message):
@@ -297,7 +345,9 @@ def test_read_freihand_names_the_missing_file(tmp_path, body_tree, remove):
 def test_read_freihand_rejects_size_mismatch_and_missing_rgb(tmp_path, body_tree):
     root = write_freihand(tmp_path / "fh", body_tree, np.zeros((2, 45), np.float32))
     (root / "evaluation" / "rgb" / "00000001.jpg").unlink()
-    with pytest.raises(InputError, match=r"evaluation_K.json: holds an array of shape \(2, 3, 3\); expected \(1, 3, 3\)"):
+    with pytest.raises(
+        InputError, match=r"evaluation_K.json: holds an array of shape \(2, 3, 3\); expected \(1, 3, 3\)"
+    ):
         read_freihand(root)
     with pytest.raises(InputError, match="missing folder"):
         read_freihand(tmp_path / "fh", split="training")
@@ -309,8 +359,11 @@ def test_read_amass_poses_concatenates_tree_with_stride(tmp_path, shared_data):
     all_ = read_amass_poses(root, Part.body)
     # sorted recursively: Transitions/b_poses.npz before Transitions/s1/a_poses.npz
     np.testing.assert_allclose(all_, np.concatenate([poses[5:], poses[:5]]), atol=1e-6)
-    np.testing.assert_allclose(read_amass_poses(root, Part.body, stride=2),
-                               np.concatenate([poses[5:][::2], poses[:5][::2]]), atol=1e-6)
+    np.testing.assert_allclose(
+        read_amass_poses(root, Part.body, stride=2),
+        np.concatenate([poses[5:][::2], poses[:5][::2]]),
+        atol=1e-6,
+    )
     with pytest.raises(InputError, match="pose data not found"):
         read_amass_poses(tmp_path / "missing", Part.body)
 
@@ -331,22 +384,33 @@ def test_humaneva_clips_are_non_overlapping_60_frame_cuts(tmp_path, shared_data)
 def _arctic_poses(shared_data: Path, n: int) -> dict[str, np.ndarray]:
     body = np.load(shared_data / "poses/body_reference_train.npz")["poses"][:n] * 0.3
     hands = np.load(shared_data / "poses/hand_reference_train.npz")["poses"]
-    return {"body_pose": body, "left_hand_pose": hands[n:2 * n] * 0.5, "right_hand_pose": hands[:n] * 0.5}
+    return {"body_pose": body, "left_hand_pose": hands[n : 2 * n] * 0.5, "right_hand_pose": hands[:n] * 0.5}
 
 
 def test_read_arctic_picks_every_20th_frame_of_camera_4(tmp_path, body_tree, shared_data):
-    rows = write_arctic(tmp_path / "A", body_tree, _arctic_poses(shared_data, 3), {"box_grab_01": 41, "laptop_use_02": 30})
+    rows = write_arctic(
+        tmp_path / "A", body_tree, _arctic_poses(shared_data, 3), {"box_grab_01": 41, "laptop_use_02": 30}
+    )
     data = read_arctic(tmp_path / "A")
     assert [(it.action, it.image.name, it.frame) for it in data.items] == [
-        ("box_grab_01", "00021.jpg", 1), ("box_grab_01", "00041.jpg", 21), ("laptop_use_02", "00021.jpg", 1)]
+        ("box_grab_01", "00021.jpg", 1),
+        ("box_grab_01", "00041.jpg", 21),
+        ("laptop_use_02", "00021.jpg", 1),
+    ]
     assert rows == {"box_grab_01": [1, 21], "laptop_use_02": [1]}
     assert data.ioi_offset == ARCTIC_OFFSET and data.intrinsics.tolist() == ARCTIC_K
     assert set(data.verts) == {"box_grab_01", "laptop_use_02"}
     assert data.items[0].keypoints == tmp_path / "A/keypoints/mmpose_keypoints/s05/box_grab_01/4/00021.json"
 
 
-@pytest.mark.parametrize("remove", ["meta/misc.json", "processed_verts/seqs/s05/box_grab_01.npy",
-                                    "keypoints/mmpose_keypoints/s05/box_grab_01/4/00041.json"])
+@pytest.mark.parametrize(
+    "remove",
+    [
+        "meta/misc.json",
+        "processed_verts/seqs/s05/box_grab_01.npy",
+        "keypoints/mmpose_keypoints/s05/box_grab_01/4/00041.json",
+    ],
+)
 def test_read_arctic_names_the_missing_file(tmp_path, body_tree, shared_data, remove):
     write_arctic(tmp_path / "A", body_tree, _arctic_poses(shared_data, 2), {"box_grab_01": 41})
     (tmp_path / "A" / remove).unlink()
@@ -363,7 +427,9 @@ def test_read_arctic_bad_misc_and_missing_folders(tmp_path, body_tree, shared_da
     with pytest.raises(InputError, match="misc.json: malformed JSON"):
         read_arctic(tmp_path / "A")
     (tmp_path / "B/meta").mkdir(parents=True)
-    (tmp_path / "B/meta/misc.json").write_text(json.dumps({"s05": {"ioi_offset": 0, "intris_mat": [ARCTIC_K] * 8}}))
+    (tmp_path / "B/meta/misc.json").write_text(
+        json.dumps({"s05": {"ioi_offset": 0, "intris_mat": [ARCTIC_K] * 8}})
+    )
     with pytest.raises(InputError, match="ARCTIC: missing folder .*images/s05"):
         read_arctic(tmp_path / "B")
     with pytest.raises(InputError, match="ARCTIC folder not found"):

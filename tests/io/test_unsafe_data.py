@@ -18,8 +18,14 @@ from dposer_cli.io.motion import read_motion
 from dposer_cli.io.poses import read_poses
 
 RNG = np.random.default_rng(0)
-IK_HAND = {"part": "hand", "joint_set": "hand21", "num_joints": 21, "known": {"global_orient": 3, "betas": 10},
-           "params": {"hand_pose": 45, "global_orient": 3, "betas": 10}, "pose_keys": ("hand_pose",)}
+IK_HAND = {
+    "part": "hand",
+    "joint_set": "hand21",
+    "num_joints": 21,
+    "known": {"global_orient": 3, "betas": 10},
+    "params": {"hand_pose": 45, "global_orient": 3, "betas": 10},
+    "pose_keys": ("hand_pose",),
+}
 
 
 class Payload:
@@ -51,7 +57,10 @@ def _refused(call, path: Path, key: str | None = None) -> UnsafeFileError:
     msg = str(err.value)
     assert "holds pickled Python objects" in msg and str(path) in msg and "\n" not in msg
     assert key is None or key in msg
-    assert err.value.exit_code == ExitCode.ASSET_MISMATCH == 4 and "nothing in this file was run" in err.value.hint
+    assert (
+        err.value.exit_code == ExitCode.ASSET_MISMATCH == 4
+        and "nothing in this file was run" in err.value.hint
+    )
     return err.value
 
 
@@ -96,13 +105,17 @@ def test_unused_pickled_members_are_left_out_unread(tmp_path, marker):
     assert targets.joints is not None and targets.joints.shape == (2, 21, 3)
 
 
-@pytest.mark.parametrize("arrays", [
-    lambda m: {"joints": evil(m)},
-    lambda m: {"joints": np.zeros((2, 21, 3)), "visible": evil(m)},
-    lambda m: {"joints": np.zeros((2, 21, 3)), "betas": evil(m)},
-    lambda m: {"hand_pose": evil(m)},
-    lambda m: {"poses": evil(m)},
-], ids=["joints", "visible", "known", "params", "poses"])
+@pytest.mark.parametrize(
+    "arrays",
+    [
+        lambda m: {"joints": evil(m)},
+        lambda m: {"joints": np.zeros((2, 21, 3)), "visible": evil(m)},
+        lambda m: {"joints": np.zeros((2, 21, 3)), "betas": evil(m)},
+        lambda m: {"hand_pose": evil(m)},
+        lambda m: {"poses": evil(m)},
+    ],
+    ids=["joints", "visible", "known", "params", "poses"],
+)
 def test_ik_targets_refuse_a_pickled_array_they_use(tmp_path, marker, arrays):
     path = tmp_path / "targets.npz"
     np.savez(path, **arrays(marker))

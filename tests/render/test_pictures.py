@@ -13,7 +13,7 @@ BG = (np.asarray(scene.BACKGROUND) * 255 + 0.5).astype(int)
 
 def cells(sheet: np.ndarray, w: int, h: int) -> list[np.ndarray]:
     rows, cols = sheet.shape[0] // h, sheet.shape[1] // w
-    return [sheet[r * h:(r + 1) * h, c * w:(c + 1) * w] for r in range(rows) for c in range(cols)]
+    return [sheet[r * h : (r + 1) * h, c * w : (c + 1) * w] for r in range(rows) for c in range(cols)]
 
 
 def centre(mask: np.ndarray) -> tuple[float, float]:
@@ -56,7 +56,9 @@ def test_per_vertex_colours_show_in_the_picture(figures):
     colors = np.tile(scene.BODY_COLOR, (len(v), 1))
     legs = v[:, 1] < 0.9
     colors[legs] = draw.HIGHLIGHT_COLOR
-    sheet = draw.contact_sheet([{"vertices": v, "faces": fig["faces"], "colors": colors}], cell=128, renderer="soft")
+    sheet = draw.contact_sheet(
+        [{"vertices": v, "faces": fig["faces"], "colors": colors}], cell=128, renderer="soft"
+    )
     hot = hue_mask(sheet, draw.HIGHLIGHT_COLOR)
     assert hot.sum() > 100
     ys = np.nonzero(hot)[0]
@@ -72,13 +74,17 @@ def test_skeleton_hides_joints_and_marks_seen_and_hidden_targets():
     joints_nan = joints.copy()
     joints_nan[hidden] = np.nan  # allowed where hidden
     full = draw.contact_sheet([{"joints": joints, "parents": PARENTS}], cell=160, renderer="soft")
-    part = draw.contact_sheet([{"joints": joints_nan, "parents": PARENTS, "hidden": hidden}], cell=160,
-                              renderer="soft")
+    part = draw.contact_sheet(
+        [{"joints": joints_nan, "parents": PARENTS, "hidden": hidden}], cell=160, renderer="soft"
+    )
     assert covered(part).sum() < covered(full).sum()
     targets = joints + [0.05, 0, 0]
     seen = ~np.isin(np.arange(len(joints)), [6, 9])  # the wrists hidden from the solver
-    img = draw.contact_sheet([{"joints": joints, "parents": PARENTS, "targets": targets, "target_visible": seen}],
-                             cell=160, renderer="soft")
+    img = draw.contact_sheet(
+        [{"joints": joints, "parents": PARENTS, "targets": targets, "target_visible": seen}],
+        cell=160,
+        renderer="soft",
+    )
     green = (np.abs(img.astype(int) - draw.TARGET_COLOR).sum(-1) < 40).sum()
     red = (np.abs(img.astype(int) - draw.HIDDEN_TARGET_COLOR).sum(-1) < 40).sum()
     assert green > 100 and red > 10
@@ -115,8 +121,18 @@ def test_label_title_tile_and_legend():
     assert titled.shape[1] == 200 and titled.shape[0] > 50 + 20 and (titled[:20] < 128).any()
     grid = draw.tile([np.zeros((10, 20, 3), np.uint8), np.zeros((30, 10, 3), np.uint8)] * 2, cols=3, gap=2)
     assert grid.shape == (30 * 2 + 2, 20 * 3 + 2 * 2, 3)
-    band = draw.legend([("dot", (255, 0, 0), "one"), ("ring", (0, 0, 255), "two"), ("square", (0, 1, 0), "3"),
-                        ("line", (0, 0, 0), "four"), ("cross", (0, 0, 0), "five")] * 4, width=200, px=12)
+    band = draw.legend(
+        [
+            ("dot", (255, 0, 0), "one"),
+            ("ring", (0, 0, 255), "two"),
+            ("square", (0, 1, 0), "3"),
+            ("line", (0, 0, 0), "four"),
+            ("cross", (0, 0, 0), "five"),
+        ]
+        * 4,
+        width=200,
+        px=12,
+    )
     assert band.shape[1] == 200 and band.shape[0] > 2 * 12  # wrapped onto several lines
     assert ((band[..., 0] > 200) & (band[..., 1] < 60)).any()  # the red dot
     with pytest.raises(InputError, match="unknown glyph"):
@@ -142,8 +158,10 @@ def test_face_chart_shows_the_jaw_and_the_expression():
     closed = draw.face_chart(np.zeros(3), np.zeros(10), size=200, title="1", limit=2.0)
     opened = draw.face_chart(np.array([0.4, 0, 0]), np.linspace(-2, 2, 10), size=200, title="1", limit=2.0)
     assert closed.shape == opened.shape == (200, 200, 3)
-    orange = [(np.abs(im.astype(int) - np.round(np.array(draw.HIGHLIGHT_COLOR) * 255)).sum(-1) < 40) for im in
-              (closed, opened)]
+    orange = [
+        (np.abs(im.astype(int) - np.round(np.array(draw.HIGHLIGHT_COLOR) * 255)).sum(-1) < 40)
+        for im in (closed, opened)
+    ]
     assert np.nonzero(orange[1])[0].max() > np.nonzero(orange[0])[0].max() + 5  # the jaw line opens downwards
     bars = [(np.abs(im.astype(int) - draw.BAR_COLOR).sum(-1) < 30).sum() for im in (closed, opened)]
     assert bars[1] > bars[0] + 100
@@ -169,8 +187,9 @@ def test_line_plot_draws_each_series_and_a_cursor():
 def test_overhead_view_puts_the_farther_person_higher(sphere):
     v, f = sphere
     near, far = v * 0.4 + [-0.8, 0, 3.0], v * 0.4 + [0.8, 0, 5.0]  # OpenCV camera coordinates
-    img = draw.overhead_view([near, far], f, size=(300, 200), labels=["near", "far"], half_fov=0.5,
-                             renderer="soft")
+    img = draw.overhead_view(
+        [near, far], f, size=(300, 200), labels=["near", "far"], half_fov=0.5, renderer="soft"
+    )
     assert img.shape == (200, 300, 3)
     blue = hue_mask(img, scene.PERSON_COLORS[0])
     orange = hue_mask(img, scene.PERSON_COLORS[1])
@@ -187,8 +206,9 @@ def test_ring_keypoints_and_segments():
     assert (ring[30, 30] == 200).all() and (ring != 200).any()  # hollow
     dot = draw.draw_keypoints(img, np.array([[30.0, 30.0, 1.0]]), color=(0, 0, 0))
     assert (dot[30, 30] != 200).any()
-    seg = draw.draw_segments(img, np.array([[5.0, 5.0], [np.nan, 0]]), np.array([[50.0, 5.0], [1.0, 1.0]]),
-                             color=(0, 0, 0))
+    seg = draw.draw_segments(
+        img, np.array([[5.0, 5.0], [np.nan, 0]]), np.array([[50.0, 5.0], [1.0, 1.0]]), color=(0, 0, 0)
+    )
     assert (seg[5, 20] == 0).all() and (seg[30:, :] == 200).all()
     with pytest.raises(InputError, match="marker"):
         draw.draw_keypoints(img, np.zeros((1, 3)), marker="star")

@@ -16,13 +16,22 @@ def meshes(figures, *ids):
 
 def cells(frame, rows, cols, band):
     grid = frame[band:]
-    return [grid[r * CELL:(r + 1) * CELL, c * CELL:(c + 1) * CELL] for r in range(rows) for c in range(cols)]
+    return [
+        grid[r * CELL : (r + 1) * CELL, c * CELL : (c + 1) * CELL] for r in range(rows) for c in range(cols)
+    ]
 
 
 def test_frames_have_the_grid_the_captions_and_the_hold(figures):
     frames = [meshes(figures, 0, 1, 2, 3), meshes(figures, 1, 2, 3, 4), meshes(figures, 2, 3, 4, 5)]
-    out = process_frames(frames, captions=["step 0/2", "step 1/2", "step 2/2 · result"], cols=2, cell=CELL,
-                         row_labels=["x_t", "x0"], renderer="soft", hold=4)
+    out = process_frames(
+        frames,
+        captions=["step 0/2", "step 1/2", "step 2/2 · result"],
+        cols=2,
+        cell=CELL,
+        row_labels=["x_t", "x0"],
+        renderer="soft",
+        hold=4,
+    )
     band = out.shape[1] - 2 * CELL
     assert out.dtype == np.uint8 and out.shape == (7, band + 2 * CELL, 2 * CELL, 3) and band >= 18
     for k in range(3, 7):  # the final hold repeats the last frame
@@ -52,22 +61,31 @@ def test_skeleton_items_and_row_colours(figures):
     skel = [{"joints": f["joints"], "parents": f["parents"]} for f in figures[:2]]
     out = process_frames([skel, skel[::-1]], captions=["a", "b"], cols=1, cell=CELL, renderer="soft")
     assert out.shape[0] == 2 and covered(out[0, -CELL:]).mean() > 0.01
-    warm = process_frames([meshes(figures, 0)], captions=["a"], cols=1, cell=CELL, renderer="soft",
-                          row_colors=[(0.9, 0.3, 0.2)])
+    warm = process_frames(
+        [meshes(figures, 0)], captions=["a"], cols=1, cell=CELL, renderer="soft", row_colors=[(0.9, 0.3, 0.2)]
+    )
     clay = process_frames([meshes(figures, 0)], captions=["a"], cols=1, cell=CELL, renderer="soft")
     assert not np.array_equal(warm, clay)
 
 
-@pytest.mark.parametrize("kwargs,pattern", [
-    ({"frames": [], "captions": []}, "no frames"),
-    ({"captions": ["a"]}, "1 captions for 2 frames"),
-    ({"frames": "uneven"}, "frame 1 has 1 items"),
-    ({"row_labels": ["a", "b", "c"]}, "3 row labels for 1 rows"),
-    ({"cols": 0}, "cols >= 1"),
-])
+@pytest.mark.parametrize(
+    "kwargs,pattern",
+    [
+        ({"frames": [], "captions": []}, "no frames"),
+        ({"captions": ["a"]}, "1 captions for 2 frames"),
+        ({"frames": "uneven"}, "frame 1 has 1 items"),
+        ({"row_labels": ["a", "b", "c"]}, "3 row labels for 1 rows"),
+        ({"cols": 0}, "cols >= 1"),
+    ],
+)
 def test_bad_input_is_one_line(figures, kwargs, pattern):
-    args = {"frames": [meshes(figures, 0, 1), meshes(figures, 1, 2)], "captions": ["a", "b"], "cols": 2,
-            "cell": CELL, "renderer": "soft"}
+    args = {
+        "frames": [meshes(figures, 0, 1), meshes(figures, 1, 2)],
+        "captions": ["a", "b"],
+        "cols": 2,
+        "cell": CELL,
+        "renderer": "soft",
+    }
     if kwargs.get("frames") == "uneven":
         kwargs = {"frames": [meshes(figures, 0, 1), meshes(figures, 1)]}
     args.update(kwargs)

@@ -12,10 +12,21 @@ from tests._fixtures.priors import write_tiny_prior
 
 def test_report_json_and_samples_are_written_beside_each_other(tmp_path, shared_data):
     ckpt = write_tiny_prior(tmp_path / "hand.pt", Part.hand)
-    req = svc.BenchmarkRequest(name="generation", part=Part.hand, checkpoint=ckpt, n=12, steps=2, device="cpu",
-                               reference=shared_data / "poses/hand_reference_train.npz", out=tmp_path / "r" / "g.json")
+    req = svc.BenchmarkRequest(
+        name="generation",
+        part=Part.hand,
+        checkpoint=ckpt,
+        n=12,
+        steps=2,
+        device="cpu",
+        reference=shared_data / "poses/hand_reference_train.npz",
+        out=tmp_path / "r" / "g.json",
+    )
     result = svc.run(req)
-    assert result.outputs == {"report": tmp_path / "r" / "g.json", "samples": tmp_path / "r" / "g.samples.npz"}
+    assert result.outputs == {
+        "report": tmp_path / "r" / "g.json",
+        "samples": tmp_path / "r" / "g.samples.npz",
+    }
     assert np.load(result.outputs["samples"])["hand_pose"].shape == (12, 45)
     report = json.loads(result.outputs["report"].read_text())
     assert report["command"] == "benchmark" and report["metrics"] == json.loads(json.dumps(result.metrics))
@@ -24,8 +35,11 @@ def test_report_json_and_samples_are_written_beside_each_other(tmp_path, shared_
 
 
 def test_speed_measures_fit_image_with_file_io_through_the_service(tmp_path):
-    result = svc.run(svc.BenchmarkRequest(name="speed", quick=True, settings=("fit-image",), device="cpu",
-                                          out=tmp_path / "s.json"))
+    result = svc.run(
+        svc.BenchmarkRequest(
+            name="speed", quick=True, settings=("fit-image",), device="cpu", out=tmp_path / "s.json"
+        )
+    )
     m = result.metrics["fit-image"]
     assert m["fits_per_second"] > 0 and m["fits_per_second_with_io"] > 0
     assert any(line.startswith("fit-image with file I/O:") for line in result.lines)

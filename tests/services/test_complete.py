@@ -81,8 +81,9 @@ def _check_quality(tmp_path, prior, body, train_mean, test, mask):
     src = tmp_path / "in.npz"
     np.savez(src, body_pose=test)
     dims = mask_dims(Part.body, [mask])
-    res = svc.run(svc.CompleteRequest(input=src, masks=(mask,), hypo=10, out=tmp_path / mask, device="cpu"),
-                  prior=prior)
+    res = svc.run(
+        svc.CompleteRequest(input=src, masks=(mask,), hypo=10, out=tmp_path / mask, device="cpu"), prior=prior
+    )
     out = np.load(res.outputs["completed"])["body_pose"]
     assert out.shape == (len(test), 10, 63)
     err = _mpjpe(body, out, test, dims)
@@ -98,15 +99,21 @@ def _check_quality(tmp_path, prior, body, train_mean, test, mask):
     err_avg = _mpjpe(body, out.mean(1, keepdims=True), test, dims)[:, 0]
     assert err_avg.mean() < err_mean.mean()
     # one hypothesis (a fresh run) is worse than the best of ten
-    one = svc.run(svc.CompleteRequest(input=src, masks=(mask,), hypo=1, out=tmp_path / f"{mask}1", seed=5,
-                                      device="cpu"), prior=prior)
+    one = svc.run(
+        svc.CompleteRequest(
+            input=src, masks=(mask,), hypo=1, out=tmp_path / f"{mask}1", seed=5, device="cpu"
+        ),
+        prior=prior,
+    )
     single = np.load(one.outputs["completed"])["body_pose"]
     assert single.shape == (len(test), 63)
     assert err.min(1).mean() < _mpjpe(body, single[:, None], test, dims).mean()
     # visible entries are the input's own values, bit for bit
     keep = np.ones(63, bool)
     keep[list(dims)] = False
-    np.testing.assert_array_equal(out[:, :, keep], np.broadcast_to(test[:, None, keep], out[:, :, keep].shape))
+    np.testing.assert_array_equal(
+        out[:, :, keep], np.broadcast_to(test[:, None, keep], out[:, :, keep].shape)
+    )
     np.testing.assert_array_equal(single[:, keep], test[:, keep])
     return res
 
@@ -132,8 +139,10 @@ def test_nan_entries_are_the_mask_and_everything_else_is_kept(tmp_path, body_dat
     holes[:, 0] = False  # every row keeps something
     test[holes] = np.nan
     np.savez(tmp_path / "in.npz", pose_body=test)
-    res = svc.run(svc.CompleteRequest(input=tmp_path / "in.npz", hypo=2, out=tmp_path / "o", steps=20, device="cpu"),
-                  prior=gaussian_prior(body_data[:7000]))
+    res = svc.run(
+        svc.CompleteRequest(input=tmp_path / "in.npz", hypo=2, out=tmp_path / "o", steps=20, device="cpu"),
+        prior=gaussian_prior(body_data[:7000]),
+    )
     data = np.load(res.outputs["completed"])
     assert "pose_body" in data.files  # the input's key
     out = data["pose_body"]
@@ -147,8 +156,18 @@ def test_nan_entries_are_the_mask_and_everything_else_is_kept(tmp_path, body_dat
 def test_inpainting_modes_keep_visible_entries_and_count_steps(tmp_path, body_data, mode):
     test = body_data[HELD_OUT][:8]
     np.savez(tmp_path / "in.npz", body_pose=test)
-    res = svc.run(svc.CompleteRequest(input=tmp_path / "in.npz", masks=("right_arm",), hypo=3, mode=mode, steps=40,
-                                      out=tmp_path / "o", device="cpu"), prior=gaussian_prior(body_data[:7000]))
+    res = svc.run(
+        svc.CompleteRequest(
+            input=tmp_path / "in.npz",
+            masks=("right_arm",),
+            hypo=3,
+            mode=mode,
+            steps=40,
+            out=tmp_path / "o",
+            device="cpu",
+        ),
+        prior=gaussian_prior(body_data[:7000]),
+    )
     out = np.load(res.outputs["completed"])["body_pose"]
     keep = np.ones(63, bool)
     keep[list(mask_dims(Part.body, ["right_arm"]))] = False
@@ -159,28 +178,59 @@ def test_inpainting_modes_keep_visible_entries_and_count_steps(tmp_path, body_da
 def test_hand_and_face_metrics_name_what_they_measure(tmp_path):
     hand = tmp_path / "hand.npz"
     np.savez(hand, hand_pose=np.random.default_rng(1).normal(0, 0.2, (4, 45)).astype(np.float32))
-    res = svc.run(svc.CompleteRequest(input=hand, part=Part.hand, masks=("index",), hypo=2, steps=4,
-                                      out=tmp_path / "h", checkpoint=write_tiny_prior(tmp_path / "h.pt", Part.hand),
-                                      device="cpu"))
+    res = svc.run(
+        svc.CompleteRequest(
+            input=hand,
+            part=Part.hand,
+            masks=("index",),
+            hypo=2,
+            steps=4,
+            out=tmp_path / "h",
+            checkpoint=write_tiny_prior(tmp_path / "h.pt", Part.hand),
+            device="cpu",
+        )
+    )
     assert len(res.info["metric_joints"]) == 21 and res.metrics["mpjpe_min_mm"] >= 0  # the hand's 21 joints
     face = tmp_path / "face.npz"
     rng = np.random.default_rng(2)
-    np.savez(face, jaw_pose=rng.normal(0, 0.1, (3, 3)).astype(np.float32),
-             expression=rng.normal(0, 1, (3, 100)).astype(np.float32))
-    res = svc.run(svc.CompleteRequest(input=face, part=Part.face, masks=("expression",), hypo=2, steps=4,
-                                      out=tmp_path / "f", checkpoint=write_tiny_prior(tmp_path / "f.pt", Part.face),
-                                      device="cpu"))
+    np.savez(
+        face,
+        jaw_pose=rng.normal(0, 0.1, (3, 3)).astype(np.float32),
+        expression=rng.normal(0, 1, (3, 100)).astype(np.float32),
+    )
+    res = svc.run(
+        svc.CompleteRequest(
+            input=face,
+            part=Part.face,
+            masks=("expression",),
+            hypo=2,
+            steps=4,
+            out=tmp_path / "f",
+            checkpoint=write_tiny_prior(tmp_path / "f.pt", Part.face),
+            device="cpu",
+        )
+    )
     assert "mpjpe_min_mm" not in res.metrics and res.metrics["param_l2_min"] <= res.metrics["param_l2_mean"]
     assert "L2" in res.info["param_metric"] and res.metrics["param_apd"] > 0
 
 
 def test_wholebody_hand_mask_is_scored_on_that_hands_joints(tmp_path):
     rng = np.random.default_rng(3)
-    arrays = {s.key: rng.normal(0, 0.1, (2, s.dim)).astype(np.float32) for s in PARTS[Part.wholebody].segments}
+    arrays = {
+        s.key: rng.normal(0, 0.1, (2, s.dim)).astype(np.float32) for s in PARTS[Part.wholebody].segments
+    }
     np.savez(tmp_path / "wb.npz", **arrays)
-    res = svc.run(svc.CompleteRequest(input=tmp_path / "wb.npz", part=Part.wholebody, masks=("lhand",), steps=2,
-                                      out=tmp_path / "o", device="cpu",
-                                      checkpoint=write_tiny_prior(tmp_path / "wb.pt", Part.wholebody)))
+    res = svc.run(
+        svc.CompleteRequest(
+            input=tmp_path / "wb.npz",
+            part=Part.wholebody,
+            masks=("lhand",),
+            steps=2,
+            out=tmp_path / "o",
+            device="cpu",
+            checkpoint=write_tiny_prior(tmp_path / "wb.pt", Part.wholebody),
+        )
+    )
     names = res.info["metric_joints"]
     assert len(names) == 21 and all(n.startswith("left_") for n in names)
     out = np.load(res.outputs["completed"])
@@ -199,12 +249,15 @@ def test_named_and_joint_masks_union():
     assert m.has_truth and m.source == "mask"
 
 
-@pytest.mark.parametrize("masks,joints,pattern", [
-    (("leftarm",), (), "did you mean 'left_arm'"),
-    ((), (21,), "joint index 21 is out of range"),
-    ((), tuple(range(21)), "covers all 63 dims"),
-    (("legs", "arms", "trunk", "head", "left_body", "right_body"), (11, 14), "covers all 63 dims"),
-])
+@pytest.mark.parametrize(
+    "masks,joints,pattern",
+    [
+        (("leftarm",), (), "did you mean 'left_arm'"),
+        ((), (21,), "joint index 21 is out of range"),
+        ((), tuple(range(21)), "covers all 63 dims"),
+        (("legs", "arms", "trunk", "head", "left_body", "right_body"), (11, 14), "covers all 63 dims"),
+    ],
+)
 def test_bad_masks_raise_one_line_input_errors(masks, joints, pattern):
     with pytest.raises(InputError, match=pattern) as exc:
         tc.resolve_masking(Part.body, _poses(), masks, joints)
@@ -256,16 +309,24 @@ def test_completion_picture_has_a_row_per_input_and_colours_the_completed_part(t
     if not truth:  # the legs missing as NaN: no ground truth
         test[:, list(mask_dims(Part.body, ["legs"]))] = np.nan
     np.savez(tmp_path / "in.npz", body_pose=test)
-    req = svc.CompleteRequest(input=tmp_path / "in.npz", masks=("legs",) if truth else (), hypo=2, steps=10,
-                              out=tmp_path / "o", device="cpu", render=True, renderer="soft")
+    req = svc.CompleteRequest(
+        input=tmp_path / "in.npz",
+        masks=("legs",) if truth else (),
+        hypo=2,
+        steps=10,
+        out=tmp_path / "o",
+        device="cpu",
+        render=True,
+        renderer="soft",
+    )
     res = svc.run(req, prior=gaussian_prior(body_data[:7000]))
     with Image.open(res.outputs["grid"]) as im:
         img = np.asarray(im.convert("RGB"))
     cell, cols = 224, 1 + 2 + int(truth)  # input, 2 hypotheses, [truth]
-    sheet = img[-2 * cell:]
+    sheet = img[-2 * cell :]
     assert img.shape[1] == cols * cell and img.shape[0] > 2 * cell + 40  # title and legend on top
     for r in range(2):
-        row = [sheet[r * cell:(r + 1) * cell, c * cell:(c + 1) * cell] for c in range(cols)]
+        row = [sheet[r * cell : (r + 1) * cell, c * cell : (c + 1) * cell] for c in range(cols)]
         assert _colour_pixels(row[0], GHOST_COLOR, 0.02) > 200  # the missing legs, greyed
         assert _colour_pixels(row[0], HIGHLIGHT_COLOR) == 0
         for hyp in row[1:3]:

@@ -45,23 +45,37 @@ def body():
 def _gt_joints(body, pose, orient=None, transl=None) -> np.ndarray:
     b22 = body.joint_set("body22")
     with torch.no_grad():
-        out = body(body_pose=torch.as_tensor(pose), global_orient=None if orient is None else torch.as_tensor(orient),
-                   transl=None if transl is None else torch.as_tensor(transl))
+        out = body(
+            body_pose=torch.as_tensor(pose),
+            global_orient=None if orient is None else torch.as_tensor(orient),
+            transl=None if transl is None else torch.as_tensor(transl),
+        )
     return out.joints[:, b22].numpy()
 
 
 def test_denoising_40mm_noise_lowers_mpjpe_well_below_the_input(tmp_path, prior, gestures, body):
     pose, orient = gestures
     np.savez(tmp_path / "seq.npz", pose_body=pose, root_orient=orient)
-    res = svc.run(svc.DenoiseRequest(input=tmp_path / "seq.npz", out=tmp_path / "o", noise_std=0.04, temporal="joints",
-                                     render=False, device="cpu"), prior=prior)
+    res = svc.run(
+        svc.DenoiseRequest(
+            input=tmp_path / "seq.npz",
+            out=tmp_path / "o",
+            noise_std=0.04,
+            temporal="joints",
+            render=False,
+            device="cpu",
+        ),
+        prior=prior,
+    )
     m = res.metrics
     assert m["mpjpe_mm"] < 0.4 * m["mpjpe_input_mm"]
     assert res.info["schedule"] == "motion-0.04" and res.info["nfe"] == 180 == res.info["steps"]
     # independent recomputation from the written file
     out = np.load(res.outputs["denoised"])
     gt = _gt_joints(body, pose)  # spec §7.4: the protocol works in the body frame
-    np.testing.assert_allclose(np.linalg.norm(out["joints"] - gt, axis=-1).mean() * 1000, m["mpjpe_mm"], rtol=1e-4)
+    np.testing.assert_allclose(
+        np.linalg.norm(out["joints"] - gt, axis=-1).mean() * 1000, m["mpjpe_mm"], rtol=1e-4
+    )
     np.testing.assert_allclose(_gt_joints(body, out["body_pose"]), out["joints"], atol=1e-5)
     noise = out["observed_joints"] - gt
     assert noise.std() == pytest.approx(0.04, rel=0.1)  # the observations carry the requested noise
@@ -73,28 +87,49 @@ def test_denoising_40mm_noise_lowers_mpjpe_well_below_the_input(tmp_path, prior,
 @pytest.mark.skipif(not demo_checkpoint(Part.body).is_file(), reason="bundled demo prior not trained yet")
 def test_demo_prior_denoising(tmp_path, gestures):
     np.savez(tmp_path / "seq.npz", pose_body=gestures[0])
-    res = svc.run(svc.DenoiseRequest(input=tmp_path / "seq.npz", out=tmp_path / "o", noise_std=0.04,
-                                     temporal="joints", render=False, device="cpu"),
-                  prior=DPoserPrior.load(Part.body, demo_checkpoint(Part.body)))
+    res = svc.run(
+        svc.DenoiseRequest(
+            input=tmp_path / "seq.npz",
+            out=tmp_path / "o",
+            noise_std=0.04,
+            temporal="joints",
+            render=False,
+            device="cpu",
+        ),
+        prior=DPoserPrior.load(Part.body, demo_checkpoint(Part.body)),
+    )
     assert res.metrics["mpjpe_mm"] < 0.5 * res.metrics["mpjpe_input_mm"]
 
 
 def test_vertex_temporal_term_and_same_seed_same_result(tmp_path, prior, gestures):
     np.savez(tmp_path / "seq.npz", pose_body=gestures[0][:8])
-    req = svc.DenoiseRequest(input=tmp_path / "seq.npz", out=tmp_path / "a", noise_std=0.02, render=False,
-                             device="cpu", seed=3)
+    req = svc.DenoiseRequest(
+        input=tmp_path / "seq.npz", out=tmp_path / "a", noise_std=0.02, render=False, device="cpu", seed=3
+    )
     a = svc.run(req, prior=prior)
     assert a.info["temporal_term"] == "vertices" and a.info["schedule"] == "motion-0.02"
     assert a.metrics["mpjpe_mm"] < 0.6 * a.metrics["mpjpe_input_mm"]
     b = svc.run(svc.DenoiseRequest(**{**req.__dict__, "out": tmp_path / "b"}), prior=prior)
-    np.testing.assert_array_equal(np.load(a.outputs["denoised"])["body_pose"], np.load(b.outputs["denoised"])["body_pose"])
+    np.testing.assert_array_equal(
+        np.load(a.outputs["denoised"])["body_pose"], np.load(b.outputs["denoised"])["body_pose"]
+    )
 
 
 def test_occluded_legs_are_recovered_from_the_visible_joints(tmp_path, prior, gestures, body):
     pose = gestures[0]
     np.savez(tmp_path / "seq.npz", pose_body=pose)
-    res = svc.run(svc.DenoiseRequest(input=tmp_path / "seq.npz", out=tmp_path / "o", noise_std=0.0, occluded=("legs",),
-                                     temporal="joints", render=False, device="cpu"), prior=prior)
+    res = svc.run(
+        svc.DenoiseRequest(
+            input=tmp_path / "seq.npz",
+            out=tmp_path / "o",
+            noise_std=0.0,
+            occluded=("legs",),
+            temporal="joints",
+            render=False,
+            device="cpu",
+        ),
+        prior=prior,
+    )
     m = res.metrics
     assert res.info["schedule"] == "motion-partial-legs" and len(res.info["occluded_joints"]) == 8
     assert m["mpjpe_visible_mm"] < 10.0 and m["mpjpe_input_mm"] == 0.0
@@ -116,8 +151,17 @@ def test_joint_observations_in_a_world_frame(tmp_path, prior, gestures, body):
     gt = _gt_joints(body, pose, orient, transl)
     noisy = (gt + rng.normal(0, 0.03, gt.shape)).astype(np.float32)
     np.savez(tmp_path / "joints.npz", joints=noisy)
-    res = svc.run(svc.DenoiseRequest(input=tmp_path / "joints.npz", out=tmp_path / "o", noise_std=0.03,
-                                     temporal="joints", render=False, device="cpu"), prior=prior)
+    res = svc.run(
+        svc.DenoiseRequest(
+            input=tmp_path / "joints.npz",
+            out=tmp_path / "o",
+            noise_std=0.03,
+            temporal="joints",
+            render=False,
+            device="cpu",
+        ),
+        prior=prior,
+    )
     out = np.load(res.outputs["denoised"])
     assert res.info["input_kind"] == "joints" and res.info["noise_added_m"] == 0.0
     assert "mpjpe_mm" not in res.metrics  # no poses in the file → no ground truth
@@ -127,30 +171,43 @@ def test_joint_observations_in_a_world_frame(tmp_path, prior, gestures, body):
     assert set(out.files) >= {"body_pose", "global_orient", "transl", "joints"}
     # with the poses next to the joints, the ground truth is known
     np.savez(tmp_path / "both.npz", joints=noisy, pose_body=pose, root_orient=orient, trans=transl)
-    res = svc.run(svc.DenoiseRequest(input=tmp_path / "both.npz", out=tmp_path / "o2", temporal="joints",
-                                     render=False, device="cpu"), prior=prior)
+    res = svc.run(
+        svc.DenoiseRequest(
+            input=tmp_path / "both.npz", out=tmp_path / "o2", temporal="joints", render=False, device="cpu"
+        ),
+        prior=prior,
+    )
     assert res.metrics["mpjpe_input_mm"] == pytest.approx(err_in * 1000, rel=1e-4)
     assert res.metrics["mpjpe_mm"] < 0.6 * res.metrics["mpjpe_input_mm"]
 
 
-@pytest.mark.parametrize("kw,pattern", [
-    ({"occluded": ("legs",), "visible": ("arms",)}, "not both"),
-    ({"noise_std": -0.1}, "non-negative"),
-    ({"occluded": ("leg",)}, "did you mean"),
-    ({"temporal": "mesh"}, "unknown temporal term"),
-])
+@pytest.mark.parametrize(
+    "kw,pattern",
+    [
+        ({"occluded": ("legs",), "visible": ("arms",)}, "not both"),
+        ({"noise_std": -0.1}, "non-negative"),
+        ({"occluded": ("leg",)}, "did you mean"),
+        ({"temporal": "mesh"}, "unknown temporal term"),
+    ],
+)
 def test_bad_requests_are_input_errors(tmp_path, prior, gestures, kw, pattern):
     np.savez(tmp_path / "seq.npz", pose_body=gestures[0][:4])
     with pytest.raises(InputError, match=pattern):
-        svc.run(svc.DenoiseRequest(input=tmp_path / "seq.npz", out=tmp_path / "o", render=False, device="cpu", **kw),
-                prior=prior)
+        svc.run(
+            svc.DenoiseRequest(
+                input=tmp_path / "seq.npz", out=tmp_path / "o", render=False, device="cpu", **kw
+            ),
+            prior=prior,
+        )
 
 
 def test_joints_of_unknown_layout_are_rejected(tmp_path, prior):
     np.savez(tmp_path / "j.npz", joints=np.zeros((5, 17, 3), np.float32))
     with pytest.raises(InputError, match="17 joints per frame"):
-        svc.run(svc.DenoiseRequest(input=tmp_path / "j.npz", out=tmp_path / "o", render=False, device="cpu"),
-                prior=prior)
+        svc.run(
+            svc.DenoiseRequest(input=tmp_path / "j.npz", out=tmp_path / "o", render=False, device="cpu"),
+            prior=prior,
+        )
 
 
 # ---------------------------------------------------------------------------------------------- comparison.mp4
@@ -167,14 +224,23 @@ def test_comparison_video_shares_one_camera_and_plots_the_error(tmp_path, prior,
 
     pose = gestures[0][:6]
     np.savez(tmp_path / "seq.npz", pose_body=pose)
-    res = svc.run(svc.DenoiseRequest(input=tmp_path / "seq.npz", out=tmp_path / "o", noise_std=0.04 if not occluded
-                                     else 0.0, occluded=occluded, temporal="joints", renderer="soft", device="cpu"),
-                  prior=prior)
+    res = svc.run(
+        svc.DenoiseRequest(
+            input=tmp_path / "seq.npz",
+            out=tmp_path / "o",
+            noise_std=0.04 if not occluded else 0.0,
+            occluded=occluded,
+            temporal="joints",
+            renderer="soft",
+            device="cpu",
+        ),
+        prior=prior,
+    )
     frames = _video(res.outputs["comparison"])
     w, h, plot = 224, 288, 120  # three panels (input = ground truth, observed joints, denoised) over a plot
     assert frames.shape[0] == 6 and frames.shape[2] == 3 * w and frames.shape[1] >= h + plot
     for frame in frames[[0, -1]]:
-        panels = [frame[:h, k * w:(k + 1) * w] for k in range(3)]
+        panels = [frame[:h, k * w : (k + 1) * w] for k in range(3)]
         for p in panels:
             inner = covered(p)
             inner[:20] = False  # captions
@@ -185,6 +251,8 @@ def test_comparison_video_shares_one_camera_and_plots_the_error(tmp_path, prior,
         if occluded:  # the hidden legs are not drawn: the observed skeleton ends above the knees
             ys = np.nonzero(covered(panels[1])[20:])[0] + 20
             assert ys.max() < np.nonzero(a)[0].max() + 20 - 0.25 * h
-    plots = frames[:, h:h + plot]
-    assert (np.abs(plots.astype(int) - (45, 110, 205)).sum(-1) < 60).sum(axis=(1, 2)).min() > 20  # denoised curve
+    plots = frames[:, h : h + plot]
+    assert (np.abs(plots.astype(int) - (45, 110, 205)).sum(-1) < 60).sum(
+        axis=(1, 2)
+    ).min() > 20  # denoised curve
     assert not np.array_equal(plots[0], plots[-1])  # the cursor moves

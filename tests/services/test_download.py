@@ -32,8 +32,14 @@ def hub(repo):
 
 
 def request(hub: FakeHub, root: Path, **kw) -> svc.DownloadRequest:
-    base = {"models_dir": root, "endpoint": hub.url, "normalizer_url": hub.raw_url, "offline": False,
-            "timeout": 3.0, "cache_dir": root.parent / "hf-cache"}
+    base = {
+        "models_dir": root,
+        "endpoint": hub.url,
+        "normalizer_url": hub.raw_url,
+        "offline": False,
+        "timeout": 3.0,
+        "cache_dir": root.parent / "hf-cache",
+    }
     base.update(kw)
     return svc.DownloadRequest(**base)
 
@@ -69,7 +75,8 @@ def test_wholebody_needs_its_checkpoint_and_four_normalisers_but_no_part_checkpo
     assert norms == {f"{s.normalizer}/axis_normalize2.pt": s.dim for s in PARTS[Part.wholebody].segments}
     assert len(norms) == 4  # both hands share one file
     assert {a.path for a in assets} == {official_checkpoint(Part.wholebody, tmp_path)} | {
-        official_normalizer_file(s.normalizer, tmp_path) for s in PARTS[Part.wholebody].segments}
+        official_normalizer_file(s.normalizer, tmp_path) for s in PARTS[Part.wholebody].segments
+    }
 
 
 # ---- full download ---------------------------------------------------------------------------------------
@@ -82,7 +89,8 @@ def test_full_download_installs_files_that_drive_the_engine(hub, repo, tmp_path,
     assert sorted(result.outputs["files"]) == sorted(expected)
     assert {f["status"] for f in result.info["files"]} == {"downloaded"}
     assert calls and calls[-1][0] == calls[-1][1] == sum(len(v) for v in repo[0].values()) + sum(
-        len(repo[1][a.name]) for a in svc.plan(PARTS, root) if a.kind == "normalizer")
+        len(repo[1][a.name]) for a in svc.plan(PARTS, root) if a.kind == "normalizer"
+    )
     hub_files = repo[0]
     for part in PARTS:
         path = official_checkpoint(part, root)
@@ -90,9 +98,12 @@ def test_full_download_installs_files_that_drive_the_engine(hub, repo, tmp_path,
         ckpt = read_checkpoint(path, part)
         assert ckpt.format == "official-lightning" and ckpt.ema is not None
         norm = load_official_normalizer(part, None, official_dir(root))
-        served = torch.load(official_normalizer_file(PARTS[part].segments[0].normalizer, root), weights_only=True)
-        assert torch.allclose(norm.mean[: PARTS[part].segments[0].dim],
-                              torch.as_tensor(served["mean_poses"]).float().flatten())
+        served = torch.load(
+            official_normalizer_file(PARTS[part].segments[0].normalizer, root), weights_only=True
+        )
+        assert torch.allclose(
+            norm.mean[: PARTS[part].segments[0].dim], torch.as_tensor(served["mean_poses"]).float().flatten()
+        )
     # the engine picks the downloaded official prior and samples from it
     from dposer_cli.engine.prior import DPoserPrior
 
@@ -244,8 +255,14 @@ def test_unknown_revision_is_an_input_error(hub, tmp_path):
 def test_server_down_fails_fast_saying_where_to_put_each_file(tmp_path):
     url = dead_url()
     root = tmp_path / "m"
-    req = svc.DownloadRequest(parts=("body", "hand"), models_dir=root, endpoint=url, normalizer_url=url,
-                              offline=False, cache_dir=tmp_path / "hf")
+    req = svc.DownloadRequest(
+        parts=("body", "hand"),
+        models_dir=root,
+        endpoint=url,
+        normalizer_url=url,
+        offline=False,
+        cache_dir=tmp_path / "hf",
+    )
     t0 = time.perf_counter()
     with pytest.raises(UnavailableError) as err:
         svc.run(req)
@@ -284,8 +301,9 @@ def test_offline_uses_the_hugging_face_cache_and_a_file_mirror(hub, repo, tmp_pa
     (mirror / BODY_NORM).write_bytes(repo[1][BODY_NORM])
     seen = len(hub.hits())
     root = tmp_path / "m"
-    result = svc.run(request(hub, root, parts=("body",), offline=True, cache_dir=cache,
-                             normalizer_url=mirror.as_uri()))
+    result = svc.run(
+        request(hub, root, parts=("body",), offline=True, cache_dir=cache, normalizer_url=mirror.as_uri())
+    )
     assert len(hub.hits()) == seen
     status = {f["name"]: f["status"] for f in result.info["files"]}
     assert status == {BODY_CKPT: "copied", BODY_NORM: "downloaded"}
@@ -305,14 +323,22 @@ def test_inventory_reports_files_prior_choice_and_body_models(hub, tmp_path, mon
     root = tmp_path / "m"
     svc.run(request(hub, root, parts=("body",)))
     bodies = tmp_path / "bm"
-    for rel in ("smplx/SMPLX_NEUTRAL.npz", "smplx/SMPL-X__FLAME_vertex_ids.npy", "smplx/MANO_SMPLX_vertex_ids.pkl"):
+    for rel in (
+        "smplx/SMPLX_NEUTRAL.npz",
+        "smplx/SMPL-X__FLAME_vertex_ids.npy",
+        "smplx/MANO_SMPLX_vertex_ids.pkl",
+    ):
         (bodies / rel).parent.mkdir(parents=True, exist_ok=True)
         (bodies / rel).write_bytes(b"x")
     monkeypatch.setenv("DPOSER_BODY_MODELS", str(bodies))
     info = svc.inventory((), root, check=True).info
     body = info["parts"]["body"]
-    assert body["official_checkpoint"] == {"file": BODY_CKPT, "path": official_checkpoint(Part.body, root),
-                                           "present": True, "valid": True}
+    assert body["official_checkpoint"] == {
+        "file": BODY_CKPT,
+        "path": official_checkpoint(Part.body, root),
+        "present": True,
+        "valid": True,
+    }
     assert body["prior"] == "official" and body["usable"] and body["normalizers"][0]["valid"]
     hand = info["parts"]["hand"]
     assert not hand["official_checkpoint"]["present"]

@@ -55,9 +55,19 @@ def reference_poses(part: str = "body") -> np.ndarray:
     return np.load(path)["poses"]
 
 
-def synthetic_scene(poses: np.ndarray, *, seed: int = 0, width: int = 1280, height: int = 720,
-                    noise_px: float = 1.5, drop: int = 2, hand: bool = False, yaw_deg: float = 30.0,
-                    facing_away: bool = False, spacing: float = 0.9) -> Scene:
+def synthetic_scene(
+    poses: np.ndarray,
+    *,
+    seed: int = 0,
+    width: int = 1280,
+    height: int = 720,
+    noise_px: float = 1.5,
+    drop: int = 2,
+    hand: bool = False,
+    yaw_deg: float = 30.0,
+    facing_away: bool = False,
+    spacing: float = 0.9,
+) -> Scene:
     """Pose the default body (or right hand) with `poses`, place the people side by side in front of a
     camera with focal √(W²+H²) at the image centre, and make detector-like keypoints."""
     rng = np.random.default_rng(seed)
@@ -67,7 +77,9 @@ def synthetic_scene(poses: np.ndarray, *, seed: int = 0, width: int = 1280, heig
     if hand:
         axis = rng.normal(size=(p, 3))
         orient = axis / np.linalg.norm(axis, axis=1, keepdims=True) * rng.uniform(0, math.pi, (p, 1))
-        transl = np.stack([rng.uniform(-0.03, 0.03, p), rng.uniform(-0.03, 0.03, p), rng.uniform(0.45, 0.6, p)], 1)
+        transl = np.stack(
+            [rng.uniform(-0.03, 0.03, p), rng.uniform(-0.03, 0.03, p), rng.uniform(0.45, 0.6, p)], 1
+        )
         params = {"hand_pose": poses, "global_orient": orient}
         joint_set, core = "hand21", "hand21"
     else:
@@ -75,52 +87,99 @@ def synthetic_scene(poses: np.ndarray, *, seed: int = 0, width: int = 1280, heig
         tilt = np.deg2rad(rng.uniform(-8, 8, (p, 2)))
         body_rot = torch.as_tensor(np.stack([tilt[:, 0], yaw, tilt[:, 1]], 1), dtype=torch.float32)
         orient = cam.compose_axis_angle(cam.camera_orient(p), body_rot).numpy()
-        span = spacing * (p - 1)  # people side by side, vertically centred (the pelvis is 0.35 m below the origin)
-        transl = np.stack([np.linspace(-span, span, p) + rng.uniform(-0.1, 0.1, p), rng.uniform(0.15, 0.3, p),
-                           rng.uniform(4.0, 5.0, p)], 1)
+        span = spacing * (
+            p - 1
+        )  # people side by side, vertically centred (the pelvis is 0.35 m below the origin)
+        transl = np.stack(
+            [
+                np.linspace(-span, span, p) + rng.uniform(-0.1, 0.1, p),
+                rng.uniform(0.15, 0.3, p),
+                rng.uniform(4.0, 5.0, p),
+            ],
+            1,
+        )
         params = {"body_pose": poses, "global_orient": orient}
         joint_set, core = "openpose25", "body22"
     params["transl"] = transl
     params["betas"] = rng.normal(0, 0.5, (p, 10))
     with torch.no_grad():
-        out = model(**{k: torch.as_tensor(np.asarray(v), dtype=torch.float32) for k, v in params.items()},
-                    return_vertices=False)
+        out = model(
+            **{k: torch.as_tensor(np.asarray(v), dtype=torch.float32) for k, v in params.items()},
+            return_vertices=False,
+        )
     joints = out.joints
     center = torch.tensor([[width / 2, height / 2]]).expand(p, 2)
-    uv = cam.perspective_project(joints[:, model.joint_set(joint_set)], torch.full((p,), focal), center).numpy()
+    uv = cam.perspective_project(
+        joints[:, model.joint_set(joint_set)], torch.full((p,), focal), center
+    ).numpy()
     uv = uv + rng.normal(0, noise_px, uv.shape)
     conf = rng.uniform(0.6, 1.0, uv.shape[:2])
     for i in range(p):  # detector misses: a few limb/face points dropped (torso kept)
         conf[i, rng.choice(np.arange(6, uv.shape[1]), drop, replace=False)] = 0.0
     kp = np.concatenate([uv, conf[..., None]], -1).astype(np.float32)
     kp[kp[..., 2] == 0, :2] = 0.0
-    return Scene(kp, joints[:, model.joint_set(core)].numpy(), {k: np.asarray(v) for k, v in params.items()},
-                 width, height, focal)
+    return Scene(
+        kp,
+        joints[:, model.joint_set(core)].numpy(),
+        {k: np.asarray(v) for k, v in params.items()},
+        width,
+        height,
+        focal,
+    )
 
 
 def _openpose25_to_coco133(kp25: np.ndarray) -> np.ndarray:
     """Inverse of the reader's COCO-WholeBody → OpenPose mapping for the 25 body points (feet included)."""
     merged = np.zeros(kp25.shape[:-2] + (135, 3), np.float32)
     merged[..., COCO_TO_OPENPOSE[:25], :] = kp25
-    return np.concatenate([merged[..., :17, :], merged[..., 19:25, :], merged[..., 67:135, :],
-                           merged[..., 25:46, :], merged[..., 46:67, :]], axis=-2)
+    return np.concatenate(
+        [
+            merged[..., :17, :],
+            merged[..., 19:25, :],
+            merged[..., 67:135, :],
+            merged[..., 25:46, :],
+            merged[..., 46:67, :],
+        ],
+        axis=-2,
+    )
 
 
 def write_keypoints(path: Path, kp: np.ndarray, fmt: str) -> Path:
     """Write (P, K, 3) keypoints (OpenPose-25 or hand-21) as `fmt`: openpose, vitpose, coco17, mmpose-hand."""
     if fmt == "openpose":  # 25 body points, or OpenPose-135 (body, left hand, right hand, face 68)
-        data = {"version": 1.3, "people": [{"person_id": [-1], "pose_keypoints_2d": k[:25].reshape(-1).tolist(),
-                                            "hand_left_keypoints_2d": k[25:46].reshape(-1).tolist(),
-                                            "hand_right_keypoints_2d": k[46:67].reshape(-1).tolist(),
-                                            "face_keypoints_2d": k[67:135].reshape(-1).tolist()} for k in kp]}
+        data = {
+            "version": 1.3,
+            "people": [
+                {
+                    "person_id": [-1],
+                    "pose_keypoints_2d": k[:25].reshape(-1).tolist(),
+                    "hand_left_keypoints_2d": k[25:46].reshape(-1).tolist(),
+                    "hand_right_keypoints_2d": k[46:67].reshape(-1).tolist(),
+                    "face_keypoints_2d": k[67:135].reshape(-1).tolist(),
+                }
+                for k in kp
+            ],
+        }
     elif fmt == "vitpose":
-        data = [{"bbox": [*k[k[:, 2] > 0, :2].min(0).tolist(), *k[k[:, 2] > 0, :2].max(0).tolist(), 0.99],
-                 "keypoints": _openpose25_to_coco133(k).tolist()} for k in kp]
+        data = [
+            {
+                "bbox": [*k[k[:, 2] > 0, :2].min(0).tolist(), *k[k[:, 2] > 0, :2].max(0).tolist(), 0.99],
+                "keypoints": _openpose25_to_coco133(k).tolist(),
+            }
+            for k in kp
+        ]
     elif fmt == "coco17":
         data = [{"keypoints": _openpose25_to_coco133(k)[:17].tolist()} for k in kp]
     elif fmt == "mmpose-hand":
-        data = [{"keypoints": k[:, :2].tolist(), "keypoint_scores": k[:, 2].tolist(), "bbox": [[0, 0, 10, 10]],
-                 "bbox_score": 0.9} for k in kp]
+        data = [
+            {
+                "keypoints": k[:, :2].tolist(),
+                "keypoint_scores": k[:, 2].tolist(),
+                "bbox": [[0, 0, 10, 10]],
+                "bbox_score": 0.9,
+            }
+            for k in kp
+        ]
     else:
         raise ValueError(fmt)
     path.write_text(json.dumps(data))
@@ -134,15 +193,31 @@ def write_blank_image(path: Path, width: int, height: int) -> Path:
     return path
 
 
-def fit(tmp_path: Path, scene: Scene, *, fmt: str = "openpose", part: Part = Part.body, name: str = "scene",
-        **kwargs) -> tuple[object, dict]:
+def fit(
+    tmp_path: Path,
+    scene: Scene,
+    *,
+    fmt: str = "openpose",
+    part: Part = Part.body,
+    name: str = "scene",
+    **kwargs,
+) -> tuple[object, dict]:
     """Write the scene's image + keypoints, run the service, return (result, npz arrays)."""
     from dposer_cli.services import fit_image as svc
 
     img = write_blank_image(tmp_path / f"{name}.png", scene.width, scene.height)
     kp = write_keypoints(tmp_path / f"{name}.json", scene.keypoints, fmt)
-    options = {"focal": scene.focal, "steps": 10, "prior": "none", "device": "cpu", "overlay": False, **kwargs}
-    req = svc.FitImageRequest(images=(img,), keypoints=(kp,), part=part, out=tmp_path / f"out_{name}", **options)
+    options = {
+        "focal": scene.focal,
+        "steps": 10,
+        "prior": "none",
+        "device": "cpu",
+        "overlay": False,
+        **kwargs,
+    }
+    req = svc.FitImageRequest(
+        images=(img,), keypoints=(kp,), part=part, out=tmp_path / f"out_{name}", **options
+    )
     result = svc.run(req)
     data = dict(np.load(result.outputs["npz"][0]))
     return result, data
@@ -158,9 +233,17 @@ def pa_mm(data: dict, scene: Scene) -> np.ndarray:
 def test_body_fit_from_each_keypoint_format_recovers_the_pose(tmp_path, fmt):
     scene = synthetic_scene(reference_poses()[[10, 200]], seed=1)
     result, data = fit(tmp_path, scene, fmt=fmt, steps=16, prior="l2")
-    assert data["body_pose"].shape == (2, 63) and data["betas"].shape == (2, 10) and data["transl"].shape == (2, 3)
+    assert (
+        data["body_pose"].shape == (2, 63)
+        and data["betas"].shape == (2, 10)
+        and data["transl"].shape == (2, 3)
+    )
     assert data["joints"].shape == (2, 22, 3) and data["keypoints"].shape == (2, 25, 3)
-    assert "left_hand_pose" not in data and str(data["part"]) == "body" and str(data["body_model"]) == "mannequin"
+    assert (
+        "left_hand_pose" not in data
+        and str(data["part"]) == "body"
+        and str(data["body_model"]) == "mannequin"
+    )
     np.testing.assert_allclose(data["focal"], scene.focal)
     assert (data["reprojection_error_px"] < 9).all(), data["reprojection_error_px"]  # 1.5 px noise, 20 steps
     # depth within 10 % from focal + body size (the shape is not known); 3D pose within a few cm
@@ -239,7 +322,9 @@ def test_init_file_restarts_from_an_earlier_fit(tmp_path):
     _, first = fit(tmp_path, scene, name="a", steps=10)
     earlier = tmp_path / "out_a" / "a.npz"
     _, again = fit(tmp_path, scene, name="b", steps=1, init=(earlier,))
-    assert np.abs(again["body_pose"] - first["body_pose"]).max() < 0.075  # 5 pose stages × one Adam step of 0.01
+    assert (
+        np.abs(again["body_pose"] - first["body_pose"]).max() < 0.075
+    )  # 5 pose stages × one Adam step of 0.01
     assert np.abs(again["transl"] - first["transl"]).max() < 0.05
 
 
@@ -267,8 +352,17 @@ def test_video_folder_shares_shape_per_person_and_temporal_pass_smooths(tmp_path
 
     acc = {}
     for temporal in (False, True):
-        req = svc.FitImageRequest(images=(frames,), part=Part.body, out=tmp_path / f"out{temporal}", focal=base.focal,
-                                  steps=6, prior="l2", device="cpu", overlay=False, temporal=temporal)
+        req = svc.FitImageRequest(
+            images=(frames,),
+            part=Part.body,
+            out=tmp_path / f"out{temporal}",
+            focal=base.focal,
+            steps=6,
+            prior="l2",
+            device="cpu",
+            overlay=False,
+            temporal=temporal,
+        )
         result = svc.run(req)
         assert len(result.outputs["npz"]) == n
         files = [dict(np.load(p)) for p in result.outputs["npz"]]
@@ -286,9 +380,11 @@ def test_temporal_needs_a_frame_folder(tmp_path):
         fit(tmp_path, scene, temporal=True)
 
 
-@pytest.mark.skipif(not (demo_checkpoint(Part.body).is_file() or official_checkpoint(Part.body).is_file()),
-                    reason="no trained body prior (bundled demo dposer_cli/assets/demo/body.pt or downloaded "
-                    "official weights); the prior comparison needs one")
+@pytest.mark.skipif(
+    not (demo_checkpoint(Part.body).is_file() or official_checkpoint(Part.body).is_file()),
+    reason="no trained body prior (bundled demo dposer_cli/assets/demo/body.pt or downloaded "
+    "official weights); the prior comparison needs one",
+)
 @pytest.mark.slow
 def test_dposer_prior_beats_no_prior_and_l2_prior(tmp_path):
     """The point of the prior: with noisy, incomplete keypoints the 3D pose is closer to the truth."""
@@ -312,8 +408,9 @@ def body_models(tmp_path_factory):
 def test_wholebody_with_smplx_fits_hands_jaw_and_expression_from_135_keypoints(tmp_path, body_models, caplog):
     scene = synthetic_scene(reference_poses()[[13]], seed=13)
     rng = np.random.default_rng(0)
-    extra = np.concatenate([scene.keypoints[:, :1, :2] + rng.normal(0, 20, (1, 110, 2)),
-                            np.full((1, 110, 1), 0.8)], -1)  # hands and face near the nose (mechanics only)
+    extra = np.concatenate(
+        [scene.keypoints[:, :1, :2] + rng.normal(0, 20, (1, 110, 2)), np.full((1, 110, 1), 0.8)], -1
+    )  # hands and face near the nose (mechanics only)
     scene.keypoints = np.concatenate([scene.keypoints, extra], 1).astype(np.float32)
     with caplog.at_level(logging.INFO, logger="dposer_cli"):
         _, data = fit(tmp_path, scene, part=Part.wholebody, body_model=body_models, steps=2, prior="l2")
@@ -326,7 +423,9 @@ def test_wholebody_with_smplx_fits_hands_jaw_and_expression_from_135_keypoints(t
 def test_hand_fit_with_mano(tmp_path, body_models):
     poses = reference_poses("hand")[[3, 4]]
     scene = synthetic_scene(poses, seed=14, hand=True, width=224, height=224)
-    _, data = fit(tmp_path, scene, fmt="mmpose-hand", part=Part.hand, body_model=body_models, steps=2, prior="l2")
+    _, data = fit(
+        tmp_path, scene, fmt="mmpose-hand", part=Part.hand, body_model=body_models, steps=2, prior="l2"
+    )
     assert str(data["body_model"]) == "mano" and data["hand_pose"].shape == (2, 45)
     assert np.isfinite(data["transl"]).all() and (data["transl"][:, 2] > 0).all()
 
@@ -337,11 +436,21 @@ def test_video_of_hands_keeps_one_palm_orientation_per_frame(tmp_path):
     scene = synthetic_scene(reference_poses("hand")[[5]], seed=15, hand=True, width=224, height=224)
     for f in range(3):
         write_blank_image(frames / f"{f}.png", 224, 224)
-        write_keypoints(frames / f"{f}.json", scene.keypoints + np.array([2.0 * f, 0, 0], np.float32), "mmpose-hand")
+        write_keypoints(
+            frames / f"{f}.json", scene.keypoints + np.array([2.0 * f, 0, 0], np.float32), "mmpose-hand"
+        )
     from dposer_cli.services import fit_image as svc
 
-    req = svc.FitImageRequest(images=(frames,), part=Part.hand, out=tmp_path / "o", focal=scene.focal, steps=2,
-                              prior="l2", device="cpu", overlay=False)
+    req = svc.FitImageRequest(
+        images=(frames,),
+        part=Part.hand,
+        out=tmp_path / "o",
+        focal=scene.focal,
+        steps=2,
+        prior="l2",
+        device="cpu",
+        overlay=False,
+    )
     files = [dict(np.load(p)) for p in svc.run(req).outputs["npz"]]
     assert [f["hand_pose"].shape for f in files] == [(1, 45)] * 3
     np.testing.assert_allclose(files[0]["betas"], files[2]["betas"])
@@ -370,13 +479,22 @@ def test_fit_uses_a_given_prior_model_and_rejects_one_of_another_part(tmp_path):
     poses = reference_poses()
     scene = synthetic_scene(poses[[100]], seed=3, noise_px=1.0, drop=0)
     target = poses[2500]
-    result, data = fit(tmp_path, scene, name="gmm", steps=15, prior="gmm", prior_model=_narrow_gmm(Part.body, target))
+    result, data = fit(
+        tmp_path, scene, name="gmm", steps=15, prior="gmm", prior_model=_narrow_gmm(Part.body, target)
+    )
     _, free = fit(tmp_path, scene, name="none", steps=15, prior="none")
     assert result.info["prior"] == "gmm" and str(data["prior"]) == "gmm"
     pulled = np.abs(data["body_pose"][0] - target).mean()
     assert pulled < 0.05 < np.abs(free["body_pose"][0] - target).mean(), pulled
     with pytest.raises(InputError, match="a hand prior, but the fit is --part body"):
-        fit(tmp_path, scene, name="bad", steps=1, prior="gmm", prior_model=_narrow_gmm(Part.hand, np.zeros(45)))
+        fit(
+            tmp_path,
+            scene,
+            name="bad",
+            steps=1,
+            prior="gmm",
+            prior_model=_narrow_gmm(Part.hand, np.zeros(45)),
+        )
 
 
 # ---------------------------------------------------------------- pictures
@@ -386,7 +504,9 @@ def test_fit_picture_shows_the_overlay_the_view_from_above_and_a_legend(tmp_path
     from dposer_cli.render.scene import PERSON_COLORS
     from tests.render._figures import covered
 
-    scene = synthetic_scene(reference_poses()[[10, 200]], seed=4, width=640, height=360)  # 4.9 m and 4.5 m away
+    scene = synthetic_scene(
+        reference_poses()[[10, 200]], seed=4, width=640, height=360
+    )  # 4.9 m and 4.5 m away
     result, _ = fit(tmp_path, scene, steps=4, prior="l2", overlay=True, renderer="soft")
     (entry,) = result.info["images"]
     with Image.open(entry["overlay"]) as im:
@@ -397,7 +517,7 @@ def test_fit_picture_shows_the_overlay_the_view_from_above_and_a_legend(tmp_path
     assert views.shape[1] == 640 and views.shape[0] > 360 + top_h + 10  # photo, view from above, legend
     assert result.outputs["views"] == [entry["views"]]
     np.testing.assert_array_equal(views[:360], np.asarray(Image.open(entry["overlay"]).convert("RGB")))
-    top = views[360:360 + top_h]
+    top = views[360 : 360 + top_h]
     depth = {}
     for p in range(2):
         want = np.asarray(PERSON_COLORS[p]) / sum(PERSON_COLORS[p])
@@ -409,5 +529,5 @@ def test_fit_picture_shows_the_overlay_the_view_from_above_and_a_legend(tmp_path
     data = np.load(entry["npz"])
     far, near = np.argsort(-data["joints"][:, 0, 2])
     assert depth[far] < depth[near]  # farther up
-    legend = views[360 + top_h:]
+    legend = views[360 + top_h :]
     assert (legend < 128).any()  # the legend text

@@ -35,8 +35,10 @@ HAS_MEDIAPIPE = importlib.util.find_spec("mediapipe") is not None
 needs_mediapipe = pytest.mark.skipif(
     not HAS_MEDIAPIPE, reason='MediaPipe is not installed (the optional extra: pip install "dposer[detect]")'
 )
-needs_prior = pytest.mark.skipif(not demo_checkpoint(Part.body).is_file(),
-                                 reason="no bundled demo body prior (dposer_cli/assets/demo/body.pt)")
+needs_prior = pytest.mark.skipif(
+    not demo_checkpoint(Part.body).is_file(),
+    reason="no bundled demo body prior (dposer_cli/assets/demo/body.pt)",
+)
 
 
 @dataclass
@@ -50,8 +52,17 @@ class Clip:
     fps: float
 
 
-def make_clip(folder: Path, *, frames: int = 24, stride: int = 8, width: int = 320, height: int = 240,
-              noise_px: float = 2.0, seed: int = 0, fps: float = 15.0) -> Clip:
+def make_clip(
+    folder: Path,
+    *,
+    frames: int = 24,
+    stride: int = 8,
+    width: int = 320,
+    height: int = 240,
+    noise_px: float = 2.0,
+    seed: int = 0,
+    fps: float = 15.0,
+) -> Clip:
     """Gestures frames 0, stride, 2·stride, … on the default body (upright, turning slowly, drifting sideways),
     rendered over grey and projected (OpenPose-25 + pixel noise)."""
     from dposer_cli.bodies.mannequin import MannequinBody
@@ -64,7 +75,9 @@ def make_clip(folder: Path, *, frames: int = 24, stride: int = 8, width: int = 3
     pose = torch.as_tensor(data["pose_body"][: frames * stride : stride], dtype=torch.float32)
     t = len(pose)
     yaw = torch.linspace(-0.4, 0.4, t)
-    orient = cam.compose_axis_angle(cam.camera_orient(t), torch.stack([torch.zeros(t), yaw, torch.zeros(t)], 1))
+    orient = cam.compose_axis_angle(
+        cam.camera_orient(t), torch.stack([torch.zeros(t), yaw, torch.zeros(t)], 1)
+    )
     transl = torch.stack([torch.linspace(-0.25, 0.25, t), torch.full((t,), 0.25), torch.full((t,), 3.4)], 1)
     body = MannequinBody()
     with torch.no_grad():
@@ -73,21 +86,30 @@ def make_clip(folder: Path, *, frames: int = 24, stride: int = 8, width: int = 3
     center = (width / 2, height / 2)
     faces = body.faces.numpy()
     grey = np.full((height, width, 3), 200, np.uint8)
-    video = np.stack([overlay_mesh(grey, v, faces, focal=focal, center=center, alpha=1.0, renderer="soft")
-                      for v in out.vertices.numpy()])
+    video = np.stack(
+        [
+            overlay_mesh(grey, v, faces, focal=focal, center=center, alpha=1.0, renderer="soft")
+            for v in out.vertices.numpy()
+        ]
+    )
     folder.mkdir(parents=True, exist_ok=True)
     clip = save_video(folder / "clip.mp4", video, fps=fps)
     kp_dir = folder / "keypoints"
     kp_dir.mkdir(exist_ok=True)
     rng = np.random.default_rng(seed)
-    uv = cam.perspective_project(out.joints[:, body.joint_set("openpose25")], torch.full((t,), focal),
-                                 torch.tensor([center]).expand(t, 2)).numpy()
+    uv = cam.perspective_project(
+        out.joints[:, body.joint_set("openpose25")],
+        torch.full((t,), focal),
+        torch.tensor([center]).expand(t, 2),
+    ).numpy()
     uv = uv + rng.normal(0, noise_px, uv.shape)
     kp = np.concatenate([uv, np.full(uv.shape[:-1] + (1,), 0.9)], -1).astype(np.float32)
     for i in range(t):
-        write_keypoints(kp_dir / f"{i:04d}.json", kp[i:i + 1], "openpose")
+        write_keypoints(kp_dir / f"{i:04d}.json", kp[i : i + 1], "openpose")
     info = video_info(clip)  # H.264 pads to multiples of 16; the keypoints stay in the same pixels
-    return Clip(clip, kp_dir, out.joints[:, body.joint_set("body22")].numpy(), info.width, info.height, focal, fps)
+    return Clip(
+        clip, kp_dir, out.joints[:, body.joint_set("body22")].numpy(), info.width, info.height, focal, fps
+    )
 
 
 @pytest.fixture(scope="module")
@@ -102,8 +124,18 @@ def _errors_mm(joints: np.ndarray, truth: np.ndarray) -> float:
 def _check_motion(result, clip: Clip, frames: int) -> dict:
     (motion_file,) = result.outputs["motion"]
     data = dict(np.load(motion_file, allow_pickle=False))
-    for key in ("poses", "trans", "betas", "mocap_frame_rate", "body_pose", "global_orient", "transl", "joints",
-                "joints_per_frame_fit", "frame_index"):
+    for key in (
+        "poses",
+        "trans",
+        "betas",
+        "mocap_frame_rate",
+        "body_pose",
+        "global_orient",
+        "transl",
+        "joints",
+        "joints_per_frame_fit",
+        "frame_index",
+    ):
         assert key in data, key
     assert data["poses"].shape == (frames, 165) and data["trans"].shape == (frames, 3)
     assert float(data["mocap_frame_rate"]) == pytest.approx(clip.fps)
@@ -119,17 +151,32 @@ def _check_motion(result, clip: Clip, frames: int) -> dict:
 # ---------------------------------------------------------------------------------------------------- keypoint JSONs
 @needs_prior
 def test_video_from_keypoint_jsons_motion_pass_lowers_jitter(tmp_path, clip):
-    req = svc.FitImageRequest(images=(clip.video,), keypoints=(clip.keypoints,), out=tmp_path / "o",
-                              focal=clip.focal, steps=15, device="cpu", renderer="soft", export=("bvh", "glb"))
+    req = svc.FitImageRequest(
+        images=(clip.video,),
+        keypoints=(clip.keypoints,),
+        out=tmp_path / "o",
+        focal=clip.focal,
+        steps=15,
+        device="cpu",
+        renderer="soft",
+        export=("bvh", "glb"),
+    )
     result = svc.run(req)
     t = len(clip.joints)
     data = _check_motion(result, clip, t)
     before, after = result.metrics["jitter_before_mm"], result.metrics["jitter_after_mm"]
-    error_fit, error = _errors_mm(data["joints_per_frame_fit"], clip.joints), _errors_mm(data["joints"], clip.joints)
-    truth = float(np.linalg.norm(clip.joints[2:] - 2 * clip.joints[1:-1] + clip.joints[:-2], axis=-1).mean() * 1000)
+    error_fit, error = (
+        _errors_mm(data["joints_per_frame_fit"], clip.joints),
+        _errors_mm(data["joints"], clip.joints),
+    )
+    truth = float(
+        np.linalg.norm(clip.joints[2:] - 2 * clip.joints[1:-1] + clip.joints[:-2], axis=-1).mean() * 1000
+    )
     px_fit, px = result.metrics["reprojection_error_px"], result.metrics["motion_reprojection_error_px"]
-    print(f"jitter mm/frame²: per-frame fits {before:.1f} → motion prior pass {after:.1f} (ground truth {truth:.1f}); "
-          f"PA-MPJPE mm: per-frame fits {error_fit:.1f}, motion {error:.1f}; reprojection px {px_fit:.1f} → {px:.1f}")
+    print(
+        f"jitter mm/frame²: per-frame fits {before:.1f} → motion prior pass {after:.1f} (ground truth {truth:.1f}); "
+        f"PA-MPJPE mm: per-frame fits {error_fit:.1f}, motion {error:.1f}; reprojection px {px_fit:.1f} → {px:.1f}"
+    )
     assert after < before
     assert px < 10 * max(px_fit, 1.0)  # still on the person in the picture
     assert error < 120, error  # the motion is still the person's (the pass does not drift away)
@@ -143,8 +190,17 @@ def test_video_from_keypoint_jsons_motion_pass_lowers_jitter(tmp_path, clip):
 
 
 def test_video_without_motion_prior_reports_jitter_only(tmp_path, clip):
-    req = svc.FitImageRequest(images=(clip.video,), keypoints=(clip.keypoints,), out=tmp_path / "o", prior="l2",
-                              focal=clip.focal, steps=4, device="cpu", overlay=False, max_frames=6)
+    req = svc.FitImageRequest(
+        images=(clip.video,),
+        keypoints=(clip.keypoints,),
+        out=tmp_path / "o",
+        prior="l2",
+        focal=clip.focal,
+        steps=4,
+        device="cpu",
+        overlay=False,
+        max_frames=6,
+    )
     result = svc.run(req)
     assert result.info["motion_prior"] is False and result.info["frames"] == 6
     assert result.metrics["jitter_before_mm"] == result.metrics["jitter_after_mm"]
@@ -160,8 +216,15 @@ def test_a_frame_folder_is_a_video_too(tmp_path, clip):
     for i, image in enumerate(read_video_frames(clip.video, stop=4)):
         save_image(frames / f"{i:04d}.png", image)
         (frames / f"{i:04d}.json").write_bytes((clip.keypoints / f"{i:04d}.json").read_bytes())
-    req = svc.FitImageRequest(images=(frames,), out=tmp_path / "o", prior="l2", focal=clip.focal, steps=3,
-                              device="cpu", renderer="soft")
+    req = svc.FitImageRequest(
+        images=(frames,),
+        out=tmp_path / "o",
+        prior="l2",
+        focal=clip.focal,
+        steps=3,
+        device="cpu",
+        renderer="soft",
+    )
     result = svc.run(req)
     (motion_file,) = result.outputs["motion"]
     assert np.load(motion_file)["frame_index"].tolist() == [0, 1, 2, 3]
@@ -171,8 +234,15 @@ def test_a_frame_folder_is_a_video_too(tmp_path, clip):
 
 def test_long_videos_are_refused_unless_max_frames_says(tmp_path, clip, monkeypatch):
     monkeypatch.setattr(svc, "MAX_VIDEO_FRAMES", 5)
-    req = svc.FitImageRequest(images=(clip.video,), keypoints=(clip.keypoints,), out=tmp_path / "o", prior="l2",
-                              steps=1, device="cpu", overlay=False)
+    req = svc.FitImageRequest(
+        images=(clip.video,),
+        keypoints=(clip.keypoints,),
+        out=tmp_path / "o",
+        prior="l2",
+        steps=1,
+        device="cpu",
+        overlay=False,
+    )
     with pytest.raises(InputError, match="24 frames; fit-image fits at most 5") as exc:
         svc.run(req)
     assert "--max-frames" in exc.value.hint
@@ -185,9 +255,19 @@ def test_video_with_smplx_from_body_model(tmp_path, clip):
     from tests._fixtures.body_models import write_body_models_tree
 
     models = write_body_models_tree(tmp_path / "models")
-    req = svc.FitImageRequest(images=(clip.video,), keypoints=(clip.keypoints,), out=tmp_path / "o", prior="l2",
-                              focal=clip.focal, steps=2, device="cpu", overlay=False, max_frames=5,
-                              body_model=models, export=("bvh", "obj"))
+    req = svc.FitImageRequest(
+        images=(clip.video,),
+        keypoints=(clip.keypoints,),
+        out=tmp_path / "o",
+        prior="l2",
+        focal=clip.focal,
+        steps=2,
+        device="cpu",
+        overlay=False,
+        max_frames=5,
+        body_model=models,
+        export=("bvh", "obj"),
+    )
     result = svc.run(req)
     data = np.load(result.outputs["motion"][0])
     assert str(data["surface_model_type"]) == "smplx" and data["poses"].shape == (5, 165)
@@ -203,21 +283,41 @@ def test_video_with_smplx_from_body_model(tmp_path, clip):
 def test_video_detected_with_mediapipe(tmp_path, clip):
     """The rendered figure is found by MediaPipe in every frame; the fit follows it and the pass smooths it."""
     frames = 12
-    req = svc.FitImageRequest(images=(clip.video,), out=tmp_path / "o", focal=clip.focal, steps=15, device="cpu",
-                              overlay=False, max_frames=frames, save_keypoints=tmp_path / "detected")
+    req = svc.FitImageRequest(
+        images=(clip.video,),
+        out=tmp_path / "o",
+        focal=clip.focal,
+        steps=15,
+        device="cpu",
+        overlay=False,
+        max_frames=frames,
+        save_keypoints=tmp_path / "detected",
+    )
     result = svc.run(req)
     files = sorted((tmp_path / "detected").glob("*.json"))
     assert len(files) == frames and result.outputs["keypoints"] == files
     data = dict(np.load(result.outputs["motion"][0]))
     before, after = result.metrics["jitter_before_mm"], result.metrics["jitter_after_mm"]
-    print(f"MediaPipe clip: jitter {before:.1f} → {after:.1f} mm/frame²; PA-MPJPE mm per-frame fits "
-          f"{_errors_mm(data['joints_per_frame_fit'], clip.joints[:frames]):.1f}, motion "
-          f"{_errors_mm(data['joints'], clip.joints[:frames]):.1f}")
+    print(
+        f"MediaPipe clip: jitter {before:.1f} → {after:.1f} mm/frame²; PA-MPJPE mm per-frame fits "
+        f"{_errors_mm(data['joints_per_frame_fit'], clip.joints[:frames]):.1f}, motion "
+        f"{_errors_mm(data['joints'], clip.joints[:frames]):.1f}"
+    )
     assert after < before
     assert len(data["frame_index"]) == frames  # a person in every frame
     # the saved detections are ordinary keypoint files: --keypoints reads them back
-    again = svc.run(svc.FitImageRequest(images=(clip.video,), keypoints=(tmp_path / "detected",), out=tmp_path / "o2",
-                                        prior="l2", steps=1, device="cpu", overlay=False, max_frames=frames))
+    again = svc.run(
+        svc.FitImageRequest(
+            images=(clip.video,),
+            keypoints=(tmp_path / "detected",),
+            out=tmp_path / "o2",
+            prior="l2",
+            steps=1,
+            device="cpu",
+            overlay=False,
+            max_frames=frames,
+        )
+    )
     assert "keypoints" not in again.outputs
 
 
@@ -225,9 +325,18 @@ def test_video_detected_with_mediapipe(tmp_path, clip):
 def test_photo_detection_saves_keypoints_and_fits(tmp_path, clip):
     image = next(read_video_frames(clip.video))
     photo = save_image(tmp_path / "photo.png", image)
-    result = svc.run(svc.FitImageRequest(images=(photo,), out=tmp_path / "o", focal=clip.focal, steps=10,
-                                         prior="l2", device="cpu", overlay=False,
-                                         save_keypoints=tmp_path / "kp.json"))
+    result = svc.run(
+        svc.FitImageRequest(
+            images=(photo,),
+            out=tmp_path / "o",
+            focal=clip.focal,
+            steps=10,
+            prior="l2",
+            device="cpu",
+            overlay=False,
+            save_keypoints=tmp_path / "kp.json",
+        )
+    )
     assert result.outputs["keypoints"] == [tmp_path / "kp.json"]
     assert any("MediaPipe" in line and "most prominent" in line for line in result.lines)
     data = np.load(result.outputs["npz"][0])
@@ -241,8 +350,11 @@ def test_blank_photo_without_keypoints_is_one_clear_error(tmp_path):
         svc.run(svc.FitImageRequest(images=(photo,), out=tmp_path / "o", steps=1, prior="none", device="cpu"))
     assert "MediaPipe" in exc.value.message
     with pytest.raises(InputError, match="not hand crops"):
-        svc.run(svc.FitImageRequest(images=(photo,), out=tmp_path / "o", part=Part.hand, steps=1, prior="none",
-                                    device="cpu"))
+        svc.run(
+            svc.FitImageRequest(
+                images=(photo,), out=tmp_path / "o", part=Part.hand, steps=1, prior="none", device="cpu"
+            )
+        )
 
 
 def test_without_the_detect_extra_detection_says_install_it_or_pass_keypoints(tmp_path, monkeypatch):

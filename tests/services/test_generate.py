@@ -17,8 +17,16 @@ def read_video(path):
 
 def request(tmp_path, part, **kw):
     ckpt = write_tiny_prior(tmp_path / f"{part.value}.pt", part)
-    args = {"part": part, "n": 2, "steps": 2, "out": tmp_path / "o", "checkpoint": ckpt, "device": "cpu",
-            "render": False, "renderer": "soft"}
+    args = {
+        "part": part,
+        "n": 2,
+        "steps": 2,
+        "out": tmp_path / "o",
+        "checkpoint": ckpt,
+        "device": "cpu",
+        "render": False,
+        "renderer": "soft",
+    }
     return svc.GenerateRequest(**{**args, **kw})
 
 
@@ -82,11 +90,11 @@ def test_grid_count_is_reported_and_grid_chooses_it(tmp_path):
 def test_hand_grid_shows_palm_and_back_of_each_hand_centred(tmp_path):
     res = svc.run(request(tmp_path, Part.hand, n=2, render=True))
     img = grid_image(res)
-    sheet = img[title_height(img):]
+    sheet = img[title_height(img) :]
     cell = 160
     assert sheet.shape == (cell, 4 * cell, 3)  # hand 1 palm, back, hand 2 palm, back
     for c in range(4):
-        mask = covered(sheet[:, c * cell:(c + 1) * cell])
+        mask = covered(sheet[:, c * cell : (c + 1) * cell])
         mask[: cell // 8] = False  # the caption
         ys, xs = np.nonzero(mask)
         assert mask.mean() > 0.05
@@ -115,12 +123,14 @@ def test_wholebody_grid_has_a_body_both_hands_and_the_face_per_sample(tmp_path, 
     res = svc.run(request(tmp_path, Part.wholebody, n=2, render=True))
     assert res.info["grid_count"] == 2
     img = grid_image(res)
-    sheet = img[title_height(img):]
+    sheet = img[title_height(img) :]
     block_w, block_h = 192 + 160, 384
     assert sheet.shape == (block_h, 2 * block_w + 4, 3)
     for b in range(2):
-        block = sheet[:, b * (block_w + 4): b * (block_w + 4) + block_w]
-        panels = [block[:, :192]] + [block[k * 128:(k + 1) * 128, 192:] for k in range(3)]  # body, hands, face
+        block = sheet[:, b * (block_w + 4) : b * (block_w + 4) + block_w]
+        panels = [block[:, :192]] + [
+            block[k * 128 : (k + 1) * 128, 192:] for k in range(3)
+        ]  # body, hands, face
         for panel in panels:
             inner = covered(panel)
             inner[:16] = False  # captions
@@ -137,7 +147,7 @@ def test_face_without_flame_draws_charts_and_says_meshes_need_flame(tmp_path, mo
         res = svc.run(request(tmp_path, part, n=3, render=True, out=tmp_path / part.value))
         assert res.info["grid_count"] == 3
         img = grid_image(res)
-        head, body = img[: title_height(img)], img[title_height(img):]
+        head, body = img[: title_height(img)], img[title_height(img) :]
         assert head.shape[0] > 40  # title and the FLAME note
         assert (np.abs(body.astype(int) - (70, 110, 190)).sum(-1) < 30).sum() > 200  # coefficient bars
 
@@ -148,10 +158,10 @@ def test_face_with_flame_draws_meshes(tmp_path):
     write_flame(tmp_path / "models" / "flame")
     res = svc.run(request(tmp_path, Part.face, n=2, render=True, body_model=tmp_path / "models"))
     img = grid_image(res)
-    body = img[title_height(img):]
+    body = img[title_height(img) :]
     assert body.shape[:2] == (256, 512)
     for c in range(2):
-        assert covered(body[:, c * 256:(c + 1) * 256]).mean() > 0.05
+        assert covered(body[:, c * 256 : (c + 1) * 256]).mean() > 0.05
     assert (np.abs(body.astype(int) - (70, 110, 190)).sum(-1) < 30).sum() == 0  # meshes, not charts
 
 
@@ -161,8 +171,8 @@ def test_wholebody_grid_with_smplx_and_flame_shows_a_face_mesh(tmp_path):
     root = write_body_models_tree(tmp_path / "models")
     res = svc.run(request(tmp_path, Part.wholebody, n=2, render=True, body_model=root))
     img = grid_image(res)
-    block = img[title_height(img):]
-    face = block[2 * 128:3 * 128, 192:192 + 160]
+    block = img[title_height(img) :]
+    face = block[2 * 128 : 3 * 128, 192 : 192 + 160]
     inner = covered(face)
     inner[:16] = False
     assert inner.mean() > 0.05  # the FLAME face at the sample's jaw pose and expression

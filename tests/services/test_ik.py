@@ -151,8 +151,9 @@ def test_hidden_joint_values_never_reach_the_solution(hand_problem, hand):
     problem = ik.apply_type(hand_problem, "sparse", generator=gen())
     garbage = torch.where(problem.visible[..., None], problem.targets, torch.full_like(problem.targets, 1e3))
     a = ik.solve_ik(problem, hand, prior("l2"), ik_type="sparse", steps=15, generator=gen())
-    b = ik.solve_ik(replace(problem, targets=garbage), hand, prior("l2"), ik_type="sparse", steps=15,
-                    generator=gen())
+    b = ik.solve_ik(
+        replace(problem, targets=garbage), hand, prior("l2"), ik_type="sparse", steps=15, generator=gen()
+    )
     assert torch.equal(a.params["hand_pose"], b.params["hand_pose"])
 
 
@@ -181,14 +182,25 @@ def test_face_ik_on_a_flame_fixture_with_real_expressions(tmp_path, shared_data)
     face = load_body("face", tmp_path / "flame", CPU)
     poses = np.load(shared_data / "poses" / "face_expression_reference_train.npz")["poses"][:12]
     np.savez(tmp_path / "gt.npz", poses=poses)
-    problem = ik.apply_type(svc.load_problem(tmp_path / "gt.npz", Part.face, face, CPU), "half_face", generator=gen())
-    assert problem.targets.shape == (12, 73, 3) and torch.allclose(problem.gt["jaw_pose"], torch.tensor(poses[:, :3]))
-    priors = svc.load_priors(Part.face, write_tiny_prior(tmp_path / "f.pt", Part.face),
-                             shape_checkpoint=write_tiny_prior(tmp_path / "s.pt", Part.face_shape))
-    res = ik.solve_ik(problem, face, prior("dposer", Part.face, priors), ik_type="half_face", steps=40,
-                      generator=gen())
+    problem = ik.apply_type(
+        svc.load_problem(tmp_path / "gt.npz", Part.face, face, CPU), "half_face", generator=gen()
+    )
+    assert problem.targets.shape == (12, 73, 3) and torch.allclose(
+        problem.gt["jaw_pose"], torch.tensor(poses[:, :3])
+    )
+    priors = svc.load_priors(
+        Part.face,
+        write_tiny_prior(tmp_path / "f.pt", Part.face),
+        shape_checkpoint=write_tiny_prior(tmp_path / "s.pt", Part.face_shape),
+    )
+    res = ik.solve_ik(
+        problem, face, prior("dposer", Part.face, priors), ik_type="half_face", steps=40, generator=gen()
+    )
     assert {k: tuple(v.shape) for k, v in res.params.items()} == {
-        "betas": (12, 100), "expression": (12, 100), "jaw_pose": (12, 3)} and res.joints.shape == (12, 73, 3)
+        "betas": (12, 100),
+        "expression": (12, 100),
+        "jaw_pose": (12, 3),
+    } and res.joints.shape == (12, 73, 3)
     assert res.nfe == 80 and sum(p.nfe for p in priors.values()) == 80  # two networks per step (spec §11)
     zeros = {k: torch.zeros_like(v) for k, v in res.params.items()}
     zero = ik.IKResult(zeros, face(**zeros).joints, 0, 0)
@@ -233,7 +245,9 @@ def demo_hand_prior():
     """The bundled demo hand prior ($DPOSER_TEST_HAND_PRIOR overrides it, e.g. with a training checkpoint)."""
     path = Path(os.environ.get("DPOSER_TEST_HAND_PRIOR") or demo_checkpoint(Part.hand))
     if not path.is_file():
-        pytest.skip(f"no trained hand prior at {path} (the bundled demo prior): prior-vs-baseline comparison skipped")
+        pytest.skip(
+            f"no trained hand prior at {path} (the bundled demo prior): prior-vs-baseline comparison skipped"
+        )
     return svc.load_priors(Part.hand, path)
 
 
@@ -242,7 +256,13 @@ def test_dposer_prior_beats_no_prior_and_l2_on_occluded_joints(hand_problem, han
     errors = {}
     for kind in ik.PRIORS:
         problem = ik.apply_type(hand_problem, ik_type, generator=gen(7))
-        res = ik.solve_ik(problem, hand, prior(kind, Part.hand, demo_hand_prior), ik_type=ik_type, steps=120,
-                          generator=gen(9))
+        res = ik.solve_ik(
+            problem,
+            hand,
+            prior(kind, Part.hand, demo_hand_prior),
+            ik_type=ik_type,
+            steps=120,
+            generator=gen(9),
+        )
         errors[kind] = ik.evaluate_ik(problem, hand, res)["mpjpe_occluded_mm"]
     assert errors["dposer"] < 0.9 * min(errors["none"], errors["l2"]), errors

@@ -24,10 +24,26 @@ from dposer_cli.tasks import train as task
 
 
 def _req(tmp_path, data, steps, **kw):
-    tc = TrainConfig(steps=steps, batch_size=64, lr=1e-3, warmup=5, ckpt_every=kw.pop("ckpt_every", 10),
-                     val_every=kw.pop("val_every", 10), seed=0)
-    return svc.TrainRequest(part=kw.pop("part", Part.hand), data=[data], out=kw.pop("out", tmp_path / "run"),
-                            train=tc, hidden_dim=32, embed_dim=16, device="cpu", eval_samples=0, **kw)
+    tc = TrainConfig(
+        steps=steps,
+        batch_size=64,
+        lr=1e-3,
+        warmup=5,
+        ckpt_every=kw.pop("ckpt_every", 10),
+        val_every=kw.pop("val_every", 10),
+        seed=0,
+    )
+    return svc.TrainRequest(
+        part=kw.pop("part", Part.hand),
+        data=[data],
+        out=kw.pop("out", tmp_path / "run"),
+        train=tc,
+        hidden_dim=32,
+        embed_dim=16,
+        device="cpu",
+        eval_samples=0,
+        **kw,
+    )
 
 
 @pytest.fixture
@@ -70,8 +86,12 @@ def test_interrupt_flushes_checkpoint_and_resume_continues(tmp_path, hand_data):
         "'--steps','10000000','--batch-size','32','--hidden-dim','32','--embed-dim','16','--ckpt-every','50',"
         "'--val-every','1000000','--eval-samples','0','--device','cpu','--quiet'])\n"
     )
-    proc = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     import time
 
     deadline = time.time() + 120
@@ -95,10 +115,42 @@ def test_shards_are_disjoint_and_cover_the_epoch():
 @pytest.mark.slow
 def test_ddp_two_gloo_processes_write_a_valid_checkpoint(tmp_path, hand_data):
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29731",
-           "-m", "dposer_cli", "train", "--part", "hand", "--data", str(hand_data), "--out", str(out), "--steps", "6",
-           "--batch-size", "32", "--hidden-dim", "32", "--embed-dim", "16", "--ckpt-every", "3", "--val-every", "3",
-           "--eval-samples", "0", "--device", "cpu", "--json", "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-port",
+        "29731",
+        "-m",
+        "dposer_cli",
+        "train",
+        "--part",
+        "hand",
+        "--data",
+        str(hand_data),
+        "--out",
+        str(out),
+        "--steps",
+        "6",
+        "--batch-size",
+        "32",
+        "--hidden-dim",
+        "32",
+        "--embed-dim",
+        "16",
+        "--ckpt-every",
+        "3",
+        "--val-every",
+        "3",
+        "--eval-samples",
+        "0",
+        "--device",
+        "cpu",
+        "--json",
+        "--quiet",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DPOSER_DIST_BACKEND": "gloo"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -109,20 +161,26 @@ def test_ddp_two_gloo_processes_write_a_valid_checkpoint(tmp_path, hand_data):
     assert ck.extra["step"] == 6
 
 
-@pytest.mark.parametrize("content,pattern", [
-    ("empty_dir", "no .npz files"),
-    ("no_keys", "no usable|expected"),
-    ("wrong_dim", "expected|45"),
-    ("nan", "NaN|non-finite|nan"),
-])
+@pytest.mark.parametrize(
+    "content,pattern",
+    [
+        ("empty_dir", "no .npz files"),
+        ("no_keys", "no usable|expected"),
+        ("wrong_dim", "expected|45"),
+        ("nan", "NaN|non-finite|nan"),
+    ],
+)
 def test_bad_training_data_is_a_one_line_error(tmp_path, content, pattern):
     if content == "empty_dir":
         data = tmp_path / "empty"
         data.mkdir()
     else:
         data = tmp_path / "d.npz"
-        arrays = {"no_keys": {"foo": np.zeros((5, 3))}, "wrong_dim": {"hand_pose": np.zeros((5, 44))},
-                  "nan": {"hand_pose": np.full((5, 45), np.nan)}}[content]
+        arrays = {
+            "no_keys": {"foo": np.zeros((5, 3))},
+            "wrong_dim": {"hand_pose": np.zeros((5, 44))},
+            "nan": {"hand_pose": np.full((5, 45), np.nan)},
+        }[content]
         np.savez(data, **arrays)
     with pytest.raises(InputError, match=pattern) as exc:
         svc.run(_req(tmp_path, data, 5))
@@ -134,15 +192,20 @@ def _assert_same_run(a, b):
     """Two run folders hold bit-identical weights, EMA, optimiser state, exported prior and log."""
     ca, cb = read_checkpoint(a / "last.pt"), read_checkpoint(b / "last.pt")
     assert ca.extra["step"] == cb.extra["step"]
-    for sa, sb in ((ca.model, cb.model), (ca.ema, cb.ema), (read_checkpoint(a / "prior.pt").model,
-                                                             read_checkpoint(b / "prior.pt").model)):
+    for sa, sb in (
+        (ca.model, cb.model),
+        (ca.ema, cb.ema),
+        (read_checkpoint(a / "prior.pt").model, read_checkpoint(b / "prior.pt").model),
+    ):
         assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
     oa, ob = ca.extra["optimizer"]["state"], cb.extra["optimizer"]["state"]
     assert all(torch.equal(oa[i][k], ob[i][k]) for i in oa for k in oa[i])
 
     def records(folder):
-        return [{k: v for k, v in json.loads(line).items() if k != "seconds"}
-                for line in (folder / "log.jsonl").read_text().splitlines()]
+        return [
+            {k: v for k, v in json.loads(line).items() if k != "seconds"}
+            for line in (folder / "log.jsonl").read_text().splitlines()
+        ]
 
     assert records(a) == records(b)
 
@@ -163,10 +226,12 @@ def uninterrupted(tmp_path_factory):
 
 def _kill_at(step, *signums):
     """A progress callback that sends this process `signums` after step `step`."""
+
     def cb(done, total):
         if done == step:
             for s in signums:
                 os.kill(os.getpid(), s)
+
     return cb
 
 
@@ -228,23 +293,29 @@ def test_signal_before_the_loop_is_an_interrupt(tmp_path, uninterrupted, monkeyp
 
 
 # ------------------------------------------------------------------------------------- resume refusals
-@pytest.mark.parametrize("change,pattern,overridable", [
-    (dict(lr=2e-3), r"--lr is 0.001 there but 0.002 now", True),
-    (dict(steps=40), r"--steps is 30 there but 40 now", True),
-    (dict(data_rows=500), r"training data differ .*\(600 poses then, 500 now\)", True),
-    (dict(data_shift=1e-3), r"training data differ .*\(600 poses, different values\)", True),
-    (dict(hidden_dim=64), r"--hidden-dim is 32 there but 64 now", False),
-])
+@pytest.mark.parametrize(
+    "change,pattern,overridable",
+    [
+        (dict(lr=2e-3), r"--lr is 0.001 there but 0.002 now", True),
+        (dict(steps=40), r"--steps is 30 there but 40 now", True),
+        (dict(data_rows=500), r"training data differ .*\(600 poses then, 500 now\)", True),
+        (dict(data_shift=1e-3), r"training data differ .*\(600 poses, different values\)", True),
+        (dict(hidden_dim=64), r"--hidden-dim is 32 there but 64 now", False),
+    ],
+)
 def test_resume_with_other_data_or_settings_is_refused(tmp_path, hand_data, change, pattern, overridable):
     svc.run(_req(tmp_path, hand_data, 30, stop_after=5))
     poses = np.load(hand_data)["hand_pose"]
     data = hand_data
     if "data_rows" in change or "data_shift" in change:
         data = tmp_path / "other.npz"
-        np.savez(data, hand_pose=poses[:change.get("data_rows", 600)] + change.get("data_shift", 0.0))
+        np.savez(data, hand_pose=poses[: change.get("data_rows", 600)] + change.get("data_shift", 0.0))
     req = _req(tmp_path, data, change.get("steps", 30), stop_after=5)
-    req = dataclasses.replace(req, hidden_dim=change.get("hidden_dim", 32),
-                              train=dataclasses.replace(req.train, lr=change.get("lr", 1e-3)))
+    req = dataclasses.replace(
+        req,
+        hidden_dim=change.get("hidden_dim", 32),
+        train=dataclasses.replace(req.train, lr=change.get("lr", 1e-3)),
+    )
     with pytest.raises(InputError, match=pattern) as exc:
         svc.run(req)
     assert "\n" not in str(exc.value) and str(tmp_path / "run/last.pt") in str(exc.value)
@@ -267,14 +338,23 @@ def test_changed_cadence_resumes(tmp_path, hand_data):
 def test_orphan_temporary_files_are_removed_and_log_trimmed(tmp_path, hand_data):
     svc.run(_req(tmp_path, hand_data, 30, stop_after=20))
     out = tmp_path / "run"
-    orphans = [out / name for name in (".last.pt.k2j3h4.tmp", ".prior.pt.x9.tmp", ".best.pt.a.tmp",
-                                       ".dposer-write-test-7")]
+    orphans = [
+        out / name
+        for name in (".last.pt.k2j3h4.tmp", ".prior.pt.x9.tmp", ".best.pt.a.tmp", ".dposer-write-test-7")
+    ]
     for p in orphans:
         p.write_bytes(b"partial")
     (out / ".notes.tmp").write_text("not ours")
     ck = read_checkpoint(out / "last.pt")
-    save_checkpoint(out / "last.pt", part=Part.hand, config=ck.config, model=ck.model, ema=ck.ema,
-                    normalizer=ck.normalizer, **{**ck.extra, "step": 10})  # killed after step 10's checkpoint
+    save_checkpoint(
+        out / "last.pt",
+        part=Part.hand,
+        config=ck.config,
+        model=ck.model,
+        ema=ck.ema,
+        normalizer=ck.normalizer,
+        **{**ck.extra, "step": 10},
+    )  # killed after step 10's checkpoint
     with open(out / "log.jsonl", "a") as fh:
         fh.write('{"step": 30, "val_lo')  # a line cut by the kill
     svc.run(_req(tmp_path, hand_data, 30, stop_after=5))
@@ -296,35 +376,42 @@ def test_two_runs_in_one_folder_are_refused(tmp_path, hand_data):
 
 
 # ------------------------------------------------------------------------------------------ numbers
-@pytest.mark.parametrize("change,pattern", [
-    (dict(steps=0), "--steps must be at least 1"),
-    (dict(batch_size=0), "--batch-size must be at least 1"),
-    (dict(lr=0.0), "--lr must be a positive learning rate"),
-    (dict(lr=float("nan")), "--lr must be a finite learning rate"),
-    (dict(warmup=-1), "--warmup must be at least 0"),
-    (dict(ema_rate=1.0), "--ema-rate must be less than 1"),
-    (dict(ckpt_every=0), "--ckpt-every must be at least 1"),
-    (dict(val_every=0), "--val-every must be at least 1"),
-    (dict(seed=-1), "--seed must be an integer between 0"),
-    (dict(t_weighting="cubic"), "--t-weighting must be uniform or adaptive"),
-    (dict(hidden_dim=50), "--hidden-dim must be a multiple of 32"),
-    (dict(hidden_dim=0), "--hidden-dim must be at least 32"),
-    (dict(embed_dim=2), "--embed-dim must be at least 4"),
-    (dict(dropout=1.0), "--dropout must be less than 1"),
-    (dict(dropout=-0.1), "--dropout must be a non-negative probability"),
-    (dict(fps=0.0), "--fps must be a positive frame rate"),
-    (dict(eval_samples=-1), "--eval-samples must be at least 0"),
-    (dict(stop_after=0), "--stop-after must be at least 1"),
-])
+@pytest.mark.parametrize(
+    "change,pattern",
+    [
+        (dict(steps=0), "--steps must be at least 1"),
+        (dict(batch_size=0), "--batch-size must be at least 1"),
+        (dict(lr=0.0), "--lr must be a positive learning rate"),
+        (dict(lr=float("nan")), "--lr must be a finite learning rate"),
+        (dict(warmup=-1), "--warmup must be at least 0"),
+        (dict(ema_rate=1.0), "--ema-rate must be less than 1"),
+        (dict(ckpt_every=0), "--ckpt-every must be at least 1"),
+        (dict(val_every=0), "--val-every must be at least 1"),
+        (dict(seed=-1), "--seed must be an integer between 0"),
+        (dict(t_weighting="cubic"), "--t-weighting must be uniform or adaptive"),
+        (dict(hidden_dim=50), "--hidden-dim must be a multiple of 32"),
+        (dict(hidden_dim=0), "--hidden-dim must be at least 32"),
+        (dict(embed_dim=2), "--embed-dim must be at least 4"),
+        (dict(dropout=1.0), "--dropout must be less than 1"),
+        (dict(dropout=-0.1), "--dropout must be a non-negative probability"),
+        (dict(fps=0.0), "--fps must be a positive frame rate"),
+        (dict(eval_samples=-1), "--eval-samples must be at least 0"),
+        (dict(stop_after=0), "--stop-after must be at least 1"),
+    ],
+)
 def test_numbers_out_of_range_are_one_line_errors(tmp_path, hand_data, change, pattern):
     req = _req(tmp_path, hand_data, 5)
     train_keys = {f.name for f in dataclasses.fields(TrainConfig)}
-    req = dataclasses.replace(req, train=dataclasses.replace(req.train, **{k: v for k, v in change.items()
-                                                                           if k in train_keys}),
-                              **{k: v for k, v in change.items() if k not in train_keys})
+    req = dataclasses.replace(
+        req,
+        train=dataclasses.replace(req.train, **{k: v for k, v in change.items() if k in train_keys}),
+        **{k: v for k, v in change.items() if k not in train_keys},
+    )
     with pytest.raises(InputError, match=pattern) as exc:
         svc.run(req)
-    assert "\n" not in str(exc.value) and not (tmp_path / "run").exists()  # refused before anything is written
+    assert (
+        "\n" not in str(exc.value) and not (tmp_path / "run").exists()
+    )  # refused before anything is written
 
 
 # ------------------------------------------------------------------------------ honest reports (#17)

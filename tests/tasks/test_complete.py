@@ -37,8 +37,9 @@ def read_only_cwd(tmp_path_factory, monkeypatch):
 
 @pytest.fixture(scope="module")
 def reference(shared_data_module):
-    return torch.as_tensor(np.load(shared_data_module / "poses" / "body_reference_train.npz")["poses"],
-                           dtype=torch.float32)
+    return torch.as_tensor(
+        np.load(shared_data_module / "poses" / "body_reference_train.npz")["poses"], dtype=torch.float32
+    )
 
 
 @pytest.fixture(scope="module")
@@ -84,8 +85,9 @@ def _plausible(out: torch.Tensor, truth: torch.Tensor, train: torch.Tensor, dims
     lo, hi = train[:, sel].min(0).values, train[:, sel].max(0).values
     margin = 0.1 * (hi - lo)
     assert ((hidden >= lo - margin) & (hidden <= hi + margin)).float().mean() > 0.99
-    rows = torch.randint(len(train), (hidden.shape[0] * hidden.shape[1], len(sel)),
-                         generator=torch.Generator().manual_seed(0))
+    rows = torch.randint(
+        len(train), (hidden.shape[0] * hidden.shape[1], len(sel)), generator=torch.Generator().manual_seed(0)
+    )
     shuffled = train[:, sel][rows, torch.arange(len(sel))]
 
     def nearest(x: torch.Tensor) -> torch.Tensor:
@@ -102,8 +104,14 @@ def test_dposer_mode_fills_hidden_legs_plausibly_and_counts_its_steps(prior, ref
     truth = reference[HELD_OUT]
     observed = _legs_hidden(len(truth))
     calls = []
-    res = tc.complete(prior, truth, observed, hypo=4, generator=torch.Generator().manual_seed(0),
-                      progress=lambda done, total: calls.append((done, total)))
+    res = tc.complete(
+        prior,
+        truth,
+        observed,
+        hypo=4,
+        generator=torch.Generator().manual_seed(0),
+        progress=lambda done, total: calls.append((done, total)),
+    )
     _check_layout(res, truth, observed, 4)
     assert res.mode == "dposer" and res.steps == 200 and res.nfe == 200  # spec §11 default, 1 NFE per step
     assert calls[-1] == (200, 200) and len(calls) == 200
@@ -115,7 +123,9 @@ def test_dposer_mode_fills_hidden_legs_plausibly_and_counts_its_steps(prior, ref
 def test_inpainting_modes_keep_observed_and_make_one_network_call_per_step(prior, reference, mode):
     truth = reference[HELD_OUT][:6]
     observed = _legs_hidden(len(truth))
-    res = tc.complete(prior, truth, observed, hypo=3, mode=mode, steps=30, generator=torch.Generator().manual_seed(1))
+    res = tc.complete(
+        prior, truth, observed, hypo=3, mode=mode, steps=30, generator=torch.Generator().manual_seed(1)
+    )
     _check_layout(res, truth, observed, 3)
     assert res.nfe == 30 and res.steps == 30 and res.mode == mode
 
@@ -147,22 +157,29 @@ def test_per_row_nan_masks_from_resolve_masking(prior, reference):
     truth[holes] = float("nan")
     masking = tc.resolve_masking(Part.body, truth)
     assert masking.source == "nan" and not masking.has_truth and torch.equal(masking.observed, ~holes)
-    res = tc.complete(prior, truth, masking.observed, hypo=2, steps=6, generator=torch.Generator().manual_seed(4))
+    res = tc.complete(
+        prior, truth, masking.observed, hypo=2, steps=6, generator=torch.Generator().manual_seed(4)
+    )
     _check_layout(res, torch.nan_to_num(truth), masking.observed, 2)
 
 
 def test_runs_larger_than_a_chunk_count_every_batched_run(prior, reference, monkeypatch):
     monkeypatch.setattr(tc, "CHUNK", 6)  # 3 hypotheses → 2 poses per run → 3 runs for 5 poses
     truth = reference[HELD_OUT][:5]
-    res = tc.complete(prior, truth, _legs_hidden(5), hypo=3, steps=4, generator=torch.Generator().manual_seed(5))
+    res = tc.complete(
+        prior, truth, _legs_hidden(5), hypo=3, steps=4, generator=torch.Generator().manual_seed(5)
+    )
     _check_layout(res, truth, _legs_hidden(5), 3)
     assert res.nfe == 3 * 4
 
 
 def test_bad_options_raise_one_line_input_errors(prior, reference):
     truth = reference[HELD_OUT][:2]
-    for kwargs, pattern in [({"mode": "dpoer"}, "did you mean 'dposer'"), ({"hypo": 0}, "--hypo must be at least 1"),
-                            ({"steps": 0}, "--steps must be at least 1")]:
+    for kwargs, pattern in [
+        ({"mode": "dpoer"}, "did you mean 'dposer'"),
+        ({"hypo": 0}, "--hypo must be at least 1"),
+        ({"steps": 0}, "--steps must be at least 1"),
+    ]:
         with pytest.raises(InputError, match=pattern):
             tc.complete(prior, truth, _legs_hidden(2), **kwargs)
     with pytest.raises(InputError, match=r"expected \(N, 63\)"):
@@ -191,8 +208,14 @@ def test_dposer_complete_same_result_for_hypothesis_layout_and_flat_batch():
     y = torch.randn(3, 1, D, generator=torch.Generator().manual_seed(3))
     kw = {"sde": SDE, "iterations": 2, "steps_per_iter": 10}
     a, _ = tc.dposer_complete(CountingEps(), x, mask, y, generator=torch.Generator().manual_seed(4), **kw)
-    b, _ = tc.dposer_complete(CountingEps(), x.reshape(15, D), mask.reshape(15, D),
-                              y.expand(3, 5, D).reshape(15, D), generator=torch.Generator().manual_seed(4), **kw)
+    b, _ = tc.dposer_complete(
+        CountingEps(),
+        x.reshape(15, D),
+        mask.reshape(15, D),
+        y.expand(3, 5, D).reshape(15, D),
+        generator=torch.Generator().manual_seed(4),
+        **kw,
+    )
     torch.testing.assert_close(a.reshape(15, D), b)
 
 
@@ -209,10 +232,13 @@ def test_dposer_complete_moves_masked_dims_towards_conditional_mean_from_noise()
 
 def test_completion_stages_are_one_adam_run_with_the_official_weights():
     stages = tc.completion_stages(2, 100)
-    assert [(s.iters, dict(s.weights)) for s in stages] == [(100, {"data": 100.0, "prior": 0.1}),
-                                                           (100, {"data": 50.0, "prior": 0.2})]
-    assert all(not s.reset and s.uses_prior and s.betas == (0.9, 0.99) and dict(s.lrs) == {"x": 0.1}
-               for s in stages)
+    assert [(s.iters, dict(s.weights)) for s in stages] == [
+        (100, {"data": 100.0, "prior": 0.1}),
+        (100, {"data": 50.0, "prior": 0.2}),
+    ]
+    assert all(
+        not s.reset and s.uses_prior and s.betas == (0.9, 0.99) and dict(s.lrs) == {"x": 0.1} for s in stages
+    )
 
 
 # ---- baseline priors --------------------------------------------------------------------------------------
@@ -247,7 +273,9 @@ def test_vposer_baseline_through_the_task_is_its_own_completion(tmp_path_factory
     truth = vposer.decode(torch.randn(3, 8, generator=torch.Generator().manual_seed(4)))
     observed = torch.ones(63, dtype=torch.bool)
     observed[:9] = False
-    res = tc.complete(vposer, truth, observed.expand(3, 63), hypo=2, generator=torch.Generator().manual_seed(5))
+    res = tc.complete(
+        vposer, truth, observed.expand(3, 63), hypo=2, generator=torch.Generator().manual_seed(5)
+    )
     own = vposer.complete(truth, observed, hypo=2, generator=torch.Generator().manual_seed(5))
     assert torch.equal(res.poses, own) and res.nfe == 0
     _check_layout(res, truth, observed.expand(3, 63), 2)

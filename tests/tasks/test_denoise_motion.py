@@ -74,8 +74,15 @@ def test_denoised_joints_are_closer_to_the_clean_ones_than_the_noisy_input(prior
     gen = torch.Generator().manual_seed(0)
     noisy = clean + 0.04 * torch.randn(clean.shape, generator=gen)
     calls = []
-    fit = dm.denoise_motion(prior, body, noisy, noise_std=0.04, temporal="joints", generator=gen,
-                            progress=lambda done, total: calls.append((done, total)))
+    fit = dm.denoise_motion(
+        prior,
+        body,
+        noisy,
+        noise_std=0.04,
+        temporal="joints",
+        generator=gen,
+        progress=lambda done, total: calls.append((done, total)),
+    )
     assert fit.schedule.name == "motion-0.04" and fit.schedule.t_range == T_RANGES["motion-0.04"]
     assert fit.nfe == fit.schedule.steps == 180 and calls[-1] == (180, 180) and len(calls) == 180
     assert set(fit.params) == {"body_pose"} and fit.params["body_pose"].shape == (FRAMES, 63)
@@ -91,18 +98,33 @@ def test_denoised_joints_are_closer_to_the_clean_ones_than_the_noisy_input(prior
 def test_same_generator_seed_same_result_and_a_baseline_prior_costs_no_evaluations(prior, body, pose):
     clean = _joints(body, pose[:6])
     sched = replace(dm.SCHEDULES[0.02], steps_per_iter=4)
-    a, b = (dm.denoise_motion(prior, body, clean, schedule=sched, generator=torch.Generator().manual_seed(3))
-            for _ in range(2))
+    a, b = (
+        dm.denoise_motion(prior, body, clean, schedule=sched, generator=torch.Generator().manual_seed(3))
+        for _ in range(2)
+    )
     torch.testing.assert_close(a.params["body_pose"], b.params["body_pose"], rtol=0, atol=0)
-    assert a.nfe == 12 and a.temporal_term == "vertices" and a.schedule is sched  # auto: the mannequin has a mesh
+    assert (
+        a.nfe == 12 and a.temporal_term == "vertices" and a.schedule is sched
+    )  # auto: the mannequin has a mesh
     assert dm.denoise_motion(NoPrior(Part.body), body, clean, schedule=sched).nfe == 0
 
 
 def test_hidden_legs_are_filled_in_from_the_visible_joints(prior, body, pose):
     clean = _joints(body, pose)
-    fit = dm.denoise_motion(prior, body, clean, noise_std=0.0, occluded=("legs",), temporal="joints",
-                            generator=torch.Generator().manual_seed(0))
-    assert fit.schedule.name == "motion-partial-legs" and fit.schedule.partial and fit.nfe == 240 == fit.schedule.steps
+    fit = dm.denoise_motion(
+        prior,
+        body,
+        clean,
+        noise_std=0.0,
+        occluded=("legs",),
+        temporal="joints",
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert (
+        fit.schedule.name == "motion-partial-legs"
+        and fit.schedule.partial
+        and fit.nfe == 240 == fit.schedule.steps
+    )
     assert fit.partial and not bool(fit.visible[:, LEGS22].any()) and bool(fit.visible.sum(1).eq(14).all())
     assert bool(torch.isfinite(fit.joints).all())
     assert _err(fit.joints, clean, [j for j in range(22) if j not in LEGS22]) < 0.01  # visible: within 1 cm
@@ -131,8 +153,15 @@ def test_world_frame_observations_fit_orientation_and_translation(prior, body, p
     transl = torch.tensor([[0.5, 1.0, 2.0]]).expand(FRAMES, 3)
     clean = _joints(body, pose, orient, transl)
     noisy = clean + 0.03 * torch.randn(clean.shape, generator=torch.Generator().manual_seed(1))
-    fit = dm.denoise_motion(prior, body, noisy, noise_std=0.03, world=True, temporal="joints",
-                            generator=torch.Generator().manual_seed(0))
+    fit = dm.denoise_motion(
+        prior,
+        body,
+        noisy,
+        noise_std=0.03,
+        world=True,
+        temporal="joints",
+        generator=torch.Generator().manual_seed(0),
+    )
     assert set(fit.params) == {"body_pose", "global_orient", "transl"}
     assert _err(fit.joints, clean) < 0.6 * _err(noisy, clean)
 
@@ -149,11 +178,22 @@ def test_rigid_init_recovers_a_known_placement(body, pose):
     assert float((q * q_true).sum(-1).abs().min()) > 1 - 1e-6  # same rotation (q ≡ −q)
     torch.testing.assert_close(got_transl[1:], transl[1:], atol=1e-5, rtol=0)
     torch.testing.assert_close(got_orient[0], torch.zeros(3))
-    torch.testing.assert_close(_joints(body, pose[:1], None, got_transl[:1])[0, 0], obs[0, 0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        _joints(body, pose[:1], None, got_transl[:1])[0, 0], obs[0, 0], atol=1e-5, rtol=0
+    )
 
 
-@pytest.mark.parametrize("std,name", [(0.0, "motion-0.02"), (0.02, "motion-0.02"), (0.03, "motion-0.04"),
-                                      (0.05, "motion-0.04"), (0.07, "motion-0.1"), (0.5, "motion-0.1")])
+@pytest.mark.parametrize(
+    "std,name",
+    [
+        (0.0, "motion-0.02"),
+        (0.02, "motion-0.02"),
+        (0.03, "motion-0.04"),
+        (0.05, "motion-0.04"),
+        (0.07, "motion-0.1"),
+        (0.5, "motion-0.1"),
+    ],
+)
 def test_schedule_is_the_nearest_official_one_on_a_log_scale(std, name):
     assert dm.pick_schedule(std).name == name
 
@@ -163,7 +203,9 @@ def test_schedules_name_their_time_range_and_weigh_the_official_recipe():
         assert sched.t_range == T_RANGES[sched.name]
     stages = dm.SCHEDULES[0.04].stages(("body_pose", "global_orient", "transl"))
     assert [s.iters for s in stages] == [60] * 3 and all(not s.reset and s.uses_prior for s in stages)
-    assert stages[0].lrs == {"body_pose": 0.03, "global_orient": 0.03, "transl": 0.03} and stages[0].eps == 1e-8
+    assert (
+        stages[0].lrs == {"body_pose": 0.03, "global_orient": 0.03, "transl": 0.03} and stages[0].eps == 1e-8
+    )
     assert [s.weights["data"] for s in stages] == [100.0, 50.0, 20.0]
     assert [s.weights["temporal"] for s in stages] == [10.0, 20.0, 30.0]
     partial = dm.PARTIAL_SCHEDULES["legs"].stages()
@@ -191,13 +233,16 @@ def test_hidden_joints_of_mask_groups():
         dm.hidden_joints(("leg",))
 
 
-@pytest.mark.parametrize("case,pattern", [
-    ("one_frame", "at least 2"),
-    ("shape", r"expected \(T, 22, 3\)"),
-    ("all_hidden", "every joint is occluded"),
-    ("temporal", "unknown temporal term"),
-    ("hand_prior", "needs a body prior"),
-])
+@pytest.mark.parametrize(
+    "case,pattern",
+    [
+        ("one_frame", "at least 2"),
+        ("shape", r"expected \(T, 22, 3\)"),
+        ("all_hidden", "every joint is occluded"),
+        ("temporal", "unknown temporal term"),
+        ("hand_prior", "needs a body prior"),
+    ],
+)
 def test_bad_inputs_are_input_errors(body, case, pattern):
     obs = torch.zeros(4, 22, 3)
     kw = {}

@@ -75,8 +75,13 @@ def _project(model, joint_set: str, params: dict, focal: float, center: tuple[fl
 
 
 def _body_scene(body, n: int = 2) -> tuple[tf.FitInput, dict[str, torch.Tensor]]:
-    params = {"body_pose": _body_pose(n), "global_orient": cam.camera_orient(n),
-              "transl": torch.stack([torch.linspace(-0.6, 0.6, n), torch.full((n,), 0.2), torch.full((n,), 4.5)], 1)}
+    params = {
+        "body_pose": _body_pose(n),
+        "global_orient": cam.camera_orient(n),
+        "transl": torch.stack(
+            [torch.linspace(-0.6, 0.6, n), torch.full((n,), 0.2), torch.full((n,), 4.5)], 1
+        ),
+    }
     kp = _project(body, "openpose25", params, math.hypot(W, H), (W / 2, H / 2))
     return tf.FitInput.for_image(kp, (H, W)), params
 
@@ -93,7 +98,8 @@ def test_fit_brings_keypoints_of_a_known_body_pose_to_a_few_pixels(body):
     assert result.params["body_pose"].shape == (2, 63) and result.params["betas"].shape == (2, 10)
     assert result.joints.shape == (2, 22, 3) and result.data_loss.shape == (2,)
     assert list(result.stage_losses) == ["translation_loss", "orientation_loss"] + [
-        f"body-{i}_loss" for i in range(1, 6)]
+        f"body-{i}_loss" for i in range(1, 6)
+    ]
     # rows in input order, at the right depth
     torch.testing.assert_close(result.params["transl"], truth["transl"], atol=0.15, rtol=0)
     with torch.no_grad():  # the joints of the result
@@ -106,8 +112,11 @@ def test_fit_of_a_hand_from_hand21_keypoints(hand):
     n = 2
     gen = torch.Generator().manual_seed(0)
     pose = 0.3 * torch.randn(n, 45, generator=gen)
-    params = {"hand_pose": pose, "global_orient": torch.tensor([[0.3, -0.4, 0.2], [2.0, 0.5, -0.3]]),
-              "transl": torch.tensor([[0.02, -0.01, 0.5], [-0.02, 0.02, 0.55]])}
+    params = {
+        "hand_pose": pose,
+        "global_orient": torch.tensor([[0.3, -0.4, 0.2], [2.0, 0.5, -0.3]]),
+        "transl": torch.tensor([[0.02, -0.01, 0.5], [-0.02, 0.02, 0.55]]),
+    }
     kp = _project(hand, "hand21", params, 300.0, (112.0, 112.0))
     inputs = tf.FitInput.for_image(kp, (224, 224), focal=300.0)
     result = tf.fit(hand, L2Prior(Part.hand), inputs, part=Part.hand, keypoint_layout="hand21", steps=12)
@@ -124,16 +133,23 @@ def test_dposer_prior_evaluations_are_counted_by_the_optimiser(body, tmp_path_fa
     inputs, _ = _body_scene(body, 1)
     gen = torch.Generator().manual_seed(0)
     result = tf.fit(body, prior, inputs, steps=3, generator=gen)
-    assert result.nfe == 5 * 3 and result.prior_seconds > 0  # one per pose-stage iteration, none for the camera
+    assert (
+        result.nfe == 5 * 3 and result.prior_seconds > 0
+    )  # one per pose-stage iteration, none for the camera
 
 
 def test_video_tracks_share_a_shape_and_the_temporal_pass_runs(body):
     frames = 3
     inputs, _ = _body_scene(body, 2)
     kp = torch.cat([inputs.keypoints + torch.tensor([4.0 * f, 0, 0]) for f in range(frames)])
-    video = tf.FitInput(kp, inputs.focal.repeat(frames), inputs.center.repeat(frames, 1),
-                        inputs.image_size.repeat(frames, 1), track=torch.tensor([0, 1] * frames),
-                        frame=torch.arange(frames).repeat_interleave(2))
+    video = tf.FitInput(
+        kp,
+        inputs.focal.repeat(frames),
+        inputs.center.repeat(frames, 1),
+        inputs.image_size.repeat(frames, 1),
+        track=torch.tensor([0, 1] * frames),
+        frame=torch.arange(frames).repeat_interleave(2),
+    )
     result = tf.fit(body, NoPrior(Part.body), video, steps=3, temporal=True)
     betas = result.params["betas"].reshape(frames, 2, -1)
     torch.testing.assert_close(betas, betas[:1].expand_as(betas))
@@ -163,8 +179,11 @@ def test_side_view_is_detected_per_person():
     kp = torch.zeros(3, 25, 3)
     kp[..., 2] = 1.0
     kp[:, 2, :2], kp[:, 5, :2] = torch.tensor([600.0, 300.0]), torch.tensor([680.0, 300.0])  # shoulders 80 px
-    kp[:, 9, :2], kp[:, 12, :2], kp[:, 8, :2] = torch.tensor([610.0, 450.0]), torch.tensor([670.0, 450.0]), \
-        torch.tensor([640.0, 450.0])
+    kp[:, 9, :2], kp[:, 12, :2], kp[:, 8, :2] = (
+        torch.tensor([610.0, 450.0]),
+        torch.tensor([670.0, 450.0]),
+        torch.tensor([640.0, 450.0]),
+    )
     assert not tf.side_view(kp).any() and not tf.facing_away(kp).any()
     kp[1, 5, :2] = kp[1, 2, :2] + torch.tensor([4.0, 1.0])  # shoulders 4 px apart: seen from the side
     assert tf.side_view(kp).tolist() == [False, True, False]
@@ -193,7 +212,9 @@ def test_prior_schedule_anneals_t_and_offers_baselines():
     assert all(a > b for a, b in itertools.pairwise(ts))
     pose = torch.randn(3, 63)
     assert NoPrior(Part.body).loss(pose, ts[0]).abs().sum() == 0
-    np.testing.assert_allclose(L2Prior(Part.body).loss(pose, ts[0]).numpy(), (pose**2).sum(-1).numpy(), rtol=1e-6)
+    np.testing.assert_allclose(
+        L2Prior(Part.body).loss(pose, ts[0]).numpy(), (pose**2).sum(-1).numpy(), rtol=1e-6
+    )
 
 
 def test_prior_term_takes_an_outside_prior_object():
@@ -206,8 +227,12 @@ def test_prior_term_takes_an_outside_prior_object():
         seen.append(value.detach())
         return value
 
-    optimize({"pose": pose.clone()}, [Stage("s", 1, {"pose": 0.0}, uses_prior=True)], loss,
-             prior=PriorSchedule(gmm, T_RANGES["fitting"], weighting=tf.PRIOR_WEIGHTING, horizon=10))
+    optimize(
+        {"pose": pose.clone()},
+        [Stage("s", 1, {"pose": 0.0}, uses_prior=True)],
+        loss,
+        prior=PriorSchedule(gmm, T_RANGES["fitting"], weighting=tf.PRIOR_WEIGHTING, horizon=10),
+    )
     np.testing.assert_allclose(seen[0].numpy(), gmm.energy(pose).numpy(), rtol=1e-6)
 
 

@@ -82,8 +82,9 @@ def test_the_stages_are_one_adam_run_with_the_official_outer_iterations():
 
 
 def test_the_face_prior_sums_its_two_priors_on_their_slices():
-    prior = ik.ik_prior(Part.face, {Part.face: L2Prior(Part.face), Part.face_shape: L2Prior(Part.face_shape)},
-                        scale=0.5)
+    prior = ik.ik_prior(
+        Part.face, {Part.face: L2Prior(Part.face), Part.face_shape: L2Prior(Part.face_shape)}, scale=0.5
+    )
     x = torch.randn(5, 203, generator=gen())
     expected = 0.5 * (x[:, :103] ** 2).sum(-1) + 0.5 * (x[:, 103:] ** 2).sum(-1)
     torch.testing.assert_close(prior.loss(x, 0.1), expected)

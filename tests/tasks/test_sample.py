@@ -75,8 +75,16 @@ def test_callback_gets_raw_space_states(prior):
 def test_batches_concatenate_and_progress_counts_all_steps(prior):
     calls = []
     one = sample(prior, 6, steps=3, generator=gen(), batch_size=6)
-    split = sample(prior, 6, steps=3, generator=gen(), batch_size=4, progress=lambda d, t: calls.append((d, t)),
-                   return_trajectory=True, trajectory_samples=5)
+    split = sample(
+        prior,
+        6,
+        steps=3,
+        generator=gen(),
+        batch_size=4,
+        progress=lambda d, t: calls.append((d, t)),
+        return_trajectory=True,
+        trajectory_samples=5,
+    )
     assert torch.equal(one.poses, sample(prior, 6, steps=3, generator=gen()).poses)
     assert split.poses.shape == (6, 63) and split.nfe == 6
     assert calls == [(d, 6) for d in range(1, 7)]
@@ -99,13 +107,16 @@ def test_baselines_sample_directly_without_trajectory():
         sample(L2Prior(Part.hand), 2)
 
 
-@pytest.mark.parametrize("kwargs,pattern", [
-    ({"n": 0}, "at least 1"),
-    ({"n": 2, "sampler": "dpm"}, "unknown sampler 'dpm'"),
-    ({"n": 2, "steps": 0}, "steps must be at least 1"),
-    ({"n": 2, "batch_size": 0}, "batch size"),
-    ({"n": 2, "return_trajectory": True, "max_frames": 1}, "at least 2 frames"),
-])
+@pytest.mark.parametrize(
+    "kwargs,pattern",
+    [
+        ({"n": 0}, "at least 1"),
+        ({"n": 2, "sampler": "dpm"}, "unknown sampler 'dpm'"),
+        ({"n": 2, "steps": 0}, "steps must be at least 1"),
+        ({"n": 2, "batch_size": 0}, "batch size"),
+        ({"n": 2, "return_trajectory": True, "max_frames": 1}, "at least 2 frames"),
+    ],
+)
 def test_bad_arguments_are_input_errors(prior, kwargs, pattern):
     with pytest.raises(InputError, match=pattern):
         sample(prior, **kwargs)

@@ -40,15 +40,27 @@ def hands(tmp_path_factory):
 
 
 def _config(steps, **kw):
-    return TrainConfig(**{"steps": steps, "batch_size": 64, "lr": 1e-3, "warmup": 5, "seed": 0, "ckpt_every": 10,
-                          "val_every": 10, **kw})
+    return TrainConfig(
+        **{
+            "steps": steps,
+            "batch_size": 64,
+            "lr": 1e-3,
+            "warmup": 5,
+            "seed": 0,
+            "ckpt_every": 10,
+            "val_every": 10,
+            **kw,
+        }
+    )
 
 
 def _setup(part, x, tc, priors=None, **net):
     avail = torch.ones(len(x), 4)
     val_idx, train_idx = task.split(len(x), tc)
     normalizer = task.make_normalizer(part, x[train_idx], priors)
-    cfg, model = task.build_model(part, part_priors=priors, seed=tc.seed, **{"hidden_dim": 32, "embed_dim": 16, **net})
+    cfg, model = task.build_model(
+        part, part_priors=priors, seed=tc.seed, **{"hidden_dim": 32, "embed_dim": 16, **net}
+    )
     return cfg, model, task.TrainData(x, avail, train_idx, val_idx), normalizer
 
 
@@ -62,10 +74,16 @@ class Recorder:
     def save(self, state, kind):
         self.saves.append((kind, state.step))
         if kind == "last":
-            self.last = Checkpoint(path=Path("<memory>"), format="dposer/1", part=Part(self.cfg.part), config=self.cfg,
-                                   model=copy.deepcopy(state.net.state_dict()), ema=None, normalizer=None,
-                                   extra=copy.deepcopy(dict(step=state.step, best_val=state.best,
-                                                            **state.resumable())))
+            self.last = Checkpoint(
+                path=Path("<memory>"),
+                format="dposer/1",
+                part=Part(self.cfg.part),
+                config=self.cfg,
+                model=copy.deepcopy(state.net.state_dict()),
+                ema=None,
+                normalizer=None,
+                extra=copy.deepcopy(dict(step=state.step, best_val=state.best, **state.resumable())),
+            )
 
     def record(self, entry):
         self.records.append(entry)
@@ -131,7 +149,9 @@ def test_mixed_part_blocks_fill_their_whole_body_slots():
     assert torch.equal(x[:2, :63], body) and (x[:2, 63:] == 0).all()
     right, left = slice(offs[2], offs[3]), slice(offs[1], offs[2])
     assert torch.equal(x[[2, 4], right], hand[0::2]) and (x[[2, 4], left] == 0).all()  # right-hand slot
-    assert torch.equal(x[[3, 5], left], hand[1::2] * mirror_mask(Part.wholebody)[63:108])  # mirrored into the left
+    assert torch.equal(
+        x[[3, 5], left], hand[1::2] * mirror_mask(Part.wholebody)[63:108]
+    )  # mirrored into the left
     assert avail.tolist() == [[1, 0, 0, 0]] * 2 + [[0, 0, 1, 0], [0, 1, 0, 0]] * 2
     with pytest.raises(InputError, match="at least 2 poses"):
         task.stack_parts(Part.hand, [(Part.hand, hand[:1])])
@@ -147,7 +167,14 @@ def test_whole_body_finetune_trains_and_validates_the_ema_weights(hands, read_on
     normalizer = task.make_normalizer(Part.wholebody, x[train_idx], priors)
     cfg, net = task.build_model(Part.wholebody, hidden_dim=32, embed_dim=16, part_priors=priors, seed=0)
     rec = Recorder(cfg)
-    done = task.train(net, cfg, tc, task.TrainData(x, avail, train_idx, val_idx), normalizer, save=rec.save,
-                      record=rec.record)
+    done = task.train(
+        net,
+        cfg,
+        tc,
+        task.TrainData(x, avail, train_idx, val_idx),
+        normalizer,
+        save=rec.save,
+        record=rec.record,
+    )
     assert done.complete and [r["step"] for r in rec.records] == [2, 4]
     assert all(np.isfinite(r["val_loss"]) for r in rec.records) and np.isfinite(done.val_loss)
