@@ -128,27 +128,43 @@ BODY_WEIGHTS = {
     "shape": (50.0, 20.0, 10.0, 5.0, 2.0),
     "angle": (150.0, 50.0, 30.0, 15.0, 5.0),
 }
-_BODY = dict(
-    body="body", keypoint_layout="openpose135", keypoint_what="body keypoints", layout_hint="use --part hand for 21-point hand keypoints",
-    core_joints="body22", smooth_joints=22, min_keypoints=4,
-    camera_joints=(OP_RSHOULDER, OP_LSHOULDER, OP_RHIP, OP_LHIP),
-    depth_edges=((OP_LSHOULDER, OP_LHIP), (OP_RSHOULDER, OP_RHIP)),
-    ignored=(OP_NECK, OP_RHIP, OP_LHIP),  # SMPL-X hips/neck sit elsewhere than detectors put them
-    conf_scale=(), orientation="upright", palm=(), side_view=True,
-    translation_lr=0.02, orientation_lrs={"global_orient": 1e-2, "transl": 1e-2},
-    stage_prefix="body", pose_lr=1e-2, last_stage_lrs={}, absolute_weight=1.0,
-    temporal_weights={"prior": 2.0, "shape": 2.0, "angle": 5.0},
-)  # fmt: skip
+
+
+def _body_fit_spec(
+    *,
+    groups: tuple[KeypointGroup, ...],
+    pose_keys: tuple[tuple[str, int], ...],
+    face_keys: bool,
+    counted_keypoints: int | None,
+    weights: Mapping[str, tuple[float, ...]],
+    group_weights: Mapping[str, str],
+    relative: tuple[RelativeTerm, ...],
+) -> FitSpec:
+    """The FitSpec of an SMPL-X body fit (body, wholebody): the shared fields plus the given ones."""
+    return FitSpec(
+        body="body", keypoint_layout="openpose135", keypoint_what="body keypoints", layout_hint="use --part hand for 21-point hand keypoints",
+        groups=groups, core_joints="body22", smooth_joints=22, pose_keys=pose_keys, face_keys=face_keys,
+        min_keypoints=4, counted_keypoints=counted_keypoints,
+        camera_joints=(OP_RSHOULDER, OP_LSHOULDER, OP_RHIP, OP_LHIP),
+        depth_edges=((OP_LSHOULDER, OP_LHIP), (OP_RSHOULDER, OP_RHIP)),
+        ignored=(OP_NECK, OP_RHIP, OP_LHIP),  # SMPL-X hips/neck sit elsewhere than detectors put them
+        conf_scale=(), orientation="upright", palm=(), side_view=True,
+        translation_lr=0.02, orientation_lrs={"global_orient": 1e-2, "transl": 1e-2},
+        stage_prefix="body", pose_lr=1e-2, last_stage_lrs={}, weights=weights, absolute_weight=1.0,
+        group_weights=group_weights, relative=relative,
+        temporal_weights={"prior": 2.0, "shape": 2.0, "angle": 5.0},
+    )  # fmt: skip
+
+
 _BODY25 = KeypointGroup("body", "openpose25", 0, 25, tuple(OPENPOSE25_EDGES))
 _HAND21 = tuple(HAND21_EDGES)
 
 FIT_SPECS: Mapping[Part, FitSpec] = {
-    Part.body: FitSpec(
-        **_BODY, groups=(_BODY25,), pose_keys=(("body_pose", 63),), face_keys=False, counted_keypoints=25,
+    Part.body: _body_fit_spec(
+        groups=(_BODY25,), pose_keys=(("body_pose", 63),), face_keys=False, counted_keypoints=25,
         weights=BODY_WEIGHTS, group_weights={}, relative=(),
     ),
-    Part.wholebody: FitSpec(
-        **_BODY,
+    Part.wholebody: _body_fit_spec(
         groups=(_BODY25, KeypointGroup("lhand", "lhand21", 25, 21, _HAND21),
                 KeypointGroup("rhand", "rhand21", 46, 21, _HAND21),
                 KeypointGroup("face", "face68", 67, 68, optional=True)),
@@ -308,7 +324,10 @@ def build_layout(part: Part, body: BodyModel, layout: str) -> KeypointLayout:
         InputError: keypoints in a layout the part cannot use.
     """
     check_keypoint_layout(part, layout)
-    idx, groups, keep, edges = [], {}, [], []
+    idx: list[Tensor] = []
+    groups: dict[str, slice] = {}
+    keep: list[int] = []
+    edges: list[tuple[int, int]] = []
     for g in fit_spec(part).groups:
         try:
             joints = body.joint_set(g.joint_set)
@@ -588,8 +607,9 @@ def _initial_params(
     unless `init` gives them.
     """
     widths = dict(spec.pose_keys)
-    if spec.face_keys and int(getattr(model, "num_expression", 0) or 0) > 0:  # SMPL-X, not the mannequin
-        widths.update({"jaw_pose": 3, "expression": int(model.num_expression)})
+    num_expression = int(getattr(model, "num_expression", 0) or 0)
+    if spec.face_keys and num_expression > 0:  # SMPL-X, not the mannequin
+        widths.update({"jaw_pose": 3, "expression": num_expression})
     params = {k: torch.zeros(n, w, device=device) for k, w in widths.items()}
     if mean is not None and "body_pose" in params:
         sl = PARTS[part].slices().get("body_pose")
