@@ -30,6 +30,7 @@ from dposer_cli.render.draw import (
     HIGHLIGHT_COLOR,
     TARGET_COLOR,
     TRUTH_COLOR,
+    Color,
     bar_chart,
     contact_sheet,
     draw_keypoints,
@@ -106,7 +107,7 @@ def pose_items(part: Part, poses: Tensor, body: BodyModel) -> list[dict]:
     """Meshes (or skeletons) of `part` vectors (N, D) posed by `body`, for a contact sheet; hands upright
     (see `upright`)."""
     with torch.no_grad():
-        out = body(**part_params(part, poses.to(body.parents.device)))
+        out = body(**part_params(part, poses.to(body.parents.device)), return_vertices=True)
     joints = out.joints.cpu().numpy()
     side = getattr(body, "side", "right")
     if out.vertices is not None and body.faces is not None:
@@ -213,7 +214,7 @@ def _wholebody_sheet(
     face (FLAME) or its jaw and expression as a chart."""
     params = part_params(Part.wholebody, poses.to(body.parents.device))
     with torch.no_grad():
-        out = body(**params)
+        out = body(**params, return_vertices=True)
     n, big, small = len(poses), (192, 384), (160, 128)
     joints = out.joints.cpu().numpy()
     if out.vertices is not None and body.faces is not None:
@@ -314,8 +315,10 @@ def moved_vertices(part: Part, body: BodyModel, poses: Tensor, hidden: Tensor) -
     """(N, V) bool: the vertices that the hidden entries (N, D) of each pose move (found by turning them
     `_PERTURB` rad further and comparing the meshes)."""
     with torch.no_grad():
-        a, _ = _mesh(body(**part_params(part, poses)), body)
-        b, _ = _mesh(body(**part_params(part, poses + _PERTURB * hidden.to(poses.dtype))), body)
+        a, _ = _mesh(body(**part_params(part, poses), return_vertices=True), body)
+        b, _ = _mesh(
+            body(**part_params(part, poses + _PERTURB * hidden.to(poses.dtype)), return_vertices=True), body
+        )
     return np.linalg.norm(a - b, axis=-1) > _MOVED_M
 
 
@@ -351,7 +354,7 @@ def completion_sheet(
     else:
         poses = torch.cat([given[:, None], completed] + ([inputs[:, None]] if truth else []), dim=1)
         with torch.no_grad():
-            out = body(**part_params(part, poses.reshape(-1, poses.shape[-1])))
+            out = body(**part_params(part, poses.reshape(-1, poses.shape[-1])), return_vertices=True)
         verts, faces = _mesh(out, body)
         if part is Part.hand:
             verts = upright(verts, out.joints.cpu().numpy(), body, getattr(body, "side", "right"))
@@ -471,13 +474,15 @@ def fit_pictures(
     with torch.no_grad():
         posed = body_vertices(model, {k: v[rows] for k, v in fitted.params.items()})
     focal = float(inputs.focal[rows[0]])
-    center = tuple(float(c) for c in inputs.center[rows[0]])
-    verts = posed.vertices.cpu().numpy() if posed.vertices is not None and model.faces is not None else None
-    if verts is not None:
+    cx, cy = (float(c) for c in inputs.center[rows[0]])
+    center = (cx, cy)
+    faces = model.faces.cpu().numpy() if model.faces is not None else None
+    verts = posed.vertices.cpu().numpy() if posed.vertices is not None and faces is not None else None
+    if verts is not None and faces is not None:
         image = overlay_mesh(
             image,
             list(verts),
-            model.faces.cpu().numpy(),
+            faces,
             focal=focal,
             center=center,
             alpha=0.7,
@@ -499,11 +504,12 @@ def fit_pictures(
     depth = fitted.joints[rows, 0, 2].cpu().numpy()  # the root joint (pelvis / wrist)
     names = [f"{entry['person']}: {d:.2f} m" for entry, d in zip(per_person, depth, strict=True)]
     panels = [image]
-    if verts is not None:  # under the photo, as wide: people keep (about) their left-right place
+    # under the photo, as wide: people keep (about) their left-right place
+    if verts is not None and faces is not None:
         panels.append(
             overhead_view(
                 list(verts),
-                model.faces.cpu().numpy(),
+                faces,
                 size=(w, max(96, round(0.45 * h))),
                 labels=names,
                 half_fov=w / 2 / focal,
@@ -511,7 +517,10 @@ def fit_pictures(
             )
         )
     picture = np.concatenate(panels, axis=0)
-    entries = [("dot", (90, 90, 90), "keypoints (input)"), ("ring", (90, 90, 90), "model joints (projected)")]
+    entries: list[tuple[str, Color | tuple[int, int, int], str]] = [
+        ("dot", (90, 90, 90), "keypoints (input)"),
+        ("ring", (90, 90, 90), "model joints (projected)"),
+    ]
     entries += [
         (
             "square",
