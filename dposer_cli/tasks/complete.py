@@ -392,16 +392,29 @@ def completion_metrics(
         if body is None:
             raise ValueError(f"completion_metrics needs a {METRIC_BODY[part]} body model for these dims")
         idx, names = _metric_joints(part, body, joint_dims)
-        with torch.no_grad():
-            pred = body(**_part_params(part, completed), return_vertices=False).joints[..., idx, :]
-            gt = body(**_part_params(part, truth), return_vertices=False).joints[..., idx, :]
-        err = mpjpe(pred, gt[:, None].expand_as(pred)) * 1000.0  # (N, H) mm
-        metrics["mpjpe_min_mm"] = float(err.min(1).values.mean())
-        metrics["mpjpe_mean_mm"] = float(err.mean())
-        if completed.shape[1] > 1:
-            metrics["apd_cm"] = float(apd(pred).mean() * 100.0)
-        info["metric_joints"] = names
+        moving = _moving_joints(part, body, truth, joint_dims)
+        if not bool(moving[idx].any()):
+            # the masked rotations move none of the protocol's joints (e.g. the body's `hands` mask rotates the
+            # wrists: the hands move, the wrist joints do not): score the joints they do move, never a perfect 0
+            idx = torch.nonzero(moving).flatten()
+            names = [body.joint_names[i] for i in idx.tolist()]
+            info["metric_note"] = (
+                "the masked rotations move none of the masked joints themselves; the error is taken over the "
+                "joints they move"
+                if len(idx)
+                else "the masked rotations move no joint of this body model: no joint error can be measured"
+            )
         info["body_model"] = body.kind
+        if len(idx):
+            with torch.no_grad():
+                pred = body(**_part_params(part, completed), return_vertices=False).joints[..., idx, :]
+                gt = body(**_part_params(part, truth), return_vertices=False).joints[..., idx, :]
+            err = mpjpe(pred, gt[:, None].expand_as(pred)) * 1000.0  # (N, H) mm
+            metrics["mpjpe_min_mm"] = float(err.min(1).values.mean())
+            metrics["mpjpe_mean_mm"] = float(err.mean())
+            if completed.shape[1] > 1:
+                metrics["apd_cm"] = float(apd(pred).mean() * 100.0)
+            info["metric_joints"] = names
     if param_dims:
         sel = torch.tensor(param_dims, device=completed.device)
         err = (completed[..., sel] - truth[:, None, sel]).norm(dim=-1)  # (N, H)
@@ -424,6 +437,15 @@ def _joint_dims(part: Part, dims: tuple[int, ...]) -> list[int]:
         return []
     n = 3 * len(PARTS[part].joint_names)
     return [d for d in dims if d < n and not (part is Part.wholebody and d >= 153)]
+
+
+def _moving_joints(part: Part, body: BodyModel, poses: Float[Tensor, "N D"], dims: list[int]) -> Tensor:
+    """(J,) bool: the body model's joints that move when the masked `dims` of the first pose change."""
+    x = poses[:1].detach().clone().repeat(2, 1)
+    x[1, dims] += 0.5  # radians: any joint driven by these rotations moves by millimetres or more
+    with torch.no_grad():
+        joints = body(**_part_params(part, x), return_vertices=False).joints
+    return (joints[1] - joints[0]).norm(dim=-1) > 1e-5
 
 
 def _part_params(part: Part, poses: Tensor) -> dict[str, Tensor]:

@@ -279,3 +279,21 @@ def test_vposer_baseline_through_the_task_is_its_own_completion(tmp_path_factory
     own = vposer.complete(truth, observed, hypo=2, generator=torch.Generator().manual_seed(5))
     assert torch.equal(res.poses, own) and res.nfe == 0
     _check_layout(res, truth, observed.expand(3, 63), 2)
+
+
+def test_a_mask_that_moves_none_of_its_own_joints_is_scored_on_the_joints_it_moves():
+    """Body `hands` rotates the wrists: the wrist joints never move, so their MPJPE would be a perfect 0 whatever
+    the completion; the metric is taken over the hand joints the rotations move instead (issue #17)."""
+    from dposer_cli.bodies import load_body
+    from dposer_cli.tasks.complete import completion_metrics, resolve_masking
+
+    body = load_body("body")
+    truth = torch.zeros(3, 63)
+    masking = resolve_masking(Part.body, truth, masks=("hands",))
+    wrong = truth.clone()[:, None].repeat(1, 2, 1)
+    wrong[..., list(masking.dims)] = 0.8  # far-off wrist rotations
+    metrics, info = completion_metrics(Part.body, wrong, truth, masking.dims, body)
+    assert metrics["mpjpe_min_mm"] > 5.0
+    assert "wrist" not in " ".join(info["metric_joints"]) and "joints they move" in info["metric_note"]
+    exact, _ = completion_metrics(Part.body, truth[:, None].repeat(1, 2, 1), truth, masking.dims, body)
+    assert exact["mpjpe_min_mm"] == 0.0
