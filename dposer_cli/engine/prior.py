@@ -45,6 +45,7 @@ class DPoserPrior(nn.Module):
         self.sde = build_sde(config.sde)
         self.source = source  # human-readable origin ("official: PATH", "demo: PATH", "checkpoint: PATH")
         self.nfe = 0  # network evaluations since construction (reset freely)
+        self.healthy: bool | None = None  # what `dposer train` concluded (None: not recorded)
 
     # ---- construction -------------------------------------------------------------------------
     @classmethod
@@ -118,6 +119,11 @@ class DPoserPrior(nn.Module):
             cache = official_dir(models_dir())
             norm = load_official_normalizer(ckpt.part, normalizer, cache)
         prior = cls(ckpt.config, net, norm, source or f"{ckpt.format}: {ckpt.path}")
+        # `dposer train` records whether the prior looked healthy (issue #17): every command warns on a bad one
+        prior.healthy = ckpt.extra.get("healthy")
+        if prior.healthy is False:
+            reasons = "; ".join(map(str, ckpt.extra.get("health_reasons") or [])) or "no reason recorded"
+            log.warning("%s was marked unhealthy by `dposer train`: %s", ckpt.path, reasons)
         return prior.to(resolve_device(device))
 
     @classmethod

@@ -140,6 +140,8 @@ def run(req: GenerateRequest, progress: Callable[[int, int], None] | None = None
         video = _process_video(req, res.trajectory, out / "process.mp4", device, lines)
         if video is not None:
             outputs["process_video"] = video
+    if getattr(prior, "healthy", None) is False:
+        lines.append(f"warning: {prior.source} was marked unhealthy by `dposer train` (see its log)")
     return Result(
         command="generate",
         outputs=outputs,
@@ -154,6 +156,7 @@ def run(req: GenerateRequest, progress: Callable[[int, int], None] | None = None
             "seed": req.seed,
             "device": str(device),
             "grid_count": shown if "grid" in outputs else 0,
+            "prior_healthy": getattr(prior, "healthy", None),
         },
         seconds=time.perf_counter() - t0,
         lines=lines,

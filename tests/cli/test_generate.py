@@ -332,3 +332,32 @@ def test_threads_option_and_environment(tmp_path, capsys, monkeypatch, keep_thre
 def test_threads_below_one_is_a_usage_error(capsys, command, value):
     code, _, err = run(capsys, command, "--threads", value)
     assert code == 2 and "Invalid value for '--threads'" in err and "Traceback" not in err
+
+
+def test_generate_from_a_prior_train_marked_unhealthy_warns(tmp_path, capsys):
+    """`dposer train` stores healthy/health_reasons in prior.pt; generating from such a prior says so (issue #17)."""
+    import torch
+
+    ckpt = write_tiny_prior(tmp_path / "p.pt", Part.body)
+    raw = torch.load(ckpt, weights_only=True)
+    raw.update(healthy=False, health_reasons=["warm-up (500 steps) longer than the run (20 steps)"])
+    torch.save(raw, ckpt)
+    args = ["generate", "-n", "2", "--out", str(tmp_path / "o"), "--checkpoint", str(ckpt), "--steps", "4"]
+    code, out, err = run(capsys, *args, "--no-render", "--json", "--device", "cpu")
+    assert code == 0
+    assert json.loads(out)["prior_healthy"] is False
+    assert "marked unhealthy by `dposer train`: warm-up (500 steps)" in " ".join(err.split())
+    healthy = write_tiny_prior(tmp_path / "h.pt", Part.body)
+    args = [
+        "generate",
+        "-n",
+        "2",
+        "--out",
+        str(tmp_path / "o2"),
+        "--checkpoint",
+        str(healthy),
+        "--steps",
+        "4",
+    ]
+    code, out, err = run(capsys, *args, "--no-render", "--json", "--device", "cpu")
+    assert code == 0 and json.loads(out)["prior_healthy"] is None and "unhealthy" not in err
