@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import overload
 
 import numpy as np
 import torch
@@ -81,9 +82,12 @@ def run(
         raise InputError(f"unknown temporal term {req.temporal!r} ({', '.join(task.TEMPORAL_TERMS)})")
     motion = read_motion(Path(req.input), fps=req.fps)
     joints_in, pose_in = motion.joints, motion.body_pose
-    if joints_in is None and pose_in is None:
+    if joints_in is not None:
+        frames = len(joints_in)
+    elif pose_in is not None:
+        frames = len(pose_in)
+    else:
         raise InputError(f"{req.input}: no body poses (pose_body/body_pose) and no joints to denoise")
-    frames = len(joints_in) if joints_in is not None else len(pose_in)
     if frames < 2:
         raise InputError(
             f"{req.input}: the sequence has {frames} frame; denoising needs at least 2 "
@@ -107,7 +111,7 @@ def run(
     gt: Tensor | None = None
     world = joints_in is not None
     noise_std = task.DEFAULT_NOISE_STD if req.noise_std is None else float(req.noise_std)
-    if world:
+    if joints_in is not None:  # world coordinates
         obs = _select_body22(_tensor(joints_in, device), body, b22, str(req.input))
         if pose_in is not None:
             gt = _joints(
@@ -118,7 +122,7 @@ def run(
                 _tensor(motion.transl, device),
             )
         added = 0.0
-    else:
+    elif pose_in is not None:  # (one of joints and poses is given: checked above)
         gt = _joints(body, b22, _tensor(pose_in, device), None, None)  # body frame (spec §7.4)
         obs = gt + noise_std * torch.randn(gt.shape, generator=gen, device=device, dtype=gt.dtype)
         added = noise_std
@@ -144,7 +148,7 @@ def run(
 
     # ---- outputs ----------------------------------------------------------------------------------------
     observed = torch.where(fit.visible[..., None], obs, torch.nan)
-    arrays = {
+    arrays: dict[str, np.ndarray] = {
         key: fit.params[key].cpu().numpy()
         for key in ("body_pose", "global_orient", "transl")
         if key in fit.params
@@ -158,7 +162,9 @@ def run(
     outputs: dict[str, Path | list[Path]] = {
         "denoised": write_motion(out_dir / "denoised.npz", fps=fps, **arrays)
     }
-    result_params = {k: _tensor(arrays.get(k), device) for k in ("body_pose", "global_orient", "transl")}
+    result_params: dict[str, Tensor] = {
+        k: _tensor(arrays[k], device) for k in ("body_pose", "global_orient", "transl") if k in arrays
+    }  # (export_data leaves absent parameters out)
     for fmt, data in export_data(body, result_params, formats, fps=fps, name="denoised").items():  # --export
         outputs[f"export_{fmt}"] = (
             write_bvh(out_dir / "denoised.bvh", *data.bvh_args())
@@ -172,7 +178,7 @@ def run(
     metrics["frames_per_second"] = frames / max(opt_seconds, 1e-9)
     if req.render:
         with torch.no_grad():
-            result = body(**fit.params)
+            result = body(**fit.params, return_vertices=True)
             # pose input: the input itself is the ground truth (noise and occlusion were applied here)
             clean = None if world else body(body_pose=_tensor(pose_in, device)).vertices
         video = _render(
@@ -235,6 +241,12 @@ def _frame_bytes(body: BodyModel, temporal: str) -> int:
     return FLOATS_PER_POINT * validate.FLOAT_BYTES * points
 
 
+@overload
+def _tensor(value: np.ndarray, device: torch.device) -> Tensor: ...
+@overload
+def _tensor(value: None, device: torch.device) -> None: ...
+@overload
+def _tensor(value: np.ndarray | None, device: torch.device) -> Tensor | None: ...
 def _tensor(value: np.ndarray | None, device: torch.device) -> Tensor | None:
     return None if value is None else torch.as_tensor(np.asarray(value), dtype=torch.float32, device=device)
 
