@@ -50,9 +50,15 @@ def read_statistics(path: Path) -> tuple[np.ndarray, np.ndarray]:
                 f"{path}: no {' and '.join(missing)} (keys: {', '.join(npz.files)}); "
                 "expected FID statistics with `mu` (D,) and `sigma` (D, D)"
             )
-        return np.asarray(load_key(npz, "mu", path), np.float64), np.asarray(
-            load_key(npz, "sigma", path), np.float64
+        mu = np.asarray(load_key(npz, "mu", path), np.float64)
+        sigma = np.asarray(load_key(npz, "sigma", path), np.float64)
+    if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
+        raise InputError(
+            f"{path}: `mu` has shape {mu.shape} and `sigma` {sigma.shape}; expected (D,) and (D, D)"
         )
+    if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+        raise InputError(f"{path}: the FID statistics hold NaN or infinite values")
+    return mu, sigma
 
 
 def _statistics_path(ctx: Context, part: Part) -> Path | None:

@@ -122,3 +122,22 @@ def test_vposer_baseline_generates_from_the_users_weights(tmp_path, shared_data,
     reference = np.load(shared_data / "poses/body_reference_train.npz")["poses"].astype(np.float64)
     expected = fid_from_stats(*gaussian_stats(samples), *gaussian_stats(reference))
     assert report.metrics["body"]["fid_reference"] == pytest.approx(expected, rel=1e-3)
+
+
+def test_fid_statistics_with_nan_or_wrong_shapes_are_refused(tmp_path):
+    """Garbage statistics must not give a garbage FID with exit 0 (issue #14)."""
+    from dposer_cli.core.errors import InputError
+    from dposer_cli.evaluation.generation import read_statistics
+
+    good = tmp_path / "good.npz"
+    np.savez(good, mu=np.zeros(4), sigma=np.eye(4))
+    mu, sigma = read_statistics(good)
+    assert mu.shape == (4,) and sigma.shape == (4, 4)
+    nan = tmp_path / "nan.npz"
+    np.savez(nan, mu=np.array([0.0, np.nan, 0.0, 0.0]), sigma=np.eye(4))
+    with pytest.raises(InputError, match="NaN or infinite"):
+        read_statistics(nan)
+    shape = tmp_path / "shape.npz"
+    np.savez(shape, mu=np.zeros(4), sigma=np.eye(3))
+    with pytest.raises(InputError, match=r"expected \(D,\) and \(D, D\)"):
+        read_statistics(shape)
