@@ -67,7 +67,7 @@ def write_images(
         )
         path = out / f"{frame.stem}.npz"
         with atomic_write(path, "wb") as fh:
-            np.savez(fh, **arrays)
+            np.savez(fh, allow_pickle=False, **arrays)
         per_person = [
             {"person": int(p), "reprojection_error_px": float(e), "loss": float(lo)}
             for p, e, lo in zip(arrays["person_index"], px[rows], data[rows], strict=True)

@@ -105,9 +105,9 @@ def run(req: GenerateRequest, progress: Callable[[int, int], None] | None = None
     ]
     if req.poses_json:
         slices = PARTS[req.part].slices()
-        data = {k: poses[:, s].cpu().numpy() for k, s in slices.items()}
+        named = {k: poses[:, s].cpu().numpy() for k, s in slices.items()}
         with atomic_write(out / "poses.json", "w") as fh:
-            json.dump(jsonable({"part": req.part.value, **data}), fh)
+            json.dump(jsonable({"part": req.part.value, **named}), fh)
         outputs["poses_json"] = out / "poses.json"
     shown = grid_count(req.part, req.n, req.grid) if req.render else 0
     if shown:
