@@ -20,9 +20,12 @@ demo: $(STAMP)
 	$(BIN)/dposer generate --part body -n 16 --out demo_out --seed 0
 	@echo "demo: wrote demo_out/poses.npz and demo_out/grid.png"
 
-# `test` = import contracts + the whole suite; `lint` (ruff + mypy) joins it once the tree is formatted.
+# `test` = import contracts, lint (ruff check, ruff format --check, mypy), then the whole suite.
 test: $(STAMP)
 	$(BIN)/lint-imports
+	$(BIN)/ruff check dposer_cli tests bench docs
+	$(BIN)/ruff format --check dposer_cli tests bench docs
+	$(BIN)/mypy
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest
 
 # The suite without the tests marked slow (quality, parity, DDP): a few minutes on 2 cores.
@@ -31,8 +34,8 @@ test-fast: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -m "not slow"
 
 lint: $(STAMP)
-	$(BIN)/ruff check dposer_cli tests bench
-	$(BIN)/ruff format --check dposer_cli tests bench
+	$(BIN)/ruff check dposer_cli tests bench docs
+	$(BIN)/ruff format --check dposer_cli tests bench docs
 	$(BIN)/mypy
 
 bench: $(STAMP)
