@@ -6,8 +6,8 @@ vertex-id files, pose/motion/target/init/reference npz files, keypoint JSON and 
 file whose payload would write a marker file when unpickled. The marker must never appear, the
 command must fail with one `error:` line that says why, and no output folder may be left behind.
 Model and weight files are refused with exit 4 (`UnsafeFileError`); so are user data files (poses,
-motions, IK targets, benchmark references and statistics: "holds pickled Python objects"), except
-fit-image's `--init` files, which io/frames.py still refuses with exit 1 (`InputError`).
+motions, IK targets, fit-image `--init` files, benchmark references and statistics: "holds pickled Python
+objects").
 """
 
 import io
@@ -376,7 +376,6 @@ PICKLED = ("holds pickled Python objects",)
             4,
             PICKLED,
         ),
-        # io/frames.read_init passes on NumPy's "Object arrays cannot be loaded when allow_pickle=False" (exit 1)
         (
             lambda r: [
                 "fit-image",
@@ -390,8 +389,8 @@ PICKLED = ("holds pickled Python objects",)
                 "--steps",
                 "2",
             ],
-            1,
-            ("pickled", "allow_pickle=False"),
+            4,
+            PICKLED,
         ),
         (
             lambda r: [

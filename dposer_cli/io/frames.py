@@ -19,6 +19,7 @@ import numpy as np
 from dposer_cli.core.errors import InputError
 from dposer_cli.io.keypoints import read_keypoints
 from dposer_cli.io.media import VIDEO_READ_SUFFIXES, read_image, read_video_frames, video_info
+from dposer_cli.io.poses import holds_pickle, unsafe_data
 
 log = logging.getLogger(__name__)
 
@@ -320,6 +321,7 @@ def read_init(
     Raises:
         InputError: a count mismatch, an unreadable file, a file without parameters, NaN or infinite values,
             a key of the wrong width or a missing person row.
+        UnsafeFileError: an array that holds pickled Python objects (refused unread).
     """
     if not paths:
         return {}
@@ -330,12 +332,20 @@ def read_init(
         path = Path(path)
         try:
             with np.load(path, allow_pickle=False) as data:
-                table = {k: np.asarray(data[k], dtype=np.float32) for k in data.files if k in INIT_KEYS}
+                table = {
+                    k: np.asarray(_init_array(data, k, path), dtype=np.float32)
+                    for k in data.files
+                    if k in INIT_KEYS
+                }
                 if "person_index" in data.files:
-                    table["person_index"] = np.asarray(data["person_index"]).astype(np.int64)
+                    table["person_index"] = np.asarray(_init_array(data, "person_index", path)).astype(
+                        np.int64
+                    )
         except FileNotFoundError:
             raise InputError(f"--init file not found: {path}") from None
         except (OSError, ValueError) as exc:
+            if holds_pickle(exc):  # a single .npy array of objects
+                raise unsafe_data(path) from None
             raise InputError(f"cannot read --init file {path}: {str(exc).splitlines()[0][:200]}") from None
         if not any(k in table for k in INIT_KEYS):
             raise InputError(f"--init file {path} has none of the keys {', '.join(INIT_KEYS)}")
@@ -361,6 +371,20 @@ def read_init(
                 )
             out.setdefault(k, []).append(arr[row])
     return {k: np.stack(v) for k, v in out.items()}
+
+
+def _init_array(data: "np.lib.npyio.NpzFile", key: str, path: Path) -> np.ndarray:
+    """One array of an `--init` file; one of pickled Python objects is refused unread.
+
+    Raises:
+        UnsafeFileError: the array holds pickled Python objects.
+    """
+    try:
+        return data[key]
+    except ValueError as exc:
+        if holds_pickle(exc):
+            raise unsafe_data(path, key) from None
+        raise
 
 
 def check_init_width(key: str, found: int, expected: int | None, *, where: str = "--init") -> None:
