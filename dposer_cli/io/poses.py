@@ -109,6 +109,13 @@ def open_npz(path: Path, what: str = "poses file") -> "np.lib.npyio.NpzFile":
         raise InputError(f"{what} not found: {path}")
     if path.is_dir():
         raise InputError(f"{path}: is a folder; expected an .npz file")
+    with open(path, "rb") as fh:
+        magic = fh.read(6)
+    if not (magic.startswith(b"PK") or magic.startswith(b"\x93NUMPY") or magic.startswith(b"\x80")):
+        # NumPy treats any other bytes as a pickle and says so; it is just not an .npz (text, JSON, an image...)
+        raise InputError(
+            f"{path}: not a readable .npz file (it is not a zip archive: text, JSON or another format?)"
+        )
     try:
         data = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
