@@ -382,9 +382,3 @@ def scaled_schedule(base: MotionSchedule, steps: int | None) -> MotionSchedule:
     if steps is None or steps == base.steps:
         return base
     return replace(base, steps_per_iter=max(1, math.ceil(steps / base.iterations)))
-
-
-def part_params(part: Part, poses: Tensor) -> dict[str, Tensor]:
-    """Split part vectors (..., D) into body-model keyword arguments (hand models take `hand_pose`)."""
-    params = {k: poses[..., s] for k, s in PARTS[part].slices().items()}
-    return {"hand_pose": params["hand_pose"]} if part is Part.hand else params

@@ -38,7 +38,6 @@ from dposer_cli.evaluation.common import (
     concat,
     find_eval_file,
     mean_of,
-    part_params,
     smplx_eval_files,
     to_numpy,
 )
@@ -46,6 +45,7 @@ from dposer_cli.evaluation.paper import paper_for
 from dposer_cli.io.datasets import read_amass_poses, read_json_file
 from dposer_cli.metrics import apd, mpjpe
 from dposer_cli.tasks.complete import ITERATIONS, complete
+from dposer_cli.tasks.export import part_params
 
 log = logging.getLogger(__name__)
 

@@ -18,10 +18,11 @@ import torch
 from dposer_cli.core.errors import InputError
 from dposer_cli.core.parts import PARTS, Part
 from dposer_cli.core.paths import official_dir
-from dposer_cli.evaluation.common import Context, Outcome, part_params, to_numpy
+from dposer_cli.evaluation.common import Context, Outcome, to_numpy
 from dposer_cli.evaluation.paper import paper_for
 from dposer_cli.io.poses import load_key, open_npz, read_poses
 from dposer_cli.metrics import apd, dnn, fid, fid_from_stats, gaussian_stats, prdc
+from dposer_cli.tasks.export import part_params
 from dposer_cli.tasks.sample import DEFAULT_STEPS, check_sampler
 from dposer_cli.tasks.sample import sample as sample_poses
 

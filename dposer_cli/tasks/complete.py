@@ -31,6 +31,7 @@ from dposer_cli.engine.optimize import T_RANGES, PriorSchedule, Stage, Step, opt
 from dposer_cli.engine.prior import DPoserPrior
 from dposer_cli.engine.sde import SDE
 from dposer_cli.metrics import apd, mpjpe
+from dposer_cli.tasks.export import part_params
 
 Progress = Callable[[int, int], None] | None
 
@@ -407,8 +408,8 @@ def completion_metrics(
         info["body_model"] = body.kind
         if len(idx):
             with torch.no_grad():
-                pred = body(**_part_params(part, completed), return_vertices=False).joints[..., idx, :]
-                gt = body(**_part_params(part, truth), return_vertices=False).joints[..., idx, :]
+                pred = body(**part_params(part, completed), return_vertices=False).joints[..., idx, :]
+                gt = body(**part_params(part, truth), return_vertices=False).joints[..., idx, :]
             err = mpjpe(pred, gt[:, None].expand_as(pred)) * 1000.0  # (N, H) mm
             metrics["mpjpe_min_mm"] = float(err.min(1).values.mean())
             metrics["mpjpe_mean_mm"] = float(err.mean())
@@ -444,14 +445,8 @@ def _moving_joints(part: Part, body: BodyModel, poses: Float[Tensor, "N D"], dim
     x = poses[:1].detach().clone().repeat(2, 1)
     x[1, dims] += 0.5  # radians: any joint driven by these rotations moves by millimetres or more
     with torch.no_grad():
-        joints = body(**_part_params(part, x), return_vertices=False).joints
+        joints = body(**part_params(part, x), return_vertices=False).joints
     return (joints[1] - joints[0]).norm(dim=-1) > 1e-5
-
-
-def _part_params(part: Part, poses: Tensor) -> dict[str, Tensor]:
-    """Part vectors (..., D) → body-model keyword arguments (hand models take `hand_pose`)."""
-    params = {k: poses[..., s] for k, s in PARTS[part].slices().items()}
-    return {"hand_pose": params["hand_pose"]} if part is Part.hand else params
 
 
 def _metric_joints(part: Part, body: BodyModel, dims: list[int]) -> tuple[Tensor, list[str]]:
