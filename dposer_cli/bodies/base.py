@@ -16,6 +16,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
+from dposer_cli.bodies.kinematics import broadcast_shapes
 from dposer_cli.core.errors import InputError, suggest
 from dposer_cli.core.parts import BODY_JOINTS
 
@@ -156,12 +157,11 @@ def gather_params(
             if t.shape[-1] < size:
                 t = torch.nn.functional.pad(t, (0, size - t.shape[-1]))
         out[key] = t
-    try:
-        batch = torch.broadcast_shapes(*(t.shape[:-1] for t in out.values())) if out else ()
-    except RuntimeError:
+    batch = broadcast_shapes([tuple(t.shape[:-1]) for t in out.values()])
+    if batch is None:
         shapes = ", ".join(f"{k} {tuple(t.shape)}" for k, t in out.items())
-        raise InputError(f"{model}: parameter batch shapes do not broadcast: {shapes}") from None
-    return tuple(batch), out
+        raise InputError(f"{model}: parameter batch shapes do not broadcast: {shapes}")
+    return batch, out
 
 
 def expand_param(

@@ -112,7 +112,11 @@ def forward_kinematics(
         plan.is_root[:, None], rest_joints, offsets
     )  # a root's "offset" is its rest position
 
-    batch = torch.broadcast_shapes(rot_mats.shape[:-3], rest_joints.shape[:-2])
+    batch = broadcast_shapes([tuple(rot_mats.shape[:-3]), tuple(rest_joints.shape[:-2])])
+    if batch is None:
+        raise ValueError(
+            f"rotations {tuple(rot_mats.shape)} and rest joints {tuple(rest_joints.shape)} do not broadcast"
+        )
     rot_mats = rot_mats.expand(*batch, *rot_mats.shape[-3:])
     offsets = offsets.expand(*batch, *offsets.shape[-2:])
 
@@ -228,3 +232,17 @@ def lbs_apply(
     affine = torch.cat([rot, trans[..., None]], dim=-1).reshape(-1, transforms.shape[-3] * 12)
     posed = _SparseApply.apply(affine.T.contiguous(), skin.matrix, skin.transpose)
     return posed.T.reshape(*batch, -1, 3)
+
+
+def broadcast_shapes(shapes: Sequence[tuple[int, ...]]) -> tuple[int, ...] | None:
+    """NumPy broadcasting of `shapes`, or None when they do not broadcast. Plain Python: torch's
+    `broadcast_shapes` goes through its symbolic-shape reference code (~1.5 ms a call, once per body forward)."""
+    ndim = max((len(s) for s in shapes), default=0)
+    out = [1] * ndim
+    for shape in shapes:
+        for i, size in enumerate(shape, start=ndim - len(shape)):
+            if size != 1:
+                if out[i] not in (1, size):
+                    return None
+                out[i] = size
+    return tuple(out)

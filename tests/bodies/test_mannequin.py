@@ -320,3 +320,39 @@ def test_hand_joints_only_equals_the_mesh_path(side):
     fast = hand(**params, return_vertices=False)
     full = hand(**params)
     assert fast.vertices is None and torch.allclose(fast.joints, full.joints, atol=2e-6)
+
+
+def test_free_betas_are_linearised_within_the_radius_and_reanchored_per_row(mannequin32):
+    from dposer_cli.bodies.mannequin import LINEAR_RADIUS
+
+    rig = mannequin32.rig
+    g = torch.Generator().manual_seed(9)
+    pose = torch.randn(3, 63, generator=g) * 0.3
+    betas = torch.randn(3, 10, generator=g)
+
+    def joints(b, *, linear=True, grad=True):
+        rig.linearise = linear
+        try:
+            x = b.clone().requires_grad_(grad)
+            out = mannequin32(body_pose=pose, betas=x, return_vertices=False).joints
+            w = torch.linspace(-1, 1, out.numel()).reshape(out.shape)
+            (grad_b,) = torch.autograd.grad((out * w).sum(), x) if grad else (None,)
+            return out.detach(), grad_b
+        finally:
+            rig.linearise = True
+
+    rig._anchor = None
+    at_anchor, grad_lin = joints(betas)
+    exact, grad_exact = joints(betas, linear=False)
+    assert torch.allclose(at_anchor, exact, atol=1e-6)  # exact at the anchor (up to float order)
+    assert torch.allclose(grad_lin, grad_exact, rtol=1e-3, atol=1e-4)  # secant vs tangent
+    anchor = rig._anchor[0].clone()
+    near = betas + 0.9 * LINEAR_RADIUS * torch.sign(torch.randn(3, 10, generator=g))
+    near[2] = betas[2] + 3 * LINEAR_RADIUS  # row 2 moves beyond the radius: re-anchored alone
+    moved, _ = joints(near)
+    with torch.no_grad():
+        truth = mannequin32(body_pose=pose, betas=near, return_vertices=False).joints
+    assert (moved - truth).norm(dim=-1).max() < 1e-4  # < 0.1 mm from the exact shape pipeline
+    assert torch.allclose(moved[2], truth[2], atol=2e-6)  # exact (up to float order) once re-anchored
+    assert torch.equal(rig._anchor[0][:2], anchor[:2]) and torch.equal(rig._anchor[0][2], near[2])
+    assert not torch.equal(moved[:2], truth[:2])  # rows 0, 1 are first-order, not recomputed
