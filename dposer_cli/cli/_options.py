@@ -177,7 +177,7 @@ RendererOpt = Annotated[
         "--renderer",
         metavar="NAME",
         callback=choice(RENDERERS, what="renderer", param="--renderer"),
-        help="auto (pyrender if an OpenGL backend works, else soft), pyrender or soft.",
+        help="auto (= soft: numpy z-buffer, no start-up cost), soft, or pyrender (offscreen OpenGL/EGL).",
     ),
 ]
 ThreadsOpt = Annotated[

@@ -1,7 +1,6 @@
 """Rotation conversions shared by every layer (batched, differentiable): axis-angle ↔ unit quaternion
 (w, x, y, z), quaternion products, rotation matrix → axis-angle and the 6D continuous representation."""
 
-import roma
 import torch
 from jaxtyping import Float
 from torch import Tensor
@@ -96,6 +95,8 @@ def rigid_registration(
 
     Returns R (*batch, 3, 3), t (*batch, 3) and s (*batch) (ones unless `scaling`). Weights need not sum to 1.
     """
+    import roma  # imported here: roma imports torch._dynamo (≈ 2 s of start-up for commands that never register)
+
     if weights is not None:
         weights = weights / weights.sum(-1, keepdim=True).clamp_min(1e-12)
     if scaling:

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import trimesh
 from jaxtyping import Float
 
 from dposer_cli.core.errors import InputError
@@ -90,6 +89,8 @@ def read_ply_vertices(path: Path) -> Float[np.ndarray, "V 3"]:
         head = fh.read(1 << 16)
     if not head.startswith(b"ply") or b"end_header" not in head:
         raise InputError(f"{path}: not a PLY file (no 'ply' magic / 'end_header')")
+    import trimesh  # imported on use (start-up)
+
     try:
         mesh = trimesh.load(path, file_type="ply", process=False)  # process=False: no merging or reordering
     except KeyError as exc:

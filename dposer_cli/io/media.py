@@ -22,6 +22,7 @@ from dposer_cli.core.errors import InputError, UnavailableError
 from dposer_cli.core.paths import atomic_write
 
 IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
+PNG_LEVEL = 3  # zlib level of written PNGs
 VIDEO_SUFFIXES = (".mp4", ".gif")
 # formats `read_image` decodes (Pillow's own decoders only: never EPS/PS, which would start Ghostscript)
 READ_FORMATS = ("PNG", "JPEG", "MPO", "BMP", "TIFF", "WEBP", "GIF", "PPM")
@@ -65,7 +66,8 @@ def save_image(path: Path, image: np.ndarray) -> Path:
         img = img[..., :3]  # JPEG has no alpha
     pil = Image.fromarray(img)
     with atomic_write(path) as fh:
-        pil.save(fh, format=fmt, **({"quality": 92} if fmt == "JPEG" else {}))
+        # PNG level 3: a third of the default's (6) encoding time for ~12 % larger files
+        pil.save(fh, format=fmt, **({"quality": 92} if fmt == "JPEG" else {"compress_level": PNG_LEVEL}))
     return _readable(path)
 
 

@@ -28,7 +28,7 @@ def sphere() -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.fixture(scope="session")
 def has_pyrender() -> bool:
-    return scene.select_renderer("auto") == "pyrender"
+    return scene._probe_pyrender()[0]
 
 
 @pytest.fixture
