@@ -97,9 +97,10 @@ def forward_kinematics(
     parent's position plus the parent's world rotation applied to its rest offset. The returned
     transforms map a point given relative to a joint's *posed* position: T_j = [R_j | p_j].
 
-    The tree is walked one depth level at a time (joints sorted by level once, so each level is a slice),
-    in the order R_j = R_parent · R_local and p_j = p_parent + R_parent · offset_j: results do not depend on
-    the batch size, and a reordering of these products would change the last bits of every output.
+    The tree is walked one depth level at a time (joints sorted by level once, so each level is a slice) on
+    homogeneous 4×4 transforms, T_j = T_parent · [R_local | offset_j]: one gather and one product per level
+    (the 3×3 and translation products separately cost three times the small-tensor operations, which is
+    what a batch-1 fit pays for). Results do not depend on the batch size.
 
     Args:
         rot_mats: local rotation of every joint (the root's is the global orientation).
@@ -121,17 +122,13 @@ def forward_kinematics(
     offsets = offsets.expand(*batch, *offsets.shape[-2:])
 
     # index_select, not [..., idx]: Python-level indexing overhead dominates small batches
-    local = rot_mats.index_select(-3, plan.order).split(plan.sizes, dim=-3)
-    shifts = offsets.index_select(-2, plan.order).split(plan.sizes, dim=-2)
-    rots, pos = [local[0]], [shifts[0]]
-    for rot, shift, pidx in zip(local[1:], shifts[1:], plan.parent_pos, strict=True):
-        parent_rot = rots[-1].index_select(-3, pidx)
-        rots.append(torch.matmul(parent_rot, rot))
-        pos.append(pos[-1].index_select(-2, pidx) + _matvec(parent_rot, shift))
-
-    rot = torch.cat(rots, dim=-3).index_select(-3, plan.inverse)
-    joints_out = torch.cat(pos, dim=-2).index_select(-2, plan.inverse)
-    return make_transforms(rot, joints_out), joints_out
+    local = make_transforms(rot_mats.index_select(-3, plan.order), offsets.index_select(-2, plan.order))
+    levels = local.split(plan.sizes, dim=-3)
+    world = [levels[0]]
+    for level, pidx in zip(levels[1:], plan.parent_pos, strict=True):
+        world.append(torch.matmul(world[-1].index_select(-3, pidx), level))
+    transforms = torch.cat(world, dim=-3).index_select(-3, plan.inverse)
+    return transforms, transforms[..., :3, 3]
 
 
 def _matvec(mat: Tensor, vec: Tensor) -> Tensor:
