@@ -39,6 +39,8 @@ class BodyModel(Protocol):
     """
 
     kind: str  # "mannequin" | "mannequin-hand" | "smplx" | "mano" | "flame"
+    # optional class attribute `rigid_root = True`: the output joints at `global_orient = R`, `transl = t`
+    # are R·(J₀ − J₀[0]) + J₀[0] + t of those at zero (a camera stage then needs no forward per step)
     joint_names: tuple[str, ...]
     num_betas: int
 

@@ -852,6 +852,7 @@ class MannequinBody(nn.Module):
     """The built-in whole body (kind "mannequin"): SMPL-X body and hand rotations → wooden mannequin."""
 
     kind = "mannequin"
+    rigid_root = True  # global_orient turns every output joint rigidly about joint 0 (see BodyModel)
     num_betas = NUM_BETAS
     num_expression = 0
     # buffers (registered in `__init__`)
@@ -989,6 +990,7 @@ class MannequinHand(nn.Module):
     """
 
     kind = "mannequin-hand"
+    rigid_root = True
     num_betas = NUM_BETAS
     num_expression = 0
     # buffers (registered in `__init__`)

@@ -287,9 +287,8 @@ def gmof(residual: Tensor, sigma: float) -> Tensor:
 
 def angle_prior(body_pose: Float[Tensor, "*batch 63"]) -> Float[Tensor, "*batch"]:
     """Per-sample Σ exp(s_i·θ_i)² over elbow and knee bending angles: penalises unnatural bends (SMPLify)."""
-    idx = torch.tensor(ANGLE_DIMS, device=body_pose.device)
-    signs = torch.tensor(ANGLE_SIGNS, dtype=body_pose.dtype, device=body_pose.device)
-    return torch.exp(body_pose[..., idx] * signs).pow(2).sum(-1)
+    sel = body_pose[..., list(ANGLE_DIMS)]  # a list index: no index tensor built per call
+    return torch.exp(sel * sel.new_tensor(ANGLE_SIGNS)).pow(2).sum(-1)
 
 
 def temporal_smoothness(points: Tensor, order: int = 1) -> Tensor:

@@ -32,6 +32,7 @@ from torch import Tensor
 
 from dposer_cli.bodies import camera as cam
 from dposer_cli.bodies.base import BodyModel, BodyOutput
+from dposer_cli.bodies.kinematics import batch_rodrigues
 from dposer_cli.core.errors import DposerError, InputError
 from dposer_cli.core.parts import PARTS, Part
 from dposer_cli.engine.optimize import (
@@ -443,6 +444,21 @@ class Fitter:
         self.body_mask = torch.ones(k, device=dev)
         self.body_mask[list(self.spec.ignored)] = 0.0
         self.neighbours: tuple[Tensor, Tensor] | None = None  # temporal pass: previous / next row per row
+        self.unturned: Tensor | None = (
+            None  # camera stages of a `rigid_root` model: joints at zero orient/transl
+        )
+        self._rows: tuple[Tensor, Tensor, Tensor, Tensor] | None = None  # `rows()` cache
+
+    def rows(self, state: FitState) -> tuple[Tensor, Tensor]:
+        """Per row of `state`: its keypoints, and how many rows share its betas — constant while the rows are
+        (one optimisation), so computed once rather than every step."""
+        cached = self._rows
+        if cached is None or cached[0] is not state.row or cached[1] is not state.track:
+            nb = state.params["betas"].shape[0]
+            share = torch.bincount(state.track, minlength=nb).to(state.params["betas"].dtype)[state.track]
+            cached = (state.row, state.track, self.kp[state.row], share)
+            self._rows = cached
+        return cached[2], cached[3]
 
     # ---- model and camera
     def forward(self, state: FitState) -> BodyOutput:
@@ -455,11 +471,28 @@ class Fitter:
         return cam.perspective_project(points, self.inputs.focal[b], self.inputs.center[b])
 
     # ---- loss terms, per row
+    def freeze_pose(self, state: FitState) -> None:
+        """Camera stages (pose and shape fixed) of a `rigid_root` model: joints once, then turned per step."""
+        if not getattr(self.model, "rigid_root", False):
+            return
+        with torch.no_grad():
+            p = dict(state.params)
+            p["global_orient"] = torch.zeros_like(p["global_orient"])
+            p["transl"] = torch.zeros_like(p["transl"])
+            self.unturned = self.forward(FitState(p, state.row, state.track, state.anchor)).joints
+
+    def camera_joints(self, state: FitState) -> Tensor:
+        if self.unturned is None:
+            return self.forward(state).joints
+        root = self.unturned[:, :1]
+        turn = batch_rodrigues(state.params["global_orient"])
+        return (self.unturned - root) @ turn.transpose(-1, -2) + root + state.params["transl"][:, None]
+
     def camera_loss(self, state: FitState) -> Tensor:
         """Σ conf²·‖proj − kp‖² over torso (palm) keypoints + 100²·(tz − anchor)² (spec §7.6 stage 1)."""
         sel = list(self.spec.camera_joints)
-        proj = self.project(state, self.forward(state).joints)[:, sel]
-        kp = self.kp[state.row][:, sel]
+        proj = self.project(state, self.camera_joints(state))[:, sel]
+        kp = self.rows(state)[0][:, sel]
         conf = kp[..., 2] * self.conf_scale[sel]
         err = ((proj - kp[..., :2]) ** 2).sum(-1)
         depth = DEPTH_WEIGHT**2 * (state.params["transl"][:, 2] - state.anchor) ** 2
@@ -468,7 +501,7 @@ class Fitter:
     def data_term(self, state: FitState, proj: Tensor, stage: int) -> Tensor:
         """Robust reprojection term Σ (w·c)²·GMoF(proj − kp) + root-relative terms (hands, face)."""
         spec, groups = self.spec, self.layout.groups
-        kp = self.kp[state.row]
+        kp = self.rows(state)[0]
         conf = kp[..., 2] * self.conf_scale
         res = gmof(proj - kp[..., :2], SIGMA_PX).sum(-1)  # (R, K)
         w = conf * self.body_mask
@@ -512,7 +545,7 @@ class Fitter:
         p = state.params
         loss = loss + w["prior"] ** 2 * step.prior(self.prior_input(p))
         # shape penalty once per track: rows sharing betas split it
-        share = torch.bincount(state.track, minlength=p["betas"].shape[0]).to(p["betas"].dtype)[state.track]
+        share = self.rows(state)[1]
         loss = loss + w["shape"] ** 2 * p["betas"][state.track].pow(2).sum(-1) / share
         if w.get("angle", 0):
             loss = loss + w["angle"] ** 2 * angle_prior(p["body_pose"])
@@ -714,11 +747,13 @@ def _run_stages(
         return fitter.pose_loss(state, step)
 
     # camera: translation held near its depth estimate, then orientation (depth re-anchored)
+    fitter.freeze_pose(state)
     for stage in cam_stages:
         state.anchor = state.params["transl"][:, 2].detach().clone()
         res = optimize(state.params, [stage], cam_loss, progress=progress, done=done, total=total)
         done += stage.iters
         losses[f"{stage.name}_loss"] = res.logs[0].loss
+    fitter.unturned = None
     if hypotheses and len(state.row) > n:  # hands: keep the better of the two palm orientations
         with torch.no_grad():
             win = best_rows(fitter.camera_loss(state), state.row, n)
