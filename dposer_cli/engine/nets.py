@@ -94,14 +94,26 @@ class TimeFC(nn.Module):
         self.act = nn.SiLU()
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: Float[Tensor, "B Din"], label: Float[Tensor, " B"]) -> Float[Tensor, "B Dout"]:
-        """ε̂ for normalised input `x` at `label = 999·t`."""
+    def time_terms(self, label: Float[Tensor, " B"]) -> Float[Tensor, "B K H"]:
+        """The time projections added in `forward` (pre_dense_t, then dense1_t, dense2_t per block), stacked:
+        they depend on the label alone, so an optimisation that knows its times computes them in one batch."""
         temb = self.shared_time_embed(timestep_embedding(label, self.embed))
-        h = self.dropout(self.act(self.pre_gnorm(self.pre_dense(x) + self.pre_dense_t(temb))))
+        names = ["pre_dense_t"]
+        for b in range(1, self.n_blocks + 1):
+            names += [f"b{b}_dense1_t", f"b{b}_dense2_t"]
+        return torch.stack([getattr(self, n)(temb) for n in names], dim=1)
+
+    def forward(
+        self, x: Float[Tensor, "B Din"], label: Float[Tensor, " B"], time_terms: Tensor | None = None
+    ) -> Float[Tensor, "B Dout"]:
+        """ε̂ for normalised input `x` at `label = 999·t` (`time_terms`: `self.time_terms(label)`, precomputed;
+        rows broadcast)."""
+        terms = self.time_terms(label) if time_terms is None else time_terms
+        h = self.dropout(self.act(self.pre_gnorm(self.pre_dense(x) + terms[:, 0])))
         for b in range(1, self.n_blocks + 1):
             blk = lambda name, b=b: getattr(self, f"b{b}_{name}")  # noqa: E731
-            h1 = self.dropout(self.act(blk("gnorm1")(blk("dense1")(h) + blk("dense1_t")(temb))))
-            h2 = self.dropout(self.act(blk("gnorm2")(blk("dense2")(h1) + blk("dense2_t")(temb))))
+            h1 = self.dropout(self.act(blk("gnorm1")(blk("dense1")(h) + terms[:, 2 * b - 1])))
+            h2 = self.dropout(self.act(blk("gnorm2")(blk("dense2")(h1) + terms[:, 2 * b])))
             h = h + h2
         out = self.post_dense(h)
         if (

@@ -236,40 +236,48 @@ def optimize(
     )
     term = _PriorTerm(prior)
     k_prior = prior_offset
+    prepare = getattr(prior.prior, "prepare_times", None) if prior is not None else None
+    if prior is not None and prepare is not None:
+        count = prior_steps(stages)
+        prepare(sorted({prior.t(k, horizon) for k in range(prior_offset, prior_offset + count)}))
     logs: list[StageLog] = []
     opt: Adam | None = None
     opt_keys: tuple[str, ...] = ()
     opt_adam: tuple[tuple[float, float], float] = ((0.0, 0.0), 0.0)
     k = 0
-    for s_idx, stage in enumerate(stages):
-        unknown = [name for name in stage.lrs if name not in params]
-        if unknown:
-            raise ValueError(f"stage {stage.name!r} optimises unknown parameters {unknown}")
-        for name, tensor in params.items():
-            tensor.requires_grad_(name in stage.lrs)
-        keys = tuple(stage.lrs)
-        adam = (stage.betas, stage.eps)
-        if opt is None or stage.reset or keys != opt_keys or adam != opt_adam:
-            opt = Adam([params[name] for name in keys], betas=stage.betas, eps=stage.eps)
-            opt_keys, opt_adam = keys, adam
-        opt.lrs = [stage.lrs[name] for name in keys]  # a kept optimiser state takes this stage's rates
-        last: Tensor | None = None
-        for it in range(stage.iters):
-            t = prior.t(k_prior, horizon) if prior is not None and stage.uses_prior else None
-            opt.zero_grad()
-            loss = loss_fn(params, Step(stage, s_idx, it, k, t, term)).sum()
-            loss.backward()
-            opt.step()
-            last = loss.detach()  # read once per stage: no device sync per iteration
-            if stage.uses_prior:
-                k_prior += 1
-            k += 1
-            done += 1
-            if progress is not None:
-                progress(done, total)
-        logs.append(StageLog(stage.name, stage.iters, float(last) if last is not None else math.nan))
-    for tensor in params.values():
-        tensor.requires_grad_(False)
+    try:
+        for s_idx, stage in enumerate(stages):
+            unknown = [name for name in stage.lrs if name not in params]
+            if unknown:
+                raise ValueError(f"stage {stage.name!r} optimises unknown parameters {unknown}")
+            for name, tensor in params.items():
+                tensor.requires_grad_(name in stage.lrs)
+            keys = tuple(stage.lrs)
+            adam = (stage.betas, stage.eps)
+            if opt is None or stage.reset or keys != opt_keys or adam != opt_adam:
+                opt = Adam([params[name] for name in keys], betas=stage.betas, eps=stage.eps)
+                opt_keys, opt_adam = keys, adam
+            opt.lrs = [stage.lrs[name] for name in keys]  # a kept optimiser state takes this stage's rates
+            last: Tensor | None = None
+            for it in range(stage.iters):
+                t = prior.t(k_prior, horizon) if prior is not None and stage.uses_prior else None
+                opt.zero_grad()
+                loss = loss_fn(params, Step(stage, s_idx, it, k, t, term)).sum()
+                loss.backward()
+                opt.step()
+                last = loss.detach()  # read once per stage: no device sync per iteration
+                if stage.uses_prior:
+                    k_prior += 1
+                k += 1
+                done += 1
+                if progress is not None:
+                    progress(done, total)
+            logs.append(StageLog(stage.name, stage.iters, float(last) if last is not None else math.nan))
+    finally:
+        for tensor in params.values():
+            tensor.requires_grad_(False)
+        if prepare is not None:
+            prepare(None)
     return OptimizeResult(logs, term.nfe, k_prior, term.seconds)
 
 

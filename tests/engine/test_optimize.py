@@ -50,3 +50,32 @@ def test_a_tensor_without_gradient_keeps_its_adam_step_count():
         opt.step()
     assert opt.steps == [3, 0] and torch.equal(b.detach(), torch.ones(3))
     assert bool((a < 1).all())
+
+
+def test_prepared_time_terms_give_the_same_prior_and_are_forgotten_after_optimize():
+    from dposer_cli.core.parts import Part
+    from dposer_cli.engine.optimize import PriorSchedule
+    from dposer_cli.engine.prior import DPoserPrior
+
+    prior = DPoserPrior.load(Part.body)  # the bundled demo prior (a TimeFC)
+    pose = torch.randn(3, 63, generator=torch.Generator().manual_seed(1)) * 0.2
+    times = [0.08, 0.1, 0.12]
+    noise = torch.randn(3, 63, generator=torch.Generator().manual_seed(2))
+    plain = [prior.loss(pose, t, noise=noise) for t in times]
+    prior.prepare_times(times)
+    assert len(prior._time_terms) == 3
+    cached = [prior.loss(pose, t, noise=noise) for t in times]
+    for a, b in zip(plain, cached, strict=True):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+    prior.prepare_times(None)
+    assert prior._time_terms == {}
+
+    seen: list[int] = []
+
+    def loss(params, step):
+        seen.append(len(prior._time_terms))
+        return step.prior(params["x"])
+
+    x = {"x": pose.clone()}
+    optimize(x, [Stage("s", 4, {"x": 0.01}, uses_prior=True)], loss, prior=PriorSchedule(prior, (0.05, 0.15)))
+    assert seen == [4] * 4 and prior._time_terms == {}  # prepared for the run's 4 times, then forgotten
