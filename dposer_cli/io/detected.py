@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from dposer_cli.core.errors import InputError, UnavailableError
-from dposer_cli.io.detect import DETECT_HINT, DETECTOR, detect_keypoints, write_coco_wholebody
+from dposer_cli.io.detect import DETECT_HINT, DETECTOR, Detector, write_coco_wholebody
 from dposer_cli.io.frames import Frame, frame_images
 from dposer_cli.io.keypoints import Keypoints2D
 
@@ -78,20 +78,25 @@ def detect_missing(
         )
     sequences = len({f.sequence for f in frames})
     written: list[Path] = []
-    for frame, image in frame_images(missing):
-        try:
-            found = detect_keypoints(image, path=frame.image)
-        except UnavailableError as exc:  # the detect extra is missing: say both ways out, on one line
-            raise InputError(f"{no_keypoints(frame)}, and {exc.message}", hint=DETECT_HINT) from None
-        except InputError:
-            if frame.sequence < 0:
-                raise InputError(
-                    f"{no_keypoints(frame)}, and MediaPipe found no person in it",
-                    hint="pass --keypoints from another detector",
-                ) from None
-            found = Keypoints2D(np.zeros((0, 135, 3), np.float32), "openpose135", DETECTOR, None, frame.image)
-        path = keypoint_file(frame, out, save_keypoints, detected=len(missing), sequences=sequences)
-        frame.keypoints = write_coco_wholebody(path, found, image_size=image.shape[:2])
-        written.append(frame.keypoints)
+    try:
+        detector = Detector()
+    except UnavailableError as exc:  # the detect extra is missing: say both ways out, on one line
+        raise InputError(f"{no_keypoints(missing[0])}, and {exc.message}", hint=DETECT_HINT) from None
+    with detector:  # one MediaPipe graph for every frame (building one costs more than a detection)
+        for frame, image in frame_images(missing):
+            try:
+                found = detector(image, path=frame.image)
+            except InputError:
+                if frame.sequence < 0:
+                    raise InputError(
+                        f"{no_keypoints(frame)}, and MediaPipe found no person in it",
+                        hint="pass --keypoints from another detector",
+                    ) from None
+                found = Keypoints2D(
+                    np.zeros((0, 135, 3), np.float32), "openpose135", DETECTOR, None, frame.image
+                )
+            path = keypoint_file(frame, out, save_keypoints, detected=len(missing), sequences=sequences)
+            frame.keypoints = write_coco_wholebody(path, found, image_size=image.shape[:2])
+            written.append(frame.keypoints)
     log.info("detected keypoints in %d image(s) with MediaPipe", len(written))
     return written

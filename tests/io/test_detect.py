@@ -196,3 +196,15 @@ def test_detection_without_a_person_is_an_input_error_and_mediapipe_logs_stay_of
         detect.detect_keypoints(np.full((240, 320, 3), 127, np.uint8), path=Path("grey.png"))
     out, err = capfd.readouterr()
     assert out == "" and err == ""  # MediaPipe's C++ logs (glog, TFLite) go to fd 2 unless silenced
+
+
+@needs_mediapipe
+def test_one_detector_for_many_images_equals_a_graph_per_image(detections, shared_data_module):
+    body = shared_data_module / "official" / "examples" / "body"
+    images = {name: read_image(body / "images" / f"{name}.jpg") for name in PHOTOS}
+    with detect.Detector() as detector:  # static-image mode: no tracking from one image to the next
+        again = [detector(images[name], path=Path(name)) for name in (*PHOTOS, *reversed(PHOTOS))]
+    for found, name in zip(again, (*PHOTOS, *reversed(PHOTOS)), strict=True):
+        np.testing.assert_allclose(found.keypoints, detections[name][0].keypoints, atol=1e-3)
+    with pytest.raises(RuntimeError, match="outside"):
+        detector(images[PHOTOS[0]])
