@@ -751,10 +751,11 @@ class WoodenRig(nn.Module):
         else:
             assert anchor is not None
             far = torch.nonzero((beta - anchor[0]).abs().amax(-1) > LINEAR_RADIUS).flatten()
-            if len(far):
-                anchor[0][far] = beta[far]
+            if len(far):  # new tensors, not in-place: a graph built on the old anchor may still need it
+                terms = dict(anchor[1])
                 for n, (p, j) in zip(names, self._jacobian(beta[far], names), strict=True):
-                    anchor[1][n][0][far], anchor[1][n][1][far] = p, j
+                    terms[n] = (terms[n][0].index_copy(0, far, p), terms[n][1].index_copy(0, far, j))
+                anchor = (anchor[0].index_copy(0, far, beta[far]), terms)
         self._anchor = anchor
         delta = flat - anchor[0]
         return [p + torch.einsum("uncs,us->unc", j, delta) for p, j in (anchor[1][n] for n in names)]

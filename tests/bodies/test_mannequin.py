@@ -356,3 +356,15 @@ def test_free_betas_are_linearised_within_the_radius_and_reanchored_per_row(mann
     assert torch.allclose(moved[2], truth[2], atol=2e-6)  # exact (up to float order) once re-anchored
     assert torch.equal(rig._anchor[0][:2], anchor[:2]) and torch.equal(rig._anchor[0][2], near[2])
     assert not torch.equal(moved[:2], truth[:2])  # rows 0, 1 are first-order, not recomputed
+
+
+def test_reanchoring_keeps_an_earlier_graph_differentiable(mannequin32):
+    rig = mannequin32.rig
+    rig._anchor = None
+    pose = torch.zeros(2, 63)
+    b1 = torch.zeros(2, 10, requires_grad=True)
+    first = mannequin32(body_pose=pose, betas=b1, return_vertices=False).joints.sum()
+    b2 = torch.full((2, 10), 1.0, requires_grad=True)  # beyond the radius: both rows re-anchored
+    mannequin32(body_pose=pose, betas=b2, return_vertices=False).joints.sum().backward()
+    first.backward()  # the first graph's anchor tensors were not modified in place
+    assert b1.grad is not None and torch.isfinite(b1.grad).all()
