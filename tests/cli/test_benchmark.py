@@ -10,19 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dposer_cli.cli.app import main
 from dposer_cli.core.parts import Part
 from tests._fixtures.priors import write_tiny_prior
+from tests.cli._run import run
 from tests.io.test_datasets import write_ehf
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def run(capsys, *args):
-    with pytest.raises(SystemExit) as exc:
-        main(list(args))
-    out = capsys.readouterr()
-    return exc.value.code, out.out, out.err
 
 
 def _errors(err: str) -> list[str]:

@@ -5,16 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from dposer_cli.cli.app import main
 from dposer_cli.core.parts import Part
 from tests._fixtures.priors import write_tiny_prior
-
-
-def run(capsys, *args):
-    with pytest.raises(SystemExit) as exc:
-        main(list(args))
-    out = capsys.readouterr()
-    return exc.value.code, out.out, out.err
+from tests.cli._run import run
 
 
 @pytest.fixture

@@ -18,16 +18,10 @@ import pytest
 import torch
 from rich.cells import cell_len
 
-from dposer_cli.cli.app import COMMANDS, main
+from dposer_cli.cli.app import COMMANDS
 from dposer_cli.core import parts
 from dposer_cli.core.parts import PARTS, Part, mask_names
-
-
-def run(capsys, *args):
-    with pytest.raises(SystemExit) as exc:
-        main([str(a) for a in args])
-    out = capsys.readouterr()
-    return exc.value.code, out.out, out.err
+from tests.cli._run import run
 
 
 # ------------------------------------------------------------------------------------- lists = registries

@@ -24,20 +24,13 @@ import pytest
 import torch
 
 from dposer_cli.cli import _staging
-from dposer_cli.cli.app import main
 from dposer_cli.core.parts import Part
 from dposer_cli.engine.checkpoint import save_checkpoint
 from tests._fixtures.checkpoints import tiny_net
 from tests._fixtures.priors import write_tiny_prior
+from tests.cli._run import run
 
 SEED = 14  # the issue number: fixes the random signal times
-
-
-def run(capsys, *args):
-    with pytest.raises(SystemExit) as exc:
-        main([str(a) for a in args])
-    out = capsys.readouterr()
-    return exc.value.code, out.out, out.err
 
 
 def errors(err: str) -> list[str]:

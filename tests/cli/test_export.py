@@ -10,21 +10,14 @@ import numpy as np
 import pytest
 import trimesh
 
-from dposer_cli.cli.app import main
 from dposer_cli.core.parts import Part
 from dposer_cli.tasks import export as task
 from tests._fixtures.priors import write_tiny_prior
+from tests.cli._run import run
 from tests.io.test_export import bvh_positions, parse_bvh
 from tests.services.test_fit_image import reference_poses, synthetic_scene, write_blank_image, write_keypoints
 
 BODY_JOINTS = 22
-
-
-def run(capsys, *args):
-    with pytest.raises(SystemExit) as exc:
-        main(list(args))
-    out = capsys.readouterr()
-    return exc.value.code, out.out, out.err
 
 
 def _summary(capsys, *args) -> dict:

@@ -6,15 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dposer_cli.cli.app import main
+from tests.cli._run import run
 from tests.services.test_fit_image import reference_poses, synthetic_scene, write_blank_image, write_keypoints
-
-
-def run(capsys, *args):
-    with pytest.raises(SystemExit) as exc:
-        main(list(args))
-    out = capsys.readouterr()
-    return exc.value.code, out.out, out.err
 
 
 @pytest.fixture(scope="module")

@@ -5,17 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from dposer_cli.cli.app import main
 from dposer_cli.core.parts import PARTS, Part
 from tests._fixtures.checkpoints import write_official_ckpt
 from tests._fixtures.priors import write_tiny_prior
-
-
-def run(capsys, *args):
-    with pytest.raises(SystemExit) as exc:
-        main(list(args))
-    out = capsys.readouterr()
-    return exc.value.code, out.out, out.err
+from tests.cli._run import run
 
 
 @pytest.mark.parametrize("part", list(Part))

@@ -8,17 +8,10 @@ import re
 import numpy as np
 import pytest
 
-from dposer_cli.cli.app import main
 from dposer_cli.core import validate
 from dposer_cli.core.parts import Part
 from tests._fixtures.priors import write_tiny_prior
-
-
-def run(capsys, *args):
-    with pytest.raises(SystemExit) as exc:
-        main([str(a) for a in args])
-    out = capsys.readouterr()
-    return exc.value.code, out.out, out.err
+from tests.cli._run import run
 
 
 def assert_refused(code: int, err: str, pattern: str, out_dir) -> None:

@@ -15,18 +15,11 @@ import numpy as np
 import pytest
 
 from dposer_cli.cli import _console
-from dposer_cli.cli.app import main
 from dposer_cli.core.parts import Part
 from tests._fixtures.priors import write_tiny_prior
+from tests.cli._run import run
 
 LINE = r"INFO +{label} \d+/\d+ \(\d+%\)  [\d.]+ {unit}/s  ETA \S+"
-
-
-def run(capsys, *args):
-    with pytest.raises(SystemExit) as exc:
-        main([str(a) for a in args])
-    out = capsys.readouterr()
-    return exc.value.code, out.out, out.err
 
 
 def lines(err: str, label: str, unit: str = "steps") -> list[str]:

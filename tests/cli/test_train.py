@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from dposer_cli.cli.app import main
 from dposer_cli.engine.checkpoint import read_checkpoint
 from dposer_cli.services import train as svc
+from tests.cli._run import run
 
 TINY = [
     "--part",
@@ -31,13 +31,6 @@ TINY = [
     "--device",
     "cpu",
 ]
-
-
-def run(capsys, *args):
-    with pytest.raises(SystemExit) as exc:
-        main(list(args))
-    out = capsys.readouterr()
-    return exc.value.code, out.out, out.err
 
 
 @pytest.fixture
