@@ -57,6 +57,14 @@ def command(
             "same optimum, faster on small data).",
         ),
     ] = "uniform",
+    robust_stats: Annotated[
+        bool,
+        typer.Option(
+            "--robust-stats",
+            help="Normalise with the median and interquartile range instead of the mean and standard deviation "
+            "(official): for heavy-tailed data such as body poses. Whole-body runs use their part priors'.",
+        ),
+    ] = False,
     sigma_scaling: Annotated[
         bool,
         typer.Option(
@@ -129,6 +137,7 @@ def command(
         ckpt_every=ckpt_every,
         val_every=val_every,
         t_weighting=t_weighting,
+        normalizer_stats="robust" if robust_stats else "mean-std",
     )
     priors = {
         k: v for k, v in (("body", body_prior), ("hand", hand_prior), ("face", face_prior)) if v is not None

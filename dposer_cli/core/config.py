@@ -104,3 +104,4 @@ class TrainConfig(_Config):
     val_fraction: float = 0.05
     mask_prob: float = 0.2  # whole-body random part masking (spec §10.3)
     t_weighting: str = "uniform"  # "uniform" (official) | "adaptive": loss per time bin / its running mean
+    normalizer_stats: str = "mean-std"  # "mean-std" (official) | "robust": median and IQR (heavy-tailed data)

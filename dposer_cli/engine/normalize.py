@@ -56,10 +56,27 @@ class Normalizer(nn.Module):
         return {"mean": self.mean.detach().cpu(), "std": self.std.detach().cpu()}
 
 
-def statistics(data: Float[Tensor, "N D"], part: Part) -> dict[str, Tensor]:
-    """Mean/std of training data in mirrored space (what a checkpoint stores)."""
+STATISTICS = ("mean-std", "robust")
+IQR_PER_STD = 1.349  # interquartile range of a unit Gaussian
+
+
+def statistics(data: Float[Tensor, "N D"], part: Part, kind: str = "mean-std") -> dict[str, Tensor]:
+    """Centre and scale of training data in mirrored space (what a checkpoint stores as mean/std).
+
+    `mean-std` (official): mean and standard deviation. `robust`: median and IQR/1.349 (the std of a Gaussian
+    with that IQR), or the std where the IQR is under a quarter of it (mostly-constant dimensions). Pose
+    coordinates are heavy-tailed (body kurtosis ≈ 22): a std inflated by the tails squeezes most poses into a
+    small core, and a prior trained that way missed the tails more (bench/results/demo_prior_trials.json).
+    """
+    if kind not in STATISTICS:
+        raise ValueError(f"unknown statistics {kind!r} ({', '.join(STATISTICS)})")
     x = data.float() * mirror_mask(part)
-    return {"mean": x.mean(0), "std": x.std(0).clamp_min(1e-6)}
+    std = x.std(0).clamp_min(1e-6)
+    if kind == "mean-std":
+        return {"mean": x.mean(0), "std": std}
+    q = torch.quantile(x, torch.tensor([0.25, 0.5, 0.75], dtype=x.dtype, device=x.device), dim=0)
+    iqr = (q[2] - q[0]) / IQR_PER_STD
+    return {"mean": q[1], "std": torch.where(iqr > 0.25 * std, iqr, std)}
 
 
 def check_statistics(mean: Tensor, std: Tensor, dim: int, where: str) -> None:

@@ -166,7 +166,7 @@ def _run(
     if req.normalizer is not None and part is not Part.wholebody:
         normalizer = load_official_normalizer(part, req.normalizer, official_dir(models_dir()))
     else:
-        normalizer = task.make_normalizer(part, x[train_idx], priors)
+        normalizer = task.make_normalizer(part, x[train_idx], priors, tc.normalizer_stats)
     normalizer = normalizer.to(device)
     data_fp = task.fingerprint(x, avail)
     cfg, net = task.build_model(

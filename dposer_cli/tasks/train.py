@@ -45,7 +45,7 @@ from dposer_cli.engine.checkpoint import Checkpoint
 from dposer_cli.engine.ema import EMA
 from dposer_cli.engine.loss import dsm_loss
 from dposer_cli.engine.nets import build_net
-from dposer_cli.engine.normalize import Normalizer, mirror_mask, statistics
+from dposer_cli.engine.normalize import STATISTICS, Normalizer, mirror_mask, statistics
 from dposer_cli.engine.prior import DPoserPrior
 from dposer_cli.engine.sde import build_sde
 from dposer_cli.metrics import fid, gaussian_stats
@@ -72,6 +72,7 @@ FLAGS: Mapping[str, str] = {
     "ema_rate": "--ema-rate",
     "seed": "--seed",
     "t_weighting": "--t-weighting",
+    "normalizer_stats": "--robust-stats",
     "hidden_dim": "--hidden-dim",
     "embed_dim": "--embed-dim",
     "dropout": "--dropout",
@@ -106,6 +107,8 @@ def check_config(tc: TrainConfig) -> None:
     v.number("TrainConfig.mask_prob", tc.mask_prob, lo=0, hi=1, what="probability")
     if tc.t_weighting not in T_WEIGHTINGS:
         raise InputError(f"--t-weighting must be uniform or adaptive (got {tc.t_weighting!r})")
+    if tc.normalizer_stats not in STATISTICS:
+        raise InputError(f"normalizer_stats must be mean-std or robust (got {tc.normalizer_stats!r})")
 
 
 def effective_warmup(tc: TrainConfig) -> int:
@@ -259,15 +262,19 @@ def build_model(
 
 
 def make_normalizer(
-    part: Part, train_x: Float[Tensor, "B D"], part_priors: Mapping[str, Checkpoint] | None = None
+    part: Part,
+    train_x: Float[Tensor, "B D"],
+    part_priors: Mapping[str, Checkpoint] | None = None,
+    kind: str = "mean-std",
 ) -> Normalizer:
-    """Statistics of the training split, or (whole-body) the part priors' own, so the frozen nets fit.
+    """Statistics (`kind`: `engine.normalize.statistics`) of the training split, or (whole-body) the part
+    priors' own, so the frozen nets fit.
 
     Raises:
         AssetMismatchError: a part prior without normaliser statistics.
     """
     if part is not Part.wholebody:
-        st = statistics(train_x, part)
+        st = statistics(train_x, part, kind)
         return Normalizer.for_part(part, st["mean"], st["std"])
     means, stds = [], []
     for name, reps in (("body", 1), ("hand", 2), ("face", 1)):

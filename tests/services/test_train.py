@@ -462,3 +462,30 @@ def test_progress_lines_name_step_rate_eta_and_loss(tmp_path, hand_data):
     beats = [r.getMessage() for r in records if "steps/s" in r.getMessage()]
     assert len(beats) == 12, beats
     assert re.fullmatch(r"step 12/12 \(100%\)  [\d.]+ steps/s  ETA 0s  loss [\d.]+", beats[-1]), beats[-1]
+
+
+# ------------------------------------------------------------------------------------- robust statistics
+def test_robust_statistics_are_median_and_iqr_and_the_run_stores_them(tmp_path, hand_data):
+    from dposer_cli.engine.normalize import mirror_mask, statistics
+
+    poses = torch.as_tensor(np.load(hand_data)["hand_pose"]).float()
+    st = statistics(poses, Part.hand, "robust")
+    x = (poses * mirror_mask(Part.hand)).numpy().astype(np.float64)
+    q25, q50, q75 = np.percentile(x, [25, 50, 75], axis=0)
+    iqr, std = (q75 - q25) / 1.349, x.std(0, ddof=1)
+    expect = np.where(iqr > 0.25 * std, iqr, std)
+    np.testing.assert_allclose(st["mean"].numpy(), q50, atol=1e-5)
+    np.testing.assert_allclose(st["std"].numpy(), expect, rtol=1e-4, atol=1e-6)
+    spiky = torch.zeros(100, 45)
+    spiky[:3, 0] = 5.0  # a dimension that is zero in 97 % of the poses: its IQR is 0, its std is kept
+    assert float(statistics(spiky, Part.hand, "robust")["std"][0]) == pytest.approx(float(spiky[:, 0].std()))
+
+    req = _req(tmp_path, hand_data, 10)
+    res = svc.run(dataclasses.replace(req, train=dataclasses.replace(req.train, normalizer_stats="robust")))
+    ck = read_checkpoint(res.outputs["prior"], Part.hand)
+    train_idx = task.split(600, req.train)[1]
+    ref = statistics(poses[train_idx], Part.hand, "robust")
+    assert torch.allclose(ck.normalizer["mean"].float(), ref["mean"], atol=1e-6)
+    assert torch.allclose(ck.normalizer["std"].float(), ref["std"], atol=1e-6)
+    with pytest.raises(InputError, match=r"--robust-stats is 'robust' there but 'mean-std' now"):
+        svc.run(req)  # resuming that run with the other statistics
