@@ -61,7 +61,7 @@ _FOREFOOT_ANGLE = 0.1  # rad, mannequin-x `_reshape_forefeet`
 _FOREFOOT_LENGTH = 1.2
 _CANDIDATES = 4  # vertices per region statistic evaluated with autograd (`WoodenRig._stats`)
 _CACHE_VALUES = 1 << 22  # most shaped-point coordinates `WoodenRig.shaped` keeps from one call to the next
-# betas that need gradients (fitting): shaped points exact at an anchor, first-order (exact Jacobian) within
+# betas that need gradients (fitting): shaped points exact at an anchor, first-order (secant Jacobian) within
 # this ∞-distance of it, re-anchored per row beyond it. Measured: ≤ 0.08 mm from exact at 0.1.
 LINEAR_RADIUS = 0.1
 _SECANT = LINEAR_RADIUS / 4  # half-width of the Jacobian's central differences
@@ -731,11 +731,12 @@ class WoodenRig(nn.Module):
 
     def _linear_points(self, flat: Tensor, names: Sequence[str]) -> list[Tensor]:
         """Shaped points of betas that need gradients: `p(β₀) + J(β₀)(β − β₀)` per row, with the exact points
-        and Jacobian at an anchor β₀ (forward-mode AD), re-anchored for rows farther than `LINEAR_RADIUS`.
+        at an anchor β₀ and their Jacobian there (`_jacobian`), re-anchored for rows farther than
+        `LINEAR_RADIUS`.
 
         The shape pipeline costs ~⅔ of a joints-only forward + backward at batch 1, and a fit moves betas by
         ≤ 0.01 per step: re-anchoring every ≥ 10 steps keeps values within 0.1 mm of exact and the gradient
-        that of the exact model at the anchor.
+        within 0.1 % of the exact model's at the anchor.
         """
         anchor = self._anchor
         beta = flat.detach()

@@ -46,9 +46,8 @@ class DPoserPrior(nn.Module):
         self.source = source  # human-readable origin ("official: PATH", "demo: PATH", "checkpoint: PATH")
         self.nfe = 0  # network evaluations since construction (reset freely)
         self.healthy: bool | None = None  # what `dposer train` concluded (None: not recorded)
-        self._time_terms: dict[
-            float, Tensor
-        ] = {}  # `prepare_times`: label → the network's time terms (1, K, H)
+        # `prepare_times`: label → the network's time terms (1, K, H)
+        self._time_terms: dict[float, Tensor] = {}
 
     # ---- construction -------------------------------------------------------------------------
     @classmethod

@@ -444,9 +444,8 @@ class Fitter:
         self.body_mask = torch.ones(k, device=dev)
         self.body_mask[list(self.spec.ignored)] = 0.0
         self.neighbours: tuple[Tensor, Tensor] | None = None  # temporal pass: previous / next row per row
-        self.unturned: Tensor | None = (
-            None  # camera stages of a `rigid_root` model: joints at zero orient/transl
-        )
+        # camera stages of a `rigid_root` model: the joints at zero orientation and translation
+        self.unturned: Tensor | None = None
         self._rows: tuple[Tensor, Tensor, Tensor, Tensor] | None = None  # `rows()` cache
 
     def rows(self, state: FitState) -> tuple[Tensor, Tensor]:
