@@ -726,8 +726,8 @@ class WoodenRig(nn.Module):
         return rest, [p.reshape(*lead, -1, 3) for p in pts], False
 
     def _linear_size(self, flat: Tensor, names: Sequence[str]) -> int:
-        sizes = [int(self.neutral_points[self._full_ids(n)].shape[0]) for n in names]
-        return flat.shape[0] * sum(sizes) * 3 * NUM_BETAS
+        points = sum(len(self._sub(n, "pos")) for n in names)  # `points` returns one row per position
+        return flat.shape[0] * points * 3 * NUM_BETAS
 
     def _linear_points(self, flat: Tensor, names: Sequence[str]) -> list[Tensor]:
         """Shaped points of betas that need gradients: `p(β₀) + J(β₀)(β − β₀)` per row, with the exact points

@@ -224,6 +224,16 @@ def _points(landmarks: Any, width: int, height: int, with_visibility: bool) -> n
     return np.asarray(pts, dtype=np.float64)
 
 
+def _rgb(image: np.ndarray, path: Path) -> np.ndarray:
+    """`image` as an array, or InputError unless it is RGB uint8 (H, W, 3)."""
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise InputError(
+            f"{path}: detection needs an RGB uint8 image (H, W, 3), got {image.dtype} {image.shape}"
+        )
+    return image
+
+
 class Detector:
     """One MediaPipe Holistic graph for many images (building it costs ~0.7 s, more than a detection).
 
@@ -259,11 +269,7 @@ class Detector:
         """`detect_keypoints` with this graph."""
         if self._model is None:
             raise RuntimeError("Detector used outside its `with` block")
-        image = np.asarray(image)
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise InputError(
-                f"{path}: detection needs an RGB uint8 image (H, W, 3), got {image.dtype} {image.shape}"
-            )
+        image = _rgb(image, path)
         height, width = image.shape[:2]
         with _native_stderr_silenced():
             result = self._model.process(np.ascontiguousarray(image))
@@ -305,11 +311,7 @@ def detect_keypoints(image: UInt8[np.ndarray, "H W 3"], *, path: Path = DETECTED
         UnavailableError: MediaPipe (the ``detect`` extra) is not installed or cannot be imported.
         InputError: the image is not (H, W, 3) uint8, or no person was found in it.
     """
-    image = np.asarray(image)
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise InputError(
-            f"{path}: detection needs an RGB uint8 image (H, W, 3), got {image.dtype} {image.shape}"
-        )
+    image = _rgb(image, path)  # checked before MediaPipe loads
     with Detector() as detector:
         return detector(image, path=path)
 
