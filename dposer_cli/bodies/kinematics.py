@@ -4,6 +4,7 @@ Every function takes any leading batch dims; rest quantities may carry fewer (sh
 broadcast. Nothing here loops over samples or joints: the tree is processed one depth level at a time.
 """
 
+import math
 import warnings
 from collections.abc import Sequence
 from functools import lru_cache
@@ -61,28 +62,42 @@ def _levels(parents: tuple[int, ...]) -> tuple[tuple[tuple[int, ...], tuple[int,
 
 
 class _Plan(NamedTuple):
-    order: Tensor  # joints level by level (roots first)
     sizes: tuple[int, ...]  # joints per level
-    parent_pos: tuple[Tensor, ...]  # per level after the first: each joint's parent inside the previous level
-    parent_idx: Tensor
+    parent_idx: Tensor  # parent per joint (roots: themselves)
     is_root: Tensor
-    inverse: Tensor  # level-concatenated order -> joint order
 
 
 @lru_cache(maxsize=64)
 def _plan(parents: tuple[int, ...], device: torch.device) -> _Plan:
     """Index tensors for one tree on one device, built once (they dominate small-batch cost otherwise)."""
-    levels = _levels(parents)
-    order = [j for joints, _ in levels for j in joints]
-    inverse = torch.empty(len(order), dtype=torch.long)
-    inverse[torch.tensor(order)] = torch.arange(len(order))
     return _Plan(
-        order=torch.tensor(order, device=device),
-        sizes=tuple(len(j) for j, _ in levels),
-        parent_pos=tuple(torch.tensor(p, device=device, dtype=torch.long) for _, p in levels[1:]),
+        sizes=tuple(len(j) for j, _ in _levels(parents)),
         parent_idx=torch.tensor([max(p, 0) for p in parents], device=device),
         is_root=torch.tensor([p < 0 for p in parents], device=device),
-        inverse=inverse.to(device),
+    )
+
+
+class _Rows(NamedTuple):
+    into_levels: Tensor  # pose-major row b·J + j → level-major row k·n + b (joint j = order[k])
+    parents: tuple[Tensor, ...]  # per level after the first: its rows' parent rows in the previous level
+    out_of_levels: Tensor  # level-major rows → pose-major
+
+
+@lru_cache(maxsize=64)
+def _rows(parents: tuple[int, ...], n: int, device: torch.device) -> _Rows:
+    """Row indices of `forward_kinematics` for `n` poses of one tree: transforms are kept as (rows, 4, 4)
+    with the poses of a level next to each other, so every level is a slice and every product one `bmm`."""
+    levels = _levels(parents)
+    order = torch.tensor([j for joints, _ in levels for j in joints])
+    poses = torch.arange(n)
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(len(order))
+    return _Rows(
+        into_levels=(poses[None, :] * len(order) + order[:, None]).flatten().to(device),
+        parents=tuple(
+            (torch.tensor(pos)[:, None] * n + poses[None, :]).flatten().to(device) for _, pos in levels[1:]
+        ),
+        out_of_levels=(inverse[None, :] * n + poses[:, None]).flatten().to(device),
     )
 
 
@@ -97,37 +112,47 @@ def forward_kinematics(
     parent's position plus the parent's world rotation applied to its rest offset. The returned
     transforms map a point given relative to a joint's *posed* position: T_j = [R_j | p_j].
 
-    The tree is walked one depth level at a time (joints sorted by level once, so each level is a slice) on
-    homogeneous 4×4 transforms, T_j = T_parent · [R_local | offset_j]: one gather and one product per level
-    (the 3×3 and translation products separately cost three times the small-tensor operations, which is
-    what a batch-1 fit pays for). Results do not depend on the batch size.
+    The tree is walked one depth level at a time on homogeneous 4×4 transforms, T_j = T_parent · [R_local |
+    offset_j]. The transforms of all poses are rows of one (rows, 4, 4) tensor ordered level by level, so a
+    level is a slice and costs one row gather and one `bmm` (a batch-1 fit pays per operation, forward and
+    backward, not per flop; broadcasting `matmul`s would add six view operations each). Results do not depend
+    on the batch size.
 
     Args:
         rot_mats: local rotation of every joint (the root's is the global orientation).
         rest_joints: rest positions; leading dims broadcast against `rot_mats`.
         parents: parent index per joint, -1 for roots (any order).
     """
-    plan = _plan(_parents_tuple(parents), rest_joints.device)
+    tree = _parents_tuple(parents)
+    plan = _plan(tree, rest_joints.device)
     offsets = rest_joints - rest_joints.index_select(-2, plan.parent_idx)
     offsets = torch.where(
         plan.is_root[:, None], rest_joints, offsets
     )  # a root's "offset" is its rest position
 
-    batch = broadcast_shapes([tuple(rot_mats.shape[:-3]), tuple(rest_joints.shape[:-2])])
+    # int(): while a `TraceCache` records, sizes are tensors
+    batch = broadcast_shapes(
+        [tuple(int(s) for s in rot_mats.shape[:-3]), tuple(int(s) for s in rest_joints.shape[:-2])]
+    )
     if batch is None:
         raise ValueError(
             f"rotations {tuple(rot_mats.shape)} and rest joints {tuple(rest_joints.shape)} do not broadcast"
         )
-    rot_mats = rot_mats.expand(*batch, *rot_mats.shape[-3:])
-    offsets = offsets.expand(*batch, *offsets.shape[-2:])
-
-    # index_select, not [..., idx]: Python-level indexing overhead dominates small batches
-    local = make_transforms(rot_mats.index_select(-3, plan.order), offsets.index_select(-2, plan.order))
-    levels = local.split(plan.sizes, dim=-3)
+    n_joints = int(rot_mats.shape[-3])
+    n = math.prod(batch)
+    rows = _rows(tree, n, rest_joints.device)
+    local = make_transforms(
+        rot_mats.expand(*batch, *rot_mats.shape[-3:]), offsets.expand(*batch, *offsets.shape[-2:])
+    )
+    levels = (
+        local.reshape(n * n_joints, 4, 4)
+        .index_select(0, rows.into_levels)
+        .split([size * n for size in plan.sizes])
+    )
     world = [levels[0]]
-    for level, pidx in zip(levels[1:], plan.parent_pos, strict=True):
-        world.append(torch.matmul(world[-1].index_select(-3, pidx), level))
-    transforms = torch.cat(world, dim=-3).index_select(-3, plan.inverse)
+    for level, parent_rows in zip(levels[1:], rows.parents, strict=True):
+        world.append(torch.bmm(world[-1].index_select(0, parent_rows), level))
+    transforms = torch.cat(world).index_select(0, rows.out_of_levels).reshape(*batch, n_joints, 4, 4)
     return transforms, transforms[..., :3, 3]
 
 

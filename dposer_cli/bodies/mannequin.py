@@ -23,9 +23,10 @@ landmark vertices named as smplx's extra joints (nose, eyes, ears, toes, heels, 
 """
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from importlib import resources
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -52,6 +53,7 @@ from dposer_cli.bodies.kinematics import (
 )
 from dposer_cli.core.errors import AssetMismatchError, UnavailableError
 from dposer_cli.core.parts import BODY_JOINTS, HAND_JOINTS
+from dposer_cli.core.trace import TraceCache
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +208,7 @@ class WoodenRig(nn.Module):
     def __init__(self, dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
         self._shape_cache: tuple[Tensor, dict[str, Tensor]] | None = None
-        # `_linear_points`: anchor betas (U, 10) and per subset (points (U, n, 3), Jacobian (U, n, 3, 10))
+        # `linear_anchor`: anchor betas (U, 10) and per subset (points (U, n, 3), Jacobian (U, n, 3, 10))
         self._anchor: tuple[Tensor, dict[str, tuple[Tensor, Tensor]]] | None = None
         self.linearise = True  # False: betas with gradients go through the exact shape pipeline
         wood, cal = _asset("wooden.npz"), _asset("smplx_calibration.npz")
@@ -462,7 +464,10 @@ class WoodenRig(nn.Module):
     # ---------------------------------------------------------------- shape pipeline
     def rest_joints(self, betas: Float[Tensor, "*b 10"]) -> Float[Tensor, "*b J 3"]:
         """Calibrated SMPL-X rest joints (exactly linear in the first ten betas)."""
-        return self.joint_rest + torch.einsum("jcs,...s->...jc", self.joint_dirs, betas)
+        dirs = self.joint_dirs.flatten(
+            0, 1
+        ).T  # (10, 3J): one matrix product (an einsum costs six operations)
+        return self.joint_rest + (betas @ dirs).unflatten(-1, self.joint_rest.shape)
 
     def _skin_transforms(self, display_offsets: Tensor) -> Tensor:
         """Per-joint bind transforms fitted to the shaped skeleton (`skin_shape_transforms`)."""
@@ -719,20 +724,24 @@ class WoodenRig(nn.Module):
             pts = self._cached_points(uniq, names)
             return rest, [p[inverse].reshape(*lead, -1, 3) for p in pts], False
         if self.linearise and self._linear_size(flat, names) <= _LINEAR_VALUES:
-            pts = self._linear_points(flat, names)
+            pts = linear_points(flat, *self.linear_anchor(flat, names))
         else:
             ctx = self.context(flat)
             pts = [self.points(ctx, n) for n in names]
         return rest, [p.reshape(*lead, -1, 3) for p in pts], False
 
+    def linear_for(self, betas: Tensor, names: Sequence[str]) -> bool:
+        """Whether `shaped` linearises these betas (they need gradients and the Jacobians stay small)."""
+        return self.linearise and self._linear_size(betas.reshape(-1, NUM_BETAS), names) <= _LINEAR_VALUES
+
     def _linear_size(self, flat: Tensor, names: Sequence[str]) -> int:
         points = sum(len(self._sub(n, "pos")) for n in names)  # `points` returns one row per position
         return flat.shape[0] * points * 3 * NUM_BETAS
 
-    def _linear_points(self, flat: Tensor, names: Sequence[str]) -> list[Tensor]:
-        """Shaped points of betas that need gradients: `p(β₀) + J(β₀)(β − β₀)` per row, with the exact points
-        at an anchor β₀ and their Jacobian there (`_jacobian`), re-anchored for rows farther than
-        `LINEAR_RADIUS`.
+    def linear_anchor(self, flat: Tensor, names: Sequence[str]) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
+        """The anchors β₀ (rows of `flat`) and per subset the exact points there and their Jacobian, for
+        `linear_points`: shaped points of betas that need gradients are `p(β₀) + J(β₀)(β − β₀)` per row, with
+        the Jacobian from `_jacobian`, re-anchored for rows farther than `LINEAR_RADIUS`.
 
         The shape pipeline costs ~⅔ of a joints-only forward + backward at batch 1, and a fit moves betas by
         ≤ 0.01 per step: re-anchoring every ≥ 10 steps keeps values within 0.1 mm of exact and the gradient
@@ -758,8 +767,7 @@ class WoodenRig(nn.Module):
                     terms[n] = (terms[n][0].index_copy(0, far, p), terms[n][1].index_copy(0, far, j))
                 anchor = (anchor[0].index_copy(0, far, beta[far]), terms)
         self._anchor = anchor
-        delta = flat - anchor[0]
-        return [p + torch.einsum("uncs,us->unc", j, delta) for p, j in (anchor[1][n] for n in names)]
+        return anchor[0], [anchor[1][n] for n in names]
 
     def _jacobian(self, beta: Tensor, names: Sequence[str]) -> list[tuple[Tensor, Tensor]]:
         """Per subset: exact shaped points (U, n, 3) and their Jacobian in betas (U, n, 3, 10), the latter by
@@ -850,6 +858,12 @@ def _landmark_vertices(rig: WoodenRig, points: np.ndarray, joints: np.ndarray) -
     return out
 
 
+def linear_points(flat: Tensor, anchor: Tensor, terms: Sequence[tuple[Tensor, Tensor]]) -> list[Tensor]:
+    """Linearised shaped points `p + J(β − β₀)` per row from `WoodenRig.linear_anchor` (a pure function)."""
+    delta = (flat - anchor).unsqueeze(-1)
+    return [p + torch.bmm(j.flatten(1, 2), delta).view_as(p) for p, j in terms]
+
+
 class MannequinBody(nn.Module):
     """The built-in whole body (kind "mannequin"): SMPL-X body and hand rotations → wooden mannequin."""
 
@@ -911,6 +925,7 @@ class MannequinBody(nn.Module):
         self.register_buffer("landmark_weights", w_land[:, cols].clone(), persistent=False)
         self._matrix: SkinMatrix | None = None
         self._matrix_key: tuple | None = None
+        self._trace = TraceCache()
 
     def _neutral_matrix(self) -> SkinMatrix:
         key = (self.rig.neutral_points.dtype, self.rig.neutral_points.device)
@@ -959,9 +974,34 @@ class MannequinBody(nn.Module):
             device=device,
             coeffs={"betas": NUM_BETAS, "expression": None},
         )
-        rest, (land, *full), neutral = self.rig.shaped(
-            p.get("betas"), ["landmarks", "full"] if return_vertices else ["landmarks"]
-        )
+        names = tuple(k for k in _POSE_KEYS if k in p)
+        values = [p[k] for k in names]
+        betas = p.get("betas")
+        if not return_vertices:  # fits and IK call this hundreds of times: replayed from a recording
+            if betas is not None and betas.requires_grad and self.rig.linear_for(betas, ["landmarks"]):
+                anchor, ((p0, jac),) = self.rig.linear_anchor(betas.reshape(-1, NUM_BETAS), ["landmarks"])
+                pose = partial(self._pose_linear, names, batch)
+                joints = self._trace.run(("linear", names), pose, betas, anchor, p0, jac, *values)[1]
+                return BodyOutput(joints=joints, vertices=None)
+            rest, (land,), _ = self.rig.shaped(betas, ["landmarks"])
+            pose = partial(self._pose, names, batch)
+            return BodyOutput(joints=self._trace.run(names, pose, rest, land, *values)[1], vertices=None)
+        rest, (land, *full), neutral = self.rig.shaped(betas, ["landmarks", "full"])
+        transforms, joints = self._pose(names, batch, rest, land, *values)
+        transl = p.get("transl")
+        shift = 0.0 if transl is None else transl[..., None, :]
+        if neutral and device.type in ("cpu", "cuda"):  # shared rest mesh: cached sparse skinning matrix
+            vertices = lbs_apply(self._neutral_matrix(), transforms, rest) + shift
+        else:
+            vertices = lbs(full[0], transforms, rest, self.rig.sub_full_w) + shift
+        return BodyOutput(joints=joints, vertices=vertices.expand(*batch, *vertices.shape[-2:]))
+
+    def _pose(
+        self, names: tuple[str, ...], batch: tuple[int, ...], rest: Tensor, land: Tensor, *values: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """World transforms and output joints (skeleton, landmarks, + transl) from the shaped rest joints and
+        landmark points and the pose parameters `names` (a pure function of its tensors: `TraceCache`)."""
+        p = dict(zip(names, values, strict=True))
         transforms, joints = forward_kinematics(self._rotations(p, batch), rest, self.parents)
         cols = self.landmark_cols
         landmarks = lbs(
@@ -969,16 +1009,28 @@ class MannequinBody(nn.Module):
         )
         joints = torch.cat([joints, landmarks], dim=-2)
         transl = p.get("transl")
-        shift = 0.0 if transl is None else transl[..., None, :]
-        vertices = None
-        if return_vertices:
-            if neutral and device.type in ("cpu", "cuda"):  # shared rest mesh: cached sparse skinning matrix
-                vertices = lbs_apply(self._neutral_matrix(), transforms, rest) + shift
-            else:
-                vertices = lbs(full[0], transforms, rest, self.rig.sub_full_w) + shift
-            vertices = vertices.expand(*batch, *vertices.shape[-2:])
-        joints = (joints + shift).expand(*batch, *joints.shape[-2:])
-        return BodyOutput(joints=joints, vertices=vertices)
+        if transl is not None:
+            joints = joints + transl[..., None, :]
+        return transforms, joints.expand(*batch, *joints.shape[-2:])
+
+    def _pose_linear(
+        self,
+        names: tuple[str, ...],
+        batch: tuple[int, ...],
+        betas: Tensor,
+        anchor: Tensor,
+        p0: Tensor,
+        jac: Tensor,
+        *values: Tensor,
+    ) -> tuple[Tensor, Tensor]:
+        """`_pose` of betas that need gradients, their landmark points linearised around `anchor`."""
+        (land,) = linear_points(betas.reshape(-1, NUM_BETAS), anchor, [(p0, jac)])
+        land = land.reshape(*betas.shape[:-1], -1, 3)
+        return self._pose(names, batch, self.rig.rest_joints(betas), land, *values)
+
+    def _apply(self, fn: Callable[..., Any], recurse: bool = True) -> "MannequinBody":
+        self._trace.clear()  # recordings hold the old buffers
+        return super()._apply(fn, recurse)
 
 
 class MannequinHand(nn.Module):
@@ -1102,6 +1154,7 @@ _BODY_DIMS = {
     "reye_pose": 3,
     "transl": 3,
 }
+_POSE_KEYS = ("global_orient", "body_pose", "left_hand_pose", "right_hand_pose", "transl")
 _HAND_DIMS = {"global_orient": 3, "hand_pose": 45, "transl": 3}
 _BODY_SETS = {
     "body22": ("pelvis", *BODY_JOINTS),

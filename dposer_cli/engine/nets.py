@@ -119,7 +119,7 @@ class TimeFC(nn.Module):
         if (
             self.gaussian_skip
         ):  # residual on the exact ε of N(0, I) data (normalised poses): see _gaussian_eps
-            out = out + _gaussian_eps_scale(label, self.sigmas.shape[0])[:, None] * x
+            out = out + _gaussian_eps_scale(label, int(self.sigmas.shape[0]))[:, None] * x
         if not self.scale_by_sigma:  # plain ε-output (our demo priors): one output scale for every t
             return out
         # scale_by_sigma: divide by the descending VE table at floor(label) (spec §2.2, reproduced bit-for-bit)

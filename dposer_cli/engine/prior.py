@@ -9,6 +9,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import torch
 from jaxtyping import Float
@@ -20,15 +21,40 @@ from dposer_cli.core.device import resolve_device
 from dposer_cli.core.errors import AssetMismatchError, InputError, MissingAssetError
 from dposer_cli.core.parts import PARTS, Part
 from dposer_cli.core.paths import demo_checkpoint, models_dir, official_checkpoint, official_dir
+from dposer_cli.core.trace import TraceCache
 from dposer_cli.engine import samplers as smp
 from dposer_cli.engine.checkpoint import Checkpoint, read_checkpoint
-from dposer_cli.engine.loss import dposer_loss, time_schedule
+from dposer_cli.engine.loss import WEIGHTINGS, dposer_loss, time_schedule, weight
 from dposer_cli.engine.nets import TimeFC, build_net
 from dposer_cli.engine.normalize import Normalizer, load_official_normalizer
 from dposer_cli.engine.optimize import T_RANGES
 from dposer_cli.engine.sde import append_dims, build_sde
 
 log = logging.getLogger(__name__)
+
+
+class _Prepared(NamedTuple):
+    """What `DPoserPrior.loss` needs at one diffusion time given to `prepare_times` (one row each)."""
+
+    label: Tensor  # (1,) the network's time conditioning
+    terms: Tensor  # (1, K, H) the network's time projections
+    alpha: Tensor  # (1, 1)
+    std: Tensor  # (1, 1)
+    weights: dict[str, Tensor]  # weighting kind → w(t), (1,)
+
+
+class _Target(nn.Module):
+    """The DPoser loss's one-step denoising target x̂0 = (x_t − σ·ε̂(x_t, t)) / α at x_t = α·x0 + σ·z."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(
+        self, x: Tensor, z: Tensor, alpha: Tensor, std: Tensor, label: Tensor, terms: Tensor
+    ) -> Tensor:
+        x_t = alpha * x + std * z
+        return (x_t - std * self.net(x_t, label, time_terms=terms)) / alpha
 
 
 class DPoserPrior(nn.Module):
@@ -46,8 +72,10 @@ class DPoserPrior(nn.Module):
         self.source = source  # human-readable origin ("official: PATH", "demo: PATH", "checkpoint: PATH")
         self.nfe = 0  # network evaluations since construction (reset freely)
         self.healthy: bool | None = None  # what `dposer train` concluded (None: not recorded)
-        # `prepare_times`: label → the network's time terms (1, K, H)
+        # `prepare_times`: label → the network's time terms (1, K, H), and time → what `loss` needs at it
         self._time_terms: dict[float, Tensor] = {}
+        self._prepared: dict[float, _Prepared] = {}
+        self._trace = TraceCache()
 
     # ---- construction -------------------------------------------------------------------------
     @classmethod
@@ -187,15 +215,29 @@ class DPoserPrior(nn.Module):
         """Compute the network's time terms for these diffusion times in one batch and reuse them when every
         row of an evaluation shares one of them (an annealed optimisation knows its times in advance; at batch
         1 they are ~30 % of a network evaluation). `None` forgets them."""
-        self._time_terms = {}
+        self._time_terms, self._prepared = {}, {}
+        self._trace.clear()
         net = self.net
         if not times or not isinstance(net, TimeFC):
             return
+        for v in times:
+            validate.diffusion_time(v)
         t = torch.tensor(list(times), dtype=torch.float32, device=self.device)
         label = self.sde.label(t)
         with torch.no_grad():
             terms = net.time_terms(label)
+            alpha, std = self.sde.marginal(t)  # the same float32 arithmetic as `dposer_loss`
+            weights = {kind: weight(alpha, std, kind) for kind in WEIGHTINGS}
         self._time_terms = {float(v): terms[i : i + 1] for i, v in enumerate(label.tolist())}
+        for i, v in enumerate(times):
+            one = slice(i, i + 1)
+            self._prepared[float(v)] = _Prepared(
+                label[one],
+                terms[one],
+                alpha[one, None],
+                std[one, None],
+                {k: w[one] for k, w in weights.items()},
+            )
 
     def denoise(
         self, x_t: Float[Tensor, "*batch D"], t: Float[Tensor, "*batch"]
@@ -285,11 +327,49 @@ class DPoserPrior(nn.Module):
                 bad = t.detach().flatten()[~((t > 0) & (t <= 1)).flatten()][0]
                 raise InputError(f"t must be a diffusion time in (0, 1] (got {float(bad)})")
         else:
+            prepared = self._prepared.get(t) if noise is None and not self.net.training else None
+            if prepared is not None and prepared.alpha.dtype == pose.dtype and weighting in prepared.weights:
+                x0 = pose if normalized else self.normalize(pose)
+                return self._prepared_loss(x0, prepared, weighting, generator)
             validate.diffusion_time(t)
         x0 = pose if normalized else self.normalize(pose)
         return dposer_loss(
             self.eps, x0, t, sde=self.sde, weighting=weighting, generator=generator, noise=noise
         )
+
+    def _target(self) -> "_Target":
+        """The `_Target` of this network, built once (kept out of `_modules`: not a second copy in state dicts)."""
+        target = self.__dict__.get("_target_module")
+        if target is None or target.net is not self.net:
+            target = _Target(self.net)
+            self.__dict__["_target_module"] = target
+        return target
+
+    def _apply(self, fn: Callable[..., Any], recurse: bool = True) -> "DPoserPrior":
+        self._trace.clear()  # recordings hold the old tensors
+        return super()._apply(fn, recurse)
+
+    def _prepared_loss(
+        self, x0: Tensor, prep: "_Prepared", weighting: str, generator: torch.Generator | None
+    ) -> Tensor:
+        """`dposer_loss` at a time given to `prepare_times`: the same values (same noise draw, same float32
+        arithmetic), with the network's evaluation replayed from a recording (`TraceCache`)."""
+        lead, dim = x0.shape[:-1], x0.shape[-1]
+        flat = x0.reshape(-1, dim)
+        z = torch.randn(flat.shape, generator=generator, device=flat.device, dtype=flat.dtype)
+        self.nfe += 1
+        with torch.no_grad():
+            target = self._trace.run(
+                "target",
+                self._target(),
+                flat.detach(),
+                z,
+                prep.alpha,
+                prep.std,
+                prep.label.expand(len(flat)),
+                prep.terms,
+            )
+        return (prep.weights[weighting] * ((flat - target) ** 2).sum(-1)).reshape(lead)
 
     @staticmethod
     def time_at(step: int, total: int, task: str | tuple[float, float] = "completion") -> float:

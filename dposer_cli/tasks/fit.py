@@ -462,7 +462,10 @@ class Fitter:
     # ---- model and camera
     def forward(self, state: FitState) -> BodyOutput:
         p = {k: v for k, v in state.params.items() if k != "betas"}
-        return self.model(**p, betas=state.params["betas"][state.track], return_vertices=False)
+        # index_select: its backward is one index_add (advanced indexing's is an accumulating index_put)
+        return self.model(
+            **p, betas=state.params["betas"].index_select(0, state.track), return_vertices=False
+        )
 
     def project(self, state: FitState, joints: Tensor) -> Tensor:
         b = state.row
@@ -545,7 +548,7 @@ class Fitter:
         loss = loss + w["prior"] ** 2 * step.prior(self.prior_input(p))
         # shape penalty once per track: rows sharing betas split it
         share = self.rows(state)[1]
-        loss = loss + w["shape"] ** 2 * p["betas"][state.track].pow(2).sum(-1) / share
+        loss = loss + w["shape"] ** 2 * p["betas"].index_select(0, state.track).pow(2).sum(-1) / share
         if w.get("angle", 0):
             loss = loss + w["angle"] ** 2 * angle_prior(p["body_pose"])
         if w.get("temporal", 0) and self.neighbours is not None:

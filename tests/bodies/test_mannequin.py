@@ -368,3 +368,33 @@ def test_reanchoring_keeps_an_earlier_graph_differentiable(mannequin32):
     mannequin32(body_pose=pose, betas=b2, return_vertices=False).joints.sum().backward()
     first.backward()  # the first graph's anchor tensors were not modified in place
     assert b1.grad is not None and torch.isfinite(b1.grad).all()
+
+
+def test_replayed_joints_only_forward_follows_new_values_and_reanchoring(mannequin32, monkeypatch):
+    from dposer_cli.bodies.mannequin import LINEAR_RADIUS
+    from dposer_cli.core.trace import TRACE_ENV
+
+    g = torch.Generator().manual_seed(12)
+    mannequin32.rig._anchor = None
+
+    def joints(pose, betas, transl, trace):
+        monkeypatch.setenv(TRACE_ENV, "1" if trace else "0")
+        b = betas.clone().requires_grad_(True)
+        p = pose.clone().requires_grad_(True)
+        out = mannequin32(body_pose=p, betas=b, transl=transl, return_vertices=False).joints
+        w = torch.linspace(-1, 1, out.numel()).reshape(out.shape)
+        return (out.detach(), *torch.autograd.grad((out * w).sum(), [p, b]))
+
+    betas = torch.randn(2, 10, generator=g)
+    for k in range(6):  # the joints-only call is recorded after two calls and replayed from then on
+        if k == 4:
+            betas = betas + 2 * LINEAR_RADIUS  # every row re-anchored: new anchor tensors, same recording
+        pose, transl = torch.randn(2, 63, generator=g) * 0.4, torch.randn(2, 3, generator=g)
+        replayed = joints(pose, betas, transl, trace=True)
+        eager = joints(pose, betas, transl, trace=False)
+        for a, b in zip(replayed, eager, strict=True):
+            assert torch.equal(a, b)
+    assert mannequin32._trace.recorded() >= 1  # the replayed path was tested, not an eager fallback
+    mannequin32.double()  # new buffers: recordings forgotten, and the next ones are float64
+    assert not mannequin32._trace._traced
+    mannequin32.float()

@@ -79,3 +79,29 @@ def test_prepared_time_terms_give_the_same_prior_and_are_forgotten_after_optimiz
     x = {"x": pose.clone()}
     optimize(x, [Stage("s", 4, {"x": 0.01}, uses_prior=True)], loss, prior=PriorSchedule(prior, (0.05, 0.15)))
     assert seen == [4] * 4 and prior._time_terms == {}  # prepared for the run's 4 times, then forgotten
+
+
+def test_prepared_times_give_the_plain_loss_and_gradient_bit_for_bit_when_replayed():
+    from dposer_cli.core.parts import Part
+    from dposer_cli.engine.prior import DPoserPrior
+
+    prior = DPoserPrior.load(Part.body)
+    pose = torch.randn(2, 63, generator=torch.Generator().manual_seed(3)) * 0.3
+    times = [0.1, 0.09, 0.08]
+
+    def run(prepared: bool) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        prior.prepare_times(times if prepared else None)
+        out = []
+        for k in range(6):  # past the recording's warm-up: the last calls are replays
+            x = (pose + 0.01 * k).requires_grad_(True)
+            g = torch.Generator().manual_seed(k)
+            value = prior.loss(x, times[k % 3], weighting="snr2", generator=g)
+            (grad,) = torch.autograd.grad(value.sum(), x)
+            out.append((value.detach(), grad))
+        return out
+
+    for (a, ga), (b, gb) in zip(run(False), run(True), strict=True):
+        assert torch.equal(a, b) and torch.equal(ga, gb)
+    assert prior._trace.recorded() == 1  # one recording serves every prepared time
+    prior.prepare_times(None)
+    assert not prior._trace._traced

@@ -1,0 +1,100 @@
+"""TraceCache: replays equal eager calls (values and gradients) for new inputs, records only repeated
+signatures, and falls back to eager calls when a recording is impossible or turned off."""
+
+import pytest
+import torch
+
+from dposer_cli.bodies.kinematics import batch_rodrigues, forward_kinematics
+from dposer_cli.core.trace import TRACE_ENV, TraceCache
+
+PARENTS = (-1, 0, 1, 1, 3, 0, 5)
+
+
+def _chain(aa: torch.Tensor, rest: torch.Tensor) -> torch.Tensor:
+    """A pure function with a tree walk, gathers and matrix products (what fits replay)."""
+    return forward_kinematics(batch_rodrigues(aa), rest, PARENTS)[1]
+
+
+def _call(cache: TraceCache, aa: torch.Tensor, rest: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    x = aa.clone().requires_grad_(True)
+    out = cache.run("chain", _chain, x, rest)
+    weights = torch.linspace(-1, 1, out.numel()).reshape(out.shape)
+    (grad,) = torch.autograd.grad((out * weights).sum(), x)
+    return out.detach(), grad
+
+
+def test_replays_equal_eager_calls_on_new_values_bit_for_bit():
+    g = torch.Generator().manual_seed(0)
+    rest = torch.randn(len(PARENTS), 3, generator=g)
+    cache, eager = TraceCache(warmup=2), TraceCache(warmup=10**9)
+    for _ in range(6):  # the first two calls are eager, the third records, the rest replay
+        aa = torch.randn(4, len(PARENTS), 3, generator=g)
+        replayed, grad = _call(cache, aa, rest)
+        reference, grad_ref = _call(eager, aa, rest)
+        assert torch.equal(replayed, reference)
+        assert torch.equal(grad, grad_ref)
+    assert cache.recorded() == 1 and not eager._traced
+
+
+def test_records_once_per_signature_after_the_warmup():
+    calls = []
+
+    def double(x: torch.Tensor) -> torch.Tensor:
+        calls.append(x.shape)
+        return 2 * x
+
+    cache = TraceCache(warmup=2)
+    for _ in range(5):
+        cache.run("double", double, torch.ones(3))
+    assert len(calls) == 3  # two eager calls, then the recording; replays run no Python
+    assert torch.equal(cache.run("double", double, torch.full((3,), 4.0)), torch.full((3,), 8.0))
+    for _ in range(3):  # a new shape is a new signature: eager twice, then its own recording
+        assert torch.equal(cache.run("double", double, torch.ones(2, 2)), torch.full((2, 2), 2.0))
+    assert len(calls) == 6 and len(cache._traced) == 2
+    with torch.no_grad():  # the grad mode is part of the signature too
+        cache.run("double", double, torch.ones(3))
+    assert len(calls) == 7
+
+
+def test_turned_off_by_the_environment(monkeypatch):
+    calls = []
+
+    def double(x: torch.Tensor) -> torch.Tensor:
+        calls.append(1)
+        return 2 * x
+
+    monkeypatch.setenv(TRACE_ENV, "0")
+    cache = TraceCache(warmup=0)
+    for _ in range(4):
+        cache.run("double", double, torch.ones(3))
+    assert len(calls) == 4 and not cache._traced
+
+
+def test_a_function_that_cannot_be_recorded_stays_eager():
+    def unrecordable(x: torch.Tensor) -> object:
+        return {"not": "a tensor output"}  # the tracer refuses non-tensor outputs
+
+    cache = TraceCache(warmup=0)
+    for _ in range(3):
+        assert cache.run("bad", unrecordable, torch.ones(2)) == {"not": "a tensor output"}
+    assert len(cache._traced) == 1 and cache.recorded() == 0
+
+
+def test_least_recently_used_recordings_are_dropped():
+    cache = TraceCache(warmup=0, size=2)
+    for n in (1, 2, 3):
+        cache.run("f", torch.neg, torch.ones(n))
+    assert len(cache._traced) == 2
+    assert [sig[2][0][0] for sig in cache._traced] == [torch.Size([2]), torch.Size([3])]
+
+
+@pytest.mark.parametrize("warmup", [0, 2])
+def test_module_parameters_stay_shared_with_the_recording(warmup):
+    lin = torch.nn.Linear(3, 2)
+    cache = TraceCache(warmup=warmup)
+    x = torch.randn(5, 3)
+    with torch.no_grad():
+        for _ in range(warmup + 2):
+            cache.run("lin", lin, x)
+        lin.weight.mul_(2.0)  # an in-place update (an EMA copy, load_state_dict) is seen by the replay
+        assert torch.allclose(cache.run("lin", lin, x), lin(x))
