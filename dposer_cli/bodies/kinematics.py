@@ -101,6 +101,26 @@ def _rows(parents: tuple[int, ...], n: int, device: torch.device) -> _Rows:
     )
 
 
+# `forward_kinematics` by pointer jumping while poses × joints is at most this (small batches: fewer,
+# larger operations); level by level above it (fewer flops)
+JUMP_ROWS = 4096
+
+
+@lru_cache(maxsize=64)
+def _jumps(parents: tuple[int, ...], n: int, device: torch.device) -> tuple[Tensor, ...]:
+    """Row gathers of pointer jumping for `n` poses of one tree, rows `b·(J+1) + j` with row `J` of each pose
+    the identity: step s multiplies every transform by the one 2^s ancestors up (the identity past the root),
+    so after ⌈log₂(depth + 1)⌉ steps each row holds its whole chain."""
+    joints = len(parents)
+    anc = [p if p >= 0 else joints for p in parents] + [joints]
+    base = torch.arange(n)[:, None] * (joints + 1)
+    steps = []
+    while any(a != joints for a in anc):
+        steps.append((base + torch.tensor(anc)[None, :]).flatten().to(device))
+        anc = [anc[a] for a in anc]
+    return tuple(steps)
+
+
 def forward_kinematics(
     rot_mats: Float[Tensor, "*batch J 3 3"],
     rest_joints: Float[Tensor, "*rest J 3"],
@@ -112,11 +132,12 @@ def forward_kinematics(
     parent's position plus the parent's world rotation applied to its rest offset. The returned
     transforms map a point given relative to a joint's *posed* position: T_j = [R_j | p_j].
 
-    The tree is walked one depth level at a time on homogeneous 4×4 transforms, T_j = T_parent · [R_local |
-    offset_j]. The transforms of all poses are rows of one (rows, 4, 4) tensor ordered level by level, so a
-    level is a slice and costs one row gather and one `bmm` (a batch-1 fit pays per operation, forward and
-    backward, not per flop; broadcasting `matmul`s would add six view operations each). Results do not depend
-    on the batch size.
+    Works on homogeneous 4×4 transforms, T_j = T_parent · [R_local | offset_j], kept as rows of one (rows, 4,
+    4) tensor, so every product is one row gather and one `bmm` (a batch-1 fit pays per operation, forward and
+    backward, not per flop; broadcasting `matmul`s would add six view operations each). Small batches
+    (poses × joints ≤ `JUMP_ROWS`) use pointer jumping: ⌈log₂(depth + 1)⌉ products over every joint (4 for
+    the SMPL-X tree rather than 11 levels). Larger ones walk the tree a depth level at a time (rows ordered by
+    level, so a level is a slice): one product per joint. The two differ by float rounding only.
 
     Args:
         rot_mats: local rotation of every joint (the root's is the global orientation).
@@ -140,10 +161,17 @@ def forward_kinematics(
         )
     n_joints = int(rot_mats.shape[-3])
     n = math.prod(batch)
-    rows = _rows(tree, n, rest_joints.device)
     local = make_transforms(
         rot_mats.expand(*batch, *rot_mats.shape[-3:]), offsets.expand(*batch, *offsets.shape[-2:])
     )
+    if n * n_joints <= JUMP_ROWS:
+        eye = torch.eye(4, dtype=local.dtype, device=local.device).expand(n, 1, 4, 4)
+        world = torch.cat([local.reshape(n, n_joints, 4, 4), eye], dim=1).reshape(n * (n_joints + 1), 4, 4)
+        for ancestors in _jumps(tree, n, rest_joints.device):
+            world = torch.bmm(world.index_select(0, ancestors), world)
+        transforms = world.view(n, n_joints + 1, 4, 4)[:, :n_joints].reshape(*batch, n_joints, 4, 4)
+        return transforms, transforms[..., :3, 3]
+    rows = _rows(tree, n, rest_joints.device)
     levels = (
         local.reshape(n * n_joints, 4, 4)
         .index_select(0, rows.into_levels)

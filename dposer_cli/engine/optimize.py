@@ -181,18 +181,26 @@ class Adam:
 
     @torch.no_grad()
     def step(self) -> None:
+        """One update of every tensor with a gradient: the single-tensor arithmetic, as `_foreach` calls (one
+        dispatch per operation for all tensors instead of one per tensor)."""
         b1, b2 = self.betas
+        live, grads = [], []
         for i, x in enumerate(self.tensors):
-            grad = x.grad
-            if grad is None:
-                continue
-            self.steps[i] += 1
-            k = self.steps[i]
-            m, v = self.m[i], self.v[i]
-            m.lerp_(grad, 1 - b1)
-            v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
-            denom = (v.sqrt() / (1 - b2**k) ** 0.5).add_(self.eps)
-            x.addcdiv_(m, denom, value=-self.lrs[i] / (1 - b1**k))
+            if x.grad is not None:
+                live.append(i)
+                grads.append(x.grad)
+                self.steps[i] += 1
+        if not live:
+            return
+        xs = [self.tensors[i] for i in live]
+        ms, vs = [self.m[i] for i in live], [self.v[i] for i in live]
+        torch._foreach_lerp_(ms, grads, 1 - b1)
+        torch._foreach_mul_(vs, b2)
+        torch._foreach_addcmul_(vs, grads, grads, value=1 - b2)
+        denom = torch._foreach_sqrt(vs)
+        torch._foreach_div_(denom, [(1 - b2 ** self.steps[i]) ** 0.5 for i in live])
+        torch._foreach_add_(denom, self.eps)
+        torch._foreach_addcdiv_(xs, ms, denom, [-self.lrs[i] / (1 - b1 ** self.steps[i]) for i in live])
 
 
 @dataclass

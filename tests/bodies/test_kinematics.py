@@ -61,7 +61,11 @@ def _naive_fk(rot, rest, parents):
     return torch.stack(R), torch.stack(p)
 
 
-def test_forward_kinematics_matches_naive_recursion_on_unordered_tree():
+@pytest.mark.parametrize("jump_rows", [4096, 0])  # pointer jumping (small batches), level by level
+def test_forward_kinematics_matches_naive_recursion_on_unordered_tree(jump_rows, monkeypatch):
+    from dposer_cli.bodies import kinematics
+
+    monkeypatch.setattr(kinematics, "JUMP_ROWS", jump_rows)
     g = torch.Generator().manual_seed(1)
     parents = [3, -1, 3, 1, 2, 2, 0, 1]  # children before parents: level processing must not assume order
     rot = batch_rodrigues(torch.randn(5, 8, 3, generator=g, dtype=torch.float64))
@@ -73,6 +77,28 @@ def test_forward_kinematics_matches_naive_recursion_on_unordered_tree():
         assert torch.allclose(joints[b], p) and torch.allclose(transforms[b, :, :3, 3], p)
     assert torch.equal(
         transforms[..., 3, :], torch.tensor([0.0, 0, 0, 1], dtype=torch.float64).expand(5, 8, 4)
+    )
+
+
+def test_forward_kinematics_strategies_agree_with_gradients_on_a_deep_tree(monkeypatch):
+    from dposer_cli.bodies import kinematics
+
+    g = torch.Generator().manual_seed(4)
+    parents = [-1, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 2, 12, 13, -1, 15]  # depth 11, a branch, two roots
+    aa = torch.randn(3, 2, len(parents), 3, generator=g, dtype=torch.float64)
+    rest = torch.randn(len(parents), 3, generator=g, dtype=torch.float64)
+    out = []
+    for rows in (4096, 0):
+        monkeypatch.setattr(kinematics, "JUMP_ROWS", rows)
+        x = aa.clone().requires_grad_(True)
+        transforms, joints = forward_kinematics(batch_rodrigues(x), rest, parents)
+        (grad,) = torch.autograd.grad(
+            (joints * torch.linspace(-1, 1, joints.numel()).view_as(joints)).sum(), x
+        )
+        out.append((transforms, grad))
+    assert kinematics._jumps(tuple(parents), 1, torch.device("cpu")).__len__() == 4  # ⌈log₂ 12⌉ products
+    assert torch.allclose(out[0][0], out[1][0], atol=1e-12) and torch.allclose(
+        out[0][1], out[1][1], atol=1e-12
     )
 
 
