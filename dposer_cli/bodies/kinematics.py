@@ -166,10 +166,10 @@ def forward_kinematics(
     )
     if n * n_joints <= JUMP_ROWS:
         eye = torch.eye(4, dtype=local.dtype, device=local.device).expand(n, 1, 4, 4)
-        world = torch.cat([local.reshape(n, n_joints, 4, 4), eye], dim=1).reshape(n * (n_joints + 1), 4, 4)
+        chain = torch.cat([local.reshape(n, n_joints, 4, 4), eye], dim=1).reshape(n * (n_joints + 1), 4, 4)
         for ancestors in _jumps(tree, n, rest_joints.device):
-            world = torch.bmm(world.index_select(0, ancestors), world)
-        transforms = world.view(n, n_joints + 1, 4, 4)[:, :n_joints].reshape(*batch, n_joints, 4, 4)
+            chain = torch.bmm(chain.index_select(0, ancestors), chain)
+        transforms = chain.view(n, n_joints + 1, 4, 4)[:, :n_joints].reshape(*batch, n_joints, 4, 4)
         return transforms, transforms[..., :3, 3]
     rows = _rows(tree, n, rest_joints.device)
     levels = (
