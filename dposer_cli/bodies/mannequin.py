@@ -1097,6 +1097,7 @@ class MannequinHand(nn.Module):
         self.joint_names: tuple[str, ...] = ("wrist", *HAND_JOINTS, *_FINGERS)
         self._sets = build_joint_sets(self.joint_names, _HAND_SETS)
         self._region = f"hand_{side}"
+        self._trace = TraceCache()
 
     @property
     def joint_sets(self) -> tuple[str, ...]:
@@ -1117,31 +1118,77 @@ class MannequinHand(nn.Module):
             device=device,
             coeffs={"betas": NUM_BETAS},
         )
+        names = tuple(k for k in _HAND_DIMS if k in p)
+        values = [p[k] for k in names]
+        betas = p.get("betas")
+        if not return_vertices:  # fits and IK call this hundreds of times: replayed from a recording
+            tips = f"{self._region}_tips"
+            if betas is not None and betas.requires_grad and self.rig.linear_for(betas, [tips]):
+                anchor, ((p0, jac),) = self.rig.linear_anchor(betas.reshape(-1, NUM_BETAS), [tips])
+                pose = partial(self._pose_linear, names, batch)
+                joints = self._trace.run(("linear", names), pose, betas, anchor, p0, jac, *values)[0]
+                return BodyOutput(joints=joints, vertices=None)
+            rest_all, (pts,), _ = self.rig.shaped(betas, [tips])
+            pose = partial(self._pose, names, batch, False)
+            return BodyOutput(joints=self._trace.run(names, pose, rest_all, pts, *values)[0], vertices=None)
+        rest_all, (pts,), _ = self.rig.shaped(betas, [self._region])
+        joints, vertices = self._pose(names, batch, True, rest_all, pts, *values)
+        return BodyOutput(joints=joints, vertices=vertices)
+
+    def _pose(
+        self,
+        names: tuple[str, ...],
+        batch: tuple[int, ...],
+        mesh: bool,
+        rest_all: Tensor,
+        pts: Tensor,
+        *values: Tensor,
+    ) -> tuple[Tensor, Tensor]:
+        """Joints and (`mesh`) the hand's vertices — else its finger tips again — from the shaped rest joints,
+        the shaped region (or tip) points and the parameters `names` (a pure function: `TraceCache`)."""
+        p = dict(zip(names, values, strict=True))
         aa = torch.cat(
             [
-                expand_param(p.get("global_orient"), batch, 3, dtype, device).reshape(*batch, 1, 3),
+                expand_param(p.get("global_orient"), batch, 3, pts.dtype, pts.device).reshape(*batch, 1, 3),
                 (
-                    expand_param(p.get("hand_pose"), batch, 45, dtype, device).reshape(*batch, 45) + self.mean
+                    expand_param(p.get("hand_pose"), batch, 45, pts.dtype, pts.device).reshape(*batch, 45)
+                    + self.mean
                 ).reshape(*batch, 15, 3),
             ],
             dim=-2,
         )
-        region = self._region if return_vertices else f"{self._region}_tips"
-        rest_all, (pts,), _ = self.rig.shaped(p.get("betas"), [region])
-        origin = rest_all[..., self.chain[:1], :]
-        rest = rest_all[..., self.chain, :] - origin
+        chain = rest_all.index_select(-2, self.chain)  # index_select: a cheaper backward than indexing
+        origin = chain[..., :1, :]
+        rest = chain - origin
         transforms, joints = forward_kinematics(batch_rodrigues(aa), rest, self.parents)
         pts = pts - origin
-        tip_pts = pts[..., self.tips, :] if return_vertices else pts
-        tips = lbs(tip_pts, transforms, rest, self.tip_weights)
+        tips = lbs(pts.index_select(-2, self.tips) if mesh else pts, transforms, rest, self.tip_weights)
         transl = p.get("transl")
         shift = 0.0 if transl is None else transl[..., None, :]
         joints = (torch.cat([joints, tips], dim=-2) + shift).expand(*batch, 21, 3)
-        vertices = None
-        if return_vertices:
-            vertices = lbs(pts, transforms, rest, self.weights) + shift
-            vertices = vertices.expand(*batch, *vertices.shape[-2:])
-        return BodyOutput(joints=joints, vertices=vertices)
+        if not mesh:
+            return joints, tips
+        vertices = lbs(pts, transforms, rest, self.weights) + shift
+        return joints, vertices.expand(*batch, *vertices.shape[-2:])
+
+    def _pose_linear(
+        self,
+        names: tuple[str, ...],
+        batch: tuple[int, ...],
+        betas: Tensor,
+        anchor: Tensor,
+        p0: Tensor,
+        jac: Tensor,
+        *values: Tensor,
+    ) -> tuple[Tensor, Tensor]:
+        """`_pose` (joints only) of betas that need gradients, their tip points linearised around `anchor`."""
+        (pts,) = linear_points(betas.reshape(-1, NUM_BETAS), anchor, [(p0, jac)])
+        pts = pts.reshape(*betas.shape[:-1], -1, 3)
+        return self._pose(names, batch, False, self.rig.rest_joints(betas), pts, *values)
+
+    def _apply(self, fn: Callable[..., Any], recurse: bool = True) -> "MannequinHand":
+        self._trace.clear()  # recordings hold the old buffers
+        return super()._apply(fn, recurse)
 
 
 _BODY_DIMS = {

@@ -398,3 +398,25 @@ def test_replayed_joints_only_forward_follows_new_values_and_reanchoring(mannequ
     mannequin32.double()  # new buffers: recordings forgotten, and the next ones are float64
     assert not mannequin32._trace._traced
     mannequin32.float()
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_replayed_hand_joints_equal_eager_ones(side, monkeypatch):
+    from dposer_cli.core.trace import TRACE_ENV
+
+    hand = MannequinHand(side)
+    g = torch.Generator().manual_seed(13)
+
+    def joints(pose, betas, trace):
+        monkeypatch.setenv(TRACE_ENV, "1" if trace else "0")
+        p, b = pose.clone().requires_grad_(True), betas.clone().requires_grad_(True)
+        out = hand(hand_pose=p, betas=b, global_orient=pose[:, :3], return_vertices=False).joints
+        w = torch.linspace(-1, 1, out.numel()).reshape(out.shape)
+        return (out.detach(), *torch.autograd.grad((out * w).sum(), [p, b]))
+
+    betas = torch.randn(3, 10, generator=g)
+    for _ in range(5):
+        pose = torch.randn(3, 45, generator=g) * 0.4
+        for a, b in zip(joints(pose, betas, True), joints(pose, betas, False), strict=True):
+            assert torch.equal(a, b)
+    assert hand._trace.recorded() == 1
