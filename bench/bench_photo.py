@@ -1,8 +1,9 @@
-"""One photo through `dposer fit-image` as a user runs it, this checkout against a baseline checkout, in the same
-run: process wall time (start-up included), the command's own time, the fit's optimisation time, and how far
-the two fits are apart (reprojection error, 3D joints).
+"""Photos through `dposer fit-image` as a user runs it, this checkout against a baseline checkout, in the same
+run: process wall time (start-up included), the command's own time, the fit's optimisation time (all per
+image), and how far the two fits are apart (reprojection error, 3D joints). Cases: the official example photos
+(body, hand, whole body) one per command, and eight synthetic one-person photos in one command.
 
-Each photo is fitted by both versions alternately (`--repeat` rounds, medians reported), each in a fresh
+Each case is fitted by both versions alternately (`--repeat` rounds, medians reported), each in a fresh
 process with `OMP_NUM_THREADS=1` (one thread, as the issue measures), the default body, prior and schedule.
 The baseline is any other checkout of this repository (e.g. `git worktree add /tmp/dposer-base <commit>`), run
 with this interpreter and `PYTHONPATH` pointing at it.
@@ -17,14 +18,45 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from bench._common import environment, parser, write
+from dposer_cli.bodies import load_body
 from dposer_cli.core.paths import shared_data_dir
+from dposer_cli.evaluation import speed
 
 PHOTOS = ("01_img", "image_00077")  # the official example photos with their ViTPose keypoints
+PEOPLE = 8  # the batch case: synthetic photos of this many people (one each), fitted in one command
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    part: str
+    images: tuple[Path, ...]
+    keypoints: tuple[Path, ...]
+
+
+def _cases(tmp: Path) -> list[Case]:
+    examples = shared_data_dir() / "official" / "examples"
+
+    def photo(part: str, folder: str, stem: str, label: str = "") -> Case:
+        ex = examples / folder
+        image = next(ex.glob(f"images/{stem}.*"))
+        return Case(label or stem, part, (image,), (ex / "predictions" / f"{stem}.json",))
+
+    people = tmp / "people"
+    people.mkdir()
+    images, keypoints = speed.write_people(people, speed.synthetic_people(load_body("body"), PEOPLE, seed=3))
+    return [
+        *(photo("body", "body", stem) for stem in PHOTOS),
+        photo("hand", "hands", "00000014", "00000014 (hand)"),
+        photo("wholebody", "body", "image_00077", "image_00077 (wholebody)"),
+        Case(f"{PEOPLE} synthetic photos in one command (body)", "body", tuple(images), tuple(keypoints)),
+    ]
 
 
 def _git(repo: Path, *args: str) -> str:
@@ -36,9 +68,11 @@ def _git(repo: Path, *args: str) -> str:
         return "unknown"
 
 
-def _fit(repo: Path, image: Path, keypoints: Path, out: Path) -> dict:
+def _fit(repo: Path, case: Case, out: Path) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo), "DPOSER_PROGRESS_INTERVAL": "1000"}
-    cmd = [sys.executable, "-m", "dposer_cli", "fit-image", str(image), "--keypoints", str(keypoints)]
+    cmd = [sys.executable, "-m", "dposer_cli", "fit-image", *map(str, case.images), "--part", case.part]
+    for k in case.keypoints:
+        cmd += ["--keypoints", str(k)]
     t0 = time.perf_counter()
     done = subprocess.run(
         [*cmd, "--out", str(out), "--json"], cwd=repo, env=env, capture_output=True, text=True, check=False
@@ -47,14 +81,17 @@ def _fit(repo: Path, image: Path, keypoints: Path, out: Path) -> dict:
     if done.returncode != 0:
         raise SystemExit(f"{repo}: fit-image failed ({done.returncode}): {done.stderr.strip()[-500:]}")
     summary = json.loads(done.stdout)
-    with np.load(out / f"{image.stem}.npz", allow_pickle=False) as z:
-        joints = z["joints"].astype(np.float64)
+    joints = []
+    for image in case.images:
+        with np.load(out / f"{image.stem}.npz", allow_pickle=False) as z:
+            joints.append(z["joints"].astype(np.float64))
+    n = len(case.images)
     return {
-        "wall_seconds": wall,
-        "command_seconds": summary["seconds"],
-        "fit_seconds": summary["fit_seconds"],
+        "wall_seconds": wall / n,
+        "command_seconds": summary["seconds"] / n,
+        "fit_seconds": summary["fit_seconds"] / n,
         "reprojection_error_px": summary["metrics"]["reprojection_error_px"],
-        "joints": joints,
+        "joints": np.concatenate(joints),
     }
 
 
@@ -65,31 +102,29 @@ def _median(rows: list[dict], key: str) -> float:
 def main() -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--baseline", type=Path, required=True, help="another checkout of this repository")
-    p.add_argument("--repeat", type=int, default=3, help="rounds per version and photo (medians)")
+    p.add_argument("--repeat", type=int, default=3, help="rounds per version and case (medians)")
     args = p.parse_args()
     here = Path(__file__).resolve().parents[1]
-    examples = shared_data_dir() / "official" / "examples" / "body"
     versions = {"baseline": args.baseline.resolve(), "current": here}
     report: dict = {
         "benchmark": "fit_image_photo",
         "environment": environment(),
         "threads": 1,
+        "note": "seconds are per image (a command's time divided by its number of images)",
         "versions": {
             k: {"path": str(v), "commit": _git(v, "rev-parse", "HEAD")} for k, v in versions.items()
         },
         "results": [],
     }
     with tempfile.TemporaryDirectory(prefix="dposer-bench-photo-") as tmp:
-        for stem in PHOTOS:
-            image = examples / "images" / f"{stem}.jpg"
-            keypoints = examples / "predictions" / f"{stem}.json"
+        for case in _cases(Path(tmp)):
             runs: dict[str, list[dict]] = {k: [] for k in versions}
             for r in range(args.repeat):
                 order = list(versions) if r % 2 == 0 else list(reversed(versions))  # alternate who goes first
                 for name in order:
-                    out = Path(tmp) / f"{stem}-{name}-{r}"
-                    runs[name].append(_fit(versions[name], image, keypoints, out))
-            row: dict = {"photo": stem}
+                    out = Path(tmp) / f"{len(report['results'])}-{name}-{r}"
+                    runs[name].append(_fit(versions[name], case, out))
+            row: dict = {"case": case.name, "part": case.part, "images": len(case.images)}
             for name, rows in runs.items():
                 row[name] = {
                     key: _median(rows, key)
@@ -108,7 +143,8 @@ def main() -> None:
             }
             report["results"].append(row)
             print(
-                f"{stem}: wall {base['wall_seconds']:.1f} → {cur['wall_seconds']:.1f} s (×{row['speedup_wall']:.1f}), "
+                f"{case.name}: per image wall {base['wall_seconds']:.2f} → {cur['wall_seconds']:.2f} s "
+                f"(×{row['speedup_wall']:.1f}), command ×{row['speedup_command']:.1f}, "
                 f"fit {base['fit_seconds']:.2f} → {cur['fit_seconds']:.2f} s (×{row['speedup_fit']:.1f}), "
                 f"reprojection {base['reprojection_error_px']:.2f} → {cur['reprojection_error_px']:.2f} px, "
                 f"joints {row['joints_mm_between_versions']['mean']:.2f} mm apart",

@@ -156,14 +156,29 @@ class CombineWholebody(nn.Module):
     def split(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         return torch.split(x, list(WHOLEBODY_SPLIT), dim=-1)  # type: ignore[return-value]
 
-    def forward(self, x: Float[Tensor, "B 256"], label: Float[Tensor, " B"]) -> Float[Tensor, "B 256"]:
+    def time_terms(self, label: Float[Tensor, " B"]) -> tuple[Tensor, Tensor, Tensor]:
+        """The part networks' time projections (body, hand, face): see `TimeFC.time_terms`."""
+        return (
+            self.body_model.time_terms(label),
+            self.hand_model.time_terms(label),
+            self.face_model.time_terms(label),
+        )
+
+    def forward(
+        self,
+        x: Float[Tensor, "B 256"],
+        label: Float[Tensor, " B"],
+        time_terms: tuple[Tensor, ...] | None = None,
+    ) -> Float[Tensor, "B 256"]:
+        """ε̂ of each part by its network (`time_terms`: `self.time_terms(label)`, precomputed)."""
         xb, xl, xr, xf = self.split(x)
+        tb, th, tf = time_terms if time_terms is not None else (None, None, None)
         return torch.cat(
             [
-                self.body_model(xb, label),
-                self.hand_model(xl, label),
-                self.hand_model(xr, label),
-                self.face_model(xf, label),
+                self.body_model(xb, label, time_terms=tb),
+                self.hand_model(xl, label, time_terms=th),
+                self.hand_model(xr, label, time_terms=th),
+                self.face_model(xf, label, time_terms=tf),
             ],
             dim=-1,
         )
@@ -195,13 +210,22 @@ class FinetuneWholebody(nn.Module):
         nn.init.zeros_(self.output_linear.bias)
         self.zero_linear = self.output_linear  # the official code registers the same module twice
 
+    def time_terms(self, label: Float[Tensor, " B"]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Time projections of the part networks (body, hand, face) and of the residual: see `TimeFC`."""
+        return (*self.base_model.time_terms(label), self.mask_fc.time_terms(label))
+
     def forward(
-        self, x: Float[Tensor, "B 256"], label: Float[Tensor, " B"], mask: Float[Tensor, "B 4"] | None = None
+        self,
+        x: Float[Tensor, "B 256"],
+        label: Float[Tensor, " B"],
+        mask: Float[Tensor, "B 4"] | None = None,
+        time_terms: tuple[Tensor, ...] | None = None,
     ) -> Float[Tensor, "B 256"]:
+        """ε̂ (`time_terms`: `self.time_terms(label)`, precomputed: at batch 1 they are ~40 % of the work)."""
         if mask is not None:  # masked parts become 0 = the data mean in normalised space
             sizes = torch.tensor(WHOLEBODY_SPLIT, device=x.device)
             x = x * torch.repeat_interleave(mask.to(x.dtype), sizes, dim=-1)
-        base = self.base_model(x, label)
+        base = self.base_model(x, label, time_terms=None if time_terms is None else time_terms[:3])
         xb, xl, xr, xf = self.base_model.split(x)
         bm = self.base_model
         feats = torch.cat(
@@ -213,7 +237,8 @@ class FinetuneWholebody(nn.Module):
             ],
             dim=-1,
         )
-        return base + self.output_linear(self.mask_fc(feats, label))
+        residual = self.mask_fc(feats, label, time_terms=None if time_terms is None else time_terms[3])
+        return base + self.output_linear(residual)
 
 
 def build_net(cfg: NetConfig) -> nn.Module:

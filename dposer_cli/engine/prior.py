@@ -37,7 +37,7 @@ class _Prepared(NamedTuple):
     """What `DPoserPrior.loss` needs at one diffusion time given to `prepare_times` (one row each)."""
 
     label: Tensor  # (1,) the network's time conditioning
-    terms: Tensor  # (1, K, H) the network's time projections
+    terms: tuple[Tensor, ...]  # the network's time projections: one (1, K, H) per TimeFC in it (or none)
     alpha: Tensor  # (1, 1)
     std: Tensor  # (1, 1)
     weights: dict[str, Tensor]  # weighting kind → w(t), (1,)
@@ -51,10 +51,16 @@ class _Target(nn.Module):
         self.net = net
 
     def forward(
-        self, x: Tensor, z: Tensor, alpha: Tensor, std: Tensor, label: Tensor, terms: Tensor
+        self, x: Tensor, z: Tensor, alpha: Tensor, std: Tensor, label: Tensor, *terms: Tensor
     ) -> Tensor:
+        """`terms`: the network's precomputed time projections (one tensor for a TimeFC, one per TimeFC inside
+        a composite network), or none."""
         x_t = alpha * x + std * z
-        return (x_t - std * self.net(x_t, label, time_terms=terms)) / alpha
+        if not terms:
+            eps = self.net(x_t, label)
+        else:
+            eps = self.net(x_t, label, time_terms=terms[0] if isinstance(self.net, TimeFC) else terms)
+        return (x_t - std * eps) / alpha
 
 
 class DPoserPrior(nn.Module):
@@ -212,28 +218,32 @@ class DPoserPrior(nn.Module):
         return self.net(flat, label).reshape(*lead, -1)
 
     def prepare_times(self, times: Sequence[float] | None) -> None:
-        """Compute the network's time terms for these diffusion times in one batch and reuse them when every
-        row of an evaluation shares one of them (an annealed optimisation knows its times in advance; at batch
-        1 they are ~30 % of a network evaluation). `None` forgets them."""
+        """Get ready for `loss` calls at these diffusion times (an annealed optimisation knows them in advance):
+        per time, the noise scales and weights, and for a TimeFC network its time projections (~30 % of an
+        evaluation at batch 1), computed in one batch; the loss's network call is then replayed from a recording
+        (`TraceCache`). `None` forgets them."""
         self._time_terms, self._prepared = {}, {}
         self._trace.clear()
-        net = self.net
-        if not times or not isinstance(net, TimeFC):
+        if not times:
             return
         for v in times:
             validate.diffusion_time(v)
         t = torch.tensor(list(times), dtype=torch.float32, device=self.device)
         label = self.sde.label(t)
         with torch.no_grad():
-            terms = net.time_terms(label)
+            # TimeFC: one (T, K, H) tensor; composite networks: a tuple of them, one per TimeFC inside
+            time_terms = getattr(self.net, "time_terms", None)
+            terms = time_terms(label) if callable(time_terms) else None
             alpha, std = self.sde.marginal(t)  # the same float32 arithmetic as `dposer_loss`
             weights = {kind: weight(alpha, std, kind) for kind in WEIGHTINGS}
-        self._time_terms = {float(v): terms[i : i + 1] for i, v in enumerate(label.tolist())}
+        if isinstance(terms, Tensor):
+            self._time_terms = {float(v): terms[i : i + 1] for i, v in enumerate(label.tolist())}
+        parts = () if terms is None else (terms,) if isinstance(terms, Tensor) else tuple(terms)
         for i, v in enumerate(times):
             one = slice(i, i + 1)
             self._prepared[float(v)] = _Prepared(
                 label[one],
-                terms[one],
+                tuple(part[one] for part in parts),
                 alpha[one, None],
                 std[one, None],
                 {k: w[one] for k, w in weights.items()},
@@ -367,8 +377,9 @@ class DPoserPrior(nn.Module):
                 prep.alpha,
                 prep.std,
                 prep.label.expand(len(flat)),
-                prep.terms,
+                *prep.terms,
             )
+
         return (prep.weights[weighting] * ((flat - target) ** 2).sum(-1)).reshape(lead)
 
     @staticmethod

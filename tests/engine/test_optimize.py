@@ -1,5 +1,6 @@
 """engine.optimize's Adam is torch.optim.Adam's arithmetic, and the stage loop keeps/reset its state as documented."""
 
+import pytest
 import torch
 
 from dposer_cli.engine.optimize import Adam, Stage, optimize
@@ -81,12 +82,13 @@ def test_prepared_time_terms_give_the_same_prior_and_are_forgotten_after_optimiz
     assert seen == [4] * 4 and prior._time_terms == {}  # prepared for the run's 4 times, then forgotten
 
 
-def test_prepared_times_give_the_plain_loss_and_gradient_bit_for_bit_when_replayed():
-    from dposer_cli.core.parts import Part
+@pytest.mark.parametrize("part", ["body", "wholebody"])  # a TimeFC (time terms precomputed), a composite net
+def test_prepared_times_give_the_plain_loss_and_gradient_bit_for_bit_when_replayed(part):
+    from dposer_cli.core.parts import PARTS, Part
     from dposer_cli.engine.prior import DPoserPrior
 
-    prior = DPoserPrior.load(Part.body)
-    pose = torch.randn(2, 63, generator=torch.Generator().manual_seed(3)) * 0.3
+    prior = DPoserPrior.load(Part(part))
+    pose = torch.randn(2, PARTS[Part(part)].dim, generator=torch.Generator().manual_seed(3)) * 0.3
     times = [0.1, 0.09, 0.08]
 
     def run(prepared: bool) -> list[tuple[torch.Tensor, torch.Tensor]]:
