@@ -17,6 +17,7 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -303,8 +304,15 @@ def gmof(residual: Tensor, sigma: float) -> Tensor:
 
 def angle_prior(body_pose: Float[Tensor, "*batch 63"]) -> Float[Tensor, "*batch"]:
     """Per-sample Σ exp(s_i·θ_i)² over elbow and knee bending angles: penalises unnatural bends (SMPLify)."""
-    sel = body_pose[..., list(ANGLE_DIMS)]  # a list index: no index tensor built per call
-    return torch.exp(sel * sel.new_tensor(ANGLE_SIGNS)).pow(2).sum(-1)
+    dims, signs = _angle_tensors(body_pose.device, body_pose.dtype)
+    # index_select: a cheaper backward than indexing (an accumulating index_put)
+    return torch.exp(body_pose.index_select(-1, dims) * signs).pow(2).sum(-1)
+
+
+@lru_cache(maxsize=8)
+def _angle_tensors(device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """`ANGLE_DIMS` and `ANGLE_SIGNS` as tensors, built once per device and dtype."""
+    return torch.tensor(ANGLE_DIMS, device=device), torch.tensor(ANGLE_SIGNS, device=device, dtype=dtype)
 
 
 def temporal_smoothness(points: Tensor, order: int = 1) -> Tensor:

@@ -469,7 +469,7 @@ class Fitter:
 
     def project(self, state: FitState, joints: Tensor) -> Tensor:
         b = state.row
-        points = joints[:, self.layout.model_idx]
+        points = joints.index_select(1, self.layout.model_idx)  # cheaper backward than indexing
         return cam.perspective_project(points, self.inputs.focal[b], self.inputs.center[b])
 
     # ---- loss terms, per row
