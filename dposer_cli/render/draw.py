@@ -844,8 +844,9 @@ def overlay_mesh(
         intr,
         renderer=renderer,
     )
-    a = (mask * alpha)[..., None]
-    return (img * (1 - a) + rgb * a + 0.5).astype(np.uint8)
+    out = img.copy()  # blended where a mesh covers the photo only (elsewhere the blend is the photo itself)
+    out[mask] = (img[mask] * (1 - alpha) + rgb[mask] * alpha + 0.5).astype(np.uint8)
+    return out
 
 
 def draw_keypoints(

@@ -73,9 +73,12 @@ def rasterize_soft(
     bary /= tri_z[face]  # screen-space → perspective-correct weights
     bary /= bary.sum(axis=1, keepdims=True)
     corner = faces[face]  # (M, 3)
-    n = np.einsum("mk,mkd->md", bary, np.asarray(normals, np.float64)[corner])
+    # normals and colours interpolated together: one gather, a weighted sum over the three corners
+    attrs = np.concatenate([np.asarray(normals, np.float64), np.asarray(colors, np.float64)], axis=1)
+    per = attrs[corner]  # (M, 3, 6)
+    mixed = bary[:, 0, None] * per[:, 0] + bary[:, 1, None] * per[:, 1] + bary[:, 2, None] * per[:, 2]
+    n, col = mixed[:, :3], mixed[:, 3:]
     n /= np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
-    col = np.einsum("mk,mkd->md", bary, np.asarray(colors, np.float64)[corner])
     image[ys, xs] = shade(n, col)
     return image, mask
 
@@ -103,8 +106,8 @@ def zbuffer(
     c1, c2 = -(a1 * a[:, 0] + b1 * a[:, 1]), -(a2 * a[:, 0] + b2 * a[:, 1])
     iz = 1.0 / tri_z
     d1, d2 = iz[:, 1] - iz[:, 0], iz[:, 2] - iz[:, 0]
-    coef = np.stack(
-        [a1, b1, c1, a2, b2, c2, a1 * d1 + a2 * d2, b1 * d1 + b2 * d2, iz[:, 0] + c1 * d1 + c2 * d2], axis=1
+    coef = np.stack(  # (9, F): one contiguous row per coefficient
+        [a1, b1, c1, a2, b2, c2, a1 * d1 + a2 * d2, b1 * d1 + b2 * d2, iz[:, 0] + c1 * d1 + c2 * d2]
     )
 
     inv_depth = np.zeros(width * height)
@@ -115,18 +118,21 @@ def zbuffer(
         # faces [lo_face, hi_face) hold at most CHUNK candidates (at least one face per pass)
         base = ends[lo_face - 1] if lo_face else 0
         hi_face = max(int(np.searchsorted(ends, base + CHUNK, side="right")), lo_face + 1)
-        cnt = counts[lo_face:hi_face]
+        span = slice(lo_face, hi_face)
+        cnt = counts[span]
+        # per-face values repeated over the face's candidates: sequential copies (gathers by face index
+        # read memory at random and cost twice as much)
         face = np.repeat(np.arange(lo_face, hi_face), cnt)
+        c = np.repeat(coef[:, span], cnt, axis=1)
         local = np.arange(len(face)) - np.repeat(np.cumsum(cnt) - cnt, cnt)
-        row, col = np.divmod(local, nx[face])
-        px, py = (x0[face] + col).astype(np.float64), (y0[face] + row).astype(np.float64)
-        c = coef[face]
-        l1 = c[:, 0] * px + c[:, 1] * py + c[:, 2]
-        l2 = c[:, 3] * px + c[:, 4] * py + c[:, 5]
+        row, col = np.divmod(local, np.repeat(nx[span], cnt))
+        ix, iy = np.repeat(x0[span], cnt) + col, np.repeat(y0[span], cnt) + row
+        px, py = ix.astype(np.float64), iy.astype(np.float64)
+        l1 = c[0] * px + c[1] * py + c[2]
+        l2 = c[3] * px + c[4] * py + c[5]
         inside = (l1 >= -1e-9) & (l2 >= -1e-9) & (l1 + l2 <= 1 + 1e-9)
-        face, px, py, c = face[inside], px[inside], py[inside], c[inside]
-        depth = c[:, 6] * px + c[:, 7] * py + c[:, 8]  # 1/z: larger is nearer
-        pix = py.astype(np.int64) * width + px.astype(np.int64)
+        depth = (c[6] * px + c[7] * py + c[8])[inside]  # 1/z: larger is nearer
+        face, pix = face[inside], (iy * width + ix)[inside]
         np.maximum.at(inv_depth, pix, depth)
         # winners of this pass; a later, nearer pass overwrites them
         win = depth >= inv_depth[pix]
