@@ -17,8 +17,10 @@ import math
 import sys
 import tempfile
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, ClassVar, NoReturn, TypeAlias
 
 import numpy as np
@@ -38,6 +40,7 @@ from dposer_cli.bodies.base import (
 )
 from dposer_cli.core.errors import AssetMismatchError, UnavailableError
 from dposer_cli.core.parts import FLAME_FILES, HAND_JOINTS
+from dposer_cli.core.trace import TraceCache
 
 log = logging.getLogger(__name__)
 
@@ -231,6 +234,7 @@ class _SmplxAdapter(nn.Module):
         self.num_betas = int(model.num_betas)
         self.num_expression = int(getattr(model, "num_expression_coeffs", 0) or 0)
         self.twin, remap = joints_twin(model, joint_vertices(model, extra_vertices))
+        self._trace = TraceCache()
         extra = remap[torch.as_tensor(extra_vertices, dtype=torch.long)]
         self.register_buffer("twin_extra", extra, persistent=False)
 
@@ -259,7 +263,20 @@ class _SmplxAdapter(nn.Module):
         n = math.prod(batch)
         sizes = {**self._dims, **coeffs}
         flat = {k: expand_param(p.get(k), batch, d, dtype, device).reshape(n, d) for k, d in sizes.items()}
-        return batch, (self.model if vertices else self.twin)(**flat, return_verts=True)
+        if vertices:
+            return batch, self.model(**flat, return_verts=True)
+        # fits and IK call the twin hundreds of times: replayed from a recording (a pure function of `flat`)
+        names = tuple(flat)
+        joints, verts = self._trace.run(names, partial(self._twin, names), *flat.values())
+        return batch, SimpleNamespace(joints=joints, vertices=verts)
+
+    def _twin(self, names: tuple[str, ...], *values: Tensor) -> tuple[Tensor, Tensor]:
+        out = self.twin(**dict(zip(names, values, strict=True)), return_verts=True)
+        return out.joints, out.vertices
+
+    def _apply(self, fn: Callable[..., Any], recurse: bool = True) -> "_SmplxAdapter":
+        self._trace.clear()  # recordings hold the old buffers
+        return super()._apply(fn, recurse)
 
 
 class SMPLXBody(_SmplxAdapter):
