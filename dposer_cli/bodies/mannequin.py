@@ -464,9 +464,8 @@ class WoodenRig(nn.Module):
     # ---------------------------------------------------------------- shape pipeline
     def rest_joints(self, betas: Float[Tensor, "*b 10"]) -> Float[Tensor, "*b J 3"]:
         """Calibrated SMPL-X rest joints (exactly linear in the first ten betas)."""
-        dirs = self.joint_dirs.flatten(
-            0, 1
-        ).T  # (10, 3J): one matrix product (an einsum costs six operations)
+        # (10, 3J): one matrix product (an einsum costs six operations)
+        dirs = self.joint_dirs.flatten(0, 1).T
         return self.joint_rest + (betas @ dirs).unflatten(-1, self.joint_rest.shape)
 
     def _skin_transforms(self, display_offsets: Tensor) -> Tensor:

@@ -379,7 +379,6 @@ class DPoserPrior(nn.Module):
                 prep.label.expand(len(flat)),
                 *prep.terms,
             )
-
         return (prep.weights[weighting] * ((flat - target) ** 2).sum(-1)).reshape(lead)
 
     @staticmethod
