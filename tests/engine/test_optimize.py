@@ -82,12 +82,22 @@ def test_prepared_time_terms_give_the_same_prior_and_are_forgotten_after_optimiz
     assert seen == [4] * 4 and prior._time_terms == {}  # prepared for the run's 4 times, then forgotten
 
 
-@pytest.mark.parametrize("part", ["body", "wholebody"])  # a TimeFC (time terms precomputed), a composite net
-def test_prepared_times_give_the_plain_loss_and_gradient_bit_for_bit_when_replayed(part):
+# demo TimeFC (time terms precomputed), composite whole-body net, official-format TimeFC (σ-table output scale)
+@pytest.mark.parametrize("part", ["body", "wholebody", "official hand"])
+def test_prepared_times_give_the_plain_loss_and_gradient_bit_for_bit_when_replayed(
+    part, tmp_path, shared_data
+):
     from dposer_cli.core.parts import PARTS, Part
     from dposer_cli.engine.prior import DPoserPrior
+    from tests._fixtures.checkpoints import write_official_ckpt
 
-    prior = DPoserPrior.load(Part(part))
+    if part == "official hand":
+        part = "hand"
+        ckpt = write_official_ckpt(tmp_path / "last.ckpt", Part.hand)
+        prior = DPoserPrior.from_checkpoint(ckpt, Part.hand, normalizer=shared_data / "official")
+        assert prior.net.scale_by_sigma
+    else:
+        prior = DPoserPrior.load(Part(part))
     pose = torch.randn(2, PARTS[Part(part)].dim, generator=torch.Generator().manual_seed(3)) * 0.3
     times = [0.1, 0.09, 0.08]
 
