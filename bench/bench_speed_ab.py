@@ -11,6 +11,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from bench._common import environment, parser, write
@@ -27,8 +28,18 @@ UNITS = {
 
 def _speed(repo: Path) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo)}
-    cmd = [sys.executable, "-m", "dposer_cli", "benchmark", "speed", "--json"]
-    done = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, check=False)
+    with tempfile.TemporaryDirectory(prefix="dposer-bench-speed-") as out:  # not into the checkouts
+        cmd = [
+            sys.executable,
+            "-m",
+            "dposer_cli",
+            "benchmark",
+            "speed",
+            "--json",
+            "--out",
+            f"{out}/speed.json",
+        ]
+        done = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise SystemExit(f"{repo}: benchmark speed failed ({done.returncode}): {done.stderr.strip()[-500:]}")
     return json.loads(done.stdout)["metrics"]
