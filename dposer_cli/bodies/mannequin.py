@@ -863,6 +863,40 @@ def linear_points(flat: Tensor, anchor: Tensor, terms: Sequence[tuple[Tensor, Te
     return [p + torch.bmm(j.flatten(1, 2), delta).view_as(p) for p, j in terms]
 
 
+def replayed_joints(
+    rig: WoodenRig,
+    trace: TraceCache,
+    pose: Callable[..., tuple[Tensor, Tensor]],
+    names: tuple[str, ...],
+    betas: Tensor | None,
+    subset: str,
+    values: Sequence[Tensor],
+) -> Tensor:
+    """Joints of a joints-only call, replayed by `trace`: `pose(rest joints, subset points, *values)` returns
+    (joints, ...). Betas that need gradients are linearised (`WoodenRig.linear_anchor`) with the anchor passed
+    as inputs, so re-anchoring never invalidates a recording."""
+    if betas is not None and betas.requires_grad and rig.linear_for(betas, [subset]):
+        anchor, ((p0, jac),) = rig.linear_anchor(betas.reshape(-1, NUM_BETAS), [subset])
+        linear = partial(_linear_pose, rig, pose)
+        return trace.run(("linear", names), linear, betas, anchor, p0, jac, *values)[0]
+    rest, (points,), _ = rig.shaped(betas, [subset])
+    return trace.run(names, pose, rest, points, *values)[0]
+
+
+def _linear_pose(
+    rig: WoodenRig,
+    pose: Callable[..., tuple[Tensor, Tensor]],
+    betas: Tensor,
+    anchor: Tensor,
+    p0: Tensor,
+    jac: Tensor,
+    *values: Tensor,
+) -> tuple[Tensor, Tensor]:
+    """`pose` of betas that need gradients, their subset points linearised around `anchor`."""
+    (points,) = linear_points(betas.reshape(-1, NUM_BETAS), anchor, [(p0, jac)])
+    return pose(rig.rest_joints(betas), points.reshape(*betas.shape[:-1], -1, 3), *values)
+
+
 class MannequinBody(nn.Module):
     """The built-in whole body (kind "mannequin"): SMPL-X body and hand rotations → wooden mannequin."""
 
@@ -977,16 +1011,11 @@ class MannequinBody(nn.Module):
         values = [p[k] for k in names]
         betas = p.get("betas")
         if not return_vertices:  # fits and IK call this hundreds of times: replayed from a recording
-            if betas is not None and betas.requires_grad and self.rig.linear_for(betas, ["landmarks"]):
-                anchor, ((p0, jac),) = self.rig.linear_anchor(betas.reshape(-1, NUM_BETAS), ["landmarks"])
-                pose = partial(self._pose_linear, names, batch)
-                joints = self._trace.run(("linear", names), pose, betas, anchor, p0, jac, *values)[1]
-                return BodyOutput(joints=joints, vertices=None)
-            rest, (land,), _ = self.rig.shaped(betas, ["landmarks"])
             pose = partial(self._pose, names, batch)
-            return BodyOutput(joints=self._trace.run(names, pose, rest, land, *values)[1], vertices=None)
+            joints = replayed_joints(self.rig, self._trace, pose, names, betas, "landmarks", values)
+            return BodyOutput(joints=joints, vertices=None)
         rest, (land, *full), neutral = self.rig.shaped(betas, ["landmarks", "full"])
-        transforms, joints = self._pose(names, batch, rest, land, *values)
+        joints, transforms = self._pose(names, batch, rest, land, *values)
         transl = p.get("transl")
         shift = 0.0 if transl is None else transl[..., None, :]
         if neutral and device.type in ("cpu", "cuda"):  # shared rest mesh: cached sparse skinning matrix
@@ -998,7 +1027,7 @@ class MannequinBody(nn.Module):
     def _pose(
         self, names: tuple[str, ...], batch: tuple[int, ...], rest: Tensor, land: Tensor, *values: Tensor
     ) -> tuple[Tensor, Tensor]:
-        """World transforms and output joints (skeleton, landmarks, + transl) from the shaped rest joints and
+        """Output joints (skeleton, landmarks, + transl) and world transforms from the shaped rest joints and
         landmark points and the pose parameters `names` (a pure function of its tensors: `TraceCache`)."""
         p = dict(zip(names, values, strict=True))
         transforms, joints = forward_kinematics(self._rotations(p, batch), rest, self.parents)
@@ -1010,22 +1039,7 @@ class MannequinBody(nn.Module):
         transl = p.get("transl")
         if transl is not None:
             joints = joints + transl[..., None, :]
-        return transforms, joints.expand(*batch, *joints.shape[-2:])
-
-    def _pose_linear(
-        self,
-        names: tuple[str, ...],
-        batch: tuple[int, ...],
-        betas: Tensor,
-        anchor: Tensor,
-        p0: Tensor,
-        jac: Tensor,
-        *values: Tensor,
-    ) -> tuple[Tensor, Tensor]:
-        """`_pose` of betas that need gradients, their landmark points linearised around `anchor`."""
-        (land,) = linear_points(betas.reshape(-1, NUM_BETAS), anchor, [(p0, jac)])
-        land = land.reshape(*betas.shape[:-1], -1, 3)
-        return self._pose(names, batch, self.rig.rest_joints(betas), land, *values)
+        return joints.expand(*batch, *joints.shape[-2:]), transforms
 
     def _apply(self, fn: Callable[..., Any], recurse: bool = True) -> "MannequinBody":
         self._trace.clear()  # recordings hold the old buffers
@@ -1121,15 +1135,11 @@ class MannequinHand(nn.Module):
         values = [p[k] for k in names]
         betas = p.get("betas")
         if not return_vertices:  # fits and IK call this hundreds of times: replayed from a recording
-            tips = f"{self._region}_tips"
-            if betas is not None and betas.requires_grad and self.rig.linear_for(betas, [tips]):
-                anchor, ((p0, jac),) = self.rig.linear_anchor(betas.reshape(-1, NUM_BETAS), [tips])
-                pose = partial(self._pose_linear, names, batch)
-                joints = self._trace.run(("linear", names), pose, betas, anchor, p0, jac, *values)[0]
-                return BodyOutput(joints=joints, vertices=None)
-            rest_all, (pts,), _ = self.rig.shaped(betas, [tips])
             pose = partial(self._pose, names, batch, False)
-            return BodyOutput(joints=self._trace.run(names, pose, rest_all, pts, *values)[0], vertices=None)
+            joints = replayed_joints(
+                self.rig, self._trace, pose, names, betas, f"{self._region}_tips", values
+            )
+            return BodyOutput(joints=joints, vertices=None)
         rest_all, (pts,), _ = self.rig.shaped(betas, [self._region])
         joints, vertices = self._pose(names, batch, True, rest_all, pts, *values)
         return BodyOutput(joints=joints, vertices=vertices)
@@ -1169,21 +1179,6 @@ class MannequinHand(nn.Module):
             return joints, tips
         vertices = lbs(pts, transforms, rest, self.weights) + shift
         return joints, vertices.expand(*batch, *vertices.shape[-2:])
-
-    def _pose_linear(
-        self,
-        names: tuple[str, ...],
-        batch: tuple[int, ...],
-        betas: Tensor,
-        anchor: Tensor,
-        p0: Tensor,
-        jac: Tensor,
-        *values: Tensor,
-    ) -> tuple[Tensor, Tensor]:
-        """`_pose` (joints only) of betas that need gradients, their tip points linearised around `anchor`."""
-        (pts,) = linear_points(betas.reshape(-1, NUM_BETAS), anchor, [(p0, jac)])
-        pts = pts.reshape(*betas.shape[:-1], -1, 3)
-        return self._pose(names, batch, False, self.rig.rest_joints(betas), pts, *values)
 
     def _apply(self, fn: Callable[..., Any], recurse: bool = True) -> "MannequinHand":
         self._trace.clear()  # recordings hold the old buffers
