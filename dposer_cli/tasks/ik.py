@@ -17,7 +17,7 @@ Joint orders (targets (N, J, 3), metres):
 """
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -298,6 +298,14 @@ class ConcatPrior:
     @property
     def parts(self) -> tuple[Part, ...]:
         return tuple(p.part for p in self.priors)
+
+    def prepare_times(self, times: Sequence[float] | None) -> None:
+        """Pass an optimisation's diffusion times on to the priors that prepare for them
+        (`DPoserPrior.prepare_times`); `None` makes them forget."""
+        for prior in self.priors:
+            prepare = getattr(prior, "prepare_times", None)
+            if prepare is not None:
+                prepare(times)
 
     def loss(
         self,

@@ -101,3 +101,23 @@ def test_a_prior_of_the_wrong_part_and_parts_without_ik_are_rejected(known, hand
         ik.solve_ik(known, hand, None, ik_type="half_face", steps=1)
     with pytest.raises(InputError, match="supports --part hand or face"):
         ik.part_ik(Part.body)
+
+
+def test_the_concatenated_prior_passes_prepared_times_to_its_diffusion_priors():
+    from dposer_cli.engine.prior import DPoserPrior
+
+    face, shape = DPoserPrior.load(Part.face), DPoserPrior.load(Part.face_shape)
+    prior = ik.ik_prior(Part.face, {Part.face: face, Part.face_shape: shape})
+    x = torch.randn(3, 203, generator=gen()) * 0.3
+    plain = [
+        prior.loss(x, t, generator=torch.Generator().manual_seed(k)) for k, t in enumerate((0.1, 0.05) * 2)
+    ]
+    prior.prepare_times([0.05, 0.1])
+    assert set(face._prepared) == set(shape._prepared) == {0.05, 0.1}
+    prepared = [
+        prior.loss(x, t, generator=torch.Generator().manual_seed(k)) for k, t in enumerate((0.1, 0.05) * 2)
+    ]
+    for a, b in zip(plain, prepared, strict=True):
+        assert torch.equal(a, b)
+    prior.prepare_times(None)
+    assert not face._prepared and not shape._prepared
