@@ -78,8 +78,7 @@ class DPoserPrior(nn.Module):
         self.source = source  # human-readable origin ("official: PATH", "demo: PATH", "checkpoint: PATH")
         self.nfe = 0  # network evaluations since construction (reset freely)
         self.healthy: bool | None = None  # what `dposer train` concluded (None: not recorded)
-        # `prepare_times`: label → the network's time terms (1, K, H), and time → what `loss` needs at it
-        self._time_terms: dict[float, Tensor] = {}
+        # `prepare_times`: diffusion time → what `loss` needs at it
         self._prepared: dict[float, _Prepared] = {}
         self._trace = TraceCache()
 
@@ -210,19 +209,14 @@ class DPoserPrior(nn.Module):
         else:  # per-sample times (B,) for (B, T, D) inputs: broadcast over the inner dims
             tt = t.reshape(t.shape[0], *([1] * (len(lead) - 1))).expand(lead).reshape(-1)
         self.nfe += 1
-        label = self.sde.label(tt)
-        if self._time_terms and flat.shape[0] and torch.equal(label, label[:1].expand_as(label)):
-            terms = self._time_terms.get(float(label[0]))
-            if terms is not None:
-                return self.net(flat, label, time_terms=terms).reshape(*lead, -1)
-        return self.net(flat, label).reshape(*lead, -1)
+        return self.net(flat, self.sde.label(tt)).reshape(*lead, -1)
 
     def prepare_times(self, times: Sequence[float] | None) -> None:
         """Get ready for `loss` calls at these diffusion times (an annealed optimisation knows them in advance):
-        per time, the noise scales and weights, and for a TimeFC network its time projections (~30 % of an
-        evaluation at batch 1), computed in one batch; the loss's network call is then replayed from a recording
+        per time, the noise scales and weights, and the time projections of every TimeFC in the network (~30 %
+        of an evaluation at batch 1), computed in one batch; the loss's network call is then replayed from a recording
         (`TraceCache`). `None` forgets them."""
-        self._time_terms, self._prepared = {}, {}
+        self._prepared = {}
         self._trace.clear()
         if not times:
             return
@@ -236,8 +230,6 @@ class DPoserPrior(nn.Module):
             terms = time_terms(label) if callable(time_terms) else None
             alpha, std = self.sde.marginal(t)  # the same float32 arithmetic as `dposer_loss`
             weights = {kind: weight(alpha, std, kind) for kind in WEIGHTINGS}
-        if isinstance(terms, Tensor):
-            self._time_terms = {float(v): terms[i : i + 1] for i, v in enumerate(label.tolist())}
         parts = () if terms is None else (terms,) if isinstance(terms, Tensor) else tuple(terms)
         for i, v in enumerate(times):
             one = slice(i, i + 1)
@@ -337,10 +329,10 @@ class DPoserPrior(nn.Module):
                 bad = t.detach().flatten()[~((t > 0) & (t <= 1)).flatten()][0]
                 raise InputError(f"t must be a diffusion time in (0, 1] (got {float(bad)})")
         else:
-            prepared = self._prepared.get(t) if noise is None and not self.net.training else None
+            prepared = None if self.net.training else self._prepared.get(t)
             if prepared is not None and prepared.alpha.dtype == pose.dtype and weighting in prepared.weights:
                 x0 = pose if normalized else self.normalize(pose)
-                return self._prepared_loss(x0, prepared, weighting, generator)
+                return self._prepared_loss(x0, prepared, weighting, generator, noise)
             validate.diffusion_time(t)
         x0 = pose if normalized else self.normalize(pose)
         return dposer_loss(
@@ -360,13 +352,22 @@ class DPoserPrior(nn.Module):
         return super()._apply(fn, recurse)
 
     def _prepared_loss(
-        self, x0: Tensor, prep: "_Prepared", weighting: str, generator: torch.Generator | None
+        self,
+        x0: Tensor,
+        prep: "_Prepared",
+        weighting: str,
+        generator: torch.Generator | None,
+        noise: Tensor | None,
     ) -> Tensor:
-        """`dposer_loss` at a time given to `prepare_times`: the same values (same noise draw, same float32
-        arithmetic), with the network's evaluation replayed from a recording (`TraceCache`)."""
+        """`dposer_loss` at a time given to `prepare_times`: the same values (same noise draw, or `noise`; same
+        float32 arithmetic), with the network's evaluation replayed from a recording (`TraceCache`)."""
         lead, dim = x0.shape[:-1], x0.shape[-1]
         flat = x0.reshape(-1, dim)
-        z = torch.randn(flat.shape, generator=generator, device=flat.device, dtype=flat.dtype)
+        z = (
+            noise.reshape(-1, dim)
+            if noise is not None
+            else torch.randn(flat.shape, generator=generator, device=flat.device, dtype=flat.dtype)
+        )
         self.nfe += 1
         with torch.no_grad():
             target = self._trace.run(

@@ -64,22 +64,22 @@ def test_prepared_time_terms_give_the_same_prior_and_are_forgotten_after_optimiz
     noise = torch.randn(3, 63, generator=torch.Generator().manual_seed(2))
     plain = [prior.loss(pose, t, noise=noise) for t in times]
     prior.prepare_times(times)
-    assert len(prior._time_terms) == 3
+    assert len(prior._prepared) == 3
     cached = [prior.loss(pose, t, noise=noise) for t in times]
     for a, b in zip(plain, cached, strict=True):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
     prior.prepare_times(None)
-    assert prior._time_terms == {}
+    assert prior._prepared == {}
 
     seen: list[int] = []
 
     def loss(params, step):
-        seen.append(len(prior._time_terms))
+        seen.append(len(prior._prepared))
         return step.prior(params["x"])
 
     x = {"x": pose.clone()}
     optimize(x, [Stage("s", 4, {"x": 0.01}, uses_prior=True)], loss, prior=PriorSchedule(prior, (0.05, 0.15)))
-    assert seen == [4] * 4 and prior._time_terms == {}  # prepared for the run's 4 times, then forgotten
+    assert seen == [4] * 4 and prior._prepared == {}  # prepared for the run's 4 times, then forgotten
 
 
 # demo TimeFC (time terms precomputed), composite whole-body net, official-format TimeFC (σ-table output scale)
