@@ -23,7 +23,8 @@ landmark vertices named as smplx's extra joints (nose, eyes, ears, toes, heels, 
 """
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from functools import partial
 from importlib import resources
 from typing import Any, NamedTuple
@@ -210,6 +211,7 @@ class WoodenRig(nn.Module):
         self._shape_cache: tuple[Tensor, dict[str, Tensor]] | None = None
         # `linear_anchor`: anchor betas (U, 10) and per subset (points (U, n, 3), Jacobian (U, n, 3, 10))
         self._anchor: tuple[Tensor, dict[str, tuple[Tensor, Tensor]]] | None = None
+        self._held: tuple[Tensor, dict[str, tuple[Tensor, Tensor]]] | None = None  # `holding_anchor`
         self.linearise = True  # False: betas with gradients go through the exact shape pipeline
         wood, cal = _asset("wooden.npz"), _asset("smplx_calibration.npz")
         try:
@@ -746,6 +748,9 @@ class WoodenRig(nn.Module):
         ≤ 0.01 per step: re-anchoring every ≥ 10 steps keeps values within 0.1 mm of exact and the gradient
         within 0.1 % of the exact model's at the anchor.
         """
+        held = self._held
+        if held is not None and held[0].shape == flat.shape and all(n in held[1] for n in names):
+            return held[0], [held[1][n] for n in names]  # checked by `holding_anchor`: no operations here
         anchor = self._anchor
         beta = flat.detach()
         fresh = (
@@ -767,6 +772,23 @@ class WoodenRig(nn.Module):
                 anchor = (anchor[0].index_copy(0, far, beta[far]), terms)
         self._anchor = anchor
         return anchor[0], [anchor[1][n] for n in names]
+
+    @contextmanager
+    def holding_anchor(self, betas: Tensor, names: Sequence[str]) -> Iterator[tuple[Tensor, ...] | None]:
+        """For a replayed optimisation step (`engine.optimize.StepPlan`): check the anchor of these betas (and
+        re-anchor) now, and within the block hand it out without checking, so the step's loss runs no
+        value-dependent operations. Yields the anchor tensors (the step's inputs), or None when these betas
+        are not linearised."""
+        flat = betas.detach().reshape(-1, NUM_BETAS)
+        if not self.linear_for(flat, names):
+            yield None
+            return
+        anchor, terms = self.linear_anchor(flat, names)
+        self._held = (anchor, dict(zip(names, terms, strict=True)))
+        try:
+            yield (anchor, *(x for pair in terms for x in pair))
+        finally:
+            self._held = None
 
     def _jacobian(self, beta: Tensor, names: Sequence[str]) -> list[tuple[Tensor, Tensor]]:
         """Per subset: exact shaped points (U, n, 3) and their Jacobian in betas (U, n, 3, 10), the latter by
@@ -1024,6 +1046,11 @@ class MannequinBody(nn.Module):
             vertices = lbs(full[0], transforms, rest, self.rig.sub_full_w) + shift
         return BodyOutput(joints=joints, vertices=vertices.expand(*batch, *vertices.shape[-2:]))
 
+    def holding_step(self, betas: Tensor) -> AbstractContextManager[tuple[Tensor, ...] | None]:
+        """What a replayed optimisation step of joints-only calls with these (row) betas needs as inputs
+        (`WoodenRig.holding_anchor`; `tasks.fit` plans its steps with it)."""
+        return self.rig.holding_anchor(betas, ["landmarks"])
+
     def _pose(
         self, names: tuple[str, ...], batch: tuple[int, ...], rest: Tensor, land: Tensor, *values: Tensor
     ) -> tuple[Tensor, Tensor]:
@@ -1143,6 +1170,10 @@ class MannequinHand(nn.Module):
         rest_all, (pts,), _ = self.rig.shaped(betas, [self._region])
         joints, vertices = self._pose(names, batch, True, rest_all, pts, *values)
         return BodyOutput(joints=joints, vertices=vertices)
+
+    def holding_step(self, betas: Tensor) -> AbstractContextManager[tuple[Tensor, ...] | None]:
+        """As `MannequinBody.holding_step`."""
+        return self.rig.holding_anchor(betas, [f"{self._region}_tips"])
 
     def _pose(
         self,

@@ -19,11 +19,13 @@ import logging
 import os
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten, tree_unflatten
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +40,9 @@ def enabled() -> bool:
 class TraceCache:
     """Recordings of pure functions per call signature (least recently used ones dropped beyond `size`)."""
 
-    def __init__(self, warmup: int = 2, size: int = 16) -> None:
+    def __init__(self, warmup: int = 2, size: int = 16, recorder: "Callable[..., Any] | None" = None) -> None:
         self.warmup, self.size = warmup, size
+        self.recorder = recorder  # how a recording is made (default: `torch.jit.trace` of `fn`)
         self._seen: dict[Hashable, int] = {}
         self._traced: OrderedDict[Hashable, Any] = OrderedDict()
 
@@ -59,7 +62,7 @@ class TraceCache:
         a stage index baked in as a number, ...); tensors' shapes, dtypes, devices and `requires_grad` and the
         grad mode are added to it here.
         """
-        if not enabled():
+        if not enabled() or _recording:
             return fn(*args)
         sig = (
             key,
@@ -72,11 +75,13 @@ class TraceCache:
             self._seen[sig] = seen
             if seen <= self.warmup:
                 return fn(*args)
-            traced = self._record(fn, args)
+            traced, result = (self.recorder or self._record)(fn, args)
             self._traced[sig] = traced
             if len(self._traced) > self.size:
                 old, _ = self._traced.popitem(last=False)
                 self._seen.pop(old, None)
+            if result is not None:  # the recorder ran the call itself: not twice
+                return result
         else:
             self._traced.move_to_end(sig)
         if traced is _FAILED:
@@ -85,7 +90,7 @@ class TraceCache:
             return traced(*args)
 
     @staticmethod
-    def _record(fn: Callable[..., Any], args: tuple[Tensor, ...]) -> Any:
+    def _record(fn: Callable[..., Any], args: tuple[Tensor, ...]) -> tuple[Any, None]:
         # the tracer wants a named function (partials have none); a module keeps its parameters shared
         def replayed(*tensors: Tensor) -> Any:
             return fn(*tensors)
@@ -95,7 +100,126 @@ class TraceCache:
                 warnings.simplefilter("ignore")
                 with torch.jit.optimized_execution(False):
                     target = fn if isinstance(fn, nn.Module) else replayed
-                    return torch.jit.trace(target, args, check_trace=False, strict=False)
+                    return torch.jit.trace(target, args, check_trace=False, strict=False), None
         except Exception as exc:  # noqa: BLE001 — any recording failure means eager calls, never a wrong result
             log.debug("not recorded (eager calls instead): %s", exc)
-            return _FAILED
+            return _FAILED, None
+
+
+# ---------------------------------------------------------------------------- whole steps, backward included
+_recording = False  # a step is being recorded: inner `TraceCache.run` calls run eagerly (recorded inline)
+
+# operators a step recording refuses: results shaped by values (nonzero), values read into Python (.item()),
+# and random draws (a replay would draw from the global generator)
+_REFUSED_TAGS = (
+    torch.Tag.dynamic_output_shape,
+    torch.Tag.data_dependent_output,
+    torch.Tag.nondeterministic_seeded,
+)
+
+
+class _Refused(Exception):
+    pass
+
+
+class _OpRecorder(TorchDispatchMode):
+    """Every operator a call dispatches below autograd, backward included, with its arguments as references to
+    the call's inputs, to earlier results, or to tensors that existed before (constants)."""
+
+    def __init__(self, inputs: Sequence[Tensor]) -> None:
+        super().__init__()
+        self.slot = {id(t): i for i, t in enumerate(inputs)}
+        self.alive: list[Tensor] = list(inputs)  # keeps ids unique while recording
+        self.ops: list[tuple[Any, list[tuple[int, Any]], Any, list[int | None]]] = []
+
+    def _dispatch(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        if any(tag in func.tags for tag in _REFUSED_TAGS) and not _integer_index(func, args):
+            raise _Refused(f"{func} cannot be replayed")
+        out = func(*args, **(kwargs or {}))
+        leaves, spec = tree_flatten((args, kwargs or {}))
+        refs = [
+            (0, self.slot[id(x)]) if isinstance(x, Tensor) and id(x) in self.slot else (1, x) for x in leaves
+        ]
+        outs: list[int | None] = []
+        for o in tree_flatten(out)[0]:
+            if isinstance(o, Tensor):
+                self.slot[id(o)] = len(self.alive)
+                outs.append(len(self.alive))
+                self.alive.append(o)
+            else:
+                outs.append(None)
+        self.ops.append((func, refs, spec, outs))
+        return out
+
+
+def _integer_index(func: Any, args: Any) -> bool:
+    """Indexing by integer tensors: its result's shape does not depend on values (a mask's does)."""
+    if func is not torch.ops.aten.index.Tensor:
+        return False
+    return all(i is None or i.dtype not in (torch.bool, torch.uint8) for i in args[1])
+
+
+# set after the class is made: TorchDispatchMode wraps a subclass's own method in torch._disable_dynamo, whose
+# first call imports torch._dynamo (~1.5 s)
+_OpRecorder.__torch_dispatch__ = _OpRecorder._dispatch  # type: ignore[method-assign,assignment]
+
+
+def record_step(fn: Callable[..., Any], args: Sequence[Tensor]) -> tuple[Any, Any]:
+    """A replayable recording of `fn(*args)` (a tuple of tensors), backward passes inside it included, and the
+    call's own result (`fn` runs once, eagerly, while it is recorded; None if it was stopped).
+
+    `torch.jit.trace` alone cannot record a backward pass faithfully: tensors that a composite operator
+    (`matmul`, `linear`) makes internally and autograd saves are unknown to the tracer, so they would be baked
+    in as constants. Here every operator is first recorded below autograd (a `TorchDispatchMode`), where no
+    tensor is hidden, then the list is replayed once under `torch.jit.trace` to make the recording, which runs
+    without autograd (call it under `torch.no_grad()`). Refused (eager calls instead, `_FAILED`): operators
+    whose results' shapes or values depend on values (`nonzero`, `.item()`), random draws, results that are not
+    tensors computed in the call, and a recording that does not give back the call's results bit for bit.
+
+    Only tensors that are arguments of `fn` may change between calls; everything else it reads is frozen into
+    the recording, as for `TraceCache` (here that includes tensors a Python cache hands out).
+    """
+    global _recording
+    inputs = tuple(args)
+    result: Any = None
+    try:
+        rec = _OpRecorder(inputs)
+        _recording = True
+        try:
+            with rec:
+                result = fn(*inputs)
+        finally:
+            _recording = False
+        leaves, out_spec = tree_flatten(result)
+        if not all(isinstance(x, Tensor) and id(x) in rec.slot for x in leaves):
+            raise _Refused("results not computed from the call")
+        out_slots = [rec.slot[id(x)] for x in leaves]
+        n_in, n = len(inputs), len(rec.alive)
+        # constants (module parameters among them) enter the recording as plain values
+        ops = [
+            (func, [(k, v.detach() if k == 1 and isinstance(v, Tensor) else v) for k, v in refs], spec, outs)
+            for func, refs, spec, outs in rec.ops
+        ]
+        del rec
+
+        def replayed(*xs: Tensor) -> Any:
+            env: list[Any] = [*xs, *([None] * (n - n_in))]
+            for func, refs, spec, outs in ops:
+                a, kw = tree_unflatten([env[v] if k == 0 else v for k, v in refs], spec)
+                for i, o in zip(outs, tree_flatten(func(*a, **kw))[0], strict=True):
+                    if i is not None:
+                        env[i] = o
+            return tree_unflatten([env[i] for i in out_slots], out_spec)
+
+        with warnings.catch_warnings(), torch.no_grad(), torch.jit.optimized_execution(False):
+            warnings.simplefilter("ignore")
+            traced = torch.jit.trace(replayed, inputs, check_trace=False, strict=False)
+            again = tree_flatten(traced(*inputs))[0]
+        if len(again) != len(leaves) or not all(
+            torch.equal(a, b) for a, b in zip(again, leaves, strict=True)
+        ):
+            raise _Refused("the recording does not give the call's results")
+        return traced, result
+    except Exception as exc:  # noqa: BLE001 — any recording failure means eager calls, never a wrong result
+        log.debug("step not recorded (eager calls instead): %s", exc)
+        return _FAILED, result

@@ -15,7 +15,8 @@ SMPLify angle prior, temporal smoothness) and `best_rows` (keep the best of seve
 
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Protocol, runtime_checkable
@@ -25,6 +26,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from dposer_cli.core.parts import Part
+from dposer_cli.core.trace import TraceCache, record_step
 from dposer_cli.engine.loss import time_schedule
 
 # per-task (t_min, t_max) of the truncated linear schedule (spec §6.2, §7, §11). Names are looked up by the
@@ -138,6 +140,12 @@ class Step:
         """Per-sample prior loss of raw `pose` at this step's annealed time (zeros without a prior)."""
         return self._term(pose, self.t)
 
+    def prior_inputs(self, pose: Tensor) -> tuple[Tensor, ...] | None:
+        """For a `StepPlan`: this step's prior noise draw for poses like `pose` (B, D) — the draw `prior` will
+        use, the same an eager step makes — and the prior's tensors at this time; () without a prior term this
+        step, None when the prior has none (the step then runs eagerly)."""
+        return self._term.inputs(self.t, pose)
+
 
 class _PriorTerm:
     """Evaluates the schedule's prior and counts network evaluations and time spent."""
@@ -146,6 +154,34 @@ class _PriorTerm:
         self.schedule = schedule
         self.nfe = 0
         self.seconds = 0.0
+        self.noise: Tensor | None = None  # drawn in advance by `inputs` for this step's evaluation
+
+    def inputs(self, t: float | None, pose: Tensor) -> tuple[Tensor, ...] | None:
+        s = self.schedule
+        if s is None or t is None:
+            return ()
+        tensors = getattr(s.prior, "prepared_tensors", None)
+        prepared = tensors(t, s.weighting, pose.dtype) if callable(tensors) else None
+        if prepared is None:
+            return None
+        self.noise = torch.randn(pose.shape, generator=s.generator, device=pose.device, dtype=pose.dtype)
+        return (self.noise, *prepared)
+
+    def counter(self) -> int | None:
+        """The prior's own evaluation counter (`DPoserPrior.nfe`), if it keeps one."""
+        value = getattr(self.schedule.prior, "nfe", None) if self.schedule is not None else None
+        return value if isinstance(value, int) else None
+
+    def planned(self, prior_count: int | None) -> None:
+        """Count the one evaluation of a planned step (whether its loss ran, ran twice because a recording
+        failed, or was replayed without running), setting the prior's own counter from `prior_count` (its
+        value before the step)."""
+        if self.noise is None or self.schedule is None:
+            return
+        per_call = int(getattr(self.schedule.prior, "nfe_per_call", 1))
+        self.nfe += per_call
+        if prior_count is not None:
+            self.schedule.prior.nfe = prior_count + per_call  # type: ignore[attr-defined]
 
     def __call__(self, pose: Tensor, t: float | None) -> Tensor:
         if self.schedule is None:
@@ -154,10 +190,34 @@ class _PriorTerm:
             raise ValueError("the prior was evaluated in a stage that does not use it (uses_prior=False)")
         t0 = time.perf_counter()
         s = self.schedule
-        value = s.prior.loss(pose, t, weighting=s.weighting, generator=s.generator)
-        self.nfe += int(getattr(s.prior, "nfe_per_call", 1))
+        if self.noise is None:
+            value = s.prior.loss(pose, t, weighting=s.weighting, generator=s.generator)
+            self.nfe += int(getattr(s.prior, "nfe_per_call", 1))
+        else:  # a planned step (counted once by `planned`, however often its loss runs or is replayed)
+            value = s.prior.loss(pose, t, weighting=s.weighting, noise=self.noise)  # type: ignore[call-arg]
         self.seconds += time.perf_counter() - t0
         return value
+
+
+@runtime_checkable
+class StepPlan(Protocol):
+    """How a task's loss can be replayed as one recording per step: forward, backward and all (`record_step`).
+
+    A batch-1 fit pays per operator, not per flop; a replayed step runs the same operators without autograd's
+    bookkeeping or Python in between, the gradients bit for bit those of `loss.backward()`.
+
+    `inputs(params, step)` is a context (held for the step) that yields what the recording needs besides the
+    free parameters: every tensor the loss reads that may change between steps — the prior's
+    (`Step.prior_inputs`), the body model's, the stage's weights — as the very tensor objects the loss function
+    will read, or None to run this step eagerly. `key(step)` names what else the loss's operations depend on
+    (weights baked in as numbers, which terms are on): steps with equal keys share a recording.
+    """
+
+    def inputs(
+        self, params: Mapping[str, Tensor], step: Step
+    ) -> AbstractContextManager[tuple[Tensor, ...] | None]: ...
+
+    def key(self, step: Step) -> Hashable: ...
 
 
 class Adam:
@@ -230,12 +290,14 @@ def optimize(
     progress: Callable[[int, int], None] | None = None,
     done: int = 0,
     total: int | None = None,
+    plan: StepPlan | None = None,
 ) -> OptimizeResult:
     """Run `stages` in order on the leaf tensors `params` (updated in place).
 
-    `loss_fn(params, step)` returns per-sample losses (B,) (or a scalar); their sum is minimised.
-    `prior_offset` continues an annealing started by an earlier call (its `prior_steps`); `done`/`total`
-    offset the progress callback when several calls make up one run.
+    `loss_fn(params, step)` returns per-sample losses (B,) (or a scalar); their sum is minimised. It must read
+    the parameters from its `params` argument. `prior_offset` continues an annealing started by an earlier
+    call (its `prior_steps`); `done`/`total` offset the progress callback when several calls make up one run.
+    `plan`: replay whole steps from recordings (`StepPlan`; the same values as without it).
     """
     total = total if total is not None else done + sum(s.iters for s in stages)
     horizon = (
@@ -250,6 +312,7 @@ def optimize(
         count = prior_steps(stages)
         prepare(sorted({prior.t(k, horizon) for k in range(prior_offset, prior_offset + count)}))
     logs: list[StageLog] = []
+    steps = TraceCache(recorder=record_step)  # one optimisation's recordings: what they froze holds only here
     opt: Adam | None = None
     opt_keys: tuple[str, ...] = ()
     opt_adam: tuple[tuple[float, float], float] = ((0.0, 0.0), 0.0)
@@ -271,8 +334,28 @@ def optimize(
             for it in range(stage.iters):
                 t = prior.t(k_prior, horizon) if prior is not None and stage.uses_prior else None
                 opt.zero_grad()
-                loss = loss_fn(params, Step(stage, s_idx, it, k, t, term)).sum()
-                loss.backward()
+                step = Step(stage, s_idx, it, k, t, term)
+                try:
+                    with plan.inputs(params, step) if plan is not None else nullcontext() as extra:
+                        if extra is None:
+                            loss = loss_fn(params, step).sum()
+                            loss.backward()
+                        else:
+                            assert plan is not None
+                            counted = term.counter()
+                            free = [params[name] for name in keys]
+                            with torch.no_grad():
+                                loss, *grads = steps.run(
+                                    (plan.key(step), keys),
+                                    _StepGrad(loss_fn, params, keys, step),
+                                    *free,
+                                    *extra,
+                                )
+                            for x, g in zip(free, grads, strict=True):
+                                x.grad = g
+                            term.planned(counted)
+                finally:
+                    term.noise = None
                 opt.step()
                 last = loss.detach()  # read once per stage: no device sync per iteration
                 if stage.uses_prior:
@@ -288,6 +371,26 @@ def optimize(
         if prepare is not None:
             prepare(None)
     return OptimizeResult(logs, term.nfe, k_prior, term.seconds)
+
+
+class _StepGrad:
+    """(summed loss, gradient of each free parameter) of one step, as a pure function of the free parameters
+    and the step's plan inputs (these are read by the loss function itself, by identity)."""
+
+    def __init__(
+        self, loss_fn: LossFn, params: Mapping[str, Tensor], keys: tuple[str, ...], step: Step
+    ) -> None:
+        self.loss_fn, self.params, self.keys, self.step = loss_fn, params, keys, step
+
+    def __call__(self, *tensors: Tensor) -> tuple[Tensor, ...]:
+        free = [x.detach().requires_grad_(True) for x in tensors[: len(self.keys)]]
+        params = {**self.params, **dict(zip(self.keys, free, strict=True))}
+        with torch.enable_grad():
+            loss = self.loss_fn(params, self.step).sum()
+            # a parameter the loss does not reach keeps no gradient (Adam skips it), as after backward(); the
+            # recorder refuses such a step (its results must be tensors)
+            grads = torch.autograd.grad(loss, free, allow_unused=True)
+        return (loss.detach(), *grads)
 
 
 # ---------------------------------------------------------------- shared loss terms
@@ -306,7 +409,9 @@ def angle_prior(body_pose: Float[Tensor, "*batch 63"]) -> Float[Tensor, "*batch"
     """Per-sample Σ exp(s_i·θ_i)² over elbow and knee bending angles: penalises unnatural bends (SMPLify)."""
     dims, signs = _angle_tensors(body_pose.device, body_pose.dtype)
     # index_select: a cheaper backward than indexing (an accumulating index_put)
-    return torch.exp(body_pose.index_select(-1, dims) * signs).pow(2).sum(-1)
+    v = body_pose.index_select(-1, dims) * signs
+    e = torch.exp(v.detach())
+    return (e + (v - v.detach()) * e).pow(2).sum(-1)
 
 
 @lru_cache(maxsize=8)

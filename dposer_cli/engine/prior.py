@@ -241,6 +241,15 @@ class DPoserPrior(nn.Module):
                 {k: w[one] for k, w in weights.items()},
             )
 
+    def prepared_tensors(self, t: float, weighting: str, dtype: torch.dtype) -> tuple[Tensor, ...] | None:
+        """The tensors a `loss` call at time `t` reads when `t` was given to `prepare_times` (None if it was not, or
+        that call would not use them) — for a replayed optimisation step (`engine.optimize.StepPlan`), which
+        must be handed every tensor that changes from step to step."""
+        prep = None if self.net.training else self._prepared.get(t)
+        if prep is None or prep.alpha.dtype != dtype or weighting not in prep.weights:
+            return None
+        return (prep.label, *prep.terms, prep.alpha, prep.std, prep.weights[weighting])
+
     def denoise(
         self, x_t: Float[Tensor, "*batch D"], t: Float[Tensor, "*batch"]
     ) -> Float[Tensor, "*batch D"]:

@@ -22,7 +22,8 @@ closed-form orientation init instead of the mean MANO orientation.
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -447,6 +448,7 @@ class Fitter:
         # camera stages of a `rigid_root` model: the joints at zero orientation and translation
         self.unturned: Tensor | None = None
         self._rows: tuple[Tensor, Tensor, Tensor, Tensor] | None = None  # `rows()` cache
+        self._stage_weights: dict[str, Tensor] = {}
 
     def rows(self, state: FitState) -> tuple[Tensor, Tensor]:
         """Per row of `state`: its keypoints, and how many rows share its betas — constant while the rows are
@@ -542,18 +544,57 @@ class Fitter:
 
     def pose_loss(self, state: FitState, step: Step) -> Tensor:
         w = step.stage.weights
+        sq = self.stage_weights(step.stage)  # prior², shape², angle², temporal: inputs of a replayed step
         out = self.forward(state)
         loss = self.data_term(state, self.project(state, out.joints), int(w["index"]))
         p = state.params
-        loss = loss + w["prior"] ** 2 * step.prior(self.prior_input(p))
+        loss = loss + sq[0] * step.prior(self.prior_input(p))
         # shape penalty once per track: rows sharing betas split it
         share = self.rows(state)[1]
-        loss = loss + w["shape"] ** 2 * p["betas"].index_select(0, state.track).pow(2).sum(-1) / share
+        loss = loss + sq[1] * p["betas"].index_select(0, state.track).pow(2).sum(-1) / share
         if w.get("angle", 0):
-            loss = loss + w["angle"] ** 2 * angle_prior(p["body_pose"])
+            loss = loss + sq[2] * angle_prior(p["body_pose"])
         if w.get("temporal", 0) and self.neighbours is not None:
-            loss = loss + w["temporal"] * self._acceleration(out.joints)
+            loss = loss + sq[3] * self._acceleration(out.joints)
         return loss
+
+    def stage_weights(self, stage: Stage) -> Tensor:
+        """The pose stage's weights as one tensor, built once per stage: [prior², shape², angle², temporal]
+        (the same float32 values a Python number gives in a product)."""
+        cached = self._stage_weights.get(stage.name)
+        if cached is None:
+            w = stage.weights
+            values = [w.get("prior", 0.0) ** 2, w.get("shape", 0.0) ** 2, w.get("angle", 0.0) ** 2]
+            cached = torch.tensor([*values, w.get("temporal", 0.0)], device=self.kp.device)
+            self._stage_weights[stage.name] = cached
+        return cached
+
+    def step_key(self, step: Step) -> Hashable:
+        """What a pose step's operations depend on besides its inputs (`engine.optimize.StepPlan.key`): which
+        terms are on, and the stage itself where the data term's weights change with it (whole body)."""
+        w, spec = step.stage.weights, self.spec
+        staged = bool(spec.group_weights) or any(term.weight for term in spec.relative)
+        return (
+            bool(w.get("angle", 0)),
+            bool(w.get("temporal", 0)) and self.neighbours is not None,
+            int(w["index"]) if staged else None,
+        )
+
+    @contextmanager
+    def step_inputs(self, state: FitState, step: Step) -> Iterator[tuple[Tensor, ...] | None]:
+        """A pose step's plan inputs (`engine.optimize.StepPlan.inputs`): the body model's (its linearised
+        shape), the prior's (noise, time) and the stage weights; None (eager) for the camera stages and for
+        body models or priors that cannot hand theirs over."""
+        holding = getattr(self.model, "holding_step", None)
+        if not step.stage.uses_prior or holding is None:
+            yield None
+            return
+        with torch.no_grad():
+            betas = state.params["betas"].index_select(0, state.track)
+            pose = self.prior_input(state.params)
+        with holding(betas) as body:
+            prior = step.prior_inputs(pose) if body is not None else None
+            yield None if prior is None or body is None else (*body, *prior, self.stage_weights(step.stage))
 
     def _acceleration(self, joints: Tensor) -> Tensor:
         """Per row ‖J_next − 2J + J_prev‖ averaged over the core joints; 0 at the ends of a track."""
@@ -746,7 +787,18 @@ def _run_stages(
         return fitter.camera_loss(state)
 
     def pose_loss(params: dict[str, Tensor], step: Step) -> Tensor:
-        return fitter.pose_loss(state, step)
+        return fitter.pose_loss(FitState(params, state.row, state.track, state.anchor), step)
+
+    class Plan:  # pose steps replayed whole (`engine.optimize.StepPlan`)
+        @staticmethod
+        def inputs(
+            params: Mapping[str, Tensor], step: Step
+        ) -> AbstractContextManager[tuple[Tensor, ...] | None]:
+            return fitter.step_inputs(FitState(dict(params), state.row, state.track, state.anchor), step)
+
+        @staticmethod
+        def key(step: Step) -> Hashable:
+            return fitter.step_key(step)
 
     # camera: translation held near its depth estimate, then orientation (depth re-anchored)
     fitter.freeze_pose(state)
@@ -771,7 +823,14 @@ def _run_stages(
                 state.params["global_orient"][-len(extra) :]
             )
     res = optimize(
-        state.params, pose_stages, pose_loss, prior=schedule, progress=progress, done=done, total=total
+        state.params,
+        pose_stages,
+        pose_loss,
+        prior=schedule,
+        progress=progress,
+        done=done,
+        total=total,
+        plan=Plan(),
     )
     nfe, prior_seconds = res.nfe, res.prior_seconds
     done += sum(s.iters for s in pose_stages)
@@ -793,6 +852,7 @@ def _run_stages(
             progress=progress,
             done=done,
             total=total,
+            plan=Plan(),
         )
         nfe, prior_seconds = nfe + res.nfe, prior_seconds + res.prior_seconds
         losses["temporal_loss"] = res.logs[0].loss

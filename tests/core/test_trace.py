@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from dposer_cli.bodies.kinematics import batch_rodrigues, forward_kinematics
-from dposer_cli.core.trace import TRACE_ENV, TraceCache
+from dposer_cli.core.trace import _FAILED, TRACE_ENV, TraceCache, record_step
 
 PARENTS = (-1, 0, 1, 1, 3, 0, 5)
 
@@ -98,3 +98,52 @@ def test_module_parameters_stay_shared_with_the_recording(warmup):
             cache.run("lin", lin, x)
         lin.weight.mul_(2.0)  # an in-place update (an EMA copy, load_state_dict) is seen by the replay
         assert torch.allclose(cache.run("lin", lin, x), lin(x))
+
+
+# ---------------------------------------------------------------------------- whole steps (record_step)
+def _step(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Loss and gradient of a small network: composite operators (`linear`, `matmul`) whose internal tensors
+    autograd saves, an operator whose backward reads its result (`exp`), gathers and a reduction."""
+    x = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        h = torch.nn.functional.linear(x, w, b)
+        y = (h @ w).exp().index_select(-1, torch.tensor([0, 2])).sum(-1)
+        loss = (y * y).sum()
+        (grad,) = torch.autograd.grad(loss, x)
+    return loss.detach(), grad
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+def test_a_recorded_step_replays_forward_and_backward_bit_for_bit_on_new_values():
+    g = torch.Generator().manual_seed(1)
+    w, b = torch.randn(4, 4, generator=g) * 0.3, torch.randn(4, generator=g)
+    cache = TraceCache(warmup=2, recorder=record_step)
+    for _ in range(5):  # two eager calls, one recording (its own eager result), two replays
+        x = torch.randn(3, 4, generator=g)
+        with torch.no_grad():
+            got = cache.run("step", _step, x, w, b)
+        want = _step(x, w, b)
+        assert all(torch.equal(a, e) for a, e in zip(got, want, strict=True))
+    assert cache.recorded() == 1
+    # what a plain `torch.jit.trace` of the same step gets wrong: matmul's saved internals become constants
+    with pytest.raises(RuntimeError, match="requires grad as a constant"):
+        torch.jit.trace(_step, (x, w, b), check_trace=False)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        lambda x: x[x > 0].sum(),  # a mask: the shape depends on values
+        lambda x: x * torch.randn(x.shape),  # a random draw: a replay would use the global generator
+        lambda x: x * float(x.sum()),  # a value read into Python
+    ],
+    ids=["mask", "random", "item"],
+)
+def test_a_step_that_depends_on_values_or_draws_noise_is_never_recorded(body):
+    x = torch.randn(5)
+    recording, result = record_step(lambda t: (body(t),), (x,))
+    assert recording is _FAILED
+    cache = TraceCache(warmup=0, recorder=record_step)
+    for _ in range(3):
+        cache.run("v", lambda t: (body(t),), x)
+    assert cache.recorded() == 0

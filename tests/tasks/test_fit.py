@@ -27,6 +27,7 @@ from dposer_cli.engine.optimize import (
     gmof,
     optimize,
 )
+from dposer_cli.core.trace import _FAILED, TRACE_ENV, TraceCache, record_step
 from dposer_cli.engine.prior import DPoserPrior
 from dposer_cli.tasks import fit as tf
 from tests._fixtures.priors import write_tiny_prior
@@ -136,6 +137,57 @@ def test_dposer_prior_evaluations_are_counted_by_the_optimiser(body, tmp_path_fa
     assert (
         result.nfe == 5 * 3 and result.prior_seconds > 0
     )  # one per pose-stage iteration, none for the camera
+
+
+@pytest.mark.parametrize("part", [Part.body, Part.hand])
+def test_replayed_steps_give_the_eager_fit_bit_for_bit(part, body, hand, tmp_path_factory, monkeypatch):
+    """Pose steps replayed whole (`StepPlan`, `record_step`) against the same fit with every replay off: the
+    same parameters to the bit, the same prior evaluation count — and the replays did run."""
+    ckpt = write_tiny_prior(tmp_path_factory.mktemp("prior") / f"{part.value}.pt", part, width=64)
+    prior = DPoserPrior.load(part, ckpt)
+    if part is Part.body:
+        model, (inputs, _), layout = body, _body_scene(body, 2), "openpose135"
+    else:
+        model, layout = hand, "hand21"
+        params = {"hand_pose": 0.3 * torch.randn(1, 45, generator=torch.Generator().manual_seed(2))}
+        params |= {
+            "global_orient": torch.tensor([[0.3, -0.4, 0.2]]),
+            "transl": torch.tensor([[0.0, 0.0, 0.5]]),
+        }
+        kp = _project(hand, "hand21", params, 300.0, (112.0, 112.0))
+        inputs = tf.FitInput.for_image(kp, (224, 224), focal=300.0)
+
+    def run() -> tf.FitResult:
+        gen = torch.Generator().manual_seed(0)
+        return tf.fit(model, prior, inputs, part=part, keypoint_layout=layout, steps=8, generator=gen)
+
+    calls = []
+    real_run = TraceCache.run
+
+    def spy(self, key, fn, *args):
+        if self.recorder is record_step:
+            calls.append(
+                self._traced.get(
+                    (
+                        key,
+                        torch.is_grad_enabled(),
+                        tuple((a.shape, a.dtype, a.device, a.requires_grad) for a in args),
+                    )
+                )
+            )
+        return real_run(self, key, fn, *args)
+
+    monkeypatch.setattr(TraceCache, "run", spy)
+    replayed = run()
+    replays = sum(c is not None and c is not _FAILED for c in calls)
+    monkeypatch.setenv(TRACE_ENV, "0")
+    eager = run()
+    for key, value in eager.params.items():
+        assert torch.equal(replayed.params[key], value), key
+    assert replayed.nfe == eager.nfe == 5 * 8
+    # all but two warm-up steps and the recording (its own eager run) per set of free parameters (the hand's
+    # last stage frees one more)
+    assert replays == 5 * 8 - 3 * (2 if part is Part.hand else 1)
 
 
 def test_video_tracks_share_a_shape_and_the_temporal_pass_runs(body):
