@@ -15,6 +15,7 @@ from dposer_cli.bodies import camera as cam
 from dposer_cli.bodies import load_body
 from dposer_cli.core.errors import InputError
 from dposer_cli.core.parts import Part
+from dposer_cli.core.trace import _FAILED, TRACE_ENV, TraceCache, record_step
 from dposer_cli.engine.baselines import L2Prior, NoPrior
 from dposer_cli.engine.optimize import (
     ANGLE_DIMS,
@@ -27,7 +28,6 @@ from dposer_cli.engine.optimize import (
     gmof,
     optimize,
 )
-from dposer_cli.core.trace import _FAILED, TRACE_ENV, TraceCache, record_step
 from dposer_cli.engine.prior import DPoserPrior
 from dposer_cli.tasks import fit as tf
 from tests._fixtures.priors import write_tiny_prior
