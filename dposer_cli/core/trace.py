@@ -164,6 +164,20 @@ def _integer_index(func: Any, args: Any) -> bool:
 _OpRecorder.__torch_dispatch__ = _OpRecorder._dispatch  # type: ignore[method-assign,assignment]
 
 
+def _simplified(traced: Any) -> Any:
+    """The recording with its constant-only operations computed once (module buffers reshaped, identity
+    matrices) and unused results dropped: ~8 % of a batch-1 fit step, same values (checked by the caller)."""
+    try:
+        graph = traced.graph.copy()
+        torch._C._jit_pass_constant_propagation(graph)
+        torch._C._jit_pass_dce(graph)
+        torch._C._jit_pass_constant_pooling(graph)  # type: ignore[attr-defined]
+        return torch._C._create_function_from_graph("replayed_step", graph)
+    except Exception as exc:  # noqa: BLE001 — the recording as traced is as good, only slower
+        log.debug("step recording kept unsimplified: %s", exc)
+        return traced
+
+
 def record_step(fn: Callable[..., Any], args: Sequence[Tensor]) -> tuple[Any, Any]:
     """A replayable recording of `fn(*args)` (a tuple of tensors), backward passes inside it included, and the
     call's own result (`fn` runs once, eagerly, while it is recorded; None if it was stopped).
@@ -213,7 +227,7 @@ def record_step(fn: Callable[..., Any], args: Sequence[Tensor]) -> tuple[Any, An
 
         with warnings.catch_warnings(), torch.no_grad(), torch.jit.optimized_execution(False):
             warnings.simplefilter("ignore")
-            traced = torch.jit.trace(replayed, inputs, check_trace=False, strict=False)
+            traced = _simplified(torch.jit.trace(replayed, inputs, check_trace=False, strict=False))
             again = tree_flatten(traced(*inputs))[0]
         if len(again) != len(leaves) or not all(
             torch.equal(a, b) for a, b in zip(again, leaves, strict=True)

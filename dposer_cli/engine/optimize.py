@@ -269,7 +269,9 @@ class OptimizeResult:
     logs: list[StageLog]
     nfe: int  # network evaluations made by the prior term
     prior_steps: int  # iterations that used the prior (pass as `prior_offset` to continue an annealing)
-    prior_seconds: float  # wall time spent in the prior (benchmarks: its share of an iteration)
+    # wall time spent in the prior's Python calls; a step replayed whole (`StepPlan`) runs its prior inside the
+    # recording, not counted here (`DPOSER_TRACE=0` for the split)
+    prior_seconds: float
 
 
 LossFn = Callable[[dict[str, Tensor], Step], Tensor]

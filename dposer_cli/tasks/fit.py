@@ -292,7 +292,9 @@ class FitResult:
     stage_losses: dict[str, float]  # "<stage>_loss": summed loss after the stage's last step
     nfe: int  # network evaluations of the prior
     fit_seconds: float
-    prior_seconds: float  # of which in the prior
+    prior_seconds: (
+        float  # of which in the prior, in steps not replayed whole (`OptimizeResult.prior_seconds`)
+    )
     layout: KeypointLayout
 
 
@@ -449,6 +451,7 @@ class Fitter:
         self.unturned: Tensor | None = None
         self._rows: tuple[Tensor, Tensor, Tensor, Tensor] | None = None  # `rows()` cache
         self._stage_weights: dict[str, Tensor] = {}
+        self._data_weights: dict[int, tuple[Tensor | None, Tensor]] = {}
 
     def rows(self, state: FitState) -> tuple[Tensor, Tensor]:
         """Per row of `state`: its keypoints, and how many rows share its betas — constant while the rows are
@@ -509,18 +512,37 @@ class Fitter:
         conf = kp[..., 2] * self.conf_scale
         res = gmof(proj - kp[..., :2], SIGMA_PX).sum(-1)  # (R, K)
         w = conf * self.body_mask
-        if spec.group_weights:
-            scale = torch.ones_like(w[0])
-            for g, key in spec.group_weights.items():
-                if g in groups:
-                    scale[groups[g]] = spec.weights[key][stage]
+        scale, relative = self.data_weights(stage)
+        if scale is not None:
             w = w * scale
         total = spec.absolute_weight * (w**2 * res).sum(-1)
-        for term in spec.relative:  # articulation of hands and face, independent of their placement
-            weight = term.scale * (spec.weights[term.weight][stage] ** 2 if term.weight else 1.0)
-            if term.group in groups and weight > 0:
-                total = total + weight * self._relative(proj, kp, conf, groups[term.group])
+        terms = [term for term in spec.relative if term.group in groups]
+        for i, term in enumerate(terms):  # articulation of hands and face, independent of their placement
+            total = total + relative[i] * self._relative(proj, kp, conf, groups[term.group])
         return total
+
+    def data_weights(self, stage: int) -> tuple[Tensor | None, Tensor]:
+        """The data term's weights of pose stage `stage`, built once: per keypoint, the group weight scaling its
+        confidence (None when the part has none), and per root-relative term (of the groups present) its
+        weight — tensors, so a replayed step takes them as inputs and one recording serves every stage (a term
+        weighted 0 adds exactly 0)."""
+        cached = self._data_weights.get(stage)
+        if cached is None:
+            spec, groups, dev = self.spec, self.layout.groups, self.kp.device
+            scale = None
+            if spec.group_weights:
+                scale = torch.ones(self.kp.shape[1], device=dev)
+                for g, key in spec.group_weights.items():
+                    if g in groups:
+                        scale[groups[g]] = spec.weights[key][stage]
+            relative = [
+                term.scale * (spec.weights[term.weight][stage] ** 2 if term.weight else 1.0)
+                for term in spec.relative
+                if term.group in groups
+            ]
+            cached = (scale, torch.tensor(relative, device=dev))
+            self._data_weights[stage] = cached
+        return cached
 
     @staticmethod
     def _relative(proj: Tensor, kp: Tensor, conf: Tensor, sl: slice) -> Tensor:
@@ -571,14 +593,9 @@ class Fitter:
 
     def step_key(self, step: Step) -> Hashable:
         """What a pose step's operations depend on besides its inputs (`engine.optimize.StepPlan.key`): which
-        terms are on, and the stage itself where the data term's weights change with it (whole body)."""
-        w, spec = step.stage.weights, self.spec
-        staged = bool(spec.group_weights) or any(term.weight for term in spec.relative)
-        return (
-            bool(w.get("angle", 0)),
-            bool(w.get("temporal", 0)) and self.neighbours is not None,
-            int(w["index"]) if staged else None,
-        )
+        terms are on (every weight is an input)."""
+        w = step.stage.weights
+        return (bool(w.get("angle", 0)), bool(w.get("temporal", 0)) and self.neighbours is not None)
 
     @contextmanager
     def step_inputs(self, state: FitState, step: Step) -> Iterator[tuple[Tensor, ...] | None]:
@@ -594,7 +611,12 @@ class Fitter:
             pose = self.prior_input(state.params)
         with holding(betas) as body:
             prior = step.prior_inputs(pose) if body is not None else None
-            yield None if prior is None or body is None else (*body, *prior, self.stage_weights(step.stage))
+            if prior is None or body is None:
+                yield None
+                return
+            scale, relative = self.data_weights(int(step.stage.weights["index"]))
+            data = (relative,) if scale is None else (scale, relative)
+            yield (*body, *prior, self.stage_weights(step.stage), *data)
 
     def _acceleration(self, joints: Tensor) -> Tensor:
         """Per row ‖J_next − 2J + J_prev‖ averaged over the core joints; 0 at the ends of a track."""
@@ -784,7 +806,17 @@ def _run_stages(
     done, losses = 0, {}
 
     def cam_loss(params: dict[str, Tensor], step: Step) -> Tensor:  # no prior in the camera stages
-        return fitter.camera_loss(state)
+        return fitter.camera_loss(FitState(params, state.row, state.track, state.anchor))
+
+    class CameraPlan:  # camera steps of a model whose joints are computed once: nothing changes but the camera
+        @staticmethod
+        @contextmanager
+        def inputs(params: Mapping[str, Tensor], step: Step) -> Iterator[tuple[Tensor, ...] | None]:
+            yield () if fitter.unturned is not None else None
+
+        @staticmethod
+        def key(step: Step) -> Hashable:
+            return "camera"
 
     def pose_loss(params: dict[str, Tensor], step: Step) -> Tensor:
         return fitter.pose_loss(FitState(params, state.row, state.track, state.anchor), step)
@@ -804,7 +836,9 @@ def _run_stages(
     fitter.freeze_pose(state)
     for stage in cam_stages:
         state.anchor = state.params["transl"][:, 2].detach().clone()
-        res = optimize(state.params, [stage], cam_loss, progress=progress, done=done, total=total)
+        res = optimize(
+            state.params, [stage], cam_loss, progress=progress, done=done, total=total, plan=CameraPlan()
+        )
         done += stage.iters
         losses[f"{stage.name}_loss"] = res.logs[0].loss
     fitter.unturned = None

@@ -1,6 +1,8 @@
 """TraceCache: replays equal eager calls (values and gradients) for new inputs, records only repeated
 signatures, and falls back to eager calls when a recording is impossible or turned off."""
 
+import warnings
+
 import pytest
 import torch
 
@@ -113,7 +115,6 @@ def _step(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tens
     return loss.detach(), grad
 
 
-@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
 def test_a_recorded_step_replays_forward_and_backward_bit_for_bit_on_new_values():
     g = torch.Generator().manual_seed(1)
     w, b = torch.randn(4, 4, generator=g) * 0.3, torch.randn(4, generator=g)
@@ -126,7 +127,8 @@ def test_a_recorded_step_replays_forward_and_backward_bit_for_bit_on_new_values(
         assert all(torch.equal(a, e) for a, e in zip(got, want, strict=True))
     assert cache.recorded() == 1
     # what a plain `torch.jit.trace` of the same step gets wrong: matmul's saved internals become constants
-    with pytest.raises(RuntimeError, match="requires grad as a constant"):
+    with pytest.raises(RuntimeError, match="requires grad as a constant"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         torch.jit.trace(_step, (x, w, b), check_trace=False)
 
 
