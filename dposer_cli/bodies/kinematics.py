@@ -27,7 +27,7 @@ def batch_rodrigues(pose_aa: Float[Tensor, "*batch 3"]) -> Float[Tensor, "*batch
     small = theta_sq < _SMALL_ANGLE_SQ
     # where() on a safe argument, not on the result: sqrt'(0) = inf would give NaN gradients
     safe_sq = torch.where(small, torch.ones_like(theta_sq), theta_sq)
-    theta = safe_sq.pow(0.5)  # sqrt's backward reads its result; pow's reads its input (see core.trace)
+    theta = safe_sq.sqrt()
     a = torch.where(small, 1.0 - theta_sq / 6.0, torch.sin(theta) / theta)
     b = torch.where(small, 0.5 - theta_sq / 24.0, (1.0 - torch.cos(theta)) / safe_sq)
     x, y, z = pose_aa.unbind(-1)

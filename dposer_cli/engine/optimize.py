@@ -411,9 +411,7 @@ def angle_prior(body_pose: Float[Tensor, "*batch 63"]) -> Float[Tensor, "*batch"
     """Per-sample Σ exp(s_i·θ_i)² over elbow and knee bending angles: penalises unnatural bends (SMPLify)."""
     dims, signs = _angle_tensors(body_pose.device, body_pose.dtype)
     # index_select: a cheaper backward than indexing (an accumulating index_put)
-    v = body_pose.index_select(-1, dims) * signs
-    e = torch.exp(v.detach())
-    return (e + (v - v.detach()) * e).pow(2).sum(-1)
+    return torch.exp(body_pose.index_select(-1, dims) * signs).pow(2).sum(-1)
 
 
 @lru_cache(maxsize=8)
