@@ -17,7 +17,7 @@ import math
 import sys
 import tempfile
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
@@ -269,6 +269,12 @@ class _SmplxAdapter(nn.Module):
         names = tuple(flat)
         joints, verts = self._trace.run(names, partial(self._twin, names), *flat.values())
         return batch, SimpleNamespace(joints=joints, vertices=verts)
+
+    @contextlib.contextmanager
+    def holding_step(self, betas: Tensor) -> Iterator[tuple[Tensor, ...]]:
+        """A replayed optimisation step of joints-only calls needs nothing from the model but its parameters:
+        the twin is a pure function of them (`tasks.fit` plans its steps with this)."""
+        yield ()
 
     def _twin(self, names: tuple[str, ...], *values: Tensor) -> tuple[Tensor, Tensor]:
         out = self.twin(**dict(zip(names, values, strict=True)), return_verts=True)

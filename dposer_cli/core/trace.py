@@ -109,13 +109,9 @@ class TraceCache:
 # ---------------------------------------------------------------------------- whole steps, backward included
 _recording = False  # a step is being recorded: inner `TraceCache.run` calls run eagerly (recorded inline)
 
-# operators a step recording refuses: results shaped by values (nonzero), values read into Python (.item()),
-# and random draws (a replay would draw from the global generator)
-_REFUSED_TAGS = (
-    torch.Tag.dynamic_output_shape,
-    torch.Tag.data_dependent_output,
-    torch.Tag.nondeterministic_seeded,
-)
+# operators a step recording refuses on tensors computed in the call: results shaped by values (nonzero) and
+# values read into Python (.item()); and random draws anywhere (a replay would draw from the global generator)
+_VALUE_TAGS = (torch.Tag.dynamic_output_shape, torch.Tag.data_dependent_output)
 
 
 class _Refused(Exception):
@@ -130,20 +126,27 @@ class _OpRecorder(TorchDispatchMode):
         super().__init__()
         self.slot = {id(t): i for i, t in enumerate(inputs)}
         self.alive: list[Tensor] = list(inputs)  # keeps ids unique while recording
+        self.derived = set(range(len(inputs)))  # slots computed from the inputs (not from constants alone)
         self.ops: list[tuple[Any, list[tuple[int, Any]], Any, list[int | None]]] = []
 
     def _dispatch(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        if any(tag in func.tags for tag in _REFUSED_TAGS) and not _integer_index(func, args):
-            raise _Refused(f"{func} cannot be replayed")
-        out = func(*args, **(kwargs or {}))
         leaves, spec = tree_flatten((args, kwargs or {}))
         refs = [
             (0, self.slot[id(x)]) if isinstance(x, Tensor) and id(x) in self.slot else (1, x) for x in leaves
         ]
+        if torch.Tag.nondeterministic_seeded in func.tags:
+            raise _Refused(f"{func} draws random numbers")
+        derived = any(k == 0 and v in self.derived for k, v in refs)
+        if derived and any(tag in func.tags for tag in _VALUE_TAGS) and not _integer_index(func, args):
+            raise _Refused(f"{func} depends on the values of the call's tensors")
+        # (on constants alone, e.g. a model's parent table read in Python, the values are frozen like them)
+        out = func(*args, **(kwargs or {}))
         outs: list[int | None] = []
         for o in tree_flatten(out)[0]:
             if isinstance(o, Tensor):
                 self.slot[id(o)] = len(self.alive)
+                if derived:
+                    self.derived.add(len(self.alive))
                 outs.append(len(self.alive))
                 self.alive.append(o)
             else:
@@ -187,8 +190,9 @@ def record_step(fn: Callable[..., Any], args: Sequence[Tensor]) -> tuple[Any, An
     in as constants. Here every operator is first recorded below autograd (a `TorchDispatchMode`), where no
     tensor is hidden, then the list is replayed once under `torch.jit.trace` to make the recording, which runs
     without autograd (call it under `torch.no_grad()`). Refused (eager calls instead, `_FAILED`): operators
-    whose results' shapes or values depend on values (`nonzero`, `.item()`), random draws, results that are not
-    tensors computed in the call, and a recording that does not give back the call's results bit for bit.
+    whose results' shapes or Python values depend on the values of tensors computed in the call (`nonzero`,
+    `.item()`; on constants they are frozen like the constants), random draws, results that are not tensors
+    computed in the call, and a recording that does not give back the call's results bit for bit.
 
     Only tensors that are arguments of `fn` may change between calls; everything else it reads is frozen into
     the recording, as for `TraceCache` (here that includes tensors a Python cache hands out).

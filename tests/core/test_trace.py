@@ -149,3 +149,21 @@ def test_a_step_that_depends_on_values_or_draws_noise_is_never_recorded(body):
     for _ in range(3):
         cache.run("v", lambda t: (body(t),), x)
     assert cache.recorded() == 0
+
+
+def test_values_read_from_constants_are_frozen_into_a_step_recording():
+    """smplx walks its kinematic tree by reading its parent table into Python: allowed, the table is constant."""
+    parents = torch.tensor([0, 0, 1, 1])
+
+    def walk(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        rows = [x[0]]
+        for i in range(1, len(parents)):
+            rows.append(rows[int(parents[i])] * 2 + x[i])
+        return (torch.stack(rows),)
+
+    recording, _ = record_step(walk, (torch.randn(4, 3),))
+    assert recording is not _FAILED
+    x = torch.randn(4, 3)
+    with torch.no_grad():
+        (got,) = recording(x)
+    assert torch.equal(got, walk(x)[0])
