@@ -17,6 +17,7 @@ branching on tensor values. A recording that fails falls back to eager calls for
 
 import logging
 import os
+import threading
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
@@ -62,7 +63,7 @@ class TraceCache:
         a stage index baked in as a number, ...); tensors' shapes, dtypes, devices and `requires_grad` and the
         grad mode are added to it here.
         """
-        if not enabled() or _recording:
+        if not enabled() or getattr(_state, "recording", False):
             return fn(*args)
         sig = (
             key,
@@ -107,7 +108,9 @@ class TraceCache:
 
 
 # ---------------------------------------------------------------------------- whole steps, backward included
-_recording = False  # a step is being recorded: inner `TraceCache.run` calls run eagerly (recorded inline)
+_state = (
+    threading.local()
+)  # .recording: this thread records a step (inner `TraceCache.run` calls run eagerly)
 
 # operators a step recording refuses on tensors computed in the call: results shaped by values (nonzero) and
 # values read into Python (.item()); and random draws anywhere (a replay would draw from the global generator)
@@ -197,17 +200,16 @@ def record_step(fn: Callable[..., Any], args: Sequence[Tensor]) -> tuple[Any, An
     Only tensors that are arguments of `fn` may change between calls; everything else it reads is frozen into
     the recording, as for `TraceCache` (here that includes tensors a Python cache hands out).
     """
-    global _recording
     inputs = tuple(args)
     result: Any = None
     try:
         rec = _OpRecorder(inputs)
-        _recording = True
+        _state.recording = True
         try:
             with rec:
                 result = fn(*inputs)
         finally:
-            _recording = False
+            _state.recording = False
         leaves, out_spec = tree_flatten(result)
         if not all(isinstance(x, Tensor) and id(x) in rec.slot for x in leaves):
             raise _Refused("results not computed from the call")

@@ -164,7 +164,12 @@ class _PriorTerm:
         prepared = tensors(t, s.weighting, pose.dtype) if callable(tensors) else None
         if prepared is None:
             return None
-        self.noise = torch.randn(pose.shape, generator=s.generator, device=pose.device, dtype=pose.dtype)
+        draw = getattr(s.prior, "draw_noise", None)  # a prior of several parts draws part by part
+        self.noise = (
+            draw(pose, s.generator)
+            if callable(draw)
+            else torch.randn(pose.shape, generator=s.generator, device=pose.device, dtype=pose.dtype)
+        )
         return (self.noise, *prepared)
 
     def counter(self) -> int | None:

@@ -17,7 +17,8 @@ Joint orders (targets (N, J, 3), metres):
 """
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -307,6 +308,25 @@ class ConcatPrior:
             if prepare is not None:
                 prepare(times)
 
+    def prepared_tensors(self, t: float, weighting: str, dtype: torch.dtype) -> tuple[Tensor, ...] | None:
+        """Every part prior's `prepared_tensors` (None unless all have them): a replayed step's inputs."""
+        out: list[Tensor] = []
+        for prior in self.priors:
+            tensors = getattr(prior, "prepared_tensors", None)
+            part = tensors(t, weighting, dtype) if callable(tensors) else None
+            if part is None:
+                return None
+            out.extend(part)
+        return tuple(out)
+
+    def draw_noise(self, pose: Tensor, generator: torch.Generator | None) -> Tensor:
+        """The noise `loss` draws, drawn in advance: part by part, in order (the same numbers)."""
+        draws = [
+            torch.randn((*pose.shape[:-1], width), generator=generator, device=pose.device, dtype=pose.dtype)
+            for width in self.widths
+        ]
+        return torch.cat(draws, -1)
+
     def loss(
         self,
         pose: Float[Tensor, "*batch D"],
@@ -314,12 +334,19 @@ class ConcatPrior:
         *,
         weighting: str = "snr",
         generator: torch.Generator | None = None,
+        noise: Tensor | None = None,
     ) -> Float[Tensor, "*batch"]:
-        """Σ_k scale·prior_k.loss(pose[..., slice_k], t) per sample (same t, weighting and noise source)."""
+        """Σ_k scale·prior_k.loss(pose[..., slice_k], t) per sample (same t, weighting and noise source, or
+        `noise` from `draw_noise`)."""
         total: Tensor | None = None
         start = 0
         for prior, width in zip(self.priors, self.widths, strict=True):
-            value = prior.loss(pose[..., start : start + width], t, weighting=weighting, generator=generator)
+            part = pose[..., start : start + width]
+            if noise is None:
+                value = prior.loss(part, t, weighting=weighting, generator=generator)
+            else:
+                z = noise[..., start : start + width]
+                value = prior.loss(part, t, weighting=weighting, noise=z)  # type: ignore[call-arg]
             if self.scale != 1.0:
                 value = self.scale * value
             total = value if total is None else total + value
@@ -480,20 +507,52 @@ def solve_ik(
     numel = targets.numel()
     prior_keys = spec.prior_keys
 
+    weights: dict[str, Tensor] = {}  # per stage: [data, prior], tensors (a replayed step's inputs)
+
+    def stage_weights(stage: Stage) -> Tensor:
+        if stage.name not in weights:
+            w = stage.weights
+            weights[stage.name] = torch.tensor([w["data"], w["prior"]], device=dev)
+        return weights[stage.name]
+
     def loss_fn(params: dict[str, Tensor], step: Step) -> Tensor:
         # official data term: mean over all N·J·3 entries, hidden ones are zero on both sides
+        w = stage_weights(step.stage)
         data = ((joints_of({**fixed, **params}) - targets) ** 2 * mask).sum() / numel
-        loss = step.stage.weights["data"] * data
-        w_prior = step.stage.weights["prior"]
-        if w_prior and prior is not None:
+        loss = w[0] * data
+        if step.stage.weights["prior"] and prior is not None:
             x = torch.cat([params[k] for k in prior_keys], -1)
             value = step.prior(x).mean()  # the batch mean; per_dim: also over the prior's D dims
-            loss = loss + w_prior * (value / x.shape[-1] if spec.per_dim else value)
+            loss = loss + w[1] * (value / x.shape[-1] if spec.per_dim else value)
         return loss
+
+    class Plan:  # steps replayed whole (`engine.optimize.StepPlan`)
+        @staticmethod
+        @contextmanager
+        def inputs(params: Mapping[str, Tensor], step: Step) -> Iterator[tuple[Tensor, ...] | None]:
+            holding = getattr(body, "holding_step", None)
+            if holding is None:
+                yield None
+                return
+            betas = params.get("betas")
+            shape = holding(betas.detach()) if betas is not None and betas.requires_grad else nullcontext(())
+            with shape as body_inputs:
+                prior_inputs: tuple[Tensor, ...] | None = ()
+                if step.stage.weights["prior"] and prior is not None:
+                    with torch.no_grad():
+                        prior_inputs = step.prior_inputs(torch.cat([params[k] for k in prior_keys], -1))
+                if body_inputs is None or prior_inputs is None:
+                    yield None
+                    return
+                yield (*body_inputs, *prior_inputs, stage_weights(step.stage))
+
+        @staticmethod
+        def key(step: Step) -> Hashable:
+            return bool(step.stage.weights["prior"]) and prior is not None
 
     schedule = None if prior is None else ik_prior_schedule(part, ik_type, prior, generator=generator)
     stages = ik_stages(part, ik_type, noise_std=noise_std, steps=steps, solve_orient=solve_orient)
-    run = optimize(free, stages, loss_fn, prior=schedule, progress=progress)
+    run = optimize(free, stages, loss_fn, prior=schedule, progress=progress, plan=Plan())
     with torch.no_grad():
         params = {k: v.detach() for k, v in {**fixed, **free}.items()}
         joints = joints_of(params)
