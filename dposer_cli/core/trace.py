@@ -99,12 +99,36 @@ class TraceCache:
         try:
             with warnings.catch_warnings():  # deprecation and "may not generalise" notes: the key guards both
                 warnings.simplefilter("ignore")
-                with torch.jit.optimized_execution(False):
-                    target = fn if isinstance(fn, nn.Module) else replayed
-                    return torch.jit.trace(target, args, check_trace=False, strict=False), None
+                target = fn if isinstance(fn, nn.Module) else replayed
+                return _shallow(lambda: torch.jit.trace(target, args, check_trace=False, strict=False)), None
         except Exception as exc:  # noqa: BLE001 — any recording failure means eager calls, never a wrong result
             log.debug("not recorded (eager calls instead): %s", exc)
             return _FAILED, None
+
+
+def _shallow(make: Callable[[], Any]) -> Any:
+    """`make()` run on a fresh thread (same grad mode and thread count) and waited for.
+
+    The tracer stores the Python call stack with every operator it records, so a recording made deep inside a
+    command (typer, a service, a task, the optimiser: ~50 frames) costs ~3× one made on a thread's shallow
+    stack."""
+    grad, threads = torch.is_grad_enabled(), torch.get_num_threads()
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            torch.set_num_threads(threads)
+            with torch.set_grad_enabled(grad), torch.jit.optimized_execution(False):
+                box["value"] = make()
+        except BaseException as exc:  # noqa: BLE001 — handed to the caller
+            box["error"] = exc
+
+    worker = threading.Thread(target=run, name="dposer-trace", daemon=True)
+    worker.start()
+    worker.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
 
 
 # ---------------------------------------------------------------------------- whole steps, backward included
@@ -133,7 +157,7 @@ class _OpRecorder(TorchDispatchMode):
         self.ops: list[tuple[Any, list[tuple[int, Any]], Any, list[int | None]]] = []
 
     def _dispatch(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        leaves, spec = tree_flatten((args, kwargs or {}))
+        leaves, spec = _flatten(args, kwargs or {})
         refs = [
             (0, self.slot[id(x)]) if isinstance(x, Tensor) and id(x) in self.slot else (1, x) for x in leaves
         ]
@@ -145,7 +169,7 @@ class _OpRecorder(TorchDispatchMode):
         # (on constants alone, e.g. a model's parent table read in Python, the values are frozen like them)
         out = func(*args, **(kwargs or {}))
         outs: list[int | None] = []
-        for o in tree_flatten(out)[0]:
+        for o in _results(out):
             if isinstance(o, Tensor):
                 self.slot[id(o)] = len(self.alive)
                 if derived:
@@ -156,6 +180,44 @@ class _OpRecorder(TorchDispatchMode):
                 outs.append(None)
         self.ops.append((func, refs, spec, outs))
         return out
+
+
+# An operator's arguments nest one level at most (Tensor[], int[], Tensor?[]): flattened without pytree, whose
+# generality costs a third of a recording.
+_Spec = tuple[tuple[int, ...], tuple[str, ...]]
+
+
+def _flatten(args: Sequence[Any], kwargs: dict[str, Any]) -> tuple[list[Any], _Spec]:
+    """Leaves of an operator's arguments and how to put them back: per argument, -1 (a leaf) or its length."""
+    leaves: list[Any] = []
+    sizes: list[int] = []
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, list | tuple):
+            leaves.extend(value)
+            sizes.append(len(value))
+        else:
+            leaves.append(value)
+            sizes.append(-1)
+    return leaves, (tuple(sizes), tuple(kwargs))
+
+
+def _unflatten(leaves: list[Any], spec: _Spec) -> tuple[list[Any], dict[str, Any]]:
+    sizes, names = spec
+    values: list[Any] = []
+    i = 0
+    for size in sizes:
+        if size < 0:
+            values.append(leaves[i])
+            i += 1
+        else:
+            values.append(leaves[i : i + size])
+            i += size
+    n_args = len(sizes) - len(names)
+    return values[:n_args], dict(zip(names, values[n_args:], strict=True))
+
+
+def _results(out: Any) -> list[Any]:
+    return list(out) if isinstance(out, list | tuple) else [out]
 
 
 def _integer_index(func: Any, args: Any) -> bool:
@@ -225,15 +287,16 @@ def record_step(fn: Callable[..., Any], args: Sequence[Tensor]) -> tuple[Any, An
         def replayed(*xs: Tensor) -> Any:
             env: list[Any] = [*xs, *([None] * (n - n_in))]
             for func, refs, spec, outs in ops:
-                a, kw = tree_unflatten([env[v] if k == 0 else v for k, v in refs], spec)
-                for i, o in zip(outs, tree_flatten(func(*a, **kw))[0], strict=True):
+                a, kw = _unflatten([env[v] if k == 0 else v for k, v in refs], spec)
+                for i, o in zip(outs, _results(func(*a, **kw)), strict=True):
                     if i is not None:
                         env[i] = o
             return tree_unflatten([env[i] for i in out_slots], out_spec)
 
         with warnings.catch_warnings(), torch.no_grad(), torch.jit.optimized_execution(False):
             warnings.simplefilter("ignore")
-            traced = _simplified(torch.jit.trace(replayed, inputs, check_trace=False, strict=False))
+            traced = _shallow(lambda: torch.jit.trace(replayed, inputs, check_trace=False, strict=False))
+            traced = _simplified(traced)
             again = tree_flatten(traced(*inputs))[0]
         if len(again) != len(leaves) or not all(
             torch.equal(a, b) for a, b in zip(again, leaves, strict=True)

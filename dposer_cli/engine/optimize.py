@@ -172,21 +172,23 @@ class _PriorTerm:
         )
         return (self.noise, *prepared)
 
-    def counter(self) -> int | None:
-        """The prior's own evaluation counter (`DPoserPrior.nfe`), if it keeps one."""
-        value = getattr(self.schedule.prior, "nfe", None) if self.schedule is not None else None
-        return value if isinstance(value, int) else None
+    def counters(self) -> list[tuple[object, int]]:
+        """The priors' own evaluation counters (`DPoserPrior.nfe`; a prior of several parts: its parts')."""
+        if self.schedule is None:
+            return []
+        prior = self.schedule.prior
+        found = [(p, getattr(p, "nfe", None)) for p in (prior, *getattr(prior, "priors", ()))]
+        return [(p, n) for p, n in found if isinstance(n, int)]
 
-    def planned(self, prior_count: int | None) -> None:
+    def planned(self, counters: list[tuple[object, int]]) -> None:
         """Count the one evaluation of a planned step (whether its loss ran, ran twice because a recording
-        failed, or was replayed without running), setting the prior's own counter from `prior_count` (its
-        value before the step)."""
+        failed, or was replayed without running), setting the priors' own counters from `counters` (their
+        values before the step)."""
         if self.noise is None or self.schedule is None:
             return
-        per_call = int(getattr(self.schedule.prior, "nfe_per_call", 1))
-        self.nfe += per_call
-        if prior_count is not None:
-            self.schedule.prior.nfe = prior_count + per_call  # type: ignore[attr-defined]
+        self.nfe += int(getattr(self.schedule.prior, "nfe_per_call", 1))
+        for prior, before in counters:
+            prior.nfe = before + int(getattr(prior, "nfe_per_call", 1))  # type: ignore[attr-defined]
 
     def __call__(self, pose: Tensor, t: float | None) -> Tensor:
         if self.schedule is None:
@@ -349,7 +351,7 @@ def optimize(
                             loss.backward()
                         else:
                             assert plan is not None
-                            counted = term.counter()
+                            counted = term.counters()
                             free = [params[name] for name in keys]
                             with torch.no_grad():
                                 loss, *grads = steps.run(
