@@ -232,6 +232,16 @@ def _integer_index(func: Any, args: Any) -> bool:
 _OpRecorder.__torch_dispatch__ = _OpRecorder._dispatch  # type: ignore[method-assign,assignment]
 
 
+class _WithExtras:
+    """A recording called with the call's tensors; it is handed its extra inputs (sparse constants) itself."""
+
+    def __init__(self, traced: Any, extras: tuple[Tensor, ...]) -> None:
+        self.traced, self.extras = traced, extras
+
+    def __call__(self, *xs: Tensor) -> Any:
+        return self.traced(*xs, *self.extras)
+
+
 def _simplified(traced: Any) -> Any:
     """The recording with its constant-only operations computed once (module buffers reshaped, identity
     matrices) and unused results dropped: ~8 % of a batch-1 fit step, same values (checked by the caller)."""
@@ -277,15 +287,25 @@ def record_step(fn: Callable[..., Any], args: Sequence[Tensor]) -> tuple[Any, An
             raise _Refused("results not computed from the call")
         out_slots = [rec.slot[id(x)] for x in leaves]
         n_in, n = len(inputs), len(rec.alive)
-        # constants (module parameters among them) enter the recording as plain values
-        ops = [
-            (func, [(k, v.detach() if k == 1 and isinstance(v, Tensor) else v) for k, v in refs], spec, outs)
-            for func, refs, spec, outs in rec.ops
-        ]
+        # constants (module parameters among them) enter the recording as plain values; sparse ones (a
+        # skinning matrix), which TorchScript cannot hold as constants, as extra inputs
+        extras: list[Tensor] = []
+        ops = []
+        for func, refs, spec, outs in rec.ops:
+            plain = []
+            for k, v in refs:
+                if k == 1 and isinstance(v, Tensor):
+                    if v.layout != torch.strided:
+                        extras.append(v.detach())
+                        k, v = 0, n + len(extras) - 1
+                    else:
+                        v = v.detach()
+                plain.append((k, v))
+            ops.append((func, plain, spec, outs))
         del rec
 
         def replayed(*xs: Tensor) -> Any:
-            env: list[Any] = [*xs, *([None] * (n - n_in))]
+            env: list[Any] = [*xs[:n_in], *([None] * (n - n_in)), *xs[n_in:]]
             for func, refs, spec, outs in ops:
                 a, kw = _unflatten([env[v] if k == 0 else v for k, v in refs], spec)
                 for i, o in zip(outs, _results(func(*a, **kw)), strict=True):
@@ -295,8 +315,11 @@ def record_step(fn: Callable[..., Any], args: Sequence[Tensor]) -> tuple[Any, An
 
         with warnings.catch_warnings(), torch.no_grad(), torch.jit.optimized_execution(False):
             warnings.simplefilter("ignore")
-            traced = _shallow(lambda: torch.jit.trace(replayed, inputs, check_trace=False, strict=False))
+            everything = (*inputs, *extras)
+            traced = _shallow(lambda: torch.jit.trace(replayed, everything, check_trace=False, strict=False))
             traced = _simplified(traced)
+            if extras:
+                traced = _WithExtras(traced, tuple(extras))
             again = tree_flatten(traced(*inputs))[0]
         if len(again) != len(leaves) or not all(
             torch.equal(a, b) for a, b in zip(again, leaves, strict=True)

@@ -14,7 +14,8 @@ Also here: the completion metrics of spec §8.2 on a given body model (`completi
 """
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -277,6 +278,18 @@ class _NormalisedPrior:
 
     def __init__(self, eps_fn: EpsFn, sde: SDE, part: Part | None = None) -> None:
         self.eps_fn, self.sde, self.part = eps_fn, sde, part
+        # `DPoserPrior.eps` (the usual case): its prior's loss, which can prepare the annealed times and hand
+        # a replayed step its tensors (`engine.optimize.StepPlan`); the same values as `dposer_loss` here
+        owner = getattr(eps_fn, "__self__", None)
+        self.owner = owner if isinstance(owner, DPoserPrior) and owner.sde is sde else None
+        self.priors = () if self.owner is None else (self.owner,)
+
+    def prepare_times(self, times: Sequence[float] | None) -> None:
+        if self.owner is not None:
+            self.owner.prepare_times(times)
+
+    def prepared_tensors(self, t: float, weighting: str, dtype: torch.dtype) -> tuple[Tensor, ...] | None:
+        return None if self.owner is None else self.owner.prepared_tensors(t, weighting, dtype)
 
     def loss(
         self,
@@ -285,11 +298,17 @@ class _NormalisedPrior:
         *,
         weighting: str = "snr",
         generator: torch.Generator | None = None,
+        noise: Tensor | None = None,
     ) -> Float[Tensor, "*batch"]:
-        return (
-            dposer_loss(self.eps_fn, x, t, sde=self.sde, weighting=weighting, generator=generator)
-            / x.shape[-1]
-        )
+        if self.owner is not None:
+            value = self.owner.loss(
+                x, t, weighting=weighting, generator=generator, normalized=True, noise=noise
+            )
+        else:
+            value = dposer_loss(
+                self.eps_fn, x, t, sde=self.sde, weighting=weighting, generator=generator, noise=noise
+            )
+        return value / x.shape[-1]
 
 
 def completion_stages(
@@ -343,10 +362,30 @@ def dposer_complete(
     y = torch.where(mask, y, 0.0)
     m = mask.to(x.dtype)
 
+    weights: dict[str, Tensor] = {}  # per stage: [data, prior], tensors (a replayed step's inputs)
+
+    def stage_weights(stage: Stage) -> Tensor:
+        if stage.name not in weights:
+            weights[stage.name] = torch.tensor(
+                [stage.weights["data"], stage.weights["prior"]], device=x.device
+            )
+        return weights[stage.name]
+
     def loss_fn(params: Mapping[str, Tensor], step: Step) -> Tensor:
-        var, w = params["x"], step.stage.weights
+        var, w = params["x"], stage_weights(step.stage)
         data = (m * (var - y)).square().mean(-1)
-        return w["data"] * data + w["prior"] * step.prior(var)
+        return w[0] * data + w[1] * step.prior(var)
+
+    class Plan:  # steps replayed whole (`engine.optimize.StepPlan`)
+        @staticmethod
+        @contextmanager
+        def inputs(params: Mapping[str, Tensor], step: Step) -> Iterator[tuple[Tensor, ...] | None]:
+            prior_inputs = step.prior_inputs(params["x"])
+            yield None if prior_inputs is None else (*prior_inputs, stage_weights(step.stage))
+
+        @staticmethod
+        def key(step: Step) -> Hashable:
+            return "completion"
 
     params = {"x": x.detach().clone()}
     schedule = PriorSchedule(_NormalisedPrior(eps_fn, sde), t_range, weighting, generator)
@@ -357,6 +396,7 @@ def dposer_complete(
             loss_fn,
             prior=schedule,
             progress=progress,
+            plan=Plan(),
         )
     return torch.where(mask, y, params["x"].detach()), res.nfe
 

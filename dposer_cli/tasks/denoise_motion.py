@@ -25,7 +25,8 @@ Example:
 """
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -240,8 +241,16 @@ def denoise_motion(
         params["global_orient"], params["transl"] = rigid_init(body, start, obs, vis)
     weight = vis.to(obs.dtype)
 
+    weights: dict[str, Tensor] = {}  # per stage: [data, temporal, prior], tensors (a replayed step's inputs)
+
+    def stage_weights(stage: Stage) -> Tensor:
+        if stage.name not in weights:
+            w = stage.weights
+            weights[stage.name] = torch.tensor([w["data"], w["temporal"], w["prior"]], device=device)
+        return weights[stage.name]
+
     def loss(p: dict[str, Tensor], step: Step) -> Tensor:
-        w = step.stage.weights
+        w, wt = step.stage.weights, stage_weights(step.stage)
         out = body(
             body_pose=p["body_pose"],
             global_orient=p.get("global_orient"),
@@ -250,11 +259,22 @@ def denoise_motion(
         )
         # mean over frames and the 22 joints (hidden ones contribute 0, as the official 1e-20 mask)
         data = ((out.joints[:, b22] - obs).norm(dim=-1) * weight).mean()
-        value = w["data"] * data
+        value = wt[0] * data
         if w["temporal"]:  # (a zero weight skips the term: the partial recipe's first iterations)
             pts = _temporal_points(out, use_vertices)
-            value = value + w["temporal"] * (pts[1:] - pts[:-1]).norm(dim=-1).mean()
-        return value + w["prior"] * step.prior(p["body_pose"]).mean()  # prior: sum over dims / T
+            value = value + wt[1] * (pts[1:] - pts[:-1]).norm(dim=-1).mean()
+        return value + wt[2] * step.prior(p["body_pose"]).mean()  # prior: sum over dims / T
+
+    class Plan:  # steps replayed whole (`engine.optimize.StepPlan`); the body's shape is fixed (no betas)
+        @staticmethod
+        @contextmanager
+        def inputs(params: Mapping[str, Tensor], step: Step) -> Iterator[tuple[Tensor, ...] | None]:
+            prior_inputs = step.prior_inputs(params["body_pose"])
+            yield None if prior_inputs is None else (*prior_inputs, stage_weights(step.stage))
+
+        @staticmethod
+        def key(step: Step) -> Hashable:
+            return bool(step.stage.weights["temporal"])
 
     weighting = "snr" if schedule.partial else "none"
     run = optimize(
@@ -263,6 +283,7 @@ def denoise_motion(
         loss,
         prior=PriorSchedule(prior, schedule.t_range, weighting=weighting, generator=generator),
         progress=progress,
+        plan=Plan(),
     )
     if schedule.partial:
         params["body_pose"] = gaussian_smooth(params["body_pose"], window=5, sigma=3.0, keep=2)
