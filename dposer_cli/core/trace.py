@@ -107,17 +107,22 @@ class TraceCache:
 
 
 def _shallow(make: Callable[[], Any]) -> Any:
-    """`make()` run on a fresh thread (same grad mode and thread count) and waited for.
+    """`make()` run on a fresh thread (same grad mode, thread count and current GPU) and waited for.
 
     The tracer stores the Python call stack with every operator it records, so a recording made deep inside a
     command (typer, a service, a task, the optimiser: ~50 frames) costs ~3× one made on a thread's shallow
     stack."""
     grad, threads = torch.is_grad_enabled(), torch.get_num_threads()
+    cuda = (
+        torch.cuda.current_device() if torch.cuda.is_initialized() else None
+    )  # the current GPU is per thread
     box: dict[str, Any] = {}
 
     def run() -> None:
         try:
             torch.set_num_threads(threads)
+            if cuda is not None:
+                torch.cuda.set_device(cuda)
             with torch.set_grad_enabled(grad), torch.jit.optimized_execution(False):
                 box["value"] = make()
         except BaseException as exc:  # noqa: BLE001 — handed to the caller
