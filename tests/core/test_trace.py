@@ -167,3 +167,24 @@ def test_values_read_from_constants_are_frozen_into_a_step_recording():
     with torch.no_grad():
         (got,) = recording(x)
     assert torch.equal(got, walk(x)[0])
+
+
+def test_a_sparse_constant_enters_a_step_recording_as_an_input():
+    """TorchScript holds no sparse constants (a skinning matrix): the recording takes it as an extra input."""
+    dense = torch.randn(6, 4, generator=torch.Generator().manual_seed(5))
+    dense[dense.abs() < 0.8] = 0
+    matrix = dense.to_sparse_csr()
+
+    def step(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        x = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            loss = (matrix @ x).square().sum()
+            (grad,) = torch.autograd.grad(loss, x)
+        return loss.detach(), grad
+
+    recording, _ = record_step(step, (torch.randn(4, 3),))
+    assert recording is not _FAILED
+    x = torch.randn(4, 3)
+    with torch.no_grad():
+        got = recording(x)
+    assert all(torch.equal(a, b) for a, b in zip(got, step(x), strict=True))

@@ -264,7 +264,7 @@ def test_bad_inputs_are_input_errors(body, case, pattern):
 @pytest.mark.parametrize("temporal", ["joints", "vertices"])
 def test_steps_are_replayed_bit_for_bit(temporal, body, pose, tmp_path_factory, monkeypatch):
     """Steps replayed whole (`StepPlan`) against the same run with every replay off: the same poses to the bit
-    and the same count; the steps were replayed (joint and mesh temporal terms alike)."""
+    and the same count; the joint term's steps were replayed."""
     from dposer_cli.core.trace import TRACE_ENV, TraceCache, record_step
     from dposer_cli.engine.prior import DPoserPrior
     from tests._fixtures.priors import write_tiny_prior
@@ -292,4 +292,7 @@ def test_steps_are_replayed_bit_for_bit(temporal, body, pose, tmp_path_factory, 
     eager = run()
     assert torch.equal(replayed.params["body_pose"], eager.params["body_pose"])
     assert replayed.nfe == eager.nfe == 12
-    assert sum(1 for r in replays if r) >= 12 - 3 * 2  # per recording: two warm-up steps and the recording
+    if temporal == "joints":  # per recording: two warm-up steps and the recording
+        assert sum(1 for r in replays if r) >= 12 - 3 * 2
+    else:  # the mesh term's steps run eagerly (its sparse skinning replayed measured slower)
+        assert not replays
