@@ -65,11 +65,7 @@ class TraceCache:
         """
         if not enabled() or getattr(_state, "recording", False):
             return fn(*args)
-        sig = (
-            key,
-            torch.is_grad_enabled(),
-            tuple((a.shape, a.dtype, a.device, a.requires_grad) for a in args),
-        )
+        sig = self._signature(key, args)
         traced = self._traced.get(sig)
         if traced is None:
             seen = self._seen.get(sig, 0) + 1
@@ -89,6 +85,16 @@ class TraceCache:
             return fn(*args)
         with torch.jit.optimized_execution(False):
             return traced(*args)
+
+    def recording_for(self, key: Hashable, *args: Tensor) -> Any:
+        """The recording `run(key, fn, *args)` would replay now, or None (tests and benchmarks count replays)."""
+        traced = self._traced.get(self._signature(key, args))
+        return None if traced is _FAILED else traced
+
+    @staticmethod
+    def _signature(key: Hashable, args: tuple[Tensor, ...]) -> Hashable:
+        shapes = tuple((a.shape, a.dtype, a.device, a.requires_grad) for a in args)
+        return (key, torch.is_grad_enabled(), shapes)
 
     @staticmethod
     def _record(fn: Callable[..., Any], args: tuple[Tensor, ...]) -> tuple[Any, None]:

@@ -15,8 +15,8 @@ SMPLify angle prior, temporal smoothness) and `best_rows` (keep the best of seve
 
 import math
 import time
-from collections.abc import Callable, Hashable, Mapping, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Protocol, runtime_checkable
@@ -380,6 +380,51 @@ def optimize(
         if prepare is not None:
             prepare(None)
     return OptimizeResult(logs, term.nfe, k_prior, term.seconds)
+
+
+class StageWeights:
+    """Per stage, the loss weights a task's loss multiplies by, as one tensor built once — a replayed step's input
+    (`StepPlan`), so the stages of one optimisation share one recording. `values(weights)` lists the numbers
+    from `Stage.weights`; as float32 tensors they are the numbers a Python float gives in a product."""
+
+    def __init__(
+        self, values: Callable[[Mapping[str, float]], Sequence[float]], device: torch.device
+    ) -> None:
+        self.values, self.device = values, device
+        self._cache: dict[str, Tensor] = {}
+
+    def __call__(self, stage: Stage) -> Tensor:
+        cached = self._cache.get(stage.name)
+        if cached is None:
+            cached = torch.tensor([float(v) for v in self.values(stage.weights)], device=self.device)
+            self._cache[stage.name] = cached
+        return cached
+
+
+class PriorPlan:
+    """The `StepPlan` of a task whose steps change only by the prior's inputs, the stage weights and, optionally,
+    what the body model hands over (`hold(params)`, a context yielding tensors or None).
+
+    `pose(params, step)` is the prior's input of the step (for its shape: the noise drawn for it), or None when
+    the step's loss does not evaluate the prior; `key(step)` as `StepPlan.key`.
+    """
+
+    def __init__(
+        self,
+        weights: StageWeights,
+        pose: Callable[[Mapping[str, Tensor], Step], Tensor | None],
+        key: Callable[[Step], Hashable],
+        hold: Callable[[Mapping[str, Tensor]], AbstractContextManager[tuple[Tensor, ...] | None]]
+        | None = None,
+    ) -> None:
+        self.weights, self.pose, self.key, self.hold = weights, pose, key, hold
+
+    @contextmanager
+    def inputs(self, params: Mapping[str, Tensor], step: Step) -> Iterator[tuple[Tensor, ...] | None]:
+        with self.hold(params) if self.hold is not None else nullcontext(()) as body:
+            pose = self.pose(params, step) if body is not None else None
+            prior = step.prior_inputs(pose.detach()) if pose is not None else ()
+            yield None if body is None or prior is None else (*body, *prior, self.weights(step.stage))
 
 
 class _StepGrad:

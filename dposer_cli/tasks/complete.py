@@ -14,8 +14,7 @@ Also here: the completion metrics of spec §8.2 on a given body model (`completi
 """
 
 import math
-from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -28,7 +27,7 @@ from dposer_cli.core.parts import PARTS, Part, mask_dims
 from dposer_cli.engine import inpaint
 from dposer_cli.engine.baselines import BaselinePrior
 from dposer_cli.engine.loss import EpsFn, dposer_loss
-from dposer_cli.engine.optimize import T_RANGES, PriorSchedule, Stage, Step, optimize
+from dposer_cli.engine.optimize import T_RANGES, PriorPlan, PriorSchedule, Stage, StageWeights, Step, optimize
 from dposer_cli.engine.prior import DPoserPrior
 from dposer_cli.engine.sde import SDE
 from dposer_cli.metrics import apd, mpjpe
@@ -362,30 +361,12 @@ def dposer_complete(
     y = torch.where(mask, y, 0.0)
     m = mask.to(x.dtype)
 
-    weights: dict[str, Tensor] = {}  # per stage: [data, prior], tensors (a replayed step's inputs)
-
-    def stage_weights(stage: Stage) -> Tensor:
-        if stage.name not in weights:
-            weights[stage.name] = torch.tensor(
-                [stage.weights["data"], stage.weights["prior"]], device=x.device
-            )
-        return weights[stage.name]
+    weights = StageWeights(lambda w: (w["data"], w["prior"]), x.device)
 
     def loss_fn(params: Mapping[str, Tensor], step: Step) -> Tensor:
-        var, w = params["x"], stage_weights(step.stage)
+        var, w = params["x"], weights(step.stage)
         data = (m * (var - y)).square().mean(-1)
         return w[0] * data + w[1] * step.prior(var)
-
-    class Plan:  # steps replayed whole (`engine.optimize.StepPlan`)
-        @staticmethod
-        @contextmanager
-        def inputs(params: Mapping[str, Tensor], step: Step) -> Iterator[tuple[Tensor, ...] | None]:
-            prior_inputs = step.prior_inputs(params["x"])
-            yield None if prior_inputs is None else (*prior_inputs, stage_weights(step.stage))
-
-        @staticmethod
-        def key(step: Step) -> Hashable:
-            return "completion"
 
     params = {"x": x.detach().clone()}
     schedule = PriorSchedule(_NormalisedPrior(eps_fn, sde), t_range, weighting, generator)
@@ -396,7 +377,7 @@ def dposer_complete(
             loss_fn,
             prior=schedule,
             progress=progress,
-            plan=Plan(),
+            plan=PriorPlan(weights, lambda params, step: params["x"], lambda step: "completion"),
         )
     return torch.where(mask, y, params["x"].detach()), res.nfe
 

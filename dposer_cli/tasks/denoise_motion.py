@@ -25,8 +25,7 @@ Example:
 """
 
 import math
-from collections.abc import Callable, Hashable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -38,7 +37,16 @@ from dposer_cli.bodies.base import BodyModel, BodyOutput
 from dposer_cli.core.errors import InputError
 from dposer_cli.core.parts import PARTS, Part, mask_dims
 from dposer_cli.core.rotations import matrix_to_axis_angle, rigid_registration
-from dposer_cli.engine.optimize import T_RANGES, PosePrior, PriorSchedule, Stage, Step, optimize
+from dposer_cli.engine.optimize import (
+    T_RANGES,
+    PosePrior,
+    PriorPlan,
+    PriorSchedule,
+    Stage,
+    StageWeights,
+    Step,
+    optimize,
+)
 
 BODY22 = ("pelvis", *PARTS[Part.body].joint_names)  # observation joint order: pelvis + the 21 body joints
 TORSO = (
@@ -241,16 +249,10 @@ def denoise_motion(
         params["global_orient"], params["transl"] = rigid_init(body, start, obs, vis)
     weight = vis.to(obs.dtype)
 
-    weights: dict[str, Tensor] = {}  # per stage: [data, temporal, prior], tensors (a replayed step's inputs)
-
-    def stage_weights(stage: Stage) -> Tensor:
-        if stage.name not in weights:
-            w = stage.weights
-            weights[stage.name] = torch.tensor([w["data"], w["temporal"], w["prior"]], device=device)
-        return weights[stage.name]
+    weights = StageWeights(lambda w: (w["data"], w["temporal"], w["prior"]), device)
 
     def loss(p: dict[str, Tensor], step: Step) -> Tensor:
-        w, wt = step.stage.weights, stage_weights(step.stage)
+        w, wt = step.stage.weights, weights(step.stage)
         out = body(
             body_pose=p["body_pose"],
             global_orient=p.get("global_orient"),
@@ -265,17 +267,6 @@ def denoise_motion(
             value = value + wt[1] * (pts[1:] - pts[:-1]).norm(dim=-1).mean()
         return value + wt[2] * step.prior(p["body_pose"]).mean()  # prior: sum over dims / T
 
-    class Plan:  # steps replayed whole (`engine.optimize.StepPlan`); the body's shape is fixed (no betas)
-        @staticmethod
-        @contextmanager
-        def inputs(params: Mapping[str, Tensor], step: Step) -> Iterator[tuple[Tensor, ...] | None]:
-            prior_inputs = step.prior_inputs(params["body_pose"])
-            yield None if prior_inputs is None else (*prior_inputs, stage_weights(step.stage))
-
-        @staticmethod
-        def key(step: Step) -> Hashable:
-            return bool(step.stage.weights["temporal"])
-
     weighting = "snr" if schedule.partial else "none"
     run = optimize(
         params,
@@ -285,7 +276,11 @@ def denoise_motion(
         progress=progress,
         # the mesh term's sparse skinning dominates its steps, and replayed it measured slower (61 vs 53 ms a
         # step at 60 frames): only the joints' steps are replayed
-        plan=None if use_vertices else Plan(),
+        plan=None
+        if use_vertices
+        else PriorPlan(
+            weights, lambda p, step: p["body_pose"], lambda step: bool(step.stage.weights["temporal"])
+        ),
     )
     if schedule.partial:
         params["body_pose"] = gaussian_smooth(params["body_pose"], window=5, sigma=3.0, keep=2)

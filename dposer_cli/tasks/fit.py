@@ -41,6 +41,7 @@ from dposer_cli.engine.optimize import (
     PosePrior,
     PriorSchedule,
     Stage,
+    StageWeights,
     Step,
     angle_prior,
     best_rows,
@@ -450,7 +451,11 @@ class Fitter:
         # camera stages of a `rigid_root` model: the joints at zero orientation and translation
         self.unturned: Tensor | None = None
         self._rows: tuple[Tensor, Tensor, Tensor, Tensor] | None = None  # `rows()` cache
-        self._stage_weights: dict[str, Tensor] = {}
+        # per pose stage: prior², shape², angle², temporal (inputs of a replayed step)
+        self.stage_weights = StageWeights(
+            lambda w: (*(w.get(k, 0.0) ** 2 for k in ("prior", "shape", "angle")), w.get("temporal", 0.0)),
+            dev,
+        )
         self._data_weights: dict[int, tuple[Tensor | None, Tensor]] = {}
 
     def rows(self, state: FitState) -> tuple[Tensor, Tensor]:
@@ -579,17 +584,6 @@ class Fitter:
         if w.get("temporal", 0) and self.neighbours is not None:
             loss = loss + sq[3] * self._acceleration(out.joints)
         return loss
-
-    def stage_weights(self, stage: Stage) -> Tensor:
-        """The pose stage's weights as one tensor, built once per stage: [prior², shape², angle², temporal]
-        (the same float32 values a Python number gives in a product)."""
-        cached = self._stage_weights.get(stage.name)
-        if cached is None:
-            w = stage.weights
-            values = [w.get("prior", 0.0) ** 2, w.get("shape", 0.0) ** 2, w.get("angle", 0.0) ** 2]
-            cached = torch.tensor([*values, w.get("temporal", 0.0)], device=self.kp.device)
-            self._stage_weights[stage.name] = cached
-        return cached
 
     def step_key(self, step: Step) -> Hashable:
         """What a pose step's operations depend on besides its inputs (`engine.optimize.StepPlan.key`): which

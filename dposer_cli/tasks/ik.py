@@ -17,8 +17,8 @@ Joint orders (targets (N, J, 3), metres):
 """
 
 import logging
-from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -29,7 +29,16 @@ from dposer_cli.bodies import BodyModel
 from dposer_cli.core.errors import InputError, suggest
 from dposer_cli.core.parts import PARTS, Part
 from dposer_cli.core.rotations import matrix_to_axis_angle, rigid_registration
-from dposer_cli.engine.optimize import T_RANGES, PosePrior, PriorSchedule, Stage, Step, optimize
+from dposer_cli.engine.optimize import (
+    T_RANGES,
+    PosePrior,
+    PriorPlan,
+    PriorSchedule,
+    Stage,
+    StageWeights,
+    Step,
+    optimize,
+)
 from dposer_cli.metrics import mpjpe
 
 log = logging.getLogger(__name__)
@@ -507,17 +516,11 @@ def solve_ik(
     numel = targets.numel()
     prior_keys = spec.prior_keys
 
-    weights: dict[str, Tensor] = {}  # per stage: [data, prior], tensors (a replayed step's inputs)
-
-    def stage_weights(stage: Stage) -> Tensor:
-        if stage.name not in weights:
-            w = stage.weights
-            weights[stage.name] = torch.tensor([w["data"], w["prior"]], device=dev)
-        return weights[stage.name]
+    weights = StageWeights(lambda w: (w["data"], w["prior"]), dev)
 
     def loss_fn(params: dict[str, Tensor], step: Step) -> Tensor:
         # official data term: mean over all N·J·3 entries, hidden ones are zero on both sides
-        w = stage_weights(step.stage)
+        w = weights(step.stage)
         data = ((joints_of({**fixed, **params}) - targets) ** 2 * mask).sum() / numel
         loss = w[0] * data
         if step.stage.weights["prior"] and prior is not None:
@@ -526,33 +529,26 @@ def solve_ik(
             loss = loss + w[1] * (value / x.shape[-1] if spec.per_dim else value)
         return loss
 
-    class Plan:  # steps replayed whole (`engine.optimize.StepPlan`)
-        @staticmethod
-        @contextmanager
-        def inputs(params: Mapping[str, Tensor], step: Step) -> Iterator[tuple[Tensor, ...] | None]:
-            holding = getattr(body, "holding_step", None)
-            if holding is None:
-                yield None
-                return
-            betas = params.get("betas")
-            shape = holding(betas.detach()) if betas is not None and betas.requires_grad else nullcontext(())
-            with shape as body_inputs:
-                prior_inputs: tuple[Tensor, ...] | None = ()
-                if step.stage.weights["prior"] and prior is not None:
-                    with torch.no_grad():
-                        prior_inputs = step.prior_inputs(torch.cat([params[k] for k in prior_keys], -1))
-                if body_inputs is None or prior_inputs is None:
-                    yield None
-                    return
-                yield (*body_inputs, *prior_inputs, stage_weights(step.stage))
+    def prior_pose(params: Mapping[str, Tensor], step: Step) -> Tensor | None:
+        if not step.stage.weights["prior"] or prior is None:
+            return None
+        return torch.cat([params[k] for k in prior_keys], -1)
 
-        @staticmethod
-        def key(step: Step) -> Hashable:
-            return bool(step.stage.weights["prior"]) and prior is not None
+    def hold(params: Mapping[str, Tensor]) -> AbstractContextManager[tuple[Tensor, ...] | None]:
+        """The body model's step inputs (free betas only), or None: a model that cannot hand them over."""
+        holding = getattr(body, "holding_step", None)
+        if holding is None:
+            return nullcontext(None)
+        betas = params.get("betas")
+        return holding(betas.detach()) if betas is not None and betas.requires_grad else nullcontext(())
+
+    def step_key(step: Step) -> Hashable:
+        return bool(step.stage.weights["prior"]) and prior is not None
 
     schedule = None if prior is None else ik_prior_schedule(part, ik_type, prior, generator=generator)
     stages = ik_stages(part, ik_type, noise_std=noise_std, steps=steps, solve_orient=solve_orient)
-    run = optimize(free, stages, loss_fn, prior=schedule, progress=progress, plan=Plan())
+    plan = PriorPlan(weights, prior_pose, step_key, hold)
+    run = optimize(free, stages, loss_fn, prior=schedule, progress=progress, plan=plan)
     with torch.no_grad():
         params = {k: v.detach() for k, v in {**fixed, **free}.items()}
         joints = joints_of(params)

@@ -122,26 +122,18 @@ def test_dposer_mode_fills_hidden_legs_plausibly_and_counts_its_steps(prior, ref
 def test_dposer_mode_replays_its_steps_bit_for_bit(prior, reference, monkeypatch):
     """DPoserComp's steps replayed whole (`StepPlan`) against the same run with every replay off: the same
     poses to the bit, the same count, and the steps were replayed."""
-    from dposer_cli.core.trace import TRACE_ENV, TraceCache, record_step
+    from dposer_cli.core.trace import TRACE_ENV
+    from tests._fixtures.replays import step_calls
 
     truth, observed = reference[HELD_OUT][:3], _legs_hidden(3)
-    replays = []
-    real_run = TraceCache.run
-
-    def spy(self, key, fn, *args):
-        if self.recorder is record_step:
-            replays.append(self.recorded())
-        return real_run(self, key, fn, *args)
-
-    monkeypatch.setattr(TraceCache, "run", spy)
-    replayed = tc.complete(
-        prior, truth, observed, hypo=3, steps=20, generator=torch.Generator().manual_seed(0)
-    )
-    monkeypatch.setattr(TraceCache, "run", real_run)
+    with step_calls() as calls:
+        replayed = tc.complete(
+            prior, truth, observed, hypo=3, steps=20, generator=torch.Generator().manual_seed(0)
+        )
     monkeypatch.setenv(TRACE_ENV, "0")
     eager = tc.complete(prior, truth, observed, hypo=3, steps=20, generator=torch.Generator().manual_seed(0))
     assert torch.equal(replayed.poses, eager.poses) and replayed.nfe == eager.nfe == 20
-    assert sum(1 for r in replays if r) == 20 - 3  # recorded on the third step, replayed from the fourth
+    assert sum(c is not None for c in calls) == 20 - 3  # recorded on the third step, replayed from the fourth
 
 
 @pytest.mark.parametrize("mode", ["scoresde", "dps", "mcg"])

@@ -265,34 +265,27 @@ def test_bad_inputs_are_input_errors(body, case, pattern):
 def test_steps_are_replayed_bit_for_bit(temporal, body, pose, tmp_path_factory, monkeypatch):
     """Steps replayed whole (`StepPlan`) against the same run with every replay off: the same poses to the bit
     and the same count; the joint term's steps were replayed."""
-    from dposer_cli.core.trace import TRACE_ENV, TraceCache, record_step
+    from dposer_cli.core.trace import TRACE_ENV
     from dposer_cli.engine.prior import DPoserPrior
     from tests._fixtures.priors import write_tiny_prior
+    from tests._fixtures.replays import step_calls
 
     prior = DPoserPrior.load(Part.body, write_tiny_prior(tmp_path_factory.mktemp("p") / "b.pt", Part.body))
     clean = _joints(body, pose[:6])
     noisy = clean + 0.02 * torch.randn(clean.shape, generator=torch.Generator().manual_seed(4))
     sched = replace(dm.SCHEDULES[0.02], steps_per_iter=4)
-    replays = []
-    real_run = TraceCache.run
-
-    def spy(self, key, fn, *args):
-        if self.recorder is record_step:
-            replays.append(self.recorded())
-        return real_run(self, key, fn, *args)
 
     def run() -> dm.MotionResult:
         gen = torch.Generator().manual_seed(3)
         return dm.denoise_motion(prior, body, noisy, schedule=sched, temporal=temporal, generator=gen)
 
-    monkeypatch.setattr(TraceCache, "run", spy)
-    replayed = run()
-    monkeypatch.setattr(TraceCache, "run", real_run)
+    with step_calls() as calls:
+        replayed = run()
     monkeypatch.setenv(TRACE_ENV, "0")
     eager = run()
     assert torch.equal(replayed.params["body_pose"], eager.params["body_pose"])
     assert replayed.nfe == eager.nfe == 12
     if temporal == "joints":  # per recording: two warm-up steps and the recording
-        assert sum(1 for r in replays if r) >= 12 - 3 * 2
+        assert sum(c is not None for c in calls) >= 12 - 3 * 2
     else:  # the mesh term's steps run eagerly (its sparse skinning replayed measured slower)
-        assert not replays
+        assert not calls

@@ -15,7 +15,7 @@ from dposer_cli.bodies import camera as cam
 from dposer_cli.bodies import load_body
 from dposer_cli.core.errors import InputError
 from dposer_cli.core.parts import Part
-from dposer_cli.core.trace import _FAILED, TRACE_ENV, TraceCache, record_step
+from dposer_cli.core.trace import TRACE_ENV
 from dposer_cli.engine.baselines import L2Prior, NoPrior
 from dposer_cli.engine.optimize import (
     ANGLE_DIMS,
@@ -32,6 +32,7 @@ from dposer_cli.engine.prior import DPoserPrior
 from dposer_cli.tasks import fit as tf
 from tests._fixtures.body_models import write_mano, write_smplx
 from tests._fixtures.priors import write_tiny_prior
+from tests._fixtures.replays import step_calls
 from tests.services.test_fit_image import _narrow_gmm, reference_poses
 
 H, W = 720, 1280
@@ -168,26 +169,8 @@ def test_replayed_steps_give_the_eager_fit_bit_for_bit(model_kind, body, hand, t
         gen = torch.Generator().manual_seed(0)
         return tf.fit(model, prior, inputs, part=part, keypoint_layout=layout, steps=8, generator=gen)
 
-    calls = []
-    real_run = TraceCache.run
-
-    def spy(self, key, fn, *args):
-        if self.recorder is record_step:
-            calls.append(
-                self._traced.get(
-                    (
-                        key,
-                        torch.is_grad_enabled(),
-                        tuple((a.shape, a.dtype, a.device, a.requires_grad) for a in args),
-                    )
-                )
-            )
-        return real_run(self, key, fn, *args)
-
-    monkeypatch.setattr(TraceCache, "run", spy)
-    replayed = run()
-    monkeypatch.setattr(TraceCache, "run", real_run)
-    assert not any(c is _FAILED for c in calls)
+    with step_calls() as calls:
+        replayed = run()
     recordings = {id(c) for c in calls if c is not None}
     replays = sum(c is not None for c in calls)
     monkeypatch.setenv(TRACE_ENV, "0")

@@ -127,9 +127,10 @@ def test_the_concatenated_prior_passes_prepared_times_to_its_diffusion_priors():
 def test_replayed_steps_give_the_eager_solve_bit_for_bit(part, known, hand, tmp_path, monkeypatch):
     """IK steps replayed whole (`StepPlan`) against the same solve with every replay off: the same parameters to
     the bit (the face: FLAME and two priors whose noise is drawn part by part) and the replays did run."""
-    from dposer_cli.core.trace import TRACE_ENV, TraceCache, record_step
+    from dposer_cli.core.trace import TRACE_ENV
     from dposer_cli.engine.prior import DPoserPrior
     from tests._fixtures.body_models import write_flame
+    from tests._fixtures.replays import step_calls
 
     if part is Part.hand:
         body, prior = hand, build_prior("dposer", Part.hand, checkpoint=demo_checkpoint(Part.hand))
@@ -140,22 +141,13 @@ def test_replayed_steps_give_the_eager_solve_bit_for_bit(part, known, hand, tmp_
         prior = ik.ik_prior(Part.face, priors)
         truth = {"expression": 0.5 * torch.randn(3, 100, generator=gen(3)), "jaw_pose": torch.zeros(3, 3)}
         problem = ik.problem_from_params(Part.face, body, truth)
-    replays = []
-    real_run = TraceCache.run
-
-    def spy(self, key, fn, *args):
-        if self.recorder is record_step:
-            replays.append(len(self._traced) and self.recorded())
-        return real_run(self, key, fn, *args)
-
-    monkeypatch.setattr(TraceCache, "run", spy)
-    replayed = ik.solve_ik(problem, body, prior, ik_type="partial" if part is Part.hand else "full", steps=12,
-                           generator=gen(2))  # fmt: skip
-    monkeypatch.setattr(TraceCache, "run", real_run)
+    with step_calls() as calls:
+        replayed = ik.solve_ik(problem, body, prior, ik_type="partial" if part is Part.hand else "full", steps=12,
+                               generator=gen(2))  # fmt: skip
     monkeypatch.setenv(TRACE_ENV, "0")
     eager = ik.solve_ik(problem, body, prior, ik_type="partial" if part is Part.hand else "full", steps=12,
                         generator=gen(2))  # fmt: skip
     for key, value in eager.params.items():
         assert torch.equal(replayed.params[key], value), key
     assert replayed.nfe == eager.nfe == 12 * prior.nfe_per_call
-    assert sum(1 for r in replays if r) >= 12 - 3  # recorded on the third step, replayed from the fourth
+    assert sum(c is not None for c in calls) == 12 - 3  # recorded on the third step, replayed from the fourth
