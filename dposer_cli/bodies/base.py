@@ -10,6 +10,7 @@ zero hand parameters = the mean hand (`flat_hand_mean=False`).
 """
 
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -41,6 +42,7 @@ class BodyModel(Protocol):
     kind: str  # "mannequin" | "mannequin-hand" | "smplx" | "mano" | "flame"
     # optional class attribute `rigid_root = True`: the output joints at `global_orient = R`, `transl = t`
     # are R·(J₀ − J₀[0]) + J₀[0] + t of those at zero (a camera stage then needs no forward per step)
+    # optional method `holding_step(betas)`: see `step_inputs`
     joint_names: tuple[str, ...]
     num_betas: int
 
@@ -90,6 +92,19 @@ OPENPOSE25_NAMES = (
     "right_heel",
 )  # fmt: skip  (OpenPose BODY_25; MidHip = pelvis as in smplx's smpl_to_openpose, spec §7.6)
 BODY22_NAMES = ("pelvis", *BODY_JOINTS)
+
+
+def step_inputs(
+    model: "BodyModel", betas: Tensor | None
+) -> AbstractContextManager[tuple[Tensor, ...] | None]:
+    """What a replayed optimisation step (`engine.optimize.StepPlan`) of joints-only calls needs from `model`:
+    a context yielding its tensors that may change from step to step (the mannequin's checked shape anchor of
+    these row `betas`; nothing for SMPL-X, MANO, FLAME), or None for a model that cannot hand them over.
+    `betas`: the row betas when they are free parameters of the optimisation, None when they are fixed."""
+    holding = getattr(model, "holding_step", None)
+    if holding is None:
+        return nullcontext(None)
+    return holding(betas.detach()) if betas is not None else nullcontext(())
 
 
 def hand21_names(prefix: str) -> tuple[str, ...]:

@@ -119,9 +119,8 @@ def _shallow(make: Callable[[], Any]) -> Any:
     command (typer, a service, a task, the optimiser: ~50 frames) costs ~3× one made on a thread's shallow
     stack."""
     grad, threads = torch.is_grad_enabled(), torch.get_num_threads()
-    cuda = (
-        torch.cuda.current_device() if torch.cuda.is_initialized() else None
-    )  # the current GPU is per thread
+    # the current GPU is per thread
+    cuda = torch.cuda.current_device() if torch.cuda.is_initialized() else None
     box: dict[str, Any] = {}
 
     def run() -> None:
@@ -143,9 +142,8 @@ def _shallow(make: Callable[[], Any]) -> Any:
 
 
 # ---------------------------------------------------------------------------- whole steps, backward included
-_state = (
-    threading.local()
-)  # .recording: this thread records a step (inner `TraceCache.run` calls run eagerly)
+# .recording: this thread records a step (inner `TraceCache.run` calls run eagerly, recorded inline)
+_state = threading.local()
 
 # operators a step recording refuses on tensors computed in the call: results shaped by values (nonzero) and
 # values read into Python (.item()); and random draws anywhere (a replay would draw from the global generator)

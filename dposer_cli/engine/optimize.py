@@ -400,10 +400,15 @@ class StageWeights:
             self._cache[stage.name] = cached
         return cached
 
+    def inputs(self, stage: Stage) -> tuple[Tensor]:
+        """The stage's tensor as a step's inputs (`PriorPlan`)."""
+        return (self(stage),)
+
 
 class PriorPlan:
-    """The `StepPlan` of a task whose steps change only by the prior's inputs, the stage weights and, optionally,
-    what the body model hands over (`hold(params)`, a context yielding tensors or None).
+    """The `StepPlan` of a task whose steps change only by the prior's inputs, the stage's (`stage(stage)`: its
+    weights, e.g. `StageWeights`) and, optionally, what the body model hands over (`hold(params)`, a context
+    yielding tensors or None: `bodies.base.step_inputs`).
 
     `pose(params, step)` is the prior's input of the step (for its shape: the noise drawn for it), or None when
     the step's loss does not evaluate the prior; `key(step)` as `StepPlan.key`.
@@ -411,20 +416,20 @@ class PriorPlan:
 
     def __init__(
         self,
-        weights: StageWeights,
+        stage: Callable[[Stage], tuple[Tensor, ...]],
         pose: Callable[[Mapping[str, Tensor], Step], Tensor | None],
         key: Callable[[Step], Hashable],
         hold: Callable[[Mapping[str, Tensor]], AbstractContextManager[tuple[Tensor, ...] | None]]
         | None = None,
     ) -> None:
-        self.weights, self.pose, self.key, self.hold = weights, pose, key, hold
+        self.stage, self.pose, self.key, self.hold = stage, pose, key, hold
 
     @contextmanager
     def inputs(self, params: Mapping[str, Tensor], step: Step) -> Iterator[tuple[Tensor, ...] | None]:
         with self.hold(params) if self.hold is not None else nullcontext(()) as body:
             pose = self.pose(params, step) if body is not None else None
             prior = step.prior_inputs(pose.detach()) if pose is not None else ()
-            yield None if body is None or prior is None else (*body, *prior, self.weights(step.stage))
+            yield None if body is None or prior is None else (*body, *prior, *self.stage(step.stage))
 
 
 class _StepGrad:

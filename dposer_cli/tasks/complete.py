@@ -377,7 +377,7 @@ def dposer_complete(
             loss_fn,
             prior=schedule,
             progress=progress,
-            plan=PriorPlan(weights, lambda params, step: params["x"], lambda step: "completion"),
+            plan=PriorPlan(weights.inputs, lambda params, step: params["x"], lambda step: "completion"),
         )
     return torch.where(mask, y, params["x"].detach()), res.nfe
 

@@ -279,7 +279,7 @@ def denoise_motion(
         plan=None
         if use_vertices
         else PriorPlan(
-            weights, lambda p, step: p["body_pose"], lambda step: bool(step.stage.weights["temporal"])
+            weights.inputs, lambda p, step: p["body_pose"], lambda step: bool(step.stage.weights["temporal"])
         ),
     )
     if schedule.partial:

@@ -32,13 +32,14 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from dposer_cli.bodies import camera as cam
-from dposer_cli.bodies.base import BodyModel, BodyOutput
+from dposer_cli.bodies.base import BodyModel, BodyOutput, step_inputs
 from dposer_cli.bodies.kinematics import batch_rodrigues
 from dposer_cli.core.errors import DposerError, InputError
 from dposer_cli.core.parts import PARTS, Part
 from dposer_cli.engine.optimize import (
     T_RANGES,
     PosePrior,
+    PriorPlan,
     PriorSchedule,
     Stage,
     StageWeights,
@@ -293,9 +294,8 @@ class FitResult:
     stage_losses: dict[str, float]  # "<stage>_loss": summed loss after the stage's last step
     nfe: int  # network evaluations of the prior
     fit_seconds: float
-    prior_seconds: (
-        float  # of which in the prior, in steps not replayed whole (`OptimizeResult.prior_seconds`)
-    )
+    # of which in the prior, in steps not replayed whole (`OptimizeResult.prior_seconds`)
+    prior_seconds: float
     layout: KeypointLayout
 
 
@@ -591,26 +591,25 @@ class Fitter:
         w = step.stage.weights
         return (bool(w.get("angle", 0)), bool(w.get("temporal", 0)) and self.neighbours is not None)
 
-    @contextmanager
-    def step_inputs(self, state: FitState, step: Step) -> Iterator[tuple[Tensor, ...] | None]:
-        """A pose step's plan inputs (`engine.optimize.StepPlan.inputs`): the body model's (its linearised
-        shape), the prior's (noise, time) and the stage weights; None (eager) for the camera stages and for
-        body models or priors that cannot hand theirs over."""
-        holding = getattr(self.model, "holding_step", None)
-        if not step.stage.uses_prior or holding is None:
-            yield None
-            return
-        with torch.no_grad():
-            betas = state.params["betas"].index_select(0, state.track)
-            pose = self.prior_input(state.params)
-        with holding(betas) as body:
-            prior = step.prior_inputs(pose) if body is not None else None
-            if prior is None or body is None:
-                yield None
-                return
-            scale, relative = self.data_weights(int(step.stage.weights["index"]))
-            data = (relative,) if scale is None else (scale, relative)
-            yield (*body, *prior, self.stage_weights(step.stage), *data)
+    def stage_inputs(self, stage: Stage) -> tuple[Tensor, ...]:
+        """A pose stage's weights as a replayed step's inputs (`engine.optimize.PriorPlan`): the loss terms' and
+        the data term's."""
+        scale, relative = self.data_weights(int(stage.weights["index"]))
+        return (self.stage_weights(stage), *(() if scale is None else (scale,)), relative)
+
+    def plan(self, state: FitState) -> PriorPlan:
+        """The `StepPlan` of the pose stages: the body model's inputs (its linearised shape), the prior's (noise,
+        time) and the stage's weights; eager steps for body models or priors that cannot hand theirs over."""
+
+        def hold(params: Mapping[str, Tensor]) -> AbstractContextManager[tuple[Tensor, ...] | None]:
+            with torch.no_grad():
+                return step_inputs(self.model, params["betas"].index_select(0, state.track))
+
+        def pose(params: Mapping[str, Tensor], step: Step) -> Tensor:
+            with torch.no_grad():
+                return self.prior_input(params)
+
+        return PriorPlan(self.stage_inputs, pose, self.step_key, hold)
 
     def _acceleration(self, joints: Tensor) -> Tensor:
         """Per row ‖J_next − 2J + J_prev‖ averaged over the core joints; 0 at the ends of a track."""
@@ -815,17 +814,6 @@ def _run_stages(
     def pose_loss(params: dict[str, Tensor], step: Step) -> Tensor:
         return fitter.pose_loss(FitState(params, state.row, state.track, state.anchor), step)
 
-    class Plan:  # pose steps replayed whole (`engine.optimize.StepPlan`)
-        @staticmethod
-        def inputs(
-            params: Mapping[str, Tensor], step: Step
-        ) -> AbstractContextManager[tuple[Tensor, ...] | None]:
-            return fitter.step_inputs(FitState(dict(params), state.row, state.track, state.anchor), step)
-
-        @staticmethod
-        def key(step: Step) -> Hashable:
-            return fitter.step_key(step)
-
     # camera: translation held near its depth estimate, then orientation (depth re-anchored)
     fitter.freeze_pose(state)
     for stage in cam_stages:
@@ -858,7 +846,7 @@ def _run_stages(
         progress=progress,
         done=done,
         total=total,
-        plan=Plan(),
+        plan=fitter.plan(state),
     )
     nfe, prior_seconds = res.nfe, res.prior_seconds
     done += sum(s.iters for s in pose_stages)
@@ -880,7 +868,7 @@ def _run_stages(
             progress=progress,
             done=done,
             total=total,
-            plan=Plan(),
+            plan=fitter.plan(state),
         )
         nfe, prior_seconds = nfe + res.nfe, prior_seconds + res.prior_seconds
         losses["temporal_loss"] = res.logs[0].loss

@@ -18,7 +18,7 @@ Joint orders (targets (N, J, 3), metres):
 
 import logging
 from collections.abc import Callable, Hashable, Mapping, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -26,6 +26,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from dposer_cli.bodies import BodyModel
+from dposer_cli.bodies.base import step_inputs
 from dposer_cli.core.errors import InputError, suggest
 from dposer_cli.core.parts import PARTS, Part
 from dposer_cli.core.rotations import matrix_to_axis_angle, rigid_registration
@@ -535,19 +536,15 @@ def solve_ik(
         return torch.cat([params[k] for k in prior_keys], -1)
 
     def hold(params: Mapping[str, Tensor]) -> AbstractContextManager[tuple[Tensor, ...] | None]:
-        """The body model's step inputs (free betas only), or None: a model that cannot hand them over."""
-        holding = getattr(body, "holding_step", None)
-        if holding is None:
-            return nullcontext(None)
-        betas = params.get("betas")
-        return holding(betas.detach()) if betas is not None and betas.requires_grad else nullcontext(())
+        betas = params.get("betas")  # free (the face's shape) or fixed
+        return step_inputs(body, betas if betas is not None and betas.requires_grad else None)
 
     def step_key(step: Step) -> Hashable:
         return bool(step.stage.weights["prior"]) and prior is not None
 
     schedule = None if prior is None else ik_prior_schedule(part, ik_type, prior, generator=generator)
     stages = ik_stages(part, ik_type, noise_std=noise_std, steps=steps, solve_orient=solve_orient)
-    plan = PriorPlan(weights, prior_pose, step_key, hold)
+    plan = PriorPlan(weights.inputs, prior_pose, step_key, hold)
     run = optimize(free, stages, loss_fn, prior=schedule, progress=progress, plan=plan)
     with torch.no_grad():
         params = {k: v.detach() for k, v in {**fixed, **free}.items()}
