@@ -188,3 +188,33 @@ def test_a_sparse_constant_enters_a_step_recording_as_an_input():
     with torch.no_grad():
         got = recording(x)
     assert all(torch.equal(a, b) for a, b in zip(got, step(x), strict=True))
+
+
+def test_python_numbers_in_float32_arithmetic_are_cast_once_in_a_step_recording():
+    """TensorIterator casts a Python number to float32 on every call; the recording holds it as a float32
+    tensor instead, with the same results (numbers that float32 cannot hold exactly included)."""
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        x = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            z = (1 - x) * 0.1 + x / 3 - 2.2 * x.square() + torch.add(x, 1e-8, alpha=3) - (x - 7) / 0.3
+            z = z + torch.rsub(x, 0.7, alpha=2) + x.mul(1 / 3) + x.div(3) + x * 5
+            loss = z.sum() + (y * 0.1).sum()  # float64: no cast to save, kept as it was
+            (grad,) = torch.autograd.grad(loss, x)
+        return loss.detach(), grad, z.detach()
+
+    g = torch.Generator().manual_seed(3)
+    args = (torch.randn(5, 3, generator=g) * 1e3, torch.randn(4, dtype=torch.float64, generator=g))
+    recording, _ = record_step(step, args)
+    assert recording is not _FAILED
+    arithmetic = {f"aten::{op}" for op in ("add", "sub", "mul", "div", "rsub")}
+    operands = [
+        node.inputsAt(1).type() for node in recording.graph.nodes() if node.kind() in arithmetic
+    ]
+    assert operands and all(isinstance(t, torch._C.TensorType) for t in operands), operands
+    for scale in (1e-3, 1.0, 1e4):
+        x = torch.randn(5, 3, generator=g) * scale
+        y = torch.randn(4, dtype=torch.float64, generator=g)
+        with torch.no_grad():
+            got = recording(x, y)
+        assert all(torch.equal(a, b) for a, b in zip(got, step(x, y), strict=True))
