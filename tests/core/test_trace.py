@@ -208,9 +208,7 @@ def test_python_numbers_in_float32_arithmetic_are_cast_once_in_a_step_recording(
     recording, _ = record_step(step, args)
     assert recording is not _FAILED
     arithmetic = {f"aten::{op}" for op in ("add", "sub", "mul", "div", "rsub")}
-    operands = [
-        node.inputsAt(1).type() for node in recording.graph.nodes() if node.kind() in arithmetic
-    ]
+    operands = [node.inputsAt(1).type() for node in recording.graph.nodes() if node.kind() in arithmetic]
     assert operands and all(isinstance(t, torch._C.TensorType) for t in operands), operands
     for scale in (1e-3, 1.0, 1e4):
         x = torch.randn(5, 3, generator=g) * scale

@@ -82,3 +82,14 @@ def test_chunked_passes_give_the_same_picture(sphere, monkeypatch):
     whole = zbuffer(uv[f], verts[:, 2][f], 64, 64)
     monkeypatch.setattr(soft, "CHUNK", 97)
     np.testing.assert_array_equal(zbuffer(uv[f], verts[:, 2][f], 64, 64), whole)
+
+
+def test_faces_with_a_non_finite_corner_are_skipped_and_the_rest_drawn():
+    good = _tri(2.0)
+    for bad in (np.inf, -np.inf, np.nan):
+        corner = _tri(2.0, 1.5)
+        corner[1, 0] = bad  # one coordinate of one corner
+        verts = np.concatenate([good, corner])
+        _, alone = _draw(good, np.array([[0, 1, 2]]))
+        _, mask = _draw(verts, np.array([[0, 1, 2], [3, 4, 5]]))
+        np.testing.assert_array_equal(mask, alone)
