@@ -216,3 +216,22 @@ def test_python_numbers_in_float32_arithmetic_are_cast_once_in_a_step_recording(
         with torch.no_grad():
             got = recording(x, y)
         assert all(torch.equal(a, b) for a, b in zip(got, step(x, y), strict=True))
+
+
+def test_a_step_recording_computes_a_repeated_operation_once():
+    """sin's backward computes cos(x), which the step has computed already: the replay computes it once."""
+
+    def step(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        x = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            loss = (x.sin() * x.cos().detach()).sum()
+            (grad,) = torch.autograd.grad(loss, x)
+        return loss.detach(), grad
+
+    recording, _ = record_step(step, (torch.randn(6),))
+    assert recording is not _FAILED
+    assert [node.kind() for node in recording.graph.nodes()].count("aten::cos") == 1
+    x = torch.randn(6)
+    with torch.no_grad():
+        got = recording(x)
+    assert all(torch.equal(a, b) for a, b in zip(got, step(x), strict=True))
