@@ -15,6 +15,7 @@ branching on tensor values. A recording that fails falls back to eager calls for
 `DPOSER_TRACE=0` turns replays off everywhere (for debugging).
 """
 
+import functools
 import logging
 import os
 import threading
@@ -292,8 +293,156 @@ class _WithExtras:
     def __init__(self, traced: Any, extras: tuple[Tensor, ...]) -> None:
         self.traced, self.extras = traced, extras
 
+    @property
+    def graph(self) -> Any:
+        return self.traced.graph
+
     def __call__(self, *xs: Tensor) -> Any:
         return self.traced(*xs, *self.extras)
+
+
+class _Unflattened:
+    """A recording built by `_built` (it returns its results flat) giving them back in the call's structure."""
+
+    def __init__(self, function: Any, spec: Any) -> None:
+        self.function, self.spec = function, spec
+
+    @property
+    def graph(self) -> Any:
+        return self.function.graph
+
+    def __call__(self, *xs: Tensor) -> Any:
+        return tree_unflatten(list(self.function(*xs)), self.spec)
+
+
+def _tensor_type(tensor: Tensor) -> Any:
+    """A value's type in a recording: the recorded tensor's, without `requires_grad` (a replay runs without
+    autograd, and common subexpressions only merge between values of equal types)."""
+    return torch._C.TensorType.create_from_tensor(tensor.detach())
+
+
+@functools.cache
+def _schema_text(func: Any) -> str:
+    return str(func._schema)
+
+
+_MEMORY_FORMATS = {
+    torch.contiguous_format: 0,
+    torch.preserve_format: 1,
+    torch.channels_last: 2,
+    torch.channels_last_3d: 3,
+}
+
+
+def _built(
+    ops: Sequence[tuple[Any, list[tuple[int, Any]], _Spec, list[int | None]]],
+    tensors: Sequence[Tensor],
+    n_in: int,
+    n_extra: int,
+    out_slots: Sequence[int],
+) -> Any:
+    """The TorchScript graph of the recorded operators, built node by node: what `torch.jit.trace` of their
+    replay makes, without running them again (the tracer's bookkeeping, a Python stack walk per operator
+    among it, costs ~4× the operators themselves). Every operator's arguments are given in its schema's order,
+    defaults filled in, so the interpreter finds the same overload. `tensors`: the recorded call's tensors by
+    slot (inputs, then results), for the values' types. Raises on anything it does not handle (the caller then
+    traces)."""
+    graph = torch._C.Graph()
+    env: list[Any] = [None] * (len(tensors) + n_extra)
+    for i in range(n_in):
+        env[i] = graph.addInput()
+        env[i].setType(_tensor_type(tensors[i]))
+    for i in range(n_extra):
+        env[len(tensors) + i] = graph.addInput()
+        env[len(tensors) + i].setType(torch._C.TensorType.get())
+
+    def constant(value: Any) -> Any:
+        if isinstance(value, torch.memory_format):
+            value = _MEMORY_FORMATS[value]
+        return graph.insertConstant(value)  # type: ignore[attr-defined]
+
+    def leaf(ref: tuple[int, Any]) -> Any:
+        kind, value = ref
+        if kind == 0:
+            if env[value] is None:
+                raise ValueError(f"slot {value} used before it is computed")
+            return env[value]
+        return constant(value)
+
+    for func, refs, spec, outs in ops:
+        schema = func._schema
+        if all(slot is None for slot in outs) and not any(
+            arg.alias_info is not None and arg.alias_info.is_write for arg in schema.arguments
+        ):
+            continue  # a value read into Python (from constants: `.item()` of a parent table), frozen there
+        sizes, names = spec
+        values: list[Any] = []  # per argument: a graph value, or a list of leaves (refs)
+        i = 0
+        for size in sizes:
+            values.append(refs[i] if size < 0 else refs[i : i + size])
+            i += 1 if size < 0 else size
+        n_pos = len(sizes) - len(names)
+        given = dict(zip(names, values[n_pos:], strict=True))
+        inputs = []
+        for index, arg in enumerate(schema.arguments):
+            if index < n_pos:
+                value = values[index]
+            elif arg.name in given:
+                value = given.pop(arg.name)
+            elif arg.has_default_value():
+                inputs.append(constant(arg.default_value))
+                continue
+            else:
+                raise ValueError(f"{func}: argument {arg.name} missing")
+            if isinstance(value, list):
+                if value and all(k == 1 and not isinstance(v, Tensor) for k, v in value):
+                    inputs.append(constant([v for _, v in value]))
+                    continue
+                kind = arg.type  # the list's own type (an empty list says nothing of its items)
+                kind = kind.getElementType() if isinstance(kind, torch._C.OptionalType) else kind
+                items = graph.create("prim::ListConstruct", [leaf(r) for r in value], 1)
+                graph.insertNode(items)
+                items.output().setType(kind)
+                inputs.append(items.output())
+            else:
+                inputs.append(leaf(value))
+        if given or n_pos > len(schema.arguments):
+            raise ValueError(f"{func}: arguments {sorted(given)} not in its schema")
+        returns = schema.returns
+        node = graph.create(schema.name, inputs, len(returns))
+        graph.insertNode(node)
+        if len(returns) == 1 and isinstance(returns[0].type, torch._C.ListType):
+            node.output().setType(returns[0].type)
+            unpack = graph.create("prim::ListUnpack", [node.output()], len(outs))
+            graph.insertNode(unpack)
+            results = [unpack.outputsAt(k) for k in range(len(outs))]
+        elif len(returns) == len(outs):  # (`outputsAt`: `outputs()` costs ~10 µs)
+            results = [node.outputsAt(k) for k in range(len(outs))]
+        else:
+            raise ValueError(f"{func}: {len(outs)} results for {len(returns)} returns")
+        for value, slot in zip(results, outs, strict=True):
+            if slot is None:
+                raise ValueError(f"{func} returns a value that is not a tensor")
+            value.setType(_tensor_type(tensors[slot]))
+            env[slot] = value
+        found = node.schema()  # the overload the interpreter will run
+        if found != _schema_text(func) and not (
+            # a Python number as `other` of a `.Tensor` overload: the `.Scalar` one runs, as in a traced replay
+            schema.overload_name == "Tensor" and found.startswith(f"{schema.name}.Scalar(")
+        ):
+            raise ValueError(f"{func}: its node runs {found}")
+    pack = graph.create("prim::TupleConstruct", [env[i] for i in out_slots], 1)
+    graph.insertNode(pack)
+    pack.output().setType(torch._C.TupleType([env[i].type() for i in out_slots]))
+    graph.registerOutput(pack.output())
+    return graph
+
+
+def _simplify(graph: Any) -> None:
+    torch._C._jit_pass_constant_propagation(graph)
+    torch._C._jit_pass_cse(graph)  # alias-aware: operators that write in place are left as they are
+    torch._C._jit_pass_dce(graph)
+    torch._C._jit_pass_constant_pooling(graph)  # type: ignore[attr-defined]
 
 
 def _simplified(traced: Any) -> Any:
@@ -303,10 +452,7 @@ def _simplified(traced: Any) -> Any:
     of a whole-body one; same values (checked by the caller)."""
     try:
         graph = traced.graph.copy()
-        torch._C._jit_pass_constant_propagation(graph)
-        torch._C._jit_pass_cse(graph)  # alias-aware: operators that write in place are left as they are
-        torch._C._jit_pass_dce(graph)
-        torch._C._jit_pass_constant_pooling(graph)  # type: ignore[attr-defined]
+        _simplify(graph)
         return torch._C._create_function_from_graph("replayed_step", graph)
     except Exception as exc:  # noqa: BLE001 — the recording as traced is as good, only slower
         log.debug("step recording kept unsimplified: %s", exc)
@@ -320,7 +466,8 @@ def record_step(fn: Callable[..., Any], args: Sequence[Tensor]) -> tuple[Any, An
     `torch.jit.trace` alone cannot record a backward pass faithfully: tensors that a composite operator
     (`matmul`, `linear`) makes internally and autograd saves are unknown to the tracer, so they would be baked
     in as constants. Here every operator is first recorded below autograd (a `TorchDispatchMode`), where no
-    tensor is hidden, then the list is replayed once under `torch.jit.trace` to make the recording, which runs
+    tensor is hidden, then the TorchScript graph of that list is built node by node (`_built`; where that
+    fails, the list is replayed once under `torch.jit.trace`, ~3× slower to record). The recording runs
     without autograd (call it under `torch.no_grad()`). Refused (eager calls instead, `_FAILED`): operators
     whose results' shapes or Python values depend on the values of tensors computed in the call (`nonzero`,
     `.item()`; on constants they are frozen like the constants), random draws, results that are not tensors
@@ -361,6 +508,7 @@ def record_step(fn: Callable[..., Any], args: Sequence[Tensor]) -> tuple[Any, An
                         v = v.detach()
                 plain.append((k, v))
             ops.append((func, plain, spec, outs))
+        tensors = rec.alive
         del rec
 
         def replayed(*xs: Tensor) -> Any:
@@ -372,19 +520,40 @@ def record_step(fn: Callable[..., Any], args: Sequence[Tensor]) -> tuple[Any, An
                         env[i] = o
             return tree_unflatten([env[i] for i in out_slots], out_spec)
 
+        def gives_the_results(recording: Any) -> bool:
+            again = tree_flatten(recording(*inputs))[0]
+            return len(again) == len(leaves) and all(
+                torch.equal(a, b) for a, b in zip(again, leaves, strict=True)
+            )
+
         with warnings.catch_warnings(), torch.no_grad(), torch.jit.optimized_execution(False):
             warnings.simplefilter("ignore")
-            everything = (*inputs, *extras)
-            traced = _shallow(lambda: torch.jit.trace(replayed, everything, check_trace=False, strict=False))
-            traced = _simplified(traced)
-            if extras:
-                traced = _WithExtras(traced, tuple(extras))
-            again = tree_flatten(traced(*inputs))[0]
-        if len(again) != len(leaves) or not all(
-            torch.equal(a, b) for a, b in zip(again, leaves, strict=True)
-        ):
-            raise _Refused("the recording does not give the call's results")
-        return traced, result
+            recording: Any = None
+            try:  # built node by node; traced where that fails
+                graph = _built(ops, tensors, n_in, len(extras), out_slots)
+                _simplify(graph)
+                recording = _Unflattened(
+                    torch._C._create_function_from_graph("replayed_step", graph), out_spec
+                )
+                if extras:
+                    recording = _WithExtras(recording, tuple(extras))
+                if not gives_the_results(recording):
+                    raise _Refused("the built recording does not give the call's results")
+            except Exception as exc:  # noqa: BLE001
+                log.debug("step recording traced instead of built: %s", exc)
+                recording = None
+            tensors.clear()  # the call's intermediate tensors are not needed any more
+            if recording is None:
+                everything = (*inputs, *extras)
+                traced = _shallow(
+                    lambda: torch.jit.trace(replayed, everything, check_trace=False, strict=False)
+                )
+                recording = _simplified(traced)
+                if extras:
+                    recording = _WithExtras(recording, tuple(extras))
+                if not gives_the_results(recording):
+                    raise _Refused("the recording does not give the call's results")
+        return recording, result
     except Exception as exc:  # noqa: BLE001 — any recording failure means eager calls, never a wrong result
         log.debug("step not recorded (eager calls instead): %s", exc)
         return _FAILED, result
