@@ -326,6 +326,9 @@ def _schema_text(func: Any) -> str:
     return str(func._schema)
 
 
+# a new tensor of the same values in the same memory (autograd's detach for saved tensors, `.detach()`)
+_ALIASES = {torch.ops.aten.detach.default, torch.ops.aten.alias.default}
+
 _MEMORY_FORMATS = {
     torch.contiguous_format: 0,
     torch.preserve_format: 1,
@@ -375,6 +378,9 @@ def _built(
             arg.alias_info is not None and arg.alias_info.is_write for arg in schema.arguments
         ):
             continue  # a value read into Python (from constants: `.item()` of a parent table), frozen there
+        if func in _ALIASES and refs[0][0] == 0 and outs[0] is not None:
+            env[outs[0]] = env[refs[0][1]]  # the same values in the same memory: without autograd, the same
+            continue
         sizes, names = spec
         values: list[Any] = []  # per argument: a graph value, or a list of leaves (refs)
         i = 0
