@@ -2,8 +2,9 @@
 
 A vectorised z-buffer rasteriser, no Python loop over faces:
 1. cull faces behind the camera, back-facing or off-screen;
-2. enumerate each face's candidate pixels (its bounding box) as flat arrays, test them with affine
-   barycentric coefficients, and keep the nearest face per pixel (1/z is affine in screen space);
+2. enumerate each face's candidate pixels as flat arrays — per pixel row of its bounding box, the columns where
+   its barycentric coordinates can be ≥ 0 (about half the box's pixels for large triangles) — test them with
+   the affine barycentric coefficients, and keep the nearest face per pixel (1/z is affine in screen space);
 3. shade each covered pixel once: perspective-correct barycentrics interpolate vertex normals and
    colours, then `shading.shade` applies the same lights and gamma as the pyrender path.
 
@@ -17,6 +18,7 @@ from jaxtyping import Bool, Float, Integer, UInt8
 from dposer_cli.render.shading import Intrinsics, background_image, project, shade
 
 CHUNK = 1 << 22  # candidate pixels per pass: bounds memory (~150 MB) for huge triangles / sheets
+_SPAN_MARGIN = 1e-3  # pixels a row's candidate span is widened by (its ends are computed, the test is exact)
 
 
 def rasterize_soft(
@@ -125,27 +127,44 @@ def zbuffer(
 
     inv_depth = np.zeros(width * height)
     face_buf = np.full(width * height, -1, np.int64)
-    ends = np.cumsum(counts)
+    ends = np.cumsum(counts)  # bounding-box pixels: an upper bound of each face's candidates
+    rows = np.where(counts > 0, ny, 0)
     lo_face = 0
     while lo_face < len(counts):
         # faces [lo_face, hi_face) hold at most CHUNK candidates (at least one face per pass)
         base = ends[lo_face - 1] if lo_face else 0
         hi_face = max(int(np.searchsorted(ends, base + CHUNK, side="right")), lo_face + 1)
         span = slice(lo_face, hi_face)
-        cnt = counts[span]
-        # per-face values repeated over the face's candidates: sequential copies (gathers by face index
-        # read memory at random and cost twice as much)
-        face = np.repeat(np.arange(lo_face, hi_face), cnt)
-        c = np.repeat(coef[:, span], cnt, axis=1)
-        local = np.arange(len(face)) - np.repeat(np.cumsum(cnt) - cnt, cnt)
-        row, col = np.divmod(local, np.repeat(nx[span], cnt))
-        ix, iy = np.repeat(x0[span], cnt) + col, np.repeat(y0[span], cnt) + row
-        px, py = ix.astype(np.float64), iy.astype(np.float64)
-        l1 = c[0] * px + c[1] * py + c[2]
-        l2 = c[3] * px + c[4] * py + c[5]
+        # 1. one entry per (face, pixel row): the row's constant terms, and the columns where the triangle can
+        # be (its three barycentric coordinates ≥ 0 on that row, widened by `_SPAN_MARGIN`: a pre-filter only)
+        n_rows = rows[span]
+        face_r = np.repeat(np.arange(lo_face, hi_face), n_rows)
+        y = np.repeat(y0[span], n_rows) + (
+            np.arange(len(face_r)) - np.repeat(np.cumsum(n_rows) - n_rows, n_rows)
+        )
+        c = coef[:, face_r]  # (9, R): few rows per face, so a gather here is cheap
+        py = y.astype(np.float64)
+        r1, r2, rd = c[1] * py + c[2], c[4] * py + c[5], c[7] * py + c[8]
+        left, right = x0[face_r].astype(np.float64), x1[face_r].astype(np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            for slope, offset in ((c[0], r1), (c[3], r2), (-(c[0] + c[3]), 1.0 - r1 - r2)):
+                edge = (-1e-9 - offset) / slope  # where this coordinate crosses zero on the row
+                steep = np.abs(slope) > 1e-9  # (a flat one decides the whole row: left to the test below)
+                left = np.where(steep & (slope > 0), np.maximum(left, edge - _SPAN_MARGIN), left)
+                right = np.where(steep & (slope < 0), np.minimum(right, edge + _SPAN_MARGIN), right)
+        sx0 = np.ceil(left).astype(np.int64)
+        n_cols = np.maximum(np.floor(right).astype(np.int64) - sx0 + 1, 0)
+        # 2. one entry per candidate pixel: the exact test (as for the whole box), then depth
+        ix = np.repeat(sx0, n_cols) + (
+            np.arange(int(n_cols.sum())) - np.repeat(np.cumsum(n_cols) - n_cols, n_cols)
+        )
+        px = ix.astype(np.float64)
+        l1 = np.repeat(c[0], n_cols) * px + np.repeat(r1, n_cols)
+        l2 = np.repeat(c[3], n_cols) * px + np.repeat(r2, n_cols)
         inside = (l1 >= -1e-9) & (l2 >= -1e-9) & (l1 + l2 <= 1 + 1e-9)
-        depth = (c[6] * px + c[7] * py + c[8])[inside]  # 1/z: larger is nearer
-        face, pix = face[inside], (iy * width + ix)[inside]
+        entry = np.repeat(np.arange(len(face_r)), n_cols)[inside]
+        depth = c[6, entry] * px[inside] + rd[entry]  # 1/z: larger is nearer
+        face, pix = face_r[entry], y[entry] * width + ix[inside]
         np.maximum.at(inv_depth, pix, depth)
         # winners of this pass; a later, nearer pass overwrites them
         win = depth >= inv_depth[pix]

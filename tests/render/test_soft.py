@@ -93,3 +93,36 @@ def test_faces_with_a_non_finite_corner_are_skipped_and_the_rest_drawn():
         _, alone = _draw(good, np.array([[0, 1, 2]]))
         _, mask = _draw(verts, np.array([[0, 1, 2], [3, 4, 5]]))
         np.testing.assert_array_equal(mask, alone)
+
+
+def test_zbuffer_matches_a_pixel_by_pixel_reference_on_random_triangles():
+    """Each face's candidate pixels are found row by row (the row's span of the triangle, then the exact test):
+    no covered pixel may be missed, for large, thin and nearly degenerate triangles alike."""
+    rng = np.random.default_rng(7)
+    w, h = 48, 40
+    uv = rng.uniform(-10, 58, size=(60, 3, 2))
+    uv[:10] = uv[:10, :1] + rng.normal(scale=0.4, size=(10, 3, 2))  # small ones
+    uv[10:20, 2] = uv[10:20, 0] + (uv[10:20, 1] - uv[10:20, 0]) * 0.5 + 1e-3  # slivers
+    uv[20:25, :, 1] = np.round(uv[20:25, :, 1])  # edges along pixel rows
+    z = rng.uniform(1.0, 5.0, size=(60, 3))
+    got = zbuffer(uv, z, w, h)
+
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
+    best, want = np.zeros((h, w)), np.full((h, w), -1)
+    for f in range(len(uv)):
+        a, v0, v1 = uv[f, 0], uv[f, 1] - uv[f, 0], uv[f, 2] - uv[f, 0]
+        den = v0[0] * v1[1] - v1[0] * v0[1]
+        if abs(den) <= 1e-12:
+            continue
+        a1, b1, a2, b2 = v1[1] / den, -v1[0] / den, -v0[1] / den, v0[0] / den
+        c1, c2 = -(a1 * a[0] + b1 * a[1]), -(a2 * a[0] + b2 * a[1])
+        l1, l2 = a1 * xs + (b1 * ys + c1), a2 * xs + (b2 * ys + c2)
+        inside = (l1 >= -1e-9) & (l2 >= -1e-9) & (l1 + l2 <= 1 + 1e-9)
+        iz = 1 / z[f, 0] + l1 * (1 / z[f, 1] - 1 / z[f, 0]) + l2 * (1 / z[f, 2] - 1 / z[f, 0])
+        nearer = inside & (iz > best)
+        best[nearer], want[nearer] = iz[nearer], f
+    covered = want >= 0
+    np.testing.assert_array_equal(got >= 0, covered)
+    assert covered.sum() > 500
+    agree = got[covered] == want[covered]
+    assert agree.mean() > 0.99  # the nearest face (ties between faces at equal depth aside)
