@@ -327,7 +327,7 @@ def _schema_text(func: Any) -> str:
 
 
 # a new tensor of the same values in the same memory (autograd's detach for saved tensors, `.detach()`)
-_ALIASES = {torch.ops.aten.detach.default, torch.ops.aten.alias.default}
+_ALIASES = {_aten.detach.default, _aten.alias.default}
 
 _MEMORY_FORMATS = {
     torch.contiguous_format: 0,
@@ -381,14 +381,8 @@ def _built(
         if func in _ALIASES and refs[0][0] == 0 and outs[0] is not None:
             env[outs[0]] = env[refs[0][1]]  # the same values in the same memory: without autograd, the same
             continue
-        sizes, names = spec
-        values: list[Any] = []  # per argument: a graph value, or a list of leaves (refs)
-        i = 0
-        for size in sizes:
-            values.append(refs[i] if size < 0 else refs[i : i + size])
-            i += 1 if size < 0 else size
-        n_pos = len(sizes) - len(names)
-        given = dict(zip(names, values[n_pos:], strict=True))
+        values, given = _unflatten(refs, spec)  # per argument: a ref, or a list of refs
+        n_pos = len(values)
         inputs = []
         for index, arg in enumerate(schema.arguments):
             if index < n_pos:

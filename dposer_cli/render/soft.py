@@ -92,6 +92,11 @@ def _corner_bounds(tri_uv: Float[np.ndarray, "F 3 2"]) -> tuple[np.ndarray, np.n
     return np.minimum(np.minimum(a, b), c), np.maximum(np.maximum(a, b), c)
 
 
+def _ranks(counts: Integer[np.ndarray, " n"]) -> Integer[np.ndarray, " total"]:
+    """0, 1, …, counts[i] − 1 for each i in turn: each entry's place within `np.repeat(…, counts)`."""
+    return np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+
+
 def zbuffer(
     tri_uv: Float[np.ndarray, "F 3 2"],
     tri_z: Float[np.ndarray, "F 3"],
@@ -139,9 +144,7 @@ def zbuffer(
         # be (its three barycentric coordinates ≥ 0 on that row, widened by `_SPAN_MARGIN`: a pre-filter only)
         n_rows = rows[span]
         face_r = np.repeat(np.arange(lo_face, hi_face), n_rows)
-        y = np.repeat(y0[span], n_rows) + (
-            np.arange(len(face_r)) - np.repeat(np.cumsum(n_rows) - n_rows, n_rows)
-        )
+        y = np.repeat(y0[span], n_rows) + _ranks(n_rows)
         c = coef[:, face_r]  # (9, R): few rows per face, so a gather here is cheap
         py = y.astype(np.float64)
         r1, r2, rd = c[1] * py + c[2], c[4] * py + c[5], c[7] * py + c[8]
@@ -155,9 +158,7 @@ def zbuffer(
         sx0 = np.ceil(left).astype(np.int64)
         n_cols = np.maximum(np.floor(right).astype(np.int64) - sx0 + 1, 0)
         # 2. one entry per candidate pixel: the exact test (as for the whole box), then depth
-        ix = np.repeat(sx0, n_cols) + (
-            np.arange(int(n_cols.sum())) - np.repeat(np.cumsum(n_cols) - n_cols, n_cols)
-        )
+        ix = np.repeat(sx0, n_cols) + _ranks(n_cols)
         px = ix.astype(np.float64)
         l1 = np.repeat(c[0], n_cols) * px + np.repeat(r1, n_cols)
         l2 = np.repeat(c[3], n_cols) * px + np.repeat(r2, n_cols)
