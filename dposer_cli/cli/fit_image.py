@@ -107,7 +107,11 @@ def command(
         ),
     ] = False,
     no_overlay: Annotated[
-        bool, typer.Option("--no-overlay", help="Skip the <stem>_overlay.png pictures (videos: overlay.mp4).")
+        bool,
+        typer.Option(
+            "--no-overlay",
+            help="Skip the <stem>_overlay.png and <stem>_fit.png pictures (videos: overlay.mp4).",
+        ),
     ] = False,
     no_motion_prior: Annotated[
         bool,
@@ -137,6 +141,9 @@ def command(
     quiet: QuietOpt = False,
 ) -> None:
     """Fit body, hand or whole-body parameters to 2D keypoints; write DIR/<stem>.npz and DIR/<stem>_overlay.png.
+
+    DIR/<stem>_fit.png shows the fit (the photo scaled to at most 1280 px) over a view from above, where depth
+    errors show, with each person's reprojection error and depth.
 
     Videos (files or frame folders) share one body shape and get a motion prior pass; they write DIR/motion.npz
     (AMASS-style), DIR/overlay.mp4 and the jitter before and after.

@@ -797,6 +797,18 @@ def line_plot(
 # photos
 
 
+def fit_within(image: np.ndarray, side: int) -> UInt8[np.ndarray, "H W 3"]:
+    """A uint8 (H, W, 3) image scaled down (Lanczos) so that its longer side is at most `side` pixels; as it is
+    when it already fits."""
+    img = _rgb(image)
+    h, w = img.shape[:2]
+    scale = side / max(h, w)
+    if scale >= 1.0:
+        return img
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return np.asarray(Image.fromarray(img).resize(size, Image.Resampling.LANCZOS))
+
+
 def overlay_mesh(
     image: np.ndarray,
     vertices: np.ndarray | list[np.ndarray],

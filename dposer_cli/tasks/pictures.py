@@ -36,6 +36,7 @@ from dposer_cli.render.draw import (
     draw_keypoints,
     draw_segments,
     face_chart,
+    fit_within,
     label,
     legend,
     line_plot,
@@ -67,6 +68,7 @@ _FINGERS = ("thumb", "index", "middle", "ring", "pinky")
 _PERTURB = 0.3  # rad added to hidden entries to find the vertices they move (`moved_vertices`)
 _MOVED_M = 0.004  # a vertex that moves more than this belongs to the hidden part
 _TILT = 25.0  # degrees: hands are seen a little from their fingertips' side
+VIEWS_SIDE = 1280  # fit-image's views picture shows the photo at most this large (its longer side, pixels)
 
 
 def grid_count(part: Part, n: int, grid: int | None = None) -> int:
@@ -468,8 +470,9 @@ def fit_pictures(
 
     Overlay: meshes over the photo (camera coordinates = model output: the camera rotation is the identity),
     the keypoints (dots; (P, K, 3) the kept ones) and the model joints projected (rings), each pair joined by
-    a line. Views: that over the bodies seen from above (depth errors show there), with a legend and the
-    reprojection error and depth of each person (`per_person`: "person", "reprojection_error_px").
+    a line. Views: that (scaled down to `VIEWS_SIDE` when larger) over the bodies seen from above (depth errors
+    show there), with a legend and the reprojection error and depth of each person (`per_person`: "person",
+    "reprojection_error_px").
     """
     with torch.no_grad():
         posed = body_vertices(model, {k: v[rows] for k, v in fitted.params.items()})
@@ -500,10 +503,10 @@ def fit_pictures(
         rings = np.concatenate([projected[p], seen[p, :, None].astype(np.float64)], axis=-1)
         image = draw_keypoints(image, rings, conf_threshold=0.5, color=color, marker="ring")
 
-    h, w = image.shape[:2]
     depth = fitted.joints[rows, 0, 2].cpu().numpy()  # the root joint (pelvis / wrist)
     names = [f"{entry['person']}: {d:.2f} m" for entry, d in zip(per_person, depth, strict=True)]
-    panels = [image]
+    panels = [fit_within(image, VIEWS_SIDE)]  # (the overlay keeps the photo's size)
+    h, w = panels[0].shape[:2]
     # under the photo, as wide: people keep (about) their left-right place
     if verts is not None and faces is not None:
         panels.append(
@@ -512,7 +515,7 @@ def fit_pictures(
                 faces,
                 size=(w, max(96, round(0.45 * h))),
                 labels=names,
-                half_fov=w / 2 / focal,
+                half_fov=image.shape[1] / 2 / focal,
                 renderer=renderer,
             )
         )

@@ -188,3 +188,15 @@ def test_stick_figure_helper_is_a_closed_mesh():
     v, f = stick_mesh(pose_joints())
     parts = trimesh.Trimesh(v, f, process=False).split(only_watertight=False)
     assert all(p.is_winding_consistent for p in parts)
+
+
+def test_fit_within_scales_the_longer_side_down_and_leaves_small_images_alone():
+    from dposer_cli.render.draw import fit_within
+
+    tall = np.zeros((1920, 1080, 3), np.uint8)
+    tall[:, 540:] = 200  # right half light: stays on the right
+    out = fit_within(tall, 1280)
+    assert out.shape == (1280, 720, 3) and out.dtype == np.uint8
+    assert out[:, :350].max() == 0 and out[:, 370:].min() == 200
+    small = np.full((360, 480, 3), 7, np.uint8)
+    np.testing.assert_array_equal(fit_within(small, 1280), small)
