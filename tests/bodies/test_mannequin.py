@@ -322,6 +322,28 @@ def test_hand_joints_only_equals_the_mesh_path(side):
     assert fast.vertices is None and torch.allclose(fast.joints, full.joints, atol=2e-6)
 
 
+def test_shifted_shapes_reuse_their_anchors_candidate_search_with_the_same_values(mannequin32):
+    """`_jacobian`'s shapes, shifted by ±_SECANT per beta from their anchor, search the region extremes on the
+    anchors only: the same head box, floor shifts and points as searching every shape."""
+    from dposer_cli.bodies.mannequin import _SECANT
+
+    rig = mannequin32.rig
+    anchors = torch.randn(3, 10, generator=torch.Generator().manual_seed(21)) * 1.5
+    step = _SECANT * torch.eye(10)
+    shapes = torch.cat(
+        [
+            anchors,
+            (anchors[None] + step[:, None]).flatten(0, 1),
+            (anchors[None] - step[:, None]).flatten(0, 1),
+        ]
+    )
+    with torch.no_grad():
+        searched, full = rig.context(shapes, searched=3), rig.context(shapes)
+        for key in ("head_src_min", "head_src_max", "shift_l", "shift_r"):
+            assert torch.equal(searched[key], full[key]), key
+        assert torch.equal(rig.points(searched, "landmarks"), rig.points(full, "landmarks"))
+
+
 def test_free_betas_are_linearised_within_the_radius_and_reanchored_per_row(mannequin32):
     from dposer_cli.bodies.mannequin import LINEAR_RADIUS
 
