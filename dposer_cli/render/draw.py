@@ -1013,8 +1013,10 @@ def overhead_view(
             fill=(80, 80, 80),
         )
     under = np.array(layer)
-    for text, x, y in texts:  # under the meshes too
-        label(under, text, x, max(0, y), px, MUTED_TEXT)
+    title_bottom = px // 3 + px + 1  # "seen from above", written last at the top left
+    for text, x, y in texts:  # under the meshes too; none under the title
+        if y >= title_bottom:
+            label(under, text, x, y, px, MUTED_TEXT)
     out = np.where(mask[..., None], rgb, under).astype(np.uint8)
     if with_camera:
         cam_text, cam_x, cam_y = "camera", round(cam_u + r + 3), round(cam_v - px / 2)
