@@ -420,9 +420,10 @@ def _built(
             results = [node.outputsAt(k) for k in range(len(outs))]
         else:
             raise ValueError(f"{func}: {len(outs)} results for {len(returns)} returns")
-        for value, slot in zip(results, outs, strict=True):
-            if slot is None:
-                raise ValueError(f"{func} returns a value that is not a tensor")
+        for k, (value, slot) in enumerate(zip(results, outs, strict=True)):
+            if slot is None:  # not a tensor (a gradient a backward was asked not to compute): never read
+                value.setType(returns[min(k, len(returns) - 1)].type)
+                continue
             value.setType(_tensor_type(tensors[slot]))
             env[slot] = value
         found = node.schema()  # the overload the interpreter will run

@@ -262,3 +262,26 @@ def test_a_step_recording_is_built_node_by_node_or_else_traced(path, monkeypatch
     with torch.no_grad():
         got = recording(x, w, b)
     assert all(torch.equal(a, e) for a, e in zip(got, _step(x, w, b), strict=True))
+
+
+def test_a_backward_that_skips_some_gradients_is_recorded():
+    """Normalisation layers with frozen weights: their backward returns no weight gradients (None results),
+    which a built recording leaves unread (the tracer could not record this step at all)."""
+    torch.manual_seed(0)
+    ln, gn = torch.nn.LayerNorm(6), torch.nn.GroupNorm(2, 6)
+    for p in [*ln.parameters(), *gn.parameters()]:
+        p.requires_grad_(False)
+
+    def step(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        x = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            loss = (ln(x) * gn(x[..., None])[..., 0]).square().sum()
+            (grad,) = torch.autograd.grad(loss, x)
+        return loss.detach(), grad
+
+    recording, _ = record_step(step, (torch.randn(4, 6),))
+    assert recording is not _FAILED
+    x = torch.randn(4, 6)
+    with torch.no_grad():
+        got = recording(x)
+    assert all(torch.equal(a, b) for a, b in zip(got, step(x), strict=True))
