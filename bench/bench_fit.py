@@ -1,6 +1,8 @@
 """fit-image throughput: fits per second for 1, 16 and 128 persons per batch, batched vs one at a time,
-for the default body (mannequin) and the SMPL-X test fixture; share of each iteration spent in the prior;
-and the same batch through the fit-image service on files (reading images and keypoint JSON, writing npz).
+for the default body (mannequin) and the SMPL-X test fixture; the same batch through the fit-image service on
+files (reading images and keypoint JSON, writing npz); and, at the smallest and largest batch, an eager
+iteration split into body forward, prior, backward, optimiser and the rest (`DPOSER_TRACE=0`: a replayed step
+runs as one recording and has no parts to time), beside the replayed iteration's time.
 
 Synthetic upright people (the speed harness's `evaluation.speed.synthetic_people`, one per 640×480 image)
 are fitted by the `dposer benchmark speed` fit-image workload (`evaluation.speed.fitting`, i.e.
@@ -13,8 +15,13 @@ count scales linearly).
     .venv/bin/python -m bench.bench_fit --out bench/results/fit.json [--quick] [--steps 10]
 """
 
+import os
 import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,8 +31,10 @@ from dposer_cli.bodies import BodyModel, load_body
 from dposer_cli.core.config import NetConfig, PriorConfig
 from dposer_cli.core.parts import PARTS, Part
 from dposer_cli.core.paths import demo_checkpoint
+from dposer_cli.core.trace import TRACE_ENV
 from dposer_cli.engine.checkpoint import save_checkpoint
 from dposer_cli.engine.nets import build_net
+from dposer_cli.engine.optimize import Adam
 from dposer_cli.engine.prior import DPoserPrior
 from dposer_cli.evaluation import FileFit, speed
 from dposer_cli.services.benchmark import fit_files
@@ -61,6 +70,57 @@ def _best_fit(
     for _ in range(repeat):
         speed.fitting(body, prior, inputs, steps=steps, out=done)()
     return min(done, key=lambda r: r.fit_seconds)
+
+
+def _stage_split(body: BodyModel, prior: DPoserPrior, inputs: FitInput, steps: int) -> dict[str, float]:
+    """Milliseconds per iteration of an eager fit (`DPOSER_TRACE=0`: a replayed step runs as one recording, so
+    only eager steps can be split): the body model's forward, the prior's loss, the backward pass, the optimiser,
+    and the rest (loss terms, the mannequin's re-anchoring of free betas before a step, Python); `total`, their
+    sum."""
+    spent: defaultdict[str, float] = defaultdict(float)
+
+    def timed(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[name] += time.perf_counter() - start
+
+        return call
+
+    saved = os.environ.get(TRACE_ENV)
+    patches = [(body, "forward"), (prior, "loss"), (torch.autograd, "grad"), (Adam, "step")]
+    originals = [getattr(owner, name) for owner, name in patches]
+    os.environ[TRACE_ENV] = "0"
+    try:
+        for (owner, name), fn in zip(patches, originals, strict=True):
+            setattr(
+                owner,
+                name,
+                timed(
+                    {"forward": "body_forward", "loss": "prior", "grad": "backward", "step": "optimiser"}[
+                        name
+                    ],
+                    fn,
+                ),
+            )
+        result = _best_fit(body, prior, inputs, steps, 1)
+    finally:
+        for (owner, name), fn in zip(patches, originals, strict=True):
+            if owner is Adam or owner is torch.autograd:
+                setattr(owner, name, fn)
+            else:
+                delattr(owner, name)  # the instance attribute shadowing the class's method
+        if saved is None:
+            os.environ.pop(TRACE_ENV, None)
+        else:
+            os.environ[TRACE_ENV] = saved
+    iterations = steps // 2 + steps + 5 * steps
+    split = {k: 1000 * v / iterations for k, v in spent.items()}
+    split["rest"] = 1000 * result.fit_seconds / iterations - sum(split.values())
+    split["total"] = 1000 * result.fit_seconds / iterations
+    return split
 
 
 def main() -> None:
@@ -117,6 +177,7 @@ def main() -> None:
                     (speed.timed(device(), speed.fitting_files(fit_files, job)) for _ in range(args.repeat)),
                     key=lambda m: m["seconds"],
                 )
+                split = _stage_split(body, prior, inputs, steps) if n in (1, max(sizes)) else None
                 row = {
                     "body": name,
                     "persons": n,
@@ -125,22 +186,31 @@ def main() -> None:
                     "one_at_a_time_seconds_per_fit": single_s,
                     "one_at_a_time_fits_per_second": 1 / single_s,
                     "speedup_batched_vs_one_at_a_time": single_s * n / batched.fit_seconds,
-                    "prior_share_of_iteration": batched.prior_seconds / batched.fit_seconds,
+                    # the prior's share of an eager iteration (replayed steps do not count their prior apart)
+                    "prior_share_of_eager_iteration": None
+                    if split is None
+                    else split["prior"] / split["total"],
                     "no_prior_seconds": plain.fit_seconds,
                     "prior_overhead_vs_no_prior": batched.fit_seconds / plain.fit_seconds - 1,
                     "nfe": batched.nfe,
                     "ms_per_iteration": 1000 * batched.fit_seconds / report["iterations_per_fit"],
                     "with_io_seconds": io["seconds"],
                     "with_io_fits_per_second": n / io["seconds"],
+                    # an eager iteration's parts (replayed steps cannot be split), next to `ms_per_iteration`
+                    "eager_split_ms_per_iteration": split,
                 }
                 report["results"].append(row)
                 print(
                     f"{name:14s} {n:4d} persons: {row['batched_fits_per_second']:.3f} fits/s batched "
                     f"({row['with_io_fits_per_second']:.3f} with file I/O), "
                     f"{row['one_at_a_time_fits_per_second']:.3f} one at a time "
-                    f"(×{row['speedup_batched_vs_one_at_a_time']:.1f}), prior {100 * row['prior_share_of_iteration']:.0f}%",
+                    f"(×{row['speedup_batched_vs_one_at_a_time']:.1f}); {row['ms_per_iteration']:.2f} ms per "
+                    "iteration replayed",
                     flush=True,
                 )
+                if split is not None:
+                    parts = ", ".join(f"{k} {v:.2f}" for k, v in split.items())
+                    print(f"{'':14s} {'':4s} eager iteration, ms: {parts}", flush=True)
     write(report, args.out)
 
 
