@@ -90,28 +90,25 @@ def _stage_split(body: BodyModel, prior: DPoserPrior, inputs: FitInput, steps: i
         return call
 
     saved = os.environ.get(TRACE_ENV)
-    patches = [(body, "forward"), (prior, "loss"), (torch.autograd, "grad"), (Adam, "step")]
-    originals = [getattr(owner, name) for owner, name in patches]
+    patches = [
+        (body, "forward", "body_forward"),
+        (prior, "loss", "prior"),
+        (torch.autograd, "grad", "backward"),
+        (Adam, "step", "optimiser"),
+    ]
+    # what each owner holds itself is put back; what an instance inherits from its class is only shadowed
+    own = [(owner, name, vars(owner).get(name)) for owner, name, _ in patches]
     os.environ[TRACE_ENV] = "0"
     try:
-        for (owner, name), fn in zip(patches, originals, strict=True):
-            setattr(
-                owner,
-                name,
-                timed(
-                    {"forward": "body_forward", "loss": "prior", "grad": "backward", "step": "optimiser"}[
-                        name
-                    ],
-                    fn,
-                ),
-            )
+        for owner, name, label in patches:
+            setattr(owner, name, timed(label, getattr(owner, name)))
         result = _best_fit(body, prior, inputs, steps, 1)
     finally:
-        for (owner, name), fn in zip(patches, originals, strict=True):
-            if owner is Adam or owner is torch.autograd:
-                setattr(owner, name, fn)
+        for owner, name, held in own:
+            if held is None:
+                delattr(owner, name)
             else:
-                delattr(owner, name)  # the instance attribute shadowing the class's method
+                setattr(owner, name, held)
         if saved is None:
             os.environ.pop(TRACE_ENV, None)
         else:

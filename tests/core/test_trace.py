@@ -103,6 +103,16 @@ def test_module_parameters_stay_shared_with_the_recording(warmup):
 
 
 # ---------------------------------------------------------------------------- whole steps (record_step)
+def _replays_exactly(step, example: tuple, new: tuple):
+    """`step` recorded on `example` replays the eager step's results bit for bit on `new`; the recording."""
+    recording, _ = record_step(step, example)
+    assert recording is not _FAILED
+    with torch.no_grad():
+        got = recording(*new)
+    assert all(torch.equal(a, b) for a, b in zip(got, step(*new), strict=True))
+    return recording
+
+
 def _step(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Loss and gradient of a small network: composite operators (`linear`, `matmul`) whose internal tensors
     autograd saves, an operator whose backward reads its result (`exp`), gathers and a reduction."""
@@ -182,12 +192,7 @@ def test_a_sparse_constant_enters_a_step_recording_as_an_input():
             (grad,) = torch.autograd.grad(loss, x)
         return loss.detach(), grad
 
-    recording, _ = record_step(step, (torch.randn(4, 3),))
-    assert recording is not _FAILED
-    x = torch.randn(4, 3)
-    with torch.no_grad():
-        got = recording(x)
-    assert all(torch.equal(a, b) for a, b in zip(got, step(x), strict=True))
+    _replays_exactly(step, (torch.randn(4, 3),), (torch.randn(4, 3),))
 
 
 def test_python_numbers_in_float32_arithmetic_are_cast_once_in_a_step_recording():
@@ -232,13 +237,8 @@ def test_a_step_recording_computes_a_repeated_operation_once():
             (grad,) = torch.autograd.grad(loss, x)
         return loss.detach(), grad
 
-    recording, _ = record_step(step, (torch.randn(6),))
-    assert recording is not _FAILED
+    recording = _replays_exactly(step, (torch.randn(6),), (torch.randn(6),))
     assert [node.kind() for node in recording.graph.nodes()].count("aten::cos") == 1
-    x = torch.randn(6)
-    with torch.no_grad():
-        got = recording(x)
-    assert all(torch.equal(a, b) for a, b in zip(got, step(x), strict=True))
 
 
 @pytest.mark.parametrize("path", ["built", "traced"])
@@ -256,12 +256,7 @@ def test_a_step_recording_is_built_node_by_node_or_else_traced(path, monkeypatch
         monkeypatch.setattr(trace, "_built", fail)
     g = torch.Generator().manual_seed(4)
     w, b = torch.randn(4, 4, generator=g) * 0.3, torch.randn(4, generator=g)
-    recording, _ = record_step(_step, (torch.randn(3, 4, generator=g), w, b))
-    assert recording is not _FAILED
-    x = torch.randn(3, 4, generator=g)
-    with torch.no_grad():
-        got = recording(x, w, b)
-    assert all(torch.equal(a, e) for a, e in zip(got, _step(x, w, b), strict=True))
+    _replays_exactly(_step, (torch.randn(3, 4, generator=g), w, b), (torch.randn(3, 4, generator=g), w, b))
 
 
 def test_a_backward_that_skips_some_gradients_is_recorded():
@@ -279,9 +274,4 @@ def test_a_backward_that_skips_some_gradients_is_recorded():
             (grad,) = torch.autograd.grad(loss, x)
         return loss.detach(), grad
 
-    recording, _ = record_step(step, (torch.randn(4, 6),))
-    assert recording is not _FAILED
-    x = torch.randn(4, 6)
-    with torch.no_grad():
-        got = recording(x)
-    assert all(torch.equal(a, b) for a, b in zip(got, step(x), strict=True))
+    _replays_exactly(step, (torch.randn(4, 6),), (torch.randn(4, 6),))
