@@ -36,7 +36,8 @@ class BodyModel(Protocol):
 
     Calls are stateless: `model(body_pose=..., betas=...)` with any leading batch dims, a parameter given as
     None is a missing one (zeros); a keyword-only `return_vertices=False` skips the mesh where the model allows
-    it.
+    it, and `vertex_ids` ((n,) mesh vertex indices) returns only those vertices, (*batch, n, 3), skinning
+    only them where the model can (the same values as indexing the whole mesh, to float rounding).
     """
 
     kind: str  # "mannequin" | "mannequin-hand" | "smplx" | "mano" | "flame"
@@ -56,7 +57,9 @@ class BodyModel(Protocol):
         """(J_skel,) kinematic-tree parents of the first J_skel joints, -1 for the root."""
         ...
 
-    def __call__(self, *, return_vertices: bool = True, **params: Tensor | None) -> BodyOutput: ...
+    def __call__(
+        self, *, return_vertices: bool = True, vertex_ids: Tensor | None = None, **params: Tensor | None
+    ) -> BodyOutput: ...
 
     def joint_set(self, name: str) -> Tensor: ...
 
@@ -188,3 +191,17 @@ def expand_param(
     if value is None:
         return torch.zeros(*batch, dim, dtype=dtype, device=device)
     return value.expand(*batch, dim)
+
+
+def check_vertex_ids(vertex_ids: Tensor, num_vertices: int, device: torch.device) -> Tensor:
+    """`vertex_ids` (`BodyModel` calls) as a long tensor on `device`, or an `InputError` naming what is wrong."""
+    ids = torch.as_tensor(vertex_ids)
+    if ids.ndim != 1 or ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
+        raise InputError(
+            f"vertex_ids must be a 1-D integer tensor, got {ids.dtype} of shape {tuple(ids.shape)}"
+        )
+    if len(ids) and (int(ids.min()) < 0 or int(ids.max()) >= num_vertices):
+        raise InputError(
+            f"vertex_ids must lie in [0, {num_vertices}), got {int(ids.min())}..{int(ids.max())}"
+        )
+    return ids.to(device=device, dtype=torch.long)

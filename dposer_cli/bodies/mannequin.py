@@ -38,6 +38,7 @@ from dposer_cli.bodies.base import (
     OPENPOSE25_NAMES,
     BodyOutput,
     build_joint_sets,
+    check_vertex_ids,
     expand_param,
     gather_params,
     hand21_names,
@@ -63,6 +64,7 @@ _INFLUENCES = 4  # mannequin-x keeps the four strongest skin weights per vertex
 _FOREFOOT_ANGLE = 0.1  # rad, mannequin-x `_reshape_forefeet`
 _FOREFOOT_LENGTH = 1.2
 _CANDIDATES = 4  # vertices per region statistic evaluated with autograd (`WoodenRig._stats`)
+_MATRIX_CACHE = 4  # sparse skinning operators of vertex subsets `MannequinBody` keeps (beside the whole mesh)
 _CACHE_VALUES = 1 << 22  # most shaped-point coordinates `WoodenRig.shaped` keeps from one call to the next
 # betas that need gradients (fitting): shaped points exact at an anchor, first-order (secant Jacobian) within
 # this ∞-distance of it, re-anchored per row beyond it. Measured: ≤ 0.08 mm from exact at 0.1.
@@ -990,17 +992,24 @@ class MannequinBody(nn.Module):
         cols = torch.nonzero(w_land.abs().sum(0) > 0)[:, 0]
         self.register_buffer("landmark_cols", cols, persistent=False)
         self.register_buffer("landmark_weights", w_land[:, cols].clone(), persistent=False)
-        self._matrix: SkinMatrix | None = None
-        self._matrix_key: tuple | None = None
+        self._matrices: dict[
+            bytes | None, SkinMatrix
+        ] = {}  # sparse skinning of the neutral mesh (or a subset)
         self._trace = TraceCache()
 
-    def _neutral_matrix(self) -> SkinMatrix:
-        key = (self.rig.neutral_points.dtype, self.rig.neutral_points.device)
-        # rebuilt after .to(): sparse tensors are not module buffers
-        if self._matrix is None or self._matrix_key != key:
-            self._matrix = lbs_matrix(self.rig.neutral_points, self.rig.sub_full_w)
-            self._matrix_key = key
-        return self._matrix
+    def _neutral_matrix(self, vertex_ids: Tensor | None = None) -> SkinMatrix:
+        """The cached sparse skinning operator of the neutral mesh, or of its vertices `vertex_ids` (the same
+        rows: the same values). Sparse tensors are not module buffers: `_apply` (`.to()`) drops the cache."""
+        key = None if vertex_ids is None else vertex_ids.cpu().numpy().tobytes()
+        matrix = self._matrices.get(key)
+        if matrix is None:
+            points, weights = self.rig.neutral_points, self.rig.sub_full_w
+            if vertex_ids is not None:
+                points, weights = points[vertex_ids], weights[vertex_ids]
+            matrix = self._matrices[key] = lbs_matrix(points, weights)
+            if len(self._matrices) > _MATRIX_CACHE:  # the oldest subset goes first (the whole mesh stays)
+                del self._matrices[next(k for k in self._matrices if k is not None)]
+        return matrix
 
     @property
     def joint_sets(self) -> tuple[str, ...]:
@@ -1027,10 +1036,13 @@ class MannequinBody(nn.Module):
         rots = torch.cat(blocks, dim=-3)
         return rots if self._rot_order is None else rots.index_select(-3, self._rot_order)
 
-    def forward(self, *, return_vertices: bool = True, **params: Tensor | None) -> BodyOutput:
+    def forward(
+        self, *, return_vertices: bool = True, vertex_ids: Tensor | None = None, **params: Tensor | None
+    ) -> BodyOutput:
         """Pose the mannequin; missing parameters are zeros (betas 0 = the SMPL-X neutral shape).
 
-        With `return_vertices=False` only the skeleton and the landmark vertices are shaped and skinned.
+        With `return_vertices=False` only the skeleton and the landmark vertices are shaped and skinned; with
+        `vertex_ids` only those vertices are skinned and returned (`BodyModel`).
         """
         dtype, device = self.rig.joint_rest.dtype, self.rig.joint_rest.device
         batch, p = gather_params(
@@ -1048,14 +1060,22 @@ class MannequinBody(nn.Module):
             pose = partial(self._pose, names, batch)
             joints = replayed_joints(self.rig, self._trace, pose, names, betas, "landmarks", values)
             return BodyOutput(joints=joints, vertices=None)
+        ids = (
+            None
+            if vertex_ids is None
+            else check_vertex_ids(vertex_ids, self.rig.neutral_points.shape[0], device)
+        )
         rest, (land, *full), neutral = self.rig.shaped(betas, ["landmarks", "full"])
         joints, transforms = self._pose(names, batch, rest, land, *values)
         transl = p.get("transl")
         shift = 0.0 if transl is None else transl[..., None, :]
         if neutral and device.type in ("cpu", "cuda"):  # shared rest mesh: cached sparse skinning matrix
-            vertices = lbs_apply(self._neutral_matrix(), transforms, rest) + shift
+            vertices = lbs_apply(self._neutral_matrix(ids), transforms, rest) + shift
         else:
-            vertices = lbs(full[0], transforms, rest, self.rig.sub_full_w) + shift
+            points, weights = full[0], self.rig.sub_full_w
+            if ids is not None:
+                points, weights = points.index_select(-2, ids), weights[ids]
+            vertices = lbs(points, transforms, rest, weights) + shift
         return BodyOutput(joints=joints, vertices=vertices.expand(*batch, *vertices.shape[-2:]))
 
     def holding_step(self, betas: Tensor) -> AbstractContextManager[tuple[Tensor, ...] | None]:
@@ -1082,6 +1102,7 @@ class MannequinBody(nn.Module):
 
     def _apply(self, fn: Callable[..., Any], recurse: bool = True) -> "MannequinBody":
         self._trace.clear()  # recordings hold the old buffers
+        self._matrices.clear()
         return super()._apply(fn, recurse)
 
 
@@ -1159,8 +1180,11 @@ class MannequinHand(nn.Module):
         """Indices into the output joints of a named set ("hand21", "mano16")."""
         return lookup_joint_set(self._sets, name, self.kind).to(self.parents.device)
 
-    def forward(self, *, return_vertices: bool = True, **params: Tensor | None) -> BodyOutput:
-        """Pose the hand; missing parameters are zeros (zero `hand_pose` = the mean hand)."""
+    def forward(
+        self, *, return_vertices: bool = True, vertex_ids: Tensor | None = None, **params: Tensor | None
+    ) -> BodyOutput:
+        """Pose the hand; missing parameters are zeros (zero `hand_pose` = the mean hand). `vertex_ids`: only
+        those vertices (`BodyModel`; the hand's few thousand are skinned all the same)."""
         dtype, device = self.rig.joint_rest.dtype, self.rig.joint_rest.device
         batch, p = gather_params(
             params,
@@ -1179,9 +1203,10 @@ class MannequinHand(nn.Module):
                 self.rig, self._trace, pose, names, betas, f"{self._region}_tips", values
             )
             return BodyOutput(joints=joints, vertices=None)
+        ids = None if vertex_ids is None else check_vertex_ids(vertex_ids, self.weights.shape[0], device)
         rest_all, (pts,), _ = self.rig.shaped(betas, [self._region])
         joints, vertices = self._pose(names, batch, True, rest_all, pts, *values)
-        return BodyOutput(joints=joints, vertices=vertices)
+        return BodyOutput(joints=joints, vertices=vertices if ids is None else vertices.index_select(-2, ids))
 
     def holding_step(self, betas: Tensor) -> AbstractContextManager[tuple[Tensor, ...] | None]:
         """As `MannequinBody.holding_step`."""

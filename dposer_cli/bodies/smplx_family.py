@@ -33,6 +33,7 @@ from dposer_cli.bodies.base import (
     OPENPOSE25_NAMES,
     BodyOutput,
     build_joint_sets,
+    check_vertex_ids,
     expand_param,
     gather_params,
     hand21_names,
@@ -43,6 +44,7 @@ from dposer_cli.core.parts import FLAME_FILES, HAND_JOINTS
 from dposer_cli.core.trace import TraceCache
 
 log = logging.getLogger(__name__)
+_SUBSET_TWINS = 4  # vertex-subset twins a model keeps (`_SmplxAdapter._subset_twin`)
 
 # Every smplx constructor setting dposer relies on, in ONE place. smplx's own defaults differ (PCA hands
 # with 6 components, no face contour, 10 expressions) and the official DPoser-X code mixes them; these
@@ -195,7 +197,8 @@ def joints_twin(model: SmplxModule, keep: Tensor) -> tuple[SmplxModule, Tensor]:
     twin = copy.deepcopy(model, memo)  # the large arrays are replaced below, not copied
     reg = model.J_regressor.double()
     nj, nv, n = reg.shape[0], reg.shape[1], len(keep)
-    dtype = model.v_template.dtype
+    dtype, device = model.v_template.dtype, model.v_template.device
+    keep = keep.to(device)
     twin.v_template = torch.cat([model.v_template[keep], (reg @ model.v_template.double()).to(dtype)])
     for name in ("shapedirs", "expr_dirs"):
         dirs = getattr(model, name, None)
@@ -204,10 +207,11 @@ def joints_twin(model: SmplxModule, keep: Tensor) -> tuple[SmplxModule, Tensor]:
             setattr(twin, name, torch.cat([dirs[keep], regressed]))
     posedirs = model.posedirs.reshape(model.posedirs.shape[0], nv, 3)[:, keep]
     twin.posedirs = torch.cat([posedirs, posedirs.new_zeros(posedirs.shape[0], nj, 3)], 1).flatten(1)
-    twin.J_regressor = torch.cat([reg.new_zeros(nj, n), torch.eye(nj, dtype=reg.dtype)], 1).to(dtype)
-    twin.lbs_weights = torch.cat([model.lbs_weights[keep], torch.eye(nj, dtype=model.lbs_weights.dtype)])
-    remap = torch.zeros(nv, dtype=torch.long)
-    remap[keep] = torch.arange(n)
+    eye = torch.eye(nj, dtype=reg.dtype, device=device)
+    twin.J_regressor = torch.cat([reg.new_zeros(nj, n), eye], 1).to(dtype)
+    twin.lbs_weights = torch.cat([model.lbs_weights[keep], eye.to(model.lbs_weights.dtype)])
+    remap = torch.zeros(nv, dtype=torch.long, device=device)
+    remap[keep] = torch.arange(n, device=device)
     twin.faces_tensor = remap[model.faces_tensor]  # faces outside `keep` are never read
     twin.vertex_joint_selector.extra_joints_idxs = remap[model.vertex_joint_selector.extra_joints_idxs]
     return twin, remap
@@ -217,7 +221,8 @@ class _SmplxAdapter(nn.Module):
     """Shared call path: validate, broadcast, flatten, call smplx, reshape back.
 
     Joints-only calls (`return_vertices=False`) go to `twin` (see `joints_twin`), which skins only the
-    vertices that joints are made of.
+    vertices that joints are made of; calls for a vertex subset (`vertex_ids`) go to a twin that also keeps
+    those (made on first use, a few kept).
     """
 
     kind = ""
@@ -234,6 +239,8 @@ class _SmplxAdapter(nn.Module):
         self.num_betas = int(model.num_betas)
         self.num_expression = int(getattr(model, "num_expression_coeffs", 0) or 0)
         self.twin, remap = joints_twin(model, joint_vertices(model, extra_vertices))
+        self._extra = tuple(extra_vertices)
+        self._subset_twins: dict[bytes, tuple[SmplxModule, Tensor]] = {}
         self._trace = TraceCache()
         extra = remap[torch.as_tensor(extra_vertices, dtype=torch.long)]
         self.register_buffer("twin_extra", extra, persistent=False)
@@ -254,7 +261,11 @@ class _SmplxAdapter(nn.Module):
     def joint_sets(self) -> tuple[str, ...]:
         return tuple(self._sets)
 
-    def _call(self, params: dict[str, Tensor | None], vertices: bool) -> tuple[tuple[int, ...], Any]:
+    def _call(
+        self, params: dict[str, Tensor | None], vertices: bool, vertex_ids: Tensor | None = None
+    ) -> tuple[tuple[int, ...], Any]:
+        """(batch, smplx output): the whole model's, the joints twin's (`vertices=False`) or, for `vertex_ids`,
+        a subset twin's with `remap` (whole-mesh vertex id → its place in the twin's vertices)."""
         dtype, device = self.model.v_template.dtype, self.model.v_template.device
         coeffs = {k: getattr(self, attr) for k, attr in self._coeffs.items()}
         batch, p = gather_params(
@@ -263,6 +274,12 @@ class _SmplxAdapter(nn.Module):
         n = math.prod(batch)
         sizes = {**self._dims, **coeffs}
         flat = {k: expand_param(p.get(k), batch, d, dtype, device).reshape(n, d) for k, d in sizes.items()}
+        if vertices and vertex_ids is not None:
+            twin, remap = self._subset_twin(
+                check_vertex_ids(vertex_ids, self.model.v_template.shape[0], device)
+            )
+            out = twin(**flat, return_verts=True)
+            return batch, SimpleNamespace(joints=out.joints, vertices=out.vertices, remap=remap)
         if vertices:
             return batch, self.model(**flat, return_verts=True)
         # fits and IK call the twin hundreds of times: replayed from a recording (a pure function of `flat`)
@@ -276,12 +293,29 @@ class _SmplxAdapter(nn.Module):
         the twin is a pure function of them (`tasks.fit` plans its steps with this)."""
         yield ()
 
+    def _subset_twin(self, ids: Tensor) -> tuple[SmplxModule, Tensor]:
+        key = ids.cpu().numpy().tobytes()
+        if key not in self._subset_twins:
+            keep = torch.unique(torch.cat([joint_vertices(self.model, self._extra), ids.cpu()]))
+            if len(self._subset_twins) >= _SUBSET_TWINS:
+                del self._subset_twins[next(iter(self._subset_twins))]
+            self._subset_twins[key] = joints_twin(self.model, keep)
+        return self._subset_twins[key]
+
+    @staticmethod
+    def _vertices(out: Any, vertex_ids: Tensor | None) -> Tensor:
+        """The vertices a call asked for from `_call`'s output (a subset's in the order of `vertex_ids`)."""
+        if vertex_ids is None:
+            return out.vertices
+        return out.vertices.index_select(1, out.remap[torch.as_tensor(vertex_ids, device=out.remap.device)])
+
     def _twin(self, names: tuple[str, ...], *values: Tensor) -> tuple[Tensor, Tensor]:
         out = self.twin(**dict(zip(names, values, strict=True)), return_verts=True)
         return out.joints, out.vertices
 
     def _apply(self, fn: Callable[..., Any], recurse: bool = True) -> "_SmplxAdapter":
         self._trace.clear()  # recordings hold the old buffers
+        self._subset_twins.clear()
         return super()._apply(fn, recurse)
 
 
@@ -329,12 +363,14 @@ class SMPLXBody(_SmplxAdapter):
             },
         )
 
-    def forward(self, *, return_vertices: bool = True, **params: Tensor | None) -> BodyOutput:
+    def forward(
+        self, *, return_vertices: bool = True, vertex_ids: Tensor | None = None, **params: Tensor | None
+    ) -> BodyOutput:
         """Pose SMPL-X; missing parameters are zeros."""
-        batch, out = self._call(params, return_vertices)
+        batch, out = self._call(params, return_vertices, vertex_ids)
         return BodyOutput(
             joints=out.joints.reshape(*batch, -1, 3),
-            vertices=out.vertices.reshape(*batch, -1, 3) if return_vertices else None,
+            vertices=self._vertices(out, vertex_ids).reshape(*batch, -1, 3) if return_vertices else None,
         )
 
 
@@ -370,14 +406,19 @@ class MANOBody(_SmplxAdapter):
             self.joint_names, {"hand21": hand21_names(""), "mano16": self.joint_names[:16]}
         )
 
-    def forward(self, *, return_vertices: bool = True, **params: Tensor | None) -> BodyOutput:
+    def forward(
+        self, *, return_vertices: bool = True, vertex_ids: Tensor | None = None, **params: Tensor | None
+    ) -> BodyOutput:
         """Pose MANO; missing parameters are zeros (zero hand_pose = the mean hand)."""
-        batch, out = self._call(params, return_vertices)
-        tips = self.tip_ids if return_vertices else self.twin_extra
+        batch, out = self._call(params, return_vertices, vertex_ids)
+        if not return_vertices:
+            tips = self.twin_extra
+        else:
+            tips = self.tip_ids if vertex_ids is None else out.remap[self.tip_ids]
         joints = torch.cat([out.joints, out.vertices[:, tips]], dim=1)
         return BodyOutput(
             joints=joints.reshape(*batch, -1, 3),
-            vertices=out.vertices.reshape(*batch, -1, 3) if return_vertices else None,
+            vertices=self._vertices(out, vertex_ids).reshape(*batch, -1, 3) if return_vertices else None,
         )
 
 
@@ -439,10 +480,12 @@ class FLAMEBody(_SmplxAdapter):
             {"flame73": self.joint_names, "face68": self.joint_names[56:] + self.joint_names[5:56]},
         )
 
-    def forward(self, *, return_vertices: bool = True, **params: Tensor | None) -> BodyOutput:
+    def forward(
+        self, *, return_vertices: bool = True, vertex_ids: Tensor | None = None, **params: Tensor | None
+    ) -> BodyOutput:
         """Pose FLAME; missing parameters are zeros."""
-        batch, out = self._call(params, return_vertices)
+        batch, out = self._call(params, return_vertices, vertex_ids)
         return BodyOutput(
             joints=out.joints.reshape(*batch, -1, 3),
-            vertices=out.vertices.reshape(*batch, -1, 3) if return_vertices else None,
+            vertices=self._vertices(out, vertex_ids).reshape(*batch, -1, 3) if return_vertices else None,
         )

@@ -33,7 +33,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from dposer_cli.bodies.base import BodyModel, BodyOutput
+from dposer_cli.bodies.base import BodyModel
 from dposer_cli.core.errors import InputError
 from dposer_cli.core.parts import PARTS, Part, mask_dims
 from dposer_cli.core.rotations import matrix_to_axis_angle, rigid_registration
@@ -250,6 +250,7 @@ def denoise_motion(
     weight = vis.to(obs.dtype)
 
     weights = StageWeights(lambda w: (w["data"], w["temporal"], w["prior"]), device)
+    subset = temporal_vertices(body) if use_vertices else None
 
     def loss(p: dict[str, Tensor], step: Step) -> Tensor:
         w, wt = step.stage.weights, weights(step.stage)
@@ -257,13 +258,15 @@ def denoise_motion(
             body_pose=p["body_pose"],
             global_orient=p.get("global_orient"),
             transl=p.get("transl"),
-            return_vertices=use_vertices,
+            return_vertices=subset is not None,
+            vertex_ids=subset,
         )
         # mean over frames and the 22 joints (hidden ones contribute 0, as the official 1e-20 mask)
         data = ((out.joints[:, b22] - obs).norm(dim=-1) * weight).mean()
         value = wt[0] * data
         if w["temporal"]:  # (a zero weight skips the term: the partial recipe's first iterations)
-            pts = _temporal_points(out, use_vertices)
+            pts = out.joints if out.vertices is None else out.vertices.contiguous()  # models may return them
+            # frame-minor (sparse skinning does), where a norm over xyz runs ~8× slower
             value = value + wt[1] * (pts[1:] - pts[:-1]).norm(dim=-1).mean()
         return value + wt[2] * step.prior(p["body_pose"]).mean()  # prior: sum over dims / T
 
@@ -274,11 +277,7 @@ def denoise_motion(
         loss,
         prior=PriorSchedule(prior, schedule.t_range, weighting=weighting, generator=generator),
         progress=progress,
-        # the mesh term's sparse skinning dominates its steps, and replayed it measured slower (61 vs 53 ms a
-        # step at 60 frames): only the joints' steps are replayed
-        plan=None
-        if use_vertices
-        else PriorPlan(
+        plan=PriorPlan(
             weights.inputs, lambda p, step: p["body_pose"], lambda step: bool(step.stage.weights["temporal"])
         ),
     )
@@ -358,10 +357,13 @@ def motion_metrics(
     return out
 
 
-def _temporal_points(out: BodyOutput, use_vertices: bool) -> Tensor:
-    """Points for the smoothness term: every k-th vertex (≈ TEMPORAL_VERTICES; the mean over a uniform
-    subsample estimates the mean over all vertices at a fraction of the cost), else the joints."""
-    if not use_vertices or out.vertices is None:
-        return out.joints
-    stride = max(1, out.vertices.shape[-2] // TEMPORAL_VERTICES)
-    return out.vertices[..., ::stride, :].contiguous()  # contiguous: models may return frame-minor layouts
+def temporal_vertices(body: BodyModel) -> Tensor | None:
+    """The vertices of the smoothness term: every k-th one (≈ TEMPORAL_VERTICES; the mean over a uniform
+    subsample estimates the mean over all vertices at a fraction of the cost), None when the model has no
+    mesh. Only these are skinned (`BodyModel` `vertex_ids`): the whole mesh cost ~8× more per step."""
+    with torch.no_grad():
+        mesh = body(return_vertices=True).vertices
+    if mesh is None:
+        return None
+    stride = max(1, mesh.shape[-2] // TEMPORAL_VERTICES)
+    return torch.arange(0, mesh.shape[-2], stride, device=mesh.device)

@@ -442,3 +442,29 @@ def test_replayed_hand_joints_equal_eager_ones(side, monkeypatch):
         for a, b in zip(joints(pose, betas, True), joints(pose, betas, False), strict=True):
             assert torch.equal(a, b)
     assert hand._trace.recorded() == 1
+
+
+def test_vertex_subsets_skin_only_those_vertices_with_the_whole_meshs_values(mannequin32):
+    """`vertex_ids` (the neutral shape's cached subset operator, and shaped bodies): the whole mesh's values
+    at those vertices to the bit, and the same gradients; the hand's subset too; bad ids are one line."""
+    gen = torch.Generator().manual_seed(7)
+    nv = mannequin32().vertices.shape[-2]
+    ids = torch.cat([torch.randperm(nv, generator=gen)[:500], torch.tensor([0, 0])])
+    for betas in (None, torch.randn(3, 10, generator=gen)):
+        pose = (0.4 * torch.randn(3, 63, generator=gen)).requires_grad_(True)
+        full = mannequin32(body_pose=pose, betas=betas, transl=torch.ones(3))
+        sub = mannequin32(body_pose=pose, betas=betas, transl=torch.ones(3), vertex_ids=ids)
+        assert sub.vertices.shape == (3, len(ids), 3)
+        assert torch.equal(sub.vertices, full.vertices[:, ids]) and torch.equal(sub.joints, full.joints)
+        w = torch.randn(sub.vertices.shape, generator=gen)
+        (g_full,) = torch.autograd.grad((full.vertices[:, ids] * w).sum(), pose)
+        (g_sub,) = torch.autograd.grad((sub.vertices * w).sum(), pose)
+        torch.testing.assert_close(g_sub, g_full, atol=1e-6 * float(g_full.abs().max()), rtol=0)
+    hand = MannequinHand("left")
+    hp = 0.3 * torch.randn(2, 45, generator=gen)
+    whole = hand(hand_pose=hp).vertices
+    assert torch.equal(hand(hand_pose=hp, vertex_ids=torch.tensor([5, 1, 5])).vertices, whole[:, [5, 1, 5]])
+    for bad, pattern in ((torch.tensor([nv]), r"\[0, "), (torch.tensor([[1, 2]]), "1-D integer"),
+                         (torch.tensor([0.5]), "1-D integer")):  # fmt: skip
+        with pytest.raises(InputError, match=pattern):
+            mannequin32(vertex_ids=bad)

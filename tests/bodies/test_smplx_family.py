@@ -282,3 +282,37 @@ def test_replayed_joints_only_calls_equal_eager_ones(kind, body_models_root, mon
         for a, b in zip(joints(params, True), joints(params, False), strict=True):
             assert torch.equal(a, b)
     assert body._trace.recorded() == 1
+
+
+def _subset_matches(body, params, ids):
+    """`vertex_ids` returns those vertices of the whole mesh (a twin keeping them), the same joints, and the
+    same gradients of a loss on them."""
+    q = {k: v.clone().requires_grad_(True) for k, v in params.items()}
+    full, sub = body(**q), body(**q, vertex_ids=ids)
+    assert sub.vertices.shape == (*full.vertices.shape[:-2], len(ids), 3)
+    torch.testing.assert_close(sub.vertices, full.vertices[..., ids, :], atol=2e-6, rtol=0)
+    torch.testing.assert_close(sub.joints, full.joints, atol=2e-6, rtol=0)
+    w = torch.randn(sub.vertices.shape, generator=torch.Generator().manual_seed(1))
+    for a, b in zip(
+        torch.autograd.grad((full.vertices[..., ids, :] * w).sum(), list(q.values())),
+        torch.autograd.grad((sub.vertices * w).sum(), list(q.values())),
+        strict=True,
+    ):
+        torch.testing.assert_close(b, a, atol=1e-5 * float(a.abs().max()) + 1e-6, rtol=0)
+
+
+def test_vertex_subsets_of_smplx_mano_and_flame_equal_the_whole_mesh(smplx_body, body_models_root):
+    mano = MANOBody(body_models_root / "mano" / "MANO_LEFT.pkl", side="left")
+    flame = FLAMEBody(body_models_root / "flame" / "FLAME_NEUTRAL.pkl")
+    cases = [
+        (smplx_body, {"body_pose": _random((4, 63), 0.6, seed=51), "betas": _random((4, 10), 1.0, seed=52)}),
+        (mano, {"hand_pose": _random((3, 45), seed=53), "global_orient": _random((3, 3), seed=54)}),
+        (flame, {"jaw_pose": _random((2, 3), seed=55), "expression": _random((2, 100), 1.0, seed=56)}),
+    ]
+    for body, params in cases:
+        nv = body.model.v_template.shape[0]
+        ids = torch.cat([torch.arange(nv - 1, 0, -7), torch.tensor([3, 3])])  # any order, repeats allowed
+        _subset_matches(body, params, ids)
+        assert body.model.v_template.shape[0] == nv  # the model itself is untouched
+    with pytest.raises(InputError, match=r"vertex_ids must lie in \[0, "):
+        smplx_body(vertex_ids=torch.tensor([smplx_body.model.v_template.shape[0]]))

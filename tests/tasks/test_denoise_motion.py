@@ -264,7 +264,7 @@ def test_bad_inputs_are_input_errors(body, case, pattern):
 @pytest.mark.parametrize("temporal", ["joints", "vertices"])
 def test_steps_are_replayed_bit_for_bit(temporal, body, pose, tmp_path_factory, monkeypatch):
     """Steps replayed whole (`StepPlan`) against the same run with every replay off: the same poses to the bit
-    and the same count; the joint term's steps were replayed."""
+    and the same count; the steps were replayed (the mesh term's too: it skins a vertex subset)."""
     from dposer_cli.core.trace import TRACE_ENV
     from dposer_cli.engine.prior import DPoserPrior
     from tests._fixtures.priors import write_tiny_prior
@@ -285,7 +285,31 @@ def test_steps_are_replayed_bit_for_bit(temporal, body, pose, tmp_path_factory, 
     eager = run()
     assert torch.equal(replayed.params["body_pose"], eager.params["body_pose"])
     assert replayed.nfe == eager.nfe == 12
-    if temporal == "joints":  # per recording: two warm-up steps and the recording
-        assert sum(c is not None for c in calls) >= 12 - 3 * 2
-    else:  # the mesh term's steps run eagerly (its sparse skinning replayed measured slower)
-        assert not calls
+    assert (
+        sum(c is not None for c in calls) >= 12 - 3 * 2
+    )  # per recording: two warm-up steps and the recording
+
+
+def test_the_mesh_term_skins_every_kth_vertex_only(body, pose, monkeypatch):
+    """The smoothness term's vertices: a uniform subsample (≈ TEMPORAL_VERTICES) passed to the body model as
+    `vertex_ids`, so only those are skinned; the term equals its value on the whole mesh's same vertices."""
+    nv = body().vertices.shape[-2]
+    ids = dm.temporal_vertices(body)
+    stride = nv // dm.TEMPORAL_VERTICES
+    assert (
+        torch.equal(ids, torch.arange(0, nv, stride))
+        and dm.TEMPORAL_VERTICES <= len(ids) < 2 * dm.TEMPORAL_VERTICES
+    )
+    seen = []
+    real_call = type(body).__call__
+
+    def spy(self, *args, **kwargs):
+        seen.append(kwargs.get("vertex_ids"))
+        return real_call(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(body), "__call__", spy)
+    clean = _joints(body, pose[:4])
+    sched = replace(dm.SCHEDULES[0.02], steps_per_iter=1)
+    dm.denoise_motion(NoPrior(Part.body), body, clean, schedule=sched, temporal="vertices")
+    assert any(v is not None and torch.equal(v, ids) for v in seen)
+    assert all(v is None or torch.equal(v, ids) for v in seen)
