@@ -13,8 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from dposer_cli.core.errors import AssetMismatchError, DposerError, InputError, suggest
 from dposer_cli.core.parts import PARTS, Part
 from dposer_cli.core.paths import (
@@ -26,7 +24,6 @@ from dposer_cli.core.paths import (
     official_normalizer_file,
 )
 from dposer_cli.core.result import Result
-from dposer_cli.engine.checkpoint import read_checkpoint
 from dposer_cli.io.hub import NORMALIZER_FILE, TIMEOUT_S, Asset, Fetcher, HubSource, body_models, plan
 
 ALL = "all"
@@ -157,6 +154,10 @@ def run(req: DownloadRequest, progress: Callable[[int, int], None] | None = None
 def _check_file(asset: Asset, path: Path) -> str | None:
     """Why a fetched file is unusable, or None: a checkpoint must load as its part's prior (key names, shapes,
     EMA list length); a normaliser must hold mean_poses / std_poses of its segment's length (weights only)."""
+    import torch  # here: `download --list` and plain downloads need no torch (~1 s of start-up)
+
+    from dposer_cli.engine.checkpoint import read_checkpoint
+
     if asset.kind == "checkpoint":
         part = asset.parts[0]
         try:
@@ -240,6 +241,10 @@ def _unique_segments(part: Part) -> list[Any]:
 
 def _check_files(part: Part, entry: dict[str, Any]) -> None:
     """Load every present file; record `valid` and the one-line error."""
+    import torch  # here: see `_check_file`
+
+    from dposer_cli.engine.checkpoint import read_checkpoint
+
     for key in ("official_checkpoint", "demo_prior"):
         item = entry[key]
         if item["present"]:
