@@ -86,6 +86,13 @@ def test_mpjpe_plain_and_root_aligned_against_numpy():
     assert mpjpe(np.zeros((2, 3, 3)), np.ones((2, 3, 3))).shape == (2,)  # numpy input accepted
 
 
+def test_mpjpe_of_frame_minor_points_equals_the_contiguous_value_to_the_bit():
+    """Sparse skinning returns vertices frame-minor (strides (1, 3B, B)); the error is the same number."""
+    a, b = _randn(3 * 50, 7).T.reshape(7, 50, 3), _randn(3 * 50, 7).T.reshape(7, 50, 3)
+    assert a.stride(-1) != 1
+    assert torch.equal(mpjpe(a, b), mpjpe(a.contiguous(), b.contiguous()))
+
+
 def test_mpjpe_rejects_bad_input():
     # with the jaxtyping test hook installed, the annotation rejects the shapes before our own check does
     with pytest.raises((InputError, TypeCheckError)):
