@@ -992,9 +992,8 @@ class MannequinBody(nn.Module):
         cols = torch.nonzero(w_land.abs().sum(0) > 0)[:, 0]
         self.register_buffer("landmark_cols", cols, persistent=False)
         self.register_buffer("landmark_weights", w_land[:, cols].clone(), persistent=False)
-        self._matrices: dict[
-            bytes | None, SkinMatrix
-        ] = {}  # sparse skinning of the neutral mesh (or a subset)
+        # sparse skinning operators of the neutral mesh (key None) and of vertex subsets (`_neutral_matrix`)
+        self._matrices: dict[bytes | None, SkinMatrix] = {}
         self._trace = TraceCache()
 
     def _neutral_matrix(self, vertex_ids: Tensor | None = None) -> SkinMatrix:

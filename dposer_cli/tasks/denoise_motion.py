@@ -265,8 +265,8 @@ def denoise_motion(
         data = ((out.joints[:, b22] - obs).norm(dim=-1) * weight).mean()
         value = wt[0] * data
         if w["temporal"]:  # (a zero weight skips the term: the partial recipe's first iterations)
-            pts = out.joints if out.vertices is None else out.vertices.contiguous()  # models may return them
-            # frame-minor (sparse skinning does), where a norm over xyz runs ~8× slower
+            # contiguous: sparse skinning returns vertices frame-minor, where a norm over xyz runs ~8× slower
+            pts = out.joints if out.vertices is None else out.vertices.contiguous()
             value = value + wt[1] * (pts[1:] - pts[:-1]).norm(dim=-1).mean()
         return value + wt[2] * step.prior(p["body_pose"]).mean()  # prior: sum over dims / T
 
