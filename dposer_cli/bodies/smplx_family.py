@@ -238,8 +238,8 @@ class _SmplxAdapter(nn.Module):
         self.path = Path(path)
         self.num_betas = int(model.num_betas)
         self.num_expression = int(getattr(model, "num_expression_coeffs", 0) or 0)
-        self.twin, remap = joints_twin(model, joint_vertices(model, extra_vertices))
-        self._extra = tuple(extra_vertices)
+        self._joint_ids = joint_vertices(model, extra_vertices)  # what joints read; every twin keeps them
+        self.twin, remap = joints_twin(model, self._joint_ids)
         self._subset_twins: dict[bytes, tuple[SmplxModule, Tensor]] = {}
         self._trace = TraceCache()
         extra = remap[torch.as_tensor(extra_vertices, dtype=torch.long)]
@@ -265,7 +265,8 @@ class _SmplxAdapter(nn.Module):
         self, params: dict[str, Tensor | None], vertices: bool, vertex_ids: Tensor | None = None
     ) -> tuple[tuple[int, ...], Any]:
         """(batch, smplx output): the whole model's, the joints twin's (`vertices=False`) or, for `vertex_ids`,
-        a subset twin's with `remap` (whole-mesh vertex id → its place in the twin's vertices)."""
+        a subset twin's with `remap` (whole-mesh vertex id → its place in the twin's vertices) and `picked`
+        (the asked-for vertices' places)."""
         dtype, device = self.model.v_template.dtype, self.model.v_template.device
         coeffs = {k: getattr(self, attr) for k, attr in self._coeffs.items()}
         batch, p = gather_params(
@@ -275,11 +276,12 @@ class _SmplxAdapter(nn.Module):
         sizes = {**self._dims, **coeffs}
         flat = {k: expand_param(p.get(k), batch, d, dtype, device).reshape(n, d) for k, d in sizes.items()}
         if vertices and vertex_ids is not None:
-            twin, remap = self._subset_twin(
-                check_vertex_ids(vertex_ids, self.model.v_template.shape[0], device)
-            )
+            ids = check_vertex_ids(vertex_ids, self.model.v_template.shape[0], device)
+            twin, remap = self._subset_twin(ids)
             out = twin(**flat, return_verts=True)
-            return batch, SimpleNamespace(joints=out.joints, vertices=out.vertices, remap=remap)
+            return batch, SimpleNamespace(
+                joints=out.joints, vertices=out.vertices, remap=remap, picked=remap[ids]
+            )
         if vertices:
             return batch, self.model(**flat, return_verts=True)
         # fits and IK call the twin hundreds of times: replayed from a recording (a pure function of `flat`)
@@ -296,18 +298,17 @@ class _SmplxAdapter(nn.Module):
     def _subset_twin(self, ids: Tensor) -> tuple[SmplxModule, Tensor]:
         key = ids.cpu().numpy().tobytes()
         if key not in self._subset_twins:
-            keep = torch.unique(torch.cat([joint_vertices(self.model, self._extra), ids.cpu()]))
+            keep = torch.unique(torch.cat([self._joint_ids, ids.cpu()]))
             if len(self._subset_twins) >= _SUBSET_TWINS:
                 del self._subset_twins[next(iter(self._subset_twins))]
             self._subset_twins[key] = joints_twin(self.model, keep)
         return self._subset_twins[key]
 
     @staticmethod
-    def _vertices(out: Any, vertex_ids: Tensor | None) -> Tensor:
-        """The vertices a call asked for from `_call`'s output (a subset's in the order of `vertex_ids`)."""
-        if vertex_ids is None:
-            return out.vertices
-        return out.vertices.index_select(1, out.remap[torch.as_tensor(vertex_ids, device=out.remap.device)])
+    def _vertices(out: Any) -> Tensor:
+        """The vertices a call asked for from `_call`'s output (a subset's in the order of its `vertex_ids`)."""
+        picked = getattr(out, "picked", None)
+        return out.vertices if picked is None else out.vertices.index_select(1, picked)
 
     def _twin(self, names: tuple[str, ...], *values: Tensor) -> tuple[Tensor, Tensor]:
         out = self.twin(**dict(zip(names, values, strict=True)), return_verts=True)
@@ -370,7 +371,7 @@ class SMPLXBody(_SmplxAdapter):
         batch, out = self._call(params, return_vertices, vertex_ids)
         return BodyOutput(
             joints=out.joints.reshape(*batch, -1, 3),
-            vertices=self._vertices(out, vertex_ids).reshape(*batch, -1, 3) if return_vertices else None,
+            vertices=self._vertices(out).reshape(*batch, -1, 3) if return_vertices else None,
         )
 
 
@@ -418,7 +419,7 @@ class MANOBody(_SmplxAdapter):
         joints = torch.cat([out.joints, out.vertices[:, tips]], dim=1)
         return BodyOutput(
             joints=joints.reshape(*batch, -1, 3),
-            vertices=self._vertices(out, vertex_ids).reshape(*batch, -1, 3) if return_vertices else None,
+            vertices=self._vertices(out).reshape(*batch, -1, 3) if return_vertices else None,
         )
 
 
@@ -487,5 +488,5 @@ class FLAMEBody(_SmplxAdapter):
         batch, out = self._call(params, return_vertices, vertex_ids)
         return BodyOutput(
             joints=out.joints.reshape(*batch, -1, 3),
-            vertices=self._vertices(out, vertex_ids).reshape(*batch, -1, 3) if return_vertices else None,
+            vertices=self._vertices(out).reshape(*batch, -1, 3) if return_vertices else None,
         )
