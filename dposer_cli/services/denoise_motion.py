@@ -10,8 +10,8 @@ A file-in/file-out shell around `tasks.denoise_motion` (the algorithm, its sched
   of the torso). `noise_std` then only names the expected noise level (it picks the schedule). NaN joints
   count as occluded.
 
-Outputs: `denoised.npz` (body_pose, joints, observed_joints [NaN = hidden], global_orient [and transl for
-joint inputs], fps) and `comparison.mp4` (observations beside the result).
+Outputs: `denoised.npz` (body_pose, joints, observed_joints [NaN = hidden], global_orient and transl [estimated
+for joints input; a poses input's own, passed through, with the joints written in their frame], fps) and `comparison.mp4` (observations beside the result).
 """
 
 import logging
@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from dposer_cli.bodies import BodyModel, BodyOutput, load_body
+from dposer_cli.bodies.kinematics import batch_rodrigues
 from dposer_cli.core import validate
 from dposer_cli.core.device import make_generator, resolve_device
 from dposer_cli.core.errors import InputError, MissingAssetError, UnavailableError
@@ -153,11 +154,16 @@ def run(
         for key in ("body_pose", "global_orient", "transl")
         if key in fit.params
     }
-    arrays.update(joints=fit.joints.cpu().numpy(), observed_joints=observed.cpu().numpy())
-    if not world and motion.global_orient is not None:
-        arrays["global_orient"] = np.asarray(
-            motion.global_orient, dtype=np.float32
-        )  # passed through unchanged
+    joints_out = fit.joints
+    if not world and (motion.global_orient is not None or motion.transl is not None):
+        # The input's root motion is passed through unchanged, and the joints are written in its frame, so that
+        # the file's joints are its parameters' joints (read back, it is a consistent joints + poses input).
+        root = {"global_orient": motion.global_orient, "transl": motion.transl}
+        arrays.update({k: np.asarray(v, dtype=np.float32) for k, v in root.items() if v is not None})
+        joints_out, observed = _root_motion(
+            fit.joints, observed, _tensor(motion.global_orient, device), _tensor(motion.transl, device)
+        )
+    arrays.update(joints=joints_out.cpu().numpy(), observed_joints=observed.cpu().numpy())
     fps = float(req.fps or motion.fps or 30.0)
     outputs: dict[str, Path | list[Path]] = {
         "denoised": write_motion(out_dir / "denoised.npz", fps=fps, **arrays)
@@ -256,6 +262,21 @@ def _joints(
 ) -> Tensor:
     with torch.no_grad():
         return body(body_pose=pose, global_orient=orient, transl=transl, return_vertices=False).joints[:, b22]
+
+
+def _root_motion(
+    joints: Tensor, observed: Tensor, orient: Tensor | None, transl: Tensor | None
+) -> tuple[Tensor, Tensor]:
+    """Body-frame joints (T, J, 3) moved by a global orientation about the pelvis, then a translation (the
+    body models' root motion: the pelvis, joint 0, is the rotation's centre)."""
+    pivot = joints[:, :1]
+    if orient is not None:
+        rot = batch_rodrigues(orient).transpose(-1, -2)[:, None]  # (T, 1, 3, 3): row vectors times R^T
+        joints = pivot + ((joints - pivot)[..., None, :] @ rot)[..., 0, :]
+        observed = pivot + ((observed - pivot)[..., None, :] @ rot)[..., 0, :]
+    if transl is not None:
+        joints, observed = joints + transl[:, None], observed + transl[:, None]
+    return joints, observed
 
 
 def _select_body22(joints: Tensor, body: BodyModel, b22: Tensor, where: str) -> Tensor:

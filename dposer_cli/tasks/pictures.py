@@ -581,6 +581,40 @@ def _frame_errors_mm(a: Tensor, b: Tensor, mask: Tensor) -> np.ndarray:
     return (1000 * d / mask.sum(-1)).cpu().numpy()  # 0/0 → NaN
 
 
+def _rotation_between(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The shortest rotation (3, 3) taking unit vector `a` to unit vector `b` (Rodrigues)."""
+    cos = float(np.clip(a @ b, -1.0, 1.0))
+    axis = np.cross(a, b)
+    sin = float(np.linalg.norm(axis))
+    if sin < 1e-8:  # parallel (identity) or opposite (half a turn about any axis normal to them)
+        axis = np.cross(a, [1.0, 0.0, 0.0] if abs(a[0]) < 0.9 else [0.0, 1.0, 0.0])
+        axis, sin = axis / np.linalg.norm(axis), 0.0
+    else:
+        axis = axis / sin
+    k = np.array([[0.0, -axis[2], axis[1]], [axis[2], 0.0, -axis[0]], [-axis[1], axis[0], 0.0]])
+    return np.eye(3) + sin * k + (1.0 - cos) * (k @ k)
+
+
+def _facing_turn(joints: np.ndarray, body: BodyModel, tolerance_deg: float = 30.0) -> np.ndarray | None:
+    """A rotation (3, 3) that shows a sequence (joints (T, J, 3)) upright and from the front: its mean
+    pelvis-to-neck direction to +y, then, when the body keeps one facing (the mean of its per-frame facings is
+    at least half a unit long), that facing to +z, as the body frame has them. None when both are already
+    within `tolerance_deg` (body-frame inputs stay as they are)."""
+    pelvis, neck, left, right = (_joint(body, n) for n in ("pelvis", "neck", "left_hip", "right_hip"))
+    up = np.nanmean(joints[:, neck] - joints[:, pelvis], axis=0)
+    if not np.isfinite(up).all() or not np.linalg.norm(up) > 0:
+        return None
+    turn = _rotation_between(up / np.linalg.norm(up), np.array([0.0, 1.0, 0.0]))
+    across = (joints[:, left] - joints[:, right]) @ turn.T  # the body's +x (its left) per frame
+    facing = np.stack([-across[:, 2], np.zeros(len(across)), across[:, 0]], axis=-1)  # x × y, horizontal
+    facing /= np.maximum(np.linalg.norm(facing, axis=-1, keepdims=True), 1e-12)
+    mean = np.nanmean(facing, axis=0)
+    if np.isfinite(mean).all() and np.linalg.norm(mean) >= 0.5:
+        turn = _rotation_between(mean / np.linalg.norm(mean), np.array([0.0, 0.0, 1.0])) @ turn
+    angle = np.degrees(np.arccos(np.clip((np.trace(turn) - 1.0) / 2.0, -1.0, 1.0)))
+    return None if angle < tolerance_deg else turn.astype(np.float32)
+
+
 def comparison_frames(
     obs: Tensor,
     visible: Tensor,
@@ -611,6 +645,12 @@ def comparison_frames(
     else:
         series = {"denoised vs observed": _frame_errors_mm(result.joints[:, :22], obs, visible)}
         title = "joint distance per frame"
+    # world-frame sequences (e.g. AMASS: z up, facing anywhere) are turned to be seen upright and from the front
+    turn = _facing_turn(joints, body)
+    if turn is not None:
+        noisy, joints = noisy @ turn.T, joints @ turn.T
+        verts = None if verts is None else verts @ turn.T
+        clean_v = None if clean_v is None else clean_v @ turn.T
     # one camera for every panel of every frame (a subsample of each mesh is enough to frame it)
     pts = [noisy[vis]] + [m[:, ::7].reshape(-1, 3) for m in (verts, clean_v) if m is not None]
     if verts is None:

@@ -72,15 +72,49 @@ def test_denoising_40mm_noise_lowers_mpjpe_well_below_the_input(tmp_path, prior,
     assert res.info["schedule"] == "motion-0.04" and res.info["nfe"] == 180 == res.info["steps"]
     # independent recomputation from the written file
     out = np.load(res.outputs["denoised"])
-    gt = _gt_joints(body, pose)  # spec §7.4: the protocol works in the body frame
+    np.testing.assert_array_equal(out["global_orient"], orient)  # passed through unchanged
+    # spec §7.4: the protocol works in the body frame; the file's joints are in its global orientation's frame
+    # (the pelvis stays put, so distances to the equally rotated ground truth are the metric's)
+    gt = _gt_joints(body, pose, orient)
     np.testing.assert_allclose(
         np.linalg.norm(out["joints"] - gt, axis=-1).mean() * 1000, m["mpjpe_mm"], rtol=1e-4
     )
-    np.testing.assert_allclose(_gt_joints(body, out["body_pose"]), out["joints"], atol=1e-5)
+    np.testing.assert_allclose(_gt_joints(body, out["body_pose"], orient), out["joints"], atol=1e-5)
     noise = out["observed_joints"] - gt
     assert noise.std() == pytest.approx(0.04, rel=0.1)  # the observations carry the requested noise
-    np.testing.assert_array_equal(out["global_orient"], orient)  # passed through unchanged
     assert out["body_pose"].shape == (FRAMES, 63) and float(out["fps"]) == 30.0
+
+
+def test_a_denoised_file_read_back_is_a_consistent_joints_input(tmp_path, prior, gestures, body):
+    """A poses input's root motion (orientation and translation) is passed through and the written joints are
+    those parameters' joints, so the output fed back in scores its own joints against its own poses."""
+    pose, orient = gestures
+    transl = np.linspace([0.0, 0.9, 0.0], [1.0, 0.9, 2.0], FRAMES, dtype=np.float32)
+    np.savez(tmp_path / "seq.npz", pose_body=pose, root_orient=orient, trans=transl)
+    first = svc.run(
+        svc.DenoiseRequest(
+            input=tmp_path / "seq.npz", out=tmp_path / "a", temporal="joints", render=False, device="cpu"
+        ),
+        prior=prior,
+    )
+    out = np.load(first.outputs["denoised"])
+    np.testing.assert_array_equal(out["transl"], transl)
+    gt = _gt_joints(body, pose, orient, transl)
+    np.testing.assert_allclose(_gt_joints(body, out["body_pose"], orient, transl), out["joints"], atol=1e-5)
+    np.testing.assert_allclose(  # observations moved by the same root motion: the noise is unchanged
+        np.linalg.norm(out["observed_joints"] - gt, axis=-1).mean() * 1000,
+        first.metrics["mpjpe_input_mm"],
+        rtol=1e-4,
+    )
+    again = svc.run(
+        svc.DenoiseRequest(
+            input=first.outputs["denoised"], out=tmp_path / "b", temporal="joints", render=False, device="cpu"
+        ),
+        prior=prior,
+    )
+    assert again.info["input_kind"] == "joints"
+    assert again.metrics["mpjpe_input_mm"] < 0.01  # its joints are its poses' joints
+    assert again.metrics["mpjpe_mm"] < 0.5 * first.metrics["mpjpe_mm"]
 
 
 @pytest.mark.slow
@@ -256,3 +290,28 @@ def test_comparison_video_shares_one_camera_and_plots_the_error(tmp_path, prior,
         axis=(1, 2)
     ).min() > 20  # denoised curve
     assert not np.array_equal(plots[0], plots[-1])  # the cursor moves
+
+
+def test_world_frame_sequences_are_shown_upright_and_from_the_front(body, gestures):
+    """comparison.mp4's view of world-frame joints: AMASS's z-up, arbitrarily facing sequences are turned so
+    that the body's mean up direction is the image's up and its mean facing is towards the camera, as the body
+    frame has them; body-frame sequences are left as they are."""
+    from dposer_cli.tasks.pictures import _facing_turn
+
+    pose, orient = gestures  # the official example's root orientation: z up
+    names = body.joint_names
+    pelvis, neck, left, right = (names.index(n) for n in ("pelvis", "neck", "left_hip", "right_hip"))
+    assert _facing_turn(_gt_joints(body, pose), body) is None
+    for yaw in (0.0, 2.0, -2.5):  # the same motion turned about the vertical (z) axis
+        spun = np.array(
+            [[np.cos(yaw), -np.sin(yaw), 0], [np.sin(yaw), np.cos(yaw), 0], [0, 0, 1]], np.float32
+        )
+        world = _gt_joints(body, pose, orient) @ spun.T
+        turn = _facing_turn(world, body)
+        assert turn is not None
+        np.testing.assert_allclose(turn @ turn.T, np.eye(3), atol=1e-5)
+        seen = world @ turn.T
+        up = (seen[:, neck] - seen[:, pelvis]).mean(0)
+        assert up[1] / np.linalg.norm(up) > 0.9999  # mean up is the image's up
+        facing = np.cross(seen[:, left] - seen[:, right], [0.0, 1.0, 0.0]).mean(0)
+        assert facing[2] > 0 and abs(facing[0]) < 1e-3 * np.linalg.norm(facing)  # faces the camera (+z)
