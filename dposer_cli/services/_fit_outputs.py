@@ -2,6 +2,7 @@
 `motion.npz` per person and `overlay.mp4`, and the `--export` meshes / BVH files."""
 
 import logging
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +15,9 @@ from dposer_cli.io.export import write_bvh, write_meshes
 from dposer_cli.io.frames import Frame, FramePersons, VideoTrack, frame_images, video_prefix
 from dposer_cli.io.media import read_image, save_image, save_video
 from dposer_cli.io.motion import write_motion
+from dposer_cli.render.threads import picture_workers, run_each
 from dposer_cli.tasks.export import SkeletonMotion, export_data, skeleton_motion
-from dposer_cli.tasks.fit import FitInput, FitResult
+from dposer_cli.tasks.fit import FitInput, FitResult, body_vertices
 from dposer_cli.tasks.fit_motion import TrackMotion, merged_params, motion_arrays
 from dposer_cli.tasks.pictures import fit_pictures, fit_video_frame
 
@@ -43,6 +45,7 @@ def write_images(
     keep = fitted.layout.kp_keep.cpu().numpy()
     px, data = fitted.reprojection_px.cpu().numpy(), fitted.data_loss.cpu().numpy()
     images: list[dict] = []
+    pictures: list[tuple[dict, Frame, torch.Tensor, np.ndarray, list[dict]]] = []  # drawn after the loop
     for f_idx, frame in enumerate(frames):
         rows = np.flatnonzero(persons.frame == f_idx)
         entry: dict = {"image": frame.image, "keypoints": frame.keypoints, "persons": len(rows)}
@@ -81,19 +84,30 @@ def write_images(
             }
         )
         if overlay and frame.sequence < 0:  # videos: overlay.mp4 (`write_video`)
-            photo, views = fit_pictures(
-                read_image(frame.image),
-                model,
-                fitted,
-                inputs,
-                index,
-                arrays["keypoints"],
-                per_person,
-                renderer=renderer,
-                conf_threshold=conf_threshold,
-            )
-            entry["overlay"] = save_image(out / f"{frame.stem}_overlay.png", photo)
-            entry["views"] = save_image(out / f"{frame.stem}_fit.png", views)
+            pictures.append((entry, frame, index, arrays["keypoints"], per_person))
+
+    lock = threading.Lock()  # the body model (its caches and recordings) poses one call at a time
+
+    def draw(job: tuple[dict, Frame, torch.Tensor, np.ndarray, list[dict]]) -> None:
+        entry, frame, index, keypoints, per_person = job
+        with lock, torch.no_grad():
+            posed = body_vertices(model, {k: v[index] for k, v in fitted.params.items()})
+        photo, views = fit_pictures(
+            read_image(frame.image),
+            model,
+            fitted,
+            inputs,
+            index,
+            keypoints,
+            per_person,
+            renderer=renderer,
+            conf_threshold=conf_threshold,
+            posed=posed,
+        )
+        entry["overlay"] = save_image(out / f"{frame.stem}_overlay.png", photo)
+        entry["views"] = save_image(out / f"{frame.stem}_fit.png", views)
+
+    run_each(draw, pictures, workers=picture_workers(len(pictures), renderer))
     outputs: dict[str, Path | list[Path]] = {"npz": [e["npz"] for e in images if "npz" in e]}
     if any("overlay" in e for e in images):
         outputs["overlays"] = [e["overlay"] for e in images if "overlay" in e]

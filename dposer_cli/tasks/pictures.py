@@ -47,6 +47,7 @@ from dposer_cli.render.draw import (
     titled,
 )
 from dposer_cli.render.scene import BODY_COLOR, PERSON_COLORS, frame_points
+from dposer_cli.render.threads import picture_workers, run_each
 from dposer_cli.tasks.export import part_params
 from dposer_cli.tasks.fit import FitInput, FitResult, body_vertices
 
@@ -465,8 +466,10 @@ def fit_pictures(
     *,
     renderer: str,
     conf_threshold: float,
+    posed: BodyOutput | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The overlay and the views picture of the fitted persons `rows` of one photo (`image`, uint8 RGB).
+    """The overlay and the views picture of the fitted persons `rows` of one photo (`image`, uint8 RGB);
+    `posed`: their bodies (`body_vertices` of their parameters) when the caller has them.
 
     Overlay: meshes over the photo (camera coordinates = model output: the camera rotation is the identity),
     the keypoints (dots; (P, K, 3) the kept ones) and the model joints projected (rings), each pair joined by
@@ -474,8 +477,9 @@ def fit_pictures(
     show there), with a legend and the reprojection error and depth of each person (`per_person`: "person",
     "reprojection_error_px").
     """
-    with torch.no_grad():
-        posed = body_vertices(model, {k: v[rows] for k, v in fitted.params.items()})
+    if posed is None:
+        with torch.no_grad():
+            posed = body_vertices(model, {k: v[rows] for k, v in fitted.params.items()})
     focal = float(inputs.focal[rows[0]])
     cx, cy = (float(c) for c in inputs.center[rows[0]])
     center = (cx, cy)
@@ -661,8 +665,8 @@ def comparison_frames(
         f"observed joints{hidden_note}",
         "denoised",
     ]
-    out = np.empty((0, 0, 0, 3), np.uint8)
-    for t in range(len(noisy)):
+
+    def frame(t: int) -> np.ndarray:
         items = [{"vertices": clean_v[t], "faces": faces}] if clean_v is not None else []
         items.append(
             {"joints": np.where(vis[t][:, None], noisy[t], np.nan), "parents": parents, "hidden": ~vis[t]}
@@ -676,8 +680,15 @@ def comparison_frames(
             items, cols=len(items), cell=cell, renderer=renderer, labels=labels, framing=framing
         )
         plot = line_plot(series, size=(panels.shape[1], 120), cursor=t, title=title, unit="mm")
-        frame = np.concatenate([panels, plot], axis=0)
-        if t == 0:
-            out = np.empty((len(noisy), *frame.shape), np.uint8)
-        out[t] = frame
+        return np.concatenate([panels, plot], axis=0)
+
+    first = frame(0)
+    out = np.empty((len(noisy), *first.shape), np.uint8)
+    out[0] = first
+
+    def fill(t: int) -> None:
+        out[t] = frame(t)
+
+    rest = range(1, len(noisy))
+    run_each(fill, rest, workers=picture_workers(len(rest), renderer))  # frames side by side (numpy, zlib)
     return out

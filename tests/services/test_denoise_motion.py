@@ -315,3 +315,19 @@ def test_world_frame_sequences_are_shown_upright_and_from_the_front(body, gestur
         assert up[1] / np.linalg.norm(up) > 0.9999  # mean up is the image's up
         facing = np.cross(seen[:, left] - seen[:, right], [0.0, 1.0, 0.0]).mean(0)
         assert facing[2] > 0 and abs(facing[0]) < 1e-3 * np.linalg.norm(facing)  # faces the camera (+z)
+
+
+def test_comparison_frames_drawn_on_threads_equal_those_drawn_on_one(monkeypatch, body, gestures):
+    from dposer_cli.tasks import pictures
+
+    pose = torch.as_tensor(gestures[0][:5])
+    with torch.no_grad():
+        result = body(body_pose=pose)
+    obs = result.joints[:, :22] + 0.02 * torch.randn(5, 22, 3, generator=torch.Generator().manual_seed(0))
+    visible = torch.ones(5, 22, dtype=torch.bool)
+    frames = {}
+    for workers in (1, 3):
+        monkeypatch.setattr(pictures, "picture_workers", lambda count, renderer, w=workers: w)
+        frames[workers] = pictures.comparison_frames(obs, visible, result, body, renderer="soft")
+    np.testing.assert_array_equal(frames[1], frames[3])
+    assert len({f.tobytes() for f in frames[1]}) == 5  # every frame drawn (the cursor moves)

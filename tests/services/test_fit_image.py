@@ -531,3 +531,41 @@ def test_fit_picture_shows_the_overlay_the_view_from_above_and_a_legend(tmp_path
     assert depth[far] < depth[near]  # farther up
     legend = views[360 + top_h :]
     assert (legend < 128).any()  # the legend text
+
+
+def test_pictures_of_several_photos_drawn_on_threads_equal_those_drawn_on_one(tmp_path, monkeypatch):
+    """One command, several photos: their pictures are drawn side by side (`render.threads`), each the same
+    bytes as when drawn one after another, each beside its own photo's fit."""
+    from dposer_cli.services import _fit_outputs
+    from dposer_cli.services import fit_image as svc
+
+    poses = reference_poses()
+    paths = {"images": [], "keypoints": []}
+    for k, i in enumerate((10, 200, 400)):
+        scene = synthetic_scene(poses[[i]], seed=k, width=320, height=240)
+        paths["images"].append(write_blank_image(tmp_path / f"p{k}.png", 320, 240))
+        paths["keypoints"].append(write_keypoints(tmp_path / f"p{k}.json", scene.keypoints, "openpose"))
+    pictures = {}
+    for workers in (1, 3):
+        monkeypatch.setattr(_fit_outputs, "picture_workers", lambda count, renderer, w=workers: w)
+        req = svc.FitImageRequest(
+            images=tuple(paths["images"]),
+            keypoints=tuple(paths["keypoints"]),
+            part=Part.body,
+            out=tmp_path / f"out{workers}",
+            focal=400.0,
+            steps=4,
+            prior="l2",
+            device="cpu",
+            overlay=True,
+            renderer="soft",
+        )
+        result = svc.run(req)
+        pictures[workers] = [p.read_bytes() for p in [*result.outputs["overlays"], *result.outputs["views"]]]
+        assert [p.name for p in result.outputs["overlays"]] == [
+            "p0_overlay.png",
+            "p1_overlay.png",
+            "p2_overlay.png",
+        ]
+    assert pictures[1] == pictures[3]
+    assert len(set(pictures[1][:3])) == 3  # three different overlays
