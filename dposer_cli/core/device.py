@@ -1,10 +1,13 @@
 """Device selection, CPU threads, seeded generators and the torchrun process group (spec-free, torch only)."""
 
+import logging
 import os
 
 import torch
 
 from dposer_cli.core.errors import InputError, UnavailableError
+
+log = logging.getLogger(__name__)
 
 
 def resolve_device(spec: str | torch.device = "auto") -> torch.device:
@@ -70,7 +73,8 @@ def configure_threads(requested: int | None, work_items: int | None = None) -> i
 
     Order: `requested` (the `--threads` option) > `$DPOSER_THREADS` > `$OMP_NUM_THREADS` > the policy:
     one thread, unless `work_items` (samples per network call, e.g. the batch) reaches
-    `PARALLEL_MIN_ITEMS`, then every available core. Small calls are dominated by per-operation overhead,
+    `PARALLEL_MIN_ITEMS`, then every available core. A count above the available cores is lowered to them
+    (with a warning). Small calls are dominated by per-operation overhead,
     which extra threads only add to (and on a busy machine they wait for a core).
 
     Raises:
@@ -78,12 +82,21 @@ def configure_threads(requested: int | None, work_items: int | None = None) -> i
     """
     if requested is not None and requested < 1:
         raise InputError(f"--threads {requested}: need at least 1 thread")
-    threads = (
-        requested or _env_threads(THREADS_ENV, strict=True) or _env_threads("OMP_NUM_THREADS", strict=False)
+    sources = (
+        ("--threads", requested),
+        (f"${THREADS_ENV}", _env_threads(THREADS_ENV, strict=True)),
+        ("$OMP_NUM_THREADS", _env_threads("OMP_NUM_THREADS", strict=False)),
     )
+    source, threads = next(((name, n) for name, n in sources if n), ("", None))
+    cores = available_cores()
     if threads is None:
         large = work_items is not None and work_items >= PARALLEL_MIN_ITEMS
-        threads = available_cores() if large else 1
+        threads = cores if large else 1
+    elif threads > cores:  # more threads than cores only wait for each other (and thousands crash OpenMP)
+        log.warning(
+            "%s %d: this process may run on %d cores; using %d threads", source, threads, cores, cores
+        )
+        threads = cores
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
     return threads

@@ -33,6 +33,8 @@ MAX_IMAGE_PIXELS = 178_956_970  # ~179 MP (Pillow's own decompression-bomb limit
 MAX_FRAMES = 1_000_000  # frames of one motion / video folder
 MAX_FILES = 1_000_000  # images of one fit-image call
 FLOAT_BYTES = 4  # float32 tensors
+MAX_VALUE = 1e4  # poses (radians), shapes and expressions (coefficients), positions (metres): garbage beyond
+MAX_PIXEL = 1e7  # keypoint coordinates (pixels): far outside any photo, still exact in float32
 SAMPLER_COPIES = 8  # live (N, D) tensors in a sampler step: x, ε̂, x̂0, noise, history, ...
 
 
@@ -159,6 +161,31 @@ def sample_bytes(n: int, *, dim: int, width: int = 0, inner: int = 1, copies: in
 
 
 # ---------------------------------------------------------------------------------------------- sizes
+def magnitude(arr: Any, where: str, *, limit: float = MAX_VALUE, unit: str = "") -> None:
+    """Refuse finite values beyond ±`limit` (NaN and inf are the callers' to judge), naming the first bad row.
+
+    Parameters (radians, coefficients, metres) that large are garbage from a broken export, and in float32
+    arithmetic they overflow into NaN far from where they entered.
+
+    Raises:
+        InputError: "<where> has values as large as 1e+30 (first in row 3); expected |value| ≤ 1e+04 ...".
+    """
+    import numpy as np  # only here: the option checks above stay pure Python
+
+    a = np.asarray(arr)
+    if a.size == 0 or not np.issubdtype(a.dtype, np.number):
+        return
+    big = np.abs(np.nan_to_num(a.astype(np.float64, copy=False), nan=0.0, posinf=0.0, neginf=0.0)) > limit
+    if big.any():
+        rows = big.reshape(len(a), -1).any(axis=1) if a.ndim > 1 else big
+        peak = float(np.abs(a[big]).max())
+        raise InputError(
+            f"{where} has values as large as {peak:.3g} (first in row {int(np.argmax(rows))}); expected "
+            f"|value| ≤ {limit:g}{' ' + unit if unit else ''}",
+            hint="the file looks corrupted or in other units",
+        )
+
+
 def image_size(where: str, width: int, height: int, limit: int = MAX_IMAGE_PIXELS) -> None:
     """Refuse a picture larger than `limit` pixels before it is decoded (decompression bombs).
 

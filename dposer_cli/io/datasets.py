@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from jaxtyping import Float
 
+from dposer_cli.core import validate
 from dposer_cli.core.errors import InputError
 from dposer_cli.core.parts import Part
 from dposer_cli.io.motion import read_motion
@@ -144,6 +145,7 @@ def _json_array(path: Path, shape: tuple[int, ...], n: int) -> np.ndarray:
         )
     if not np.isfinite(arr).all():
         raise InputError(f"{path}: contains NaN or infinite values")
+    validate.magnitude(arr, str(path), unit="(radians, metres or coefficients)")
     return arr
 
 

@@ -16,10 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
+from dposer_cli.core import validate
 from dposer_cli.core.errors import InputError
 from dposer_cli.io.keypoints import read_keypoints
 from dposer_cli.io.media import VIDEO_READ_SUFFIXES, read_image, read_video_frames, video_info
-from dposer_cli.io.poses import holds_pickle, unsafe_data
+from dposer_cli.io.poses import holds_pickle, open_npz, unsafe_data
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +171,11 @@ def resolve_frames(
         kp: Path | None
         if keypoints:
             kp = Path(keypoints[i])
+            if kp.is_dir():
+                raise InputError(
+                    f"--keypoints {kp}: is a folder; for a photo give its keypoints .json file "
+                    "(a keypoint folder goes with a folder of frames or a video)"
+                )
             if not kp.is_file():
                 raise InputError(f"keypoint file not found: {kp}")
         else:
@@ -330,23 +336,14 @@ def read_init(
     tables: list[dict[str, np.ndarray]] = []
     for path in paths:
         path = Path(path)
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                table = {
-                    k: np.asarray(_init_array(data, k, path), dtype=np.float32)
-                    for k in data.files
-                    if k in INIT_KEYS
-                }
-                if "person_index" in data.files:
-                    table["person_index"] = np.asarray(_init_array(data, "person_index", path)).astype(
-                        np.int64
-                    )
-        except FileNotFoundError:
-            raise InputError(f"--init file not found: {path}") from None
-        except (OSError, ValueError) as exc:
-            if holds_pickle(exc):  # a single .npy array of objects
-                raise unsafe_data(path) from None
-            raise InputError(f"cannot read --init file {path}: {str(exc).splitlines()[0][:200]}") from None
+        with open_npz(path, "--init file") as data:
+            table = {
+                k: np.asarray(_init_array(data, k, path), dtype=np.float32)
+                for k in data.files
+                if k in INIT_KEYS
+            }
+            if "person_index" in data.files:
+                table["person_index"] = np.asarray(_init_array(data, "person_index", path)).astype(np.int64)
         if not any(k in table for k in INIT_KEYS):
             raise InputError(f"--init file {path} has none of the keys {', '.join(INIT_KEYS)}")
         for k, arr in table.items():
@@ -355,6 +352,7 @@ def read_init(
             table[k] = arr = arr.reshape(1, -1) if arr.ndim <= 1 else arr.reshape(arr.shape[0], -1)
             if not np.isfinite(arr).all():
                 raise InputError(f"--init file {path}: {k!r} holds NaN or infinite values")
+            validate.magnitude(arr, f"--init file {path}: {k!r}", unit="(radians, metres or coefficients)")
             check_init_width(k, arr.shape[-1], (widths or {}).get(k), where=f"--init file {path}")
         tables.append(table)
     out: dict[str, list[np.ndarray]] = {}
@@ -384,7 +382,9 @@ def _init_array(data: "np.lib.npyio.NpzFile", key: str, path: Path) -> np.ndarra
     except ValueError as exc:
         if holds_pickle(exc):
             raise unsafe_data(path, key) from None
-        raise
+        raise InputError(
+            f"--init file {path}: {key} is not readable ({str(exc).splitlines()[0][:200]})"
+        ) from None
 
 
 def check_init_width(key: str, found: int, expected: int | None, *, where: str = "--init") -> None:

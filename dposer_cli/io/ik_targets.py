@@ -6,7 +6,6 @@ Either `joints` (N, J, 3) in metres [+ `visible` (N, J) bool] [+ fixed parameter
 task's per-part table); this module only reads and validates.
 """
 
-import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,8 +13,9 @@ from pathlib import Path
 import numpy as np
 from jaxtyping import Bool, Float
 
+from dposer_cli.core import validate
 from dposer_cli.core.errors import InputError
-from dposer_cli.io.poses import holds_pickle, unsafe_data
+from dposer_cli.io.poses import holds_pickle, open_npz, unsafe_data
 
 
 @dataclass(frozen=True)
@@ -31,24 +31,16 @@ class IKTargets:
 def _read_npz(path: Path, used: set[str]) -> dict[str, np.ndarray]:
     """The file's arrays; a member holding pickled objects is refused (`UnsafeFileError`) when it is one of
     `used`, else left out unread."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"targets file {path} not found")
     out: dict[str, np.ndarray] = {}
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            for k in data.files:
-                try:
-                    out[k] = data[k]
-                except ValueError as exc:
-                    if not holds_pickle(exc):
-                        raise
-                    if k in used:
-                        raise unsafe_data(path, k) from None
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        if holds_pickle(exc):
-            raise unsafe_data(path) from None
-        raise InputError(f"targets file {path} is not a readable .npz ({str(exc).splitlines()[0]})") from None
+    with open_npz(Path(path), "targets file") as data:
+        for k in data.files:
+            try:
+                out[k] = data[k]
+            except ValueError as exc:
+                if not holds_pickle(exc):
+                    raise InputError(f"{path}: {k} is not readable ({str(exc).splitlines()[0]})") from None
+                if k in used:
+                    raise unsafe_data(path, k) from None
     return out
 
 
@@ -74,6 +66,7 @@ def _array(
         raise InputError(f"{path}: {key} has shape {arr.shape}; expected {want}")
     if not np.isfinite(arr).all():
         raise InputError(f"{path}: {key} contains NaN or infinite values")
+    validate.magnitude(arr, f"{path}: {key}", unit="(radians, metres or coefficients)")
     return arr.astype(np.float32)
 
 

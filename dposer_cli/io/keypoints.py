@@ -264,9 +264,11 @@ def _openpose_person(person: Any, i: int) -> np.ndarray:
 
 
 def _clean(kp: np.ndarray) -> np.ndarray:
-    """NaN/inf → 0 with confidence 0; confidence clipped to [0, 1]."""
+    """NaN/inf, or coordinates beyond ±`validate.MAX_PIXEL` (their squares overflow float32) → 0 with confidence 0;
+    confidence clipped to [0, 1]."""
     kp = kp.astype(np.float64, copy=True)
-    bad = ~np.isfinite(kp).all(axis=-1)
+    with np.errstate(invalid="ignore"):
+        bad = ~np.isfinite(kp).all(axis=-1) | (np.abs(kp[..., :2]) > validate.MAX_PIXEL).any(axis=-1)
     kp[bad] = 0.0
     kp[..., 2] = np.clip(kp[..., 2], 0.0, 1.0)
     return kp.astype(np.float32)

@@ -90,6 +90,8 @@ def read_motion(path: Path, *, fps: float | None = None) -> Motion:
                 transl = _optional(npz, _first(npz, ("trans", "transl")), path, (None, 3), stride)
         if fmt is None:
             body_key = _first(npz, ("pose_body", "body_pose"))
+            if body_key is None and "poses" in npz.files and load_key(npz, "poses", path).shape[1:] == (63,):
+                body_key = "poses"  # what `generate` and `complete` write
             if body_key is not None:
                 fmt = "pose_body" if body_key == "pose_body" else "dposer"
                 body = _array(npz, body_key, path, (None, 63), stride)

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 from jaxtyping import Float
 
+from dposer_cli.core import validate
 from dposer_cli.core.errors import InputError, UnsafeFileError
 from dposer_cli.core.parts import PARTS, Part
 from dposer_cli.core.paths import atomic_write
@@ -171,7 +172,8 @@ def frame_stride(rate: float | None, fps: float | None) -> int:
 
 
 def check_finite(arr: np.ndarray, key: str, path: Path, *, allow_nan: bool = False) -> None:
-    """Raise on NaN/inf (only inf when NaN marks missing values), naming the key and first bad row."""
+    """Raise on NaN/inf (only inf when NaN marks missing values) and on values beyond ±`validate.MAX_VALUE`,
+    naming the key and first bad row."""
     bad = np.isinf(arr) if allow_nan else ~np.isfinite(arr)
     if bad.any():
         rows = bad.reshape(len(arr), -1).any(axis=1) if arr.ndim > 1 else bad
@@ -182,6 +184,7 @@ def check_finite(arr: np.ndarray, key: str, path: Path, *, allow_nan: bool = Fal
             if allow_nan
             else "fix or drop those rows; only `dposer complete` reads NaN as 'missing'",
         )
+    validate.magnitude(arr, f"{path}: {key}", unit="(radians, metres or coefficients)")
 
 
 def _one_line(exc: BaseException) -> str:

@@ -16,6 +16,7 @@ from jaxtyping import UInt8
 from dposer_cli.core.errors import InputError
 from dposer_cli.render.draw import contact_sheet, label
 from dposer_cli.render.scene import BODY_COLOR, background_image, frame_points, select_renderer
+from dposer_cli.render.threads import map_each, picture_workers
 
 MAX_VIDEO_FRAMES = 120  # whatever the step count: process frames + the final hold
 PROCESS_SECONDS = 3.0  # the process part lasts about this long (fps between MIN_FPS and MAX_FPS)
@@ -109,7 +110,8 @@ def process_frames(
     colors = [np.asarray(c, np.float64) for c in (row_colors or [BODY_COLOR] * rows)]
     backend = select_renderer(renderer)
     out = np.empty((n_frames + hold, band + grid_h, width, 3), np.uint8)
-    for k in range(n_frames):
+
+    def draw(k: int) -> None:
         # row colours go to meshes only (skeletons keep their depth-cued bones)
         items = [
             {**it, "colors": colors[i // cols]} if "vertices" in it else it for i, it in enumerate(frames[k])
@@ -128,5 +130,7 @@ def process_frames(
         )
         for r, text in enumerate(row_labels or []):
             label(frame, str(text), px_row // 2, band + r * cell + px_row // 3, px_row)
+
+    map_each(draw, range(n_frames), workers=picture_workers(n_frames, backend))  # frames side by side
     out[n_frames:] = out[n_frames - 1]
     return out

@@ -3,13 +3,15 @@ numpy and zlib, which release the GIL, so a few threads draw a batch of photos' 
 
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from itertools import islice
 from typing import TypeVar
 
 from dposer_cli.core.device import THREADS_ENV, available_cores
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 MAX_PICTURE_WORKERS = 4  # more gained nothing measurable on the pictures of one command
 
@@ -31,16 +33,21 @@ def picture_workers(count: int, renderer: str) -> int:
     return max(1, min(count, cap))
 
 
-def run_each(fn: Callable[[T], object], items: Sequence[T], *, workers: int) -> None:
-    """`fn(item)` for every item, on `workers` threads (in order on this one when 1). The first error is
+def map_each(fn: Callable[[T], R], items: Iterable[T], *, workers: int) -> list[R]:
+    """`[fn(item) for item in items]`, on `workers` threads (in order on this one when 1). The first error is
     raised once the running calls end; calls not yet started are cancelled (Ctrl-C too)."""
+    items = list(items)
     if workers <= 1 or len(items) < 2:
-        for item in items:
-            fn(item)
-        return
+        return [fn(item) for item in items]
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dposer-draw")
     try:
-        for future in [pool.submit(fn, item) for item in items]:
-            future.result()
+        return [future.result() for future in [pool.submit(fn, item) for item in items]]
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def windows(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """Consecutive lists of `size` items (the last one shorter): `itertools.batched` before Python 3.12."""
+    it = iter(items)
+    while chunk := list(islice(it, size)):
+        yield chunk

@@ -15,15 +15,16 @@ from dposer_cli.io.export import write_bvh, write_meshes
 from dposer_cli.io.frames import Frame, FramePersons, VideoTrack, frame_images, video_prefix
 from dposer_cli.io.media import read_image, save_image, save_video
 from dposer_cli.io.motion import write_motion
-from dposer_cli.render.threads import picture_workers, run_each
+from dposer_cli.render.threads import map_each, picture_workers, windows
 from dposer_cli.tasks.export import SkeletonMotion, export_data, skeleton_motion
 from dposer_cli.tasks.fit import FitInput, FitResult, body_vertices
 from dposer_cli.tasks.fit_motion import TrackMotion, merged_params, motion_arrays
-from dposer_cli.tasks.pictures import fit_pictures, fit_video_frame
+from dposer_cli.tasks.pictures import fit_pictures, fit_video_frame, frame_bodies
 
 log = logging.getLogger(__name__)
 
 OVERLAY_VIDEO_SIDE = 640  # overlay.mp4 frames are downsampled (by an integer factor) to at most this side
+VIDEO_WINDOW = 8  # overlay.mp4: frames decoded at a time per drawing thread
 
 
 def write_images(
@@ -88,7 +89,7 @@ def write_images(
 
     lock = threading.Lock()  # the body model (its caches and recordings) poses one call at a time
 
-    def draw(job: tuple[dict, Frame, torch.Tensor, np.ndarray, list[dict]]) -> None:
+    def draw_photo(job: tuple[dict, Frame, torch.Tensor, np.ndarray, list[dict]]) -> None:
         entry, frame, index, keypoints, per_person = job
         with lock, torch.no_grad():
             posed = body_vertices(model, {k: v[index] for k, v in fitted.params.items()})
@@ -107,7 +108,7 @@ def write_images(
         entry["overlay"] = save_image(out / f"{frame.stem}_overlay.png", photo)
         entry["views"] = save_image(out / f"{frame.stem}_fit.png", views)
 
-    run_each(draw, pictures, workers=picture_workers(len(pictures), renderer))
+    map_each(draw_photo, pictures, workers=picture_workers(len(pictures), renderer))
     outputs: dict[str, Path | list[Path]] = {"npz": [e["npz"] for e in images if "npz" in e]}
     if any("overlay" in e for e in images):
         outputs["overlays"] = [e["overlay"] for e in images if "overlay" in e]
@@ -151,28 +152,38 @@ def write_video(
         return outputs
     params, keep = merged_params(fitted, motions), fitted.layout.kp_keep.cpu().numpy()
     position = {id(f): i for i, f in enumerate(frames)}
+    lock = threading.Lock()  # the body model (its caches and recordings) poses one frame at a time
+
+    def draw(job: tuple[Frame, np.ndarray, int]) -> np.ndarray:
+        frame, image, step = job
+        rows = np.flatnonzero(persons.frame == position[id(frame)])
+        with lock:
+            posed = frame_bodies(model, params, inputs, rows)
+        return fit_video_frame(
+            image,
+            model,
+            params,
+            inputs,
+            rows,
+            persons.keypoints[rows][:, keep],
+            fitted.layout.edges,
+            step=step,
+            renderer=renderer,
+            conf_threshold=conf_threshold,
+            posed=posed,
+        )
+
     videos = []
     for seq in sorted({f.sequence for f in frames}):
         chosen = [f for f in frames if f.sequence == seq]
         step = max(1, -(-max(chosen[0].height, chosen[0].width) // OVERLAY_VIDEO_SIDE))  # integer factor
+        workers = picture_workers(len(chosen), renderer)
         try:
-            pictures = []
-            for frame, image in frame_images(chosen):
-                rows = np.flatnonzero(persons.frame == position[id(frame)])
-                pictures.append(
-                    fit_video_frame(
-                        image,
-                        model,
-                        params,
-                        inputs,
-                        rows,
-                        persons.keypoints[rows][:, keep],
-                        fitted.layout.edges,
-                        step=step,
-                        renderer=renderer,
-                        conf_threshold=conf_threshold,
-                    )
-                )
+            pictures: list[np.ndarray] = []
+            # decoded a window at a time (a long video's frames are not all held at once), drawn side by side
+            for window in windows(frame_images(chosen), VIDEO_WINDOW * workers):
+                jobs = [(frame, image, step) for frame, image in window]
+                pictures += map_each(draw, jobs, workers=workers)
             videos.append(
                 save_video(
                     out / f"{video_prefix(frames, seq)}overlay.mp4",

@@ -10,6 +10,7 @@ after the pass. `--export` writes the fits upright as meshes or BVH (`tasks.expo
 """
 
 import logging
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -115,6 +116,30 @@ def _check_length(req: FitImageRequest, frames: list[Frame]) -> None:
         )
 
 
+PENDING_KEYPOINTS = ".keypoints-pending"  # in the output folder: detections bound for --save-keypoints
+
+
+def _pending_keypoints(target: Path | None, out: Path) -> Path | None:
+    """Where detections bound for `target` (--save-keypoints) are written during the run: in the output
+    folder (staged with the run's outputs, so a failed run leaves nothing behind), the same layout."""
+    if target is None:
+        return None
+    root = out / PENDING_KEYPOINTS
+    return root / target.name if target.suffix.lower() == ".json" else root
+
+
+def _move_keypoints(files: list[Path], pending: Path, target: Path) -> dict[Path, Path]:
+    """Move the detections of a successful run from `pending` to `target`; {pending file: final file}."""
+    moved: dict[Path, Path] = {}
+    for src in files:
+        dst = target if src == pending else target / src.relative_to(pending)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(src, dst)
+        moved[src] = dst
+    shutil.rmtree(next(p for p in (pending, *pending.parents) if p.name == PENDING_KEYPOINTS))
+    return moved
+
+
 def _load_prior(
     req: FitImageRequest, device: torch.device
 ) -> tuple[PosePrior, torch.Tensor | None, str | None]:
@@ -171,7 +196,9 @@ def run(req: FitImageRequest, progress: Callable[[int, int], None] | None = None
     _check_length(req, frames)
     device = resolve_device(req.device)
     out = ensure_out_dir(req.out)
-    detected = detect_missing(frames, out, save_keypoints=req.save_keypoints, hand=req.part is Part.hand)
+    # --save-keypoints outside the output folder: detections wait in it until the run has succeeded
+    pending = _pending_keypoints(req.save_keypoints, out)
+    detected = detect_missing(frames, out, save_keypoints=pending, hand=req.part is Part.hand)
     persons = read_persons(
         frames,
         keypoint_format=req.keypoint_format,
@@ -304,6 +331,11 @@ def run(req: FitImageRequest, progress: Callable[[int, int], None] | None = None
             )
         info["motion_prior"] = any(m.smoothed for m in motions)
     outputs.update(write_exports(out, formats, frames, persons, model, fitted, tracks, motions))
+    if detected and pending is not None and req.save_keypoints is not None:
+        moved = _move_keypoints(detected, pending, req.save_keypoints)
+        detected[:] = [moved[p] for p in detected]
+        for entry in images:
+            entry["keypoints"] = moved.get(entry["keypoints"], entry["keypoints"])
     return Result(
         command="fit-image",
         outputs=outputs,

@@ -47,7 +47,7 @@ from dposer_cli.render.draw import (
     titled,
 )
 from dposer_cli.render.scene import BODY_COLOR, PERSON_COLORS, frame_points
-from dposer_cli.render.threads import picture_workers, run_each
+from dposer_cli.render.threads import map_each, picture_workers
 from dposer_cli.tasks.export import part_params
 from dposer_cli.tasks.fit import FitInput, FitResult, body_vertices
 
@@ -540,6 +540,17 @@ def fit_pictures(
     return image, np.concatenate([picture, band], axis=0)
 
 
+def frame_bodies(
+    model: BodyModel, params: dict[str, Tensor], inputs: FitInput, rows: np.ndarray
+) -> BodyOutput:
+    """The bodies of batch `rows` at `params` (vertices when the model has a mesh), for `fit_video_frame`."""
+    index = torch.as_tensor(rows, device=inputs.focal.device)
+    with torch.no_grad():
+        return body_vertices(
+            model, {k: v[index] for k, v in params.items()}, vertices=model.faces is not None
+        )
+
+
 def fit_video_frame(
     image: np.ndarray,
     model: BodyModel,
@@ -552,16 +563,18 @@ def fit_video_frame(
     step: int,
     renderer: str,
     conf_threshold: float,
+    posed: BodyOutput | None = None,
 ) -> np.ndarray:
-    """One frame of a fit's overlay video: the bodies of batch `rows` (at `params`) and their keypoints
-    ((P, K, 3), the kept ones) over the picture, downsampled by the integer `step`."""
+    """One frame of a fit's overlay video: the bodies of batch `rows` (at `params`; `posed`: their
+    `frame_bodies` when the caller has them) and their keypoints ((P, K, 3), the kept ones) over the
+    picture, downsampled by the integer `step`."""
     image = np.ascontiguousarray(image[::step, ::step])
     if not len(rows):
         return image
     faces = model.faces.cpu().numpy() if model.faces is not None else None
     index = torch.as_tensor(rows, device=inputs.focal.device)
-    with torch.no_grad():
-        posed = body_vertices(model, {k: v[index] for k, v in params.items()}, vertices=faces is not None)
+    if posed is None:
+        posed = frame_bodies(model, params, inputs, rows)
     cx, cy = (float(c) / step for c in inputs.center[index[0]])
     if posed.vertices is not None and faces is not None:
         image = overlay_mesh(
@@ -690,5 +703,5 @@ def comparison_frames(
         out[t] = frame(t)
 
     rest = range(1, len(noisy))
-    run_each(fill, rest, workers=picture_workers(len(rest), renderer))  # frames side by side (numpy, zlib)
+    map_each(fill, rest, workers=picture_workers(len(rest), renderer))  # frames side by side (numpy, zlib)
     return out

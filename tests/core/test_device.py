@@ -44,3 +44,13 @@ def test_omp_nesting_list_and_malformed_values(monkeypatch):
     assert "\n" not in str(err.value)
     with pytest.raises(InputError, match="at least 1"):
         configure_threads(0)
+
+
+def test_more_threads_than_cores_are_lowered_to_the_cores_with_a_warning(monkeypatch, caplog):
+    """--threads 99999 crashed OpenMP (a segfault) and 1000 made runs 20-50x slower."""
+    assert configure_threads(99999) == 4 and torch.get_num_threads() == 4
+    assert "--threads 99999: this process may run on 4 cores; using 4 threads" in caplog.text
+    monkeypatch.setenv(THREADS_ENV, "64")
+    assert configure_threads(None) == 4
+    assert "$DPOSER_THREADS 64" in caplog.text
+    assert configure_threads(3) == 3  # within the cores: as asked

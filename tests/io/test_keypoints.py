@@ -169,6 +169,11 @@ def test_nan_points_get_zero_confidence(tmp_path):
     path.write_text(json.dumps([{"keypoints": p.tolist()}]))  # json writes NaN, Python reads it back
     kp = read_keypoints(path)
     assert np.isfinite(kp.keypoints).all() and kp.keypoints[0, 0, 2] == 0
+    p = _person133()
+    p[1, 0] = 1e30  # its square overflows float32: as missing as NaN
+    path.write_text(json.dumps([{"keypoints": p.tolist()}]))
+    kp = read_keypoints(path)
+    assert np.isfinite(kp.keypoints).all() and (kp.keypoints[0, :, 2] == 0).sum() == 1
 
 
 # ---------------------------------------------------------------------------------------------------- errors

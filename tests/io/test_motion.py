@@ -64,6 +64,11 @@ def test_joints_only_motion(tmp_path):
         ({"pose_body": np.zeros((4, 63)), "root_orient": np.zeros((5, 3))}, "frame counts differ"),
         ({"joints": np.zeros((4, 17, 2))}, "expected (T, J, 3)"),
         ({"foo": np.zeros(3)}, "no motion found (keys: foo)"),
+        (
+            {"pose_body": np.zeros((4, 63)), "root_orient": np.array([[0, 0, 0]] * 2 + [[1e30, 0, 0]] * 2)},
+            "root_orient has values as large as 1e+30 (first in row 2); expected |value| ≤ 10000",
+        ),
+        ({"joints": np.full((4, 22, 3), -3e4)}, "joints has values as large as 3e+04 (first in row 0)"),
     ],
 )
 def test_bad_motions_give_one_line_errors(tmp_path, arrays, needle):
@@ -78,3 +83,13 @@ def test_bad_motions_give_one_line_errors(tmp_path, arrays, needle):
 def test_missing_motion_file(tmp_path):
     with pytest.raises(InputError, match="motion file not found"):
         read_motion(tmp_path / "nope.npz")
+
+
+def test_plain_poses_of_body_width_are_a_body_motion(tmp_path):
+    """`poses` (T, 63), the layout `generate` and `complete` write, reads as body poses (AMASS `poses` is
+    156/165 wide)."""
+    x = RNG.normal(size=(5, 63)).astype(np.float32)
+    np.savez(tmp_path / "p.npz", poses=x)
+    m = read_motion(tmp_path / "p.npz")
+    np.testing.assert_array_equal(m.body_pose, x)
+    assert m.global_orient is None and m.joints is None

@@ -243,6 +243,15 @@ def test_non_finite_values_name_key_and_row(tmp_path):
     np.savez(path, body_pose=x)
     with pytest.raises(InputError, match="row 3"):
         read_poses(path, Part.body, allow_nan=True)
+    x[3, 0], x[12, 5], x[7, 1] = 0.0, 0.0, -1e3  # within bounds
+    np.savez(path, body_pose=x)
+    assert read_poses(path, Part.body).poses[7, 1] == -1e3
+    x[9, 1] = -1e30  # squares overflow float32: garbage either way
+    np.savez(path, body_pose=x)
+    for allow_nan in (False, True):
+        with pytest.raises(InputError) as exc:
+            read_poses(path, Part.body, allow_nan=allow_nan)
+        assert "body_pose has values as large as 1e+30 (first in row 9)" in _one_line_error(exc)
 
 
 @pytest.mark.parametrize(

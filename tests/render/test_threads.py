@@ -27,7 +27,7 @@ def test_run_each_runs_every_item_and_raises_the_first_error():
         seen.append(x)
         names.add(threading.current_thread().name)
 
-    threads.run_each(fn, list(range(20)), workers=3)
+    threads.map_each(fn, list(range(20)), workers=3)
     assert sorted(seen) == list(range(20))
     assert all(n.startswith("dposer-draw") for n in names)
 
@@ -36,7 +36,19 @@ def test_run_each_runs_every_item_and_raises_the_first_error():
             raise ValueError("picture 5")
 
     with pytest.raises(ValueError, match="picture 5"):
-        threads.run_each(fail, list(range(10)), workers=2)
+        threads.map_each(fail, list(range(10)), workers=2)
     seen.clear()
-    threads.run_each(seen.append, [1, 2, 3], workers=1)
+    threads.map_each(seen.append, [1, 2, 3], workers=1)
     assert seen == [1, 2, 3]  # in order on this thread
+
+
+def test_map_each_keeps_the_order_and_windows_split_a_stream():
+    import time
+
+    def slow_square(x):
+        time.sleep(0.001 * (x % 3))  # later items may finish first
+        return x * x
+
+    assert threads.map_each(slow_square, range(12), workers=4) == [x * x for x in range(12)]
+    assert list(threads.windows(iter(range(7)), 3)) == [[0, 1, 2], [3, 4, 5], [6]]
+    assert list(threads.windows([], 3)) == []

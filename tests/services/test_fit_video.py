@@ -338,10 +338,33 @@ def test_photo_detection_saves_keypoints_and_fits(tmp_path, clip):
         )
     )
     assert result.outputs["keypoints"] == [tmp_path / "kp.json"]
+    assert result.info["images"][0]["keypoints"] == tmp_path / "kp.json"
+    assert not (tmp_path / "o" / svc.PENDING_KEYPOINTS).exists()  # moved out of the output folder
     assert any("MediaPipe" in line and "most prominent" in line for line in result.lines)
     data = np.load(result.outputs["npz"][0])
     assert data["keypoints"].shape == (1, 25, 3) and (data["keypoints"][0, :, 2] > 0).sum() >= 15
     assert data["reprojection_error_px"][0] < 15
+
+
+@needs_mediapipe
+def test_a_failed_run_leaves_no_saved_keypoints(tmp_path, clip):
+    """--save-keypoints outside the output folder is written only when the run succeeds (here the --init
+    file is refused after the detection)."""
+    photo = save_image(tmp_path / "photo.png", next(read_video_frames(clip.video)))
+    np.savez(tmp_path / "init.npz", body_pose=np.full((1, 63), 1e30, np.float32))
+    req = svc.FitImageRequest(
+        images=(photo,),
+        out=tmp_path / "o",
+        init=(tmp_path / "init.npz",),
+        steps=1,
+        prior="l2",
+        device="cpu",
+        overlay=False,
+        save_keypoints=tmp_path / "kp",
+    )
+    with pytest.raises(InputError, match="values as large as 1e"):
+        svc.run(req)
+    assert not (tmp_path / "kp").exists()
 
 
 def test_blank_photo_without_keypoints_is_one_clear_error(tmp_path):
