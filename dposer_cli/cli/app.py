@@ -154,9 +154,13 @@ def _run(argv: list[str] | None) -> None:
         show, code = getattr(exc, "show", None), getattr(exc, "exit_code", None)
         if show is None or code is None:  # not a Typer/Click usage error (exit 2)
             _internal(console, args, exc, as_json)
-        show()
-        if as_json and hasattr(exc, "format_message"):  # --json: an error object on stdout for these too
-            _json_error(command, exc.format_message(), getattr(exc, "hint", None), int(code))
+        if hasattr(exc, "format_message") and type(exc).__name__ != "NoArgsIsHelpError":
+            # a usage error (exit 2): one line as ours, not Click's "Usage / Try / Error" block
+            message = " ".join(exc.format_message().replace("Value error, ", "").split())
+            ctx = getattr(exc, "ctx", None)
+            hint = getattr(exc, "hint", None) or f"see '{getattr(ctx, 'command_path', None) or 'dposer'} -h'"
+            _fail(console, command, message, hint, int(code), as_json)
+        show()  # `dposer` alone: the help
         sys.exit(int(code))
     sys.exit(0)
 

@@ -70,6 +70,7 @@ _PERTURB = 0.3  # rad added to hidden entries to find the vertices they move (`m
 _MOVED_M = 0.004  # a vertex that moves more than this belongs to the hidden part
 _TILT = 25.0  # degrees: hands are seen a little from their fingertips' side
 VIEWS_SIDE = 1280  # fit-image's views picture shows the photo at most this large (its longer side, pixels)
+VIEWS_MIN_WIDTH = 240  # narrower photos are padded in the views picture (its legend and view from above)
 
 
 def grid_count(part: Part, n: int, grid: int | None = None) -> int:
@@ -510,6 +511,11 @@ def fit_pictures(
     depth = fitted.joints[rows, 0, 2].cpu().numpy()  # the root joint (pelvis / wrist)
     names = [f"{entry['person']}: {d:.2f} m" for entry, d in zip(per_person, depth, strict=True)]
     panels = [fit_within(image, VIEWS_SIDE)]  # (the overlay keeps the photo's size)
+    if (
+        panels[0].shape[1] < VIEWS_MIN_WIDTH
+    ):  # a tiny photo: centred on a white band wide enough for the legend
+        pad = VIEWS_MIN_WIDTH - panels[0].shape[1]
+        panels[0] = np.pad(panels[0], ((0, 0), (pad // 2, pad - pad // 2), (0, 0)), constant_values=255)
     h, w = panels[0].shape[:2]
     # under the photo, as wide: people keep (about) their left-right place
     if verts is not None and faces is not None:

@@ -254,3 +254,23 @@ def test_part_option_offers_only_supported_parts(capsys, command, offered, not_o
     row = _option_row(_help(capsys, command), "--part")
     assert offered in row and "[default: " in row, row
     assert not any(word in row.replace(offered, "") for word in not_offered), row
+
+
+@pytest.mark.parametrize(
+    ("args", "error", "hint"),
+    [
+        (["generate", "--bogus"], "error: No such option: --bogus", "hint: see 'dposer generate -h'"),
+        (
+            ["complete", "x.npz", "--part", "legs"],
+            "error: Invalid value for '--part' / '-p': 'legs' is not one of 'body'",
+            "hint: see 'dposer complete -h'",
+        ),
+        (["nosuch"], "error: No such command 'nosuch'.", "hint: see 'dposer -h'"),
+    ],
+)
+def test_usage_errors_are_one_error_line_and_a_hint(capsys, args, error, hint):
+    """Not Click's "Usage: … / Try … / (blank) / Error: …" block, nor its "Value error, " prefix."""
+    code, _, err = run(capsys, *args)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 2, err
+    assert lines[0].startswith(error) and lines[1] == hint and "Value error" not in err

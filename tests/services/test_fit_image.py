@@ -569,3 +569,20 @@ def test_pictures_of_several_photos_drawn_on_threads_equal_those_drawn_on_one(tm
         ]
     assert pictures[1] == pictures[3]
     assert len(set(pictures[1][:3])) == 3  # three different overlays
+
+
+def test_a_tiny_photo_gets_a_views_picture_wide_enough_for_its_legend(tmp_path):
+    """A 12×9 photo: the overlay keeps its size; the views picture pads it (it failed: "legend: width must be
+    at least 16 px")."""
+    from PIL import Image
+
+    from dposer_cli.tasks.pictures import VIEWS_MIN_WIDTH
+
+    scene = synthetic_scene(reference_poses()[[10]], seed=4, width=12, height=9)
+    result, _ = fit(tmp_path, scene, steps=2, prior="l2", overlay=True, renderer="soft")
+    (entry,) = result.info["images"]
+    with Image.open(entry["overlay"]) as im:
+        assert im.size == (12, 9)
+    with Image.open(entry["views"]) as im:
+        views = np.asarray(im.convert("RGB"))
+    assert views.shape[1] == VIEWS_MIN_WIDTH and (views[9:] < 128).any()  # the view from above and the legend
