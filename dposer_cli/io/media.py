@@ -203,7 +203,7 @@ def read_image(path: Path) -> UInt8[np.ndarray, "H W 3"]:
         ) from None
     except UnidentifiedImageError:
         raise InputError(
-            f"cannot read image {path}: not a recognised image format (expected PNG or JPEG)"
+            f"cannot read image {path}: not a recognised image format (expected {', '.join(READ_FORMATS)})"
         ) from None
     except (OSError, ValueError) as exc:
         raise InputError(f"cannot read image {path}: {_one_line(exc)[:200]}") from None

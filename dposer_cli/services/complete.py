@@ -101,7 +101,8 @@ def run(
     run_seconds = time.perf_counter() - t_run
     completed = res.poses
     if not torch.isfinite(completed).all():
-        raise InputError(f"--mode {req.mode} produced non-finite values; try --mode dposer or more --steps")
+        other = "--mode dposer" if req.mode != "dposer" else "another --mode"
+        raise InputError(f"--mode {req.mode} produced non-finite values; try {other} or more --steps")
 
     n, h, dim = completed.shape
     array = completed.cpu().numpy()
