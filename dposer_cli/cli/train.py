@@ -25,7 +25,8 @@ def command(
         typer.Option(
             "--data",
             metavar="PATH",
-            help="Pose npz files or folders (ours, official toy, AMASS); repeat for several.",
+            help="Pose npz files or folders (ours, official toy, AMASS); repeat for several. "
+            "At least 10 poses in all.",
         ),
     ] = ...,  # type: ignore[assignment]
     out: Annotated[
@@ -44,9 +45,14 @@ def command(
     warmup: Annotated[int, typer.Option(help="Warm-up steps.")] = 500,
     ema_rate: Annotated[float, typer.Option(help="EMA decay of the weights used for inference.")] = 0.9999,
     hidden_dim: Annotated[
-        int | None, typer.Option(help="TimeFC width (official 1024; default: demo width).")
+        int | None,
+        typer.Option(
+            help="TimeFC width: a multiple of 32, at least 128 (official 1024; default: demo width)."
+        ),
     ] = None,
-    embed_dim: Annotated[int | None, typer.Option(help="Time-embedding width (official 512).")] = None,
+    embed_dim: Annotated[
+        int | None, typer.Option(help="Time-embedding width, at least 4 (official 512; default: demo width).")
+    ] = None,
     dropout: Annotated[float, typer.Option(help="Dropout in the score network (official 0.1).")] = 0.1,
     t_weighting: Annotated[
         str,

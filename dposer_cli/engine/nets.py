@@ -13,6 +13,8 @@ from torch import Tensor, nn
 from dposer_cli.core.config import NetConfig
 from dposer_cli.core.parts import WHOLEBODY_SPLIT
 
+GNORM_GROUPS = 32  # GroupNorm32 of every TimeFC (spec §2.2): the hidden width must be a multiple of it
+
 
 def timestep_embedding(label: Float[Tensor, " B"], dim: int) -> Float[Tensor, "B E"]:
     """Sinusoidal embedding: [sin(label·f), cos(label·f)], f_k = exp(-k·ln(1e4)/(half-1)) (spec §2.2)."""
@@ -81,15 +83,15 @@ class TimeFC(nn.Module):
         self.register_buffer("sigmas", sigma_table(sigma_min, sigma_max, num_scales))
         self.pre_dense = nn.Linear(in_dim, hidden)
         self.pre_dense_t = nn.Linear(embed, hidden)
-        self.pre_gnorm = nn.GroupNorm(32, num_channels=hidden)
+        self.pre_gnorm = nn.GroupNorm(GNORM_GROUPS, num_channels=hidden)
         self.shared_time_embed = nn.Sequential(nn.Linear(embed, embed), nn.SiLU())
         for b in range(1, n_blocks + 1):
             setattr(self, f"b{b}_dense1", nn.Linear(hidden, hidden))
             setattr(self, f"b{b}_dense1_t", nn.Linear(embed, hidden))
-            setattr(self, f"b{b}_gnorm1", nn.GroupNorm(32, num_channels=hidden))
+            setattr(self, f"b{b}_gnorm1", nn.GroupNorm(GNORM_GROUPS, num_channels=hidden))
             setattr(self, f"b{b}_dense2", nn.Linear(hidden, hidden))
             setattr(self, f"b{b}_dense2_t", nn.Linear(embed, hidden))
-            setattr(self, f"b{b}_gnorm2", nn.GroupNorm(32, num_channels=hidden))
+            setattr(self, f"b{b}_gnorm2", nn.GroupNorm(GNORM_GROUPS, num_channels=hidden))
         self.post_dense = nn.Linear(hidden, out_dim)
         self.act = nn.SiLU()
         self.dropout = nn.Dropout(dropout)

@@ -10,6 +10,10 @@ stop at the next step boundary with last.pt written (a second signal stops at on
 trained on other data or settings unless `force_resume`; one lock keeps two runs out of one folder, and the
 temporary files of a killed write are removed on the next start. Honest reports (issue #17): a heartbeat log
 line; the result and prior.pt say whether the prior looks healthy (`healthy`, `reasons`).
+
+Failed runs leave nothing behind: the data, the part priors and the settings are read and checked before the
+run folder is made; a run that fails before its first last.pt removes the files (and folders) it created,
+and the lock file goes when the run ends. A run that wrote a last.pt keeps it (re-running resumes).
 """
 
 import contextlib
@@ -17,31 +21,40 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from dposer_cli.core import validate
-from dposer_cli.core.config import TrainConfig
+from dposer_cli.core.config import PriorConfig, TrainConfig
 from dposer_cli.core.device import init_distributed, resolve_device
 from dposer_cli.core.errors import ExitCode, InputError, Interrupted
 from dposer_cli.core.parts import PARTS, Part
 from dposer_cli.core.paths import demo_checkpoint, ensure_out_dir, models_dir, official_dir
 from dposer_cli.core.result import Result
 from dposer_cli.engine.checkpoint import read_checkpoint, save_checkpoint
-from dposer_cli.engine.normalize import load_official_normalizer
+from dposer_cli.engine.normalize import Normalizer, load_official_normalizer
 from dposer_cli.engine.prior import DPoserPrior
 from dposer_cli.io.poses import pose_files
-from dposer_cli.io.train_run import append_record, exclusive, read_training_file, remove_orphans, trim_log
+from dposer_cli.io.train_run import (
+    LOCK,
+    append_record,
+    exclusive,
+    read_training_file,
+    remove_orphans,
+    trim_log,
+)
 from dposer_cli.tasks import train as task
 
 log = logging.getLogger(__name__)
 
-MAX_WIDTH = 16_384  # --hidden-dim / --embed-dim (official 1024 / 512)
 HEARTBEAT_S = 10.0  # seconds between progress log lines
+# what a run writes besides last.pt: a run that fails before its first last.pt removes the ones it created
+RUN_FILES = ("best.pt", "prior.pt", "log.jsonl")
+LOCK_TRIES = 5  # locks of OUT/.train.lock tried while other runs delete and recreate it meanwhile
 
 
 @dataclass(frozen=True)
@@ -78,14 +91,7 @@ def check_request(req: TrainRequest) -> None:
     """
     v = validate
     task.check_config(req.train)
-    if req.hidden_dim is not None:
-        v.integer("--hidden-dim", req.hidden_dim, lo=32, hi=MAX_WIDTH)
-        if req.hidden_dim % 32:
-            raise InputError(
-                f"--hidden-dim must be a multiple of 32, the GroupNorm group count (got {req.hidden_dim})"
-            )
-    if req.embed_dim is not None:
-        v.integer("--embed-dim", req.embed_dim, lo=4, hi=MAX_WIDTH)
+    task.check_widths(req.hidden_dim, req.embed_dim)
     v.number("--dropout", req.dropout, lo=0, hi=1, hi_open=True, what="probability")
     if req.fps is not None:
         v.number("--fps", req.fps, lo=0, hi=v.MAX_FPS, lo_open=True, what="frame rate")
@@ -107,9 +113,126 @@ def check_request(req: TrainRequest) -> None:
 
 
 def _read_data(req: TrainRequest) -> tuple[Tensor, Tensor]:
-    """(N, D) raw training vectors and (N, 4) part availability; whole-body takes part-only files too."""
-    blocks = [read_training_file(f, req.part, req.fps) for f in pose_files(req.data)]
-    return task.stack_parts(req.part, [(part, torch.tensor(arr)) for part, arr in blocks])
+    """(N, D) raw training vectors and (N, 4) part availability; whole-body takes part-only files too.
+
+    Raises:
+        InputError: an unreadable file, or values that are NaN/inf or absurdly large (naming the file and row).
+    """
+    blocks = []
+    for f in pose_files(req.data):
+        part, arr = read_training_file(f, req.part, req.fps)
+        poses = torch.tensor(arr)
+        task.check_values(poses, part, where=str(f))
+        blocks.append((part, poses))
+    return task.stack_parts(req.part, blocks)
+
+
+@dataclass(frozen=True)
+class _Setup:
+    """What a run needs besides its folder: the data and split, the statistics and the network to train."""
+
+    x: Tensor
+    avail: Tensor
+    val_idx: Tensor
+    train_idx: Tensor
+    normalizer: Normalizer
+    data_fp: str
+    cfg: PriorConfig
+    net: nn.Module
+
+
+def _prepare(req: TrainRequest, world: int, device: torch.device) -> _Setup:
+    """Read and check the data, the part priors and the statistics, and build the network; writes nothing."""
+    part, tc = req.part, req.train
+    x, avail = _read_data(req)
+    val_idx, train_idx = task.split(len(x), tc)
+    if len(train_idx) < world:
+        raise InputError(f"only {len(train_idx)} training poses for {world} processes")
+    priors = None
+    if part is Part.wholebody:
+        paths = {
+            n: Path((req.part_priors or {}).get(n) or demo_checkpoint(Part(n)))
+            for n in ("body", "hand", "face")
+        }
+        priors = {n: read_checkpoint(path, Part(n)) for n, path in paths.items()}
+    if req.normalizer is not None and part is not Part.wholebody:
+        normalizer = load_official_normalizer(part, req.normalizer, official_dir(models_dir()))
+    else:
+        normalizer = task.make_normalizer(part, x[train_idx], priors, tc.normalizer_stats)
+    cfg, net = task.build_model(
+        part,
+        hidden_dim=req.hidden_dim,
+        embed_dim=req.embed_dim,
+        dropout=req.dropout,
+        scale_by_sigma=req.scale_by_sigma,
+        gaussian_skip=req.gaussian_skip,
+        part_priors=priors,
+        seed=tc.seed,
+        device=device,
+    )
+    return _Setup(x, avail, val_idx, train_idx, normalizer.to(device), task.fingerprint(x, avail), cfg, net)
+
+
+@contextlib.contextmanager
+def _run_folder(out: Path) -> Iterator[None]:
+    """Make (if needed) and lock the run folder for one run. When the run fails before any last.pt is there,
+    the files it created (`RUN_FILES`) and the folders it made are removed; an earlier run's files are kept.
+
+    Raises:
+        InputError: the folder cannot be written, or another run holds it.
+    """
+    made = []  # folders this run makes, innermost first
+    for folder in (out, *out.parents):
+        if folder.exists() or folder == folder.parent:
+            break
+        made.append(folder)
+    try:
+        ensure_out_dir(out)
+        with _locked(out):
+            remove_orphans(out)
+            before = {name for name in RUN_FILES if (out / name).exists()}
+            try:
+                yield
+            except BaseException:
+                if not (out / "last.pt").is_file():
+                    for name in set(RUN_FILES) - before:
+                        with contextlib.suppress(OSError):
+                            (out / name).unlink()
+                raise
+    except BaseException:
+        for folder in made:  # only the empty ones: another run's lock keeps its folder
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+
+
+@contextlib.contextmanager
+def _locked(out: Path) -> Iterator[None]:
+    """`exclusive(out)` with OUT/.train.lock deleted when the run ends (while still locked, so nothing is left).
+
+    A run that locked the file just as its holder deleted it holds a lock nobody else sees: the lock file it
+    then finds is gone or holds another pid, and it locks again.
+
+    Raises:
+        InputError: another run holds the folder.
+    """
+    lock = out / LOCK
+    for _ in range(LOCK_TRIES):
+        with exclusive(out):
+            if os.name == "posix":  # no fcntl elsewhere: exclusive() holds no lock and writes no file
+                try:
+                    owner = lock.read_text().strip()
+                except OSError:
+                    owner = ""
+                if owner != str(os.getpid()):
+                    continue
+            try:
+                yield
+            finally:
+                with contextlib.suppress(OSError):
+                    lock.unlink()
+            return
+    raise InputError(f"cannot lock {lock}: other runs keep replacing it", hint="give this run another --out")
 
 
 def run(req: TrainRequest, progress: Callable[[int, int], None] | None = None) -> Result:
@@ -129,12 +252,11 @@ def run(req: TrainRequest, progress: Callable[[int, int], None] | None = None) -
         if world > 1 and device.type == "cuda":
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
             torch.cuda.set_device(device)
+        setup = _prepare(req, world, device)  # every input checked before the run folder is made
         with contextlib.ExitStack() as held:
             if rank == 0:
-                ensure_out_dir(req.out)
-                held.enter_context(exclusive(Path(req.out)))
-                remove_orphans(Path(req.out))
-            return _run(req, progress, stop, rank, world, device, t0)
+                held.enter_context(_run_folder(Path(req.out)))
+            return _run(req, setup, progress, stop, rank, world, device, t0)
     except KeyboardInterrupt:  # a second signal, or one outside the loop: stopped at once
         raise _stopped(stop, Path(req.out) / "last.pt") from None
     finally:
@@ -143,6 +265,7 @@ def run(req: TrainRequest, progress: Callable[[int, int], None] | None = None) -
 
 def _run(
     req: TrainRequest,
+    setup: _Setup,
     progress: Callable[[int, int], None] | None,
     stop: task.StopFlag,
     rank: int,
@@ -150,36 +273,10 @@ def _run(
     device: torch.device,
     t0: float,
 ) -> Result:
-    """Read the data, build or resume the run, train up to `--steps` / `--stop-after`, export and check."""
+    """Resume or start the run, train up to `--steps` / `--stop-after`, export and check."""
     tc, out, part = req.train, Path(req.out), req.part
-    x, avail = _read_data(req)
-    val_idx, train_idx = task.split(len(x), tc)
-    if len(train_idx) < world:
-        raise InputError(f"only {len(train_idx)} training poses for {world} processes")
-    priors = None
-    if part is Part.wholebody:
-        paths = {
-            n: Path((req.part_priors or {}).get(n) or demo_checkpoint(Part(n)))
-            for n in ("body", "hand", "face")
-        }
-        priors = {n: read_checkpoint(path, Part(n)) for n, path in paths.items()}
-    if req.normalizer is not None and part is not Part.wholebody:
-        normalizer = load_official_normalizer(part, req.normalizer, official_dir(models_dir()))
-    else:
-        normalizer = task.make_normalizer(part, x[train_idx], priors, tc.normalizer_stats)
-    normalizer = normalizer.to(device)
-    data_fp = task.fingerprint(x, avail)
-    cfg, net = task.build_model(
-        part,
-        hidden_dim=req.hidden_dim,
-        embed_dim=req.embed_dim,
-        dropout=req.dropout,
-        scale_by_sigma=req.scale_by_sigma,
-        gaussian_skip=req.gaussian_skip,
-        part_priors=priors,
-        seed=tc.seed,
-        device=device,
-    )
+    x, avail, val_idx, train_idx = setup.x, setup.avail, setup.val_idx, setup.train_idx
+    normalizer, data_fp, cfg, net = setup.normalizer, setup.data_fp, setup.cfg, setup.net
     last, logf = out / "last.pt", out / "log.jsonl"
     resume = read_checkpoint(last, part) if last.is_file() else None
     if resume is not None:
@@ -251,7 +348,7 @@ def _run(
         return result
     if not done.complete:
         result.status = "partial"
-        result.outputs = {"last": last, "log": logf}
+        result.outputs = _existing({"last": last, "log": logf})
         result.info = {"part": part.value, "steps": step, "total_steps": tc.steps}
         result.lines = [f"stopped at step {step} of {tc.steps}; re-run the same command to continue"]
         return result
@@ -286,7 +383,7 @@ def _run(
             log.warning("the prior looks unhealthy: %s", reason)
         checks += ["samples"] + (["fid"] if "fid_heldout" in found else [])
         write_prior()
-    result.outputs = {"last": last, "best": out / "best.pt", "prior": export, "log": logf}
+    result.outputs = _existing({"last": last, "best": out / "best.pt", "prior": export, "log": logf})
     result.metrics = metrics
     result.info = {
         "part": part.value,
@@ -305,6 +402,11 @@ def _run(
     ]
     result.lines += [f"warning: the prior looks unhealthy: {r}" for r in reasons]
     return result
+
+
+def _existing(outputs: dict[str, Path]) -> dict[str, Path | list[Path]]:
+    """The outputs that exist (a run that never validated has no log.jsonl, and maybe no best.pt)."""
+    return {name: path for name, path in outputs.items() if path.is_file()}
 
 
 def _stopped(stop: task.StopFlag, last: Path, *, graceful: bool = False) -> Interrupted:

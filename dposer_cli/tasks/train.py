@@ -44,7 +44,7 @@ from dposer_cli.core.parts import PARTS, WHOLEBODY_SPLIT, Part
 from dposer_cli.engine.checkpoint import Checkpoint
 from dposer_cli.engine.ema import EMA
 from dposer_cli.engine.loss import dsm_loss
-from dposer_cli.engine.nets import build_net
+from dposer_cli.engine.nets import GNORM_GROUPS, build_net
 from dposer_cli.engine.normalize import STATISTICS, Normalizer, mirror_mask, statistics
 from dposer_cli.engine.prior import DPoserPrior
 from dposer_cli.engine.sde import build_sde
@@ -53,6 +53,14 @@ from dposer_cli.metrics import fid, gaussian_stats
 log = logging.getLogger(__name__)
 
 MAX_TRAIN_STEPS = 10_000_000  # official runs are 100k–400k steps (spec §10.2)
+MIN_POSES = 10  # smallest training set: 1 pose is held out for validation, the statistics need the rest
+MAX_VALUE = 1e4  # |value| of a training pose (radians) or coefficient beyond this: a broken file, not data
+# TimeFC widths: each GroupNorm group needs several channels (1 channel: GroupNorm outputs its bias alone, for
+# every input; 2: only the sign of their difference), so --hidden-dim is at least 4 per group (official: 32)
+MIN_GROUP_CHANNELS = 4
+MIN_HIDDEN = GNORM_GROUPS * MIN_GROUP_CHANNELS
+MIN_EMBED = 4  # the sinusoidal time embedding needs ≥ 2 frequencies (spec §2.2)
+MAX_WIDTH = 16_384  # --hidden-dim / --embed-dim (official 1024 / 512)
 T_WEIGHTINGS = ("uniform", "adaptive")
 WARMUP_FRACTION = (
     TrainConfig().warmup / TrainConfig().steps
@@ -111,6 +119,27 @@ def check_config(tc: TrainConfig) -> None:
         raise InputError(f"normalizer_stats must be mean-std or robust (got {tc.normalizer_stats!r})")
 
 
+def check_widths(hidden_dim: int | None, embed_dim: int | None) -> None:
+    """Range-check explicit network widths (None: the part's default); one `InputError` line naming the flag.
+
+    Raises:
+        InputError: a width that is not an integer, out of range or (hidden) not a multiple of the groups.
+    """
+    if hidden_dim is not None:
+        v.integer("--hidden-dim", hidden_dim, hi=MAX_WIDTH)
+        if hidden_dim % GNORM_GROUPS:
+            raise InputError(
+                f"--hidden-dim must be a multiple of {GNORM_GROUPS}, the GroupNorm group count (got {hidden_dim})"
+            )
+        if hidden_dim < MIN_HIDDEN:
+            raise InputError(
+                f"--hidden-dim must be at least {MIN_HIDDEN} (got {hidden_dim}): each of the {GNORM_GROUPS} "
+                f"GroupNorm groups needs {MIN_GROUP_CHANNELS} channels"
+            )
+    if embed_dim is not None:
+        v.integer("--embed-dim", embed_dim, lo=MIN_EMBED, hi=MAX_WIDTH)
+
+
 def effective_warmup(tc: TrainConfig) -> int:
     """The warm-up used: `tc.warmup`, or `WARMUP_FRACTION` of the run (≥ 1 step) when it is not shorter (#17)."""
     return tc.warmup if tc.warmup < tc.steps else max(1, round(tc.steps * WARMUP_FRACTION))
@@ -131,7 +160,16 @@ def shard_indices(n: int, epoch: int, rank: int, world: int, seed: int) -> Int[T
 
 
 def split(n: int, tc: TrainConfig) -> tuple[Int[Tensor, " _"], Int[Tensor, " _"]]:
-    """Deterministic (validation, training) index split: `tc.val_fraction` of ≥ 20 poses (≥ 1), else 1."""
+    """Deterministic (validation, training) index split: `tc.val_fraction` of ≥ 20 poses (≥ 1), else 1.
+
+    Raises:
+        InputError: fewer than `MIN_POSES` poses.
+    """
+    if n < MIN_POSES:
+        raise InputError(
+            f"the training data hold {n} pose{'' if n == 1 else 's'}; training needs at least {MIN_POSES} "
+            "(one is held out for validation)"
+        )
     n_val = max(1, int(round(n * tc.val_fraction))) if n >= 20 else 1
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(tc.seed))
     return perm[:n_val], perm[n_val:]
@@ -147,7 +185,8 @@ def stack_parts(
     holds mirrored right hands, the whole-body convention).
 
     Raises:
-        InputError: a block of another part (not whole-body), fewer than 2 poses, or NaN/inf values.
+        InputError: a block of another part (not whole-body), or values that are NaN/inf or beyond `MAX_VALUE`
+            (`check_values`).
     """
     xs, avails = [], []
     offs = np.cumsum((0,) + WHOLEBODY_SPLIT)
@@ -172,12 +211,34 @@ def stack_parts(
         xs.append(full)
         avails.append(av)
     x = torch.cat(xs) if xs else torch.zeros(0, PARTS[part].dim)
-    if len(x) < 2:
-        raise InputError("training needs at least 2 poses")
-    if not torch.isfinite(x).all():
-        bad = int((~torch.isfinite(x)).any(1).nonzero()[0, 0])
-        raise InputError(f"training data contains NaN/inf values (first bad row {bad})")
-    return x, torch.cat(avails)
+    check_values(x, part)
+    return x, torch.cat(avails) if avails else torch.zeros(0, 4)
+
+
+def check_values(x: Float[Tensor, "B D"], part: Part, where: str = "training data") -> None:
+    """Refuse NaN/inf and values beyond ±`MAX_VALUE` in (B, D) vectors of `part`, naming the first bad row.
+
+    Raises:
+        InputError: "<where> contains NaN/inf values (first bad row 3)" or "<where>: body_pose has values as
+            large as 1e+30 (first in row 3, column 7) ...".
+    """
+    finite = torch.isfinite(x)
+    if not finite.all():
+        bad = int((~finite).any(1).nonzero()[0, 0])
+        raise InputError(f"{where} contains NaN/inf values (first bad row {bad})")
+    big = x.abs() > MAX_VALUE
+    if big.any():
+        row, col = (int(i) for i in big.nonzero()[0])
+        start, key = 0, ""
+        for seg in PARTS[part].segments:  # the segment holding that column, as named in pose files
+            if col < start + seg.dim:
+                key, col = seg.key, col - start
+                break
+            start += seg.dim
+        raise InputError(
+            f"{where}: {key} has values as large as {float(x.abs().max()):.3g} (first in row {row}, "
+            f"column {col}); expected |value| ≤ {MAX_VALUE:g} (radians or coefficients)"
+        )
 
 
 def fingerprint(x: Float[Tensor, "B D"], avail: Float[Tensor, "B 4"] | None = None) -> str:
@@ -212,8 +273,10 @@ def build_model(
     checkpoints) plus a trainable MaskFC residual; they fix the output parameterisation.
 
     Raises:
+        InputError: a width out of range (`check_widths`).
         AssetMismatchError: the part priors mix output parameterisations.
     """
+    check_widths(hidden_dim, embed_dim)
     torch.manual_seed(seed)
     spec = PARTS[part]
     hidden = hidden_dim or spec.demo_hidden
@@ -504,7 +567,7 @@ class TrainOutcome:
     state: TrainState
     complete: bool
     val_loss: float | None  # final validation loss of the EMA weights (rank 0, complete runs)
-    reasons: list[str]  # why the prior looks unhealthy (so far: warm-up, validation loss)
+    reasons: list[str]  # why the prior looks unhealthy (so far: the warm-up)
     warmup: int  # the warm-up used (`effective_warmup`)
     effective_batch: int  # per-rank batch × world size
 
@@ -545,6 +608,10 @@ def train(
     Returns:
         The trained state (EMA weights: `state.ema.weights(state.net)`), whether the run is complete, the
         final validation loss and the health reasons found.
+
+    Raises:
+        InputError: the training loss (or gradient) or the validation loss became NaN/inf ("training
+            diverged ... at step N"); found at the next validation or checkpoint, before anything is saved.
     """
     device = torch.device("cpu") if device is None else device
     stop = StopFlag() if stop is None else stop
@@ -604,7 +671,17 @@ def train(
             train_n,
         )
 
+    # the first step whose loss or gradient norm was NaN/inf (0: none), kept on the device (no host sync
+    # per step) and checked before anything is validated or saved, so no checkpoint holds diverged weights
+    bad_step = torch.zeros((), dtype=torch.long, device=device)
+
+    def check_finite() -> None:
+        bad = int(bad_step)
+        if bad:
+            raise _diverged(f"the training loss or its gradient is not finite at step {bad}", tc, stop.saved)
+
     def save_last() -> None:
+        check_finite()
         save(state, "last")
         stop.saved = state.step
 
@@ -679,18 +756,24 @@ def train(
             loss = err.mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
         opt.step()
         state.ema.update(net)
         step += 1
         state.step = stop.step = step
+        finite = torch.isfinite(loss.detach() + grad_norm)  # the sum is NaN/inf when either is
+        bad_step.masked_fill_((bad_step == 0) & ~finite, step)
         loss_sum += loss.detach()
         state.loss_count += 1
         if progress is not None and rank == 0:
             progress(step, tc.steps)
         beat(step, loss.detach())
+        if step % tc.val_every == 0 or step % tc.ckpt_every == 0 or step == tc.steps:
+            check_finite()  # every rank: under DDP they all see the same (all-reduced) gradients
         if rank == 0 and (step % tc.val_every == 0 or step == tc.steps):
             val = validate()
+            if not math.isfinite(val):
+                raise _diverged(f"the validation loss is not finite at step {step}", tc, stop.saved)
             rec = {
                 "step": step,
                 "train_loss": float(loss_sum) / max(state.loss_count, 1),
@@ -724,9 +807,17 @@ def train(
     if rank == 0:
         done.val_loss = validate()
         if not math.isfinite(done.val_loss):
-            reasons.append("the validation loss is not finite: training diverged (try a lower --lr)")
-            log.warning("the prior looks unhealthy: %s", reasons[-1])
+            raise _diverged(f"the validation loss is not finite at step {step}", tc, stop.saved)
     return done
+
+
+def _diverged(what: str, tc: TrainConfig, saved: int | None) -> InputError:
+    """The one-line error for a run whose loss became NaN/inf (nothing diverged is saved)."""
+    kept = f"; the last checkpoint holds step {saved}" if saved else ""
+    return InputError(
+        f"training diverged: {what}",
+        hint=f"try a lower --lr (now {tc.lr:g}) or check the training data for outliers{kept}",
+    )
 
 
 # ------------------------------------------------------------------------------------------------ health

@@ -21,7 +21,7 @@ TINY = [
     "--batch-size",
     "16",
     "--hidden-dim",
-    "32",
+    "128",
     "--embed-dim",
     "16",
     "--warmup",

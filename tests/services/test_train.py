@@ -1,5 +1,6 @@
 """Training: loss goes down on real data, resume equals an uninterrupted run, DDP shards, bad input."""
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -38,7 +39,7 @@ def _req(tmp_path, data, steps, **kw):
         data=[data],
         out=kw.pop("out", tmp_path / "run"),
         train=tc,
-        hidden_dim=32,
+        hidden_dim=128,  # task.MIN_HIDDEN: the narrowest network that trains
         embed_dim=16,
         device="cpu",
         eval_samples=0,
@@ -83,7 +84,7 @@ def test_interrupt_flushes_checkpoint_and_resume_continues(tmp_path, hand_data):
         "import sys, signal, os\n"
         "from dposer_cli.cli.app import main\n"
         f"main(['train','--part','hand','--data',{str(hand_data)!r},'--out',{str(tmp_path / 'k')!r},"
-        "'--steps','10000000','--batch-size','32','--hidden-dim','32','--embed-dim','16','--ckpt-every','50',"
+        "'--steps','10000000','--batch-size','32','--hidden-dim','128','--embed-dim','16','--ckpt-every','50',"
         "'--val-every','1000000','--eval-samples','0','--device','cpu','--quiet'])\n"
     )
     proc = subprocess.Popen(
@@ -137,7 +138,7 @@ def test_ddp_two_gloo_processes_write_a_valid_checkpoint(tmp_path, hand_data):
         "--batch-size",
         "32",
         "--hidden-dim",
-        "32",
+        "128",
         "--embed-dim",
         "16",
         "--ckpt-every",
@@ -289,7 +290,7 @@ def test_signal_before_the_loop_is_an_interrupt(tmp_path, uninterrupted, monkeyp
     monkeypatch.setattr(svc, "_read_data", read_then_signal)
     with pytest.raises(Interrupted, match="before training started; nothing was trained") as exc:
         svc.run(_req(tmp_path, data, 30))
-    assert exc.value.exit_code == code and not (tmp_path / "run/last.pt").exists()
+    assert exc.value.exit_code == code and not (tmp_path / "run").exists()
 
 
 # ------------------------------------------------------------------------------------- resume refusals
@@ -300,7 +301,7 @@ def test_signal_before_the_loop_is_an_interrupt(tmp_path, uninterrupted, monkeyp
         (dict(steps=40), r"--steps is 30 there but 40 now", True),
         (dict(data_rows=500), r"training data differ .*\(600 poses then, 500 now\)", True),
         (dict(data_shift=1e-3), r"training data differ .*\(600 poses, different values\)", True),
-        (dict(hidden_dim=64), r"--hidden-dim is 32 there but 64 now", False),
+        (dict(hidden_dim=256), r"--hidden-dim is 128 there but 256 now", False),
     ],
 )
 def test_resume_with_other_data_or_settings_is_refused(tmp_path, hand_data, change, pattern, overridable):
@@ -313,7 +314,7 @@ def test_resume_with_other_data_or_settings_is_refused(tmp_path, hand_data, chan
     req = _req(tmp_path, data, change.get("steps", 30), stop_after=5)
     req = dataclasses.replace(
         req,
-        hidden_dim=change.get("hidden_dim", 32),
+        hidden_dim=change.get("hidden_dim", 128),
         train=dataclasses.replace(req.train, lr=change.get("lr", 1e-3)),
     )
     with pytest.raises(InputError, match=pattern) as exc:
@@ -373,6 +374,151 @@ def test_two_runs_in_one_folder_are_refused(tmp_path, hand_data):
         fcntl.flock(fh, fcntl.LOCK_EX)
         with pytest.raises(InputError, match=r"in use by another dposer train \(pid 4242\)"):
             svc.run(_req(tmp_path, hand_data, 5))
+        assert (out / ".train.lock").read_text() == "4242"  # the other run's lock is left alone
+
+
+def test_a_lock_file_deleted_as_it_was_locked_is_not_trusted(tmp_path, hand_data, monkeypatch):
+    """The lock file goes at the end of a run: a run that locked it just as it was deleted, while a third run
+    made and locked a new one, must look again and be refused (else two runs would share the folder)."""
+    import fcntl
+
+    real, held = svc.exclusive, []
+
+    @contextlib.contextmanager
+    def racing(out):
+        with real(out):
+            if not held:
+                (out / ".train.lock").unlink()
+                fh = open(out / ".train.lock", "w")  # noqa: SIM115 (held past the with block)
+                fh.write("4242")
+                fh.flush()
+                fcntl.flock(fh, fcntl.LOCK_EX)
+                held.append(fh)
+            yield
+
+    monkeypatch.setattr(svc, "exclusive", racing)
+    try:
+        with pytest.raises(InputError, match=r"in use by another dposer train \(pid 4242\)"):
+            svc.run(_req(tmp_path, hand_data, 5))
+        assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".train.lock"]
+    finally:
+        held[0].close()
+
+
+def test_the_lock_file_is_deleted_when_a_run_ends(tmp_path, hand_data):
+    out = tmp_path / "run"
+    svc.run(_req(tmp_path, hand_data, 30, stop_after=5))
+    assert sorted(p.name for p in out.iterdir()) == ["last.pt"]
+    with pytest.raises(InputError, match="cannot resume"):  # refused: the earlier run's files stay
+        svc.run(dataclasses.replace(_req(tmp_path, hand_data, 30), hidden_dim=256))
+    svc.run(_req(tmp_path, hand_data, 30))
+    assert sorted(p.name for p in out.iterdir()) == ["best.pt", "last.pt", "log.jsonl", "prior.pt"]
+
+
+# ------------------------------------------------------------------------- failed runs leave nothing behind
+def _nan_validation_after(monkeypatch, calls):
+    """Validation losses turn infinite after `calls` dsm_loss calls (4 per validation)."""
+    done = []
+
+    def dsm(*args, **kw):
+        done.append(1)
+        value = dsm_loss(*args, **kw)
+        return value if len(done) <= calls else value * float("inf")
+
+    monkeypatch.setattr(task, "dsm_loss", dsm)
+
+
+@pytest.mark.parametrize(
+    "case,pattern",
+    [
+        ("missing", "not found"),
+        ("two_poses", r"hold 2 poses; training needs at least 10"),
+        ("absurd", r"as large as 1e\+30 \(first in row 3"),
+        ("narrow", r"--hidden-dim must be at least 128"),
+        ("diverges", r"^training diverged: the validation loss is not finite at step 10$"),
+        ("diverges_after_best", r"^training diverged: the validation loss is not finite at step 10$"),
+    ],
+)
+def test_a_failed_run_leaves_no_folder_behind(tmp_path, hand_data, monkeypatch, case, pattern):
+    poses = np.load(hand_data)["hand_pose"]
+    data, kw, hidden = hand_data, {}, 128
+    if case == "missing":
+        data = tmp_path / "nope.npz"
+    elif case in ("two_poses", "absurd"):
+        data = tmp_path / "bad.npz"
+        bad = poses[:2] if case == "two_poses" else poses.copy()
+        bad[3:, 5] = 1e30 if case == "absurd" else bad[3:, 5]
+        np.savez(data, hand_pose=bad)
+    elif case == "narrow":
+        hidden = 64
+    else:  # best.pt and log.jsonl are written at step 5, then training diverges before any last.pt
+        _nan_validation_after(monkeypatch, 0 if case == "diverges" else 4)
+        kw = dict(val_every=10 if case == "diverges" else 5, ckpt_every=20)
+    req = dataclasses.replace(_req(tmp_path, data, 30, out=tmp_path / "runs/a/run", **kw), hidden_dim=hidden)
+    with pytest.raises(InputError, match=pattern) as exc:
+        svc.run(req)
+    assert "\n" not in str(exc.value)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_failed_run_in_an_existing_folder_removes_only_what_it_wrote(tmp_path, hand_data, monkeypatch):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    _nan_validation_after(monkeypatch, 4)
+    with pytest.raises(InputError, match="training diverged"):
+        svc.run(_req(tmp_path, hand_data, 30, val_every=5, ckpt_every=20))
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
+def test_a_run_that_diverges_after_a_checkpoint_keeps_it_and_resumes_bit_identically(
+    tmp_path, uninterrupted, monkeypatch
+):
+    data, ref = uninterrupted
+    svc.run(_req(tmp_path, data, 30, stop_after=10))
+    _nan_validation_after(monkeypatch, 0)
+    with pytest.raises(InputError, match="not finite at step 20") as exc:
+        svc.run(_req(tmp_path, data, 30))
+    assert "the last checkpoint holds step 10" in exc.value.hint
+    out = tmp_path / "run"
+    assert sorted(p.name for p in out.iterdir()) == ["best.pt", "last.pt", "log.jsonl"]
+    assert read_checkpoint(out / "last.pt").extra["step"] == 10
+    monkeypatch.setattr(task, "dsm_loss", dsm_loss)
+    svc.run(_req(tmp_path, data, 30))
+    _assert_same_run(ref, out)
+
+
+def test_absurd_values_are_refused_naming_the_file_before_training(tmp_path, hand_data, monkeypatch):
+    def read(path, part, fps):
+        poses = np.zeros((50, 45), np.float32)
+        poses[7, 44] = -3e5
+        return part, poses
+
+    monkeypatch.setattr(svc, "read_training_file", read)
+    with pytest.raises(InputError) as exc:
+        svc.run(_req(tmp_path, hand_data, 5))
+    assert str(exc.value) == (
+        f"{hand_data}: hand_pose has values as large as 3e+05 (first in row 7, column 44); "
+        "expected |value| ≤ 10000 (radians or coefficients)"
+    )
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_summary_names_only_files_that_exist(tmp_path, hand_data):
+    res = svc.run(_req(tmp_path, hand_data, 30, stop_after=5))  # no validation yet: no log.jsonl, no best.pt
+    assert res.status == "partial" and set(res.outputs) == {"last"}
+    svc.run(_req(tmp_path, hand_data, 30))
+    (tmp_path / "run/best.pt").unlink()
+    res = svc.run(_req(tmp_path, hand_data, 30))  # already complete: exports again, writes no best.pt
+    assert set(res.outputs) == {"last", "prior", "log"} and all(p.is_file() for p in res.outputs.values())
+
+
+def test_twenty_poses_train_with_the_default_batch_and_one_validation_pose(tmp_path, hand_data):
+    data = tmp_path / "twenty.npz"
+    np.savez(data, hand_pose=np.load(hand_data)["hand_pose"][:20])
+    req = _req(tmp_path, data, 3)
+    res = svc.run(dataclasses.replace(req, train=dataclasses.replace(req.train, batch_size=1280)))
+    assert res.status == "ok" and np.isfinite(res.metrics["val_loss"])
 
 
 # ------------------------------------------------------------------------------------------ numbers
@@ -390,7 +536,11 @@ def test_two_runs_in_one_folder_are_refused(tmp_path, hand_data):
         (dict(seed=-1), "--seed must be an integer between 0"),
         (dict(t_weighting="cubic"), "--t-weighting must be uniform or adaptive"),
         (dict(hidden_dim=50), "--hidden-dim must be a multiple of 32"),
-        (dict(hidden_dim=0), "--hidden-dim must be at least 32"),
+        (dict(hidden_dim=0), "--hidden-dim must be at least 128"),
+        (
+            dict(hidden_dim=64),
+            r"--hidden-dim must be at least 128 \(got 64\): each of the 32 GroupNorm groups",
+        ),
         (dict(embed_dim=2), "--embed-dim must be at least 4"),
         (dict(dropout=1.0), "--dropout must be less than 1"),
         (dict(dropout=-0.1), "--dropout must be a non-negative probability"),

@@ -59,7 +59,7 @@ def _setup(part, x, tc, priors=None, **net):
     val_idx, train_idx = task.split(len(x), tc)
     normalizer = task.make_normalizer(part, x[train_idx], priors)
     cfg, model = task.build_model(
-        part, part_priors=priors, seed=tc.seed, **{"hidden_dim": 32, "embed_dim": 16, **net}
+        part, part_priors=priors, seed=tc.seed, **{"hidden_dim": 128, "embed_dim": 16, **net}
     )
     return cfg, model, task.TrainData(x, avail, train_idx, val_idx), normalizer
 
@@ -153,10 +153,83 @@ def test_mixed_part_blocks_fill_their_whole_body_slots():
         x[[3, 5], left], hand[1::2] * mirror_mask(Part.wholebody)[63:108]
     )  # mirrored into the left
     assert avail.tolist() == [[1, 0, 0, 0]] * 2 + [[0, 0, 1, 0], [0, 1, 0, 0]] * 2
-    with pytest.raises(InputError, match="at least 2 poses"):
-        task.stack_parts(Part.hand, [(Part.hand, hand[:1])])
     with pytest.raises(InputError, match="NaN/inf values \\(first bad row 1\\)"):
         task.stack_parts(Part.hand, [(Part.hand, torch.cat([hand[:1], torch.full((1, 45), float("nan"))]))])
+
+
+def test_too_few_poses_are_refused_with_the_minimum():
+    with pytest.raises(InputError, match=r"hold 2 poses; training needs at least 10 \(one is held out"):
+        task.split(2, TrainConfig())
+    with pytest.raises(InputError, match="hold 0 poses"):
+        task.split(len(task.stack_parts(Part.hand, [])[0]), TrainConfig())
+    val_idx, train_idx = task.split(task.MIN_POSES, TrainConfig())
+    assert len(val_idx) == 1 and len(train_idx) == task.MIN_POSES - 1
+
+
+def test_absurd_values_are_refused_naming_the_key_row_and_column():
+    x = torch.zeros(12, PARTS[Part.face].dim)
+    x[4, 7] = -1e5  # face = jaw_pose (3) | expression (100): column 4 of the expression
+    x[9, 0] = 2e30
+    with pytest.raises(InputError) as exc:
+        task.stack_parts(Part.face, [(Part.face, x)])
+    assert str(exc.value) == (
+        "training data: expression has values as large as 2e+30 (first in row 4, column 4); "
+        "expected |value| ≤ 10000 (radians or coefficients)"
+    )
+    x[4, 7], x[9, 0] = -task.MAX_VALUE, task.MAX_VALUE  # the bound itself is accepted
+    assert torch.equal(task.stack_parts(Part.face, [(Part.face, x)])[0], x)
+
+
+@pytest.mark.parametrize("hidden", [32, 64, 96])
+def test_networks_whose_groupnorm_groups_are_too_narrow_are_refused(hidden):
+    with pytest.raises(InputError, match=rf"--hidden-dim must be at least 128 \(got {hidden}\)"):
+        task.build_model(Part.hand, hidden_dim=hidden, embed_dim=16)
+    with pytest.raises(InputError, match="--embed-dim must be at least 4"):
+        task.build_model(Part.hand, hidden_dim=128, embed_dim=2)
+
+
+def test_the_narrowest_network_trains_on_one_pose_batches_and_a_one_pose_validation_split(hands):
+    x = hands[: task.MIN_POSES]  # < 20 poses: one held out
+    tc = _config(6, batch_size=1, ckpt_every=3, val_every=3)
+    cfg, net, data, normalizer = _setup(Part.hand, x, tc, hidden_dim=task.MIN_HIDDEN)
+    assert len(data.val_idx) == 1
+    rec = Recorder(cfg)
+    done = task.train(net, cfg, tc, data, normalizer, save=rec.save, record=rec.record)
+    assert done.complete and done.effective_batch == 1 and np.isfinite(done.val_loss)
+    net.eval()  # GroupNorm with 4 channels per group: the output depends on the input (1 channel: it does not)
+    label = torch.full((2,), 500.0)
+    with torch.no_grad():
+        out = net(torch.randn(2, 45, generator=torch.Generator().manual_seed(0)), label)
+    assert not torch.allclose(out[0], out[1])
+
+
+def test_a_non_finite_training_loss_stops_the_run_before_anything_is_saved(hands, read_only_cwd):
+    tc = _config(30, ckpt_every=2, val_every=2)
+    cfg, net, data, normalizer = _setup(Part.hand, hands, tc)
+    rec = Recorder(cfg)
+
+    def poison(done, total):
+        if done == 3:  # step 4 computes its loss with a NaN weight
+            with torch.no_grad():
+                net.post_dense.bias[0] = float("nan")
+
+    with pytest.raises(InputError) as exc:
+        task.train(net, cfg, tc, data, normalizer, save=rec.save, record=rec.record, progress=poison)
+    assert str(exc.value) == "training diverged: the training loss or its gradient is not finite at step 4"
+    assert "--lr (now 0.001)" in exc.value.hint and "the last checkpoint holds step 2" in exc.value.hint
+    assert max(step for _, step in rec.saves) == 2 and [r["step"] for r in rec.records] == [2]
+
+
+def test_a_non_finite_validation_loss_stops_the_run(hands, read_only_cwd, monkeypatch):
+    tc = _config(30)
+    cfg, net, data, normalizer = _setup(Part.hand, hands, tc)
+    rec = Recorder(cfg)
+    monkeypatch.setattr(task, "dsm_loss", lambda *a, **kw: torch.full((4,), float("inf")))
+    with pytest.raises(
+        InputError, match=r"^training diverged: the validation loss is not finite at step 10$"
+    ):
+        task.train(net, cfg, tc, data, normalizer, save=rec.save, record=rec.record)
+    assert rec.saves == [] and rec.records == []
 
 
 def test_whole_body_finetune_trains_and_validates_the_ema_weights(hands, read_only_cwd):
@@ -165,7 +238,7 @@ def test_whole_body_finetune_trains_and_validates_the_ema_weights(hands, read_on
     tc = _config(4, batch_size=16, ckpt_every=2, val_every=2)
     val_idx, train_idx = task.split(len(x), tc)
     normalizer = task.make_normalizer(Part.wholebody, x[train_idx], priors)
-    cfg, net = task.build_model(Part.wholebody, hidden_dim=32, embed_dim=16, part_priors=priors, seed=0)
+    cfg, net = task.build_model(Part.wholebody, hidden_dim=128, embed_dim=16, part_priors=priors, seed=0)
     rec = Recorder(cfg)
     done = task.train(
         net,
