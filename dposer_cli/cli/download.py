@@ -52,7 +52,14 @@ def command(
         ),
     ] = False,
     check: Annotated[
-        bool, typer.Option("--check", help="Like --list, and also load every installed file to verify it.")
+        bool,
+        typer.Option(
+            "--check",
+            help="Like --list, and also load every installed file to verify it. Exits 1 when an installed "
+            "file is invalid or a part has no usable prior (e.g. an official checkpoint without its "
+            "normaliser); files not downloaded are not an error (the demo prior is used). --json lists "
+            "them under `invalid` and `unusable`.",
+        ),
     ] = False,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -75,6 +82,8 @@ def command(
         if not json_out:
             _print_table(result.info)
         emit(result, as_json=json_out, quiet=quiet)
+        if result.status != "ok":  # --check found an invalid file or an unusable part
+            raise typer.Exit(code=1)
         return
     req = svc.DownloadRequest(
         parts=names or (svc.ALL,), models_dir=models_dir, revision=revision, force=force

@@ -1,6 +1,7 @@
 """Z-score normalisation per part, with left-hand mirroring for whole-body vectors (spec §1.1, §1.3)."""
 
 import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -105,9 +106,18 @@ def check_statistics(mean: Tensor, std: Tensor, dim: int, where: str) -> None:
         )
 
 
-def _load_stats(file: Path, dim: int) -> tuple[Tensor, Tensor]:
+def load_statistics(file: Path, dim: int) -> tuple[Tensor, Tensor]:
+    """`mean_poses` / `std_poses` of an official `axis_normalize2.pt` (weights-only loading, library warnings
+    silenced), checked as `check_statistics` does: what every command and `dposer download --check` read.
+
+    Raises:
+        UnsafeFileError: the file references code. AssetMismatchError: unreadable, wrong keys, sizes or values.
+    """
     try:
-        d = torch.load(file, map_location="cpu", weights_only=True)
+        # torch's notes (old pickle protocols, ...) would print before our one line: silence them
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            d = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is a mismatch
         # weights-only loading names what it refused: "unsupported GLOBAL posix.system whose module ..." or
         # "Unsupported global: GLOBAL builtins.exec was not an allowed global"
@@ -171,7 +181,7 @@ def load_official_normalizer(part: Part, explicit: Path | None, cache_root: Path
         if found is None:
             searched += [str(c) for c in cands]
             continue
-        m, s = _load_stats(found, seg.dim)
+        m, s = load_statistics(found, seg.dim)
         means.append(m)
         stds.append(s)
     if searched:

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from dposer_cli.core.config import SDEConfig
+from dposer_cli.core.errors import InputError
 
 
 def append_dims(x: Tensor, ndim: int) -> Tensor:
@@ -126,4 +127,12 @@ SDES: dict[str, Callable[[SDEConfig], SDE]] = {"subvp": SubVPSDE, "vp": VPSDE, "
 
 
 def build_sde(cfg: SDEConfig) -> SDE:
-    return SDES[cfg.kind](cfg)
+    """The SDE `cfg.kind` names (see SDES).
+
+    Raises:
+        InputError: an unknown kind (checkpoints are checked when read: `engine.checkpoint.read_checkpoint`).
+    """
+    factory = SDES.get(cfg.kind) if isinstance(cfg.kind, str) else None
+    if factory is None:
+        raise InputError(f"unknown SDE kind {cfg.kind!r} (known: {', '.join(SDES)})")
+    return factory(cfg)

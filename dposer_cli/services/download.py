@@ -7,7 +7,6 @@ length) and report what is where; `inventory` (`--list` / `--check`) says which 
 """
 
 import time
-import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,7 +84,7 @@ def run(req: DownloadRequest, progress: Callable[[int, int], None] | None = None
     """
     t0 = time.perf_counter()
     parts = resolve_parts(req.parts)
-    root = Path(req.models_dir).expanduser() if req.models_dir is not None else models_dir()
+    root = _models_root(Path(req.models_dir).expanduser() if req.models_dir is not None else models_dir())
     source = HubSource.from_env(
         revision=req.revision,
         endpoint=req.endpoint,
@@ -151,12 +150,34 @@ def run(req: DownloadRequest, progress: Callable[[int, int], None] | None = None
     )
 
 
+def _models_root(root: Path) -> Path:
+    """`root` if it is a folder or can become one (it or a folder above it may not exist yet).
+
+    Raises:
+        InputError: `root`, or a path above it, exists and is not a folder.
+    """
+    hint = "give --models-dir (or DPOSER_MODELS_DIR) a folder; files go to DIR/official/"
+    for path in (root, *root.parents):
+        try:
+            exists, is_dir = path.exists(), path.is_dir()
+        except OSError:  # unreadable: the fetch or the listing says so
+            return root
+        if not exists:
+            continue
+        if not is_dir:
+            where = "exists and is not a folder" if path == root else f"cannot be a folder: {path} is a file"
+            raise InputError(f"models folder {root} {where}", hint=hint)
+        return root
+    return root
+
+
 def _check_file(asset: Asset, path: Path) -> str | None:
     """Why a fetched file is unusable, or None: a checkpoint must load as its part's prior (key names, shapes,
-    EMA list length); a normaliser must hold mean_poses / std_poses of its segment's length (weights only)."""
-    import torch  # here: `download --list` and plain downloads need no torch (~1 s of start-up)
-
+    EMA list length); a normaliser must hold finite mean_poses / std_poses (std > 0) of its segment's length,
+    read weights-only (`engine.normalize.load_statistics`, as every command reads it)."""
+    # here: `download --list` and plain downloads need no torch (~1 s of start-up)
     from dposer_cli.engine.checkpoint import read_checkpoint
+    from dposer_cli.engine.normalize import load_statistics
 
     if asset.kind == "checkpoint":
         part = asset.parts[0]
@@ -168,16 +189,9 @@ def _check_file(asset: Asset, path: Path) -> str | None:
             )
         return None
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is a mismatch
-        return f"not a readable torch file ({type(exc).__name__})"
-    if not isinstance(data, dict) or "mean_poses" not in data or "std_poses" not in data:
-        return "it lacks mean_poses / std_poses"
-    sizes = {k: int(torch.as_tensor(data[k]).numel()) for k in ("mean_poses", "std_poses")}
-    if set(sizes.values()) != {asset.dim}:
-        return f"its statistics have {sizes['mean_poses']} dims, expected {asset.dim}"
+        load_statistics(path, asset.dim)
+    except DposerError as exc:
+        return exc.message.replace(str(path), asset.name)
     return None
 
 
@@ -186,7 +200,7 @@ def inventory(names: Iterable[str] = (), models_root: Path | None = None, *, che
     """What is installed for each part and which prior each command will use; `check` also loads every file."""
     t0 = time.perf_counter()
     parts = resolve_parts(names) if list(names) else tuple(PARTS)
-    root = Path(models_root).expanduser() if models_root is not None else models_dir()
+    root = _models_root(Path(models_root).expanduser() if models_root is not None else models_dir())
     bodies = body_models()
     table: dict[str, dict[str, Any]] = {}
     for part in parts:
@@ -216,18 +230,50 @@ def inventory(names: Iterable[str] = (), models_root: Path | None = None, *, che
         lines.append(
             f"note: other commands look in {models_dir()}; set DPOSER_MODELS_DIR={root} to use {root}"
         )
+    info: dict[str, Any] = {
+        "models_dir": root,
+        "official_dir": official_dir(root),
+        "checked": check,
+        "parts": table,
+        "body_models": bodies,
+    }
+    status = "ok"
+    if check:  # what failed the check (`dposer download --check` exits 1 when either list is not empty)
+        invalid, unusable = _invalid_files(table), [p for p, e in table.items() if not e["usable"]]
+        info.update(invalid=invalid, unusable=unusable)
+        for rec in invalid:
+            error = str(rec["error"])
+            lines.append(
+                f"invalid: {error}" if str(rec["path"]) in error else f"invalid: {rec['path']}: {error}"
+            )
+        if invalid or unusable:
+            status = "invalid"
+            lines.append(
+                f"check failed: {len(invalid)} invalid file(s), {len(unusable)} part(s) without a usable prior"
+                + (f" ({', '.join(unusable)})" if unusable else "")
+            )
     return Result(
         command="download",
-        info={
-            "models_dir": root,
-            "official_dir": official_dir(root),
-            "checked": check,
-            "parts": table,
-            "body_models": bodies,
-        },
+        info=info,
         lines=lines,
         seconds=time.perf_counter() - t0,
+        status=status,
     )
+
+
+def _invalid_files(table: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every checked file that failed to load, once each (parts share normalisers), with the parts using it."""
+    found: dict[Path, dict[str, Any]] = {}
+    for part, entry in table.items():
+        for item in (entry["official_checkpoint"], *entry["normalizers"], entry["demo_prior"]):
+            if item.get("valid") is False:
+                path = Path(item["path"])
+                rec = found.setdefault(
+                    path,
+                    {"file": item.get("file", path.name), "path": path, "parts": [], "error": item["error"]},
+                )
+                rec["parts"].append(part)
+    return list(found.values())
 
 
 def _unique_segments(part: Part) -> list[Any]:
@@ -240,10 +286,9 @@ def _unique_segments(part: Part) -> list[Any]:
 
 
 def _check_files(part: Part, entry: dict[str, Any]) -> None:
-    """Load every present file; record `valid` and the one-line error."""
-    import torch  # here: see `_check_file`
-
-    from dposer_cli.engine.checkpoint import read_checkpoint
+    """Load every present file as the commands do; record `valid` and the one-line error."""
+    from dposer_cli.engine.checkpoint import read_checkpoint  # here: see `_check_file`
+    from dposer_cli.engine.normalize import load_statistics
 
     for key in ("official_checkpoint", "demo_prior"):
         item = entry[key]
@@ -257,16 +302,10 @@ def _check_files(part: Part, entry: dict[str, Any]) -> None:
     for item in entry["normalizers"]:
         if item["present"]:
             try:
-                data = torch.load(item["path"], map_location="cpu", weights_only=True)
-                ok = all(
-                    int(torch.as_tensor(data[k]).numel()) == dims[item["file"]]
-                    for k in ("mean_poses", "std_poses")
-                )
-                item["valid"] = ok
-                if not ok:
-                    item["error"] = f"statistics are not {dims[item['file']]}-dimensional"
-            except Exception as exc:  # noqa: BLE001 - report, do not raise
-                item["valid"], item["error"] = False, f"unreadable ({type(exc).__name__})"
+                load_statistics(item["path"], dims[item["file"]])
+                item["valid"] = True
+            except DposerError as exc:
+                item["valid"], item["error"] = False, exc.message
 
 
 def _prior_choice(part: Part, entry: dict[str, Any]) -> dict[str, Any]:

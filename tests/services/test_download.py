@@ -1,5 +1,6 @@
 """`services.download` against a local fake Hub + raw-file server (tests/_fixtures/fake_hub.py)."""
 
+import json
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -358,3 +359,78 @@ def test_check_flags_a_broken_installed_checkpoint(tmp_path):
     assert body["official_checkpoint"]["valid"] is False and not body["usable"]
     assert "--force" in body["note"]
     assert svc.inventory(["body"], tmp_path).info["parts"]["body"]["official_checkpoint"].get("valid") is None
+
+
+def test_models_dir_that_is_a_file_is_a_one_line_input_error_before_any_request(hub, tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_bytes(b"x")
+    for call in (
+        lambda root: svc.inventory((), root),
+        lambda root: svc.inventory(["body"], root, check=True),
+        lambda root: svc.run(request(hub, root, parts=("body",))),
+    ):
+        with pytest.raises(InputError) as err:
+            call(afile)
+        assert one_line(err.value) == f"models folder {afile} exists and is not a folder"
+        with pytest.raises(InputError) as err:
+            call(afile / "sub")
+        assert one_line(err.value) == f"models folder {afile / 'sub'} cannot be a folder: {afile} is a file"
+    assert hub.requests == [] and afile.read_bytes() == b"x"
+    assert svc.inventory((), tmp_path / "not-yet" / "made").info["checked"] is False  # absent: fine
+
+
+def _install_normaliser(root: Path, part: Part, mean: torch.Tensor, std: torch.Tensor) -> Path:
+    target = official_normalizer_file(PARTS[part].segments[0].normalizer, root)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"mean_poses": mean, "std_poses": std}, target)
+    return target
+
+
+@pytest.mark.parametrize(
+    "mean,std,why",
+    [
+        (torch.zeros(5), torch.ones(5), "statistics have 5 dims, expected 63"),
+        (
+            torch.zeros(63),
+            torch.zeros(63),
+            "std must be > 0 in every dim",
+        ),  # loads, but every command refuses it
+    ],
+)
+def test_check_reports_an_invalid_normaliser_and_exits_1(tmp_path, capsys, mean, std, why):
+    from tests.cli._run import run
+
+    root = tmp_path / "m"
+    target = _install_normaliser(root, Part.body, mean, std)
+    result = svc.inventory(["body"], root, check=True)
+    assert result.status == "invalid" and result.info["unusable"] == []
+    [bad] = result.info["invalid"]
+    assert bad["path"] == target and bad["parts"] == ["body"] and why in bad["error"]
+    assert bad["file"] == BODY_NORM
+    code, out, err = run(capsys, "download", "--check", "body", "--models-dir", root, "--json")
+    summary = json.loads(out)
+    assert code == 1 and summary["status"] == "invalid" and summary["invalid"][0]["path"] == str(target)
+    code, out, err = run(capsys, "download", "--check", "body", "--models-dir", root)
+    assert code == 1 and "invalid" in out and f"invalid: {target}: {why}" in " ".join(err.split())
+    assert "Traceback" not in err
+    code, _, _ = run(capsys, "download", "--list", "body", "--models-dir", root)  # --list loads nothing
+    assert code == 0
+
+
+def test_check_exits_1_for_an_official_checkpoint_without_its_normaliser_and_0_when_all_is_well(
+    tmp_path, capsys
+):
+    from tests._fixtures.checkpoints import write_official_ckpt
+    from tests.cli._run import run
+
+    root = tmp_path / "m"
+    code, out, _ = run(capsys, "download", "--check", "body", "--models-dir", root, "--json")
+    summary = json.loads(out)
+    assert code == 0 and summary["status"] == "ok" and summary["invalid"] == summary["unusable"] == []
+    write_official_ckpt(official_checkpoint(Part.body, root), Part.body)
+    result = svc.inventory(["body"], root, check=True)
+    assert result.status == "invalid" and result.info["unusable"] == ["body"] and result.info["invalid"] == []
+    assert run(capsys, "download", "--check", "body", "--models-dir", root)[0] == 1
+    _install_normaliser(root, Part.body, torch.zeros(63), torch.ones(63))
+    assert svc.inventory(["body"], root, check=True).status == "ok"
+    assert run(capsys, "download", "--check", "body", "--models-dir", root)[0] == 0
