@@ -12,6 +12,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,10 +33,10 @@ FRAMES = 60  # comparison-video frames
 STEPS = 5  # fit iterations per stage: the pictures are the same whatever the fit
 
 
-def _photos(tmp: Path, workers: int) -> float:
+def _photos(tmp: Path, files: tuple[list[Path], list[Path]], workers: int) -> float:
     """Seconds of one fit-image command (per photo) that are not its fit, drawing on `workers` threads."""
     _fit_outputs.picture_workers = lambda count, renderer: min(count, workers)  # type: ignore[assignment]
-    images, keypoints = _photos.files  # type: ignore[attr-defined]
+    images, keypoints = files
     req = svc.FitImageRequest(
         images=tuple(images),
         keypoints=tuple(keypoints),
@@ -73,15 +74,13 @@ def main() -> None:
     video = (posed.joints[:, :22] + noise, torch.ones(FRAMES, 22, dtype=torch.bool), posed, body)
     rows: dict[str, dict[int, list[float]]] = {"photo": {1: [], threads: []}, "video": {1: [], threads: []}}
     with tempfile.TemporaryDirectory(prefix="dposer-bench-pictures-") as tmp:
-        _photos.files = speed.write_people(  # type: ignore[attr-defined]
-            Path(tmp), speed.synthetic_people(body, PEOPLE, seed=3)
-        )
-        _photos(Path(tmp), 1)  # warm: recordings, fonts
+        files = speed.write_people(Path(tmp), speed.synthetic_people(body, PEOPLE, seed=3))
+        _photos(Path(tmp), files, 1)  # warm: recordings, fonts
         for r in range(args.repeat):
             for w in (1, threads) if r % 2 == 0 else (threads, 1):
-                rows["photo"][w].append(_photos(Path(tmp), w))
+                rows["photo"][w].append(_photos(Path(tmp), files, w))
                 rows["video"][w].append(_video(w, video))
-    report = {
+    report: dict[str, Any] = {
         "benchmark": "picture_threads",
         "environment": environment(),
         "available_cores": available_cores(),
