@@ -44,6 +44,9 @@ class BodyModel(Protocol):
     # optional class attribute `rigid_root = True`: the output joints at `global_orient = R`, `transl = t`
     # are R·(J₀ − J₀[0]) + J₀[0] + t of those at zero (a camera stage then needs no forward per step)
     # optional method `holding_step(betas)`: see `step_inputs`
+    # optional method `kinematics(**params)` → ((*batch, J_skel, 3, 3) each skeleton joint's rotation relative
+    # to its parent for these pose parameters, (J_skel, 3) the rest joints they turn, at the first row's betas):
+    # MannequinBody, SMPLXBody (whole-body BVH exports)
     joint_names: tuple[str, ...]
     num_betas: int
 

@@ -1077,6 +1077,27 @@ class MannequinBody(nn.Module):
             vertices = lbs(points, transforms, rest, weights) + shift
         return BodyOutput(joints=joints, vertices=vertices.expand(*batch, *vertices.shape[-2:]))
 
+    def kinematics(self, **params: Tensor | None) -> tuple[Tensor, Tensor]:
+        """The skeleton as forward kinematics sees it: local rotation matrices (*batch, 54, 3, 3) of the joints
+        (`parents` order: the root's `global_orient`, the body joints, the hands with the SMPL-X mean hand, the
+        fixed joints' rest turns) and the rest joints (54, 3) they turn, at the first row's `betas`."""
+        dtype, device = self.rig.joint_rest.dtype, self.rig.joint_rest.device
+        batch, p = gather_params(
+            params,
+            _BODY_DIMS,
+            model="the mannequin body",
+            dtype=dtype,
+            device=device,
+            coeffs={"betas": NUM_BETAS, "expression": None},
+        )
+        betas = p.get("betas")
+        rest = (
+            self.rig.neutral_joints
+            if betas is None
+            else self.rig.rest_joints(betas.reshape(-1, NUM_BETAS)[:1])
+        )
+        return self._rotations(p, batch), rest.reshape(-1, 3)
+
     def holding_step(self, betas: Tensor) -> AbstractContextManager[tuple[Tensor, ...] | None]:
         """What a replayed optimisation step of joints-only calls with these (row) betas needs as inputs
         (`WoodenRig.holding_anchor`; `tasks.fit` plans its steps with it)."""

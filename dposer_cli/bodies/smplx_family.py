@@ -39,6 +39,7 @@ from dposer_cli.bodies.base import (
     hand21_names,
     lookup_joint_set,
 )
+from dposer_cli.bodies.kinematics import batch_rodrigues
 from dposer_cli.core.errors import AssetMismatchError, UnavailableError
 from dposer_cli.core.parts import FLAME_FILES, HAND_JOINTS
 from dposer_cli.core.trace import TraceCache
@@ -363,6 +364,35 @@ class SMPLXBody(_SmplxAdapter):
                 ),  # contour first (OpenPose face, §7.8)
             },
         )
+
+    def kinematics(self, **params: Tensor | None) -> tuple[Tensor, Tensor]:
+        """The skeleton as forward kinematics sees it: local rotation matrices (*batch, 55, 3, 3) of the
+        kinematic joints (`parents` order: root, 21 body joints, jaw, eyes, left and right hand) with the mean
+        hand added (smplx's `full_pose`), and the rest joints (55, 3) they turn (all rotations identity: the
+        hands flat) at the first row's `betas` (expression zero)."""
+        dtype, device = self.model.v_template.dtype, self.model.v_template.device
+        coeffs = {k: getattr(self, attr) for k, attr in self._coeffs.items()}
+        batch, p = gather_params(
+            params, self._dims, model=_NAMES[self.kind], dtype=dtype, device=device, coeffs=coeffs
+        )
+        n = math.prod(batch)
+        order = ("global_orient", "body_pose", "jaw_pose", "leye_pose", "reye_pose", "left_hand_pose",
+                 "right_hand_pose")  # fmt: skip
+        full = torch.cat(
+            [expand_param(p.get(k), batch, self._dims[k], dtype, device).reshape(n, -1) for k in order], 1
+        )
+        mean = self.model.pose_mean.to(full)
+        rotations = batch_rodrigues((full + mean).reshape(n, -1, 3)).reshape(*batch, -1, 3, 3)
+        betas = p.get("betas")
+        flat = -mean[-90:]  # hand poses cancelling the mean hand: every rotation the identity
+        with torch.no_grad():
+            rest = self(
+                betas=None if betas is None else betas.reshape(-1, betas.shape[-1])[:1],
+                left_hand_pose=flat[None, :45],
+                right_hand_pose=flat[None, 45:],
+                return_vertices=False,
+            ).joints
+        return rotations, rest.reshape(-1, rest.shape[-1])[: rotations.shape[-3]]
 
     def forward(
         self, *, return_vertices: bool = True, vertex_ids: Tensor | None = None, **params: Tensor | None

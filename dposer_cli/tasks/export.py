@@ -10,8 +10,10 @@ Tensors in, numpy arrays out (no paths, no files): the services write them with 
     motion = skeleton_motion(body, {"body_pose": ..., "global_orient": ..., "transl": ...}, fps=30)
 
 BVH holds the body skeleton: the model's first 22 joints (pelvis + the 21 SMPL-X body joints, the joints a
-body pose drives; hands are not in the BVH) with its kinematic tree, the rest offsets of the model's shape
-(zero pose) and per frame the local rotations ``cat(global_orient, body_pose)`` and the translation. A BVH
+body pose drives) with its kinematic tree, the rest offsets of the model's shape (zero pose) and per frame the
+local rotations ``cat(global_orient, body_pose)`` and the translation. Whole-body poses (with hand poses) on a
+model that reports its local rotations get its whole tree: SMPL-X's 55 joints (jaw, eyes, fingers), the
+mannequin's 54 (fingers, and its fixed palm joints). A BVH
 has one skeleton, so a batch with several shapes is written with the first row's shape.
 
 ``upright=True`` turns fits in camera coordinates (x right, y down, z forward: `tasks.fit`) upright for
@@ -31,12 +33,13 @@ from torch import Tensor
 from dposer_cli.bodies.base import BodyModel
 from dposer_cli.core.errors import InputError, suggest
 from dposer_cli.core.parts import PARTS, Part
-from dposer_cli.core.rotations import compose_axis_angle
+from dposer_cli.core.rotations import compose_axis_angle, matrix_to_axis_angle
 from dposer_cli.io.export import EXPORT_FORMATS
 
 log = logging.getLogger(__name__)
 
 BVH_JOINTS = 22  # pelvis + the 21 body joints
+HAND_KEYS = ("left_hand_pose", "right_hand_pose")  # with these, the BVH holds the whole tree (fingers too)
 BVH_PARTS = (Part.body, Part.wholebody)  # parts whose poses drive the body skeleton
 MESH_CHUNK = 64  # poses posed per body-model call
 GLB_WARN_BYTES = 100 * 2**20  # a bigger GLB gets a warning that recommends BVH
@@ -179,33 +182,46 @@ def skeleton_motion(
 ) -> SkeletonMotion:
     """The BVH skeleton of `body` and T rows of `body_pose` (+ `global_orient`, `transl`, `betas`) as its motion.
 
+    With hand poses (`left_hand_pose` / `right_hand_pose`: whole-body fits and samples) and a model that
+    reports its kinematics (`kinematics`: the mannequin, SMPL-X), the skeleton is the model's whole kinematic
+    tree, fingers included; else its first 22 joints.
+
     Raises:
         InputError: no `body_pose`, or a model without the 22 body joints as the start of its tree.
     """
     pose = params.get("body_pose")
     if pose is None:
         raise InputError("--export bvh needs body poses (body_pose)")
-    parents = [int(p) for p in body.parents[:BVH_JOINTS].tolist()]
-    if len(parents) < BVH_JOINTS or max(parents) >= BVH_JOINTS or parents.count(-1) != 1:
-        raise InputError(f"the {body.kind} model has no 22-joint body skeleton to export as BVH")
     params = {k: v for k, v in params.items() if v is not None}
+    kinematics = getattr(body, "kinematics", None)  # optional in the `BodyModel` protocol
+    hands = any(k in params for k in HAND_KEYS) and callable(kinematics)
+    count = len(body.parents) if hands else BVH_JOINTS
+    parents = [int(p) for p in body.parents[:count].tolist()]
+    if len(parents) < BVH_JOINTS or max(parents) >= count or parents.count(-1) != 1:
+        raise InputError(f"the {body.kind} model has no 22-joint body skeleton to export as BVH")
     t = _rows(params)
     betas = params.get("betas")
     if betas is not None and t > 1 and not bool(torch.allclose(betas, betas[:1].expand_as(betas))):
         log.warning("the poses have different body shapes; the BVH skeleton has the first one's")
     if upright:
         params = upright_params(params, _root_rest(body, params))
-    with torch.no_grad():
-        rest = body(betas=betas[:1] if betas is not None else None, return_vertices=False).joints
-    rest_np = rest.reshape(-1, rest.shape[-2], 3)[0, :BVH_JOINTS].double().cpu().numpy()
+    if hands and kinematics is not None:  # the whole tree: the rotations and rest joints its kinematics turns
+        with torch.no_grad():
+            local, rest = kinematics(**{k: v for k, v in params.items() if k != "transl"})
+        rotations = matrix_to_axis_angle(local.reshape(t, count, 3, 3).double())
+        rest_np = rest[:count].double().cpu().numpy()
+    else:  # zero pose = the rest skeleton for the body joints
+        with torch.no_grad():
+            rest = body(betas=betas[:1] if betas is not None else None, return_vertices=False).joints
+        rest_np = rest.reshape(-1, rest.shape[-2], 3)[0, :count].double().cpu().numpy()
+        orient = params.get("global_orient")
+        orient = torch.zeros(t, 3, dtype=pose.dtype, device=pose.device) if orient is None else orient
+        rotations = torch.cat([orient[:, None], pose.reshape(t, BVH_JOINTS - 1, 3)], dim=1)
     offsets = np.array([rest_np[j] - rest_np[p] if p >= 0 else rest_np[j] for j, p in enumerate(parents)])
-    orient = params.get("global_orient")
-    orient = torch.zeros(t, 3, dtype=pose.dtype, device=pose.device) if orient is None else orient
-    rotations = torch.cat([orient[:, None], pose.reshape(t, BVH_JOINTS - 1, 3)], dim=1)
     transl = params.get("transl")
     transl = torch.zeros(t, 3, dtype=pose.dtype, device=pose.device) if transl is None else transl
     return SkeletonMotion(
-        tuple(str(n) for n in body.joint_names[:BVH_JOINTS]),
+        tuple(str(n) for n in body.joint_names[:count]),
         tuple(parents),
         offsets,
         rotations.detach().double().cpu().numpy(),

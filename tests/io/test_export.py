@@ -282,3 +282,45 @@ def test_mesh_export_errors_name_the_problem(tmp_path, mannequin_meshes):
         write_meshes(tmp_path / "x", verts[:, :10], faces, "obj")
     assert list(tmp_path.iterdir()) == []
     assert EXPORT_FORMATS == ("glb", "obj", "ply", "bvh")
+
+
+# ---------------------------------------------------------------------------------------------------- whole-body BVH
+def _check_wholebody_bvh(tmp_path, model, params: dict[str, torch.Tensor], count: int):
+    """`skeleton_motion` with hand poses: the model's whole tree, and the file's forward kinematics give the
+    model's own joints (fingers included) at every frame."""
+    from dposer_cli.tasks.export import skeleton_motion
+
+    motion = skeleton_motion(model, params, fps=30)
+    assert len(motion.joint_names) == count == len(model.parents)
+    bvh = parse_bvh(write_bvh(tmp_path / "whole.bvh", *motion.bvh_args()).read_text())
+    order = [bvh["names"].index(n) for n in motion.joint_names]
+    with torch.no_grad():
+        joints = model(**params, return_vertices=False).joints[:, :count].double().numpy()
+    np.testing.assert_allclose(bvh_positions(bvh)[:, order], joints, atol=1e-4)
+    return motion
+
+
+def _hands(n: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {k: 0.4 * torch.randn(n, 45, generator=g) for k in ("left_hand_pose", "right_hand_pose")}
+
+
+def test_wholebody_bvh_of_the_mannequin_holds_the_fingers(tmp_path, shared_data):
+    betas = torch.tensor([1.5, -1.0, 0.5, 0.0, 0.8, 0.0, 0.0, -0.5, 0.0, 0.3]).expand(6, 10)
+    params = {**_gestures(shared_data), **_hands(6), "betas": betas}
+    motion = _check_wholebody_bvh(tmp_path, load_body("wholebody"), params, 54)
+    assert {"left_index3", "right_thumb3"} <= set(motion.joint_names)
+    body_only = {k: v for k, v in params.items() if "hand" not in k}  # body poses: the 22 joints as before
+    from dposer_cli.tasks.export import skeleton_motion
+
+    assert len(skeleton_motion(load_body("wholebody"), body_only).joint_names) == BODY_JOINTS
+
+
+def test_wholebody_bvh_of_smplx_holds_jaw_eyes_and_fingers(tmp_path, shared_data):
+    pytest.importorskip("smplx")
+    model = load_body("wholebody", write_smplx(tmp_path / "models", num_shape=10, num_expression=10))
+    assert model.kind == "smplx"
+    g = torch.Generator().manual_seed(1)
+    params = {**_gestures(shared_data), **_hands(6, seed=2), "jaw_pose": 0.2 * torch.randn(6, 3, generator=g)}
+    motion = _check_wholebody_bvh(tmp_path, model, params, 55)
+    assert motion.joint_names[22] == "jaw" and motion.joint_names[-1] == "right_thumb3"
