@@ -40,6 +40,7 @@ import contextlib
 import json
 import logging
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -177,8 +178,9 @@ def _keypoint_box(coco133: np.ndarray) -> np.ndarray:
 @contextlib.contextmanager
 def _native_stderr_silenced() -> Iterator[None]:
     """MediaPipe's C++ graph (glog, TFLite) writes to file descriptor 2 directly, regardless of Python
-    logging or GLOG_* variables; dposer's stderr is for its own messages, so fd 2 points to /dev/null while
-    the graph runs (kept when dposer logs at DEBUG level, i.e. DPOSER_DEBUG=1)."""
+    logging or GLOG_* variables, also from its own threads after a call has returned; dposer's stderr is for its
+    own messages, so fd 2 points to /dev/null meanwhile while Python's `sys.stderr` (logging, warnings) writes
+    to the real one through a copy of it (all kept when dposer logs at DEBUG level, i.e. DPOSER_DEBUG=1)."""
     if log.isEnabledFor(logging.DEBUG):
         yield
         return
@@ -187,13 +189,20 @@ def _native_stderr_silenced() -> Iterator[None]:
     except OSError:  # no fd 2 (embedded interpreters): nothing to silence
         yield
         return
+    python_stderr = sys.stderr
     try:
+        python_stderr.flush()
+        sys.stderr = os.fdopen(os.dup(saved), "w", buffering=1, encoding="utf-8", errors="replace")
         with open(os.devnull, "wb") as null:
             os.dup2(null.fileno(), 2)
         yield
     finally:
         os.dup2(saved, 2)
         os.close(saved)
+        if sys.stderr is not python_stderr:
+            with contextlib.suppress(OSError):
+                sys.stderr.close()
+            sys.stderr = python_stderr
 
 
 def _holistic() -> ModuleType:
@@ -250,20 +259,29 @@ class Detector:
     def __init__(self) -> None:
         self._holistic = _holistic()
         self._model: Any = None
+        self._quiet = contextlib.ExitStack()
 
     def __enter__(self) -> "Detector":
-        with _native_stderr_silenced():
+        # the graph writes from its own threads too (TFLite's "Created ... delegate" once it runs): silenced
+        # for the graph's whole life
+        self._quiet.enter_context(_native_stderr_silenced())
+        try:
             # static images; the "full" pose model (the only one in the wheel); 478-point face mesh for the irises
             self._model = self._holistic.Holistic(
                 static_image_mode=True, model_complexity=1, refine_face_landmarks=True
             )
+        except BaseException:
+            self._quiet.close()
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._model is not None:
-            with _native_stderr_silenced():
+        try:
+            if self._model is not None:
                 self._model.close()
-            self._model = None
+                self._model = None
+        finally:
+            self._quiet.close()
 
     def __call__(self, image: UInt8[np.ndarray, "H W 3"], *, path: Path = DETECTED_PATH) -> Keypoints2D:
         """`detect_keypoints` with this graph."""
@@ -271,8 +289,7 @@ class Detector:
             raise RuntimeError("Detector used outside its `with` block")
         image = _rgb(image, path)
         height, width = image.shape[:2]
-        with _native_stderr_silenced():
-            result = self._model.process(np.ascontiguousarray(image))
+        result = self._model.process(np.ascontiguousarray(image))  # (stderr silenced by `__enter__`)
         pose = _points(result.pose_landmarks, width, height, True)
         if pose is None:
             raise InputError(

@@ -208,3 +208,19 @@ def test_one_detector_for_many_images_equals_a_graph_per_image(detections, share
         np.testing.assert_allclose(found.keypoints, detections[name][0].keypoints, atol=1e-3)
     with pytest.raises(RuntimeError, match="outside"):
         detector(images[PHOTOS[0]])
+
+
+def test_native_writes_are_silenced_while_python_stderr_still_shows(capfd):
+    """The graph writes to fd 2 from its own threads (TFLite's "Created ... delegate"); while a detector is open
+    those writes go nowhere, but dposer's own log lines (Python's sys.stderr) still show."""
+    import os
+    import sys
+
+    from dposer_cli.io import detect
+
+    with detect._native_stderr_silenced():
+        os.write(2, b"native noise\n")
+        print("our log line", file=sys.stderr)
+    os.write(2, b"after\n")
+    err = capfd.readouterr().err
+    assert "native noise" not in err and "our log line" in err and "after" in err
