@@ -1043,15 +1043,8 @@ class MannequinBody(nn.Module):
         With `return_vertices=False` only the skeleton and the landmark vertices are shaped and skinned; with
         `vertex_ids` only those vertices are skinned and returned (`BodyModel`).
         """
-        dtype, device = self.rig.joint_rest.dtype, self.rig.joint_rest.device
-        batch, p = gather_params(
-            params,
-            _BODY_DIMS,
-            model="the mannequin body",
-            dtype=dtype,
-            device=device,
-            coeffs={"betas": NUM_BETAS, "expression": None},
-        )
+        device = self.rig.joint_rest.device
+        batch, p = self._gather(params)
         names = tuple(k for k in _POSE_KEYS if k in p)
         values = [p[k] for k in names]
         betas = p.get("betas")
@@ -1077,19 +1070,22 @@ class MannequinBody(nn.Module):
             vertices = lbs(points, transforms, rest, weights) + shift
         return BodyOutput(joints=joints, vertices=vertices.expand(*batch, *vertices.shape[-2:]))
 
+    def _gather(self, params: dict[str, Tensor | None]) -> tuple[tuple[int, ...], dict[str, Tensor]]:
+        """(batch shape, the given parameters checked and on the model's dtype and device)."""
+        return gather_params(
+            params,
+            _BODY_DIMS,
+            model="the mannequin body",
+            dtype=self.rig.joint_rest.dtype,
+            device=self.rig.joint_rest.device,
+            coeffs={"betas": NUM_BETAS, "expression": None},
+        )
+
     def kinematics(self, **params: Tensor | None) -> tuple[Tensor, Tensor]:
         """The skeleton as forward kinematics sees it: local rotation matrices (*batch, 54, 3, 3) of the joints
         (`parents` order: the root's `global_orient`, the body joints, the hands with the SMPL-X mean hand, the
         fixed joints' rest turns) and the rest joints (54, 3) they turn, at the first row's `betas`."""
-        dtype, device = self.rig.joint_rest.dtype, self.rig.joint_rest.device
-        batch, p = gather_params(
-            params,
-            _BODY_DIMS,
-            model="the mannequin body",
-            dtype=dtype,
-            device=device,
-            coeffs={"betas": NUM_BETAS, "expression": None},
-        )
+        batch, p = self._gather(params)
         betas = p.get("betas")
         rest = (
             self.rig.neutral_joints

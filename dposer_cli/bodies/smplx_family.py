@@ -268,16 +268,9 @@ class _SmplxAdapter(nn.Module):
         """(batch, smplx output): the whole model's, the joints twin's (`vertices=False`) or, for `vertex_ids`,
         a subset twin's with `remap` (whole-mesh vertex id → its place in the twin's vertices) and `picked`
         (the asked-for vertices' places)."""
-        dtype, device = self.model.v_template.dtype, self.model.v_template.device
-        coeffs = {k: getattr(self, attr) for k, attr in self._coeffs.items()}
-        batch, p = gather_params(
-            params, self._dims, model=_NAMES[self.kind], dtype=dtype, device=device, coeffs=coeffs
-        )
-        n = math.prod(batch)
-        sizes = {**self._dims, **coeffs}
-        flat = {k: expand_param(p.get(k), batch, d, dtype, device).reshape(n, d) for k, d in sizes.items()}
+        batch, flat = self._flat(params)
         if vertices and vertex_ids is not None:
-            ids = check_vertex_ids(vertex_ids, self.model.v_template.shape[0], device)
+            ids = check_vertex_ids(vertex_ids, self.model.v_template.shape[0], self.model.v_template.device)
             twin, remap = self._subset_twin(ids)
             out = twin(**flat, return_verts=True)
             return batch, SimpleNamespace(
@@ -289,6 +282,19 @@ class _SmplxAdapter(nn.Module):
         names = tuple(flat)
         joints, verts = self._trace.run(names, partial(self._twin, names), *flat.values())
         return batch, SimpleNamespace(joints=joints, vertices=verts)
+
+    def _flat(self, params: dict[str, Tensor | None]) -> tuple[tuple[int, ...], dict[str, Tensor]]:
+        """(batch shape, every smplx argument as an (N, dim) tensor: the given ones checked, the others zeros)."""
+        dtype, device = self.model.v_template.dtype, self.model.v_template.device
+        coeffs = {k: getattr(self, attr) for k, attr in self._coeffs.items()}
+        batch, p = gather_params(
+            params, self._dims, model=_NAMES[self.kind], dtype=dtype, device=device, coeffs=coeffs
+        )
+        n = math.prod(batch)
+        sizes = {**self._dims, **coeffs}
+        return batch, {
+            k: expand_param(p.get(k), batch, d, dtype, device).reshape(n, d) for k, d in sizes.items()
+        }
 
     @contextlib.contextmanager
     def holding_step(self, betas: Tensor) -> Iterator[tuple[Tensor, ...]]:
@@ -370,26 +376,19 @@ class SMPLXBody(_SmplxAdapter):
         kinematic joints (`parents` order: root, 21 body joints, jaw, eyes, left and right hand) with the mean
         hand added (smplx's `full_pose`), and the rest joints (55, 3) they turn (all rotations identity: the
         hands flat) at the first row's `betas` (expression zero)."""
-        dtype, device = self.model.v_template.dtype, self.model.v_template.device
-        coeffs = {k: getattr(self, attr) for k, attr in self._coeffs.items()}
-        batch, p = gather_params(
-            params, self._dims, model=_NAMES[self.kind], dtype=dtype, device=device, coeffs=coeffs
-        )
-        n = math.prod(batch)
+        batch, flat = self._flat(params)
         order = ("global_orient", "body_pose", "jaw_pose", "leye_pose", "reye_pose", "left_hand_pose",
                  "right_hand_pose")  # fmt: skip
-        full = torch.cat(
-            [expand_param(p.get(k), batch, self._dims[k], dtype, device).reshape(n, -1) for k in order], 1
-        )
-        mean = self.model.pose_mean.to(full)
-        rotations = batch_rodrigues((full + mean).reshape(n, -1, 3)).reshape(*batch, -1, 3, 3)
-        betas = p.get("betas")
-        flat = -mean[-90:]  # hand poses cancelling the mean hand: every rotation the identity
+        full = torch.cat([flat[k] for k in order], 1) + self.model.pose_mean
+        rotations = batch_rodrigues(full.reshape(len(full), -1, 3)).reshape(*batch, -1, 3, 3)
+        hands = -self.model.pose_mean[
+            -90:
+        ]  # hand poses cancelling the mean hand: every rotation the identity
         with torch.no_grad():
             rest = self(
-                betas=None if betas is None else betas.reshape(-1, betas.shape[-1])[:1],
-                left_hand_pose=flat[None, :45],
-                right_hand_pose=flat[None, 45:],
+                betas=flat["betas"][:1],
+                left_hand_pose=hands[None, :45],
+                right_hand_pose=hands[None, 45:],
                 return_vertices=False,
             ).joints
         return rotations, rest.reshape(-1, rest.shape[-1])[: rotations.shape[-3]]
