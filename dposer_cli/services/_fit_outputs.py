@@ -17,7 +17,7 @@ from dposer_cli.io.media import read_image, save_image, save_video
 from dposer_cli.io.motion import write_motion
 from dposer_cli.render.threads import map_each, picture_workers, windows
 from dposer_cli.tasks.export import SkeletonMotion, export_data, skeleton_motion
-from dposer_cli.tasks.fit import FitInput, FitResult, body_vertices
+from dposer_cli.tasks.fit import FitInput, FitResult
 from dposer_cli.tasks.fit_motion import TrackMotion, merged_params, motion_arrays
 from dposer_cli.tasks.pictures import fit_pictures, fit_video_frame, frame_bodies
 
@@ -91,8 +91,8 @@ def write_images(
 
     def draw_photo(job: tuple[dict, Frame, torch.Tensor, np.ndarray, list[dict]]) -> None:
         entry, frame, index, keypoints, per_person = job
-        with lock, torch.no_grad():
-            posed = body_vertices(model, {k: v[index] for k, v in fitted.params.items()})
+        with lock:
+            posed = frame_bodies(model, fitted.params, inputs, index)
         photo, views = fit_pictures(
             read_image(frame.image),
             model,

@@ -479,8 +479,7 @@ def fit_pictures(
     "reprojection_error_px").
     """
     if posed is None:
-        with torch.no_grad():
-            posed = body_vertices(model, {k: v[rows] for k, v in fitted.params.items()})
+        posed = frame_bodies(model, fitted.params, inputs, rows)
     focal = float(inputs.focal[rows[0]])
     cx, cy = (float(c) for c in inputs.center[rows[0]])
     center = (cx, cy)
@@ -547,9 +546,10 @@ def fit_pictures(
 
 
 def frame_bodies(
-    model: BodyModel, params: dict[str, Tensor], inputs: FitInput, rows: np.ndarray
+    model: BodyModel, params: dict[str, Tensor], inputs: FitInput, rows: np.ndarray | Tensor
 ) -> BodyOutput:
-    """The bodies of batch `rows` at `params` (vertices when the model has a mesh), for `fit_video_frame`."""
+    """The bodies of batch `rows` at `params` (vertices when the model has a mesh): what `fit_pictures` and
+    `fit_video_frame` draw."""
     index = torch.as_tensor(rows, device=inputs.focal.device)
     with torch.no_grad():
         return body_vertices(
