@@ -56,7 +56,8 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def _env_threads(name: str, *, strict: bool) -> int | None:
+def env_threads(name: str, *, strict: bool) -> int | None:
+    """A thread count from the environment variable `name`; None when unset (or, unless `strict`, malformed)."""
     raw = os.environ.get(name, "").strip()
     if not raw:
         return None
@@ -73,9 +74,9 @@ def configure_threads(requested: int | None, work_items: int | None = None) -> i
 
     Order: `requested` (the `--threads` option) > `$DPOSER_THREADS` > `$OMP_NUM_THREADS` > the policy:
     one thread, unless `work_items` (samples per network call, e.g. the batch) reaches
-    `PARALLEL_MIN_ITEMS`, then every available core. A count above the available cores is lowered to them
-    (with a warning). Small calls are dominated by per-operation overhead,
-    which extra threads only add to (and on a busy machine they wait for a core).
+    `PARALLEL_MIN_ITEMS`, then every available core. Small calls are dominated by per-operation overhead,
+    which extra threads only add to (and on a busy machine they wait for a core). A count above the available
+    cores is lowered to them, with a warning.
 
     Raises:
         InputError: `requested` below 1, or `$DPOSER_THREADS` not a positive integer.
@@ -84,8 +85,8 @@ def configure_threads(requested: int | None, work_items: int | None = None) -> i
         raise InputError(f"--threads {requested}: need at least 1 thread")
     sources = (
         ("--threads", requested),
-        (f"${THREADS_ENV}", _env_threads(THREADS_ENV, strict=True)),
-        ("$OMP_NUM_THREADS", _env_threads("OMP_NUM_THREADS", strict=False)),
+        (f"${THREADS_ENV}", env_threads(THREADS_ENV, strict=True)),
+        ("$OMP_NUM_THREADS", env_threads("OMP_NUM_THREADS", strict=False)),
     )
     source, threads = next(((name, n) for name, n in sources if n), ("", None))
     cores = available_cores()

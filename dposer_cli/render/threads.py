@@ -1,14 +1,13 @@
 """Drawing several pictures at once: the numpy z-buffer (`soft`) and PNG encoding spend most of their time in
 numpy and zlib, which release the GIL, so a few threads draw a batch of photos' pictures side by side."""
 
-import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from itertools import islice
 from typing import TypeVar
 
-from dposer_cli.core.device import THREADS_ENV, available_cores
+from dposer_cli.core.device import THREADS_ENV, available_cores, env_threads
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -26,10 +25,9 @@ def picture_workers(count: int, renderer: str) -> int:
     gil = getattr(sys, "_is_gil_enabled", lambda: True)()
     if count < 2 or renderer == "pyrender" or not gil:
         return 1
-    cap = min(available_cores(), MAX_PICTURE_WORKERS)
-    first = os.environ.get(THREADS_ENV, "").split(",")[0].strip()
-    if first.isdigit() and int(first) >= 1:
-        cap = min(cap, int(first))
+    cap = min(
+        available_cores(), MAX_PICTURE_WORKERS, env_threads(THREADS_ENV, strict=False) or MAX_PICTURE_WORKERS
+    )
     return max(1, min(count, cap))
 
 

@@ -128,15 +128,16 @@ def _pending_keypoints(target: Path | None, out: Path) -> Path | None:
     return root / target.name if target.suffix.lower() == ".json" else root
 
 
-def _move_keypoints(files: list[Path], pending: Path, target: Path) -> dict[Path, Path]:
-    """Move the detections of a successful run from `pending` to `target`; {pending file: final file}."""
+def _move_keypoints(files: list[Path], pending: Path, target: Path, out: Path) -> dict[Path, Path]:
+    """Move the detections of a successful run from `pending` (in `out`) to `target`; {pending file: final
+    file}."""
     moved: dict[Path, Path] = {}
     for src in files:
         dst = target if src == pending else target / src.relative_to(pending)
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(src, dst)
         moved[src] = dst
-    shutil.rmtree(next(p for p in (pending, *pending.parents) if p.name == PENDING_KEYPOINTS))
+    shutil.rmtree(out / PENDING_KEYPOINTS)
     return moved
 
 
@@ -332,7 +333,7 @@ def run(req: FitImageRequest, progress: Callable[[int, int], None] | None = None
         info["motion_prior"] = any(m.smoothed for m in motions)
     outputs.update(write_exports(out, formats, frames, persons, model, fitted, tracks, motions))
     if detected and pending is not None and req.save_keypoints is not None:
-        moved = _move_keypoints(detected, pending, req.save_keypoints)
+        moved = _move_keypoints(detected, pending, req.save_keypoints, out)
         detected[:] = [moved[p] for p in detected]
         for entry in images:
             entry["keypoints"] = moved.get(entry["keypoints"], entry["keypoints"])
