@@ -797,16 +797,22 @@ def line_plot(
 # photos
 
 
+def fit_within_size(height: int, width: int, side: int) -> tuple[int, int]:
+    """(height, width) of `fit_within` for an image of this size."""
+    scale = side / max(height, width)
+    if scale >= 1.0:
+        return height, width
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
 def fit_within(image: np.ndarray, side: int) -> UInt8[np.ndarray, "H W 3"]:
     """A uint8 (H, W, 3) image scaled down (Lanczos) so that its longer side is at most `side` pixels; as it is
     when it already fits."""
     img = _rgb(image)
-    h, w = img.shape[:2]
-    scale = side / max(h, w)
-    if scale >= 1.0:
+    h, w = fit_within_size(img.shape[0], img.shape[1], side)
+    if (h, w) == img.shape[:2]:
         return img
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return np.asarray(Image.fromarray(img).resize(size, Image.Resampling.LANCZOS))
+    return np.asarray(Image.fromarray(img).resize((w, h), Image.Resampling.LANCZOS))
 
 
 def overlay_mesh(

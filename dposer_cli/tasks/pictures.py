@@ -15,6 +15,7 @@ models and write the pictures with `io.media`).
 
 import logging
 from collections.abc import Sequence
+from typing import cast
 
 import numpy as np
 import torch
@@ -37,6 +38,7 @@ from dposer_cli.render.draw import (
     draw_segments,
     face_chart,
     fit_within,
+    fit_within_size,
     label,
     legend,
     line_plot,
@@ -485,49 +487,54 @@ def fit_pictures(
     center = (cx, cy)
     faces = model.faces.cpu().numpy() if model.faces is not None else None
     verts = posed.vertices.cpu().numpy() if posed.vertices is not None and faces is not None else None
-    if verts is not None and faces is not None:
-        image = overlay_mesh(
-            image,
+    depth = fitted.joints[rows, 0, 2].cpu().numpy()  # the root joint (pelvis / wrist)
+    joints = posed.joints[:, fitted.layout.model_idx].cpu().numpy()  # (P, K, 3), one per kept keypoint
+    # the views picture: the overlay (scaled down to VIEWS_SIDE; a tiny photo centred on a white band wide
+    # enough for the legend) over the bodies seen from above, as wide: people keep (about) their left-right place
+    h, w = fit_within_size(image.shape[0], image.shape[1], VIEWS_SIDE)
+    pad = max(0, VIEWS_MIN_WIDTH - w)
+
+    def overlay() -> np.ndarray:
+        photo = image
+        if verts is not None and faces is not None:
+            photo = overlay_mesh(
+                photo, list(verts), faces, focal=focal, center=center, alpha=0.7, renderer=renderer
+            )
+        projected = joints[..., :2] / joints[..., 2:] * focal + np.asarray(center)
+        seen = keypoints[..., 2] >= conf_threshold
+        for p in range(len(keypoints)):
+            color = _dark(PERSON_COLORS[p % len(PERSON_COLORS)])
+            photo = draw_segments(
+                photo, keypoints[p, seen[p], :2], projected[p, seen[p]], color=(255, 255, 255)
+            )
+            photo = draw_keypoints(
+                photo, keypoints[p], edges=fitted.layout.edges, conf_threshold=conf_threshold, color=color
+            )
+            rings = np.concatenate([projected[p], seen[p, :, None].astype(np.float64)], axis=-1)
+            photo = draw_keypoints(photo, rings, conf_threshold=0.5, color=color, marker="ring")
+        return photo
+
+    def from_above() -> np.ndarray | None:
+        if verts is None or faces is None:
+            return None
+        names = [f"{entry['person']}: {d:.2f} m" for entry, d in zip(per_person, depth, strict=True)]
+        return overhead_view(
             list(verts),
             faces,
-            focal=focal,
-            center=center,
-            alpha=0.7,
+            size=(w + pad, max(96, round(0.45 * h))),
+            labels=names,
+            half_fov=image.shape[1] / 2 / focal,
             renderer=renderer,
         )
-    joints = posed.joints[:, fitted.layout.model_idx].cpu().numpy()  # (P, K, 3), one per kept keypoint
-    projected = joints[..., :2] / joints[..., 2:] * focal + np.asarray(center)
-    seen = keypoints[..., 2] >= conf_threshold
-    colors = [_dark(PERSON_COLORS[i % len(PERSON_COLORS)]) for i in range(len(keypoints))]
-    for p, color in enumerate(colors):
-        image = draw_segments(image, keypoints[p, seen[p], :2], projected[p, seen[p]], color=(255, 255, 255))
-        image = draw_keypoints(
-            image, keypoints[p], edges=fitted.layout.edges, conf_threshold=conf_threshold, color=color
-        )
-        rings = np.concatenate([projected[p], seen[p, :, None].astype(np.float64)], axis=-1)
-        image = draw_keypoints(image, rings, conf_threshold=0.5, color=color, marker="ring")
 
-    depth = fitted.joints[rows, 0, 2].cpu().numpy()  # the root joint (pelvis / wrist)
-    names = [f"{entry['person']}: {d:.2f} m" for entry, d in zip(per_person, depth, strict=True)]
+    # the two renders side by side (`render.threads`)
+    drawn, above = map_each(lambda draw: draw(), [overlay, from_above], workers=picture_workers(2, renderer))
+    image = cast(np.ndarray, drawn)  # (`overlay` always draws)
     panels = [fit_within(image, VIEWS_SIDE)]  # (the overlay keeps the photo's size)
-    if (
-        panels[0].shape[1] < VIEWS_MIN_WIDTH
-    ):  # a tiny photo: centred on a white band wide enough for the legend
-        pad = VIEWS_MIN_WIDTH - panels[0].shape[1]
+    if pad:
         panels[0] = np.pad(panels[0], ((0, 0), (pad // 2, pad - pad // 2), (0, 0)), constant_values=255)
-    h, w = panels[0].shape[:2]
-    # under the photo, as wide: people keep (about) their left-right place
-    if verts is not None and faces is not None:
-        panels.append(
-            overhead_view(
-                list(verts),
-                faces,
-                size=(w, max(96, round(0.45 * h))),
-                labels=names,
-                half_fov=image.shape[1] / 2 / focal,
-                renderer=renderer,
-            )
-        )
+    if above is not None:
+        panels.append(above)
     picture = np.concatenate(panels, axis=0)
     entries: list[tuple[str, Color | tuple[int, int, int], str]] = [
         ("dot", (90, 90, 90), "keypoints (input)"),
