@@ -105,8 +105,11 @@ def write_images(
             conf_threshold=conf_threshold,
             posed=posed,
         )
-        entry["overlay"] = save_image(out / f"{frame.stem}_overlay.png", photo)
-        entry["views"] = save_image(out / f"{frame.stem}_fit.png", views)
+        saves = [(out / f"{frame.stem}_overlay.png", photo), (out / f"{frame.stem}_fit.png", views)]
+        # the two PNGs encoded side by side too (zlib releases the GIL)
+        entry["overlay"], entry["views"] = map_each(
+            lambda job: save_image(*job), saves, workers=picture_workers(2, renderer)
+        )
 
     map_each(draw_photo, pictures, workers=picture_workers(len(pictures), renderer))
     outputs: dict[str, Path | list[Path]] = {"npz": [e["npz"] for e in images if "npz" in e]}
