@@ -207,7 +207,7 @@ ExportOpt = Annotated[
         metavar="FMT[,FMT]",
         callback=_export,
         help="Also write the bodies for other tools (repeat or comma-separate): glb (one glTF scene, a mesh per "
-        "pose or frame), obj or ply (a file per pose), bvh (the body skeleton's motion; Blender imports it). "
-        "Long motions: prefer bvh (a GLB holds every frame's mesh).",
+        "pose or frame), obj or ply (a file per pose), bvh (the skeleton's motion, fingers too for whole-body "
+        "poses; Blender imports it). Long motions: prefer bvh (a GLB holds every frame's mesh).",
     ),
 ]
