@@ -255,7 +255,8 @@ def read_persons(
                 log.warning(
                     "frame %s skipped: %s",
                     frame.stem if frame.video_frame >= 0 else frame.image.name,
-                    exc.message,
+                    # the file's name is enough here (detections sit in the run's staging folder until it ends)
+                    exc.message.replace(str(frame.keypoints), frame.keypoints.name),
                 )
                 per_frame[f_idx] = 0
                 continue

@@ -396,3 +396,32 @@ def test_without_the_detect_extra_detection_says_install_it_or_pass_keypoints(tm
     assert "MediaPipe, which is not installed" in exc.value.message and "\n" not in exc.value.message
     assert exc.value.hint == DETECT_HINT and "--keypoints" in DETECT_HINT
     assert not (tmp_path / "o" / "photo.keypoints.json").exists()
+
+
+def test_a_frame_without_persons_is_skipped_with_a_warning_naming_its_file(tmp_path, caplog):
+    """A frame of a sequence whose keypoint file holds nobody is skipped; the warning names the file, not the
+    folder it sits in (detections wait in the run's staging folder, `.out.partial-PID/`)."""
+    from dposer_cli.io.frames import Frame, read_persons
+    from tests.services.test_fit_image import (
+        reference_poses,
+        synthetic_scene,
+        write_blank_image,
+        write_keypoints,
+    )
+
+    scene = synthetic_scene(reference_poses()[[3]], width=320, height=240)
+    folder = tmp_path / ".out.partial-123" / "keypoints"
+    folder.mkdir(parents=True)
+    frames = []
+    for name in ("a", "b"):
+        image = write_blank_image(tmp_path / f"{name}.png", 320, 240)
+        if name == "a":
+            kp = write_keypoints(folder / "a.json", scene.keypoints, "openpose")
+        else:
+            kp = folder / "b.json"
+            kp.write_text('{"people": []}')
+        frames.append(Frame(image=image, keypoints=kp, stem=name, sequence=0))
+    persons = read_persons(frames)
+    assert persons.frame.tolist() == [0]
+    (line,) = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert line.startswith("frame b.png skipped: b.json: no persons found") and ".partial" not in line
