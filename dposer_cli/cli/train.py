@@ -47,7 +47,8 @@ def command(
     hidden_dim: Annotated[
         int | None,
         typer.Option(
-            help="TimeFC width: a multiple of 32, at least 128 (official 1024; default: demo width)."
+            help="TimeFC width, a multiple of 32 (official 1024; default: demo width; below 128 its GroupNorm "
+            "groups hold 4 channels each)."
         ),
     ] = None,
     embed_dim: Annotated[

@@ -14,6 +14,16 @@ from dposer_cli.core.config import NetConfig
 from dposer_cli.core.parts import WHOLEBODY_SPLIT
 
 GNORM_GROUPS = 32  # GroupNorm32 of every TimeFC (spec §2.2): the hidden width must be a multiple of it
+GNORM_MIN_CHANNELS = 4  # channels per group below which a narrower network gets fewer groups (`gnorm_groups`)
+
+
+def gnorm_groups(hidden: int) -> int:
+    """GroupNorm groups of a TimeFC `hidden` wide: the official 32 from 128 channels on (every official and demo
+    width); a narrower network keeps 4 channels per group (hidden/4 groups), since 32 groups of one channel
+    would output their bias alone, whatever the input (and fail on a batch of one)."""
+    return (
+        GNORM_GROUPS if hidden >= GNORM_GROUPS * GNORM_MIN_CHANNELS else max(1, hidden // GNORM_MIN_CHANNELS)
+    )
 
 
 def timestep_embedding(label: Float[Tensor, " B"], dim: int) -> Float[Tensor, "B E"]:
@@ -51,7 +61,8 @@ def _gaussian_eps_scale(
 
 
 class TimeFC(nn.Module):
-    """The official TimeFC MLP: input/time projections, GroupNorm(32), 2 residual blocks, ε-output / σ_table."""
+    """The official TimeFC MLP: input/time projections, GroupNorm(32) (`gnorm_groups`), 2 residual blocks,
+    ε-output / σ_table."""
 
     sigmas: Tensor  # buffer (num_scales,): the descending VE σ table
 
@@ -83,15 +94,15 @@ class TimeFC(nn.Module):
         self.register_buffer("sigmas", sigma_table(sigma_min, sigma_max, num_scales))
         self.pre_dense = nn.Linear(in_dim, hidden)
         self.pre_dense_t = nn.Linear(embed, hidden)
-        self.pre_gnorm = nn.GroupNorm(GNORM_GROUPS, num_channels=hidden)
+        self.pre_gnorm = nn.GroupNorm(gnorm_groups(hidden), num_channels=hidden)
         self.shared_time_embed = nn.Sequential(nn.Linear(embed, embed), nn.SiLU())
         for b in range(1, n_blocks + 1):
             setattr(self, f"b{b}_dense1", nn.Linear(hidden, hidden))
             setattr(self, f"b{b}_dense1_t", nn.Linear(embed, hidden))
-            setattr(self, f"b{b}_gnorm1", nn.GroupNorm(GNORM_GROUPS, num_channels=hidden))
+            setattr(self, f"b{b}_gnorm1", nn.GroupNorm(gnorm_groups(hidden), num_channels=hidden))
             setattr(self, f"b{b}_dense2", nn.Linear(hidden, hidden))
             setattr(self, f"b{b}_dense2_t", nn.Linear(embed, hidden))
-            setattr(self, f"b{b}_gnorm2", nn.GroupNorm(GNORM_GROUPS, num_channels=hidden))
+            setattr(self, f"b{b}_gnorm2", nn.GroupNorm(gnorm_groups(hidden), num_channels=hidden))
         self.post_dense = nn.Linear(hidden, out_dim)
         self.act = nn.SiLU()
         self.dropout = nn.Dropout(dropout)

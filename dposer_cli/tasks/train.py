@@ -55,10 +55,9 @@ log = logging.getLogger(__name__)
 MAX_TRAIN_STEPS = 10_000_000  # official runs are 100k–400k steps (spec §10.2)
 MIN_POSES = 10  # smallest training set: 1 pose is held out for validation, the statistics need the rest
 MAX_VALUE = 1e4  # |value| of a training pose (radians) or coefficient beyond this: a broken file, not data
-# TimeFC widths: each GroupNorm group needs several channels (1 channel: GroupNorm outputs its bias alone, for
-# every input; 2: only the sign of their difference), so --hidden-dim is at least 4 per group (official: 32)
-MIN_GROUP_CHANNELS = 4
-MIN_HIDDEN = GNORM_GROUPS * MIN_GROUP_CHANNELS
+# TimeFC widths: multiples of the 32 GroupNorm groups; below 128 a network gets fewer groups of 4 channels
+# (`engine.nets.gnorm_groups`: 32 groups of one channel would output their biases alone, for every input)
+MIN_HIDDEN = GNORM_GROUPS
 MIN_EMBED = 4  # the sinusoidal time embedding needs ≥ 2 frequencies (spec §2.2)
 MAX_WIDTH = 16_384  # --hidden-dim / --embed-dim (official 1024 / 512)
 T_WEIGHTINGS = ("uniform", "adaptive")
@@ -126,15 +125,10 @@ def check_widths(hidden_dim: int | None, embed_dim: int | None) -> None:
         InputError: a width that is not an integer, out of range or (hidden) not a multiple of the groups.
     """
     if hidden_dim is not None:
-        v.integer("--hidden-dim", hidden_dim, hi=MAX_WIDTH)
+        v.integer("--hidden-dim", hidden_dim, lo=MIN_HIDDEN, hi=MAX_WIDTH)
         if hidden_dim % GNORM_GROUPS:
             raise InputError(
                 f"--hidden-dim must be a multiple of {GNORM_GROUPS}, the GroupNorm group count (got {hidden_dim})"
-            )
-        if hidden_dim < MIN_HIDDEN:
-            raise InputError(
-                f"--hidden-dim must be at least {MIN_HIDDEN} (got {hidden_dim}): each of the {GNORM_GROUPS} "
-                f"GroupNorm groups needs {MIN_GROUP_CHANNELS} channels"
             )
     if embed_dim is not None:
         v.integer("--embed-dim", embed_dim, lo=MIN_EMBED, hi=MAX_WIDTH)

@@ -180,12 +180,17 @@ def test_absurd_values_are_refused_naming_the_key_row_and_column():
     assert torch.equal(task.stack_parts(Part.face, [(Part.face, x)])[0], x)
 
 
-@pytest.mark.parametrize("hidden", [32, 64, 96])
-def test_networks_whose_groupnorm_groups_are_too_narrow_are_refused(hidden):
-    with pytest.raises(InputError, match=rf"--hidden-dim must be at least 128 \(got {hidden}\)"):
-        task.build_model(Part.hand, hidden_dim=hidden, embed_dim=16)
+@pytest.mark.parametrize(("hidden", "groups"), [(32, 8), (64, 16), (96, 24), (128, 32), (1024, 32)])
+def test_narrow_networks_keep_four_channels_per_groupnorm_group(hidden, groups):
+    """32 GroupNorm groups of one channel (--hidden-dim 32) output their biases alone, whatever the input: a
+    network narrower than 128 gets hidden/4 groups; from 128 on the official 32."""
+    _, net = task.build_model(Part.hand, hidden_dim=hidden, embed_dim=16)
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert norms and all(m.num_groups == groups and m.num_channels == hidden for m in norms)
     with pytest.raises(InputError, match="--embed-dim must be at least 4"):
         task.build_model(Part.hand, hidden_dim=128, embed_dim=2)
+    with pytest.raises(InputError, match="--hidden-dim must be at least 32"):
+        task.build_model(Part.hand, hidden_dim=16, embed_dim=16)
 
 
 def test_the_narrowest_network_trains_on_one_pose_batches_and_a_one_pose_validation_split(hands):
