@@ -171,7 +171,7 @@ def test_train_prints_its_heartbeat_once(tmp_path, capsys, assets, every_update)
         "--batch-size",
         "16",
         "--hidden-dim",
-        "128",
+        "32",
         "--embed-dim",
         "16",
         "--warmup",

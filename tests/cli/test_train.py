@@ -21,7 +21,7 @@ TINY = [
     "--batch-size",
     "16",
     "--hidden-dim",
-    "128",
+    "32",
     "--embed-dim",
     "16",
     "--warmup",
