@@ -156,7 +156,10 @@ def test_face_with_flame_draws_meshes(tmp_path):
     from tests._fixtures.body_models import write_flame
 
     write_flame(tmp_path / "models" / "flame")
-    res = svc.run(request(tmp_path, Part.face, n=2, render=True, body_model=tmp_path / "models"))
+    ckpt = write_tiny_prior(tmp_path / "gaussian_face.pt", Part.face, gaussian=True)  # faces of a sane size
+    res = svc.run(
+        request(tmp_path, Part.face, n=2, render=True, body_model=tmp_path / "models", checkpoint=ckpt)
+    )
     img = grid_image(res)
     body = img[title_height(img) :]
     assert body.shape[:2] == (256, 512)
