@@ -104,14 +104,15 @@ def write_images(
             renderer=renderer,
             conf_threshold=conf_threshold,
             posed=posed,
+            workers=inner,
         )
         saves = [(out / f"{frame.stem}_overlay.png", photo), (out / f"{frame.stem}_fit.png", views)]
         # the two PNGs encoded side by side too (zlib releases the GIL)
-        entry["overlay"], entry["views"] = map_each(
-            lambda job: save_image(*job), saves, workers=picture_workers(2, renderer)
-        )
+        entry["overlay"], entry["views"] = map_each(lambda job: save_image(*job), saves, workers=inner)
 
-    map_each(draw_photo, pictures, workers=picture_workers(len(pictures), renderer))
+    outer = picture_workers(len(pictures), renderer)
+    inner = picture_workers(2, renderer) if outer == 1 else 1  # one photo's renders and PNGs: no nested pools
+    map_each(draw_photo, pictures, workers=outer)
     outputs: dict[str, Path | list[Path]] = {"npz": [e["npz"] for e in images if "npz" in e]}
     if any("overlay" in e for e in images):
         outputs["overlays"] = [e["overlay"] for e in images if "overlay" in e]

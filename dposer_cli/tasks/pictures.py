@@ -470,9 +470,11 @@ def fit_pictures(
     renderer: str,
     conf_threshold: float,
     posed: BodyOutput | None = None,
+    workers: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The overlay and the views picture of the fitted persons `rows` of one photo (`image`, uint8 RGB);
-    `posed`: their bodies (`body_vertices` of their parameters) when the caller has them.
+    `posed`: their bodies (`body_vertices` of their parameters) when the caller has them; `workers`: threads for
+    the two renders (default `picture_workers(2, renderer)`; 1 when the caller already draws photos side by side).
 
     Overlay: meshes over the photo (camera coordinates = model output: the camera rotation is the identity),
     the keypoints (dots; (P, K, 3) the kept ones) and the model joints projected (rings), each pair joined by
@@ -528,7 +530,8 @@ def fit_pictures(
         )
 
     # the two renders side by side (`render.threads`)
-    drawn, above = map_each(lambda draw: draw(), [overlay, from_above], workers=picture_workers(2, renderer))
+    workers = picture_workers(2, renderer) if workers is None else workers
+    drawn, above = map_each(lambda draw: draw(), [overlay, from_above], workers=workers)
     image = cast(np.ndarray, drawn)  # (`overlay` always draws)
     panels = [fit_within(image, VIEWS_SIDE)]  # (the overlay keeps the photo's size)
     if pad:
