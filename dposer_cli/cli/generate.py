@@ -69,7 +69,7 @@ def command(
             "--process-video",
             help="Also write DIR/process.mp4: the sampling process of the first 8 samples side "
             "by side, noisy state x_t over the denoised estimate x0, from pure noise to the result (at most 90 "
-            "recorded steps whatever --steps, then a hold on the result; the face needs a FLAME model).",
+            "recorded steps whatever --steps, then a hold on the result; faces without FLAME as charts of their numbers).",
         ),
     ] = False,
     export: ExportOpt = None,

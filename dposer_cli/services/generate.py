@@ -27,7 +27,7 @@ from dposer_cli.render.process import MAX_VIDEO_FRAMES, NOISY_COLOR, process_fra
 from dposer_cli.render.scene import BODY_COLOR
 from dposer_cli.services._render import load_part_body, render_sheet
 from dposer_cli.tasks.export import SkeletonMotion, check_formats, export_data, part_params
-from dposer_cli.tasks.pictures import grid_count, pose_items, view_for
+from dposer_cli.tasks.pictures import chart_process_frames, grid_count, pose_items, view_for
 from dposer_cli.tasks.sample import Trajectory, check_sampler, sample
 
 log = logging.getLogger(__name__)
@@ -189,24 +189,38 @@ class _PosedFrames(Sequence[list[dict]]):
 def _process_video(
     req: GenerateRequest, traj: Trajectory, path: Path, device: torch.device, lines: list[str]
 ) -> Path | None:
-    """process.mp4: the first samples side by side, x_t over x̂0, from pure noise to the result; None (with a
-    warning) for parts without a body model to picture them (the face without FLAME)."""
-    try:
-        frames = _PosedFrames(req.part, traj, req.body_model, device)
-    except MissingAssetError as exc:
-        msg = f"no process video for --part {req.part.value}: {exc.message}"
-        log.warning(msg)
-        lines.append(msg)
-        return None
+    """process.mp4: the first samples side by side, x_t over x̂0, from pure noise to the result. Faces without
+    FLAME show their numbers (jaw hinge and expression bars, or shape bars) instead of meshes."""
     m = traj.x.shape[1]
-    if req.n > m:
-        log.info("process video shows the first %d of %d samples", m, req.n)
     steps, times = traj.step.tolist(), traj.t.tolist()
     captions = [
         f"{req.sampler} · step {s}/{traj.steps} · t = {t:.3f}" + (" · result" if s == traj.steps else "")
         for s, t in zip(steps, times)
     ]
-    fps, hold = video_timing(len(frames), MAX_VIDEO_FRAMES)
+    fps, hold = video_timing(len(captions), MAX_VIDEO_FRAMES)
+    if req.n > m:
+        log.info("process video shows the first %d of %d samples", m, req.n)
+    try:
+        frames = _PosedFrames(req.part, traj, req.body_model, device)
+    except MissingAssetError as exc:
+        if req.part not in (Part.face, Part.face_shape):
+            msg = f"no process video for --part {req.part.value}: {exc.message}"
+            log.warning(msg)
+            lines.append(msg)
+            return None
+        msg = "no FLAME model found, so process.mp4 shows the coefficients as numbers (meshes need FLAME)"
+        log.info(msg)
+        lines.append(msg)
+        log.info("drawing the sampling process: %d frames of %d samples", len(captions) + hold, m)
+        charts = chart_process_frames(
+            req.part,
+            [traj.x.cpu().numpy(), traj.denoised.cpu().numpy()],
+            captions=captions,
+            row_labels=["x_t", "x0"],
+            cell=min(256, max(160, 1280 // m)),
+            hold=hold,
+        )
+        return save_video(path, charts, fps=fps)
     log.info("rendering the sampling process: %d frames of %d samples", len(frames) + hold, m)
     video = process_frames(
         frames,

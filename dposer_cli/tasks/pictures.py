@@ -297,23 +297,70 @@ def _face_sheet(
         return contact_sheet(items, cell=cell, renderer=renderer, center=True, labels=labels), None
     log.info("no FLAME model: the %s picture shows the coefficients (meshes need FLAME)", part.value)
     data = poses.cpu().numpy()
-    if part is Part.face:
-        sl = PARTS[part].slices()
-        lim = _limit(data[:, sl["expression"]])
-        charts = [
-            face_chart(x[sl["jaw_pose"]], x[sl["expression"]], size=cell, title=f"{i + 1}", limit=lim)
-            for i, x in enumerate(data)
-        ]
-        what = "jaw rotation and expression coefficients"
-    else:
-        lim = _limit(data)
-        charts = [
-            bar_chart(x, size=(cell, cell // 2), title=f"{i + 1} · shape coefficients (betas)", limit=lim)
-            for i, x in enumerate(data)
-        ]
-        what = "shape coefficients"
+    charts = coefficient_charts(part, data, cell, limit=_limit(_chart_values(part, data)))
+    what = "jaw rotation and expression coefficients" if part is Part.face else "shape coefficients"
     note = f"no FLAME model found, so the {what} are drawn as numbers; meshes need FLAME (--body-model)"
     return tile(charts, cols=min(len(charts), 4), gap=4), note
+
+
+def _chart_values(part: Part, data: np.ndarray) -> np.ndarray:
+    """The numbers drawn as bars: the expression of a face pose, every shape coefficient."""
+    return data[..., PARTS[part].slices()["expression"]] if part is Part.face else data
+
+
+def coefficient_charts(
+    part: Part, data: np.ndarray, cell: int, *, limit: float, titles: Sequence[str] | None = None
+) -> list[np.ndarray]:
+    """Per row of `data` (N, D) a chart of a face (`face_chart`: jaw hinge over expression bars, cell × cell)
+    or of face-shape coefficients (`bar_chart`, cell × cell/2); bars share ±`limit`. Titles default to 1..N."""
+    titles = [str(i + 1) for i in range(len(data))] if titles is None else list(titles)
+    if part is Part.face:
+        sl = PARTS[part].slices()
+        return [
+            face_chart(x[sl["jaw_pose"]], x[sl["expression"]], size=cell, title=t, limit=limit)
+            for t, x in zip(titles, data)
+        ]
+    return [
+        bar_chart(x, size=(cell, cell // 2), title=f"{t} · shape coefficients (betas)", limit=limit)
+        for t, x in zip(titles, data)
+    ]
+
+
+def chart_process_frames(
+    part: Part,
+    rows: Sequence[np.ndarray],
+    *,
+    captions: Sequence[str],
+    row_labels: Sequence[str],
+    cell: int,
+    hold: int = 0,
+) -> np.ndarray:
+    """A sampling process of faces without FLAME, as numbers: frame k shows, per row r (e.g. x_t, then x̂0),
+    the charts of `rows[r][k]` (M, D) side by side under a caption band; the bars share one range (that of
+    the last frame's last row, the result), so noisy values run off it and clip. The layout of
+    `render.process.process_frames`; returns (F + hold, H, W, 3) uint8."""
+    n_frames, m = len(captions), rows[0].shape[1]
+    limit = _limit(_chart_values(part, rows[-1][-1]))
+
+    def one(k: int) -> np.ndarray:
+        charts = [
+            c
+            for r, data in enumerate(rows)
+            for c in coefficient_charts(
+                part, data[k], cell, limit=limit, titles=[f"{row_labels[r]} {i + 1}" for i in range(m)]
+            )
+        ]
+        grid = tile(charts, cols=m, gap=4)
+        band = max(18, cell // 7)
+        frame = np.full((band + grid.shape[0], grid.shape[1], 3), 255, np.uint8)
+        frame[band:] = grid
+        frame[band - 1] = 200  # a thin rule under the caption
+        px = max(11, round(band * 0.6))
+        label(frame, str(captions[k]), max(4, px // 2), max(1, (band - px) // 2 - 1), px)
+        return frame
+
+    frames = map_each(one, range(n_frames), workers=picture_workers(n_frames, "soft"))
+    return np.stack(list(frames) + [frames[-1]] * hold)
 
 
 # ---------------------------------------------------------------------------------------------- complete

@@ -46,12 +46,25 @@ def test_process_video_per_part(tmp_path, part):
     assert np.abs(frames[0].astype(int) - frames[-1].astype(int)).mean() > 0.5  # noise → pose
 
 
-def test_face_without_flame_says_so_and_still_writes_poses(tmp_path, monkeypatch):
+@pytest.mark.parametrize(("part", "chart_h"), [(Part.face, 256), (Part.face_shape, 128)])
+def test_face_without_flame_draws_the_process_as_numbers(tmp_path, monkeypatch, part, chart_h):
     monkeypatch.setenv("DPOSER_BODY_MODELS", str(tmp_path / "no_models"))
     monkeypatch.setenv("DPOSER_MODELS_DIR", str(tmp_path / "no_cache"))
-    res = svc.run(request(tmp_path, Part.face, process_video=True))
-    assert "process_video" not in res.outputs and res.outputs["poses"].is_file()
-    assert any("no process video for --part face" in line and "FLAME" in line for line in res.lines)
+    plain = svc.run(request(tmp_path, part, out=tmp_path / "plain"))
+    res = svc.run(request(tmp_path, part, process_video=True))
+    a, b = np.load(plain.outputs["poses"]), np.load(res.outputs["poses"])
+    for key in a.files:
+        np.testing.assert_array_equal(a[key], b[key])
+    assert any("process.mp4 shows the coefficients" in line and "FLAME" in line for line in res.lines)
+    frames = read_video(res.outputs["process_video"])
+    fps, hold = video_timing(3)
+    # a caption band over two rows (x_t, x0) of two charts each, 4 px apart; the encoder pads to 16 px
+    height, width = max(18, 256 // 7) + 2 * chart_h + 4, 2 * 256 + 4
+    assert frames.shape == (3 + hold, -(-height // 16) * 16, -(-width // 16) * 16, 3)
+    assert np.abs(frames[0].astype(int) - frames[-1].astype(int)).mean() > 0.5  # noise → coefficients
+    assert (
+        np.abs(frames[-1].astype(int) - frames[-2].astype(int)).mean() < 0.5
+    )  # the final hold (lossy video)
 
 
 # ---------------------------------------------------------------------------------------------- grid.png
