@@ -357,10 +357,12 @@ def read_init(
             check_init_width(k, arr.shape[-1], (widths or {}).get(k), where=f"--init file {path}")
         tables.append(table)
     out: dict[str, list[np.ndarray]] = {}
+    used: list[set[int]] = [set() for _ in tables]
     for f_idx, p in zip(frame.tolist(), person.tolist(), strict=True):
         table = tables[f_idx]
         index = table.get("person_index")
         row = p if index is None else int(np.flatnonzero(index == p)[0]) if (index == p).any() else -1
+        used[f_idx].add(row)
         for k, arr in table.items():
             if k == "person_index":
                 continue
@@ -369,7 +371,26 @@ def read_init(
                     f"--init file {paths[f_idx]}: no row for person {p} in {k!r} ({arr.shape[0]} rows)"
                 )
             out.setdefault(k, []).append(arr[row])
+    for path, table, rows in zip(paths, tables, used):
+        count = max(arr.shape[0] for k, arr in table.items() if k != "person_index")
+        unused = sorted(set(range(count)) - rows)
+        if unused:  # a file for other persons (or another frame) would start the fit from the wrong pose
+            log.warning(
+                "--init file %s: row%s %s start%s no fitted person (%d of its %d rows used)",
+                path,
+                "s" if len(unused) > 1 else "",
+                _rows_text(unused),
+                "" if len(unused) > 1 else "s",
+                count - len(unused),
+                count,
+            )
     return {k: np.stack(v) for k, v in out.items()}
+
+
+def _rows_text(rows: Sequence[int]) -> str:
+    """0-based row numbers, the first few: "1, 2, 3" or "1, 2, 3, 4, … (9 rows)"."""
+    head = ", ".join(str(r) for r in rows[:4])
+    return head if len(rows) <= 4 else f"{head}, … ({len(rows)} rows)"
 
 
 def _init_array(data: "np.lib.npyio.NpzFile", key: str, path: Path) -> np.ndarray:
