@@ -530,27 +530,74 @@ class TrainState:
         )
 
     def restore(self, ck: Checkpoint) -> None:
-        """Continue from a checkpoint written with `resumable()` (and the model weights)."""
+        """Continue from a checkpoint written with `resumable()` (and the model weights).
+
+        Raises:
+            AssetMismatchError: a resume field is missing, of the wrong type or shape (a damaged or crafted
+                last.pt): one line naming the file and the field.
+        """
+        x = ck.extra
+
+        def put(name: str, apply: Callable[[], None]) -> None:
+            try:
+                apply()
+            except (KeyError, TypeError, ValueError, AttributeError, RuntimeError, IndexError) as exc:
+                why = f"{exc.args[0]!r} is missing" if isinstance(exc, KeyError) else str(exc).splitlines()[0]
+                raise AssetMismatchError(
+                    f"{ck.path}: cannot resume from its {name}: {why[:200]}",
+                    hint="the file is damaged or was not written by `dposer train`; remove it (or use another "
+                    "--out) to train afresh",
+                ) from None
+
+        def same_shape(name: str, value: Any, like: Tensor) -> Tensor:
+            if not isinstance(value, Tensor) or value.shape != like.shape:
+                shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+                raise ValueError(f"{name} is {shape}; expected a tensor of shape {tuple(like.shape)}")
+            return value
+
+        def optimizer() -> None:
+            self.opt.load_state_dict(x["optimizer"])
+            for (
+                group
+            ) in self.opt.param_groups:  # loading copies moment tensors of any shape; steps would fail
+                for p in group["params"]:
+                    for key, value in self.opt.state.get(p, {}).items():
+                        if isinstance(value, Tensor) and value.ndim:
+                            same_shape(f"state {key!r}", value, p)
+
+        def ema() -> None:
+            state = x.get("ema_state")
+            if state:
+                for k, value in self.ema.shadow.items():
+                    same_shape(f"shadow.{k}", state[f"shadow.{k}"], value)
+                self.ema.load_state_dict(state)
+                if not (0 <= self.ema.rate < 1 and self.ema.num_updates >= 0):
+                    raise ValueError(
+                        f"rate {self.ema.rate} / num_updates {self.ema.num_updates} out of range"
+                    )
+
+        def counters() -> None:
+            if "t_bins" in x:
+                self.t_bins.copy_(same_shape("t_bins", x["t_bins"], self.t_bins))
+            if "loss_sum" in x:
+                self.loss_sum.copy_(same_shape("loss_sum", x["loss_sum"], self.loss_sum))
+                self.loss_count = int(x["loss_count"])
+            self.best = float(x.get("best_val", self.best))
+
+        def generators() -> None:
+            rng = x.get("rng", {}).get(str(self.rank))
+            if rng is not None:
+                self.gen.set_state(rng["gen"].to("cpu") if self.device.type != "cuda" else rng["gen"])
+                torch.set_rng_state(rng["torch"])
+                if self.device.type == "cuda" and "cuda" in rng:  # dropout on the GPU draws from CUDA's
+                    torch.cuda.set_rng_state(rng["cuda"], self.device)
+
         self.net.load_state_dict(ck.model)
-        ema_state = ck.extra.get("ema_state")
-        if ema_state:
-            self.ema.load_state_dict(ema_state)
-        self.opt.load_state_dict(ck.extra["optimizer"])
-        self.step = int(ck.extra["step"])
-        if "t_bins" in ck.extra:
-            self.t_bins.copy_(ck.extra["t_bins"])
-        if "loss_sum" in ck.extra:
-            self.loss_sum.copy_(ck.extra["loss_sum"])
-            self.loss_count = int(ck.extra["loss_count"])
-        self.best = float(ck.extra.get("best_val", self.best))
-        rng = ck.extra.get("rng", {}).get(str(self.rank))
-        if rng is not None:
-            self.gen.set_state(rng["gen"].to("cpu") if self.device.type != "cuda" else rng["gen"])
-            torch.set_rng_state(rng["torch"])
-            if (
-                self.device.type == "cuda" and "cuda" in rng
-            ):  # dropout on the GPU draws from the CUDA generator
-                torch.cuda.set_rng_state(rng["cuda"], self.device)
+        put("EMA state", ema)
+        put("optimizer state", optimizer)
+        self.step = int(x["step"])  # checked when read
+        put("loss counters", counters)
+        put("random generator states", generators)
 
 
 @dataclass

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from dposer_cli.core.config import TrainConfig
-from dposer_cli.core.errors import InputError, Interrupted
+from dposer_cli.core.errors import AssetMismatchError, InputError, Interrupted
 from dposer_cli.core.parts import Part
 from dposer_cli.engine.checkpoint import read_checkpoint, save_checkpoint
 from dposer_cli.engine.loss import dsm_loss
@@ -328,6 +328,64 @@ def test_resume_with_other_data_or_settings_is_refused(tmp_path, hand_data, chan
     else:
         with pytest.raises(InputError, match=pattern):
             svc.run(dataclasses.replace(req, force_resume=True))
+
+
+def _shadow(state, fn):
+    state["ema_state"].update({k: fn(v) for k, v in state["ema_state"].items() if k.startswith("shadow.")})
+
+
+@pytest.mark.parametrize(
+    "damage,pattern",
+    [
+        (lambda c: c.pop("optimizer"), r"its optimizer state: 'optimizer' is missing"),
+        (lambda c: c.update(optimizer="x"), r"its optimizer state: "),
+        (
+            lambda c: [st.update(exp_avg=torch.zeros(2)) for st in c["optimizer"]["state"].values()],
+            r"its optimizer state: state 'exp_avg' is \(2,\); expected a tensor of shape \(128, 45\)",
+        ),
+        (
+            lambda c: _shadow(c, lambda v: v[:1]),
+            r"its EMA state: shadow\.\S+ is \(1, 45\); expected .*\(128, 45\)",
+        ),
+        (lambda c: c["ema_state"].pop("rate"), r"its EMA state: 'rate' is missing"),
+        (
+            lambda c: c.update(t_bins=torch.zeros(1)),
+            r"its loss counters: t_bins is \(1,\); expected .*\(50,\)",
+        ),
+        (lambda c: c.update(loss_count="x"), r"its loss counters: invalid literal"),
+        (lambda c: c.update(rng="x"), r"its random generator states: "),
+        (
+            lambda c: c["rng"]["0"].update(gen=torch.zeros(3, dtype=torch.uint8)),
+            r"its random generator states: ",
+        ),
+    ],
+    ids=[
+        "no-optimizer",
+        "optimizer-str",
+        "moment-shape",
+        "ema-broadcastable",
+        "ema-rate",
+        "t-bins",
+        "count",
+        "rng",
+        "generator",
+    ],
+)
+def test_a_damaged_resume_state_is_a_one_line_error(tmp_path, hand_data, damage, pattern):
+    """A last.pt whose resume fields are missing, of another type or another shape (a broadcastable one too,
+    which copy_ would have taken silently) is refused naming the file and the field; nothing is written."""
+    svc.run(_req(tmp_path, hand_data, 30, stop_after=5))
+    last = tmp_path / "run/last.pt"
+    state = torch.load(last, weights_only=True)
+    damage(state)
+    torch.save(state, last)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()}
+    with pytest.raises(
+        AssetMismatchError, match=re.escape(str(last)) + ": cannot resume from " + pattern
+    ) as exc:
+        svc.run(_req(tmp_path, hand_data, 30, stop_after=5))
+    assert "\n" not in str(exc.value) and exc.value.exit_code == 4
+    assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()} == before
 
 
 def test_changed_cadence_resumes(tmp_path, hand_data):
