@@ -19,7 +19,15 @@ def models_dir() -> Path:
     """Models cache: $DPOSER_MODELS_DIR, else the checkout's models_cache/, else ~/.cache/dposer."""
     env = os.environ.get("DPOSER_MODELS_DIR")
     if env:
-        return Path(env).expanduser()
+        path = Path(env).expanduser()
+        if (
+            path.exists() and not path.is_dir()
+        ):  # else every lookup misses and the demo priors stand in silently
+            raise InputError(
+                f"DPOSER_MODELS_DIR={env} exists and is not a folder",
+                hint="set DPOSER_MODELS_DIR to the models folder (downloads go to DIR/official/) or unset it",
+            )
+        return path
     checkout = PACKAGE_DIR.parent / "models_cache"
     if checkout.is_dir():
         return checkout
