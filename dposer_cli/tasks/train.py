@@ -595,7 +595,15 @@ class TrainState:
         self.net.load_state_dict(ck.model)
         put("EMA state", ema)
         put("optimizer state", optimizer)
-        self.step = int(x["step"])  # checked when read
+        self.step = int(x["step"])  # a whole number ≥ 0, checked when read
+
+        def within_run() -> None:
+            run = x.get("train")
+            total = run.get("steps") if isinstance(run, dict) else None
+            if isinstance(total, int) and self.step > total:
+                raise ValueError(f"step {self.step} is beyond the {total} steps of its run")
+
+        put("step", within_run)
         put("loss counters", counters)
         put("random generator states", generators)
 

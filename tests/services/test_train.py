@@ -354,6 +354,7 @@ def _shadow(state, fn):
         ),
         (lambda c: c.update(loss_count="x"), r"its loss counters: invalid literal"),
         (lambda c: c.update(rng="x"), r"its random generator states: "),
+        (lambda c: c.update(step=31), r"its step: step 31 is beyond the 30 steps of its run"),
         (
             lambda c: c["rng"]["0"].update(gen=torch.zeros(3, dtype=torch.uint8)),
             r"its random generator states: ",
@@ -368,6 +369,7 @@ def _shadow(state, fn):
         "t-bins",
         "count",
         "rng",
+        "step",
         "generator",
     ],
 )
