@@ -50,6 +50,19 @@ def _corners(items: Sequence[Item]) -> np.ndarray:
     return np.array([[(hi if (c >> a) & 1 else lo)[a] for a in range(3)] for c in range(8)])
 
 
+def caption_band(cell: int) -> int:
+    """Height in pixels of the caption band above a grid of `cell`-pixel cells."""
+    return max(18, cell // 7)
+
+
+def draw_caption(frame: np.ndarray, text: str, band: int) -> None:
+    """The top `band` rows of uint8 `frame` (H, W, 3) in place: white, `text` in them, a thin rule under."""
+    px = max(11, round(band * 0.6))
+    frame[:band] = 255
+    frame[band - 1] = 200
+    label(frame, text, max(4, px // 2), max(1, (band - px) // 2 - 1), px)
+
+
 def process_frames(
     frames: Sequence[Sequence[Item]],
     *,
@@ -104,8 +117,8 @@ def process_frames(
         corners.append(_corners(items))
     framing = frame_points(np.concatenate(corners), view, cell)
 
-    band = max(18, cell // 7)  # caption band height
-    px_caption, px_row = max(11, round(band * 0.6)), max(10, cell // 14)
+    band = caption_band(cell)
+    px_row = max(10, cell // 14)
     width, grid_h = cols * cell, rows * cell
     colors = [np.asarray(c, np.float64) for c in (row_colors or [BODY_COLOR] * rows)]
     backend = select_renderer(renderer)
@@ -121,13 +134,9 @@ def process_frames(
         except InputError as exc:
             raise InputError(f"process video frame {k}: {exc.message}", hint=exc.hint) from None
         frame = out[k]
-        frame[:band] = 255
         frame[band:] = background_image(width, grid_h)
         frame[band:, : grid.shape[1]] = grid
-        frame[band - 1] = 200  # a thin rule under the caption
-        label(
-            frame, str(captions[k]), max(4, px_caption // 2), max(1, (band - px_caption) // 2 - 1), px_caption
-        )
+        draw_caption(frame, str(captions[k]), band)
         for r, text in enumerate(row_labels or []):
             label(frame, str(text), px_row // 2, band + r * cell + px_row // 3, px_row)
 

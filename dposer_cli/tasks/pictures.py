@@ -48,6 +48,7 @@ from dposer_cli.render.draw import (
     tile,
     titled,
 )
+from dposer_cli.render.process import caption_band, draw_caption
 from dposer_cli.render.scene import BODY_COLOR, PERSON_COLORS, frame_points
 from dposer_cli.render.threads import map_each, picture_workers
 from dposer_cli.tasks.export import part_params
@@ -351,12 +352,10 @@ def chart_process_frames(
             )
         ]
         grid = tile(charts, cols=m, gap=4)
-        band = max(18, cell // 7)
-        frame = np.full((band + grid.shape[0], grid.shape[1], 3), 255, np.uint8)
+        band = caption_band(cell)
+        frame = np.empty((band + grid.shape[0], grid.shape[1], 3), np.uint8)
         frame[band:] = grid
-        frame[band - 1] = 200  # a thin rule under the caption
-        px = max(11, round(band * 0.6))
-        label(frame, str(captions[k]), max(4, px // 2), max(1, (band - px) // 2 - 1), px)
+        draw_caption(frame, str(captions[k]), band)
         return frame
 
     frames = map_each(one, range(n_frames), workers=picture_workers(n_frames, "soft"))
