@@ -20,9 +20,8 @@ def models_dir() -> Path:
     env = os.environ.get("DPOSER_MODELS_DIR")
     if env:
         path = Path(env).expanduser()
-        if (
-            path.exists() and not path.is_dir()
-        ):  # else every lookup misses and the demo priors stand in silently
+        # a file here: every lookup would miss and the demo priors would stand in silently
+        if path.exists() and not path.is_dir():
             raise InputError(
                 f"DPOSER_MODELS_DIR={env} exists and is not a folder",
                 hint="set DPOSER_MODELS_DIR to the models folder (downloads go to DIR/official/) or unset it",

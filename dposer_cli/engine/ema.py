@@ -28,8 +28,21 @@ class EMA:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        self.rate = float(state["rate"])
-        self.num_updates = int(state["num_updates"])
+        """Take `state_dict()`'s entries; checked first, so a failed load changes nothing.
+
+        Raises:
+            KeyError: an entry is missing. ValueError / TypeError: a shadow that is not a tensor of its weight's
+                shape (copy_ would broadcast one silently), a rate outside [0, 1) or a negative update count.
+        """
+        rate, num_updates = float(state["rate"]), int(state["num_updates"])
+        if not (0 <= rate < 1 and num_updates >= 0):
+            raise ValueError(f"rate {rate} / num_updates {num_updates} out of range")
+        for k, like in self.shadow.items():
+            value = state[f"shadow.{k}"]
+            if not isinstance(value, Tensor) or value.shape != like.shape:
+                shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+                raise ValueError(f"shadow.{k} is {shape}; expected a tensor of shape {tuple(like.shape)}")
+        self.rate, self.num_updates = rate, num_updates
         for k in self.shadow:
             self.shadow[k].copy_(state[f"shadow.{k}"])
 

@@ -557,24 +557,16 @@ class TrainState:
 
         def optimizer() -> None:
             self.opt.load_state_dict(x["optimizer"])
-            for (
-                group
-            ) in self.opt.param_groups:  # loading copies moment tensors of any shape; steps would fail
+            # loading copies moment tensors of any shape; the first step would fail on them
+            for group in self.opt.param_groups:
                 for p in group["params"]:
                     for key, value in self.opt.state.get(p, {}).items():
                         if isinstance(value, Tensor) and value.ndim:
                             same_shape(f"state {key!r}", value, p)
 
         def ema() -> None:
-            state = x.get("ema_state")
-            if state:
-                for k, value in self.ema.shadow.items():
-                    same_shape(f"shadow.{k}", state[f"shadow.{k}"], value)
-                self.ema.load_state_dict(state)
-                if not (0 <= self.ema.rate < 1 and self.ema.num_updates >= 0):
-                    raise ValueError(
-                        f"rate {self.ema.rate} / num_updates {self.ema.num_updates} out of range"
-                    )
+            if x.get("ema_state"):
+                self.ema.load_state_dict(x["ema_state"])  # checks shapes and ranges itself
 
         def counters() -> None:
             if "t_bins" in x:
@@ -592,18 +584,17 @@ class TrainState:
                 if self.device.type == "cuda" and "cuda" in rng:  # dropout on the GPU draws from CUDA's
                     torch.cuda.set_rng_state(rng["cuda"], self.device)
 
-        self.net.load_state_dict(ck.model)
-        put("EMA state", ema)
-        put("optimizer state", optimizer)
-        self.step = int(x["step"])  # a whole number ≥ 0, checked when read
-
-        def within_run() -> None:
+        def step() -> None:
+            self.step = int(x["step"])  # a whole number ≥ 0, checked when read
             run = x.get("train")
             total = run.get("steps") if isinstance(run, dict) else None
             if isinstance(total, int) and self.step > total:
                 raise ValueError(f"step {self.step} is beyond the {total} steps of its run")
 
-        put("step", within_run)
+        self.net.load_state_dict(ck.model)
+        put("EMA state", ema)
+        put("optimizer state", optimizer)
+        put("step", step)
         put("loss counters", counters)
         put("random generator states", generators)
 
